@@ -1,0 +1,32 @@
+# Two entry points: `make demo` and `make test`. Each installs what it needs into .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+
+.PHONY: install demo test plan bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	# the CPU build of torch lies on this machine's disk; pinning it first keeps pip off CUDA builds
+	$(PY) -m pip install --quiet $(TORCH)
+	# deepspeed's setup.py imports torch: build it against the torch above, not an isolated copy
+	$(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.17,<0.20"
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/launch recipes/sft_tiny.yaml output.overwrite=true
+	$(VENV)/bin/launch chat --model builtin:tiny-qwen2 --adapter outputs/sft_tiny \
+		--prompt "What is LoRA?" --prompt "用一句话解释什么是微调。"
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) outputs

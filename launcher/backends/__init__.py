@@ -1,0 +1,1 @@
+"""Backends turn a plan into processes: local (this machine) today; ssh hostfile and SLURM later."""

@@ -1,0 +1,1 @@
+"""Checkpoints: finding them (torch-free) and, offline, consolidating and merging them."""

@@ -1,0 +1,137 @@
+"""`launch`: the command line. Verbs: train (default), plan, schema, chat.
+
+Recipe errors exit with code 2 and one message before any process starts. Heavy imports
+(torch, transformers) happen only inside the verbs that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from launcher.recipe import RecipeError, load_recipe
+
+VERBS = ("train", "plan", "schema", "chat")
+RUN_ARTIFACTS = ("plan.json", "adapter_config.json", "config.json", "trainer_state.json")
+
+
+def _recipe_parser(verb: str, help_text: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"launch {verb}", description=help_text)
+    parser.add_argument("recipe", help="path of the YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-5")
+    return parser
+
+
+def _plan_from_args(args: argparse.Namespace) -> dict:
+    from launcher.plan import build_plan
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    return build_plan(recipe, recipe_file=str(Path(args.recipe).resolve()))
+
+
+def _prepare_output_dir(plan: dict) -> None:
+    """Refuse to mix a new run into an old one unless resuming or told to overwrite."""
+    from launcher.checkpoint.paths import latest_checkpoint
+
+    out = Path(plan["output_dir"])
+    if not out.exists() or not any(out.iterdir()):
+        return
+    recipe = plan["recipe"]
+    if recipe["train"]["resume"] == "auto" and latest_checkpoint(out) is not None:
+        print(f"[launch] resuming from {latest_checkpoint(out)}")
+        return
+    if recipe["train"]["resume"] not in ("auto", "none"):
+        return
+    if not recipe["output"]["overwrite"]:
+        raise RecipeError(f"output.dir = {str(out)!r} already holds files. Fix: output.overwrite=true to replace "
+                          "the run there, or choose another output.dir")
+    if not any((out / name).exists() for name in RUN_ARTIFACTS):
+        raise RecipeError(f"output.dir = {str(out)!r} holds files that are not a launcher run; "
+                          "refusing to delete them even with output.overwrite=true. Fix: choose another output.dir")
+    shutil.rmtree(out)
+
+
+def cmd_plan(argv: list[str]) -> int:
+    args = _recipe_parser("plan", "print the resolved plan; start nothing").parse_args(argv)
+    from launcher.plan import format_plan
+
+    plan = _plan_from_args(args)
+    print(format_plan(plan))
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    parser = _recipe_parser("train", "validate, plan and run a recipe")
+    parser.add_argument("--node-rank", type=int, default=None,
+                        help="this machine's node rank for manual multi-node runs (0 .. nnodes-1)")
+    args = parser.parse_args(argv)
+    from launcher.backends.local import run_node
+    from launcher.plan import write_plan
+
+    plan = _plan_from_args(args)
+    nnodes = plan["world"]["nnodes"]
+    node_rank = args.node_rank if args.node_rank is not None else 0
+    if nnodes > 1 and args.node_rank is None:
+        raise RecipeError(f"distributed.nnodes = {nnodes}: run `launch {args.recipe} --node-rank K` on each node, K = 0..{nnodes - 1}")
+    if not 0 <= node_rank < nnodes:
+        raise RecipeError(f"--node-rank {node_rank} is outside 0..{nnodes - 1} (distributed.nnodes = {nnodes})")
+    if node_rank == 0:
+        _prepare_output_dir(plan)
+        write_plan(plan)
+    world = plan["world"]
+    print(f"[launch] {plan['recipe']['stage']}/{plan['recipe']['method']['name']} on {world['nnodes']}x"
+          f"{world['nproc_per_node']} {world['device']} processes ({plan['recipe']['distributed']['launcher']}, "
+          f"{'ZeRO-' + str(plan['recipe']['distributed']['zero']) if plan['deepspeed'] else 'DDP'})", flush=True)
+    print(f"[launch] plan: {plan['plan_file']}", flush=True)
+    if "tensorboard" in plan["recipe"]["output"]["report_to"]:
+        print(f"[launch] watch: tensorboard --logdir {Path(plan['output_dir']) / 'runs'}", flush=True)
+    code = run_node(plan, node_rank)
+    if code != 0:
+        print(f"[launch] run failed with exit code {code}; the failing rank's traceback is above "
+              "(torchelastic 'Root Cause' section for torchrun/accelerate)", file=sys.stderr, flush=True)
+    return code
+
+
+def cmd_schema(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="launch schema", description="print the recipe's JSON schema").parse_args(argv)
+    from launcher.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_chat(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch chat", description="generate with a base model (+ adapter)")
+    parser.add_argument("--model", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter dir (a run's output.dir)")
+    parser.add_argument("--prompt", action="append", default=[], help="a user message; repeatable; none = read stdin")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    from launcher.chat import chat
+
+    chat(args.model, args.adapter, args.prompt, args.max_new_tokens, args.trust_remote_code)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "plan": cmd_plan, "schema": cmd_schema, "chat": cmd_chat}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: launch RECIPE [k=v ...] | launch {{{','.join(VERBS)}}} ...\n\n{__doc__}")
+        return 0 if argv else 2
+    verb, rest = (argv[0], argv[1:]) if argv[0] in COMMANDS else ("train", argv)
+    try:
+        return COMMANDS[verb](rest)
+    except RecipeError as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

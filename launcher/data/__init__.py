@@ -1,0 +1,1 @@
+"""Data path: registry -> format -> template -> tokenize + mask -> collate."""

@@ -1,0 +1,253 @@
+"""Plan: turn a resolved recipe into everything a run needs, as plain JSON.
+
+World layout, the DeepSpeed config with every "auto" filled, environment, and the exact
+argv for each node. The worker receives nothing but this plan. No torch import here:
+`launch plan` must answer in well under a second and refuse bad recipes before any
+process starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from launcher.builtin import builtin_config_path, is_builtin
+from launcher.recipe import RecipeError
+
+PLAN_VERSION = 1
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+CPU_PROCESSES = 2  # nproc_per_node: auto without GPUs -> two gloo processes
+
+# Hidden sizes of common hub models, so ZeRO-3 bucket sizes resolve offline.
+KNOWN_HIDDEN_SIZES = {
+    "Qwen/Qwen2-0.5B": 896, "Qwen/Qwen2-1.5B": 1536, "Qwen/Qwen2-7B": 3584, "Qwen/Qwen2-72B": 8192,
+    "meta-llama/Meta-Llama-3-8B": 4096, "meta-llama/Meta-Llama-3-70B": 8192, "THUDM/chatglm3-6b": 4096,
+}
+
+
+def detect_gpus() -> dict:
+    """Visible NVIDIA GPUs without importing torch: nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return {"count": 0, "names": []}
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return {"count": 0, "names": []}
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return {"count": 0, "names": []}
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    if visible is not None:
+        names = names[: len([v for v in visible.split(",") if v.strip()])]
+    return {"count": len(names), "names": names}
+
+
+def model_hidden_size(model_path: str) -> int | None:
+    """hidden_size from a builtin or local config.json, or the table of known hub models."""
+    if is_builtin(model_path):
+        config_file = builtin_config_path(model_path)
+    else:
+        config_file = Path(model_path) / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        return config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    for name, size in KNOWN_HIDDEN_SIZES.items():
+        if model_path.startswith(name):
+            return size
+    return None
+
+
+def _fill_auto(node, values: dict, path: str = ""):
+    """Replace every "auto" in a DeepSpeed config by values[dotted path]."""
+    if isinstance(node, dict):
+        return {k: _fill_auto(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if node == "auto":
+        if path not in values:
+            raise KeyError(f"no value for DeepSpeed auto field {path}")
+        return values[path]
+    return node
+
+
+def deepspeed_config(recipe: dict, world_size: int, on_gpu: bool) -> dict | None:
+    """The resolved DeepSpeed config for the recipe, or None for plain DDP."""
+    dist, train = recipe["distributed"], recipe["train"]
+    if dist["engine"] != "deepspeed":
+        return None
+    name = f"zero{dist['zero']}" + ("" if dist["offload"] == "none" else f"_offload_{dist['offload']}")
+    template = json.loads((DS_CONFIG_DIR / f"{name}.json").read_text())
+    hidden = model_hidden_size(recipe["model"]["path"])
+    dtype = resolve_dtype(recipe["model"]["dtype"], on_gpu)
+    values = {
+        "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * world_size,
+        "train_micro_batch_size_per_gpu": train["micro_batch_size"],
+        "gradient_accumulation_steps": train["grad_accum"],
+        "gradient_clipping": train["max_grad_norm"],
+        "bf16.enabled": dtype == "bf16",
+        "fp16.enabled": dtype == "fp16",
+        # DeepSpeed's own defaults when the model's width is unknown offline
+        "zero_optimization.reduce_bucket_size": hidden * hidden if hidden else 500_000_000,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden) if hidden else 50_000_000,
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden if hidden else 100_000,
+        "optimizer.params.lr": train["lr"],
+        "optimizer.params.betas": [0.9, 0.999],
+        "optimizer.params.eps": 1e-8,
+        "optimizer.params.weight_decay": train["weight_decay"],
+    }
+    config = _fill_auto(template, values)
+    if not on_gpu:  # pinned host memory needs CUDA
+        for part in ("offload_optimizer", "offload_param"):
+            if part in config["zero_optimization"]:
+                config["zero_optimization"][part]["pin_memory"] = False
+    if dtype != "fp16":
+        config.pop("fp16")
+    return config
+
+
+def resolve_dtype(dtype: str, on_gpu: bool) -> str:
+    """auto -> bf16 on GPU, fp32 on CPU; fp16 needs a GPU (its loss scaling is CUDA-only)."""
+    if dtype == "auto":
+        return "bf16" if on_gpu else "fp32"
+    return dtype
+
+
+def _check_device(recipe: dict, on_gpu: bool) -> None:
+    if on_gpu:
+        return
+    if recipe["model"]["dtype"] == "fp16":
+        raise RecipeError("model.dtype = 'fp16' needs a CUDA GPU and none is visible. Fix: model.dtype=bf16 or fp32 on CPU")
+    if recipe["model"]["attn"] == "flash_attention_2":
+        raise RecipeError("model.attn = 'flash_attention_2' needs a CUDA GPU and none is visible. Fix: model.attn=sdpa")
+
+
+def _environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    model = recipe["model"]["path"]
+    if is_builtin(model) or Path(model).is_dir():
+        env["HF_HUB_OFFLINE"] = "1"
+    if on_gpu:
+        env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+    else:
+        env["DS_ACCELERATOR"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    return env
+
+
+def _node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> list[str]:
+    """The command that starts every rank of one node with the chosen launcher."""
+    dist = recipe["distributed"]
+    worker = ["-m", "launcher.worker", "--plan", plan_file]
+    common = dict(nnodes=world["nnodes"], nproc=world["nproc_per_node"], rank=node_rank,
+                  addr=world["master_addr"], port=world["master_port"])
+    python = sys.executable
+    if dist["launcher"] == "torchrun":
+        return [python, "-m", "torch.distributed.run", f"--nnodes={common['nnodes']}",
+                f"--nproc-per-node={common['nproc']}", f"--node-rank={node_rank}",
+                f"--master-addr={common['addr']}", f"--master-port={common['port']}",
+                f"--max-restarts={dist['max_restarts']}", *worker]
+    if dist["launcher"] == "accelerate":
+        device_flag = "--multi_gpu" if world["device"] == "cuda" else "--cpu"
+        return [python, "-m", "accelerate.commands.launch", device_flag,
+                f"--num_processes={world['world_size']}", f"--num_machines={common['nnodes']}",
+                f"--machine_rank={node_rank}", f"--main_process_ip={common['addr']}",
+                f"--main_process_port={common['port']}", f"--max_restarts={dist['max_restarts']}",
+                "--mixed_precision=no", "--dynamo_backend=no", *worker]
+    # deepspeed launcher: one node here; hostfile fan-out is the ssh backend's job
+    return [python, "-m", "deepspeed.launcher.runner", f"--num_nodes={common['nnodes']}",
+            f"--num_gpus={common['nproc']}", f"--node_rank={node_rank}", f"--master_addr={common['addr']}",
+            f"--master_port={common['port']}", "--no_local_rank", "--module", *worker[1:]]
+
+
+def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = None) -> dict:
+    """Resolve a validated recipe into a plan (a plain JSON-serialisable dict)."""
+    dist = recipe["distributed"]
+    gpus = detect_gpus()
+    on_gpu = gpus["count"] > 0
+    _check_device(recipe, on_gpu)
+    if dist["nproc_per_node"] == "auto":
+        nproc = gpus["count"] if on_gpu else CPU_PROCESSES
+    else:
+        nproc = dist["nproc_per_node"]
+        if on_gpu and nproc > gpus["count"]:
+            raise RecipeError(f"distributed.nproc_per_node = {nproc}, but only {gpus['count']} GPU(s) are visible. "
+                              f"Fix: distributed.nproc_per_node=auto or <= {gpus['count']}")
+    if dist["hostfile"] is not None:
+        raise RecipeError("distributed.hostfile: multi-node fan-out over ssh is not available in this version yet. "
+                          "Fix: run `launch RECIPE --node-rank K` on each node with distributed.nnodes and master_addr")
+    nnodes = dist["nnodes"]
+    world = {
+        "nnodes": nnodes,
+        "nproc_per_node": nproc,
+        "world_size": nnodes * nproc,
+        "device": "cuda" if on_gpu else "cpu",
+        "backend": "nccl" if on_gpu else "gloo",
+        "gpus": gpus["names"],
+        "master_addr": dist["master_addr"] or "127.0.0.1",
+        "master_port": dist["master_port"],
+    }
+    output_dir = str(Path(cwd or os.getcwd(), recipe["output"]["dir"]).resolve())
+    plan_file = str(Path(output_dir) / "plan.json")
+    train = recipe["train"]
+    return {
+        "version": PLAN_VERSION,
+        "recipe_file": recipe_file,
+        "recipe": copy.deepcopy(recipe),
+        "world": world,
+        "dtype": resolve_dtype(recipe["model"]["dtype"], on_gpu),
+        "batch": {
+            "micro_batch_size": train["micro_batch_size"],
+            "grad_accum": train["grad_accum"],
+            "global_batch_size": train["micro_batch_size"] * train["grad_accum"] * world["world_size"],
+        },
+        "deepspeed": deepspeed_config(recipe, world["world_size"], on_gpu),
+        "env": _environment(recipe, nproc, on_gpu),
+        "output_dir": output_dir,
+        "plan_file": plan_file,
+        "nodes": [{"node_rank": k, "argv": _node_argv(recipe, world, k, plan_file)} for k in range(nnodes)],
+    }
+
+
+def format_plan(plan: dict) -> str:
+    """Human-readable plan: recipe, world, DeepSpeed config, environment, command per node."""
+    import yaml
+
+    world = plan["world"]
+    lines = ["# recipe (resolved)", yaml.safe_dump(plan["recipe"], sort_keys=False).rstrip(), "",
+             "# world",
+             f"nodes: {world['nnodes']} x {world['nproc_per_node']} processes = world size {world['world_size']} "
+             f"on {world['device']} ({world['backend']})" + (f": {', '.join(world['gpus'])}" if world["gpus"] else ""),
+             f"rendezvous: {world['master_addr']}:{world['master_port']}",
+             f"precision: {plan['dtype']}",
+             f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
+             f"x world {world['world_size']} = global {plan['batch']['global_batch_size']}",
+             f"output: {plan['output_dir']}", "",
+             "# deepspeed config" if plan["deepspeed"] else "# deepspeed: off (plain DDP)"]
+    if plan["deepspeed"]:
+        lines.append(json.dumps(plan["deepspeed"], indent=2))
+    lines += ["", "# environment"] + [f"{k}={shlex.quote(v)}" for k, v in plan["env"].items()]
+    lines += ["", "# command per node"]
+    for node in plan["nodes"]:
+        lines.append(f"node {node['node_rank']}: {shlex.join(node['argv'])}")
+    return "\n".join(lines)
+
+
+def write_plan(plan: dict) -> str:
+    """Write plan.json atomically into the output dir; returns its path."""
+    path = Path(plan["plan_file"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(plan, indent=2) + "\n")
+    os.replace(tmp, path)
+    return str(path)

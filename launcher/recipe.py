@@ -1,0 +1,316 @@
+"""Recipe: load a YAML file, apply dotted overrides, validate against the schema, fill defaults.
+
+Every refusal is a RecipeError whose message names where the value came from (file:line or
+the override), the dotted key, the value and the fix. No torch import here.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher.schema import SCHEMA, Key, all_keys
+
+# Parts of the contract that later issues deliver; refusing them at load is better than
+# failing inside a worker after the processes have started.
+NOT_YET = {
+    "stage": {"pt", "rm", "dpo", "kto", "orpo", "ppo"},
+    "method.name": {"full", "freeze", "prefix"},
+    "data.packing": {"greedy", "neat"},
+    "model.template": {"qwen2", "llama3", "chatglm3", "alpaca", "empty"},
+    "method.variant": {"dora", "rslora", "pissa"},
+}
+
+FLAT = all_keys()
+
+
+class RecipeError(Exception):
+    """A recipe that cannot run. The CLI prints it and exits with code 2."""
+
+
+def _where(origins: dict[str, str], key: str) -> str:
+    """file:line (or 'override k=v') of a key, falling back to its closest parent's origin."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        origin = origins.get(".".join(parts[:end]))
+        if origin:
+            return origin
+    return origins.get("", "recipe")
+
+
+def _line_map(text: str, source: str) -> dict[str, str]:
+    """{dotted key: 'file:line'} for every mapping key in the YAML text."""
+    origins = {"": source}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}{key_node.value}"
+                origins[dotted] = f"{source}:{key_node.start_mark.line + 1}"
+                walk(value_node, dotted + ".")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return origins
+    if root is not None:
+        walk(root, "")
+    return origins
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """The raw mapping of a recipe file and the file:line of each key."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (it is a directory)" if path.is_dir() else ""
+        raise RecipeError(f"recipe file not found: {path}{hint}. Fix: pass the path of a .yaml recipe, e.g. recipes/sft_tiny.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not a UTF-8 text file ({err}). Fix: save the recipe as UTF-8 YAML") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError(f"{where}: unreadable YAML: {problem}. Fix: check indentation and quoting around that line") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: the recipe must be a YAML mapping of sections (model:, stage:, method:, ...), got a {type(raw).__name__}")
+    return raw, _line_map(text, str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str], origins: dict[str, str]) -> dict:
+    """Return a copy of raw with dotted `key=value` overrides applied; values parse as YAML."""
+    merged = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r}: expected key=value. Fix: write it as a dotted key and a value, e.g. train.lr=2e-5")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"override {item!r}: empty key part. Fix: write e.g. data.cutoff_len=1024")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # plain string, e.g. a path with a colon
+        node = merged
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                if part in node and node[part] is not None:
+                    prefix = ".".join(parts[: depth + 1])
+                    raise RecipeError(f"override {item!r}: {prefix} is a value ({node[part]!r}), not a section")
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+        for end in range(1, len(parts)):  # a new section created by the override points here too
+            origins.setdefault(".".join(parts[:end]), f"override {item}")
+        origins[key] = f"override {item}"
+    return merged
+
+
+def _suggest(key: str) -> str:
+    """A 'did you mean' hint for an unknown dotted key."""
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in FLAT if k.rsplit(".", 1)[-1] == leaf]
+    if same_leaf:
+        return f" Did you mean {same_leaf[0]}? ({leaf} belongs in {same_leaf[0].rsplit('.', 1)[0]})"
+    close = difflib.get_close_matches(key, list(FLAT), n=1, cutoff=0.6)
+    if not close:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [k.rsplit(".", 1)[-1] for k in FLAT if k.rsplit(".", 1)[0] == parent and k != parent]
+        close_leaf = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.5)
+        close = [f"{parent}.{close_leaf[0]}"] if close_leaf and parent else []
+    if close:
+        return f" Did you mean {close[0]}?"
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    valid = [k.removeprefix(parent + ".") if parent else k for k in FLAT
+             if (k.rsplit(".", 1)[0] == parent if parent else "." not in k)]
+    return f" Fix: use one of {', '.join(valid)} (see `launch schema`)."
+
+
+def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
+    """Check one value against its Key; return it in canonical form (e.g. '2e-5' -> 2e-05)."""
+    def fail(problem: str, fix: str) -> RecipeError:
+        return RecipeError(f"{where}: {key} = {value!r}: {problem}. Fix: {fix}")
+
+    if value is None:
+        if spec.nullable:
+            return None
+        raise fail("a value is required", f"set {key} ({spec.doc})")
+    if isinstance(value, str) and value in spec.literals:
+        return value
+    kind = spec.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise fail("expected true or false", f"write {key}: true or {key}: false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            allowed = " or " + " / ".join(repr(x) for x in spec.literals) if spec.literals else ""
+            raise fail("expected a whole number" + allowed, f"write e.g. {key}: {spec.default if isinstance(spec.default, int) else 1}")
+        out = value
+    elif kind == "float":
+        if isinstance(value, bool):
+            raise fail("expected a number", f"write e.g. {key}: {spec.default}")
+        if isinstance(value, str):
+            try:
+                value_num = float(value)
+            except ValueError:
+                raise fail("expected a number", f"write e.g. {key}: {spec.default}") from None
+        elif isinstance(value, (int, float)):
+            value_num = float(value)
+        else:
+            raise fail("expected a number", f"write e.g. {key}: {spec.default}")
+        if value_num != value_num or value_num in (float("inf"), float("-inf")):
+            raise fail("must be a finite number", f"write e.g. {key}: {spec.default}")
+        out = value_num
+    elif kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise fail("expected a non-empty string", f"write e.g. {key}: {spec.default or 'value'}")
+        out = value
+    elif kind == "str_list":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+            raise fail("expected a list of non-empty strings", f"write e.g. {key}: [a, b]")
+        if spec.choices:
+            for item in items:
+                if item not in spec.choices:
+                    raise fail(f"{item!r} is not one of {list(spec.choices)}", f"use one of {list(spec.choices)}")
+        return list(items)
+    else:
+        raise AssertionError(kind)
+    if spec.choices and out not in spec.choices:
+        close = difflib.get_close_matches(str(out), [str(c) for c in spec.choices], n=1)
+        hint = f"did you mean {close[0]}?" if close else f"use one of {list(spec.choices)}"
+        raise fail(f"not one of {list(spec.choices)}", hint)
+    if spec.low is not None and (out < spec.low or (out == spec.low and not spec.low_inclusive)):
+        op = ">=" if spec.low_inclusive else ">"
+        raise fail(f"out of range, must be {op} {spec.low}", f"set {key} {op} {spec.low}")
+    if spec.high is not None and (out > spec.high or (out == spec.high and not spec.high_inclusive)):
+        op = "<=" if spec.high_inclusive else "<"
+        raise fail(f"out of range, must be {op} {spec.high}", f"set {key} {op} {spec.high}")
+    return out
+
+
+def _selector(raw: dict, selector: str) -> Any:
+    section, name = selector.split(".")
+    value = (raw.get(section) or {}).get(name)
+    return value if value is not None else SCHEMA[section][name].default
+
+
+def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: dict[str, str], full_raw: dict) -> dict:
+    """Resolve one mapping: refuse unknown keys and keys of another method, fill defaults."""
+    section_key = prefix.rstrip(".")
+    if not isinstance(raw, dict):
+        where = _where(origins, section_key)
+        raise RecipeError(f"{where}: {section_key} must be a mapping of keys, got {raw!r}. Fix: see `launch schema`")
+    for name in raw:
+        if name not in schema:
+            dotted = f"{prefix}{name}"
+            raise RecipeError(f"{_where(origins, dotted)}: unknown key {dotted}.{_suggest(dotted)}")
+    resolved = {}
+    for name, spec in schema.items():
+        dotted = f"{prefix}{name}"
+        if spec.only_for is not None:
+            selector, allowed = spec.only_for
+            active = _selector(full_raw, selector)
+            if active not in allowed:
+                if name in raw:
+                    need = " or ".join(f"{selector}: {a}" for a in allowed)
+                    raise RecipeError(
+                        f"{_where(origins, dotted)}: {dotted} is only valid with {need} (got {selector}: {active}). "
+                        f"Fix: remove {dotted} or change {selector}")
+                continue
+        value = raw.get(name, spec.default)
+        where = _where(origins, dotted)
+        if isinstance(spec, Key) and spec.kind == "section":
+            if value is None:
+                if not spec.nullable:
+                    raise RecipeError(f"{where}: {dotted} is required")
+                resolved[name] = None
+            else:
+                resolved[name] = _validate_section(value, spec.fields, dotted + ".", origins, full_raw)
+        else:
+            resolved[name] = _coerce(dotted, spec, copy.deepcopy(value), where)
+    return resolved
+
+
+def _check_combinations(r: dict, origins: dict[str, str]) -> None:
+    """Refuse combinations of individually valid values that cannot run together."""
+    def refuse(key: str, message: str) -> None:
+        raise RecipeError(f"{_where(origins, key)}: {message}")
+
+    for dotted, unavailable in NOT_YET.items():
+        section, _, name = dotted.partition(".")
+        value = r[section].get(name) if name else r[section]
+        if value in unavailable:
+            refuse(dotted, f"{dotted}: {value} is part of the recipe contract but not available in this version yet. "
+                           f"Fix: use one of {sorted(set(FLAT[dotted].choices) - unavailable)}")
+    method, dist = r["method"]["name"], r["distributed"]
+    if r["method"].get("loraplus_ratio") is not None:
+        refuse("method.loraplus_ratio", "method.loraplus_ratio (LoRA+) is not available in this version yet. "
+                                        "Fix: remove method.loraplus_ratio")
+    if r["model"]["quantization"] is not None and method == "lora":
+        refuse("model.quantization", "model.quantization (QLoRA) is not available in this version yet. "
+                                     "Fix: remove model.quantization")
+    if r["model"]["quantization"] is not None and method != "lora":
+        refuse("model.quantization", f"model.quantization (QLoRA) needs method.name: lora, got method.name: {method}. "
+                                     "Fix: set method.name: lora or remove model.quantization")
+    if dist["engine"] == "ddp" and dist["zero"] != 0:
+        refuse("distributed.zero", f"distributed.zero: {dist['zero']} needs distributed.engine: deepspeed (got ddp). "
+                                   "Fix: set distributed.engine: deepspeed, or distributed.zero: 0 for plain DDP")
+    if dist["offload"] != "none":
+        if dist["engine"] != "deepspeed" or dist["zero"] == 0:
+            refuse("distributed.offload", f"distributed.offload: {dist['offload']} needs DeepSpeed ZeRO 1-3 "
+                                          f"(got engine {dist['engine']}, zero {dist['zero']}). Fix: set distributed.zero: 2 or 3")
+        if dist["offload"] == "all" and dist["zero"] != 3:
+            refuse("distributed.offload", f"distributed.offload: all (parameters too) needs distributed.zero: 3, got {dist['zero']}. "
+                                          "Fix: set distributed.zero: 3, or distributed.offload: optimizer")
+        if r["train"]["optimizer"] != "adamw_torch":
+            refuse("train.optimizer", f"train.optimizer: {r['train']['optimizer']} cannot run with distributed.offload: "
+                                      f"{dist['offload']} (ZeRO-Offload steps with DeepSpeed's CPU Adam). "
+                                      "Fix: set train.optimizer: adamw_torch or distributed.offload: none")
+    if dist["nnodes"] > 1 and dist["hostfile"] is None and dist["master_addr"] is None:
+        refuse("distributed.nnodes", f"distributed.nnodes: {dist['nnodes']} needs distributed.master_addr (the address of node 0) "
+                                     "or distributed.hostfile. Fix: set distributed.master_addr: <node-0 address>")
+    if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:
+        refuse("train.eval_steps", "train.eval_steps is set but there is no evaluation data. "
+                                   "Fix: set data.eval_datasets or data.val_size > 0, or remove train.eval_steps")
+    if not r["data"]["datasets"]:
+        refuse("data.datasets", "data.datasets is empty. Fix: name at least one dataset, e.g. data.datasets: [demo_sft]")
+    if "none" in r["output"]["report_to"] and len(r["output"]["report_to"]) > 1:
+        refuse("output.report_to", "output.report_to mixes none with loggers. Fix: use [none] alone or drop it")
+
+
+def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> dict:
+    """Validate a raw recipe mapping and return it fully resolved (every key present)."""
+    resolved = {}
+    for name in raw:
+        if name not in SCHEMA:
+            raise RecipeError(f"{_where(origins, name)}: unknown section {name}.{_suggest(name)}")
+    for name, spec in SCHEMA.items():
+        value = raw.get(name)
+        if isinstance(spec, dict):
+            resolved[name] = _validate_section({} if value is None else value, spec, name + ".", origins, raw)
+        elif spec.kind == "section":
+            resolved[name] = None if value is None else _validate_section(value, spec.fields, name + ".", origins, raw)
+        else:
+            resolved[name] = _coerce(name, spec, spec.default if value is None else value, _where(origins, name))
+    if resolved["output"]["dir"] is None:
+        resolved["output"]["dir"] = default_output
+    _check_combinations(resolved, origins)
+    return resolved
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read, override, validate and resolve a recipe file. Raises RecipeError."""
+    raw, origins = read_yaml(path)
+    raw = apply_overrides(raw, list(overrides or []), origins)
+    return resolve(raw, origins, default_output=f"outputs/{Path(path).stem}")

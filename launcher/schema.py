@@ -1,0 +1,193 @@
+"""The recipe contract (v1) as data: every key, its type, default, allowed values and doc.
+
+recipe.py validates against this table and `launch schema` renders it as JSON Schema, so
+the two can never disagree. No torch import here (the planner must stay fast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key.
+
+    kind: int | float | bool | str | str_list | section
+    literals: extra string values accepted besides the kind (e.g. "auto" for an int key)
+    only_for: (selector key, allowed values): the key is only valid when the selector
+        (a dotted key, e.g. "method.name") has one of these values; its default applies only then.
+    """
+
+    kind: str
+    default: Any = None
+    doc: str = ""
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    nullable: bool = False
+    literals: tuple = ()
+    only_for: tuple[str, tuple] | None = None
+    fields: dict[str, "Key"] = field(default_factory=dict)
+
+
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "orpo", "ppo")
+METHODS = ("full", "freeze", "lora", "prefix")
+TEMPLATES = ("auto", "qwen2", "llama3", "chatglm3", "alpaca", "empty")
+LORA = ("method.name", ("lora",))
+FREEZE = ("method.name", ("freeze",))
+PREFIX = ("method.name", ("prefix",))
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "model": {
+        "path": Key("str", "builtin:tiny-qwen2", "hub id, local dir, or builtin:tiny-qwen2 (the embedded default)"),
+        "template": Key("str", "auto", "chat template: auto = the tokenizer's chat_template, or a registered name", choices=TEMPLATES),
+        "dtype": Key("str", "bf16", "training precision", choices=("bf16", "fp16", "fp32", "auto")),
+        "attn": Key("str", "sdpa", "attention implementation", choices=("eager", "sdpa", "flash_attention_2")),
+        "trust_remote_code": Key("bool", False, "run the model repository's own code (only when you trust it)"),
+        "quantization": Key(
+            "section", None, "k-bit base for QLoRA (only with method.name: lora)", nullable=True,
+            fields={
+                "bits": Key("int", 4, "4 or 8", choices=(4, 8)),
+                "type": Key("str", "nf4", "4-bit data type", choices=("nf4", "fp4")),
+                "double_quant": Key("bool", True, "quantize the quantization constants too"),
+            },
+        ),
+    },
+    "stage": Key("str", "sft", "training stage", choices=STAGES),
+    "method": {
+        "name": Key("str", "lora", "fine-tuning method", choices=METHODS),
+        "rank": Key("int", 8, "LoRA rank", low=1, only_for=LORA),
+        "alpha": Key("float", 16, "LoRA alpha (scaling = alpha / rank)", low=0, low_inclusive=False, only_for=LORA),
+        "dropout": Key("float", 0.0, "LoRA dropout", low=0, high=1, high_inclusive=False, only_for=LORA),
+        "target": Key("str_list", "all", "modules to adapt: all linear layers except the output head, or a list of names", literals=("all",), only_for=LORA),
+        "variant": Key("str", "lora", "LoRA variant", choices=("lora", "dora", "rslora", "pissa"), only_for=LORA),
+        "loraplus_ratio": Key("float", None, "LoRA+ learning-rate multiplier for the B matrices", nullable=True, low=0, low_inclusive=False, only_for=LORA),
+        "additional_target": Key("str_list", None, "modules trained fully beside the adapter (e.g. embed_tokens)", nullable=True, only_for=LORA),
+        "trainable_layers": Key("int", 2, "+N trains the last N decoder layers, -N the first N", only_for=FREEZE),
+        "trainable_modules": Key("str_list", "all", "modules inside the trainable layers", literals=("all",), only_for=FREEZE),
+        "extra_modules": Key("str_list", None, "modules outside the layers to train (embed_tokens, lm_head, norm)", nullable=True, only_for=FREEZE),
+        "num_virtual_tokens": Key("int", 16, "prefix length", low=1, only_for=PREFIX),
+        "prefix_projection": Key("bool", False, "reparameterise the prefix through an MLP (P-tuning v2 style)", only_for=PREFIX),
+    },
+    "data": {
+        "datasets": Key("str_list", ["demo_sft"], "names in <dataset_dir>/dataset_info.json, or file paths"),
+        "dataset_dir": Key("str", "data", "folder holding dataset_info.json"),
+        "eval_datasets": Key("str_list", [], "evaluation datasets"),
+        "val_size": Key("float", 0.0, "share of the training data held out for evaluation", low=0, high=1, high_inclusive=False),
+        "cutoff_len": Key("int", 2048, "maximum tokens per example", low=8),
+        "packing": Key("str", "none", "sequence packing", choices=("none", "greedy", "neat")),
+        "train_on_prompt": Key("bool", False, "also train on prompt tokens"),
+        "mask_history": Key("bool", False, "train only on the last assistant turn"),
+        "max_samples": Key("int", None, "use at most this many examples per dataset", nullable=True, low=1),
+    },
+    "train": {
+        "epochs": Key("float", 3.0, "passes over the data", low=0, low_inclusive=False),
+        "max_steps": Key("int", None, "stop after this many optimizer steps (overrides epochs)", nullable=True, low=1),
+        "micro_batch_size": Key("int", 1, "examples per device per forward pass", low=1),
+        "grad_accum": Key("int", 8, "micro batches per optimizer step", low=1),
+        "lr": Key("float", 1.0e-4, "peak learning rate", low=0, low_inclusive=False),
+        "scheduler": Key("str", "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant_with_warmup", "constant")),
+        "warmup_ratio": Key("float", 0.03, "share of steps spent warming up", low=0, high=1, high_inclusive=False),
+        "weight_decay": Key("float", 0.0, "AdamW weight decay", low=0),
+        "max_grad_norm": Key("float", 1.0, "gradient clipping (0 = off)", low=0),
+        "optimizer": Key("str", "adamw_torch", "optimizer", choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor")),
+        "gradient_checkpointing": Key("bool", True, "recompute activations in backward to save memory"),
+        "neftune_alpha": Key("float", None, "NEFTune noise alpha", nullable=True, low=0, low_inclusive=False),
+        "seed": Key("int", 42, "random seed", low=0),
+        "logging_steps": Key("int", 10, "log every N optimizer steps", low=1),
+        "save_steps": Key("int", 500, "checkpoint every N optimizer steps", low=1),
+        "eval_steps": Key("int", None, "evaluate every N optimizer steps", nullable=True, low=1),
+        "resume": Key("str", "auto", "auto (latest complete checkpoint in output.dir), none, or a checkpoint dir"),
+    },
+    "distributed": {
+        "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),
+        "zero": Key("int", 3, "ZeRO stage", choices=(0, 1, 2, 3)),
+        "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
+        "launcher": Key("str", "torchrun", "process launcher", choices=("torchrun", "accelerate", "deepspeed")),
+        "nproc_per_node": Key("int", "auto", "processes per node: auto = visible GPUs, else 2 CPU processes", literals=("auto",), low=1),
+        "nnodes": Key("int", 1, "number of nodes", low=1),
+        "hostfile": Key("str", None, "DeepSpeed-format hostfile (host slots=N per line)", nullable=True),
+        "master_addr": Key("str", None, "address of node 0 (required for nnodes > 1)", nullable=True),
+        "master_port": Key("int", 29500, "rendezvous port on node 0", low=1, high=65535),
+        "max_restarts": Key("int", 0, "torchrun restarts of the whole worker group", low=0),
+        "timeout_minutes": Key("int", 30, "timeout of every collective and rendezvous", low=1),
+    },
+    "slurm": Key(
+        "section", None, "SLURM batch settings used by `launch sbatch`", nullable=True,
+        fields={
+            "partition": Key("str", None, "partition", nullable=True),
+            "account": Key("str", None, "account", nullable=True),
+            "time": Key("str", "24:00:00", "wall-clock limit"),
+            "gpus_per_node": Key("int", 8, "GPUs per node", low=0),
+            "nodes": Key("int", 1, "nodes", low=1),
+            "extra": Key("str_list", [], "extra #SBATCH lines"),
+        },
+    ),
+    "output": {
+        "dir": Key("str", None, "run folder (default outputs/<recipe name>)", nullable=True),
+        "report_to": Key("str_list", ["tensorboard"], "loggers", choices=("tensorboard", "none")),
+        "overwrite": Key("bool", False, "allow reusing an output.dir that already holds a run"),
+    },
+}
+
+
+def all_keys(schema: dict = SCHEMA, prefix: str = "") -> dict[str, Key]:
+    """Flat {dotted key: Key} over the whole schema, sections of Keys included."""
+    flat: dict[str, Key] = {}
+    for name, spec in schema.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(spec, dict):
+            flat.update(all_keys(spec, dotted + "."))
+        else:
+            flat[dotted] = spec
+            if spec.kind == "section":
+                flat.update(all_keys(spec.fields, dotted + "."))
+    return flat
+
+
+def _json_type(key: Key) -> dict:
+    base = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
+            "str": {"type": "string"}}
+    if key.kind == "section":
+        out = {"type": "object", "additionalProperties": False,
+               "properties": {n: _json_type(k) for n, k in key.fields.items()}}
+    elif key.kind == "str_list":
+        item = {"type": "string"}
+        if key.choices:
+            item["enum"] = list(key.choices)
+        out = {"anyOf": [{"type": "array", "items": item}, item]}
+    else:
+        out = dict(base[key.kind])
+        if key.choices:
+            out["enum"] = list(key.choices)
+        if key.low is not None:
+            out["exclusiveMinimum" if not key.low_inclusive else "minimum"] = key.low
+        if key.high is not None:
+            out["exclusiveMaximum" if not key.high_inclusive else "maximum"] = key.high
+    alternatives = [out]
+    if key.literals:
+        alternatives.append({"enum": list(key.literals)})
+    if key.nullable:
+        alternatives.append({"type": "null"})
+    result = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+    result["description"] = key.doc
+    if key.default is not None:
+        result["default"] = key.default
+    return result
+
+
+def json_schema() -> dict:
+    """JSON Schema (draft 2020-12) of a recipe, for editors."""
+
+    def section(spec: dict) -> dict:
+        return {"type": "object", "additionalProperties": False,
+                "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()}}
+
+    out = section(SCHEMA)
+    out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    out["title"] = "launcher recipe v1"
+    return out

@@ -1,0 +1,153 @@
+"""The worker every rank runs: read plan.json, build model, method, data and trainer, train, save.
+
+Started by torchrun / accelerate / the deepspeed launcher as `python -m launcher.worker --plan FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+
+def training_arguments(plan: dict):
+    """TrainingArguments from the plan; created before the model so ZeRO-3 partitions at load."""
+    from transformers import TrainingArguments
+
+    recipe = plan["recipe"]
+    train, dist = recipe["train"], recipe["distributed"]
+    on_cpu = plan["world"]["device"] == "cpu"
+    return TrainingArguments(
+        output_dir=plan["output_dir"],
+        per_device_train_batch_size=train["micro_batch_size"],
+        gradient_accumulation_steps=train["grad_accum"],
+        learning_rate=train["lr"],
+        num_train_epochs=train["epochs"],
+        max_steps=train["max_steps"] or -1,
+        lr_scheduler_type=train["scheduler"],
+        warmup_steps=train["warmup_ratio"],
+        weight_decay=train["weight_decay"],
+        max_grad_norm=train["max_grad_norm"],
+        optim=train["optimizer"],
+        gradient_checkpointing=train["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        neftune_noise_alpha=train["neftune_alpha"],
+        seed=train["seed"],
+        data_seed=train["seed"],
+        logging_steps=train["logging_steps"],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train["save_steps"],
+        bf16=plan["dtype"] == "bf16",
+        fp16=plan["dtype"] == "fp16",
+        deepspeed=plan["deepspeed"],
+        ddp_timeout=dist["timeout_minutes"] * 60,
+        ddp_backend=plan["world"]["backend"],
+        use_cpu=on_cpu,
+        report_to=[],  # TensorBoard is added explicitly, after the throughput callback
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+
+
+def load_model(plan: dict, model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    recipe = plan["recipe"]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan["dtype"]]
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=recipe["model"]["attn"],
+        trust_remote_code=recipe["model"]["trust_remote_code"])
+
+
+def resume_checkpoint(plan: dict) -> str | None:
+    """The checkpoint to resume from: resume: auto -> latest complete checkpoint-N in output dir."""
+    from launcher.checkpoint.paths import latest_checkpoint
+
+    resume = plan["recipe"]["train"]["resume"]
+    if resume == "none":
+        return None
+    if resume != "auto":
+        return resume
+    latest = latest_checkpoint(plan["output_dir"])
+    return str(latest) if latest else None
+
+
+def run(plan: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import AutoTokenizer, set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    from launcher.builtin import materialize
+    from launcher.callbacks import FaultInjectionCallback, ThroughputCallback
+    from launcher.methods import apply_method, count_parameters
+    from launcher.stages import STAGES
+
+    recipe = plan["recipe"]
+    rank = int(os.environ.get("RANK", "0"))
+    model_dir = materialize(recipe["model"]["path"])  # before DeepSpeed is configured: builds on one device
+    args = training_arguments(plan)  # must precede model loading (ZeRO-3 zero.Init)
+    _ = args.device  # sets up the process group now, so zero.Init sees the real world size
+    if plan["deepspeed"] is not None and plan["world"]["device"] == "cpu":
+        import deepspeed  # on CPU accelerate sets up plain gloo; DeepSpeed's comm layer must wrap it too
+
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    set_seed(recipe["train"]["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe["model"]["trust_remote_code"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = apply_method(load_model(plan, model_dir), recipe)
+    trainable, total = count_parameters(model)
+    if rank == 0:
+        print(f"[launcher] trainable params: {trainable:,} / {total:,} ({100 * trainable / total:.4f}%)", flush=True)
+
+    callbacks = [FaultInjectionCallback(rank)]
+    if rank == 0 and "tensorboard" in recipe["output"]["report_to"]:
+        writer = SummaryWriter(log_dir=str(Path(plan["output_dir"]) / "runs"))
+        writer.add_text("plan", "```\n" + json.dumps(plan, indent=2) + "\n```")
+        tensorboard = TensorBoardCallback(tb_writer=writer)
+    else:
+        tensorboard = None
+    trainer, summary = STAGES[recipe["stage"]](plan, args, model, tokenizer, callbacks)
+    throughput = ThroughputCallback(trainer.data_collator)
+    trainer.add_callback(throughput)
+    if tensorboard is not None:
+        trainer.add_callback(tensorboard)
+    if rank == 0:
+        print(f"[launcher] data: {summary['examples']} examples, {summary['tokens']:,} tokens, "
+              f"{summary['dropped']} dropped (no answer token within cutoff)", flush=True)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(plan))
+    trainer.save_model(plan["output_dir"])  # gathers ZeRO-3 shards; PEFT saves only the adapter
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        tokenizer.save_pretrained(plan["output_dir"])
+        print(f"[launcher] saved to {plan['output_dir']}", flush=True)
+
+
+# DeepSpeed calls torch.distributed's renamed collectives every step; one warning per call drowns the log.
+warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+
+
+@record
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--plan", required=True, help="plan.json written by `launch`")
+    parsed = parser.parse_args(argv)
+    plan = json.loads(Path(parsed.plan).read_text())
+    try:
+        run(plan)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real `launch` CLI in a subprocess, a free rendezvous port, and a
+once-per-session warm-up of DeepSpeed's CPU ops and the builtin model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_launch(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`launch ARGS` through the real entry point, from the repo root; output captured."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def warm():
+    """Compile DeepSpeed's CPU ops and build the builtin model once per test session."""
+    subprocess.run([sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"],
+                   check=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=600)
+    subprocess.run([sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
+                   check=True, timeout=300)

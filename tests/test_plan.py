@@ -1,0 +1,111 @@
+"""Plan: DeepSpeed configs resolved for every ZeRO stage and offload choice, commands per
+launcher, and `launch plan` answering without importing torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.plan import build_plan
+from launcher.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "recipes" / "sft_tiny.yaml")
+QWEN = str(ROOT / "recipes" / "sft_qwen2.yaml")
+
+
+def _auto_values(node) -> list:
+    if isinstance(node, dict):
+        return [v for child in node.values() for v in _auto_values(child)]
+    return [node] if node == "auto" else []
+
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+CASES = [(0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
+         (3, "none"), (3, "optimizer"), (3, "all")]
+
+
+@pytest.mark.parametrize("zero,offload", CASES)
+def test_deepspeed_config_per_stage_and_offload(zero, offload):
+    recipe = load_recipe(QWEN, [f"distributed.zero={zero}", f"distributed.offload={offload}",
+                                "train.micro_batch_size=3", "train.grad_accum=5", "train.max_grad_norm=0.7",
+                                "distributed.nproc_per_node=4"])
+    ds = build_plan(recipe)["deepspeed"]
+    assert _auto_values(ds) == [], "every auto must be resolved"
+    assert ds["train_micro_batch_size_per_gpu"] == 3
+    assert ds["gradient_accumulation_steps"] == 5
+    assert ds["train_batch_size"] == 3 * 5 * 4
+    assert ds["gradient_clipping"] == 0.7
+    assert ds["bf16"] == {"enabled": True} and "fp16" not in ds
+    zero_cfg = ds["zero_optimization"]
+    assert zero_cfg["stage"] == zero
+    assert ("offload_optimizer" in zero_cfg) == (offload in ("optimizer", "all"))
+    assert ("offload_param" in zero_cfg) == (offload == "all")
+    if offload != "none":
+        assert zero_cfg["offload_optimizer"] == {"device": "cpu", "pin_memory": False}  # no CUDA, no pinning
+        assert ds["optimizer"]["params"]["lr"] == recipe["train"]["lr"]
+    else:
+        assert "optimizer" not in ds  # the Trainer's own torch AdamW
+    if zero == 3:
+        hidden = 3584  # Qwen2-7B, from the offline table
+        assert zero_cfg["reduce_bucket_size"] == hidden * hidden
+        assert zero_cfg["stage3_param_persistence_threshold"] == 10 * hidden
+        assert zero_cfg["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_ddp_has_no_deepspeed_config():
+    plan = build_plan(load_recipe(TINY, ["distributed.engine=ddp", "distributed.zero=0"]))
+    assert plan["deepspeed"] is None
+
+
+def test_world_on_cpu_is_two_gloo_processes():
+    plan = build_plan(load_recipe(TINY))
+    assert (plan["world"]["nproc_per_node"], plan["world"]["backend"], plan["world"]["device"]) == (2, "gloo", "cpu")
+    assert plan["env"]["DS_ACCELERATOR"] == "cpu"
+    assert plan["batch"]["global_batch_size"] == 4 * 2 * 2
+
+
+def test_builtin_hidden_size_read_from_committed_config():
+    config = json.loads((ROOT / "launcher/builtin/tiny_qwen2/config.json").read_text())
+    ds = build_plan(load_recipe(TINY))["deepspeed"]
+    assert ds["zero_optimization"]["reduce_bucket_size"] == config["hidden_size"] ** 2
+
+
+@pytest.mark.parametrize("launcher,needle", [("torchrun", "torch.distributed.run"),
+                                             ("accelerate", "accelerate.commands.launch"),
+                                             ("deepspeed", "deepspeed.launcher.runner")])
+def test_command_per_launcher(launcher, needle, tmp_path):
+    plan = build_plan(load_recipe(TINY, [f"distributed.launcher={launcher}", f"output.dir={tmp_path}"]))
+    argv = plan["nodes"][0]["argv"]
+    assert needle in argv
+    assert argv[-3:] == ["launcher.worker", "--plan", str(tmp_path / "plan.json")]
+
+
+def test_multi_node_plan_has_a_command_per_node():
+    plan = build_plan(load_recipe(TINY, ["distributed.nnodes=3", "distributed.master_addr=10.0.0.1"]))
+    assert [n["node_rank"] for n in plan["nodes"]] == [0, 1, 2]
+    assert "--node-rank=2" in plan["nodes"][2]["argv"]
+    assert "--master-addr=10.0.0.1" in plan["nodes"][2]["argv"]
+    assert plan["world"]["world_size"] == 6
+
+
+def test_launch_plan_imports_no_torch():
+    code = (
+        "import sys; from launcher.cli import main; rc = main(['plan', %r]); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'peft', 'accelerate') if m in sys.modules); "
+        "print('HEAVY', heavy); sys.exit(rc)" % QWEN
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    for section in ("# recipe (resolved)", "# world", "# deepspeed config", "# environment", "# command per node"):
+        assert section in proc.stdout
+    assert "Qwen/Qwen2-7B-Instruct" in proc.stdout and '"auto"' not in proc.stdout
