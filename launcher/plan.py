@@ -158,8 +158,9 @@ def _node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> lis
                 f"--master-addr={common['addr']}", f"--master-port={common['port']}",
                 f"--max-restarts={dist['max_restarts']}", *worker]
     if dist["launcher"] == "accelerate":
-        device_flag = "--multi_gpu" if world["device"] == "cuda" else "--cpu"
-        return [python, "-m", "accelerate.commands.launch", device_flag,
+        # --multi_gpu selects accelerate's torchrun-based launcher; on CPU the worker's
+        # TrainingArguments(use_cpu=True) picks gloo (accelerate's --cpu mode wants mpirun).
+        return [python, "-m", "accelerate.commands.launch", "--multi_gpu",
                 f"--num_processes={world['world_size']}", f"--num_machines={common['nnodes']}",
                 f"--machine_rank={node_rank}", f"--main_process_ip={common['addr']}",
                 f"--main_process_port={common['port']}", f"--max_restarts={dist['max_restarts']}",

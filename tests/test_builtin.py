@@ -114,55 +114,54 @@ def test_config_matches_tokenizer(tokenizer):
 # --------------------------------------------------------------------------- weights
 
 
-_CHILD = r"""
-import pathlib, sys, time
-import torch, transformers
-from transformers import AutoModelForCausalLM
-from launcher.builtin import materialize
-own, shared, ready, go = sys.argv[1:5]
-print(materialize("builtin:tiny-qwen2", own), flush=True)
-pathlib.Path(ready).touch()
-deadline = time.time() + 120
-while not pathlib.Path(go).exists():
-    if time.time() > deadline:
-        sys.exit("no go signal")
-    time.sleep(0.005)
-print(materialize("builtin:tiny-qwen2", shared), flush=True)
-"""
+_CHILD = (
+    "import sys; from launcher.builtin import materialize; "
+    "print('DIR=' + materialize('builtin:tiny-qwen2', sys.argv[1]))"
+)
 
 
 def test_materialize_is_deterministic_across_calls_and_processes(tmp_path):
-    ready, go = tmp_path / "ready", tmp_path / "go"
-    shared = tmp_path / "shared"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tmp_path / "child"), str(shared), str(ready), str(go)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        first = builtin.materialize(NAME, str(tmp_path / "a"))
-        second = builtin.materialize(NAME, str(tmp_path / "b"))
-        assert builtin.materialize(NAME, str(tmp_path / "a")) == first  # cached
-        deadline = time.time() + 120
-        while not ready.exists():
-            assert child.poll() is None, child.communicate()
-            assert time.time() < deadline, "child never got ready"
-            time.sleep(0.005)
-        go.touch()
-        # both processes now race to build the same cache folder
-        mine = builtin.materialize(NAME, str(shared))
-        out, err = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == 0, err
-    child_own, child_shared = out.split()
-    assert child_shared == mine
-    assert Path(mine).name == f"tiny-qwen2-{builtin.fingerprint(NAME)}"
-    assert sorted(p.name for p in shared.iterdir()) == [Path(mine).name]  # no temp leftovers
-    weights = {d: (Path(d) / "model.safetensors").read_bytes() for d in (first, second, child_own, mine)}
+    first = builtin.materialize(NAME, str(tmp_path / "a"))
+    second = builtin.materialize(NAME, str(tmp_path / "b"))
+    assert first != second
+    assert builtin.materialize(NAME, str(tmp_path / "a")) == first  # cached
+    assert Path(first).name == f"tiny-qwen2-{builtin.fingerprint(NAME)}"
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "child")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    (other,) = [line[4:] for line in child.stdout.splitlines() if line.startswith("DIR=")]
+    weights = {d: (Path(d) / "model.safetensors").read_bytes() for d in (first, second, other)}
     assert len(set(weights.values())) == 1, "weights differ between calls or processes"
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (Path(first) / name).read_bytes() == (SOURCE / name).read_bytes()
+
+
+def test_materialize_concurrent_callers(monkeypatch, tmp_path, built):
+    """Several callers at once (threads here; ranks are processes, same code path): all get
+    the same folder, one build wins the rename, the others discard their temp copies."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    real_build, builds = builtin._build, []
+
+    def counting_build(path, out):
+        builds.append(out)
+        real_build(path, out)
+
+    monkeypatch.setattr(builtin, "_build", counting_build)
+    barrier = Barrier(3)
+
+    def call(_):
+        barrier.wait()
+        return builtin.materialize(NAME, str(tmp_path))
+
+    with ThreadPoolExecutor(3) as pool:
+        results = set(pool.map(call, range(3)))
+    assert results == {str(tmp_path / Path(built).name)}
+    assert len(builds) >= 2  # the race really happened: more than one caller built a copy
+    assert [p.name for p in tmp_path.iterdir()] == [Path(built).name]  # no temp leftovers
+    target = Path(results.pop()) / "model.safetensors"
+    assert target.read_bytes() == (Path(built) / "model.safetensors").read_bytes()
 
 
 def test_materialize_losing_the_race(monkeypatch, tmp_path, built):

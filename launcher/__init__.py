@@ -1,0 +1,1 @@
+"""LLM fine-tuning launcher: one YAML recipe -> a planned, distributed training run."""
