@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
+from launcher.data.registry import DataError, resolve_dataset
 from launcher.recipe import RecipeError
 
 PLAN_VERSION = 1
@@ -171,9 +172,21 @@ def _node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> lis
             f"--master_port={common['port']}", "--no_local_rank", "--module", *worker[1:]]
 
 
+def _check_datasets(recipe: dict) -> None:
+    """Every named dataset resolves to existing files now, not inside the ranks later."""
+    data = recipe["data"]
+    for key in ("datasets", "eval_datasets"):
+        for name in data[key]:
+            try:
+                resolve_dataset(name, data["dataset_dir"])
+            except DataError as err:
+                raise RecipeError(f"data.{key}: {err}") from None
+
+
 def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = None) -> dict:
     """Resolve a validated recipe into a plan (a plain JSON-serialisable dict)."""
     dist = recipe["distributed"]
+    _check_datasets(recipe)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
     _check_device(recipe, on_gpu)

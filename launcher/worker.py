@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -140,8 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", required=True, help="plan.json written by `launch`")
     parsed = parser.parse_args(argv)
     plan = json.loads(Path(parsed.plan).read_text())
+    from launcher.data.registry import DataError
+
     try:
         run(plan)
+    except DataError as err:  # bad input: one clear line, not a library traceback
+        print(f"[launcher] data error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     finally:
         import torch.distributed as dist
 

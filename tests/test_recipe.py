@@ -64,6 +64,7 @@ BAD_OVERRIDES = [
     (["model.dtype=fp16"], "model.dtype"),                  # fp16 on a machine without CUDA
     (["stage=dpo"], "stage"),                               # contract value not yet available
     (["train.lr"], "train.lr"),                             # override without '='
+    (["data.datasets=[no_such_set]"], "data.datasets"),      # checked against dataset_info.json at plan time
 ]
 
 BAD_FILES = [

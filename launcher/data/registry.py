@@ -57,9 +57,9 @@ def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
         if not path.exists():
             known = ", ".join(sorted(registry)) or "none"
             raise DataError(f"data.datasets: {name!r} is neither a dataset in {dataset_dir / 'dataset_info.json'} "
-                            f"(registered: {known}) nor an existing file")
+                            f"(registered: {known}) nor an existing file. Fix: register it there or give a .json/.jsonl path")
     if not path.exists():
-        raise DataError(f"dataset {name!r}: file {path} does not exist")
+        raise DataError(f"dataset {name!r}: file {path} does not exist. Fix: correct file_name in dataset_info.json")
     files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl")) if path.is_dir() else [path]
     return DatasetSpec(name=name, files=files, formatting=formatting, columns=columns)
 

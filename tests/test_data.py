@@ -1,0 +1,105 @@
+"""SFT data: alpaca -> messages -> token ids and loss mask, checked against the tokenizer's
+own apply_chat_template (ids) and its assistant-token mask (labels)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from launcher.builtin import materialize
+from launcher.data.formats import alpaca_to_messages
+from launcher.data.pipeline import build_sft_data
+from launcher.data.registry import ALPACA_COLUMNS, DataError, resolve_dataset
+from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 2048,
+            "train_on_prompt": False, "mask_history": False}
+
+CONVERSATIONS = {
+    "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
+    "system_multi_turn": [
+        {"role": "system", "content": "你是一个简洁的助手。"},
+        {"role": "user", "content": "今天会下雨吗?"}, {"role": "assistant", "content": "不会,是晴天。"},
+        {"role": "user", "content": "适合出去玩吗?"}, {"role": "assistant", "content": "非常适合。"},
+    ],
+    "tool_call": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]},
+        {"role": "tool", "content": "{\"temp\": 21}"},
+        {"role": "assistant", "content": "It is 21 degrees in Paris."},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(materialize("builtin:tiny-qwen2"))
+
+
+def _oracle(tokenizer, messages):
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return out["input_ids"], out["assistant_masks"]
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_ids_and_labels_match_the_chat_template(tokenizer, name):
+    messages = CONVERSATIONS[name]
+    ids, assistant_mask = _oracle(tokenizer, messages)
+    encoded = encode_conversation(tokenizer, messages, cutoff_len=4096)
+    assert encoded.input_ids == ids
+    trained = [int(label != IGNORE_INDEX) for label in encoded.labels]
+    assert trained == list(assistant_mask), "labels must cover exactly assistant content + <|im_end|>"
+    assert all(label in (IGNORE_INDEX, token) for label, token in zip(encoded.labels, ids))
+    ends = [i for i, t in enumerate(ids) if t == tokenizer.eos_token_id and trained[i]]
+    assert len(ends) == sum(m["role"] == "assistant" for m in messages), "each assistant turn's EOS is trained"
+
+
+def test_train_on_prompt_and_mask_history(tokenizer):
+    messages = CONVERSATIONS["system_multi_turn"]
+    ids, assistant_mask = _oracle(tokenizer, messages)
+    assert encode_conversation(tokenizer, messages, 4096, train_on_prompt=True).labels == ids
+    last_only = encode_conversation(tokenizer, messages, 4096, mask_history=True).labels
+    trained = [i for i, label in enumerate(last_only) if label != IGNORE_INDEX]
+    all_assistant = [i for i, m in enumerate(assistant_mask) if m]
+    assert trained and set(trained) < set(all_assistant)
+    assert min(trained) > len(_oracle(tokenizer, messages[:4])[0]), "only the last assistant turn is trained"
+
+
+def test_cutoff_truncates_and_drops_examples_with_nothing_to_learn(tokenizer, tmp_path):
+    encoded = encode_conversation(tokenizer, CONVERSATIONS["single"], cutoff_len=12)
+    assert len(encoded.input_ids) == len(encoded.labels) == 12
+    rows = [{"instruction": "x " * 200, "output": "long prompt, answer cut off"},
+            {"instruction": "short", "output": "kept"}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    data = build_sft_data([str(tmp_path / "d.json")], {**DATA_CFG, "cutoff_len": 64}, tokenizer)
+    assert data.dropped == 1 and len(data.examples) == 1
+
+
+def test_alpaca_columns_map_to_messages():
+    row = {"instruction": "Translate", "input": "你好", "output": "Hello", "system": "Be brief.",
+           "history": [["Hi", "Hello!"]]}
+    assert alpaca_to_messages(row, ALPACA_COLUMNS, "row 0") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Translate\n你好"}, {"role": "assistant", "content": "Hello"},
+    ]
+
+
+def test_bundled_dataset_loads_and_every_example_trains(tokenizer):
+    data = build_sft_data(["demo_sft"], DATA_CFG, tokenizer)
+    assert len(data.examples) >= 200 and data.dropped == 0
+
+
+def test_unknown_dataset_names_the_registry():
+    with pytest.raises(DataError, match="dataset_info.json.*registered: demo_sft"):
+        resolve_dataset("no_such_set", ROOT / "data")
+
+
+def test_bad_row_names_dataset_and_row(tmp_path, tokenizer):
+    (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "ok", "output": "fine"}, {"output": "no prompt"}]))
+    with pytest.raises(DataError, match="row 1.*instruction"):
+        build_sft_data([str(tmp_path / "bad.json")], DATA_CFG, tokenizer)
