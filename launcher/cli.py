@@ -37,21 +37,27 @@ def _prepare_output_dir(plan: dict) -> None:
     from launcher.checkpoint.paths import latest_checkpoint
 
     out = Path(plan["output_dir"])
+    recipe = plan["recipe"]
+    resume = recipe["train"]["resume"]
+    if resume not in ("auto", "none") and not (Path(resume) / "trainer_state.json").is_file():
+        raise RecipeError(f"train.resume = {resume!r} is not a complete checkpoint (no trainer_state.json). "
+                          "Fix: point it at an output.dir/checkpoint-<step> folder, or use auto")
     if not out.exists() or not any(out.iterdir()):
         return
-    recipe = plan["recipe"]
-    if recipe["train"]["resume"] == "auto" and latest_checkpoint(out) is not None:
-        print(f"[launch] resuming from {latest_checkpoint(out)}")
+    if recipe["output"]["overwrite"]:
+        if not any((out / name).exists() for name in RUN_ARTIFACTS):
+            raise RecipeError(f"output.dir = {str(out)!r} holds files that are not a launcher run; refusing to "
+                              "delete them even with output.overwrite=true. Fix: choose another output.dir")
+        print(f"[launch] output.overwrite=true: removing the previous run in {out}", flush=True)
+        shutil.rmtree(out)
         return
-    if recipe["train"]["resume"] not in ("auto", "none"):
-        return
-    if not recipe["output"]["overwrite"]:
-        raise RecipeError(f"output.dir = {str(out)!r} already holds files. Fix: output.overwrite=true to replace "
-                          "the run there, or choose another output.dir")
-    if not any((out / name).exists() for name in RUN_ARTIFACTS):
-        raise RecipeError(f"output.dir = {str(out)!r} holds files that are not a launcher run; "
-                          "refusing to delete them even with output.overwrite=true. Fix: choose another output.dir")
-    shutil.rmtree(out)
+    if resume != "none":
+        checkpoint = latest_checkpoint(out) if resume == "auto" else resume
+        if checkpoint is not None:
+            print(f"[launch] resuming from {checkpoint}", flush=True)
+            return
+    raise RecipeError(f"output.dir = {str(out)!r} already holds a run and there is no checkpoint to resume. "
+                      "Fix: output.overwrite=true to replace it, or choose another output.dir")
 
 
 def cmd_plan(argv: list[str]) -> int:

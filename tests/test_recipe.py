@@ -158,3 +158,24 @@ def test_schema_is_json_and_covers_every_section(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == {"model", "stage", "method", "data", "train", "distributed", "slurm", "output"}
     assert schema["properties"]["distributed"]["properties"]["zero"]["enum"] == [0, 1, 2, 3]
+
+
+def test_output_dir_of_a_previous_run_is_not_mixed_into(capsys, tmp_path, no_spawn):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "plan.json").write_text("{}")
+    code, err = _run_cli(capsys, [TINY, f"output.dir={out}"])
+    assert code == 2 and "output.overwrite=true" in err
+    assert (out / "plan.json").read_text() == "{}", "nothing of the old run may be touched"
+
+
+def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_run(capsys, tmp_path, no_spawn):
+    (tmp_path / "thesis.tex").write_text("precious")
+    code, err = _run_cli(capsys, [TINY, f"output.dir={tmp_path}", "output.overwrite=true"])
+    assert code == 2 and "not a launcher run" in err
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_resume_from_a_missing_checkpoint_is_refused(capsys, tmp_path, no_spawn):
+    code, err = _run_cli(capsys, [TINY, f"output.dir={tmp_path / 'run'}", f"train.resume={tmp_path / 'nope'}"])
+    assert code == 2 and "train.resume" in err
