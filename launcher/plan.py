@@ -9,6 +9,7 @@ process starts.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shlex
@@ -128,6 +129,15 @@ def _check_device(recipe: dict, on_gpu: bool) -> None:
         raise RecipeError("model.attn = 'flash_attention_2' needs a CUDA GPU and none is visible. Fix: model.attn=sdpa")
 
 
+def torch_extensions_dir() -> str:
+    """Per-interpreter cache for DeepSpeed's JIT ops: torch's default folder is shared by every
+    venv, and each venv that loads the op rebuilds it there (a minute each time on CPU)."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]
+    return str(Path.home() / ".cache" / "torch_extensions" / f"launcher-{tag}")
+
+
 def _environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
     env = {
         "PYTHONUNBUFFERED": "1",
@@ -141,6 +151,7 @@ def _environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
         env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
     else:
         env["DS_ACCELERATOR"] = "cpu"
+        env["TORCH_EXTENSIONS_DIR"] = torch_extensions_dir()
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     return env

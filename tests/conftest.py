@@ -30,7 +30,10 @@ def run_launch(args: list[str], timeout: int = 600, env: dict | None = None) -> 
 @pytest.fixture(scope="session")
 def warm():
     """Compile DeepSpeed's CPU ops and build the builtin model once per test session."""
+    from launcher.plan import torch_extensions_dir
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
     subprocess.run([sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"],
-                   check=True, env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=600)
+                   check=True, env=env, timeout=600)
     subprocess.run([sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
                    check=True, timeout=300)
