@@ -10,9 +10,9 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launcher.builtin import materialize
+    from launcher.builtin import local_model_path
 
-    model_dir = materialize(model_path)
+    model_dir = local_model_path(model_path)
     tokenizer = AutoTokenizer.from_pretrained(adapter or model_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if adapter:

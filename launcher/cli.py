@@ -1,4 +1,4 @@
-"""`launch`: the command line. Verbs: train (default), plan, schema, chat.
+"""`launch`: the command line. Verbs: train (default), plan, data, schema, chat, consolidate, merge.
 
 Recipe errors exit with code 2 and one message before any process starts. Heavy imports
 (torch, transformers) happen only inside the verbs that need them.
@@ -14,7 +14,6 @@ from pathlib import Path
 
 from launcher.recipe import RecipeError, load_recipe
 
-VERBS = ("train", "plan", "schema", "chat")
 RUN_ARTIFACTS = ("plan.json", "adapter_config.json", "config.json", "trainer_state.json")
 
 
@@ -101,6 +100,23 @@ def cmd_train(argv: list[str]) -> int:
     return code
 
 
+def cmd_data(argv: list[str]) -> int:
+    parser = _recipe_parser("data", "print processed examples of the recipe's datasets; train nothing")
+    parser.add_argument("--preview", type=int, default=3, metavar="N", help="examples to print (default 3)")
+    parser.add_argument("--dump", default=None, metavar="FILE",
+                        help="write every example as JSONL (input_ids, labels, attention_mask)")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+    from launcher.data.preview import preview
+    from launcher.data.registry import DataError
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        print(preview(recipe, args.preview, args.dump))
+    except DataError as err:  # a bad dataset is the user's input: reported like a bad recipe, exit 2
+        raise RecipeError(str(err)) from None
+    return 0
+
+
 def cmd_schema(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="launch schema", description="print the recipe's JSON schema").parse_args(argv)
     from launcher.schema import json_schema
@@ -123,13 +139,55 @@ def cmd_chat(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plan": cmd_plan, "schema": cmd_schema, "chat": cmd_chat}
+def cmd_consolidate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch consolidate",
+                                     description="ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
+    parser.add_argument("checkpoint", help="output.dir/checkpoint-<step> of a DeepSpeed run")
+    parser.add_argument("--out", required=True, help="new folder for the adapter or model")
+    parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
+    args = parser.parse_args(argv)
+    from launcher.checkpoint.consolidate import ConsolidateError, consolidate
+
+    try:
+        out = consolidate(args.checkpoint, args.out, args.shard_size)
+    except ConsolidateError as err:
+        print(f"launch consolidate: error: {err}", file=sys.stderr)
+        return 2
+    print(f"[launch] consolidated {args.checkpoint} -> {out}")
+    return 0
+
+
+def cmd_merge(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch merge", description="fold a LoRA adapter into its base model")
+    parser.add_argument("--base", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
+    parser.add_argument("--adapter", required=True, help="PEFT adapter dir")
+    parser.add_argument("--out", required=True, help="new folder for the merged model")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard")
+    args = parser.parse_args(argv)
+    if not (Path(args.adapter) / "adapter_config.json").is_file():
+        print(f"launch merge: error: --adapter {args.adapter} has no adapter_config.json. "
+              "Fix: pass a run's output.dir or a `launch consolidate` output", file=sys.stderr)
+        return 2
+    from launcher.checkpoint.merge import merge
+
+    try:
+        out = merge(args.base, args.adapter, args.out, args.dtype, args.shard_size)
+    except ValueError as err:
+        print(f"launch merge: error: {err}", file=sys.stderr)
+        return 2
+    print(f"[launch] merged {args.adapter} into {args.base} -> {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "plan": cmd_plan, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
+            "consolidate": cmd_consolidate, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: launch RECIPE [k=v ...] | launch {{{','.join(VERBS)}}} ...\n\n{__doc__}")
+        print(f"usage: launch RECIPE [k=v ...] | launch {{{','.join(COMMANDS)}}} ...\n\n{__doc__}")
         return 0 if argv else 2
     verb, rest = (argv[0], argv[1:]) if argv[0] in COMMANDS else ("train", argv)
     try:

@@ -21,7 +21,6 @@ NOT_YET = {
     "stage": {"pt", "rm", "dpo", "kto", "orpo", "ppo"},
     "method.name": {"full", "freeze", "prefix"},
     "data.packing": {"greedy", "neat"},
-    "model.template": {"qwen2", "llama3", "chatglm3", "alpaca", "empty"},
     "method.variant": {"dora", "rslora", "pissa"},
 }
 

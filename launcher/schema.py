@@ -83,6 +83,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "train_on_prompt": Key("bool", False, "also train on prompt tokens"),
         "mask_history": Key("bool", False, "train only on the last assistant turn"),
         "max_samples": Key("int", None, "use at most this many examples per dataset", nullable=True, low=1),
+        "on_bad_row": Key("str", "error", "a malformed row (bad JSON, missing column, wrong role order): error names it, skip drops it and counts it in the log", choices=("error", "skip")),
     },
     "train": {
         "epochs": Key("float", 3.0, "passes over the data", low=0, low_inclusive=False),

@@ -45,6 +45,7 @@ __all__ = [
     "fingerprint",
     "default_cache_dir",
     "materialize",
+    "local_model_path",
 ]
 
 BUILTIN_PREFIX = "builtin:"
@@ -184,3 +185,8 @@ def _build(path: str, out: Path) -> None:
         "transformers": transformers.__version__,
     }
     (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def local_model_path(path: str) -> str:
+    """``builtin:<name>`` -> its materialized folder; a hub id or local folder passes through."""
+    return materialize(path) if is_builtin(path) else path

@@ -1,0 +1,175 @@
+"""Registered chat templates (model.template: qwen2 | llama3 | chatglm3 | alpaca | empty).
+
+A template renders a conversation to text in one pass and returns the character span of
+every trained part (each assistant reply through its end-of-turn marker), so masks are
+exact by construction; tokenize.py turns spans into labels. `auto` (the tokenizer's own
+chat_template) is handled in tokenize.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from launcher.data.registry import DataError
+
+Span = tuple[int, int]
+_SLOT = re.compile(r"\{(content|eos)\}")
+
+
+def _fill(fmt: str, content: str = "", eos: str = "") -> str:
+    """Substitute {content}/{eos} in one pass (content may itself contain braces)."""
+    values = {"content": content, "eos": eos}
+    return _SLOT.sub(lambda match: values[match.group(1)], fmt)
+
+
+def _arguments(arguments: object) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def _json_call(name: str, arguments: object, key: str = "arguments") -> str:
+    return f'{{"name": {json.dumps(name, ensure_ascii=False)}, "{key}": {_arguments(arguments)}}}'
+
+
+def _json_lines(tools: list[dict]) -> str:
+    return "".join("\n" + json.dumps(tool, ensure_ascii=False) for tool in tools)
+
+
+def _qwen_tools(system: str, tools: list[dict]) -> str:
+    # Qwen2.5's published tool prompt, so a model tuned here sees the format it was trained with.
+    return (system + "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+            + _json_lines(tools) + "\n</tools>\n\nFor each function call, return a json object with function name "
+            "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def _chatglm3_tools(system: str, tools: list[dict]) -> str:
+    # ChatGLM3's own format: the tool list as indented JSON under the system prompt.
+    system = system or "Answer the following questions as best as you can. You have access to the following tools:"
+    return system + "\n" + json.dumps(tools, indent=4, ensure_ascii=False)
+
+
+def _generic_tools(system: str, tools: list[dict]) -> str:
+    head = (system + "\n\n") if system else ""
+    return (head + 'You can call these tools. To call one, reply with {"name": <tool name>, "arguments": {...}}:'
+            + _json_lines(tools))
+
+
+@dataclass(frozen=True)
+class Template:
+    """Format strings with {content} (and {eos}: the tokenizer's eos token) per turn kind."""
+
+    name: str
+    system: str
+    user: str
+    generation: str                 # assistant header after a user/tool turn (the generation prompt); not trained
+    assistant: str                  # the trained part: {content} plus the end-of-turn marker
+    observation: str                # a tool result turn
+    tool_call: Callable[[str, object], str]
+    tools: Callable[[str, list[dict]], str]
+    prefix: str = ""
+    default_system: str = ""
+    reply: str = "{content}"        # how a text reply sits inside the assistant part
+    separator: str = ""             # after each assistant turn; not trained
+    stop_roles: tuple[str, ...] = ()  # no per-turn eos: the next role token ends a reply (trained), eos the last
+    strip: bool = False             # the model's own template trims message content
+
+    def render(self, messages: list[dict], tools: list[dict] | None, eos: str) -> tuple[str, list[Span]]:
+        """The conversation's text and the trained spans of its assistant turns."""
+        system, turns = (messages[0]["content"], messages[1:]) if messages and messages[0]["role"] == "system" \
+            else (self.default_system, messages)
+        if tools:
+            system = self.tools(system, tools)
+        text = self.prefix + (_fill(self.system, self._clean(system)) if system else "")
+        spans: list[Span] = []
+        for message in turns:
+            role, content = message["role"], self._clean(message.get("content") or "")
+            if role == "assistant":
+                calls = [self.tool_call(c["function"]["name"], c["function"]["arguments"])
+                         for c in message.get("tool_calls") or []]
+                parts = ([_fill(self.reply, content)] if content or not calls else []) + calls
+                start = len(text)
+                text += _fill(self.assistant, "\n".join(parts), eos)
+                spans.append((start, len(text)))
+                text += self.separator
+                continue
+            if role not in ("user", "tool"):
+                raise DataError(f"template {self.name}: cannot render a {role!r} turn here (system only comes first)")
+            rendered = _fill(self.user if role == "user" else self.observation, content)
+            if self.stop_roles and spans and spans[-1][1] == len(text):
+                marker = next(r for r in self.stop_roles if rendered.startswith(r))
+                spans[-1] = (spans[-1][0], len(text) + len(marker))
+            text += rendered + self.generation
+        if self.stop_roles and spans and spans[-1][1] == len(text):
+            text += eos
+            spans[-1] = (spans[-1][0], len(text))
+        return text, spans
+
+    def _clean(self, content: str) -> str:
+        return content.strip() if self.strip else content
+
+
+TEMPLATES: dict[str, Template] = {t.name: t for t in (
+    Template(
+        name="qwen2",  # ChatML
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        default_system="You are a helpful assistant.",
+        user="<|im_start|>user\n{content}<|im_end|>\n",
+        observation="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+        generation="<|im_start|>assistant\n",
+        assistant="{content}<|im_end|>",
+        separator="\n",
+        tool_call=lambda name, arguments: f"<tool_call>\n{_json_call(name, arguments)}\n</tool_call>",
+        tools=_qwen_tools,
+    ),
+    Template(
+        name="llama3",
+        prefix="<|begin_of_text|>",
+        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+        generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant="{content}<|eot_id|>",
+        tool_call=lambda name, arguments: _json_call(name, arguments, key="parameters"),
+        tools=_generic_tools,
+        strip=True,
+    ),
+    Template(
+        name="chatglm3",
+        prefix="[gMASK]sop",
+        system="<|system|>\n{content}",
+        user="<|user|>\n{content}",
+        observation="<|observation|>\n{content}",
+        generation="<|assistant|>",
+        reply="\n{content}",
+        assistant="{content}",
+        tool_call=lambda name, arguments: f"{name}\n{_arguments(arguments)}",
+        tools=_chatglm3_tools,
+        stop_roles=("<|user|>", "<|observation|>"),
+    ),
+    Template(
+        name="alpaca",
+        system="{content}\n\n",
+        default_system="Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        user="### Instruction:\n{content}\n\n",
+        observation="### Instruction:\n{content}\n\n",
+        generation="### Response:\n",
+        assistant="{content}{eos}",
+        separator="\n\n",
+        tool_call=_json_call,
+        tools=_generic_tools,
+    ),
+    Template(
+        name="empty",  # raw text: turns concatenated, eos after each reply
+        system="{content}",
+        user="{content}",
+        observation="{content}",
+        generation="",
+        assistant="{content}{eos}",
+        tool_call=_json_call,
+        tools=_generic_tools,
+    ),
+)}

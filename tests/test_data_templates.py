@@ -1,0 +1,212 @@
+"""Registered templates, cutoff truncation and `launch data`.
+
+Oracles: the builtin tokenizer's own ChatML template (apply_chat_template ids and assistant
+mask) for qwen2; the models' published chat formats, written out by hand, for the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from launcher.builtin import builtin_source_dir
+from launcher.cli import main
+from launcher.data.pipeline import build_sft_data
+from launcher.data.templates import TEMPLATES
+from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, render
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 1024,
+       "train_on_prompt": False, "mask_history": False}
+CALL = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+CONVERSATIONS = {
+    "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
+    "system_multi_turn": [
+        {"role": "system", "content": "你是一个简洁的助手。"},
+        {"role": "user", "content": "今天会下雨吗?"}, {"role": "assistant", "content": "不会,是晴天。"},
+        {"role": "user", "content": "适合出去玩吗?"}, {"role": "assistant", "content": "非常适合。"}],
+    "tool_call": [
+        {"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+        {"role": "tool", "content": "{\"temp\": 21}"}, {"role": "assistant", "content": "It is 21 degrees in Paris."}],
+    "text_and_call": [
+        {"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
+        {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(builtin_source_dir("builtin:tiny-qwen2"))
+
+
+def _trained_text(tokenizer, encoded) -> list[str]:
+    """The decoded runs of trained tokens."""
+    runs, current = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if label != IGNORE_INDEX:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return [tokenizer.decode(run) for run in runs + ([current] if current else [])]
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_qwen2_equals_the_builtin_chatml_template_token_for_token(tokenizer, name):
+    messages = CONVERSATIONS[name]
+    oracle = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    encoded = encode_conversation(tokenizer, messages, 4096, template="qwen2")
+    assert encoded.input_ids == oracle["input_ids"]
+    assert [int(label != IGNORE_INDEX) for label in encoded.labels] == list(oracle["assistant_masks"])
+    assert encoded == encode_conversation(tokenizer, messages, 4096, template="auto")
+
+
+def test_qwen2_tools_use_the_published_qwen_tool_prompt(tokenizer):
+    tools = [{"name": "weather", "parameters": {"type": "object"}}]
+    text, _ = render(tokenizer, CONVERSATIONS["tool_call"], tools, "qwen2")
+    assert text.startswith(
+        "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions to assist "
+        "with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        '{"name": "weather", "parameters": {"type": "object"}}\n</tools>\n\n')
+    assert text.endswith('<|im_start|>assistant\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n'
+                         "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n{\"temp\": 21}\n</tool_response>"
+                         "<|im_end|>\n<|im_start|>assistant\nIt is 21 degrees in Paris.<|im_end|>\n")
+
+
+EXPECTED = {  # (rendered text of system_multi_turn, trained parts): the published formats
+    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n你是一个简洁的助手。<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\n今天会下雨吗?<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n不会,是晴天。<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\n适合出去玩吗?<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n非常适合。<|eot_id|>",
+               ["不会,是晴天。<|eot_id|>", "非常适合。<|eot_id|>"]),
+    "chatglm3": ("[gMASK]sop<|system|>\n你是一个简洁的助手。<|user|>\n今天会下雨吗?<|assistant|>\n不会,是晴天。"
+                 "<|user|>\n适合出去玩吗?<|assistant|>\n非常适合。<|im_end|>",
+                 # no eos per turn: the next role token ends a reply and is trained, eos ends the last
+                 ["\n不会,是晴天。<|user|>", "\n非常适合。<|im_end|>"]),
+    "alpaca": ("你是一个简洁的助手。\n\n### Instruction:\n今天会下雨吗?\n\n### Response:\n不会,是晴天。<|im_end|>\n\n"
+               "### Instruction:\n适合出去玩吗?\n\n### Response:\n非常适合。<|im_end|>\n\n",
+               ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"]),
+    "empty": ("你是一个简洁的助手。今天会下雨吗?不会,是晴天。<|im_end|>适合出去玩吗?非常适合。<|im_end|>",
+              ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_registered_templates_render_their_published_format_and_train_replies_only(tokenizer, name):
+    text, trained = EXPECTED[name]
+    assert render(tokenizer, CONVERSATIONS["system_multi_turn"], None, name)[0] == text
+    encoded = encode_conversation(tokenizer, CONVERSATIONS["system_multi_turn"], 4096, template=name)
+    assert encoded.input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert _trained_text(tokenizer, encoded) == trained
+
+
+def test_alpaca_default_system_and_llama3_tool_turns(tokenizer):
+    text, _ = render(tokenizer, CONVERSATIONS["single"], None, "alpaca")
+    assert text.startswith("Below is an instruction that describes a task. Write a response that appropriately "
+                           "completes the request.\n\n### Instruction:\nWhat is 2 + 3?\n\n### Response:\n")
+    encoded = encode_conversation(tokenizer, CONVERSATIONS["tool_call"], 4096, template="llama3")
+    assert _trained_text(tokenizer, encoded) == ['{"name": "weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+                                                 "It is 21 degrees in Paris.<|eot_id|>"]
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n{\"temp\": 21}<|eot_id|>" in tokenizer.decode(encoded.input_ids)
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_train_on_prompt_and_mask_history_with_registered_templates(tokenizer, template):
+    messages = CONVERSATIONS["system_multi_turn"]
+    everything = encode_conversation(tokenizer, messages, 4096, train_on_prompt=True, template=template)
+    assert everything.labels == everything.input_ids
+    all_turns = _trained_text(tokenizer, encode_conversation(tokenizer, messages, 4096, template=template))
+    assert _trained_text(tokenizer, encode_conversation(tokenizer, messages, 4096, mask_history=True,
+                                                        template=template)) == all_turns[-1:]
+
+
+class SlowTokenizer:
+    """The builtin tokenizer without offsets, as a sentencepiece-style slow tokenizer would be."""
+
+    is_fast = False
+
+    def __init__(self, fast):
+        self.fast, self.eos_token = fast, fast.eos_token
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.fast.encode(text, add_special_tokens=add_special_tokens)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_tokenizers_without_offsets_get_the_same_ids_and_labels(tokenizer, name):
+    messages = CONVERSATIONS[name]
+    assert (encode_conversation(SlowTokenizer(tokenizer), messages, 4096, template="qwen2")
+            == encode_conversation(tokenizer, messages, 4096, template="qwen2"))
+
+
+# ---- cutoff ---------------------------------------------------------------------------------------
+
+def _rounds(*pairs: tuple[str, str]) -> list[dict]:
+    return [m for user, reply in pairs for m in ({"role": "user", "content": user}, {"role": "assistant", "content": reply})]
+
+
+@pytest.mark.parametrize("template", ["auto", "llama3"])
+def test_cutoff_drops_the_oldest_rounds_whole_and_keeps_the_system(tokenizer, template):
+    system = [{"role": "system", "content": "Be brief."}]
+    old, middle, new = ("long question " * 40, "long answer " * 40), ("q2", "a2"), ("q3", "a3")
+    kept = encode_conversation(tokenizer, system + _rounds(middle, new), 4096, template=template)
+    full = encode_conversation(tokenizer, system + _rounds(old, middle, new), 4096, template=template)
+    assert len(full.input_ids) > len(kept.input_ids) + 50
+    assert encode_conversation(tokenizer, system + _rounds(old, middle, new), len(kept.input_ids), template=template) == kept
+
+
+def test_cutoff_cuts_the_newest_round_when_it_alone_is_too_long(tokenizer):
+    messages = _rounds(("q1", "a1"), ("q2", "answer " * 100))
+    newest = encode_conversation(tokenizer, messages[2:], 4096)
+    cut = encode_conversation(tokenizer, messages, 40)
+    assert cut == newest.cut(40) and cut.trainable
+
+
+def test_cutoff_keeps_the_oldest_replies_when_the_newest_prompt_fills_it(tokenizer):
+    messages = _rounds(("q1", "a1"), ("question " * 100, "a2"))
+    cut = encode_conversation(tokenizer, messages, 40)
+    assert cut == encode_conversation(tokenizer, messages, 4096).cut(40)
+    assert _trained_text(tokenizer, cut) == ["a1<|im_end|>"]
+
+
+def test_examples_without_a_trainable_token_are_dropped_and_counted(tokenizer, tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "x " * 300}, {"from": "gpt", "value": "cut off"}]},
+            {"conversations": [{"from": "human", "value": "short"}, {"from": "gpt", "value": "kept"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json", "formatting": "sharegpt"}}))
+    data = build_sft_data(["d"], {**CFG, "dataset_dir": str(tmp_path), "cutoff_len": 64}, tokenizer, "qwen2")
+    assert (len(data.examples), data.dropped) == (1, 1)
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES) + ["auto"])
+def test_every_sft_demo_dataset_trains_with_every_template(tokenizer, template):
+    names = ["demo_sharegpt", "demo_openai", "demo_law_csv"]
+    data = build_sft_data(names, CFG, tokenizer, template)
+    assert len(data.examples) == 6 and data.dropped == 0
+
+
+# ---- launch data ----------------------------------------------------------------------------------
+
+def test_launch_data_previews_and_dumps(tmp_path, capsys):
+    dump = tmp_path / "dump.jsonl"
+    code = main(["data", str(ROOT / "recipes" / "sft_tiny.yaml"), "data.datasets=[demo_sharegpt,demo_law_csv]",
+                 "model.template=qwen2", "--preview", "2", "--dump", str(dump)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("--- example") == 2 and "⟦Paris.<|im_end|>⟧" in out and "labels:    [-100×" in out
+    assert "examples: 4   dropped (no trainable token within data.cutoff_len=256): 0   bad rows skipped: 0" in out
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(rows) == 4
+    assert all(len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == sum(r["attention_mask"]) for r in rows)
+
+
+def test_launch_data_reports_a_bad_row_with_exit_code_2(tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"\n')
+    assert main(["data", str(ROOT / "recipes" / "sft_tiny.yaml"), f"data.datasets=[{tmp_path / 'bad.jsonl'}]"]) == 2
+    assert "bad.jsonl:2 row 1: invalid JSON line" in capsys.readouterr().err
+    assert main(["data", str(ROOT / "recipes" / "sft_tiny.yaml"), f"data.datasets=[{tmp_path / 'bad.jsonl'}]",
+                 "data.on_bad_row=skip", "--preview", "0"]) == 0
+    assert "examples: 1 " in capsys.readouterr().out
