@@ -20,7 +20,6 @@ from launcher.schema import SCHEMA, Key, all_keys
 NOT_YET = {
     "stage": {"pt", "rm", "dpo", "kto", "orpo", "ppo"},
     "method.name": {"full", "freeze", "prefix"},
-    "data.packing": {"greedy", "neat"},
     "method.variant": {"dora", "rslora", "pissa"},
 }
 

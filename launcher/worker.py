@@ -123,6 +123,9 @@ def run(plan: dict) -> None:
     if rank == 0:
         print(f"[launcher] data: {summary['examples']} examples, {summary['tokens']:,} tokens, "
               f"{summary['dropped']} dropped (no answer token within cutoff)", flush=True)
+        if "packed_rows" in summary:
+            print(f"[launcher] packing: {summary['packed_rows']} rows, efficiency {summary['packing_efficiency']:.2%} "
+                  "(real tokens / row capacity)", flush=True)
     trainer.train(resume_from_checkpoint=resume_checkpoint(plan))
     trainer.save_model(plan["output_dir"])  # gathers ZeRO-3 shards; PEFT saves only the adapter
     if trainer.is_world_process_zero():

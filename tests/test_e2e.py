@@ -66,9 +66,9 @@ def _tensorboard_tags(out: Path) -> set[str]:
     return set(accumulator.Tags()["scalars"])
 
 
-@pytest.mark.parametrize("zero", [2, 3])
-def test_lora_sft_two_processes(zero, tmp_path, warm):
-    out, proc = _train(tmp_path, f"zero{zero}", [f"distributed.zero={zero}", "train.max_steps=16",
+@pytest.mark.parametrize("zero,packing", [(2, "neat"), (3, "none")])
+def test_lora_sft_two_processes(zero, packing, tmp_path, warm):
+    out, proc = _train(tmp_path, f"zero{zero}", [f"distributed.zero={zero}", "train.max_steps=16", f"data.packing={packing}",
                                                  "train.logging_steps=2", "train.save_steps=8"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     plan = json.loads((out / "plan.json").read_text())

@@ -6,6 +6,7 @@ import json
 from itertools import groupby
 from pathlib import Path
 
+from launcher.data.packing import pack_examples
 from launcher.data.pipeline import SFTData, build_sft_data
 from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
@@ -80,6 +81,10 @@ def preview(recipe: dict, count: int, dump_path: str | None) -> str:
     data = build_sft_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     shown = [format_example(tokenizer, i, e) for i, e in enumerate(data.examples[:count])]
     report = "\n".join([*shown, format_counts(data, data_cfg)])
+    if data_cfg["packing"] != "none" and data.examples:
+        packed = pack_examples(data.examples, data_cfg["cutoff_len"])
+        report += (f"\npacking ({data_cfg['packing']}): {len(data.examples)} examples -> {len(packed.rows)} rows of "
+                   f"{data_cfg['cutoff_len']} tokens, efficiency {packed.efficiency:.2%} (real tokens / row capacity)")
     if dump_path:
         dump(dump_path, data.examples)
         report += f"\nwrote {len(data.examples)} examples to {dump_path}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import Trainer, TrainingArguments
 
 from launcher.data.collate import PaddingCollator
+from launcher.data.packing import pack_examples
 from launcher.data.pipeline import build_sft_data
+
+MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
@@ -15,9 +19,15 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     if not train.examples:
         raise SystemExit(f"no trainable examples in {data_cfg['datasets']} "
                          f"({train.dropped} dropped with no answer token within data.cutoff_len={data_cfg['cutoff_len']})")
-    collator = PaddingCollator(tokenizer.pad_token_id)
-    trainer = Trainer(model=model, args=args, train_dataset=train.examples, data_collator=collator,
-                      processing_class=tokenizer, callbacks=callbacks)
     summary = {"examples": len(train.examples), "dropped": train.dropped, "skipped_bad_rows": train.skipped,
                "tokens": sum(len(e["input_ids"]) for e in train.examples)}
+    rows = train.examples
+    if data_cfg["packing"] != "none":
+        packed = pack_examples(train.examples, data_cfg["cutoff_len"])
+        rows, summary["packed_rows"], summary["packing_efficiency"] = packed.rows, len(packed.rows), packed.efficiency
+    collator = PaddingCollator(tokenizer.pad_token_id, data_cfg["packing"],
+                               block_mask=plan["recipe"]["model"]["attn"] != "flash_attention_2",
+                               mask_dtype=MASK_DTYPES[plan["dtype"]])
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                      processing_class=tokenizer, callbacks=callbacks)
     return trainer, summary
