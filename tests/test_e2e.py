@@ -121,3 +121,21 @@ def test_crashing_rank_ends_the_job_with_its_traceback(tmp_path, warm):
     assert ended - float(failure.group(1)) < 60, "the job outlived its failed rank by more than 60 s"
     leftovers = subprocess.run(["pgrep", "-f", str(out / "plan.json")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes outlived the failed run: {leftovers.stdout}"
+
+
+def test_loss_is_normalised_per_token_over_the_global_batch(tmp_path, warm):
+    """micro 4 x accum 1 x world 1 and micro 1 x accum 2 x world 2 see the same 4 samples per
+    step. With the loss averaged over the global batch's trained tokens (not per micro batch
+    or per rank), both compute the same gradient: equal loss and gradient norm at every step.
+    (Weights are not compared: Adam's first steps are sign-like on lora_A's near-zero grads.)"""
+    logs = {}
+    for name, layout in {"w1": ["distributed.nproc_per_node=1", "train.micro_batch_size=4", "train.grad_accum=1"],
+                         "w2": ["distributed.nproc_per_node=2", "train.micro_batch_size=1", "train.grad_accum=2"]}.items():
+        out, proc = _train(tmp_path, name, [*layout, "distributed.zero=2", "train.max_steps=3", "train.logging_steps=1"])
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        logs[name] = [(e["loss"], e["grad_norm"]) for e in history if "grad_norm" in e]
+    assert len(logs["w1"]) == 3
+    for (loss1, norm1), (loss2, norm2) in zip(logs["w1"], logs["w2"]):
+        assert loss2 == pytest.approx(loss1, rel=1e-4)
+        assert norm2 == pytest.approx(norm1, rel=1e-4)
