@@ -23,6 +23,7 @@ def training_arguments(plan: dict):
     recipe = plan["recipe"]
     train, dist = recipe["train"], recipe["distributed"]
     on_cpu = plan["world"]["device"] == "cpu"
+    has_eval = bool(recipe["data"]["eval_datasets"]) or recipe["data"]["val_size"] > 0
     return TrainingArguments(
         output_dir=plan["output_dir"],
         per_device_train_batch_size=train["micro_batch_size"],
@@ -44,6 +45,10 @@ def training_arguments(plan: dict):
         logging_first_step=True,
         save_strategy="steps",
         save_steps=train["save_steps"],
+        # with eval data (eval_datasets or val_size): every eval_steps, else at each epoch end
+        eval_strategy=("steps" if train["eval_steps"] else "epoch") if has_eval else "no",
+        eval_steps=train["eval_steps"],
+        per_device_eval_batch_size=train["micro_batch_size"],
         bf16=plan["dtype"] == "bf16",
         fp16=plan["dtype"] == "fp16",
         deepspeed=plan["deepspeed"],
@@ -121,7 +126,8 @@ def run(plan: dict) -> None:
     if tensorboard is not None:
         trainer.add_callback(tensorboard)
     if rank == 0:
-        print(f"[launcher] data: {summary['examples']} examples, {summary['tokens']:,} tokens, "
+        print(f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
+              f"{summary['tokens']:,} tokens, "
               f"{summary['dropped']} dropped (no answer token within cutoff)", flush=True)
         if "packed_rows" in summary:
             print(f"[launcher] packing: {summary['packed_rows']} rows, efficiency {summary['packing_efficiency']:.2%} "

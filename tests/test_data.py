@@ -103,3 +103,13 @@ def test_bad_row_names_dataset_and_row(tmp_path, tokenizer):
     (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "ok", "output": "fine"}, {"output": "no prompt"}]))
     with pytest.raises(DataError, match="row 1.*instruction"):
         build_sft_data([str(tmp_path / "bad.json")], DATA_CFG, tokenizer)
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    from launcher.stages.sft import split_validation
+
+    examples = [{"input_ids": [i]} for i in range(100)]
+    train, held = split_validation(examples, 0.1, seed=42)
+    assert len(held) == 10 and len(train) == 90
+    assert split_validation(examples, 0.1, seed=42) == (train, held)
+    assert {e["input_ids"][0] for e in train}.isdisjoint(e["input_ids"][0] for e in held)

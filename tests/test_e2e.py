@@ -69,7 +69,8 @@ def _tensorboard_tags(out: Path) -> set[str]:
 @pytest.mark.parametrize("zero,packing", [(2, "neat"), (3, "none")])
 def test_lora_sft_two_processes(zero, packing, tmp_path, warm):
     out, proc = _train(tmp_path, f"zero{zero}", [f"distributed.zero={zero}", "train.max_steps=16", f"data.packing={packing}",
-                                                 "train.logging_steps=2", "train.save_steps=8"])
+                                                 "train.logging_steps=2", "train.save_steps=8",
+                                                 "data.val_size=0.1", "train.eval_steps=8"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["deepspeed"]["zero_optimization"]["stage"] == zero
@@ -78,7 +79,9 @@ def test_lora_sft_two_processes(zero, packing, tmp_path, warm):
     assert len(losses) >= 4
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"loss did not go down: {losses}"
     _check_adapter(out)
-    assert set(SCALARS) <= _tensorboard_tags(out)
+    assert set(SCALARS) | {"eval/loss"} <= _tensorboard_tags(out)
+    evals = [e["eval_loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e]
+    assert len(evals) == 2 and evals[1] < evals[0], f"held-out loss should fall: {evals}"
     assert (out / "checkpoint-8" / "trainer_state.json").is_file()
 
 

@@ -117,3 +117,4 @@ def test_launch_data_reports_packing_efficiency(capsys):
     assert cli.main(["data", "recipes/sft_tiny.yaml", "--preview", "0", "data.packing=neat"]) == 0
     out = capsys.readouterr().out
     assert "packing (neat): 284 examples ->" in out and "efficiency" in out
+
