@@ -19,8 +19,7 @@ from launcher.schema import SCHEMA, Key, all_keys
 # failing inside a worker after the processes have started.
 NOT_YET = {
     "stage": {"pt", "rm", "dpo", "kto", "orpo", "ppo"},
-    "method.name": {"full", "freeze", "prefix"},
-    "method.variant": {"dora", "rslora", "pissa"},
+    "method.variant": {"pissa"},
 }
 
 FLAT = all_keys()
@@ -252,12 +251,20 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             refuse(dotted, f"{dotted}: {value} is part of the recipe contract but not available in this version yet. "
                            f"Fix: use one of {sorted(set(FLAT[dotted].choices) - unavailable)}")
     method, dist = r["method"]["name"], r["distributed"]
-    if r["method"].get("loraplus_ratio") is not None:
-        refuse("method.loraplus_ratio", "method.loraplus_ratio (LoRA+) is not available in this version yet. "
-                                        "Fix: remove method.loraplus_ratio")
-    if r["model"]["quantization"] is not None and method == "lora":
-        refuse("model.quantization", "model.quantization (QLoRA) is not available in this version yet. "
-                                     "Fix: remove model.quantization")
+    if method == "freeze" and r["method"]["trainable_layers"] == 0:
+        refuse("method.trainable_layers", "method.trainable_layers: 0 trains no layer. "
+                                          "Fix: +N for the last N decoder layers, -N for the first N")
+    if method == "prefix" and r["train"]["gradient_checkpointing"]:
+        refuse("train.gradient_checkpointing", "train.gradient_checkpointing: true cannot run with method.name: prefix "
+                                               "(PEFT's prefix tuning does not work with gradient checkpointing). "
+                                               "Fix: set train.gradient_checkpointing: false")
+    if method == "prefix" and dist["engine"] == "deepspeed" and dist["zero"] == 3:
+        refuse("distributed.zero", "distributed.zero: 3 cannot save method.name: prefix (PEFT computes the saved prefix "
+                                   "on rank 0 alone from ZeRO-3-partitioned weights, which hangs). Fix: set distributed.zero: 2")
+    if r["method"].get("loraplus_ratio") is not None and dist["offload"] != "none":
+        refuse("method.loraplus_ratio", f"method.loraplus_ratio cannot run with distributed.offload: {dist['offload']} "
+                                        "(ZeRO-Offload steps with DeepSpeed's own CPU Adam, which has no LoRA+ groups). "
+                                        "Fix: set distributed.offload: none or remove method.loraplus_ratio")
     if r["model"]["quantization"] is not None and method != "lora":
         refuse("model.quantization", f"model.quantization (QLoRA) needs method.name: lora, got method.name: {method}. "
                                      "Fix: set method.name: lora or remove model.quantization")

@@ -67,9 +67,17 @@ def load_model(plan: dict, model_dir: str):
 
     recipe = plan["recipe"]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan["dtype"]]
+    quant, extra = recipe["model"]["quantization"], {}
+    if quant is not None:  # QLoRA: bitsandbytes quantizes the linear layers while loading
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quant["bits"] == 4, load_in_8bit=quant["bits"] == 8, bnb_4bit_quant_type=quant["type"],
+            bnb_4bit_use_double_quant=quant["double_quant"], bnb_4bit_compute_dtype=dtype)
+        # no device_map: transformers quantizes onto the current device, which TrainingArguments set per rank
     return AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=recipe["model"]["attn"],
-        trust_remote_code=recipe["model"]["trust_remote_code"])
+        trust_remote_code=recipe["model"]["trust_remote_code"], **extra)
 
 
 def resume_checkpoint(plan: dict) -> str | None:
@@ -90,14 +98,14 @@ def run(plan: dict) -> None:
     from transformers import AutoTokenizer, set_seed
     from transformers.integrations import TensorBoardCallback
 
-    from launcher.builtin import materialize
+    from launcher.builtin import local_model_path
     from launcher.callbacks import FaultInjectionCallback, ThroughputCallback
     from launcher.methods import apply_method, count_parameters
     from launcher.stages import STAGES
 
     recipe = plan["recipe"]
     rank = int(os.environ.get("RANK", "0"))
-    model_dir = materialize(recipe["model"]["path"])  # before DeepSpeed is configured: builds on one device
+    model_dir = local_model_path(recipe["model"]["path"])  # before DeepSpeed is configured: builds on one device
     args = training_arguments(plan)  # must precede model loading (ZeRO-3 zero.Init)
     _ = args.device  # sets up the process group now, so zero.Init sees the real world size
     if plan["deepspeed"] is not None and plan["world"]["device"] == "cpu":
@@ -121,6 +129,10 @@ def run(plan: dict) -> None:
     else:
         tensorboard = None
     trainer, summary = STAGES[recipe["stage"]](plan, args, model, tokenizer, callbacks)
+    if recipe["method"].get("loraplus_ratio") is not None:
+        from launcher.methods.lora import loraplus_optimizer
+
+        trainer.optimizer_cls_and_kwargs = loraplus_optimizer(trainer, recipe["method"]["loraplus_ratio"])
     throughput = ThroughputCallback(trainer.data_collator)
     trainer.add_callback(throughput)
     if tensorboard is not None:
@@ -151,11 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     parsed = parser.parse_args(argv)
     plan = json.loads(Path(parsed.plan).read_text())
     from launcher.data.registry import DataError
+    from launcher.methods.errors import MethodError
 
     try:
         run(plan)
     except DataError as err:  # bad input: one clear line, not a library traceback
         print(f"[launcher] data error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except MethodError as err:  # a method that does not fit the loaded model
+        print(f"[launcher] method error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     finally:
         import torch.distributed as dist

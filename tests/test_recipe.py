@@ -47,6 +47,12 @@ BAD_OVERRIDES = [
     (["method.name=freeze", "method.rank=4"], "method.rank"),
     (["method.name=lora", "method.num_virtual_tokens=8"], "method.num_virtual_tokens"),
     (["model.quantization.bits=3"], "model.quantization.bits"),
+    (["method={name: full}", "model.quantization={bits: 4}"], "model.quantization"),  # k-bit base only under LoRA
+    (["method={name: freeze, trainable_layers: 0}"], "method.trainable_layers"),
+    (["method={name: prefix}"], "train.gradient_checkpointing"),                    # PEFT prefix tuning refuses it
+    (["method={name: prefix}", "train.gradient_checkpointing=false"], "distributed.zero"),  # saving hangs under ZeRO-3
+    (["method.loraplus_ratio=4", "distributed.offload=optimizer"], "method.loraplus_ratio"),  # DS CPU Adam, no groups
+    (["method.variant=pissa"], "method.variant"),                                   # not available yet
     (["distributed.zero=4"], "distributed.zero"),
     (["distributed.engine=horovod"], "distributed.engine"),
     (["distributed.launcher=mpirun"], "distributed.launcher"),

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from launcher.methods import lora
+from launcher.methods import freeze, full, lora, prefix
+from launcher.methods.errors import MethodError
 
-METHODS = {"lora": lora.apply}
+__all__ = ["METHODS", "MethodError", "apply_method", "count_parameters"]
+
+METHODS = {
+    "full": full.apply,
+    "freeze": freeze.apply,
+    "lora": lora.apply,
+    "prefix": prefix.apply,
+}
 
 
 def apply_method(model, recipe: dict):

@@ -1,0 +1,254 @@
+"""Fine-tuning methods end to end through the real `launch` CLI (2 processes, DeepSpeed on
+gloo): each run trains on the same 8 examples every step (one full batch), so its loss must
+fall; DeepSpeed's own checkpoint (zero_to_fp32) is the oracle of what trained; the saved
+artefact must reload and reproduce the model those weights make, and every other parameter
+must be bit-identical to the base."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from launcher.recipe import RecipeError, load_recipe
+from tests.conftest import ROOT
+from tests.test_e2e import TINY, _losses, _train
+
+STEPS = 4
+# one full batch per step: 8 examples = micro 4 x 2 ranks x grad_accum 1; constant data makes the loss comparable
+FAST = ["data.max_samples=8", "train.grad_accum=1", "train.warmup_ratio=0", f"train.max_steps={STEPS}",
+        f"train.save_steps={STEPS}", "train.logging_steps=1"]
+DOC = ROOT / "docs" / "methods.md"
+IDS = torch.tensor([[5, 17, 300, 42, 1000, 7, 99, 2047]])
+
+
+def _run(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, str]:
+    out, proc = _train(tmp_path, name, [*FAST, *overrides])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    losses = _losses(out)
+    assert len(losses) == STEPS and losses[-1] < losses[0], f"loss did not go down: {losses}"
+    return out, proc.stdout
+
+
+def _recipe(out: Path) -> dict:
+    return json.loads((out / "plan.json").read_text())["recipe"]
+
+
+def _base(quantization: dict | None = None):
+    """A fresh base model (fp32), k-bit quantized like the worker does when asked."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from launcher.builtin import materialize
+
+    extra = {}
+    if quantization is not None:
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization["bits"] == 4, load_in_8bit=quantization["bits"] == 8,
+            bnb_4bit_quant_type=quantization["type"], bnb_4bit_use_double_quant=quantization["double_quant"],
+            bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32, **extra)
+
+
+def _trained_weights(out: Path) -> dict[str, torch.Tensor]:
+    """The trainable parameters of the final checkpoint, consolidated by DeepSpeed's zero_to_fp32."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(out / f"checkpoint-{STEPS}"), exclude_frozen_parameters=True)
+
+
+def _logits(model) -> torch.Tensor:
+    # train mode for k-bit models (no dropout anywhere here): in eval mode bitsandbytes' CPU path
+    # repacks 4-bit weights and fails when in_features (352 here) is not a multiple of its block size 64
+    model.train(getattr(model, "is_quantized", False))
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits
+
+
+def _check_model_dir(out: Path, trains: str) -> None:
+    """full/freeze: the saved model dir loads with AutoModelForCausalLM, exactly the parameters
+    matching `trains` differ from the base, and it equals base + DeepSpeed's trained weights."""
+    from transformers import AutoModelForCausalLM
+
+    base = dict(_base().named_parameters())
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    expected = {name for name in base if re.search(trains, name)}
+    changed = {name for name, p in saved.named_parameters() if not torch.equal(p, base[name])}
+    assert changed == expected, f"changed but not meant to: {sorted(changed - expected)}; " \
+                                f"meant to but unchanged: {sorted(expected - changed)}"
+    weights = _trained_weights(out)
+    assert set(weights) == expected, "DeepSpeed trained other parameters than the method selected"
+    rebuilt = _base()
+    rebuilt.load_state_dict(weights, strict=False)
+    torch.testing.assert_close(_logits(saved), _logits(rebuilt), rtol=0, atol=0)
+
+
+def _check_adapter(out: Path, trains: str) -> None:
+    """PEFT methods: DeepSpeed trained exactly the adapter parameters matching `trains` (the base,
+    frozen, is not in the checkpoint); the saved adapter reloads with PeftModel.from_pretrained onto
+    a fresh base (quantized like the run's) and gives the logits of the run's own method applied to
+    the base with the checkpoint's weights, which differ from the base's."""
+    from peft import PeftModel
+
+    from launcher.methods import apply_method
+
+    recipe = _recipe(out)
+    quant = recipe["model"]["quantization"]
+    weights = _trained_weights(out)
+    assert weights and all(re.search(trains, name) for name in weights), sorted(weights)
+    rebuilt = apply_method(_base(quant), recipe)
+    assert {n for n, p in rebuilt.named_parameters() if p.requires_grad} == set(weights)
+    unexpected = rebuilt.load_state_dict(weights, strict=False).unexpected_keys
+    assert not unexpected, unexpected
+    base_logits = _logits(_base(quant))
+    reloaded = PeftModel.from_pretrained(_base(quant), str(out))
+    torch.testing.assert_close(_logits(reloaded), _logits(rebuilt), rtol=0, atol=1e-6)
+    assert not torch.allclose(_logits(reloaded), base_logits), "adapter loaded but changes nothing"
+
+
+FULL_RUN = (3, "all")
+
+
+def test_full_under_zero3_with_offload_saves_a_loadable_model(tmp_path, warm):
+    out, stdout = _run(tmp_path, "full", ["method={name: full}", f"distributed.zero={FULL_RUN[0]}",
+                                          f"distributed.offload={FULL_RUN[1]}"])
+    assert "trainable params: 1,263,744 / 1,263,744 (100.0000%)" in stdout
+    _check_model_dir(out, trains=r".")
+
+
+FREEZE_CASES = [
+    (2, "{name: freeze, trainable_layers: -1, trainable_modules: [mlp], extra_modules: [embed_tokens]}",
+     r"^model\.(layers\.0\.mlp\.|embed_tokens\.)"),
+    (3, "{name: freeze, trainable_layers: 2, extra_modules: [norm, lm_head]}",
+     r"^(model\.layers\.[23]\.|model\.norm\.|lm_head\.)"),
+]
+
+
+@pytest.mark.parametrize("zero,method,trains", FREEZE_CASES, ids=["zero2-first-layer-mlp+embed", "zero3-last-2-layers+norm+head"])
+def test_freeze_trains_exactly_the_selected_parameters(zero, method, trains, tmp_path, warm):
+    out, stdout = _run(tmp_path, f"freeze{zero}", [f"method={method}", f"distributed.zero={zero}"])
+    assert "[launcher] freeze: trainable parameters:" in stdout  # the report of exactly what trains
+    _check_model_dir(out, trains)
+
+
+def test_freeze_more_layers_than_the_model_has_is_refused_before_training(tmp_path, warm):
+    out, proc = _train(tmp_path, "freeze9", [*FAST, "method={name: freeze, trainable_layers: 9}"])
+    assert proc.returncode != 0
+    assert ("[launcher] method error: method.trainable_layers = 9, but builtin:tiny-qwen2 has 4 decoder layers. "
+            "Fix: set method.trainable_layers between -4 and 4") in proc.stderr
+    assert not (out / "trainer_state.json").exists() and not list(out.glob("checkpoint-*"))
+
+
+LORA_CASES = [
+    (3, ["method.variant=dora", "method.loraplus_ratio=4", "method.additional_target=[embed_tokens]"],
+     r"\.(lora_[AB]\.default|lora_magnitude_vector\.default|embed_tokens\.modules_to_save\.default)\.weight$"),
+    (2, ["method.variant=rslora", "method.target=[q_proj,v_proj]"],
+     r"\.(q_proj|v_proj)\.lora_[AB]\.default\.weight$"),
+]
+
+
+@pytest.mark.parametrize("zero,overrides,trains", LORA_CASES, ids=["zero3-dora+loraplus+embed", "zero2-rslora-qv"])
+def test_lora_variants(zero, overrides, trains, tmp_path, warm):
+    out, _ = _run(tmp_path, f"lora{zero}", [*overrides, f"distributed.zero={zero}"])
+    _check_adapter(out, trains)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["use_dora"] == ("method.variant=dora" in overrides)
+    assert config["use_rslora"] == ("method.variant=rslora" in overrides)
+    if "method.loraplus_ratio=4" in overrides:  # DeepSpeed stepped the B matrices at 4 x lr
+        state = torch.load(out / f"checkpoint-{STEPS}" / f"global_step{STEPS}" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                           map_location="cpu", weights_only=False)
+        groups = state["optimizer_state_dict"]["optimizer_state_dict"]["param_groups"]
+        lr = _recipe(out)["train"]["lr"]
+        assert sorted({g["initial_lr"] for g in groups if g["params"]}) == pytest.approx([lr, 4 * lr])
+
+
+def test_loraplus_optimizer_puts_b_matrices_at_ratio_times_lr(tmp_path):
+    """The optimizer Trainer.create_optimizer builds (DeepSpeed's path calls it too)."""
+    from transformers import Trainer, TrainingArguments
+
+    from launcher.methods.lora import apply, loraplus_optimizer
+    from launcher.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / TINY, ["method.loraplus_ratio=16"])
+    model = apply(_base(), recipe["method"], recipe)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3,
+                                                          use_cpu=True, report_to=[]))
+    trainer.optimizer_cls_and_kwargs = loraplus_optimizer(trainer, 16)
+    lr_of = {id(p): g["lr"] for g in trainer.create_optimizer().param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert lr_of[id(param)] == pytest.approx(1.6e-2 if "lora_B" in name else 1e-3), name
+
+
+QLORA_CASES = [(3, "{bits: 4, type: nf4, double_quant: true}"), (2, "{bits: 8}")]
+
+
+@pytest.mark.parametrize("zero,quantization", QLORA_CASES, ids=["zero3-nf4", "zero2-int8"])
+def test_qlora_trains_and_reloads_over_the_quantized_base(zero, quantization, tmp_path, warm):
+    out, _ = _run(tmp_path, f"qlora{zero}", [f"model.quantization={quantization}", f"distributed.zero={zero}"])
+    _check_adapter(out, trains=r"\.lora_[AB]\.default\.weight$")
+
+
+PREFIX_ZERO = 2
+
+
+def test_prefix_tuning_saves_and_reloads_as_an_adapter(tmp_path, warm):
+    out, _ = _run(tmp_path, "prefix", ["method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}",
+                                       "train.gradient_checkpointing=false", f"distributed.zero={PREFIX_ZERO}"])
+    _check_adapter(out, trains=r"^prompt_encoder\.default\.")
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+
+
+# docs/methods.md's table: every method x ZeRO stage x offload cell is "tested" (a run above covers
+# it), "refused" (recipe validation says why) or "valid, not run"; generated, never edited by hand.
+ROWS = {
+    "full": ["method={name: full}"],
+    "freeze": ["method={name: freeze}"],
+    "lora (dora, rslora)": [],
+    "lora + loraplus_ratio": ["method.loraplus_ratio=4"],
+    "qlora 4-bit": ["model.quantization={bits: 4}"],
+    "qlora 8-bit": ["model.quantization={bits: 8}"],
+    "prefix": ["method={name: prefix}", "train.gradient_checkpointing=false"],
+}
+COLUMNS = [(0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
+           (3, "none"), (3, "optimizer"), (3, "all")]
+TESTED = {
+    ("full", *FULL_RUN), ("prefix", PREFIX_ZERO, "none"),
+    *{("freeze", zero, "none") for zero, _, _ in FREEZE_CASES},
+    *{("lora (dora, rslora)", zero, "none") for zero, _, _ in LORA_CASES},
+    *{("lora + loraplus_ratio", zero, "none") for zero, overrides, _ in LORA_CASES
+      if any(o.startswith("method.loraplus_ratio") for o in overrides)},
+    *{(f"qlora {load_recipe(ROOT / TINY, [f'model.quantization={q}'])['model']['quantization']['bits']}-bit", zero, "none")
+      for zero, q in QLORA_CASES},
+}
+START, END = "<!-- table: generated by `python -m tests.test_methods` -->", "<!-- end of table -->"
+
+
+def methods_table() -> str:
+    header = [f"ZeRO-{zero}" + ("" if offload == "none" else f" + offload {offload}") for zero, offload in COLUMNS]
+    lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    reasons: list[str] = []
+    for row, overrides in ROWS.items():
+        cells = []
+        for zero, offload in COLUMNS:
+            try:
+                load_recipe(ROOT / TINY, [*overrides, f"distributed.zero={zero}", f"distributed.offload={offload}"])
+            except RecipeError as err:
+                reason = str(err).split(": ", 1)[1]  # drop where the value came from
+                reasons += [reason] if reason not in reasons else []
+                cells.append(f"refused [{reasons.index(reason) + 1}]")
+                continue
+            cells.append("**tested**" if (row, zero, offload) in TESTED else "valid, not run")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join([START, *lines, "", *[f"[{i}] {reason}  " for i, reason in enumerate(reasons, 1)], END])
+
+
+def test_docs_table_is_current():
+    assert methods_table() in DOC.read_text(), "docs/methods.md is stale. Fix: python -m tests.test_methods"
+
+
+if __name__ == "__main__":
+    text = DOC.read_text()
+    DOC.write_text(text[:text.index(START)] + methods_table() + text[text.index(END) + len(END):])
