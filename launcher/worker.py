@@ -173,11 +173,16 @@ def main(argv: list[str] | None = None) -> None:
     except MethodError as err:  # a method that does not fit the loaded model
         print(f"[launcher] method error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # rank 0 may still be writing the final files
+    # Everything is saved and flushed now: leave without tearing the process group and the
+    # interpreter down. That teardown sometimes aborts in a C++ destructor ("terminate called
+    # without an active exception", seen on CPU + gloo) and turned finished runs into failures.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
