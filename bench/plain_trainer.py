@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save-steps", type=int, default=100000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=float, default=16.0)
     return parser.parse_args()
 
 
@@ -55,8 +55,8 @@ def training_arguments(args: argparse.Namespace) -> TrainingArguments:
         max_steps=args.max_steps,
         lr_scheduler_type=args.scheduler,
         warmup_steps=args.warmup,
-        gradient_checkpointing=args.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         seed=args.seed,
         logging_steps=args.logging_steps,
         logging_first_step=True,
