@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -52,7 +51,7 @@ PLAIN_FIXED = {
     ("method", "variant"): "lora", ("method", "additional_target"): None, ("method", "loraplus_ratio"): None,
     ("model", "dtype"): "fp32", ("model", "attn"): "sdpa", ("model", "template"): "auto",
     ("model", "trust_remote_code"): False, ("model", "quantization"): None,
-    ("train", "optimizer"): "adamw_torch", ("train", "weight_decay"): 0.0, ("train", "max_grad_norm"): 1.0,
+    ("train", "weight_decay"): 0.0, ("train", "max_grad_norm"): 1.0,
     ("train", "neftune_alpha"): None, ("data", "max_samples"): None, ("data", "train_on_prompt"): False,
     ("data", "mask_history"): False, ("data", "packing"): "none", ("data", "eval_datasets"): [],
     ("data", "val_size"): 0.0, ("data", "on_bad_row"): "error",
@@ -93,16 +92,9 @@ def timed(argv: list[str], env: dict[str, str], log: Path) -> float:
 
 
 def base_env() -> dict[str, str]:
-    """Environment of every command: CPU only, repo importable, a DeepSpeed op cache of our own.
-
-    The default op cache (~/.cache/torch_extensions) is shared by every venv on the box; another
-    venv's build of the same op makes the next run here recompile it (a minute on 2 cores).
-    """
-    venv_key = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/llm-launcher/bench-torch-extensions" / venv_key))
-    return env
+    """Environment of every command: CPU only, and the repo importable by bench/plain_trainer.py."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def resolve_tiny(overrides: list[str]) -> dict:
@@ -134,6 +126,7 @@ def plain_argv(plan: dict, model_dir: str, ds_config: Path, out: Path, port: int
             "--dataset-dir", data["dataset_dir"], f"--cutoff-len={data['cutoff_len']}",
             f"--max-steps={train['max_steps']}", f"--micro-batch-size={train['micro_batch_size']}",
             f"--grad-accum={train['grad_accum']}", f"--lr={train['lr']}", f"--scheduler={train['scheduler']}",
+            f"--optim={train['optimizer']}",
             f"--warmup={train['warmup_ratio']}",
             "--gradient-checkpointing" if train["gradient_checkpointing"] else "--no-gradient-checkpointing",
             f"--logging-steps={train['logging_steps']}", f"--save-steps={train['save_steps']}",
@@ -186,15 +179,16 @@ def one_run(kind: str, argv: list[str], env: dict[str, str], out: Path, label: s
     return run
 
 
-def warm_ops(env: dict[str, str], work: Path) -> None:
-    """Compile/load DeepSpeed's CPU comm op once untimed, so no timed run pays a cold build."""
-    print("[bench] warming DeepSpeed's CPU comm op (untimed)", flush=True)
-    timed([sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"],
-          {**env, "DS_ACCELERATOR": "cpu"}, work / "warm.log")
+def warm_up(env: dict[str, str], work: Path) -> None:
+    """A short untimed launch: builds DeepSpeed's CPU op if needed and pulls every library into the
+    page cache, so the first timed run (always a launch) pays no one-off cost the others skip."""
+    print("[bench] warm-up: 2-step launch (untimed)", flush=True)
+    timed(launch_argv(["train.max_steps=2", "train.save_steps=100000"], work / "warm", free_port()), env,
+          work / "warm.log")
 
 
-def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dict[str, str]]:
-    """Alternate launch and plain runs (order swapped each repetition); also returns the commands shown."""
+def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dict[str, str], dict[str, str]]:
+    """Alternate launch and plain runs (order swapped each repetition); also the commands shown and the ranks' env."""
     overrides = [f"train.max_steps={steps}", "train.save_steps=100000"]
     env = base_env()
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # build_plan reads it: resolve the same CPU plan the launch sees
@@ -202,8 +196,8 @@ def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dic
     model_dir = materialize(plan["recipe"]["model"]["path"])  # build once, outside any timing
     ds_config = work / "ds_config.json"
     ds_config.write_text(json.dumps(plan["deepspeed"], indent=2))
-    plain_env = {**env, **plan["env"]}  # exactly what the launcher gives its ranks
-    warm_ops(env, work)
+    plain_env = {**env, **plan["env"]}  # exactly what the launcher gives its ranks (DeepSpeed op cache included)
+    warm_up(env, work)
     runs: list[Run] = []
     for rep in range(repeats):
         order = ("launch", "plain") if rep % 2 == 0 else ("plain", "launch")
@@ -220,7 +214,7 @@ def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dic
         "plain": f"{shown_env} PYTHONPATH=. " + display(plain_argv(plan, model_dir, ds_config, work / "plain", 0),
                                                         work, model_dir),
     }
-    return runs, commands
+    return runs, commands, plain_env
 
 
 def display(argv: list[str], work: Path, model_dir: str) -> str:
@@ -233,7 +227,7 @@ def display(argv: list[str], work: Path, model_dir: str) -> str:
 def bench_prebuild(env: dict[str, str], work: Path, runs: int = 3) -> list[float]:
     """The launcher's DeepSpeed op prebuild on its own, cache warm: serial time before any rank starts."""
     argv = [sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"]
-    return [timed(argv, {**env, "DS_ACCELERATOR": "cpu"}, work / "prebuild.log") for _ in range(runs)]
+    return [timed(argv, env, work / "prebuild.log") for _ in range(runs)]
 
 
 def bench_plan(work: Path) -> tuple[list[float], list[float]]:
@@ -304,9 +298,7 @@ def render_training(runs: list[Run], commands: dict[str, str], prebuild_s: list[
         "steps/s = steps / `train_runtime` (the Trainer's own timing of its training loop); wall = the command "
         "from start to exit. Runs alternate, order swapped each repetition. other CPU = share of the machine's CPU "
         "used by processes outside the benchmark during the run (from /proc/stat minus the run's own CPU time); "
-        f"above {QUIET:.0%} the run competed for the cores and its numbers are disturbed. "
-        "Both use a private `TORCH_EXTENSIONS_DIR` (the shared default cache is rebuilt whenever another venv "
-        "builds the same op).", "",
+        f"above {QUIET:.0%} the run competed for the cores and its numbers are disturbed.", "",
         "| # | run | wall s | train_runtime s | steps/s | train_loss | other CPU |",
         "|---|---|---|---|---|---|---|", *rows, "",
         "| median (min–max, ±half-range) | launch | plain | launch / plain |", "|---|---|---|---|",
@@ -376,9 +368,9 @@ def main() -> None:
     os.chdir(ROOT)  # recipes name their data relative to the repo root, and the planner checks it
     with tempfile.TemporaryDirectory(prefix="launcher-bench-") as tmp:
         work = Path(tmp)
-        runs, commands = bench_training(args.steps, args.repeats, work)
+        runs, commands, rank_env = bench_training(args.steps, args.repeats, work)
         print("[bench] timing the DeepSpeed op prebuild and `launch plan`", flush=True)
-        prebuild_s = bench_prebuild(base_env(), work)
+        prebuild_s = bench_prebuild(rank_env, work)
         plan_s, pass_s = bench_plan(work)
     section = render(render_training(runs, commands, prebuild_s, args.steps), render_plan(plan_s, pass_s),
                      args.steps, args.repeats)

@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--scheduler", default="cosine")
+    parser.add_argument("--optim", default="adamw_torch", help="not the Trainer's default (adamw_torch_fused)")
     parser.add_argument("--warmup", type=float, default=0.05, help="warmup steps; < 1 is a ratio of max steps")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--logging-steps", type=int, default=5)
@@ -54,6 +55,7 @@ def training_arguments(args: argparse.Namespace) -> TrainingArguments:
         learning_rate=args.lr,
         max_steps=args.max_steps,
         lr_scheduler_type=args.scheduler,
+        optim=args.optim,
         warmup_steps=args.warmup,
         activation_checkpointing=args.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
