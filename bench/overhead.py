@@ -126,8 +126,7 @@ def plain_argv(plan: dict, model_dir: str, ds_config: Path, out: Path, port: int
             "--dataset-dir", data["dataset_dir"], f"--cutoff-len={data['cutoff_len']}",
             f"--max-steps={train['max_steps']}", f"--micro-batch-size={train['micro_batch_size']}",
             f"--grad-accum={train['grad_accum']}", f"--lr={train['lr']}", f"--scheduler={train['scheduler']}",
-            f"--optim={train['optimizer']}",
-            f"--warmup={train['warmup_ratio']}",
+            f"--optim={train['optimizer']}", f"--warmup={train['warmup_ratio']}",
             "--gradient-checkpointing" if train["gradient_checkpointing"] else "--no-gradient-checkpointing",
             f"--logging-steps={train['logging_steps']}", f"--save-steps={train['save_steps']}",
             f"--seed={train['seed']}", f"--lora-rank={method['rank']}", f"--lora-alpha={method['alpha']}"]
@@ -279,7 +278,10 @@ def render_training(runs: list[Run], commands: dict[str, str], prebuild_s: list[
     med = {k: (statistics.median(sps[k]), statistics.median(wall[k]), statistics.median(fixed[k])) for k in sps}
     sps_ratio, wall_ratio = med["launch"][0] / med["plain"][0], med["launch"][1] / med["plain"][1]
     extra_fixed, prebuild = med["launch"][2] - med["plain"][2], statistics.median(prebuild_s)
-    share = f", i.e. about {prebuild / extra_fixed:.0%} of that extra" if extra_fixed > 0 else ""
+    if 0 < prebuild <= extra_fixed:
+        share = f", i.e. about {prebuild / extra_fixed:.0%} of that extra"
+    else:  # the rest of the launcher's start-up and shutdown is then no slower than the bare script's
+        share = "; that is all of the extra and more, so the rest of its start-up and shutdown costs nothing measurable"
     same_loss = len({round(r.loss, 4) for r in runs}) == 1
     disturbed = [str(i + 1) for i, r in enumerate(runs) if r.other_cpu > QUIET]
     warning = (f" **Run(s) {', '.join(disturbed)} shared the CPU with other processes (other CPU > "
