@@ -146,11 +146,11 @@ def cmd_consolidate(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="new folder for the adapter or model")
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
     args = parser.parse_args(argv)
-    from launcher.checkpoint.consolidate import ConsolidateError, consolidate
+    from launcher.checkpoint.consolidate import consolidate
 
     try:
         out = consolidate(args.checkpoint, args.out, args.shard_size)
-    except ConsolidateError as err:
+    except ValueError as err:  # ConsolidateError or an occupied --out
         print(f"launch consolidate: error: {err}", file=sys.stderr)
         return 2
     print(f"[launch] consolidated {args.checkpoint} -> {out}")

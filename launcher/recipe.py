@@ -227,7 +227,7 @@ def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: di
                 continue
         value = raw.get(name, spec.default)
         where = _where(origins, dotted)
-        if isinstance(spec, Key) and spec.kind == "section":
+        if spec.kind == "section":
             if value is None:
                 if not spec.nullable:
                     raise RecipeError(f"{where}: {dotted} is required")

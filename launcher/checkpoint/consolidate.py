@@ -10,12 +10,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from launcher.checkpoint.paths import require_empty_dir
+
 ADAPTER_NAME = "default"
 COPIED_FILES = ("adapter_config.json", "config.json", "generation_config.json", "tokenizer.json",
                 "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
-class ConsolidateError(Exception):
+class ConsolidateError(ValueError):
     """A checkpoint that cannot be consolidated; the message says why and what to do."""
 
 
@@ -52,8 +54,7 @@ def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_dir():
         raise ConsolidateError(f"checkpoint {checkpoint} is not a folder. Fix: pass output.dir/checkpoint-<step>")
-    if out.exists() and any(out.iterdir()):
-        raise ConsolidateError(f"--out {out} already holds files. Fix: choose an empty or new folder")
+    require_empty_dir(out)
     tag = zero_tag(checkpoint)
     is_adapter = (checkpoint / "adapter_config.json").is_file()
     # frozen base weights are not in an adapter; a full run's are all trainable

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from launcher.checkpoint.paths import require_empty_dir
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -16,8 +18,7 @@ def merge(base: str, adapter: str, out: str | Path, dtype: str = "fp32", shard_s
     from launcher.builtin import local_model_path
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} already holds files. Fix: choose an empty or new folder")
+    require_empty_dir(out)
     base_dir = local_model_path(base)
     # merge in fp32 so rounding happens once, at the final cast
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)

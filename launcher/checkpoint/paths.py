@@ -1,8 +1,14 @@
-"""Where a run's checkpoints are. Torch-free: the CLI uses it before any process starts."""
+"""Checkpoint and output folders: finding the latest complete checkpoint, refusing occupied outputs. Torch-free."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def require_empty_dir(out: Path) -> None:
+    """Refuse to write a consolidated or merged artefact over existing files (ValueError)."""
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} already holds files. Fix: choose an empty or new folder")
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
