@@ -13,7 +13,7 @@ from launcher.builtin import materialize
 from launcher.data.formats import alpaca_to_messages
 from launcher.data.pipeline import build_sft_data
 from launcher.data.registry import ALPACA_COLUMNS, DataError, resolve_dataset
-from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
+from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 2048,
@@ -134,6 +134,33 @@ def test_a_template_that_rewrites_contents_still_matches_the_chat_template(token
         tokenizer.chat_template = original
     assert encoded.input_ids == ids
     assert [int(label != IGNORE_INDEX) for label in encoded.labels] == list(assistant_mask)
+
+
+THINKING = (  # drops an assistant reply's reasoning, as Qwen3's template does: output depends on the contents
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% set content = message['content'].split('</think>')[-1] if message['role'] == 'assistant' else message['content'] %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ content }}<|im_end|>{% endgeneration %}"
+    "{% else %}{{ content }}<|im_end|>{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_conversations_of_one_shape_whose_render_depends_on_contents_each_match_the_chat_template(tokenizer):
+    # The template's text around the contents is learnt once per shape (roles, tools) and reused; a conversation
+    # it does not fit (here: reasoning dropped) must be caught and get its own exact spans.
+    plain = CONVERSATIONS["system_multi_turn"]
+    thinking = [{**m, "content": "<think>hmm</think>" + m["content"]} if m["role"] == "assistant" else m for m in plain]
+    original = tokenizer.chat_template
+    tokenizer.chat_template = THINKING
+    try:
+        batch = [(plain, None), (thinking, None), (plain, None)]
+        encoded = encode_conversations(tokenizer, batch, cutoff_len=4096)
+        oracles = [_oracle(tokenizer, messages) for messages, _ in batch]
+    finally:
+        tokenizer.chat_template = original
+    assert len(oracles[1][0]) == len(oracles[0][0]), "the reasoning is dropped from the render"
+    for got, (ids, assistant_mask) in zip(encoded, oracles):
+        assert got.input_ids == ids
+        assert [int(label != IGNORE_INDEX) for label in got.labels] == list(assistant_mask)
 
 
 def test_batched_encoding_and_workers_give_the_single_conversation_results(tokenizer):

@@ -6,6 +6,7 @@ mask) for qwen2; the models' published chat formats, written out by hand, for th
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from launcher.cli import main
 from launcher.data.pipeline import build_sft_data
 from launcher.data.registry import DataError
 from launcher.data.templates import TEMPLATES
-from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, render
+from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations, render
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 1024,
@@ -199,6 +200,60 @@ def test_cutoff_keeps_the_oldest_replies_when_the_newest_prompt_fills_it(tokeniz
     cut = encode_conversation(tokenizer, messages, 40)
     assert cut == encode_conversation(tokenizer, messages, 4096).cut(40)
     assert _trained_text(tokenizer, cut) == ["a1<|im_end|>"]
+
+
+def _conversations(count: int, seed: int = 0) -> list[list[dict]]:
+    """Multi-round conversations of varied lengths, some with a system prompt."""
+    rng = random.Random(seed)
+    words = "the quick brown fox jumps over lazy dogs 你好 世界 , . ? \n".split(" ")
+    def text() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))
+    out = []
+    for _ in range(count):
+        head = [{"role": "system", "content": text()}] if rng.random() < 0.5 else []
+        out.append(head + _rounds(*[(text(), text()) for _ in range(rng.randint(1, 5))]))
+    return out
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES) + ["auto"])
+@pytest.mark.parametrize("mode", [{}, {"train_on_prompt": True}, {"mask_history": True}])
+def test_batched_cutoff_equals_encoding_the_kept_rounds_alone(tokenizer, template, mode):
+    # Over-long conversations lose their oldest rounds; with ChatML (qwen2, auto) the shorter variants are
+    # spliced from the whole conversation's tokens at <|im_start|> instead of being tokenized again.
+    conversations = _conversations(60)
+    for cutoff in (40, 90):
+        got = encode_conversations(tokenizer, [(m, None) for m in conversations], cutoff, template=template, **mode)
+        for messages, encoded in zip(conversations, got):
+            alone = encode_conversation(tokenizer, messages, 10**6, template=template, **mode)
+            if len(alone.input_ids) <= cutoff:
+                assert encoded == alone
+                continue
+            fitting = [v for v in (_without_oldest(messages, k) for k in range(1, len(messages))) if v is not None and
+                       len(encode_conversation(tokenizer, v, 10**6, template=template).input_ids) <= cutoff]
+            if fitting:
+                assert encoded == encode_conversation(tokenizer, fitting[0], 10**6, template=template, **mode)
+                if template == "auto":
+                    assert encoded.input_ids == tokenizer.apply_chat_template(fitting[0], tokenize=True, return_dict=True)["input_ids"]
+            else:
+                assert len(encoded.input_ids) == cutoff
+
+
+def _without_oldest(messages: list[dict], rounds: int) -> list[dict] | None:
+    head = messages[:1] if messages[0]["role"] == "system" else []
+    body = messages[len(head):]
+    return head + body[2 * rounds:] if 2 * rounds < len(body) else None
+
+
+def test_a_spliced_variant_has_the_tokens_and_labels_of_its_own_tokenization(tokenizer):
+    from launcher.data.tokenize import _encode_rendered, _Splicer, _Whole
+
+    messages = [{"role": "system", "content": "Be brief."}] + _rounds(("hello there " * 20, "hi " * 20), ("q", "a"))
+    (whole_text, whole_spans), (text, spans) = render(tokenizer, messages, None, "auto"), \
+        render(tokenizer, messages[:1] + messages[3:], None, "auto")
+    (whole,), (encoding,) = (part for part in _encode_rendered(tokenizer, [(whole_text, whole_spans)], False, False))
+    (alone,), _ = _encode_rendered(tokenizer, [(text, spans)], False, False)
+    spliced = _Splicer(tokenizer)(_Whole(whole_text, whole.input_ids, encoding), text, spans, False)
+    assert spliced is not None and spliced == alone
 
 
 def test_examples_without_a_trainable_token_are_dropped_and_counted(tokenizer, tmp_path):

@@ -5,8 +5,10 @@ Rendering gives the conversation's text and the character span of each trained p
   tokenizer.apply_chat_template(messages) exactly; a span runs from the end of an
   assistant turn's generation prompt to the end of its turn, trimmed after the first eos
   (template text after the eos, like ChatML's trailing newline, stays masked). Spans come
-  from one extra render with every content replaced by a marker when the template copies
-  contents verbatim (most do); otherwise from rendering each assistant turn's prefix.
+  from a render with every content replaced by a marker, made once per conversation shape
+  (roles, other keys, tools) and checked against each conversation's text, when the
+  template copies contents verbatim (most do); otherwise from rendering each assistant
+  turn's prefix.
 - a registered template (templates.py): spans come from the renderer itself.
 Texts are tokenized in batched calls and each span's ends are mapped to tokens by offsets
 (tokenizers without offsets: span by span).
@@ -14,9 +16,11 @@ Texts are tokenized in batched calls and each span's ends are mapped to tokens b
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
+from launcher.data.gc_pause import gc_paused
 from launcher.data.registry import DataError
 from launcher.data.templates import TEMPLATES, Span
 
@@ -30,7 +34,7 @@ class Encoded:
 
     @property
     def trainable(self) -> bool:
-        return any(label != IGNORE_INDEX for label in self.labels)
+        return self.labels.count(IGNORE_INDEX) < len(self.labels)
 
     def cut(self, length: int) -> "Encoded":
         return Encoded(self.input_ids[:length], self.labels[:length])
@@ -62,9 +66,9 @@ _MARK = re.compile("\ue000(\\d+)\ue001")  # a message index between private-use 
 _GENERATION_PROMPTS: dict[tuple, str | None] = {}
 
 
-def _generation_prompt(tokenizer) -> str | None:
-    """What add_generation_prompt appends after a user turn (e.g. "<|im_start|>assistant\\n"); None if unclear."""
-    key = (tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
+def _generation_prompt(tokenizer, key: tuple) -> str | None:
+    """What add_generation_prompt appends after a user turn (e.g. "<|im_start|>assistant\\n"); None if unclear.
+    key: _template_key(tokenizer)."""
     if key not in _GENERATION_PROMPTS:
         probe = [{"role": "user", "content": "x"}]
         try:
@@ -75,27 +79,33 @@ def _generation_prompt(tokenizer) -> str | None:
     return _GENERATION_PROMPTS[key]
 
 
-def _marked_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[Span]] | None:
-    """Spans from two renders: the conversation, and the same with each message's content replaced by a marker.
+def _template_key(tokenizer) -> tuple:
+    return (tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
 
-    Used only when the markers show the template copies every content verbatim (the marked text with the
-    contents put back is the real text), each reply sits right after the generation prompt, and an eos follows
-    it before the next message: then a reply's span (generation prompt end through the first eos) is known
-    without rendering prefixes. None otherwise (the caller falls back to prefix renders)."""
-    prompt, eos = _generation_prompt(tokenizer), tokenizer.eos_token
-    if not prompt or not eos or any(not isinstance(m.get("content"), str) or not m["content"] for m in messages):
-        return None  # empty contents (tool-call turns) change what templates render: not comparable
+
+_PIECES: dict[tuple, list[str] | None] = {}  # (template key, conversation shape) -> marked render's pieces
+_PIECES_LIMIT = 4096  # shapes (role sequences, tool lists) kept; past this the cache starts over
+
+
+def _marked_pieces(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[str] | None:
+    """The template's text around each content: a render with every content replaced by a marker, split at the
+    markers ([before 0, "0", between 0 and 1, "1", ..., after the last]); None if the markers do not come out
+    once each, in order."""
     marked = [{**m, "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
     pieces = _MARK.split(_render(tokenizer, marked, tools))
-    if pieces[1::2] != [str(i) for i in range(len(messages))]:
+    return pieces if pieces[1::2] == [str(i) for i in range(len(messages))] else None
+
+
+def _spans_from_pieces(prompt: str, eos: str, text: str, messages: list[dict], pieces: list[str]) -> list[Span] | None:
+    """Each reply's span if the text is exactly the pieces with the contents put back (the template copies
+    contents verbatim), each reply sits right after the generation prompt, and an eos follows it before the next
+    message (prompt: the generation prompt); None otherwise."""
+    if "".join(p if k % 2 == 0 else messages[int(p)]["content"] for k, p in enumerate(pieces)) != text:
         return None
-    text = _render(tokenizer, messages, tools)
     starts, position = [], len(pieces[0])
     for index, message in enumerate(messages):
         starts.append(position)
         position += len(message["content"]) + len(pieces[2 * index + 2])
-    if "".join(p if k % 2 == 0 else messages[int(p)]["content"] for k, p in enumerate(pieces)) != text:
-        return None
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -106,7 +116,30 @@ def _marked_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> 
         if start < len(prompt) or not text.startswith(prompt, start - len(prompt)) or found < 0:
             return None
         spans.append((start, found + len(eos)))
-    return text, spans
+    return spans
+
+
+def _marked_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[Span]] | None:
+    """Spans from the conversation's render and the marked render of its shape (everything but the contents),
+    made once per shape: one Jinja render per conversation after that. The pieces are checked against each
+    conversation's text, so a template whose output depends on the contents is caught and the conversation's
+    own marked render is used; None (the caller falls back to prefix renders) if that does not match either."""
+    template = _template_key(tokenizer)
+    prompt, eos = _generation_prompt(tokenizer, template), template[2]
+    if not prompt or not eos or any(not isinstance(m.get("content"), str) or not m["content"] for m in messages):
+        return None  # empty contents (tool-call turns) change what templates render: not comparable
+    text = _render(tokenizer, messages, tools)
+    key = (template, json.dumps([[{k: v for k, v in m.items() if k != "content"} for m in messages], tools],
+                                sort_keys=True, default=str))
+    if key in _PIECES:
+        spans = _PIECES[key] and _spans_from_pieces(prompt, eos, text, messages, _PIECES[key])
+        if spans is not None:
+            return text, spans
+    if len(_PIECES) >= _PIECES_LIMIT:
+        _PIECES.clear()
+    pieces = _PIECES[key] = _marked_pieces(tokenizer, messages, tools)
+    spans = pieces and _spans_from_pieces(prompt, eos, text, messages, pieces)
+    return None if spans is None else (text, spans)
 
 
 def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[Span]]:
@@ -169,24 +202,75 @@ def _span_labels(encoding, ids: list[int], text_length: int, spans: list[Span]) 
 
 
 def _encode_rendered(tokenizer, rendered: list[tuple[str, list[Span]]], train_on_prompt: bool,
-                     mask_history: bool) -> list[Encoded]:
+                     mask_history: bool) -> tuple[list[Encoded], list | None]:
     """Token ids and labels of rendered conversations: fast tokenizers in one batched call (spans to tokens by
-    offsets), others piece by piece at span boundaries."""
+    offsets), others piece by piece at span boundaries. Also the fast tokenizer's encodings (None for others)."""
     rendered = [(text, spans[-1:] if mask_history else spans) for text, spans in rendered]
-    if not rendered:
-        return []
     if not tokenizer.is_fast:
         out = []
         for text, spans in rendered:
             ids, trained = _trained_tokens(tokenizer, text, spans)
             out.append(Encoded(ids, list(ids) if train_on_prompt else
                                [token if flag else IGNORE_INDEX for token, flag in zip(ids, trained)]))
-        return out
+        return out, None
+    if not rendered:
+        return [], []
     batch = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_attention_mask=False)
     out = []
     for (text, spans), ids, encoding in zip(rendered, batch["input_ids"], batch.encodings):
         out.append(Encoded(ids, list(ids) if train_on_prompt else _span_labels(encoding, ids, len(text), spans)))
-    return out
+    return out, batch.encodings
+
+
+@dataclass
+class _Whole:
+    """An over-long conversation's full text and tokenization: its shorter variants are spliced from it."""
+    text: str
+    ids: list[int]
+    encoding: object  # the fast tokenizer's Encoding of text
+
+
+class _Splicer:
+    """Encodes a shorter variant of a conversation (oldest rounds dropped) without tokenizing it again.
+
+    A fast tokenizer splits its text at added tokens (<|im_start|>, ...) before normalizing or pre-tokenizing,
+    and tokenizes the pieces between them independently. So when the variant's text is whole[:h] + whole[r:]
+    and the same added token starts at h and at r in the whole text, its tokens are the whole's tokens before h
+    followed by those from r on. Only added tokens matched as written, eating no whitespace, qualify."""
+
+    def __init__(self, tokenizer):
+        self.ids = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()
+                    if not (t.lstrip or t.rstrip or t.single_word or t.normalized)}
+        by_length = sorted(self.ids, key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, by_length))) if by_length else None
+
+    def __call__(self, whole: _Whole, text: str, spans: list[Span], train_on_prompt: bool) -> Encoded | None:
+        """The variant's ids and labels (spans: its trained spans), or None if it is not such a splice."""
+        full, cut = whole.text, len(whole.text) - len(text)
+        if self.pattern is None or cut <= 0:
+            return None
+        for match in self.pattern.finditer(text):
+            h, token = match.start(), match.group()
+            if text[:h] != full[:h]:
+                return None  # the shared head ended before this added token: no later one can start the splice
+            if not full.startswith(token, h + cut) or text[h:] != full[h + cut:]:
+                continue
+            first, rest = self._token_at(whole, h, token), self._token_at(whole, h + cut, token)
+            if first is None or rest is None:
+                continue
+            moved = [(a, b) if b <= h else (a + cut, b + cut) for a, b in spans if b <= h or a >= h]
+            if len(moved) < len(spans):
+                return None  # a span across the cut
+            labels = whole.ids if train_on_prompt else _span_labels(whole.encoding, whole.ids, len(full), moved)
+            return Encoded(whole.ids[:first] + whole.ids[rest:], labels[:first] + labels[rest:])
+        return None
+
+    def _token_at(self, whole: _Whole, position: int, token: str) -> int | None:
+        """Index of the whole text's token that is the added token `token` starting at `position`, if it is one."""
+        index = whole.encoding.char_to_token(position)
+        if index is None or whole.ids[index] != self.ids[token] or whole.encoding.token_to_chars(index)[0] != position:
+            return None
+        return index
 
 
 def _without_oldest_rounds(messages: list[dict]) -> list[list[dict]]:
@@ -200,26 +284,36 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
                          train_on_prompt: bool = False, mask_history: bool = False, template: str = "auto") -> list[Encoded]:
     """encode_conversation over many (messages, tools), the same results, faster: texts are tokenized in
     batched calls (a fast tokenizer spreads them over its threads), first all whole conversations, then, for
-    those over cutoff_len, the conversations without their oldest round, then without two, ..."""
-    def encode(items: list[tuple[list[dict], list[dict] | None]]) -> list[Encoded]:
-        rendered = [render(tokenizer, messages, tools, template) for messages, tools in items]
-        return _encode_rendered(tokenizer, rendered, train_on_prompt, mask_history)
-
-    wholes = encode(conversations)
-    results = list(wholes)
-    shorter = {i: _without_oldest_rounds(conversations[i][0]) for i, e in enumerate(wholes) if len(e.input_ids) > cutoff_len}
-    step = 0
-    while shorter:
-        for index in [i for i, variants in shorter.items() if step == len(variants)]:
-            del shorter[index]  # even the newest round alone is too long: cut its end (results[index] holds it)
-            cut = results[index].cut(cutoff_len)
-            results[index] = cut if cut.trainable else wholes[index].cut(cutoff_len)
-        active = list(shorter)
-        for index, encoded in zip(active, encode([(shorter[i][step], conversations[i][1]) for i in active])):
-            results[index] = encoded
-            if len(encoded.input_ids) <= cutoff_len:
-                del shorter[index]
-        step += 1
+    those over cutoff_len, the conversations without their oldest round, then without two, ...; a variant
+    that is a splice of its whole text at added tokens takes its tokens from the whole's (_Splicer)."""
+    with gc_paused():
+        rendered = [render(tokenizer, messages, tools, template) for messages, tools in conversations]
+        wholes, encodings = _encode_rendered(tokenizer, rendered, train_on_prompt, mask_history)
+        results = list(wholes)
+        shorter = {i: _without_oldest_rounds(conversations[i][0]) for i, e in enumerate(wholes) if len(e.input_ids) > cutoff_len}
+        sources = {i: _Whole(rendered[i][0], wholes[i].input_ids, encodings[i]) for i in shorter} if encodings else {}
+        del rendered, encodings
+        splice = _Splicer(tokenizer) if sources else None
+        step = 0
+        while shorter:
+            for index in [i for i, variants in shorter.items() if step == len(variants)]:
+                del shorter[index]  # even the newest round alone is too long: cut its end (results[index] holds it)
+                cut = results[index].cut(cutoff_len)
+                results[index] = cut if cut.trainable else wholes[index].cut(cutoff_len)
+            variants = {i: render(tokenizer, shorter[i][step], conversations[i][1], template) for i in shorter}
+            encoded = {}
+            for index, (text, spans) in variants.items():
+                spliced = splice and splice(sources[index], text, spans[-1:] if mask_history else spans, train_on_prompt)
+                if spliced is not None:
+                    encoded[index] = spliced
+            unspliced = [i for i in variants if i not in encoded]
+            encoded.update(zip(unspliced, _encode_rendered(tokenizer, [variants[i] for i in unspliced],
+                                                           train_on_prompt, mask_history)[0]))
+            for index, variant in encoded.items():
+                results[index] = variant
+                if len(variant.input_ids) <= cutoff_len:
+                    del shorter[index]
+            step += 1
     return results
 
 
