@@ -299,9 +299,10 @@ def estimate_option(recipe: dict, shape: Shape, zero: int, offload: str, world_s
     # transformers skips zero.Init for k-bit models: each rank loads the whole quantized base
     # before DeepSpeed partitions it, so that is the peak
     opt.params_gb = params / w if zero == 3 and quant is None else params
-    if zero == 3:  # gathered parameters stay resident up to stage3_max_live_parameters, plus the prefetch bucket
-        total = sum(t.numel for t in frozen) + n_train
-        opt.params_gb += elem * (min(total, ZERO3_MAX_LIVE_PARAMETERS) + 0.9 * shape.hidden ** 2)
+    if zero == 3:  # gathered parameters stay resident up to stage3_max_live_parameters, plus the prefetch bucket;
+        # k-bit linears are counted whole above, so gathering adds nothing for them
+        gathered = sum(t.numel for t in frozen if quant is None or not t.linear) + n_train
+        opt.params_gb += elem * (min(gathered, ZERO3_MAX_LIVE_PARAMETERS) + 0.9 * shape.hidden ** 2)
     if zero >= 2:  # gradient reduce bucket
         opt.grads_gb += elem * shape.hidden ** 2
     if offload != "none":  # optimizer states and gradient partitions live on the host (DeepSpeed's CPU Adam)

@@ -161,8 +161,10 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     if tensorboard is not None:
         trainer.add_callback(tensorboard)
     from launcher.checkpoint.atomic import AtomicCheckpoints  # checkpoint-N appears only when complete
+    from launcher.checkpoint.model_save import save_from_live_tensors
 
     AtomicCheckpoints(plan["output_dir"], recipe["train"]["save_total_limit"], rank).install(trainer)
+    save_from_live_tensors(trainer, plan)
     if rank == 0:
         print(f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
               f"{summary['tokens']:,} tokens, "
@@ -177,7 +179,7 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
         from launcher.monitoring.health import TrainingStopped
 
         raise TrainingStopped(guard.stop_message())
-    trainer.save_model(plan["output_dir"])  # gathers ZeRO-3 shards; PEFT saves only the adapter
+    trainer.save_model(plan["output_dir"])  # gathers ZeRO-3 shards; PEFT saves only the adapter; no copies (model_save.py)
     if trainer.is_world_process_zero():
         trainer.save_state()
         tokenizer.save_pretrained(plan["output_dir"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
+from tests.conftest import free_port
 from launcher.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,8 @@ def no_spawn(monkeypatch):
 
 
 def _run_cli(capsys, argv: list[str]) -> tuple[int, str]:
+    if not any(a.startswith("distributed.master_port=") for a in argv):  # never depend on 29500 being free
+        argv = [*argv, f"distributed.master_port={free_port()}"]
     code = cli.main(argv)
     return code, capsys.readouterr().err
 

@@ -40,18 +40,19 @@ def _assert_same_run(resumed: Path, straight: Path, weights: str) -> None:
         assert torch.allclose(got[key], value, atol=1e-6), key
 
 
-@pytest.mark.parametrize("zero", [2, 3])
-def test_resumed_run_equals_uninterrupted_run(zero, tmp_path, tiny_run):
-    straight = tiny_run(f"distributed.zero={zero}", *SHORT_RUN)
+@pytest.mark.parametrize("zero,method", [(2, "lora"), (3, "lora"), (3, "full")])
+def test_resumed_run_equals_uninterrupted_run(zero, method, tmp_path, tiny_run):
+    # full fine-tuning under ZeRO-2 is the SIGKILL-during-save test below
+    run = (f"distributed.zero={zero}", *SHORT_RUN, *(["method={name: full}"] if method == "full" else []))
+    straight = tiny_run(*run)
     out = tmp_path / "resumed"
-    crashed = run_launch(_launch_args(out, f"distributed.zero={zero}", *SHORT_RUN),
-                         env={"LAUNCHER_FAIL_RANK": "1", "LAUNCHER_FAIL_STEP": "4"})
+    crashed = run_launch(_launch_args(out, *run), env={"LAUNCHER_FAIL_RANK": "1", "LAUNCHER_FAIL_STEP": "4"})
     assert crashed.returncode != 0
     assert (out / "checkpoint-3").is_dir() and not (out / "checkpoint-6").exists()
-    resumed = run_launch(_launch_args(out, f"distributed.zero={zero}", *SHORT_RUN))
+    resumed = run_launch(_launch_args(out, *run))
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert "resuming from" in resumed.stdout and "checkpoint-3" in resumed.stdout
-    _assert_same_run(out, straight, "adapter_model.safetensors")
+    _assert_same_run(out, straight, "model.safetensors" if method == "full" else "adapter_model.safetensors")
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:

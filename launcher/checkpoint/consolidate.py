@@ -219,8 +219,10 @@ def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "
     adapter_config = checkpoint / "adapter_config.json"
     out.mkdir(parents=True, exist_ok=True)
     if adapter_config.is_file():  # adapters are small: gather, rename to PEFT's keys, save
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
+
         named = {name: produce() for name, _, produce in trainable_tensors(ckpt)}
-        save_file(peft_state(named, json.loads(adapter_config.read_text())), str(out / "adapter_model.safetensors"),
+        save_file(peft_state(named, json.loads(adapter_config.read_text())), str(out / ADAPTER_WEIGHTS),
                   metadata={"format": "pt"})
     else:
         write_shards(state_tensors(ckpt, include_frozen=True), out, max_shard_size)

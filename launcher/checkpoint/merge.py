@@ -87,12 +87,13 @@ class LoraDeltas:
     """The adapter's tensors grouped per base weight, and PEFT's merge formula for them."""
 
     def __init__(self, adapter: Path, config: dict):
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
         from safetensors.torch import load_file
 
         self.config = config
         self.modules: dict[str, dict[str, torch.Tensor]] = {}
         self.replaced: dict[str, torch.Tensor] = {}  # modules_to_save: fully trained copies
-        for key, tensor in load_file(adapter / "adapter_model.safetensors").items():
+        for key, tensor in load_file(adapter / ADAPTER_WEIGHTS).items():
             name = key.removeprefix(PEFT_PREFIX)
             if match := LORA_KEY.match(name):
                 self.modules.setdefault(match["module"] + ".weight", {})[match["part"] or match["dora"]] = tensor.float()

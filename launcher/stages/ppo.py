@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from peft import set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GenerationConfig, Trainer, TrainingArguments
@@ -237,7 +238,7 @@ class PPOTrainer(Trainer):
         if self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         wrapper = self.accelerator.unwrap_model(model or self.model)
-        set_peft_model_state_dict(wrapper.policy, load_file(Path(resume_from_checkpoint) / "adapter_model.safetensors"))
+        set_peft_model_state_dict(wrapper.policy, load_file(Path(resume_from_checkpoint) / ADAPTER_WEIGHTS))
         wrapper.v_head.load_state_dict(load_file(Path(resume_from_checkpoint) / VALUE_HEAD))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
