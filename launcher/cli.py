@@ -162,10 +162,13 @@ def cmd_sbatch(argv: list[str]) -> int:
 
 
 def cmd_data(argv: list[str]) -> int:
-    parser = _recipe_parser("data", "print processed examples of the recipe's datasets; train nothing")
-    parser.add_argument("--preview", type=int, default=3, metavar="N", help="examples to print (default 3)")
+    parser = _recipe_parser("data", "print the rows the recipe's stage would train on, and their counts; train nothing")
+    parser.add_argument("--preview", type=int, default=3, metavar="N", help="rows to print (default 3)")
     parser.add_argument("--dump", default=None, metavar="FILE",
-                        help="write every example as JSONL (input_ids, labels, attention_mask)")
+                        help="write every row as JSONL, the columns the stage's trainer reads "
+                             "(sft: input_ids, labels, attention_mask; pt: input_ids, labels; dpo, orpo: prompt_ids, "
+                             "chosen_ids, rejected_ids; rm: chosen_ids, rejected_ids; kto: prompt_ids, completion_ids, "
+                             "label; ppo: input_ids)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     from launcher.data.preview import preview
     from launcher.data.registry import DataError

@@ -1,14 +1,21 @@
-"""`launch data RECIPE --preview N [--dump FILE]`: the processed examples a run would train on."""
+"""`launch data RECIPE --preview N [--dump FILE]`: the processed rows a run of the recipe's stage would train on.
+
+Each stage's rows come from the builder its trainer uses (launcher/stages/*.py), so the preview
+and the dump show exactly what a run reads; only the tokenizer is loaded."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 
+from launcher.data.blocks import build_blocks
 from launcher.data.packing import pack_examples
-from launcher.data.pipeline import SFTData, sft_data
-from launcher.data.registry import DataError
+from launcher.data.pairs import PreferenceData, build_kto_data, build_pair_data
+from launcher.data.pipeline import sft_data
 from launcher.data.tokenize import IGNORE_INDEX
 
 OPEN, CLOSE = "⟦", "⟧"  # around trained text; everything outside is masked (label -100)
@@ -22,6 +29,11 @@ def load_tokenizer(model_cfg: dict):
 
     path = builtin_source_dir(model_cfg["path"]) if is_builtin(model_cfg["path"]) else model_cfg["path"]
     return AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg["trust_remote_code"])
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    """The ids as text, special tokens and spacing as the model sees them."""
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def _runs(labels: list[int]) -> list[tuple[bool, int, int]]:
@@ -44,48 +56,141 @@ def _labels_line(labels: list[int]) -> str:
 
 def format_example(tokenizer, index: int, example: dict) -> str:
     ids, labels = example["input_ids"], example["labels"]
-    text = "".join(
-        (OPEN if trained else "") + tokenizer.decode(ids[start:end], skip_special_tokens=False,
-                                                     clean_up_tokenization_spaces=False) + (CLOSE if trained else "")
-        for trained, start, end in _runs(labels))
+    text = "".join((OPEN if trained else "") + decode(tokenizer, ids[start:end]) + (CLOSE if trained else "")
+                   for trained, start, end in _runs(labels))
     trained = sum(label != IGNORE_INDEX for label in labels)
     return (f"--- example {index}: {len(ids)} tokens, {trained} trained ---\n"
             f"text (trained in {OPEN} {CLOSE}, the rest is masked):\n{text}\n"
             f"input_ids: {ids}\nlabels:    {_labels_line(labels)}\n")
 
 
-def format_counts(data: SFTData, data_cfg: dict) -> str:
-    tokens = sum(len(e["input_ids"]) for e in data.examples)
+def format_row(noun: str, captions: dict[str, str], tokenizer, index: int, row: dict) -> str:
+    """A non-sft row: each token-id column of `captions` decoded under its caption; a KTO row's label in the header."""
+    tag = f": {'desirable' if row['label'] else 'undesirable'}" if "label" in row else ""
+    texts = "".join(f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
+                    for column, caption in captions.items())
+    return f"--- {noun} {index}{tag} ---\n{texts}"
+
+
+def token_count(rows: list[dict]) -> int:
+    """Tokens over every *_ids column, as the worker's data summary counts them (labels are not tokens)."""
+    return sum(len(ids) for row in rows for column, ids in row.items() if column.endswith("_ids"))
+
+
+@dataclass
+class StageRows:
+    rows: list[dict]   # as the stage's trainer reads them; what --dump writes
+    counts: str        # the report's closing lines
+
+
+def _sft(recipe: dict, tokenizer) -> StageRows:
+    """Examples through the tokenized-data cache, as the sft worker reads them; packing reported, not applied."""
+    data_cfg = recipe["data"]
+    data = sft_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
+    # no padding before collation: the attention mask is all ones
+    rows = [{**e, "attention_mask": [1] * len(e["input_ids"])} for e in data.examples]
+    tokens = token_count(data.examples)
     trained = sum(label != IGNORE_INDEX for e in data.examples for label in e["labels"])
     share = f"{100 * trained / tokens:.1f}%" if tokens else "-"
-    return (f"examples: {len(data.examples)}   dropped (no trainable token within data.cutoff_len="
-            f"{data_cfg['cutoff_len']}): {data.dropped}   bad rows skipped: {data.skipped}\n"
-            f"tokens: {tokens:,}   trained tokens: {trained:,} ({share})")
+    counts = (f"examples: {len(data.examples)}   dropped (no trainable token within data.cutoff_len="
+              f"{data_cfg['cutoff_len']}): {data.dropped}   bad rows skipped: {data.skipped}\n"
+              f"tokens: {tokens:,}   trained tokens: {trained:,} ({share})")
+    if data_cfg["packing"] != "none" and data.examples:
+        packed = pack_examples(data.examples, data_cfg["cutoff_len"])
+        counts += (f"\npacking ({data_cfg['packing']}): {len(data.examples)} examples -> {len(packed.rows)} rows of "
+                   f"{data_cfg['cutoff_len']} tokens, efficiency {packed.efficiency:.2%} (real tokens / row capacity)")
+    return StageRows(rows, counts)
 
 
-def dump(path: str | Path, examples: list[dict]) -> None:
-    """Every example as one JSON line: input_ids, labels, attention_mask (no padding: all ones)."""
+def _pt(recipe: dict, tokenizer) -> StageRows:
+    """cutoff_len blocks of EOS-joined documents (launcher/stages/pt.py)."""
+    data_cfg = recipe["data"]
+    data = build_blocks(data_cfg["datasets"], data_cfg, tokenizer)
+    return StageRows(data.blocks, (
+        f"documents: {data.documents}   blocks: {len(data.blocks)}   tokens: {token_count(data.blocks):,}   "
+        f"tail tokens dropped (after the last whole block of data.cutoff_len={data_cfg['cutoff_len']}): "
+        f"{data.tail_tokens}   bad rows skipped: {data.skipped}"))
+
+
+def _preference_counts(data: PreferenceData, data_cfg: dict) -> str:
+    return (f"rows: {len(data.rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
+            f"{data.dropped}   bad rows skipped: {data.skipped}   tokens: {token_count(data.rows):,}")
+
+
+def _preference(build: Callable[..., PreferenceData], recipe: dict, tokenizer) -> StageRows:
+    """dpo, orpo, rm: build(names, data_cfg, tokenizer, template), the builder the stage's trainer calls."""
+    data_cfg = recipe["data"]
+    data = build(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
+    return StageRows(data.rows, _preference_counts(data, data_cfg))
+
+
+def _kto(recipe: dict, tokenizer) -> StageRows:
+    """Unpaired replies (launcher/stages/kto.py), counted by label."""
+    data_cfg = recipe["data"]
+    data = build_kto_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
+    desirable = sum(row["label"] for row in data.rows)
+    return StageRows(data.rows, f"{_preference_counts(data, data_cfg)}\n"
+                                f"desirable: {desirable}   undesirable: {len(data.rows) - desirable}")
+
+
+def _ppo(recipe: dict, tokenizer) -> StageRows:
+    """The prompts replies are sampled for (launcher/stages/ppo.py)."""
+    from launcher.stages.ppo import prompt_rows  # imports torch, peft and trl: only for stage ppo
+
+    data_cfg = recipe["data"]
+    rows, dropped = prompt_rows(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
+    # prompt_rows keeps no count of bad rows; with data.on_bad_row: skip each one is logged
+    return StageRows(rows, f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
+                           f"{dropped}   tokens: {token_count(rows):,}")
+
+
+def _scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str) -> PreferenceData:
+    from launcher.stages.rm import scored_pairs  # imports trl: only for stage rm
+
+    return scored_pairs(names, data_cfg, tokenizer, template)
+
+
+@dataclass(frozen=True)
+class StageView:
+    noun: str                                    # what one row is, in the report
+    build: Callable[[dict, object], StageRows]   # (recipe, tokenizer) -> the stage's rows and counts
+    captions: dict[str, str] | None = None       # token-id column -> caption; None: sft's masked-text format
+
+    def show(self, tokenizer, index: int, row: dict) -> str:
+        if self.captions is None:
+            return format_example(tokenizer, index, row)
+        return format_row(self.noun, self.captions, tokenizer, index, row)
+
+
+PAIR = {"prompt_ids": "prompt", "chosen_ids": "chosen", "rejected_ids": "rejected"}
+STAGES = {  # every stage of launcher.schema.STAGES, with the builder its trainer calls
+    "sft": StageView("example", _sft),
+    "pt": StageView("block", _pt, {"input_ids": "text, every token trained"}),
+    "dpo": StageView("pair", partial(_preference, build_pair_data), PAIR),
+    "orpo": StageView("pair", partial(_preference, build_pair_data), PAIR),
+    # the reward model scores each whole sequence at its last token: rm rows are prompt + reply, unsplit
+    "rm": StageView("pair", partial(_preference, _scored_pairs),
+                    {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"}),
+    "kto": StageView("example", _kto, {"prompt_ids": "prompt", "completion_ids": "completion"}),
+    "ppo": StageView("prompt", _ppo, {"input_ids": "prompt"}),
+}
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Every row as one JSON line, columns as the stage's trainer reads them."""
     with Path(path).open("w", encoding="utf-8") as handle:
-        for example in examples:
-            row = {"input_ids": example["input_ids"], "labels": example["labels"],
-                   "attention_mask": [1] * len(example["input_ids"])}
+        for row in rows:
             handle.write(json.dumps(row) + "\n")
 
 
 def preview(recipe: dict, count: int, dump_path: str | None) -> str:
     """The report `launch data` prints; writes the dump when asked."""
-    if recipe["stage"] != "sft":
-        raise DataError(f"launch data previews stage sft; stage {recipe['stage']} has no data preview yet")
-    data_cfg = recipe["data"]
+    view = STAGES[recipe["stage"]]  # the recipe's schema admits only these stages
     tokenizer = load_tokenizer(recipe["model"])
-    data = sft_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
-    shown = [format_example(tokenizer, i, e) for i, e in enumerate(data.examples[:count])]
-    report = "\n".join([*shown, format_counts(data, data_cfg)])
-    if data_cfg["packing"] != "none" and data.examples:
-        packed = pack_examples(data.examples, data_cfg["cutoff_len"])
-        report += (f"\npacking ({data_cfg['packing']}): {len(data.examples)} examples -> {len(packed.rows)} rows of "
-                   f"{data_cfg['cutoff_len']} tokens, efficiency {packed.efficiency:.2%} (real tokens / row capacity)")
+    data = view.build(recipe, tokenizer)
+    shown = [view.show(tokenizer, i, row) for i, row in enumerate(data.rows[:count])]
+    report = "\n".join([*shown, data.counts])
     if dump_path:
-        dump(dump_path, data.examples)
-        report += f"\nwrote {len(data.examples)} examples to {dump_path}"
+        write_jsonl(dump_path, data.rows)
+        report += f"\nwrote {len(data.rows)} {view.noun}s to {dump_path}"
     return report
