@@ -3,6 +3,9 @@
 Every block is exactly cutoff_len tokens, so no batch holds padding; the tail shorter than a
 block is dropped (and counted), as transformers' run_clm example does, unless the whole
 corpus is shorter than one block. Labels are the input ids: every token is trained.
+
+block_data is build_blocks through the tokenized-data cache (cache.py, kind "pt"); an entry holds
+the input ids only, the labels are copied from them on load.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
+from launcher.data.cache import cached_rows
 from launcher.data.pipeline import load_texts
 from launcher.data.registry import DataError
 
@@ -36,3 +40,15 @@ def build_blocks(names: list[str], data_cfg: dict, tokenizer) -> BlockData:
     blocks = [stream[start: start + size] for start in range(0, whole, size)]
     return BlockData([{"input_ids": b, "labels": list(b)} for b in blocks], len(texts), len(stream) - whole,
                      len(bad.skipped))
+
+
+def block_data(names: list[str], data_cfg: dict, tokenizer, timeout_s: float = 1800.0) -> BlockData:
+    """build_blocks through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
+    def build() -> tuple[list[dict], dict]:
+        data = build_blocks(names, data_cfg, tokenizer)
+        return ([{"input_ids": b["input_ids"]} for b in data.blocks],  # labels equal them: not stored twice
+                {"documents": data.documents, "tail_tokens": data.tail_tokens, "skipped": data.skipped})
+
+    rows, counts = cached_rows("pt", names, data_cfg, tokenizer, {}, build, timeout_s)
+    return BlockData([{"input_ids": r["input_ids"], "labels": list(r["input_ids"])} for r in rows],
+                     counts["documents"], counts["tail_tokens"], counts["skipped"])

@@ -254,3 +254,20 @@ def cached(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: di
     root = Path(data_cfg.get("cache_dir") or default_cache_dir()).expanduser()
     key = cache_key(stage, names, data_cfg, tokenizer, settings)
     return load_or_build(root / f"{stage}-{key[:32]}", build, timeout_s)
+
+
+def cached_rows(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
+                build: Callable[[], tuple[list[dict], dict]], timeout_s: float = 1800.0) -> tuple[list[dict], dict]:
+    """`cached` for a builder of rows: build() returns (rows, counts), every row a dict of the same token-id
+    columns; the rows come back equal, in order, whether built or loaded."""
+    def tokenized() -> Tokenized:
+        rows, meta = build()
+        return Tokenized({name: [row[name] for row in rows] for name in (rows[0] if rows else ())}, meta)
+
+    got = cached(stage, names, data_cfg, tokenizer, settings, tokenized, timeout_s)
+    return [dict(zip(got.columns, ids)) for ids in zip(*got.columns.values())], got.meta
+
+
+def wait_s(recipe: dict) -> float:
+    """How long a rank waits for another to build an entry: the run's distributed.timeout_minutes."""
+    return recipe["distributed"]["timeout_minutes"] * 60

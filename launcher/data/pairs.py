@@ -8,13 +8,18 @@ prompt_ids, completion_ids, label).
 
 cutoff_len: a row whose prompt alone leaves no room for a reply token is dropped and
 counted; otherwise each reply is cut to fit after the prompt.
+
+pair_data and kto_data are the builders through the tokenized-data cache (cache.py), under
+the kinds "pair" (dpo, orpo and rm share its entries) and "kto".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
+from launcher.data.cache import cached_rows
 from launcher.data.pipeline import load_examples
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
 
@@ -75,3 +80,35 @@ def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
             continue
         rows.append({"prompt_ids": prompt, "completion_ids": completion[:room], "label": example.kto_tag})
     return PreferenceData(rows, dropped, len(bad.skipped))
+
+
+def _cached(kind: str, build: Callable[..., PreferenceData], names: list[str], data_cfg: dict, tokenizer,
+            template: str, timeout_s: float) -> PreferenceData:
+    """build(names, data_cfg, tokenizer, template) through the tokenized-data cache, its counts kept."""
+    def rows() -> tuple[list[dict], dict]:
+        data = build(names, data_cfg, tokenizer, template)
+        return data.rows, {"dropped": data.dropped, "skipped": data.skipped}
+
+    got, counts = cached_rows(kind, names, data_cfg, tokenizer, {"template": template}, rows, timeout_s)
+    return PreferenceData(got, counts["dropped"], counts["skipped"])
+
+
+def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
+              timeout_s: float = 1800.0) -> PreferenceData:
+    """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
+    return _cached("pair", build_pair_data, names, data_cfg, tokenizer, template, timeout_s)
+
+
+def _kto_label_as_ids(names: list[str], data_cfg: dict, tokenizer, template: str) -> PreferenceData:
+    """build_kto_data with each label as a one-token column ([1] desirable, [0] not): the cache holds only id lists."""
+    data = build_kto_data(names, data_cfg, tokenizer, template)
+    data.rows = [{**row, "label": [int(row["label"])]} for row in data.rows]
+    return data
+
+
+def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
+             timeout_s: float = 1800.0) -> PreferenceData:
+    """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
+    data = _cached("kto", _kto_label_as_ids, names, data_cfg, tokenizer, template, timeout_s)
+    data.rows = [{**row, "label": bool(row["label"][0])} for row in data.rows]  # as TRL's KTO reads it
+    return data

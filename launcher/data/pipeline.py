@@ -11,7 +11,7 @@ from itertools import chain
 import numpy as np
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import Tokenized, cached
+from launcher.data.cache import cached_rows
 from launcher.data.formats import Example, to_example, to_text
 from launcher.data.readers import Row, read_file
 from launcher.data.registry import DataError, DatasetSpec, resolve_dataset
@@ -146,12 +146,9 @@ def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
 
 def sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto", timeout_s: float = 1800.0) -> SFTData:
     """build_sft_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    def build() -> Tokenized:
+    def build() -> tuple[list[dict], dict]:
         data = build_sft_data(names, data_cfg, tokenizer, template)
-        return Tokenized({"input_ids": [e["input_ids"] for e in data.examples],
-                          "labels": [e["labels"] for e in data.examples]},
-                         {"dropped": data.dropped, "skipped": data.skipped})
+        return data.examples, {"dropped": data.dropped, "skipped": data.skipped}
 
-    got = cached("sft", names, data_cfg, tokenizer, {"template": template}, build, timeout_s)
-    examples = [{"input_ids": ids, "labels": labels} for ids, labels in zip(got.columns["input_ids"], got.columns["labels"])]
-    return SFTData(examples, got.meta["dropped"], got.meta["skipped"])
+    examples, counts = cached_rows("sft", names, data_cfg, tokenizer, {"template": template}, build, timeout_s)
+    return SFTData(examples, counts["dropped"], counts["skipped"])

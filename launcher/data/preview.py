@@ -12,9 +12,9 @@ from functools import partial
 from itertools import groupby
 from pathlib import Path
 
-from launcher.data.blocks import build_blocks
+from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
-from launcher.data.pairs import PreferenceData, build_kto_data, build_pair_data
+from launcher.data.pairs import PreferenceData, kto_data, pair_data
 from launcher.data.pipeline import sft_data
 from launcher.data.tokenize import IGNORE_INDEX
 
@@ -105,7 +105,7 @@ def _sft(recipe: dict, tokenizer) -> StageRows:
 def _pt(recipe: dict, tokenizer) -> StageRows:
     """cutoff_len blocks of EOS-joined documents (launcher/stages/pt.py)."""
     data_cfg = recipe["data"]
-    data = build_blocks(data_cfg["datasets"], data_cfg, tokenizer)
+    data = block_data(data_cfg["datasets"], data_cfg, tokenizer)
     return StageRows(data.blocks, (
         f"documents: {data.documents}   blocks: {len(data.blocks)}   tokens: {token_count(data.blocks):,}   "
         f"tail tokens dropped (after the last whole block of data.cutoff_len={data_cfg['cutoff_len']}): "
@@ -127,7 +127,7 @@ def _preference(build: Callable[..., PreferenceData], recipe: dict, tokenizer) -
 def _kto(recipe: dict, tokenizer) -> StageRows:
     """Unpaired replies (launcher/stages/kto.py), counted by label."""
     data_cfg = recipe["data"]
-    data = build_kto_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
+    data = kto_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     desirable = sum(row["label"] for row in data.rows)
     return StageRows(data.rows, f"{_preference_counts(data, data_cfg)}\n"
                                 f"desirable: {desirable}   undesirable: {len(data.rows) - desirable}")
@@ -166,8 +166,8 @@ PAIR = {"prompt_ids": "prompt", "chosen_ids": "chosen", "rejected_ids": "rejecte
 STAGES = {  # every stage of launcher.schema.STAGES, with the builder its trainer calls
     "sft": StageView("example", _sft),
     "pt": StageView("block", _pt, {"input_ids": "text, every token trained"}),
-    "dpo": StageView("pair", partial(_preference, build_pair_data), PAIR),
-    "orpo": StageView("pair", partial(_preference, build_pair_data), PAIR),
+    "dpo": StageView("pair", partial(_preference, pair_data), PAIR),
+    "orpo": StageView("pair", partial(_preference, pair_data), PAIR),
     # the reward model scores each whole sequence at its last token: rm rows are prompt + reply, unsplit
     "rm": StageView("pair", partial(_preference, _scored_pairs),
                     {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"}),

@@ -4,11 +4,14 @@ with train.pref_beta and an optional SFT term (train.pref_ftx). The reference-fr
 
 from __future__ import annotations
 
+from functools import partial
+
 from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from launcher.data.pairs import build_pair_data
+from launcher.data.cache import wait_s
+from launcher.data.pairs import pair_data
 from launcher.stages import orpo
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import CountingCollator, TrainedAdapterOnly, preference_data, reference_is_base
@@ -35,7 +38,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     recipe = plan["recipe"]
     if recipe["train"]["pref_loss"] in orpo.REFERENCE_FREE:
         return orpo.build_trainer(plan, args, model, tokenizer, callbacks)
-    train_data, eval_data, summary = preference_data(plan, tokenizer, build_pair_data)
+    train_data, eval_data, summary = preference_data(plan, tokenizer, partial(pair_data, timeout_s=wait_s(recipe)))
     trainer = PretokenizedDPOTrainer(
         model=model, args=dpo_config(args, recipe["train"]), train_dataset=train_data, eval_dataset=eval_data,
         processing_class=tokenizer, callbacks=callbacks,

@@ -3,11 +3,14 @@ train.pref_beta and train.kto_desirable_weight / kto_undesirable_weight."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from transformers import TrainingArguments
 from trl import KTOConfig, KTOTrainer
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
-from launcher.data.pairs import build_kto_data
+from launcher.data.cache import wait_s
+from launcher.data.pairs import kto_data
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import CountingCollator, TrainedAdapterOnly, preference_data, reference_is_base
 
@@ -33,7 +36,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     """The KTO trainer (reference as in DPO: adapter disabled, or a frozen copy of a continued adapter) and its data summary."""
     recipe = plan["recipe"]
     train = recipe["train"]
-    train_data, eval_data, summary = preference_data(plan, tokenizer, build_kto_data)
+    train_data, eval_data, summary = preference_data(plan, tokenizer, partial(kto_data, timeout_s=wait_s(recipe)))
     config = trl_config(args, KTOConfig, max_length=None, disable_dropout=False, beta=train["pref_beta"],
                         desirable_weight=train["kto_desirable_weight"], undesirable_weight=train["kto_undesirable_weight"],
                         train_sampling_strategy="sequential")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from transformers import Trainer, TrainingArguments
 
-from launcher.data.blocks import build_blocks
+from launcher.data.blocks import block_data
+from launcher.data.cache import wait_s
 from launcher.data.collate import PaddingCollator
 from launcher.stages.sft import split_validation
 
@@ -14,12 +15,12 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     """The pre-training Trainer and a summary of its data (documents, blocks, tokens)."""
     recipe = plan["recipe"]
     data_cfg = recipe["data"]
-    data = build_blocks(data_cfg["datasets"], data_cfg, tokenizer)
+    data = block_data(data_cfg["datasets"], data_cfg, tokenizer, wait_s(recipe))
     if not data.blocks:
         raise SystemExit(f"no text in {data_cfg['datasets']}")
     rows, eval_rows = data.blocks, []
     if data_cfg["eval_datasets"]:
-        eval_rows = build_blocks(data_cfg["eval_datasets"], data_cfg, tokenizer).blocks
+        eval_rows = block_data(data_cfg["eval_datasets"], data_cfg, tokenizer, wait_s(recipe)).blocks
     elif data_cfg["val_size"] > 0:
         rows, eval_rows = split_validation(rows, data_cfg["val_size"], recipe["train"]["seed"])
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": 0, "skipped_bad_rows": data.skipped,

@@ -5,21 +5,25 @@ keeps the score head in modules_to_save, so the saved adapter holds it and reloa
 
 from __future__ import annotations
 
+from functools import partial
+
 from transformers import TrainingArguments
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from launcher.data.pairs import PreferenceData, build_pair_data
+from launcher.data.cache import wait_s
+from launcher.data.pairs import PreferenceData, pair_data
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import CountingCollator, preference_data
 
 SCORE_HEAD = "score"  # the head transformers' *ForSequenceClassification models put on the last token
 
 
-def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
+def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
+                 timeout_s: float = 1800.0) -> PreferenceData:
     """{"chosen_ids", "rejected_ids"}: the prompt followed by each reply, through the reply's eos
-    (the last token, where the head reads the score)."""
-    data = build_pair_data(names, data_cfg, tokenizer, template)
+    (the last token, where the head reads the score). The pairs come through the cache, shared with dpo and orpo."""
+    data = pair_data(names, data_cfg, tokenizer, template, timeout_s)
     data.rows = [{"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
                  for r in data.rows]
     return data
@@ -34,7 +38,8 @@ def train_score_head(model) -> None:
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[RewardTrainer, dict]:
     """TRL's RewardTrainer over the recipe's preference pairs, and a summary of its data."""
-    train_data, eval_data, summary = preference_data(plan, tokenizer, scored_pairs)
+    build = partial(scored_pairs, timeout_s=wait_s(plan["recipe"]))
+    train_data, eval_data, summary = preference_data(plan, tokenizer, build)
     train_score_head(model)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     trainer = RewardTrainer(

@@ -9,6 +9,7 @@ from transformers import Trainer, TrainingArguments
 
 from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
+from launcher.data.cache import wait_s
 from launcher.data.pipeline import sft_data
 
 MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -29,14 +30,14 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     """The SFT Trainer and a summary of its data (example and token counts)."""
     recipe = plan["recipe"]
     data_cfg, template = recipe["data"], recipe["model"]["template"]
-    wait_s = recipe["distributed"]["timeout_minutes"] * 60  # for the rank building the data cache
-    train = sft_data(data_cfg["datasets"], data_cfg, tokenizer, template, wait_s)
+    wait = wait_s(recipe)  # for the rank building the data cache
+    train = sft_data(data_cfg["datasets"], data_cfg, tokenizer, template, wait)
     if not train.examples:
         raise SystemExit(f"no trainable examples in {data_cfg['datasets']} "
                          f"({train.dropped} dropped with no answer token within data.cutoff_len={data_cfg['cutoff_len']})")
     rows, eval_rows = train.examples, []
     if data_cfg["eval_datasets"]:
-        eval_rows = sft_data(data_cfg["eval_datasets"], data_cfg, tokenizer, template, wait_s).examples
+        eval_rows = sft_data(data_cfg["eval_datasets"], data_cfg, tokenizer, template, wait).examples
     elif data_cfg["val_size"] > 0:
         rows, eval_rows = split_validation(rows, data_cfg["val_size"], recipe["train"]["seed"])
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
