@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from launcher.cli import main
 from tests.conftest import free_port, run_launch
 
 RM_TINY = "recipes/rm_tiny.yaml"
@@ -163,7 +164,7 @@ def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_pat
     start, out = _starting_adapter(tmp_path / "sft"), tmp_path / "ppo"
     logs = _launch("recipes/ppo_tiny.yaml", out, [f"train.reward_model={rm_out}", f"model.adapter={start}",
                                                   "distributed.zero=3", "train.max_steps=3", "train.logging_steps=1",
-                                                  "train.ppo_epochs=2",
+                                                  "train.ppo_epochs=2", "train.save_steps=3",
                                                   "data.max_samples=12", "train.micro_batch_size=2",
                                                   "train.max_new_tokens=8"])
     assert len(logs) == 3
@@ -185,6 +186,13 @@ def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_pat
     hidden = json.loads((Path(materialize("builtin:tiny-qwen2")) / "config.json").read_text())["hidden_size"]
     value_head = load_file(out / "value_head.safetensors")  # initialised to zero: trained values only
     assert value_head["weight"].shape == (1, hidden) and value_head["weight"].abs().sum() > 0
+    # the last checkpoint's ZeRO-3 shards consolidate offline into what the run saved: adapter and value head
+    consolidated = tmp_path / "consolidated"
+    assert main(["consolidate", str(out / "checkpoint-3"), "--out", str(consolidated)]) == 0
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        saved, offline = load_file(out / name), load_file(consolidated / name)
+        assert saved.keys() == offline.keys(), name
+        assert all(torch.equal(saved[key], offline[key]) for key in saved), name
 
 
 # ---- refusals at load/plan time, and the Qwen2-7B recipes planning offline ---------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.paths import require_empty_dir
+from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX, require_empty_dir
 from launcher.checkpoint.safetensors_stream import write_shards
 
 ADAPTER_NAME = "default"
@@ -222,6 +222,11 @@ def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "
         from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
 
         named = {name: produce() for name, _, produce in trainable_tensors(ckpt)}
+        value_head = {k.removeprefix(VALUE_HEAD_PREFIX): t.contiguous() for k, t in named.items()
+                      if k.startswith(VALUE_HEAD_PREFIX)}
+        if value_head:  # a ppo run: the policy's adapter, and the value head in its own file, as its save writes them
+            named = {k.removeprefix(POLICY_PREFIX): t for k, t in named.items() if k.startswith(POLICY_PREFIX)}
+            save_file(value_head, str(out / VALUE_HEAD), metadata={"format": "pt"})
         save_file(peft_state(named, json.loads(adapter_config.read_text())), str(out / ADAPTER_WEIGHTS),
                   metadata={"format": "pt"})
     else:

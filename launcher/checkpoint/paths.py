@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 STAGING_DIR = "tmp-checkpoints"  # inside output.dir: checkpoints being written (see atomic.py)
+# a ppo run's model: the policy (a PEFT model) and a value head beside it (stages/ppo.py)
+POLICY_PREFIX, VALUE_HEAD_PREFIX = "policy.", "v_head."
+VALUE_HEAD = "value_head.safetensors"  # the value head's file beside the policy adapter
 
 
 def require_empty_dir(out: Path) -> None:

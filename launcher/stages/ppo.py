@@ -28,6 +28,7 @@ from transformers import GenerationConfig, Trainer, TrainingArguments
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
+from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import KIND_NEEDS, load_examples
 from launcher.data.registry import DataError, resolve_dataset
@@ -36,7 +37,6 @@ from launcher.data.registry import DataError, resolve_dataset
 warnings.filterwarnings("ignore", message=r"`\w*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
 
 GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
-VALUE_HEAD = "value_head.safetensors"
 REFERENCE = "ref"           # the frozen copy of a starting adapter
 
 
@@ -249,9 +249,10 @@ class PPOTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         state_dict = model.state_dict() if state_dict is None else state_dict
-        policy = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+        policy = {k.removeprefix(POLICY_PREFIX): v for k, v in state_dict.items() if k.startswith(POLICY_PREFIX)}
         model.policy.save_pretrained(output_dir, state_dict=policy, selected_adapters=["default"])
-        value = {k.removeprefix("v_head."): v.contiguous() for k, v in state_dict.items() if k.startswith("v_head.")}
+        value = {k.removeprefix(VALUE_HEAD_PREFIX): v.contiguous() for k, v in state_dict.items()
+                 if k.startswith(VALUE_HEAD_PREFIX)}
         save_file(value, output_dir / VALUE_HEAD)
         torch.save(self.args, output_dir / "training_args.bin")
 
