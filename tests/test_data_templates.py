@@ -250,8 +250,8 @@ def test_a_spliced_variant_has_the_tokens_and_labels_of_its_own_tokenization(tok
     messages = [{"role": "system", "content": "Be brief."}] + _rounds(("hello there " * 20, "hi " * 20), ("q", "a"))
     (whole_text, whole_spans), (text, spans) = render(tokenizer, messages, None, "auto"), \
         render(tokenizer, messages[:1] + messages[3:], None, "auto")
-    (whole,), (encoding,) = (part for part in _encode_rendered(tokenizer, [(whole_text, whole_spans)], False, False))
-    (alone,), _ = _encode_rendered(tokenizer, [(text, spans)], False, False)
+    (whole,), (encoding,) = _encode_rendered(tokenizer, [(whole_text, whole_spans)], False)
+    (alone,), _ = _encode_rendered(tokenizer, [(text, spans)], False)
     spliced = _Splicer(tokenizer)(_Whole(whole_text, whole.input_ids, encoding), text, spans, False)
     assert spliced is not None and spliced == alone
 

@@ -201,11 +201,10 @@ def _span_labels(encoding, ids: list[int], text_length: int, spans: list[Span]) 
     return labels
 
 
-def _encode_rendered(tokenizer, rendered: list[tuple[str, list[Span]]], train_on_prompt: bool,
-                     mask_history: bool) -> tuple[list[Encoded], list | None]:
+def _encode_rendered(tokenizer, rendered: list[tuple[str, list[Span]]],
+                     train_on_prompt: bool) -> tuple[list[Encoded], list | None]:
     """Token ids and labels of rendered conversations: fast tokenizers in one batched call (spans to tokens by
     offsets), others piece by piece at span boundaries. Also the fast tokenizer's encodings (None for others)."""
-    rendered = [(text, spans[-1:] if mask_history else spans) for text, spans in rendered]
     if not tokenizer.is_fast:
         out = []
         for text, spans in rendered:
@@ -286,9 +285,14 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
     batched calls (a fast tokenizer spreads them over its threads), first all whole conversations, then, for
     those over cutoff_len, the conversations without their oldest round, then without two, ...; a variant
     that is a splice of its whole text at added tokens takes its tokens from the whole's (_Splicer)."""
+    def trained_spans(items: list[tuple[list[dict], list[dict] | None]]) -> list[tuple[str, list[Span]]]:
+        """Each conversation's text and the spans it trains (with mask_history, only the last reply's)."""
+        out = [render(tokenizer, messages, tools, template) for messages, tools in items]
+        return [(text, spans[-1:]) for text, spans in out] if mask_history else out
+
     with gc_paused():
-        rendered = [render(tokenizer, messages, tools, template) for messages, tools in conversations]
-        wholes, encodings = _encode_rendered(tokenizer, rendered, train_on_prompt, mask_history)
+        rendered = trained_spans(conversations)
+        wholes, encodings = _encode_rendered(tokenizer, rendered, train_on_prompt)
         results = list(wholes)
         shorter = {i: _without_oldest_rounds(conversations[i][0]) for i, e in enumerate(wholes) if len(e.input_ids) > cutoff_len}
         sources = {i: _Whole(rendered[i][0], wholes[i].input_ids, encodings[i]) for i in shorter} if encodings else {}
@@ -300,15 +304,15 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
                 del shorter[index]  # even the newest round alone is too long: cut its end (results[index] holds it)
                 cut = results[index].cut(cutoff_len)
                 results[index] = cut if cut.trainable else wholes[index].cut(cutoff_len)
-            variants = {i: render(tokenizer, shorter[i][step], conversations[i][1], template) for i in shorter}
+            variants = dict(zip(shorter, trained_spans([(shorter[i][step], conversations[i][1]) for i in shorter])))
             encoded = {}
             for index, (text, spans) in variants.items():
-                spliced = splice and splice(sources[index], text, spans[-1:] if mask_history else spans, train_on_prompt)
+                spliced = splice and splice(sources[index], text, spans, train_on_prompt)
                 if spliced is not None:
                     encoded[index] = spliced
             unspliced = [i for i in variants if i not in encoded]
             encoded.update(zip(unspliced, _encode_rendered(tokenizer, [variants[i] for i in unspliced],
-                                                           train_on_prompt, mask_history)[0]))
+                                                           train_on_prompt)[0]))
             for index, variant in encoded.items():
                 results[index] = variant
                 if len(variant.input_ids) <= cutoff_len:
