@@ -27,7 +27,7 @@ from launcher.memory import format_memory, model_shape, pick_auto
 from launcher.recipe import RecipeError, combination_error
 
 PLAN_VERSION = 1
-DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"  # package data: a wheel carries it
 CPU_PROCESSES = 2  # nproc_per_node: auto without GPUs -> two gloo processes
 
 
