@@ -182,7 +182,14 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_schema(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="launch schema", description="print the recipe's JSON schema").parse_args(argv)
+    parser = argparse.ArgumentParser(prog="launch schema", description="print the recipe's JSON schema")
+    parser.add_argument("--markdown", action="store_true", help="the key reference as Markdown (docs/recipe.md)")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        from launcher.schema_doc import recipe_reference
+
+        print(recipe_reference(), end="")
+        return 0
     from launcher.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
