@@ -18,9 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/launch recipes/sft_tiny.yaml output.overwrite=true
-	$(VENV)/bin/launch chat --model builtin:tiny-qwen2 --adapter outputs/sft_tiny \
-		--prompt "What is LoRA?" --prompt "用一句话解释什么是微调。"
+	$(VENV)/bin/launch recipes/demo_tiny.yaml output.overwrite=true
+	# training prompts answered before and after tuning, beside the answers the data taught
+	$(PY) -m launcher.demo recipes/demo_tiny.yaml
 
 test: install
 	$(PY) -m pytest -q tests
