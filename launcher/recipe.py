@@ -168,7 +168,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     elif kind == "str":
         if not isinstance(value, str) or not value.strip():
             raise fail("expected a non-empty string", f"write e.g. {key}: {spec.default or 'value'}")
-        out = value
+        out = spec.aliases.get(value, value)
     elif kind == "str_list":
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
@@ -181,7 +181,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     else:
         raise AssertionError(kind)
     if spec.choices and out not in spec.choices:
-        close = difflib.get_close_matches(str(out), [str(c) for c in spec.choices], n=1)
+        close = difflib.get_close_matches(str(out), [str(c) for c in spec.choices], n=1) if spec.guess else []
         hint = f"did you mean {close[0]}?" if close else f"use one of {list(spec.choices)}"
         raise fail(f"not one of {list(spec.choices)}", hint)
     if spec.low is not None and (out < spec.low or (out == spec.low and not spec.low_inclusive)):

@@ -18,6 +18,9 @@ class Key:
     literals: extra string values accepted besides the kind (e.g. "auto" for an int key)
     only_for: (selector key, allowed values): the key is only valid when the selector
         (a dotted key, e.g. "method.name") has one of these values; its default applies only then.
+    aliases: other names accepted for a choice, resolved to it at load (e.g. LLaMA-Factory's).
+    guess: offer the closest choice by spelling for a value that is none of them (off where a
+        near name is a different thing, e.g. the llama2 template is not llama3's format).
     """
 
     kind: str
@@ -32,11 +35,16 @@ class Key:
     literals: tuple = ()
     only_for: tuple[str, tuple] | None = None
     fields: dict[str, "Key"] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    guess: bool = True
 
 
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "orpo", "ppo")
 METHODS = ("full", "freeze", "lora", "prefix")
 TEMPLATES = ("auto", "qwen2", "llama3", "chatglm3", "alpaca", "empty")
+# LLaMA-Factory's template names that render the same format as one of ours (its llama3, chatglm3,
+# alpaca and empty are ours by name already); its other names are formats we do not register
+TEMPLATE_ALIASES = {"qwen": "qwen2"}
 LORA = ("method.name", ("lora",))
 FREEZE = ("method.name", ("freeze",))
 PREFIX = ("method.name", ("prefix",))
@@ -49,7 +57,9 @@ PREF_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "path": Key("str", "builtin:tiny-qwen2", "hub id, local dir, or builtin:tiny-qwen2 (the embedded default)"),
-        "template": Key("str", "auto", "chat template: auto = the tokenizer's chat_template, or a registered name", choices=TEMPLATES),
+        "template": Key("str", "auto", "chat template: auto = the tokenizer's chat_template (right for any model that ships "
+                                       "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
+                         choices=TEMPLATES, aliases=TEMPLATE_ALIASES, guess=False),
         "dtype": Key("str", "bf16", "training precision", choices=("bf16", "fp16", "fp32", "auto")),
         "attn": Key("str", "sdpa", "attention implementation", choices=("eager", "sdpa", "flash_attention_2")),
         "trust_remote_code": Key("bool", False, "run the model repository's own code (only when you trust it)"),

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from launcher.data.registry import DataError
 
@@ -198,3 +199,28 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
         tools=_generic_tools,
     ),
 )}
+
+
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # beside tokenizer_config.json (transformers >= 4.43)
+
+
+def template_refusal(model_dir: Path | None, stage: str, template: str) -> str | None:
+    """Why `template: auto` cannot render the conversations of the local model in model_dir, or None.
+
+    A base model (bloomz, a pre-training checkpoint) ships no chat template; stage pt renders none.
+    model_dir None (a hub id not at hand): the tokenizer is checked once loaded (tokenize.render)."""
+    if template != "auto" or stage == "pt" or model_dir is None:
+        return None
+    if any((model_dir / name).is_file() for name in CHAT_TEMPLATE_FILES):
+        return None
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no readable tokenizer config: the model check reports it
+    return None if config.get("chat_template") else no_chat_template_message()
+
+
+def no_chat_template_message() -> str:
+    return ("model.template: auto uses the tokenizer's chat template, and this model's tokenizer has none (a base or "
+            f"pre-training checkpoint). Fix: set model.template to one of {', '.join(TEMPLATES)} (the format the "
+            "model should learn), or use stage: pt, which needs no template")

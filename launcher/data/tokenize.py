@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from launcher.data.gc_pause import gc_paused
 from launcher.data.registry import DataError
-from launcher.data.templates import TEMPLATES, Span
+from launcher.data.templates import TEMPLATES, Span, no_chat_template_message
 
 IGNORE_INDEX = -100
 
@@ -150,6 +150,8 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
 def render(tokenizer, messages: list[dict], tools: list[dict] | None, template: str) -> tuple[str, list[Span]]:
     """Text and trained spans of a conversation with model.template (auto or a registered name)."""
     if template == "auto":
+        if not tokenizer.chat_template:  # a hub model the planner could not look into
+            raise DataError(no_chat_template_message())
         return assistant_spans(tokenizer, messages, tools)
     return TEMPLATES[template].render(messages, tools, tokenizer.eos_token or "")
 
