@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from launcher import quiet
 from launcher.recipe import RecipeError, load_recipe
 
 RUN_ARTIFACTS = ("plan.json", "adapter_config.json", "config.json", "trainer_state.json")
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: launch RECIPE [k=v ...] | launch {{{','.join(COMMANDS)}}} ...\n\n{__doc__}")
         return 0 if argv else 2
     verb, rest = (argv[0], argv[1:]) if argv[0] in COMMANDS else ("train", argv)
+    quiet.install()
     try:
         return COMMANDS[verb](rest)
     except RecipeError as err:

@@ -10,12 +10,12 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from launcher import quiet
 from launcher.elastic import isolate_restart_attempt
 
 
@@ -191,8 +191,7 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
         print(f"[launcher] saved to {plan['output_dir']}", flush=True)
 
 
-# DeepSpeed calls torch.distributed's renamed collectives every step; one warning per call drowns the log.
-warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+quiet.install()  # known-harmless dependency messages (launcher/quiet.py), before anything logs them
 
 
 @record

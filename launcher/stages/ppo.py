@@ -14,7 +14,6 @@ a frozen copy of the starting adapter (model.adapter, e.g. the SFT stage's outpu
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +31,6 @@ from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREF
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import KIND_NEEDS, load_examples
 from launcher.data.registry import DataError, resolve_dataset
-
-# TRL's unwrap_model_for_generation calls transformers' renamed checkpointing methods on every rollout
-warnings.filterwarnings("ignore", message=r"`\w*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
 
 GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"           # the frozen copy of a starting adapter
