@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from launcher.recipe import RecipeError
+from launcher.schema import SCHEMA
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_.,+-]+")  # partition, account, job name
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+%-]+")  # #SBATCH --output: sbatch splits on spaces, expands no quotes
@@ -83,12 +84,18 @@ def _extra_line(item: str) -> str:
     return option
 
 
+def slurm_from_distributed(dist: dict) -> dict:
+    """The slurm section a recipe without one gets: distributed.nnodes nodes, distributed.nproc_per_node GPUs
+    per node (auto: the schema's default), the cluster's default partition and account."""
+    defaults = {name: key.default for name, key in SCHEMA["slurm"].fields.items()}
+    gpus = dist["nproc_per_node"] if isinstance(dist["nproc_per_node"], int) else defaults["gpus_per_node"]
+    return {**defaults, "nodes": dist["nnodes"], "gpus_per_node": gpus}
+
+
 def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path: str, cwd: str) -> str:
-    """The sbatch script for a recipe with a slurm section."""
-    slurm, dist = recipe["slurm"], recipe["distributed"]
-    if slurm is None:
-        raise RecipeError("launch sbatch needs the recipe's slurm section. Fix: add e.g. "
-                          "slurm: {nodes: 2, gpus_per_node: 8, partition: gpu, time: '24:00:00'}")
+    """The sbatch script for a recipe; without a slurm section, nodes and GPUs come from distributed."""
+    dist = recipe["distributed"]
+    slurm = recipe["slurm"] or slurm_from_distributed(dist)
     if dist["hostfile"] is not None:
         raise RecipeError("distributed.hostfile and launch sbatch both choose the nodes. Fix: drop distributed.hostfile "
                           "(SLURM allocates the nodes)")
