@@ -299,10 +299,8 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             refuse("train.optimizer", f"train.optimizer: {r['train']['optimizer']} cannot run with distributed.offload: "
                                       f"{dist['offload']} (ZeRO-Offload steps with DeepSpeed's CPU Adam). "
                                       "Fix: set train.optimizer: adamw_torch or distributed.offload: none")
-    # with a slurm section the master comes from the allocation (checked again at plan time)
-    if dist["nnodes"] > 1 and dist["hostfile"] is None and dist["master_addr"] is None and r["slurm"] is None:
-        refuse("distributed.nnodes", f"distributed.nnodes: {dist['nnodes']} needs distributed.master_addr (the address of node 0) "
-                                     "or distributed.hostfile. Fix: set distributed.master_addr: <node-0 address>")
+    # nnodes > 1 without master_addr is refused by the planner: in a SLURM job (launch sbatch) the
+    # allocation names the master
     if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:
         refuse("train.eval_steps", "train.eval_steps is set but there is no evaluation data. "
                                    "Fix: set data.eval_datasets or data.val_size > 0, or remove train.eval_steps")
