@@ -24,6 +24,7 @@ from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.registry import DataError, resolve_dataset
 from launcher.memory import estimate as estimate_memory
 from launcher.memory import format_memory, model_shape, pick_auto
+from launcher.preflight import check as check_preflight
 from launcher.recipe import RecipeError, combination_error
 
 PLAN_VERSION = 1
@@ -340,6 +341,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
     allow_pending: earlier stages' outputs may be missing (listed in plan["pending"])."""
     dist = recipe["distributed"]
     _check_datasets(recipe)
+    check_preflight(recipe)  # model files, method modules, datasets' first rows: refused here, not on every rank
     pending = _check_stage_inputs(recipe, allow_pending)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
