@@ -14,7 +14,7 @@ from pathlib import Path
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.bad_rows import BadRows
 from launcher.data.formats import to_example, to_text
-from launcher.data.registry import DataError
+from launcher.data.registry import DataError, resolve_dataset
 from launcher.data.rows import STAGE_KINDS, dataset_items
 from launcher.module_names import freeze_error, layer_list, lora_targets_error, missing_modules_error, parameter_shapes
 from launcher.recipe import RecipeError
@@ -73,17 +73,23 @@ def check_method_modules(recipe: dict) -> None:
 
 
 def check_datasets_yield_rows(recipe: dict) -> None:
-    """Every dataset is of a kind the stage reads and has a usable row: read up to its first good row
-    with the recipe's data.on_bad_row (error: the first bad row before it is refused, as the run would)."""
+    """Every dataset is of a kind the stage reads and not all bad, and data.datasets has a usable row: each
+    read up to its first good row with the recipe's data.on_bad_row (error: a bad row before it is refused,
+    as the run would refuse it)."""
     data, stage = recipe["data"], recipe["stage"]
     convert = to_text if stage == "pt" else to_example
     bad = BadRows(data["on_bad_row"])
     for key in ("datasets", "eval_datasets"):
+        found = False
         for name in data[key]:
             try:
-                next(dataset_items(name, data, bad, convert, STAGE_KINDS[stage]), None)
+                found |= next(dataset_items(name, data, bad, convert, STAGE_KINDS[stage]), None) is not None
             except DataError as err:
                 raise RecipeError(f"data.{key}: {err}") from None
+        if key == "datasets" and not found:
+            files = [str(f) for name in data[key] for f in resolve_dataset(name, data["dataset_dir"]).files]
+            raise RecipeError(f"data.datasets = {data[key]}: no rows in {', '.join(files)} (or in the split they "
+                              "select), nothing to train on. Fix: fill the files, or name datasets that have rows")
 
 
 def check(recipe: dict) -> None:

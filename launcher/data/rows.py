@@ -56,8 +56,8 @@ def _rows(spec: DatasetSpec, data_cfg: dict, bad: BadRows) -> Iterator[Row]:
 
 def dataset_items(name: str, data_cfg: dict, bad: BadRows, convert: Callable[[Row, DatasetSpec], object],
                   kinds: tuple[str, ...] | None) -> Iterator:
-    """convert(row, spec) of each usable row of one dataset; bad rows go to the policy. A dataset that
-    yields nothing is refused (once its rows are exhausted), naming why."""
+    """convert(row, spec) of each usable row of one dataset; bad rows go to the policy. A dataset whose every
+    row is bad is refused (once its rows are exhausted), naming the first; one with no rows yields nothing."""
     spec = resolve_dataset(name, data_cfg["dataset_dir"])
     require_kind(name, spec, kinds)
     skipped_before, good = len(bad.skipped), 0
@@ -72,7 +72,3 @@ def dataset_items(name: str, data_cfg: dict, bad: BadRows, convert: Callable[[Ro
     if good == 0 and len(bad.skipped) > skipped_before:
         raise DataError(f"dataset {name!r}: every row is bad ({len(bad.skipped) - skipped_before} skipped), first: "
                         f"{bad.skipped[skipped_before]}. Fix: check its columns/tags in dataset_info.json")
-    if good == 0:
-        raise DataError(f"dataset {name!r}: no rows in {', '.join(map(str, spec.files))}"
-                        f"{'' if spec.split == 'train' else f' (split {spec.split!r})'}. "
-                        "Fix: fill the file, or drop the dataset from the recipe")
