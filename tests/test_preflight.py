@@ -8,6 +8,8 @@ the labels of a conversation with an empty assistant turn."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from launcher.data.bad_rows import BadRows
 from launcher.data.pipeline import build_sft_data, load_examples
 from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
-from tests.conftest import run_launch
+from tests.conftest import ROOT, run_launch
 
 RECIPE = "recipes/sft_tiny.yaml"
 ROWS = [{"instruction": "2 + 2?", "output": "4"}, {"instruction": "Capital of France?", "output": "Paris"}]
@@ -122,6 +124,14 @@ def test_launch_data_exits_2_when_the_stage_gets_no_rows():
     assert "Traceback" not in proc.stderr
 
 
+def test_planning_a_csv_dataset_imports_nothing_heavy():
+    code = ("import sys; from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
+            "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]'])); "
+            "heavy = {'torch', 'transformers', 'datasets', 'pandas', 'pyarrow', 'numpy'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
 # ---- point 11: rows that do not fail their file ---------------------------------------------------
 
 def test_one_non_utf8_row_is_skipped_or_refused_by_line(tmp_path):
@@ -203,3 +213,13 @@ def test_the_worker_applies_the_same_lora_target_rule_to_a_loaded_model(warm):
     with pytest.raises(MethodError, match=r"method.target = \['q_proj', 'qkv_proj'\]: the model has no linear or "
                                           r"embedding module \['qkv_proj'\]"):
         apply(model, recipe["method"], recipe)
+
+
+def test_a_csv_row_with_more_cells_than_the_header_is_one_bad_row(tmp_path):
+    _dataset(tmp_path, {"file_name": "d.csv"}, b"instruction,output\n2 + 2?,4\na,b,c\nCapital of France?,Paris\n")
+    cfg = {"dataset_dir": str(tmp_path), "max_samples": None}
+    bad = BadRows("skip")
+    assert [e.messages[-1]["content"] for e in load_examples(["d"], cfg, bad=bad)] == ["4", "Paris"]
+    assert len(bad.skipped) == 1
+    with pytest.raises(DataError, match=r"d\.csv row 1 \(line 3\): 3 cells, the header has 2"):
+        load_examples(["d"], cfg)

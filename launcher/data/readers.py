@@ -10,6 +10,7 @@ planner can stop at a dataset's first good row.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -104,11 +105,17 @@ def _jsonl(path: Path, on_bad: OnBad) -> Iterator[Row]:
 
 
 def _csv(path: Path, on_bad: OnBad) -> Iterator[Row]:
-    import pandas as pd  # heavy; only when a CSV is read
-
-    # Every cell as text and empty cells as "", so a missing value reads as empty, never as NaN.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    return (Row(data, f"{path} row {index}") for index, data in enumerate(frame.to_dict("records")))
+    """Every cell as text, a missing trailing cell as "" (never NaN); the standard library's reader, so
+    `launch plan` reads a CSV's first rows without importing pandas."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, restval="")
+        for index, data in enumerate(reader):
+            where = f"{path} row {index}"
+            if None in data:  # more cells than the header names
+                on_bad(DataError(f"{where} (line {reader.line_num}): {len(reader.fieldnames) + len(data[None])} "
+                                 f"cells, the header has {len(reader.fieldnames)}. Fix: quote cells that hold commas"))
+                continue
+            yield Row(data, where)
 
 
 def _parquet(path: Path, on_bad: OnBad) -> Iterator[Row]:
