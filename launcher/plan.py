@@ -22,9 +22,9 @@ from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.registry import DataError, resolve_dataset
-from launcher.data.templates import template_refusal
 from launcher.memory import estimate as estimate_memory
 from launcher.memory import format_memory, model_shape, pick_auto
+from launcher.preflight import check as check_preflight
 from launcher.recipe import RecipeError, combination_error
 
 PLAN_VERSION = 1
@@ -231,14 +231,6 @@ def _check_datasets(recipe: dict) -> None:
                 raise RecipeError(f"data.{key}: {err}") from None
 
 
-def _check_template(recipe: dict) -> None:
-    """template: auto on a local model whose tokenizer has no chat template, refused before the ranks tokenize."""
-    path = Path(recipe["model"]["path"])
-    refusal = template_refusal(path if path.is_dir() else None, recipe["stage"], recipe["model"]["template"])
-    if refusal:
-        raise RecipeError(refusal)
-
-
 def _check_adapter(recipe: dict) -> None:
     """model.adapter is a saved PEFT adapter (an earlier stage's output.dir), not found only inside the ranks."""
     adapter = recipe["model"]["adapter"]
@@ -349,7 +341,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
     allow_pending: earlier stages' outputs may be missing (listed in plan["pending"])."""
     dist = recipe["distributed"]
     _check_datasets(recipe)
-    _check_template(recipe)
+    check_preflight(recipe)  # model files, template, method modules, datasets' first rows: here, not on every rank
     pending = _check_stage_inputs(recipe, allow_pending)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0

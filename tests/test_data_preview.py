@@ -169,4 +169,4 @@ def test_ppo_refuses_a_dataset_it_cannot_take_prompts_from(capsys):
     # a KTO dataset has no prompt/reply split ppo understands: named, not silently left out
     assert main(["data", str(ROOT / "recipes" / "ppo_tiny.yaml"), "data.datasets=[demo_kto]"]) == 2
     err = capsys.readouterr().err
-    assert "stage ppo takes its prompts from SFT or preference datasets; 'demo_kto'" in err and "Fix:" in err
+    assert "dataset 'demo_kto' is a KTO dataset" in err and "this stage needs an SFT dataset" in err and "Fix:" in err

@@ -164,11 +164,18 @@ def _message(raw: object, spec: DatasetSpec, where: str) -> Message:
     if roles[role] == "function":
         return _assistant("", _parse_calls(content, where))
     if roles[role] == "assistant":
-        calls = _tool_calls(calls, where) if calls else None
-        if not content.strip() and not calls:
-            raise DataError(f"{where}: empty assistant turn (nothing to learn)")
-        return _assistant(content, calls)
+        return _assistant(content, _tool_calls(calls, where) if calls else None)
     return {"role": roles[role], "content": content}
+
+
+def is_reply(message: Message) -> bool:
+    """An assistant turn with something to learn; an empty one in the middle of a conversation trains nothing."""
+    return bool((message.get("content") or "").strip() or message.get("tool_calls"))
+
+
+def _require_reply(message: Message, where: str) -> None:
+    if message["role"] == "assistant" and not is_reply(message):
+        raise DataError(f"{where}: empty assistant turn (nothing to learn)")
 
 
 def _sharegpt(row: Row, spec: DatasetSpec) -> Example:
@@ -177,6 +184,7 @@ def _sharegpt(row: Row, spec: DatasetSpec) -> Example:
         raise DataError(f"{row.where}: missing or empty column {spec.columns['messages']!r} (the list of messages). "
                         "Fix: map columns.messages in dataset_info.json")
     messages = [_message(item, spec, f"{row.where} message {index + 1}") for index, item in enumerate(raw)]
+    _require_reply(messages[-1], f"{row.where} message {len(raw)}")  # LLaMA-Factory keeps blank earlier replies
     if messages[0]["role"] != "system":
         system = _text(row, spec, "system", required=False)  # a system turn in the list wins over the column
         if system:
@@ -192,7 +200,9 @@ def _sharegpt(row: Row, spec: DatasetSpec) -> Example:
 
 def _candidate(row: Row, spec: DatasetSpec, key: str) -> Message:
     """A preference candidate: one assistant (or function call) message."""
-    message = _message(_column(row, spec, key), spec, f"{row.where} column {spec.columns[key]!r} ({key})")
+    where = f"{row.where} column {spec.columns[key]!r} ({key})"
+    message = _message(_column(row, spec, key), spec, where)
+    _require_reply(message, where)
     if message["role"] != "assistant":
         raise DataError(f"{row.where}: column {spec.columns[key]!r} ({key}) must be an assistant turn, got {message['role']!r}")
     return message

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import random
 from dataclasses import dataclass
 from itertools import chain
 
@@ -13,14 +12,8 @@ import numpy as np
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import cached_rows
 from launcher.data.formats import Example, to_example, to_text
-from launcher.data.readers import Row, read_file
-from launcher.data.registry import DataError, DatasetSpec, resolve_dataset
+from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
-
-KIND_NEEDS = {"sft": "an SFT dataset (no ranking, no kto_tag)",
-              "preference": "a preference dataset (\"ranking\": true with chosen/rejected)",
-              "kto": "a KTO dataset (columns.kto_tag)"}
-
 
 @dataclass
 class SFTData:
@@ -29,46 +22,10 @@ class SFTData:
     skipped: int = 0       # bad rows skipped with data.on_bad_row: skip
 
 
-SAMPLE_SEED = 0  # num_samples draws the same rows on every run and rank
-
-
-def _sample(rows: list[Row], count: int) -> list[Row]:
-    """LLaMA-Factory's num_samples: `count` distinct rows when there are enough, else every row plus a random
-    draw of the rest (repeats); seeded, kept in file order."""
-    rng = random.Random(SAMPLE_SEED)
-    whole, rest = divmod(count, len(rows)) if count > len(rows) else (0, count)
-    picked = [i for _ in range(whole) for i in range(len(rows))] + rng.sample(range(len(rows)), rest)
-    return [rows[i] for i in sorted(picked)]
-
-
-def _rows(spec: DatasetSpec, data_cfg: dict, bad: BadRows) -> list[Row]:
-    """The dataset's rows: its split slice, then num_samples (the registry's), then max_samples (the recipe's)."""
-    rows = [row for path in spec.files for row in read_file(path, bad)]
-    rows = [rows[i] for i in spec.split_range(len(rows))]
-    if spec.num_samples is not None and rows:
-        rows = _sample(rows, spec.num_samples)
-    return rows if data_cfg["max_samples"] is None else rows[: data_cfg["max_samples"]]
-
-
 def _converted(names: list[str], data_cfg: dict, bad: BadRows, convert, kind: str | None) -> list:
     """convert(row, spec) over every row of the named datasets; bad rows go to the policy."""
-    out = []
-    for name in names:
-        spec = resolve_dataset(name, data_cfg["dataset_dir"])
-        if kind is not None and spec.kind != kind:
-            raise DataError(f"dataset {name!r} is {KIND_NEEDS[spec.kind]}, but this stage needs {KIND_NEEDS[kind]}. "
-                            "Fix: use another dataset or fix its entry in dataset_info.json")
-        skipped_before, good = len(bad.skipped), 0
-        for row in _rows(spec, data_cfg, bad):
-            try:
-                out.append(convert(row, spec))
-                good += 1
-            except DataError as err:
-                bad(err)
-        if good == 0 and len(bad.skipped) > skipped_before:
-            raise DataError(f"dataset {name!r}: every row is bad ({len(bad.skipped) - skipped_before} skipped), first: "
-                            f"{bad.skipped[skipped_before]}. Fix: check its columns/tags in dataset_info.json")
-    return out
+    kinds = None if kind is None else (kind,)
+    return [item for name in names for item in dataset_items(name, data_cfg, bad, convert, kinds)]
 
 
 def load_examples(names: list[str], data_cfg: dict, kind: str = "sft", bad: BadRows | None = None) -> list[Example]:

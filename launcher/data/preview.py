@@ -16,6 +16,7 @@ from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
 from launcher.data.pairs import PreferenceData, kto_data, pair_data
 from launcher.data.pipeline import sft_data
+from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
 
 OPEN, CLOSE = "⟦", "⟧"  # around trained text; everything outside is masked (label -100)
@@ -188,6 +189,10 @@ def preview(recipe: dict, count: int, dump_path: str | None) -> str:
     view = STAGES[recipe["stage"]]  # the recipe's schema admits only these stages
     tokenizer = load_tokenizer(recipe["model"])
     data = view.build(recipe, tokenizer)
+    if not data.rows:  # the run would stop here too: a non-zero exit, not an empty report
+        raise DataError(f"stage {recipe['stage']} gets no {view.noun}s from {recipe['data']['datasets']} "
+                        f"({data.counts.replace(chr(10), '; ')}). Fix: raise data.cutoff_len, or use datasets with "
+                        "rows the stage can train on")
     shown = [view.show(tokenizer, i, row) for i, row in enumerate(data.rows[:count])]
     report = "\n".join([*shown, data.counts])
     if dump_path:

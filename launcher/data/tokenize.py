@@ -20,6 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from launcher.data.formats import is_reply
 from launcher.data.gc_pause import gc_paused
 from launcher.data.registry import DataError
 from launcher.data.templates import TEMPLATES, Span, no_chat_template_message
@@ -152,8 +153,12 @@ def render(tokenizer, messages: list[dict], tools: list[dict] | None, template: 
     if template == "auto":
         if not tokenizer.chat_template:  # a hub model the planner could not look into
             raise DataError(no_chat_template_message())
-        return assistant_spans(tokenizer, messages, tools)
-    return TEMPLATES[template].render(messages, tools, tokenizer.eos_token or "")
+        text, spans = assistant_spans(tokenizer, messages, tools)
+    else:
+        text, spans = TEMPLATES[template].render(messages, tools, tokenizer.eos_token or "")
+    # one span per assistant turn; an empty one (blank in the data) trains nothing, not even its eos
+    replies = [m for m in messages if m["role"] == "assistant"]
+    return text, [span for span, reply in zip(spans, replies, strict=True) if is_reply(reply)]
 
 
 def _trained_by_offsets(offsets: list[tuple[int, int]], spans: list[Span]) -> list[bool]:

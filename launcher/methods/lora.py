@@ -14,6 +14,9 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from launcher.methods.errors import MethodError
+from launcher.module_names import lora_targets_error
+
 PISSA_INIT_DIR = "pissa_init"  # inside output.dir: the adapter as initialised, needed to convert PiSSA to LoRA
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to
 
@@ -27,6 +30,11 @@ def apply(model: nn.Module, method: dict, recipe: dict) -> PeftModel:
             model, use_gradient_checkpointing=recipe["train"]["gradient_checkpointing"],
             gradient_checkpointing_kwargs={"use_reentrant": False})
     target = method["target"]
+    if target != "all":  # the planner checked local and builtin models; a hub model is first seen here
+        shapes = {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}  # ZeRO-3: full shape
+        error = lora_targets_error("method.target", target, shapes)
+        if error:
+            raise MethodError(error)
     config = LoraConfig(
         # SEQ_CLS (the reward model) keeps the new score head in modules_to_save, so the adapter holds it
         task_type=TaskType.SEQ_CLS if recipe["stage"] == "rm" else TaskType.CAUSAL_LM,

@@ -29,7 +29,8 @@ from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.data.pairs import split_reply
-from launcher.data.pipeline import KIND_NEEDS, load_examples
+from launcher.data.pipeline import load_examples
+from launcher.data.rows import STAGE_KINDS, require_kind
 from launcher.data.registry import DataError, resolve_dataset
 
 GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
@@ -257,11 +258,10 @@ def prompt_rows(names: list[str], data_cfg: dict, tokenizer, template: str) -> t
     """{"input_ids"}: each example's conversation up to its last reply, with the generation prompt.
     SFT datasets give their last user turn's context; preference datasets their prompt. A prompt
     that fills data.cutoff_len leaves no room to reply: dropped and counted."""
-    kinds = {name: resolve_dataset(name, data_cfg["dataset_dir"]).kind for name in names}
-    other = [name for name, kind in kinds.items() if kind not in ("sft", "preference")]
-    if other:
-        raise DataError(f"stage ppo takes its prompts from SFT or preference datasets; {', '.join(map(repr, other))} "
-                        f"is {KIND_NEEDS[kinds[other[0]]]}. Fix: list only SFT or preference datasets in data.datasets")
+    specs = {name: resolve_dataset(name, data_cfg["dataset_dir"]) for name in names}
+    for name, spec in specs.items():
+        require_kind(name, spec, STAGE_KINDS["ppo"])
+    kinds = {name: spec.kind for name, spec in specs.items()}
     rows, dropped = [], 0
     for kind in ("sft", "preference"):
         named = [n for n in names if kinds[n] == kind]
