@@ -259,8 +259,33 @@ def cmd_merge(argv: list[str]) -> int:
     return 0
 
 
+def cmd_import_lf(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch import-lf", description="a LLaMA-Factory training YAML as a recipe")
+    parser.add_argument("lf_yaml", help="LLaMA-Factory YAML (llamafactory-cli train's argument file)")
+    parser.add_argument("--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)")
+    args = parser.parse_args(argv)
+    from launcher.import_lf import LFImportError, import_lf, read_lf, render
+
+    source = Path(args.lf_yaml)
+    try:
+        recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
+    except LFImportError as err:
+        print(f"launch import-lf: error: {err}", file=sys.stderr)
+        return 2
+    text = render(recipe, unmapped, source)
+    if args.out is None:
+        print(text, end="")
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"[launch] wrote {args.out}; check it with `launch plan {args.out}`")
+    for name, why in unmapped:
+        print(f"[launch] not mapped: {name}: {why}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "sbatch": cmd_sbatch, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
-            "consolidate": cmd_consolidate, "merge": cmd_merge}
+            "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf}
 
 
 def main(argv: list[str] | None = None) -> int:
