@@ -57,12 +57,17 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     return model.eval(), tokenizer
 
 
+def encode_prompt(tokenizer, messages: list[dict]):
+    """input_ids/attention_mask of `messages` rendered with the chat template, ready for the assistant's turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+
 def reply(model, tokenizer, messages: list[dict], sampling: Sampling) -> str:
     """The assistant's next turn after `messages`, rendered with the tokenizer's chat template."""
     import torch
 
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    inputs = encode_prompt(tokenizer, messages).to(model.device)
     with torch.no_grad():
         output = model.generate(**inputs, **sampling.generate_kwargs(), eos_token_id=tokenizer.eos_token_id,
                                 pad_token_id=tokenizer.pad_token_id)

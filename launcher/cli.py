@@ -284,8 +284,51 @@ def cmd_import_lf(argv: list[str]) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    import os
+
+    parser = argparse.ArgumentParser(prog="launch serve", description="OpenAI-compatible HTTP API over a model (+ LoRA adapters)")
+    parser.add_argument("--model", required=True, help="base model: hub id, local dir (a merged model) or builtin:tiny-qwen2")
+    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
+                        help="PEFT adapter served as model NAME (default: its folder name); repeatable")
+    parser.add_argument("--name", default=None, help="model id of the base in /v1/models (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", action="append", default=[],
+                        help="accepted API key; repeatable; also LAUNCH_API_KEYS=k1,k2; none = no authentication")
+    parser.add_argument("--rpm", type=int, default=None, help="requests per minute per API key")
+    parser.add_argument("--tpm", type=int, default=None, help="prompt + completion tokens per minute per API key")
+    parser.add_argument("--max-queue", type=int, default=8, help="requests waiting for the model; more get 503")
+    parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask (the default)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf: this process; vllm: `vllm serve`")
+    parser.add_argument("--print", action="store_true", help="with --engine vllm: print the command, run nothing")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    from launcher.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
+
+    keys = args.api_key + [k for k in os.environ.get("LAUNCH_API_KEYS", "").split(",") if k]
+    for flag, value in (("--rpm", args.rpm), ("--tpm", args.tpm), ("--max-tokens", args.max_tokens),
+                        ("--port", args.port), ("--max-body-bytes", args.max_body_bytes)):
+        if value is not None and value < 1:
+            print(f"launch serve: error: {flag} {value}: must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        adapters = parse_adapters(args.adapter)
+        name = args.name or args.model
+        if args.engine == "vllm":
+            return run_vllm(vllm_command(args.model, adapters, args.host, args.port, keys, args.max_tokens, name), args.print)
+        limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
+        serve(Engine(args.model, adapters, name, args.trust_remote_code), limits, set(keys), args.host, args.port)
+    except ServeError as err:
+        print(f"launch serve: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "sbatch": cmd_sbatch, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
-            "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf}
+            "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
