@@ -1,4 +1,5 @@
-"""`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge.
+"""`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge,
+import-lf, eval (= predict), serve.
 
 Recipe errors exit with code 2 and one message before any process starts. Heavy imports
 (torch, transformers) happen only inside the verbs that need them.
@@ -326,9 +327,36 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def cmd_eval(argv: list[str]) -> int:
+    parser = _recipe_parser("eval", "generate on the eval data; predictions + BLEU-4 / ROUGE (LLaMA-Factory's scores)")
+    parser.add_argument("--dataset", action="append", default=None, help="eval dataset (default: data.eval_datasets); repeatable")
+    parser.add_argument("--model", default=None, help="base or merged model (default: model.path)")
+    parser.add_argument("--adapter", default=None,
+                        help="PEFT adapter or checkpoint-<step> (default: output.dir when it holds one); '' = none")
+    parser.add_argument("--out", default=None, help="folder for the predictions and scores (default: output.dir/eval)")
+    parser.add_argument("--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)")
+    args = parser.parse_intermixed_args(argv)
+    from launcher.evaluate import EvalError, evaluate
+    from launcher.metrics import MetricsUnavailable
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    nproc = args.nproc
+    if nproc is None:
+        from launcher.plan import build_plan
+
+        nproc = build_plan(recipe, allow_pending=True)["world"]["nproc_per_node"]
+    try:
+        results = evaluate(recipe, args.dataset, args.model, args.adapter, Path(args.out) if args.out else None, nproc)
+    except (EvalError, MetricsUnavailable) as err:
+        print(f"launch eval: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "sbatch": cmd_sbatch, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
             "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "eval": cmd_eval, "predict": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import ROOT, free_port, run_launch
+from tests.conftest import ROOT, free_port, greedy, run_launch
 
 openai = pytest.importorskip("openai")
 MESSAGES = [{"role": "user", "content": "Tell me about the weather"}]
@@ -34,23 +34,6 @@ def adapter(tmp_path_factory, warm):
     out = tmp_path_factory.mktemp("adapter") / "demo"
     peft.save_pretrained(out)
     return out
-
-
-def _greedy(adapter_dir=None, tokens: int = TOKENS) -> str:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from launcher.builtin import materialize
-
-    folder = materialize("builtin:tiny-qwen2")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.eval().generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _start(*args: str) -> tuple[subprocess.Popen, str]:
@@ -109,8 +92,8 @@ def test_completion_equals_greedy_generate_and_model_picks_the_adapter(server, a
     client = _client(server)
     base = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=TOKENS, temperature=0)
     tuned = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=TOKENS, temperature=0)
-    assert base.choices[0].message.content == _greedy()
-    assert tuned.choices[0].message.content == _greedy(adapter)
+    assert base.choices[0].message.content == greedy(MESSAGES, TOKENS)
+    assert tuned.choices[0].message.content == greedy(MESSAGES, TOKENS, adapter)
     assert base.choices[0].message.content != tuned.choices[0].message.content
     assert tuned.usage.completion_tokens <= TOKENS and tuned.usage.prompt_tokens > 0
 
@@ -126,7 +109,7 @@ def test_streaming_equals_non_streaming(server):
 
 
 def test_stop_string_cuts_the_answer(server, adapter):
-    full = _greedy(adapter, 16)
+    full = greedy(MESSAGES, 16, adapter)
     stop = full[4:7]
     assert stop.strip(), full
     client = _client(server)
