@@ -163,6 +163,11 @@ def _deepspeed(value: Any, lf: dict, base: Path | None = None) -> dict:
     return {"distributed.engine": "deepspeed", "distributed.zero": stage, "distributed.offload": offload}
 
 
+def _generation(name: str) -> Setter:
+    """LF's generating arguments: PPO's rollouts under stage ppo, `launch eval`'s otherwise."""
+    return lambda value, lf: {f"{'train' if lf.get('stage') == 'ppo' else 'eval'}.{name}": value}
+
+
 def _timeout(value: Any, lf: dict) -> dict:
     return {"distributed.timeout_minutes": max(1, -(-int(value) // 60))}
 
@@ -252,10 +257,11 @@ LF_KEYS: dict[str, LFKey] = {
     "kto_rejected_weight": LFKey(("train.kto_undesirable_weight",)),
     "reward_model": LFKey(("train.reward_model",), note="must be an output.dir of a stage: rm run of this launcher"),
     "ppo_epochs": LFKey(("train.ppo_epochs",)),
-    "max_new_tokens": LFKey(("train.max_new_tokens",)),
-    "top_k": LFKey(("train.top_k",)),
-    "top_p": LFKey(("train.top_p",)),
-    "temperature": LFKey(("train.temperature",)),
+    "max_new_tokens": LFKey(("eval.max_new_tokens", "train.max_new_tokens"), _generation("max_new_tokens"), "train.* under stage ppo"),
+    "top_k": LFKey(("eval.top_k", "train.top_k"), _generation("top_k"), "train.* under stage ppo"),
+    "top_p": LFKey(("eval.top_p", "train.top_p"), _generation("top_p"), "train.* under stage ppo"),
+    "temperature": LFKey(("eval.temperature", "train.temperature"), _generation("temperature"), "train.* under stage ppo"),
+    "do_sample": LFKey(("eval.do_sample",)),
     "deepspeed": LFKey(("distributed.engine", "distributed.zero", "distributed.offload"), None,
                        "the JSON's zero_optimization stage and offload devices; absent -> engine: ddp"),
     "ddp_timeout": LFKey(("distributed.timeout_minutes",), _timeout, "seconds -> minutes"),
