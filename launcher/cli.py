@@ -318,7 +318,10 @@ def cmd_serve(argv: list[str]) -> int:
         adapters = parse_adapters(args.adapter)
         name = args.name or args.model
         if args.engine == "vllm":
-            return run_vllm(vllm_command(args.model, adapters, args.host, args.port, keys, args.max_tokens, name), args.print)
+            from launcher.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
+
+            model = local_model_path(args.model)
+            return run_vllm(vllm_command(model, adapters, args.host, args.port, name), keys, args.print)
         limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
         serve(Engine(args.model, adapters, name, args.trust_remote_code), limits, set(keys), args.host, args.port)
     except ServeError as err:

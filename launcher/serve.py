@@ -323,31 +323,34 @@ async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, ga
         gate.leave()
 
 
-def vllm_command(model: str, adapters: dict[str, str], host: str, port: int, api_keys: list[str],
-                 max_tokens: int, base_name: str) -> list[str]:
+def vllm_command(model: str, adapters: dict[str, str], host: str, port: int,
+                 base_name: str) -> list[str]:
     """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API."""
     argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", base_name]
     if adapters:
         ranks = [json.loads((Path(p) / "adapter_config.json").read_text()).get("r", 8) for p in adapters.values()]
         argv += ["--enable-lora", "--max-lora-rank", str(max(ranks)), "--lora-modules",
                  *[f"{name}={path}" for name, path in adapters.items()]]
-    for key in api_keys[:1]:  # vllm serve takes one key
-        argv += ["--api-key", key]
     return argv
 
 
-def run_vllm(argv: list[str], print_only: bool) -> int:
+def run_vllm(argv: list[str], api_keys: list[str], print_only: bool) -> int:
+    """Print the command (--print), or replace this process with it; the API key goes in VLLM_API_KEY, not argv
+    (which any user of the machine can read)."""
     import importlib.util
     import os
     import shutil
 
-    print(shlex.join(argv), flush=True)
+    env_prefix = "VLLM_API_KEY=<your key> " if api_keys else ""
     if print_only:
+        print(env_prefix + shlex.join(argv), flush=True)
         return 0
     if shutil.which("vllm") is None or importlib.util.find_spec("vllm") is None:
         raise ServeError("--engine vllm: vLLM is not installed here. Fix: `pip install vllm` on a machine with a "
                          "CUDA GPU, or serve with the default --engine hf (this process)")
-    os.execvp(argv[0], argv)
+    print(f"[serve] {env_prefix}{shlex.join(argv)}", flush=True)
+    env = {**os.environ, **({"VLLM_API_KEY": api_keys[0]} if api_keys else {})}  # vllm serve takes one key
+    os.execvpe(argv[0], argv, env)
     return 0  # not reached
 
 

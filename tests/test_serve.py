@@ -170,8 +170,9 @@ def test_full_queue_answers_503(limited):
 
 def test_vllm_engine_prints_command_or_refuses_with_the_fix(adapter):
     printed = run_launch(["serve", "--model", "Qwen/Qwen2-0.5B", "--adapter", f"demo={adapter}", "--engine", "vllm",
-                          "--print", "--port", "8001"], timeout=60)
+                          "--print", "--port", "8001", "--api-key", "s3cret"], timeout=60)
     assert printed.returncode == 0, printed.stderr
+    assert "s3cret" not in printed.stdout and printed.stdout.startswith("VLLM_API_KEY=<your key> ")  # not in argv
     assert f"vllm serve Qwen/Qwen2-0.5B --host 127.0.0.1 --port 8001" in printed.stdout
     assert f"--enable-lora --max-lora-rank 4 --lora-modules demo={adapter}" in printed.stdout
     import importlib.util
