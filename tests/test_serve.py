@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -38,14 +39,16 @@ def adapter(tmp_path_factory, warm):
 
 def _start(*args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a server that logs a lot never blocks on it
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--model", "builtin:tiny-qwen2",
                              "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()}")
+            log.seek(0)
+            raise AssertionError(f"server exited: {log.read()[-5000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return proc, url
