@@ -57,16 +57,43 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     return model.eval(), tokenizer
 
 
+def encode_prompt(tokenizer, messages: list[dict]):
+    """input_ids/attention_mask of `messages` rendered with the chat template, ready for the assistant's turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+
+
 def reply(model, tokenizer, messages: list[dict], sampling: Sampling) -> str:
     """The assistant's next turn after `messages`, rendered with the tokenizer's chat template."""
     import torch
 
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    inputs = encode_prompt(tokenizer, messages).to(model.device)
     with torch.no_grad():
         output = model.generate(**inputs, **sampling.generate_kwargs(), eos_token_id=tokenizer.eos_token_id,
                                 pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def reply_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
+                batch_size: int = 8) -> tuple[list[str], int]:
+    """The assistant's next turn for each conversation, `batch_size` at a time (left-padded), and the number of
+    tokens generated (through each reply's EOS)."""
+    import torch
+
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+    replies, generated = [], 0
+    for start in range(0, len(texts), batch_size):
+        inputs = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            output = model.generate(**inputs, **sampling.generate_kwargs(), eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id)
+        for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+            ends = [i for i, token in enumerate(row) if token == tokenizer.eos_token_id]
+            generated += ends[0] + 1 if ends else len(row)
+            replies.append(tokenizer.decode(row, skip_special_tokens=True))
+    return replies, generated
 
 
 @dataclass

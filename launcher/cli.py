@@ -1,4 +1,5 @@
-"""`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge.
+"""`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge,
+import-lf, eval (= predict), serve.
 
 Recipe errors exit with code 2 and one message before any process starts. Heavy imports
 (torch, transformers) happen only inside the verbs that need them.
@@ -267,8 +268,106 @@ def cmd_merge(argv: list[str]) -> int:
     return 0
 
 
+def cmd_import_lf(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch import-lf", description="a LLaMA-Factory training YAML as a recipe")
+    parser.add_argument("lf_yaml", help="LLaMA-Factory YAML (llamafactory-cli train's argument file)")
+    parser.add_argument("--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)")
+    args = parser.parse_args(argv)
+    from launcher.import_lf import LFImportError, import_lf, read_lf, render
+
+    source = Path(args.lf_yaml)
+    try:
+        recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
+    except LFImportError as err:
+        print(f"launch import-lf: error: {err}", file=sys.stderr)
+        return 2
+    text = render(recipe, unmapped, source)
+    if args.out is None:
+        print(text, end="")
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"[launch] wrote {args.out}; check it with `launch plan {args.out}`")
+    for name, why in unmapped:
+        print(f"[launch] not mapped: {name}: {why}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(argv: list[str]) -> int:
+    import os
+
+    parser = argparse.ArgumentParser(prog="launch serve", description="OpenAI-compatible HTTP API over a model (+ LoRA adapters)")
+    parser.add_argument("--model", required=True, help="base model: hub id, local dir (a merged model) or builtin:tiny-qwen2")
+    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
+                        help="PEFT adapter served as model NAME (default: its folder name); repeatable")
+    parser.add_argument("--name", default=None, help="model id of the base in /v1/models (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", action="append", default=[],
+                        help="accepted API key; repeatable; also LAUNCH_API_KEYS=k1,k2; none = no authentication")
+    parser.add_argument("--rpm", type=int, default=None, help="requests per minute per API key")
+    parser.add_argument("--tpm", type=int, default=None, help="prompt + completion tokens per minute per API key")
+    parser.add_argument("--max-queue", type=int, default=8, help="requests waiting for the model; more get 503")
+    parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask (the default)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf: this process; vllm: `vllm serve`")
+    parser.add_argument("--print", action="store_true", help="with --engine vllm: print the command, run nothing")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    from launcher.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
+
+    keys = args.api_key + [k for k in os.environ.get("LAUNCH_API_KEYS", "").split(",") if k]
+    for flag, value in (("--rpm", args.rpm), ("--tpm", args.tpm), ("--max-tokens", args.max_tokens),
+                        ("--port", args.port), ("--max-body-bytes", args.max_body_bytes)):
+        if value is not None and value < 1:
+            print(f"launch serve: error: {flag} {value}: must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        adapters = parse_adapters(args.adapter)
+        name = args.name or args.model
+        if args.engine == "vllm":
+            from launcher.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
+
+            model = local_model_path(args.model)
+            return run_vllm(vllm_command(model, adapters, args.host, args.port, name), keys, args.print)
+        limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
+        serve(Engine(args.model, adapters, name, args.trust_remote_code), limits, set(keys), args.host, args.port)
+    except ServeError as err:
+        print(f"launch serve: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    parser = _recipe_parser("eval", "generate on the eval data; predictions + BLEU-4 / ROUGE (LLaMA-Factory's scores)")
+    parser.add_argument("--dataset", action="append", default=None, help="eval dataset (default: data.eval_datasets); repeatable")
+    parser.add_argument("--model", default=None, help="base or merged model (default: model.path)")
+    parser.add_argument("--adapter", default=None,
+                        help="PEFT adapter or checkpoint-<step> (default: output.dir when it holds one); '' = none")
+    parser.add_argument("--out", default=None, help="folder for the predictions and scores (default: output.dir/eval)")
+    parser.add_argument("--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)")
+    args = parser.parse_intermixed_args(argv)
+    from launcher.evaluate import EvalError, evaluate
+    from launcher.metrics import MetricsUnavailable
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    nproc = args.nproc
+    if nproc is None:
+        from launcher.plan import build_plan
+
+        nproc = build_plan(recipe, allow_pending=True)["world"]["nproc_per_node"]
+    try:
+        results = evaluate(recipe, args.dataset, args.model, args.adapter, Path(args.out) if args.out else None, nproc)
+    except (EvalError, MetricsUnavailable) as err:
+        print(f"launch eval: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "sbatch": cmd_sbatch, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
-            "consolidate": cmd_consolidate, "merge": cmd_merge}
+            "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf,
+            "serve": cmd_serve, "eval": cmd_eval, "predict": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,6 +115,11 @@ def _suggest(key: str) -> str:
     same_leaf = [k for k in FLAT if k.rsplit(".", 1)[-1] == leaf]
     if same_leaf:
         return f" Did you mean {same_leaf[0]}? ({leaf} belongs in {same_leaf[0].rsplit('.', 1)[0]})"
+    from launcher.import_lf import lf_hint
+
+    if lf_hint(leaf):  # a LLaMA-Factory argument name
+        return (f" Did you mean {lf_hint(leaf)}? ({leaf} is LLaMA-Factory's name for it; "
+                "`launch import-lf LF.yaml` converts a whole LF config)")
     close = difflib.get_close_matches(key, list(FLAT), n=1, cutoff=0.6)
     if not close:
         parent = key.rsplit(".", 1)[0] if "." in key else ""

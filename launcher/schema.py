@@ -151,6 +151,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ppo_epochs": Key("int", 1, "PPO: optimizer steps trained on each rollout (the prompts' batch is replayed)",
                           low=1, only_for=PPO),
     },
+    "eval": {
+        "max_new_tokens": Key("int", 128, "`launch eval`: longest generated reply", low=1),
+        "do_sample": Key("bool", False, "`launch eval`: sample instead of greedy decoding"),
+        "temperature": Key("float", 0.95, "`launch eval`: sampling temperature (with do_sample)", low=0, low_inclusive=False),
+        "top_p": Key("float", 0.7, "`launch eval`: nucleus sampling mass (with do_sample)", low=0, high=1, low_inclusive=False),
+        "top_k": Key("int", 50, "`launch eval`: sample among the k likeliest tokens (with do_sample)", low=1),
+        "batch_size": Key("int", 8, "`launch eval`: prompts generated together per process", low=1),
+    },
     "distributed": {
         "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),
         "zero": Key("int", 3, "ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting", choices=(0, 1, 2, 3), literals=("auto",)),

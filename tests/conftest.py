@@ -62,3 +62,24 @@ def tiny_run(tmp_path_factory, warm):
         return finished[overrides]
 
     return run
+
+
+def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None) -> str:
+    """The oracle of generation tests: transformers' own greedy generate over apply_chat_template on the builtin
+    model (+ a PEFT adapter)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launcher.builtin import materialize
+
+    folder = materialize("builtin:tiny-qwen2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.eval().generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

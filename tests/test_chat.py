@@ -13,25 +13,10 @@ import sys
 import time
 
 import pytest
-import torch
 
-from tests.conftest import ROOT, run_launch
+from tests.conftest import ROOT, greedy, run_launch
 
 TOKENS = 6
-
-
-def _greedy(messages: list[dict]) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from launcher.builtin import materialize
-
-    folder = materialize("builtin:tiny-qwen2")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def test_batch_prediction_from_openai_and_alpaca_rows(tmp_path, warm):
@@ -47,7 +32,7 @@ def test_batch_prediction_from_openai_and_alpaca_rows(tmp_path, warm):
     assert [row["label"] for row in out] == ["Hello!", "bonjour"]
     assert out[0]["prompt"] == rows[0]["messages"][:2]
     assert out[1]["prompt"] == [{"role": "user", "content": "Translate\ngood morning"}]
-    assert [row["prediction"] for row in out] == [_greedy(row["prompt"]) for row in out]
+    assert [row["prediction"] for row in out] == [greedy(row["prompt"], TOKENS) for row in out]
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(warm, capsys):

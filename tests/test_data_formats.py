@@ -190,7 +190,7 @@ def test_every_registered_demo_dataset_resolves():
     ({"file_name": "d.json", "tags": {"role_tag": "r"}}, "tags apply to sharegpt/openai"),
     ({"file_name": "d.json", "ranking": True, "columns": {"kto_tag": "t"}}, "either a preference set .* or a KTO set"),
     ({"file_name": "d.md"}, r"file type '.md'; supported: .json, .jsonl, .csv, .parquet, .txt"),
-    ({"file_name": "folder"}, "folder .* holds 'notes.md'"),
+    ({"file_name": "folder"}, "folder .* has no data files"),  # a README is not rows (hub copies have one)
     ({"file_name": "missing.json"}, "missing.json does not exist"),
 ])
 def test_registry_mistakes_name_the_entry_and_the_fix(tmp_path, entry, message):

@@ -83,3 +83,34 @@ def test_unusable_keys_are_refused_naming_dataset_key_registry_and_fix(tmp_path,
     message = str(caught.value)
     assert f"{tmp_path / 'dataset_info.json'}: dataset 'd'" in message
     assert key in message and "Fix:" in message and fix in message, message
+
+
+def _hub_copy(root: Path) -> Path:
+    """A dataset folder as `huggingface-cli download --repo-type dataset` leaves it: a README, git metadata and
+    split-named shards under data/."""
+    copy = root / "hub_copy"
+    (copy / "data").mkdir(parents=True)
+    (copy / "README.md").write_text("---\nconfigs: []\n---\n# a dataset card\n")
+    (copy / ".gitattributes").write_text("*.parquet filter=lfs\n")
+    for split, rows in (("train_sft", ["a0", "a1", "a2"]), ("test_sft", ["t0"])):
+        (copy / "data" / f"{split}-00000-of-00001.jsonl").write_text(
+            "".join(json.dumps({"instruction": q, "output": "x"}) + "\n" for q in rows))
+    return copy
+
+
+def test_hub_folder_split_names_and_non_data_files(tmp_path):
+    _hub_copy(tmp_path)
+    for split, prompts in (("train_sft", ["a0", "a1", "a2"]), ("test_sft", ["t0"]), ("train_sft[1:]", ["a1", "a2"])):
+        (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "hub_copy", "split": split}}))
+        assert _prompts({"dataset_dir": str(tmp_path), "max_samples": None}) == prompts, split
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "hub_copy", "split": "validation"}}))
+    with pytest.raises(DataError, match="no files of split 'validation'.*test_sft, train_sft"):
+        resolve_dataset("d", tmp_path)
+
+
+def test_hub_folder_without_split_names_is_its_train_split(tmp_path):
+    copy = tmp_path / "plain"
+    (copy / "data").mkdir(parents=True)
+    (copy / "README.md").write_text("# card\n")
+    (copy / "data" / "rows.jsonl").write_text(json.dumps({"instruction": "q", "output": "x"}) + "\n")
+    assert resolve_dataset(str(copy), tmp_path).files == [copy / "data" / "rows.jsonl"]

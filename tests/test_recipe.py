@@ -169,7 +169,7 @@ def test_schema_is_json_and_covers_every_section(capsys):
 
     assert cli.main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert set(schema["properties"]) == {"model", "stage", "method", "data", "train", "distributed", "slurm", "output"}
+    assert set(schema["properties"]) == {"model", "stage", "method", "data", "train", "eval", "distributed", "slurm", "output"}
     zero = schema["properties"]["distributed"]["properties"]["zero"]["anyOf"]
     assert [alt["enum"] for alt in zero] == [[0, 1, 2, 3], ["auto"]]
 

@@ -51,9 +51,11 @@ MEDIA_COLUMNS = ("images", "videos", "audios")
 # Entry keys LLaMA-Factory uses that do not change what is read here.
 INERT_KEYS = ("file_sha1",)
 LISTED = 10  # registered names shown when a name is unknown (LLaMA-Factory's registry has hundreds)
-# `split` of a local dataset: its one split, "train", optionally sliced as `datasets` slices it ("train[:1000]",
-# "train[10%:]"); local files have no other split (LLaMA-Factory loads them as "train" too).
-SPLIT = re.compile(r"train(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+# `split` of a local dataset, optionally sliced as `datasets` slices it ("train[:1000]", "train[10%:]"). A plain
+# file is the split "train" (LLaMA-Factory loads it so too); in a folder (a hub dataset's local copy) a split
+# name selects the files named for it, as the hub names them ("train_sft-00000-of-00001.parquet", "test.jsonl").
+SPLIT = re.compile(r"(?P<name>[A-Za-z0-9_]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+SPLIT_OF_FILE = re.compile(r"[A-Za-z0-9_]+")
 
 
 @dataclass
@@ -64,7 +66,7 @@ class DatasetSpec:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     ranking: bool = False
-    split: str = "train"             # "train" or a slice of it, e.g. "train[:1000]", "train[10%:20%]"
+    split: str = "train"             # a split name or a slice of it, e.g. "train[:1000]", "train_sft[10%:20%]"
     num_samples: int | None = None   # a seeded sample of this many rows (repeating rows when more than there are)
 
     def split_range(self, count: int) -> range:
@@ -153,9 +155,8 @@ def _remote_refusal(name: str, entry: dict, dataset_dir: Path, where: str) -> No
 def _split_and_samples(entry: dict, where: str) -> tuple[str, int | None]:
     split, num_samples = entry.get("split", "train"), entry.get("num_samples")
     if not isinstance(split, str) or not SPLIT.fullmatch(split):
-        raise DataError(f"{where}: split {split!r}: a local dataset has one split, \"train\", which may be sliced as in "
-                        "datasets (\"train[:1000]\", \"train[10%:20%]\"). Fix: use such a split, or put the rows "
-                        "of that split in their own file and register it as its own dataset")
+        raise DataError(f"{where}: split {split!r} is not a split name, optionally sliced as in datasets "
+                        "(\"train\", \"train_sft\", \"train[:1000]\", \"train[10%:20%]\"). Fix: use such a split")
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
         raise DataError(f"{where}: num_samples must be a positive integer, got {num_samples!r}. "
                         "Fix: set the number of rows to draw, or remove num_samples to use every row")
@@ -195,25 +196,36 @@ def _entry_spec(name: str, entry: object, dataset_dir: Path) -> DatasetSpec:
     if ranking:
         columns = {"chosen": "chosen", "rejected": "rejected", **columns}
     split, num_samples = _split_and_samples(entry, where)
-    return DatasetSpec(name, [_local_path(name, entry, dataset_dir, where)], formatting, columns, tags, ranking,
+    path = _local_path(name, entry, dataset_dir, where)
+    if SPLIT.fullmatch(split)["name"] != "train" and path.is_file():
+        raise DataError(f"{where}: split {split!r}: {path} is one file, which is the split \"train\". Fix: point "
+                        "file_name at the folder holding the split's files (a hub dataset's local copy), or put the "
+                        "rows of that split in their own file and register it as its own dataset")
+    return DatasetSpec(name, [path], formatting, columns, tags, ranking,
                        split, num_samples)
 
 
-def _data_files(path: Path, name: str) -> list[Path]:
-    """The data files of a path: itself, or the supported files of a folder (hidden files aside)."""
+def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
+    """The data files of a path: itself, or the supported files anywhere in a folder (hidden ones aside; a hub
+    copy's README.md, scripts and licences are not rows), those named for the split when any are."""
     if path.is_file():
         if path.suffix not in FILE_TYPES:
             raise DataError(f"dataset {name!r}: {path} has file type {path.suffix or '(none)'!r}; "
                             f"supported: {', '.join(FILE_TYPES)}. Fix: convert it or rename it to its real type")
         return [path]
-    files = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    others = [p.name for p in files if p.suffix not in FILE_TYPES or not p.is_file()]
-    if others:
-        raise DataError(f"dataset {name!r}: folder {path} holds {others[0]!r}, not a {'/'.join(FILE_TYPES)} file. "
-                        "Fix: keep only data files in a dataset folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_TYPES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"dataset {name!r}: folder {path} has no data files ({', '.join(FILE_TYPES)})")
-    return files
+    wanted = SPLIT.fullmatch(split)["name"]
+    named = [p for p in files if SPLIT_OF_FILE.match(p.name)[0] == wanted]
+    if named:
+        return named
+    if wanted == "train":  # no file is named for a split: the folder is the one split
+        return files
+    found = sorted({SPLIT_OF_FILE.match(p.name)[0] for p in files})
+    raise DataError(f"dataset {name!r}: folder {path} has no files of split {wanted!r} (file names start with "
+                    f"{', '.join(found)}). Fix: set split to one of those in dataset_info.json")
 
 
 def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
@@ -234,7 +246,7 @@ def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
     path = spec.files[0]
     if not path.exists():
         raise DataError(f"dataset {name!r}: file {path} does not exist. Fix: correct file_name in dataset_info.json")
-    spec.files = _data_files(path, name)
+    spec.files = _data_files(path, name, spec.split)
     spec.columns = {**COLUMN_DEFAULTS[spec.formatting], **spec.columns}
     spec.tags = {**TAG_DEFAULTS.get(spec.formatting, {}), **spec.tags}
     return spec

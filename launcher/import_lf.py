@@ -1,0 +1,394 @@
+"""`launch import-lf`: a LLaMA-Factory training YAML as a recipe.
+
+One table, LF_KEYS, says for every LLaMA-Factory argument which recipe key(s) it becomes and how
+the value converts; `import_lf` applies it and `recipe._suggest` reads it for "did you mean"
+hints on LF names, and docs/import_lf.md shows it (a test keeps the three in step). Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from launcher.schema import SCHEMA, TEMPLATES, all_keys
+
+FLAT_KEYS = all_keys()
+
+
+class LFImportError(ValueError):
+    """An LF file that cannot be read at all; the message names it and the fix."""
+
+
+Setter = Callable[[Any, dict], dict]  # (LF value, whole LF config) -> {dotted recipe key: value}
+
+
+@dataclass(frozen=True)
+class LFKey:
+    targets: tuple[str, ...]  # recipe keys it may set (hints and docs)
+    convert: Setter | None = None  # None: the value as it is, into targets[0]
+    note: str = ""
+
+
+def _comma_list(value: Any) -> list[str]:
+    """LF writes lists as 'a,b' strings; YAML lists are accepted too."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _to(key: str, fn: Callable[[Any], Any]) -> Setter:
+    return lambda value, lf: {key: fn(value)}
+
+
+def _when_true(key: str, value_if_true: Any) -> Setter:
+    return lambda value, lf: {key: value_if_true} if value else {}
+
+
+LF_STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "kto": "kto"}
+LF_TEMPLATES = {"qwen": "qwen2", "qwen2": "qwen2", "llama3": "llama3", "chatglm3": "chatglm3", "alpaca": "alpaca",
+                "empty": "empty", "default": "auto"}
+LF_ATTN = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "sdpa"}
+
+
+class Unmapped(Exception):
+    """A value with no recipe equivalent: the reason."""
+
+
+def _stage(value: Any, lf: dict) -> dict:
+    if value not in LF_STAGES:
+        raise Unmapped(f"stage {value!r} is not one of LF's {sorted(LF_STAGES)}")
+    return {"stage": LF_STAGES[value]}
+
+
+def _finetuning_type(value: Any, lf: dict) -> dict:
+    if value not in ("lora", "freeze", "full"):
+        raise Unmapped(f"finetuning_type {value!r} has no method here (lora, freeze, full; prefix is recipe-only)")
+    return {"method.name": value}
+
+
+def _template(value: Any, lf: dict) -> dict:
+    if value in LF_TEMPLATES:
+        return {"model.template": LF_TEMPLATES[value]}
+    raise Unmapped(f"template {value!r} is not registered here ({', '.join(TEMPLATES)}); model.template: auto "
+                   "(the tokenizer's own chat template) is used, which is what LF's template reproduces for most models")
+
+
+def _attn(value: Any, lf: dict) -> dict:
+    if value not in LF_ATTN:
+        raise Unmapped(f"flash_attn {value!r} is not one of {sorted(LF_ATTN)}")
+    return {"model.attn": LF_ATTN[value]}
+
+
+def _quantization(value: Any, lf: dict) -> dict:
+    if lf.get("quantization_method", "bitsandbytes") != "bitsandbytes":
+        raise Unmapped(f"quantization_method {lf['quantization_method']!r}: only bitsandbytes k-bit bases are supported")
+    if int(value) not in (4, 8):
+        raise Unmapped(f"quantization_bit {value!r}: bitsandbytes QLoRA takes 4 or 8")
+    return {"model.quantization.bits": int(value)}
+
+
+def _packing(value: Any, lf: dict) -> dict:
+    if lf.get("neat_packing"):
+        return {"data.packing": "neat"}
+    return {"data.packing": "greedy" if value else "none"}
+
+
+def _variant(name: str) -> Setter:
+    return _when_true("method.variant", name)
+
+
+def _max_steps(value: Any, lf: dict) -> dict:
+    return {"train.max_steps": int(value)} if int(value) > 0 else {}  # LF/HF default -1 = use epochs
+
+
+def _warmup_steps(value: Any, lf: dict) -> dict:
+    if not value:
+        return {}
+    if int(lf.get("max_steps", -1)) > 0:
+        return {"train.warmup_ratio": round(int(value) / int(lf["max_steps"]), 6)}
+    raise Unmapped("the recipe has train.warmup_ratio only, and without max_steps the step count is unknown before "
+                   "the data is read; set train.warmup_ratio (e.g. warmup_steps / total steps)")
+
+
+def _scheduler(value: Any, lf: dict) -> dict:
+    if value not in FLAT_KEYS["train.scheduler"].choices:
+        raise Unmapped(f"lr_scheduler_type {value!r}: supported are {', '.join(FLAT_KEYS['train.scheduler'].choices)}")
+    return {"train.scheduler": value}
+
+
+def _optimizer(value: Any, lf: dict) -> dict:
+    if value not in FLAT_KEYS["train.optimizer"].choices:
+        raise Unmapped(f"optim {value!r}: supported are {', '.join(FLAT_KEYS['train.optimizer'].choices)}")
+    return {"train.optimizer": value}
+
+
+def _precision(name: str) -> Setter:
+    return _when_true("model.dtype", name)
+
+
+def _pref_loss(value: Any, lf: dict) -> dict:
+    if value not in FLAT_KEYS["train.pref_loss"].choices:
+        raise Unmapped(f"pref_loss {value!r}: supported are {', '.join(FLAT_KEYS['train.pref_loss'].choices)}")
+    return {"train.pref_loss": value}
+
+
+DS_STAGE = re.compile(r"z(?:ero)?_?(\d)")
+
+
+def _deepspeed(value: Any, lf: dict, base: Path | None = None) -> dict:
+    """The DeepSpeed JSON's ZeRO stage and offload; LF's example names (ds_z3_offload_config.json) if the file is absent."""
+    path = Path(str(value))
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if path.is_file():
+        try:
+            zero = json.loads(path.read_text()).get("zero_optimization", {})
+        except (json.JSONDecodeError, OSError) as err:
+            raise Unmapped(f"deepspeed {value}: not readable JSON ({err})") from None
+        stage = int(zero.get("stage", 0))
+        offload_param = (zero.get("offload_param") or {}).get("device", "none") not in ("none", None)
+        offload_opt = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+    else:
+        match = DS_STAGE.search(path.name)
+        if not match:
+            raise Unmapped(f"deepspeed {value}: no such file and its name does not say the ZeRO stage; "
+                           "set distributed.zero and distributed.offload")
+        stage, offload_opt = int(match.group(1)), "offload" in path.name
+        offload_param = offload_opt and stage == 3
+    offload = "all" if offload_param and stage == 3 else "optimizer" if offload_opt else "none"
+    return {"distributed.engine": "deepspeed", "distributed.zero": stage, "distributed.offload": offload}
+
+
+def _generation(name: str) -> Setter:
+    """LF's generating arguments: PPO's rollouts under stage ppo, `launch eval`'s otherwise."""
+    return lambda value, lf: {f"{'train' if lf.get('stage') == 'ppo' else 'eval'}.{name}": value}
+
+
+def _timeout(value: Any, lf: dict) -> dict:
+    return {"distributed.timeout_minutes": max(1, -(-int(value) // 60))}
+
+
+def _report_to(value: Any, lf: dict) -> dict:
+    loggers = _comma_list(value)
+    if set(loggers) <= {"tensorboard", "none"}:
+        return {"output.report_to": loggers}
+    raise Unmapped(f"report_to {value!r}: only tensorboard (or none) is wired here; TensorBoard is the default")
+
+
+def _eval_strategy(value: Any, lf: dict) -> dict:
+    if value in ("no", "steps") or value is None:
+        return {}
+    raise Unmapped(f"eval_strategy {value!r}: evaluation runs every train.eval_steps steps only")
+
+
+def _resume(value: Any, lf: dict) -> dict:
+    return {"train.resume": str(value)} if value else {}
+
+
+# LF argument -> recipe key(s). Keys listed in IMPLIED need none (what `launch` always does).
+LF_KEYS: dict[str, LFKey] = {
+    "model_name_or_path": LFKey(("model.path",)),
+    "adapter_name_or_path": LFKey(("model.adapter",)),
+    "template": LFKey(("model.template",), _template, "qwen -> qwen2; names not registered here -> auto"),
+    "trust_remote_code": LFKey(("model.trust_remote_code",)),
+    "flash_attn": LFKey(("model.attn",), _attn, "fa2 -> flash_attention_2, disabled -> eager"),
+    "bf16": LFKey(("model.dtype",), _precision("bf16")),
+    "pure_bf16": LFKey(("model.dtype",), _precision("bf16")),
+    "fp16": LFKey(("model.dtype",), _precision("fp16")),
+    "quantization_bit": LFKey(("model.quantization.bits",), _quantization, "QLoRA: finetuning_type lora + 4/8-bit base"),
+    "quantization_type": LFKey(("model.quantization.type",)),
+    "double_quantization": LFKey(("model.quantization.double_quant",)),
+    "stage": LFKey(("stage",), _stage),
+    "finetuning_type": LFKey(("method.name",), _finetuning_type),
+    "lora_rank": LFKey(("method.rank",)),
+    "lora_alpha": LFKey(("method.alpha",)),
+    "lora_dropout": LFKey(("method.dropout",)),
+    "lora_target": LFKey(("method.target",), _to("method.target", lambda v: "all" if v == "all" else _comma_list(v))),
+    "additional_target": LFKey(("method.additional_target",), _to("method.additional_target", _comma_list)),
+    "use_dora": LFKey(("method.variant",), _variant("dora")),
+    "use_rslora": LFKey(("method.variant",), _variant("rslora")),
+    "pissa_init": LFKey(("method.variant",), _variant("pissa")),
+    "loraplus_lr_ratio": LFKey(("method.loraplus_ratio",)),
+    "freeze_trainable_layers": LFKey(("method.trainable_layers",)),
+    "freeze_trainable_modules": LFKey(("method.trainable_modules",),
+                                      _to("method.trainable_modules", lambda v: "all" if v == "all" else _comma_list(v))),
+    "freeze_extra_modules": LFKey(("method.extra_modules",), _to("method.extra_modules", _comma_list)),
+    "dataset": LFKey(("data.datasets",), _to("data.datasets", _comma_list), "'a,b' -> [a, b]"),
+    "eval_dataset": LFKey(("data.eval_datasets",), _to("data.eval_datasets", _comma_list)),
+    "dataset_dir": LFKey(("data.dataset_dir",)),
+    "cutoff_len": LFKey(("data.cutoff_len",)),
+    "max_samples": LFKey(("data.max_samples",)),
+    "val_size": LFKey(("data.val_size",)),
+    "packing": LFKey(("data.packing",), _packing, "true -> greedy"),
+    "neat_packing": LFKey(("data.packing",), _when_true("data.packing", "neat"), "true -> neat"),
+    "train_on_prompt": LFKey(("data.train_on_prompt",)),
+    "mask_history": LFKey(("data.mask_history",)),
+    "preprocessing_num_workers": LFKey(("data.num_workers",)),
+    "learning_rate": LFKey(("train.lr",), _to("train.lr", float)),
+    "num_train_epochs": LFKey(("train.epochs",), _to("train.epochs", float)),
+    "max_steps": LFKey(("train.max_steps",), _max_steps, "-1 -> epochs decide"),
+    "per_device_train_batch_size": LFKey(("train.micro_batch_size",)),
+    "gradient_accumulation_steps": LFKey(("train.grad_accum",)),
+    "lr_scheduler_type": LFKey(("train.scheduler",), _scheduler),
+    "warmup_ratio": LFKey(("train.warmup_ratio",)),
+    "warmup_steps": LFKey(("train.warmup_ratio",), _warmup_steps, "warmup_steps / max_steps (needs max_steps)"),
+    "weight_decay": LFKey(("train.weight_decay",)),
+    "max_grad_norm": LFKey(("train.max_grad_norm",)),
+    "optim": LFKey(("train.optimizer",), _optimizer),
+    "disable_gradient_checkpointing": LFKey(("train.gradient_checkpointing",),
+                                            _to("train.gradient_checkpointing", lambda v: not v)),
+    "neftune_noise_alpha": LFKey(("train.neftune_alpha",)),
+    "seed": LFKey(("train.seed",)),
+    "logging_steps": LFKey(("train.logging_steps",)),
+    "save_steps": LFKey(("train.save_steps",)),
+    "save_total_limit": LFKey(("train.save_total_limit",)),
+    "eval_steps": LFKey(("train.eval_steps",)),
+    "eval_strategy": LFKey(("train.eval_steps",), _eval_strategy, "steps: train.eval_steps decides"),
+    "resume_from_checkpoint": LFKey(("train.resume",), _resume),
+    "pref_beta": LFKey(("train.pref_beta",)),
+    "pref_loss": LFKey(("train.pref_loss",), _pref_loss, "orpo/simpo as DPO losses"),
+    "pref_ftx": LFKey(("train.pref_ftx",)),
+    "simpo_gamma": LFKey(("train.simpo_gamma",)),
+    "kto_chosen_weight": LFKey(("train.kto_desirable_weight",)),
+    "kto_rejected_weight": LFKey(("train.kto_undesirable_weight",)),
+    "reward_model": LFKey(("train.reward_model",), note="must be an output.dir of a stage: rm run of this launcher"),
+    "ppo_epochs": LFKey(("train.ppo_epochs",)),
+    "max_new_tokens": LFKey(("eval.max_new_tokens", "train.max_new_tokens"), _generation("max_new_tokens"), "train.* under stage ppo"),
+    "top_k": LFKey(("eval.top_k", "train.top_k"), _generation("top_k"), "train.* under stage ppo"),
+    "top_p": LFKey(("eval.top_p", "train.top_p"), _generation("top_p"), "train.* under stage ppo"),
+    "temperature": LFKey(("eval.temperature", "train.temperature"), _generation("temperature"), "train.* under stage ppo"),
+    "do_sample": LFKey(("eval.do_sample",)),
+    "deepspeed": LFKey(("distributed.engine", "distributed.zero", "distributed.offload"), None,
+                       "the JSON's zero_optimization stage and offload devices; absent -> engine: ddp"),
+    "ddp_timeout": LFKey(("distributed.timeout_minutes",), _timeout, "seconds -> minutes"),
+    "output_dir": LFKey(("output.dir",)),
+    "overwrite_output_dir": LFKey(("output.overwrite",)),
+    "report_to": LFKey(("output.report_to",), _report_to),
+}
+# LF arguments with no recipe key, and why (others: "no equivalent recipe key").
+UNSUPPORTED = {
+    "per_device_eval_batch_size": "evaluation batches use train.micro_batch_size",
+    "save_only_model": "checkpoints always hold the optimizer state, so a run resumes exactly",
+    "use_unsloth": "Unsloth's kernels are not part of this launcher",
+    "reward_model_type": "train.reward_model is always the output.dir of a stage: rm run (LF's full/lora types alike)",
+    "predict_with_generate": "generation metrics come from `launch eval` (or train.eval_generate)",
+    "do_eval": "evaluation runs when data.eval_datasets or data.val_size is set",
+    "do_predict": "prediction is `launch eval`",
+}
+# LLaMA-Factory's (and HF TrainingArguments') defaults where they differ from the recipe's, so an LF config
+# that leaves a key out trains as it did there.
+LF_DEFAULTS = {"learning_rate": 5e-5, "num_train_epochs": 3.0, "per_device_train_batch_size": 8,
+               "gradient_accumulation_steps": 1, "lr_scheduler_type": "linear", "warmup_ratio": 0.0,
+               "logging_steps": 500, "cutoff_len": 2048}
+# LF arguments that need no recipe key: what `launch` does anyway.
+IMPLIED = {
+    "do_train": "launch trains",
+    "plot_loss": "loss.png is always written",
+    "overwrite_cache": "the data cache is keyed by content; a change rebuilds it",
+    "quantization_method": "bitsandbytes is the k-bit backend (checked with quantization_bit)",
+    "dataloader_num_workers": "the data is tokenized before training; data.num_workers sets the tokenizing processes",
+}
+
+
+def lf_hint(name: str) -> str | None:
+    """The recipe key for an LF argument name (for "did you mean"), or None."""
+    spec = LF_KEYS.get(name)
+    return spec.targets[0] if spec else None
+
+
+def _set(recipe: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = recipe
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _active(dotted: str, values: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a recipe key applies with the other mapped values (schema only_for), and why not."""
+    key = FLAT_KEYS[dotted]
+    if key.only_for is None:
+        return True, ""
+    selector, allowed = key.only_for
+    current = values.get(selector, FLAT_KEYS[selector].default)
+    if current in allowed:
+        return True, ""
+    return False, f"{dotted} applies only with {selector}: {' or '.join(map(str, allowed))} (this config: {current})"
+
+
+def import_lf(lf: dict, base: Path | None = None) -> tuple[dict, list[tuple[str, str]]]:
+    """(recipe dict, [(LF key, why it was not mapped)]). `base`: folder the LF paths are relative to."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {"method.alpha": "lora_rank"}  # recipe key -> the LF key it came from
+    unmapped: list[tuple[str, str]] = []
+    if not any(lf.get(name) for name in ("bf16", "pure_bf16", "fp16")):
+        values["model.dtype"] = "fp32"  # LF trains in fp32 unless told otherwise
+    if "lora_rank" in lf and "lora_alpha" not in lf and lf.get("finetuning_type", "lora") == "lora":
+        values["method.alpha"] = 2 * int(lf["lora_rank"])  # LF's default alpha is twice the rank
+    for name, value in {**LF_DEFAULTS, **lf}.items():
+        if name in IMPLIED:
+            continue
+        spec = LF_KEYS.get(name)
+        if spec is None:
+            unmapped.append((name, UNSUPPORTED.get(name, "no equivalent recipe key")))
+            continue
+        try:
+            if name == "deepspeed":
+                mapped = _deepspeed(value, lf, base)
+            elif spec.convert is None:
+                mapped = {spec.targets[0]: value}
+            else:
+                mapped = spec.convert(value, lf)
+        except Unmapped as why:
+            unmapped.append((name, str(why)))
+            continue
+        for dotted, converted in mapped.items():
+            values[dotted], sources[dotted] = converted, name
+    if "deepspeed" not in lf:  # LF without a DeepSpeed config is plain DDP (torchrun)
+        values.update({"distributed.engine": "ddp", "distributed.zero": 0})
+    if values.get("stage") == "dpo" and values.get("train.pref_loss") == "orpo":
+        values["stage"] = "orpo"  # LF's ORPO is a DPO loss; the recipe has its own stage
+        del values["train.pref_loss"]
+    recipe: dict = {}
+    for dotted, value in values.items():
+        ok, why = _active(dotted, values)
+        if ok:
+            _set(recipe, dotted, value)
+        else:
+            if sources.get(dotted, "") in lf:  # an LF default that does not apply is no news
+                unmapped.append((sources[dotted], why))
+    return recipe, unmapped
+
+
+def read_lf(path: Path) -> dict:
+    try:
+        lf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LFImportError(f"{path}: cannot read ({err.strerror}). Fix: pass a LLaMA-Factory YAML") from None
+    except yaml.YAMLError as err:
+        raise LFImportError(f"{path}: not YAML ({err}). Fix: pass a LLaMA-Factory YAML") from None
+    if not isinstance(lf, dict):
+        raise LFImportError(f"{path}: expected a mapping of LLaMA-Factory arguments. Fix: pass a LLaMA-Factory YAML")
+    return lf
+
+
+def render(recipe: dict, unmapped: list[tuple[str, str]], source: Path) -> str:
+    """The recipe as YAML, headed by comments naming the source and each key left out."""
+    lines = [f"# imported from {source} by `launch import-lf`"]
+    if unmapped:
+        lines.append("# LLaMA-Factory keys not mapped:")
+        lines += [f"#   {name}: {why}" for name, why in unmapped]
+    ordered = {name: recipe[name] for name in SCHEMA if name in recipe}  # the schema's section order
+    return "\n".join(lines) + "\n" + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
+
+
+def mapping_table() -> str:
+    """docs/import_lf.md's table, from LF_KEYS."""
+    rows = ["| LLaMA-Factory key | recipe key | conversion |", "|---|---|---|"]
+    rows += [f"| `{name}` | {', '.join(f'`{t}`' for t in spec.targets)} | {spec.note} |" for name, spec in LF_KEYS.items()]
+    rows += [f"| `{name}` | (none needed) | {why} |" for name, why in IMPLIED.items()]
+    return "\n".join(rows)

@@ -1,0 +1,76 @@
+"""`launch eval`: predictions on the bundled dev set equal transformers' own greedy generate, the scores
+are LLaMA-Factory's (jieba + nltk sentence_bleu method3 + rouge-chinese, checked against those packages
+called directly), and 2 processes give the same output as 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import greedy, run_launch
+
+pytest.importorskip("jieba")
+TOKENS = 4
+ROWS = 4
+BASE = ["recipes/sft_tiny.yaml", "--dataset", "demo_dev", f"eval.max_new_tokens={TOKENS}", f"data.max_samples={ROWS}",
+        "eval.batch_size=3", "--adapter", ""]
+
+
+def _reference(prediction: str, label: str) -> dict:
+    """LLaMA-Factory's per-example scores, straight from the packages."""
+    import jieba
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_chinese import Rouge
+
+    hyp, ref = list(jieba.cut(prediction)), list(jieba.cut(label))
+    if not " ".join(hyp).split() or not " ".join(ref).split():
+        rouge = {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
+    else:
+        rouge = {k: round(v["f"] * 100, 4) for k, v in Rouge().get_scores(" ".join(hyp), " ".join(ref))[0].items()}
+    bleu = sentence_bleu([list(label)], list(prediction), smoothing_function=SmoothingFunction().method3)
+    return {**rouge, "bleu-4": round(bleu * 100, 4)}
+
+
+def _mean(pairs: list[tuple[str, str]]) -> dict:
+    scores = [_reference(p, l) for p, l in pairs]
+    return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
+
+
+PAIRS = [("乘法表示几个相同的数相加", "乘法表示相同的数相加，所以结果是0。"),
+         ("The cat sat on the mat.", "A cat sat on a mat."), ("", "cold"), ("早上好", "早上好")]
+
+
+def test_metrics_equal_the_reference_packages():
+    from launcher.metrics import similarity
+
+    ours = similarity([p for p, _ in PAIRS], [l for _, l in PAIRS])
+    assert ours == pytest.approx(_mean(PAIRS), abs=1e-9)
+    assert 0 < ours["bleu-4"] < 100 and 0 < ours["rouge-l"] < 100
+
+
+def test_predictions_and_metrics_on_the_dev_set_and_two_processes_equal_one(tmp_path, warm):
+    outputs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"p{nproc}"
+        proc = run_launch(["eval", *BASE, f"output.dir={tmp_path / 'run'}", "--nproc", str(nproc), "--out", str(out)],
+                          timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
+        outputs[nproc] = (rows, json.loads((out / "predict_results.json").read_text()))
+    rows, results = outputs[1]
+    dev = json.loads(open("data/demo_dev.json", encoding="utf-8").read())[:ROWS]
+    assert [r["label"] for r in rows] == [d["output"] for d in dev]
+    assert [r["prediction"] for r in rows] == [greedy(r["prompt"], TOKENS) for r in rows]
+    expected = _mean([(r["prediction"], r["label"]) for r in rows])
+    for name, value in expected.items():
+        assert results[f"predict_{name}"] == pytest.approx(value, abs=1e-9)
+    assert results["predict_samples"] == ROWS and results["generated_tokens"] > 0
+    assert outputs[2][0] == rows and outputs[2][1]["processes"] == 2
+    assert {k: v for k, v in outputs[2][1].items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")} == \
+           {k: v for k, v in results.items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")}
+
+
+def test_no_eval_data_is_refused(tmp_path):
+    proc = run_launch(["eval", "recipes/sft_tiny.yaml", f"output.dir={tmp_path}", "--adapter", ""], timeout=120)
+    assert proc.returncode == 2 and "data.eval_datasets" in proc.stderr and "Traceback" not in proc.stderr
