@@ -48,7 +48,8 @@ PREF_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
-        "path": Key("str", "builtin:tiny-qwen2", "hub id, local dir, or builtin:tiny-qwen2 (the embedded default)"),
+        # no default: a recipe that forgot it must not silently train the embedded test model
+        "path": Key("str", None, "a hub id, a local model dir, or builtin:tiny-qwen2 (the small embedded test model)"),
         "template": Key("str", "auto", "chat template: auto = the tokenizer's chat_template, or a registered name", choices=TEMPLATES),
         "dtype": Key("str", "bf16", "training precision", choices=("bf16", "fp16", "fp32", "auto")),
         "attn": Key("str", "sdpa", "attention implementation", choices=("eager", "sdpa", "flash_attention_2")),
@@ -228,8 +229,10 @@ def json_schema() -> dict:
     """JSON Schema (draft 2020-12) of a recipe, for editors."""
 
     def section(spec: dict) -> dict:
-        return {"type": "object", "additionalProperties": False,
-                "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()}}
+        out = {"type": "object", "additionalProperties": False,
+               "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()}}
+        required = [n for n, s in spec.items() if isinstance(s, Key) and s.default is None and not s.nullable]
+        return {**out, "required": required} if required else out
 
     out = section(SCHEMA)
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"

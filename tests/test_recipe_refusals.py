@@ -1,0 +1,73 @@
+"""Recipes that used to run something other than what they say, refused through the real CLI
+(issue 14): no model.path, duplicate keys, recursive anchors, absurd sizes, a plan that does not fit."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.conftest import run_launch
+
+CPU = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def _plan(tmp_path, text: str, *overrides: str, verb: str = "plan"):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(text))
+    return recipe, run_launch([verb, str(recipe), *overrides], timeout=120, env=CPU)
+
+
+@pytest.mark.parametrize("text", ["", "stage: sft\nmethod:\n  name: full\n"], ids=["empty", "no model section"])
+def test_a_recipe_without_model_path_is_refused(tmp_path, text):
+    recipe, proc = _plan(tmp_path, text)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "model.path is required" in proc.stderr and str(recipe) in proc.stderr
+    assert "Fix: set model.path" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_training_an_empty_recipe_starts_nothing(tmp_path):
+    """An empty recipe used to become a 3-epoch ZeRO-3 run into outputs/recipe."""
+    recipe, proc = _plan(tmp_path, "", verb="train")
+    assert proc.returncode == 2 and "model.path is required" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
+    recipe, proc = _plan(tmp_path, """\
+        model:
+          path: builtin:tiny-qwen2
+        method:
+          name: full
+          name: lora
+        """)
+    assert proc.returncode == 2
+    assert f"{recipe}:5: method.name is given twice (lines 4 and 5)" in proc.stderr, proc.stderr
+
+
+def test_a_duplicate_key_inside_an_override_is_refused(tmp_path):
+    _, proc = _plan(tmp_path, "model:\n  path: builtin:tiny-qwen2\n", "method={name: full, name: lora}")
+    assert proc.returncode == 2 and "method.name is given twice" in proc.stderr, proc.stderr
+
+
+def test_merge_keys_still_work_and_own_keys_win(tmp_path):
+    _, proc = _plan(tmp_path, """\
+        model:
+          <<: &base {path: builtin:tiny-qwen2, dtype: fp32, attn: eager}
+          dtype: bf16
+        """)
+    assert proc.returncode == 0, proc.stderr
+    assert "  path: builtin:tiny-qwen2\n" in proc.stdout and "  dtype: bf16\n" in proc.stdout
+    assert "  attn: eager\n" in proc.stdout
+
+
+@pytest.mark.parametrize("text,line", [
+    ("model: &m\n  path: builtin:tiny-qwen2\n  x: *m\n", 3),
+    ("model: &m\n  path: builtin:tiny-qwen2\n  <<: *m\n", 3),
+    ("model:\n  path: builtin:tiny-qwen2\ndata:\n  datasets: &d [demo_sft, *d]\n", 4),
+], ids=["alias", "merge", "list"])
+def test_a_recursive_anchor_is_exit_2_not_a_recursion_error(tmp_path, text, line):
+    recipe, proc = _plan(tmp_path, text)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "RecursionError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert f"{recipe}:{line}:" in proc.stderr and "recursive YAML anchor" in proc.stderr
