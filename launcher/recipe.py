@@ -27,6 +27,14 @@ class RecipeError(Exception):
     """A recipe that cannot run. The CLI prints it and exits with code 2."""
 
 
+def listing(items, limit: int = 8, sep: str = ", ") -> str:
+    """'a, b, c' for a message, capped: a hostfile of 500 hosts or a section's every key would
+    bury the one line that says what is wrong."""
+    items = [str(i) for i in items]
+    shown = sep.join(items[:limit])
+    return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
 def _where(origins: dict[str, str], key: str) -> str:
     """file:line (or 'override k=v') of a key, falling back to its closest parent's origin."""
     parts = key.split(".")
@@ -110,7 +118,7 @@ def _suggest(key: str) -> str:
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     valid = [k.removeprefix(parent + ".") if parent else k for k in FLAT
              if (k.rsplit(".", 1)[0] == parent if parent else "." not in k)]
-    return f" Fix: use one of {', '.join(valid)} (see `launch schema`)."
+    return f" Fix: use one of {listing(valid)} (see `launch schema`)."
 
 
 def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:

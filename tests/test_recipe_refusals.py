@@ -71,3 +71,47 @@ def test_a_recursive_anchor_is_exit_2_not_a_recursion_error(tmp_path, text, line
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "RecursionError" not in proc.stderr and "Traceback" not in proc.stderr
     assert f"{recipe}:{line}:" in proc.stderr and "recursive YAML anchor" in proc.stderr
+
+
+TINY = "recipes/sft_tiny.yaml"
+
+
+def _hosts(tmp_path, text: str):
+    path = tmp_path / "hosts.txt"
+    path.write_text(text)
+    return path
+
+
+def test_ipv6_literals_are_hostfile_hosts(tmp_path):
+    hosts = _hosts(tmp_path, "::1 slots=1\nfe80::1%eth0 slots=1\n")
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
+    assert proc.returncode == 0, proc.stderr
+    assert "node 0 on ::1" in proc.stdout and "--master-addr=::1" in proc.stdout
+    assert "node 1 on fe80::1%eth0" in proc.stdout
+
+
+@pytest.mark.parametrize("text", ["Node1 slots=1\nnode1 slots=1\n", "::1 slots=1\n0:0::1 slots=1\n"],
+                         ids=["case", "ipv6 spelling"])
+def test_two_spellings_of_one_host_are_a_duplicate(tmp_path, text):
+    hosts = _hosts(tmp_path, text)
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
+    assert proc.returncode == 2
+    assert f"{hosts}:2: host" in proc.stderr and f"is listed twice (first at {hosts}:1)" in proc.stderr
+
+
+def test_include_compares_host_names_case_insensitively(tmp_path):
+    hosts = _hosts(tmp_path, "node1 slots=1\nnode2 slots=1\nnode3 slots=1\n")
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--include", "NODE1,Node3"],
+                      timeout=120, env=CPU)
+    assert proc.returncode == 0, proc.stderr
+    assert "node 0 on node1" in proc.stdout and "node 1 on node3" in proc.stdout
+
+
+def test_messages_listing_hosts_or_keys_are_capped(tmp_path):
+    hosts = _hosts(tmp_path, "".join(f"node{k} slots=1\n" for k in range(500)))
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
+    assert proc.returncode == 2 and "selects 500 host(s) (node0, node1" in proc.stderr
+    assert "(492 more)" in proc.stderr and "node499" not in proc.stderr and len(proc.stderr) < 600, proc.stderr
+    proc = run_launch(["plan", TINY, "train.qqqqqqqqqqqq=1"], timeout=120, env=CPU)
+    assert proc.returncode == 2 and "unknown key train.qqqqqqqqqqqq" in proc.stderr and "more)" in proc.stderr
+    assert len(proc.stderr) < 400, proc.stderr
