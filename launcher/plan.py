@@ -17,13 +17,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.registry import DataError, resolve_dataset
 from launcher.memory import estimate as estimate_memory
 from launcher.memory import format_memory, model_shape, pick_auto
+from launcher.planfile import plan_copies_dir, private_dir, write_new
 from launcher.recipe import RecipeError, combination_error
 
 PLAN_VERSION = 1
@@ -310,7 +310,7 @@ def node_plan_file(output_dir: str, node_rank: int) -> str:
     if node_rank == 0:
         return str(Path(output_dir) / "plan.json")
     digest = hashlib.sha1(output_dir.encode()).hexdigest()[:12]
-    return str(Path(tempfile.gettempdir()) / "launcher-plans" / digest / f"plan-node{node_rank}.json")
+    return str(plan_copies_dir() / digest / f"plan-node{node_rank}.json")
 
 
 # Folders a recipe reads that an earlier pipeline stage writes, and their checks.
@@ -435,10 +435,14 @@ def format_plan(plan: dict) -> str:
 
 
 def write_plan(plan: dict, path: str | None = None) -> str:
-    """Write the plan atomically (default: output.dir/plan.json); returns its path."""
+    """Write the plan atomically (default: output.dir/plan.json), never through a link; a node's
+    own copy (any other path) goes into folders private to this user. Returns its path."""
     path = Path(path or plan["plan_file"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plan, indent=2) + "\n")
-    os.replace(tmp, path)
+    if str(path) == plan["plan_file"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_new(path, json.dumps(plan, indent=2) + "\n")
+    else:
+        private_dir(path.parent.parent)
+        private_dir(path.parent)
+        write_new(path, json.dumps(plan, indent=2) + "\n", mode=0o600)
     return str(path)
