@@ -148,6 +148,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
         "device_memory_gb": Key("float", None, "memory per device (GiB) for the planner's fit check; default: detected "
                                 "(nvidia-smi, or host RAM / processes per node on CPU)", nullable=True, low=0, low_inclusive=False),
+        "force_memory": Key("bool", False, "train even when the memory planner estimates that the plan does not fit "
+                            "the device (fits: no); by default training refuses such a plan, `launch plan` shows it"),
         "launcher": Key("str", "torchrun", "process launcher", choices=("torchrun", "accelerate", "deepspeed")),
         "nproc_per_node": Key("int", "auto", "processes per node: auto = visible GPUs, else 2 CPU processes", literals=("auto",), low=1),
         "nnodes": Key("int", 1, "number of nodes", low=1),

@@ -115,3 +115,43 @@ def test_messages_listing_hosts_or_keys_are_capped(tmp_path):
     proc = run_launch(["plan", TINY, "train.qqqqqqqqqqqq=1"], timeout=120, env=CPU)
     assert proc.returncode == 2 and "unknown key train.qqqqqqqqqqqq" in proc.stderr and "more)" in proc.stderr
     assert len(proc.stderr) < 400, proc.stderr
+
+
+QWEN = "recipes/sft_qwen2.yaml"
+TIGHT = "distributed.device_memory_gb=8"  # the budget pinned, so the 7B recipe's ZeRO-3 (22 GiB) cannot fit anywhere
+
+
+def test_training_refuses_a_plan_the_memory_planner_says_does_not_fit(tmp_path):
+    out = tmp_path / "out"
+    proc = run_launch([QWEN, f"output.dir={out}", TIGHT], timeout=120, env=CPU)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr
+    assert "the memory planner estimates 22.0 GiB per cpu process for ZeRO-3" in err, err
+    assert "more than the 8.0 GiB (distributed.device_memory_gb) available" in err
+    assert "Fix:" in err and "train.micro_batch_size" in err and "distributed.force_memory: true" in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_plan_shows_the_memory_refusal_and_still_exits_0(tmp_path):
+    """A cluster's plan can be made on a laptop: `launch plan` says what training would refuse."""
+    proc = run_launch(["plan", QWEN, TIGHT], timeout=120, env=CPU)
+    assert proc.returncode == 0, proc.stderr
+    assert "training refuses this plan: the memory planner estimates 22.0 GiB" in proc.stdout
+    forced = run_launch(["plan", QWEN, TIGHT, "distributed.force_memory=true"], timeout=120, env=CPU)
+    assert forced.returncode == 0 and "training refuses" not in forced.stdout
+    roomy = run_launch(["plan", QWEN, "distributed.device_memory_gb=80"], timeout=120, env=CPU)
+    assert roomy.returncode == 0 and "training refuses" not in roomy.stdout
+
+
+def test_an_absurd_micro_batch_is_refused_by_the_memory_it_needs(tmp_path):
+    out = tmp_path / "out"
+    proc = run_launch([TINY, f"output.dir={out}", "train.micro_batch_size=1000000"], timeout=120, env=CPU)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the memory planner estimates" in proc.stderr and "train.micro_batch_size (now 1000000)" in proc.stderr
+    assert not out.exists()
+
+
+def test_more_cpu_processes_than_cores_are_refused(tmp_path):
+    proc = run_launch(["plan", TINY, "distributed.nproc_per_node=4096"], timeout=120, env=CPU)
+    assert proc.returncode == 2
+    assert "distributed.nproc_per_node = 4096, but no GPU is visible" in proc.stderr and "Fix:" in proc.stderr
