@@ -111,6 +111,8 @@ def cmd_train(argv: list[str]) -> int:
     from launcher.plan import write_plan
 
     plan = _plan_from_args(args)
+    if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
+        raise RecipeError(plan["memory"]["refusal"])
     node_rank = this_node_rank(args.node_rank, plan)
     if node_rank == 0:
         _prepare_output_dir(plan)

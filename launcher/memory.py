@@ -340,7 +340,7 @@ def estimate(recipe: dict, world_size: int, device: str, dtype: str, device_memo
     host_memory_gb: host RAM per process, which offloaded states must fit too (None: unchecked)."""
     shape, source = model_shape(recipe["model"]["path"])
     out = {"model": recipe["model"]["path"], "shape_source": source, "device": device,
-           "device_memory_gb": device_memory_gb, "device_memory_source": memory_source,
+           "device_memory_gb": device_memory_gb, "device_memory_source": memory_source, "host_memory_gb": host_memory_gb,
            "world_size": world_size, "options": []}
     if shape is None:
         return out
@@ -358,6 +358,35 @@ def estimate(recipe: dict, world_size: int, device: str, dtype: str, device_memo
 def pick_auto(memory: dict) -> dict | None:
     """The first option in AUTO_ORDER that is allowed and fits, or None."""
     return next((o for o in memory["options"] if o["fits"]), None)
+
+
+def fit_refusal(memory: dict, recipe: dict) -> str | None:
+    """Why training refuses the recipe's option (the planner says it does not fit), or None:
+    fits, unknown, or forced with distributed.force_memory."""
+    dist, train = recipe["distributed"], recipe["train"]
+    option = next((o for o in memory["options"] if (o["zero"], o["offload"]) == (dist["zero"], dist["offload"])), None)
+    if dist["force_memory"] or option is None or option["fits"] is not False:
+        return None
+    if option["total_gb"] <= memory["device_memory_gb"]:  # the device fits; the offloaded states do not fit the host
+        need, budget = f"{option['host_gb']:.1f} GiB of host RAM per process", f"{memory['host_memory_gb']:.1f} GiB"
+    else:
+        need = f"{option['total_gb']:.1f} GiB per {memory['device']} process"
+        budget = f"{memory['device_memory_gb']:.1f} GiB ({memory['device_memory_source']})"
+    fitting = [o["label"] for o in memory["options"] if o["fits"]]
+    fixes = [f"an option that fits ({', '.join(fitting[:3])}; or distributed.zero: auto)"] if fitting else []
+    fixes += ["more devices (distributed.nproc_per_node, distributed.nnodes)"]
+    if recipe["method"]["name"] == "full":
+        fixes.append("method.name: lora")
+    elif recipe["method"]["name"] == "lora" and recipe["model"]["quantization"] is None:
+        fixes.append("model.quantization: {bits: 4} (QLoRA)")
+    fixes.append(f"a smaller train.micro_batch_size (now {train['micro_batch_size']}) or data.cutoff_len "
+                 f"(now {recipe['data']['cutoff_len']})")
+    if not train["gradient_checkpointing"]:
+        fixes.append("train.gradient_checkpointing: true")
+    return (f"the memory planner estimates {need} for {option['label']} ({memory['model']}, {recipe['method']['name']}), "
+            f"more than the {budget} available: the run would fail out of memory. Fix: {', '.join(fixes)}; "
+            "or set distributed.device_memory_gb if the devices have more, or distributed.force_memory: true "
+            "to train anyway (table: `launch plan`)")
 
 
 def format_memory(memory: dict, chosen: tuple[int, str] | None) -> list[str]:

@@ -66,8 +66,16 @@ def preflight(plan: dict, node_rank: int) -> None:
 
 
 def discard_plan_copy(path: str) -> None:
-    """Remove a node-local plan copy (node > 0) and its folder once the node is done."""
+    """Remove a node-local plan copy (node > 0) and its folder once the node is done; folders
+    that are not this user's private ones (write_plan refused them) are left alone."""
+    from launcher.planfile import folder_problem
+
     copy = Path(path)
+    try:
+        if folder_problem(copy.parent.parent) or folder_problem(copy.parent):
+            return
+    except FileNotFoundError:
+        return
     copy.unlink(missing_ok=True)
     try:
         copy.parent.rmdir()

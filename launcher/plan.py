@@ -17,19 +17,20 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.registry import DataError, resolve_dataset
 from launcher.memory import estimate as estimate_memory
-from launcher.memory import format_memory, model_shape, pick_auto
+from launcher.memory import fit_refusal, format_memory, model_shape, pick_auto
+from launcher.planfile import plan_copies_dir, private_dir, write_new
 from launcher.preflight import check as check_preflight
 from launcher.recipe import RecipeError, combination_error
 
 PLAN_VERSION = 1
 DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"  # package data: a wheel carries it
 CPU_PROCESSES = 2  # nproc_per_node: auto without GPUs -> two gloo processes
+CPU_PROCESSES_PER_CORE = 4  # more CPU processes per core than this is refused
 
 
 def detect_gpus() -> dict:
@@ -220,6 +221,23 @@ def _node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> lis
             f"--master_port={common['port']}", "--no_local_rank", "--module", *worker[1:]]
 
 
+def _check_nproc(nproc: int, gpus: dict) -> None:
+    """An explicit distributed.nproc_per_node must fit this node: one process per GPU; on CPU a
+    few per core still plan a world size (tests, a cluster's layout), far more only time-slice."""
+    if gpus["count"]:
+        if nproc > gpus["count"]:
+            raise RecipeError(f"distributed.nproc_per_node = {nproc}, but only {gpus['count']} GPU(s) are visible. "
+                              f"Fix: distributed.nproc_per_node=auto or <= {gpus['count']}")
+        return
+    cores = os.cpu_count() or 1
+    most = CPU_PROCESSES_PER_CORE * max(cores, CPU_PROCESSES)
+    if nproc > most:
+        raise RecipeError(f"distributed.nproc_per_node = {nproc}, but no GPU is visible and this machine has {cores} CPU "
+                          f"core(s): that many CPU processes only time-slice, each collective waiting for the slowest. "
+                          f"Fix: distributed.nproc_per_node=auto ({CPU_PROCESSES} CPU processes) or <= {most}, "
+                          "or run where the GPUs are")
+
+
 def _check_datasets(recipe: dict) -> None:
     """Every named dataset resolves to existing files now, not inside the ranks later."""
     data = recipe["data"]
@@ -304,6 +322,7 @@ def _memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dic
     return {**recipe, "distributed": {**dist, "zero": chosen["zero"], "offload": chosen["offload"]}}, memory
 
 
+
 def node_plan_file(output_dir: str, node_rank: int) -> str:
     """Where node K's worker reads the plan: output.dir/plan.json on node 0 (the run's record), a
     node-local path elsewhere, so nodes without a shared file system need no output dir for it and
@@ -311,7 +330,7 @@ def node_plan_file(output_dir: str, node_rank: int) -> str:
     if node_rank == 0:
         return str(Path(output_dir) / "plan.json")
     digest = hashlib.sha1(output_dir.encode()).hexdigest()[:12]
-    return str(Path(tempfile.gettempdir()) / "launcher-plans" / digest / f"plan-node{node_rank}.json")
+    return str(plan_copies_dir() / digest / f"plan-node{node_rank}.json")
 
 
 # Folders a recipe reads that an earlier pipeline stage writes, and their checks.
@@ -351,9 +370,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         nproc = gpus["count"] if on_gpu else CPU_PROCESSES
     else:
         nproc = dist["nproc_per_node"]
-        if on_gpu and nproc > gpus["count"]:
-            raise RecipeError(f"distributed.nproc_per_node = {nproc}, but only {gpus['count']} GPU(s) are visible. "
-                              f"Fix: distributed.nproc_per_node=auto or <= {gpus['count']}")
+        _check_nproc(nproc, gpus)
     hosts = None
     if dist["hostfile"] is not None:
         from launcher.hostfile import hostfile_hosts
@@ -379,6 +396,9 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         "master_port": dist["master_port"],
     }
     recipe, memory = _memory_plan(recipe, world, gpus, dtype)
+    # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
+    # made on another machine than the cluster's)
+    memory["refusal"] = fit_refusal(memory, recipe)
     output_dir = str(Path(cwd or os.getcwd(), recipe["output"]["dir"]).resolve())
     plan_file = str(Path(output_dir) / "plan.json")
     train = recipe["train"]
@@ -425,6 +445,8 @@ def format_plan(plan: dict) -> str:
     lines += [""] + format_memory(plan["memory"], (dist["zero"], dist["offload"]))
     if "auto" in plan["memory"]:
         lines.append("distributed.zero: auto chose the first option that fits, in the order listed")
+    if plan["memory"].get("refusal"):
+        lines.append(f"training refuses this plan: {plan['memory']['refusal']}")
     if plan.get("pending"):
         lines += ["", "# not there yet (training refuses until they are)"] + plan["pending"]
     lines += ["", "# environment"] + [f"{k}={shlex.quote(v)}" for k, v in plan["env"].items()]
@@ -437,10 +459,14 @@ def format_plan(plan: dict) -> str:
 
 
 def write_plan(plan: dict, path: str | None = None) -> str:
-    """Write the plan atomically (default: output.dir/plan.json); returns its path."""
+    """Write the plan atomically (default: output.dir/plan.json), never through a link; a node's
+    own copy (any other path) goes into folders private to this user. Returns its path."""
     path = Path(path or plan["plan_file"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plan, indent=2) + "\n")
-    os.replace(tmp, path)
+    if str(path) == plan["plan_file"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_new(path, json.dumps(plan, indent=2) + "\n")
+    else:
+        private_dir(path.parent.parent)
+        private_dir(path.parent)
+        write_new(path, json.dumps(plan, indent=2) + "\n", mode=0o600)
     return str(path)

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from launcher.recipe_yaml import YamlRefusal, load_yaml_text
 from launcher.schema import SCHEMA, Key, all_keys
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
@@ -26,6 +27,14 @@ class RecipeError(Exception):
     """A recipe that cannot run. The CLI prints it and exits with code 2."""
 
 
+def listing(items, limit: int = 8, sep: str = ", ") -> str:
+    """'a, b, c' for a message, capped: a hostfile of 500 hosts or a section's every key would
+    bury the one line that says what is wrong."""
+    items = [str(i) for i in items]
+    shown = sep.join(items[:limit])
+    return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
 def _where(origins: dict[str, str], key: str) -> str:
     """file:line (or 'override k=v') of a key, falling back to its closest parent's origin."""
     parts = key.split(".")
@@ -36,26 +45,6 @@ def _where(origins: dict[str, str], key: str) -> str:
     return origins.get("", "recipe")
 
 
-def _line_map(text: str, source: str) -> dict[str, str]:
-    """{dotted key: 'file:line'} for every mapping key in the YAML text."""
-    origins = {"": source}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                dotted = f"{prefix}{key_node.value}"
-                origins[dotted] = f"{source}:{key_node.start_mark.line + 1}"
-                walk(value_node, dotted + ".")
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return origins
-    if root is not None:
-        walk(root, "")
-    return origins
-
-
 def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
     """The raw mapping of a recipe file and the file:line of each key."""
     path = Path(path)
@@ -63,8 +52,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
         hint = " (it is a directory)" if path.is_dir() else ""
         raise RecipeError(f"recipe file not found: {path}{hint}. Fix: pass the path of a .yaml recipe, e.g. recipes/sft_tiny.yaml")
     try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
+        raw, origins = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
+    except YamlRefusal as err:
+        raise RecipeError(str(err)) from None
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not a UTF-8 text file ({err}). Fix: save the recipe as UTF-8 YAML") from None
     except yaml.YAMLError as err:
@@ -76,7 +66,7 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: the recipe must be a YAML mapping of sections (model:, stage:, method:, ...), got a {type(raw).__name__}")
-    return raw, _line_map(text, str(path))
+    return raw, origins
 
 
 def apply_overrides(raw: dict, overrides: list[str], origins: dict[str, str]) -> dict:
@@ -90,7 +80,9 @@ def apply_overrides(raw: dict, overrides: list[str], origins: dict[str, str]) ->
         if not key or any(not part for part in key.split(".")):
             raise RecipeError(f"override {item!r}: empty key part. Fix: write e.g. data.cutoff_len=1024")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = load_yaml_text(text, f"override {item}", key + ".")[0] if text.strip() else None
+        except YamlRefusal as err:
+            raise RecipeError(str(err).replace(":1:", ":", 1)) from None
         except yaml.YAMLError:
             value = text  # plain string, e.g. a path with a colon
         node = merged
@@ -131,7 +123,7 @@ def _suggest(key: str) -> str:
     parent = key.rsplit(".", 1)[0] if "." in key else ""
     valid = [k.removeprefix(parent + ".") if parent else k for k in FLAT
              if (k.rsplit(".", 1)[0] == parent if parent else "." not in k)]
-    return f" Fix: use one of {', '.join(valid)} (see `launch schema`)."
+    return f" Fix: use one of {listing(valid)} (see `launch schema`)."
 
 
 def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
@@ -142,7 +134,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     if value is None:
         if spec.nullable:
             return None
-        raise fail("a value is required", f"set {key} ({spec.doc})")
+        raise RecipeError(f"{where}: {key} is required and not set. Fix: set {key} ({spec.doc})")
     if isinstance(value, str) and value in spec.literals:
         return value
     kind = spec.kind

@@ -56,7 +56,8 @@ PREF_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
-        "path": Key("str", "builtin:tiny-qwen2", "hub id, local dir, or builtin:tiny-qwen2 (the embedded default)"),
+        # no default: a recipe that forgot it must not silently train the embedded test model
+        "path": Key("str", None, "a hub id, a local model dir, or builtin:tiny-qwen2 (the small embedded test model)"),
         "template": Key("str", "auto", "chat template: auto = the tokenizer's chat_template (right for any model that ships "
                                        "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
                          choices=TEMPLATES, aliases=TEMPLATE_ALIASES, guess=False),
@@ -165,6 +166,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
         "device_memory_gb": Key("float", None, "memory per device (GiB) for the planner's fit check; default: detected "
                                 "(nvidia-smi, or host RAM / processes per node on CPU)", nullable=True, low=0, low_inclusive=False),
+        "force_memory": Key("bool", False, "train even when the memory planner estimates that the plan does not fit "
+                            "the device (fits: no); by default training refuses such a plan, `launch plan` shows it"),
         "launcher": Key("str", "torchrun", "process launcher", choices=("torchrun", "accelerate", "deepspeed")),
         "nproc_per_node": Key("int", "auto", "processes per node: auto = visible GPUs, else 2 CPU processes", literals=("auto",), low=1),
         "nnodes": Key("int", 1, "number of nodes", low=1),
@@ -246,8 +249,10 @@ def json_schema() -> dict:
     """JSON Schema (draft 2020-12) of a recipe, for editors."""
 
     def section(spec: dict) -> dict:
-        return {"type": "object", "additionalProperties": False,
-                "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()}}
+        out = {"type": "object", "additionalProperties": False,
+               "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()}}
+        required = [n for n, s in spec.items() if isinstance(s, Key) and s.default is None and not s.nullable]
+        return {**out, "required": required} if required else out
 
     out = section(SCHEMA)
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -199,7 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--plan", required=True, help="plan.json written by `launch`")
     parsed = parser.parse_args(argv)
-    plan = json.loads(Path(parsed.plan).read_text())
+    from launcher.planfile import read_own
+    from launcher.recipe import RecipeError
+
+    try:
+        plan = json.loads(read_own(parsed.plan))
+    except RecipeError as err:  # not our plan: run nothing from it
+        print(f"[launcher] plan error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     from launcher.monitoring.ranklog import start_rank_log
 
     width = shutil.get_terminal_size((0, 0)).columns or None  # before stdout becomes the rank-log pipe

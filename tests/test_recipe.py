@@ -83,7 +83,7 @@ BAD_FILES = [
     ("- just\n- a list\n", "must be a YAML mapping"),
     ("model:\n  path: builtin:tiny-qwen2\ntrain:\n  epoch: 3\n", "train.epoch"),
     ("model:\n  path: builtin:tiny-qwen2\nmethod:\n  name: full\n  rank: 8\n", "method.rank"),
-    ("train: 3\n", "train"),
+    ("model:\n  path: builtin:tiny-qwen2\ntrain: 3\n", "train"),
 ]
 
 

@@ -17,6 +17,7 @@ import threading
 
 from launcher.backends.proctree import become_subreaper, kill_descendants
 from launcher.nodes import discard_plan_copy
+from launcher.recipe import RecipeError
 
 
 def _stop_on_eof() -> None:
@@ -39,6 +40,9 @@ def main() -> int:
     try:
         write_plan(plan, plan_file)
         return run_node(plan, node_rank)
+    except RecipeError as err:  # e.g. a plan copy folder another user planted
+        print(f"launch: error: {err}", file=sys.stderr, flush=True)
+        return 2
     finally:
         kill_descendants()
         discard_plan_copy(plan_file)

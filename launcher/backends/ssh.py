@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from launcher.backends.local import GRACE_SECONDS, prebuild_ops, stop_group
 from launcher.backends.proctree import become_subreaper, kill_descendants
-from launcher.recipe import RecipeError
+from launcher.recipe import RecipeError, listing
 
 CONNECT_TIMEOUT = 10  # seconds for ssh to reach a host
 POLL_SECONDS = 0.2
@@ -52,7 +52,7 @@ def forwarded_env(dist: dict) -> dict[str, str]:
     """The values of distributed.env_forward in this shell (unset names are not sent)."""
     bad = [name for name in dist["env_forward"] if not ENV_NAME.fullmatch(name)]
     if bad:
-        raise RecipeError(f"distributed.env_forward: {', '.join(map(repr, bad))} is not an environment variable name. "
+        raise RecipeError(f"distributed.env_forward: {listing(map(repr, bad))} is not an environment variable name. "
                           "Fix: list names like NCCL_SOCKET_IFNAME (letters, digits, _)")
     return {name: os.environ[name] for name in dist["env_forward"] if name in os.environ}
 
@@ -81,7 +81,7 @@ def check_hosts(plan: dict) -> None:
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
         problems = [p for p in pool.map(lambda h: _check_host(dist, h), hosts) if p]
     if problems:
-        raise RecipeError(f"distributed.hostfile {dist['hostfile']}: " + "; ".join(problems) +
+        raise RecipeError(f"distributed.hostfile {dist['hostfile']}: " + listing(problems, sep="; ") +
                           ". Fix: check the host names, distributed.ssh_port / ssh_options, and that "
                           "`ssh HOST true` works from here without a password prompt")
 

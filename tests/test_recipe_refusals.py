@@ -1,0 +1,157 @@
+"""Recipes that used to run something other than what they say, refused through the real CLI
+(issue 14): no model.path, duplicate keys, recursive anchors, absurd sizes, a plan that does not fit."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.conftest import run_launch
+
+CPU = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def _plan(tmp_path, text: str, *overrides: str, verb: str = "plan"):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(text))
+    return recipe, run_launch([verb, str(recipe), *overrides], timeout=120, env=CPU)
+
+
+@pytest.mark.parametrize("text", ["", "stage: sft\nmethod:\n  name: full\n"], ids=["empty", "no model section"])
+def test_a_recipe_without_model_path_is_refused(tmp_path, text):
+    recipe, proc = _plan(tmp_path, text)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "model.path is required" in proc.stderr and str(recipe) in proc.stderr
+    assert "Fix: set model.path" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_training_an_empty_recipe_starts_nothing(tmp_path):
+    """An empty recipe used to become a 3-epoch ZeRO-3 run into outputs/recipe."""
+    recipe, proc = _plan(tmp_path, "", verb="train")
+    assert proc.returncode == 2 and "model.path is required" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
+    recipe, proc = _plan(tmp_path, """\
+        model:
+          path: builtin:tiny-qwen2
+        method:
+          name: full
+          name: lora
+        """)
+    assert proc.returncode == 2
+    assert f"{recipe}:5: method.name is given twice (lines 4 and 5)" in proc.stderr, proc.stderr
+
+
+def test_a_duplicate_key_inside_an_override_is_refused(tmp_path):
+    _, proc = _plan(tmp_path, "model:\n  path: builtin:tiny-qwen2\n", "method={name: full, name: lora}")
+    assert proc.returncode == 2 and "method.name is given twice" in proc.stderr, proc.stderr
+
+
+def test_merge_keys_still_work_and_own_keys_win(tmp_path):
+    _, proc = _plan(tmp_path, """\
+        model:
+          <<: &base {path: builtin:tiny-qwen2, dtype: fp32, attn: eager}
+          dtype: bf16
+        """)
+    assert proc.returncode == 0, proc.stderr
+    assert "  path: builtin:tiny-qwen2\n" in proc.stdout and "  dtype: bf16\n" in proc.stdout
+    assert "  attn: eager\n" in proc.stdout
+
+
+@pytest.mark.parametrize("text,line", [
+    ("model: &m\n  path: builtin:tiny-qwen2\n  x: *m\n", 3),
+    ("model: &m\n  path: builtin:tiny-qwen2\n  <<: *m\n", 3),
+    ("model:\n  path: builtin:tiny-qwen2\ndata:\n  datasets: &d [demo_sft, *d]\n", 4),
+], ids=["alias", "merge", "list"])
+def test_a_recursive_anchor_is_exit_2_not_a_recursion_error(tmp_path, text, line):
+    recipe, proc = _plan(tmp_path, text)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "RecursionError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert f"{recipe}:{line}:" in proc.stderr and "recursive YAML anchor" in proc.stderr
+
+
+TINY = "recipes/sft_tiny.yaml"
+
+
+def _hosts(tmp_path, text: str):
+    path = tmp_path / "hosts.txt"
+    path.write_text(text)
+    return path
+
+
+def test_ipv6_literals_are_hostfile_hosts(tmp_path):
+    hosts = _hosts(tmp_path, "::1 slots=1\nfe80::1%eth0 slots=1\n")
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
+    assert proc.returncode == 0, proc.stderr
+    assert "node 0 on ::1" in proc.stdout and "--master-addr=::1" in proc.stdout
+    assert "node 1 on fe80::1%eth0" in proc.stdout
+
+
+@pytest.mark.parametrize("text", ["Node1 slots=1\nnode1 slots=1\n", "::1 slots=1\n0:0::1 slots=1\n"],
+                         ids=["case", "ipv6 spelling"])
+def test_two_spellings_of_one_host_are_a_duplicate(tmp_path, text):
+    hosts = _hosts(tmp_path, text)
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
+    assert proc.returncode == 2
+    assert f"{hosts}:2: host" in proc.stderr and f"is listed twice (first at {hosts}:1)" in proc.stderr
+
+
+def test_include_compares_host_names_case_insensitively(tmp_path):
+    hosts = _hosts(tmp_path, "node1 slots=1\nnode2 slots=1\nnode3 slots=1\n")
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--include", "NODE1,Node3"],
+                      timeout=120, env=CPU)
+    assert proc.returncode == 0, proc.stderr
+    assert "node 0 on node1" in proc.stdout and "node 1 on node3" in proc.stdout
+
+
+def test_messages_listing_hosts_or_keys_are_capped(tmp_path):
+    hosts = _hosts(tmp_path, "".join(f"node{k} slots=1\n" for k in range(500)))
+    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
+    assert proc.returncode == 2 and "selects 500 host(s) (node0, node1" in proc.stderr
+    assert "(492 more)" in proc.stderr and "node499" not in proc.stderr and len(proc.stderr) < 600, proc.stderr
+    proc = run_launch(["plan", TINY, "train.qqqqqqqqqqqq=1"], timeout=120, env=CPU)
+    assert proc.returncode == 2 and "unknown key train.qqqqqqqqqqqq" in proc.stderr and "more)" in proc.stderr
+    assert len(proc.stderr) < 400, proc.stderr
+
+
+QWEN = "recipes/sft_qwen2.yaml"
+TIGHT = "distributed.device_memory_gb=8"  # the budget pinned, so the 7B recipe's ZeRO-3 (22 GiB) cannot fit anywhere
+
+
+def test_training_refuses_a_plan_the_memory_planner_says_does_not_fit(tmp_path):
+    out = tmp_path / "out"
+    proc = run_launch([QWEN, f"output.dir={out}", TIGHT], timeout=120, env=CPU)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr
+    assert "the memory planner estimates 22.0 GiB per cpu process for ZeRO-3" in err, err
+    assert "more than the 8.0 GiB (distributed.device_memory_gb) available" in err
+    assert "Fix:" in err and "train.micro_batch_size" in err and "distributed.force_memory: true" in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_plan_shows_the_memory_refusal_and_still_exits_0(tmp_path):
+    """A cluster's plan can be made on a laptop: `launch plan` says what training would refuse."""
+    proc = run_launch(["plan", QWEN, TIGHT], timeout=120, env=CPU)
+    assert proc.returncode == 0, proc.stderr
+    assert "training refuses this plan: the memory planner estimates 22.0 GiB" in proc.stdout
+    forced = run_launch(["plan", QWEN, TIGHT, "distributed.force_memory=true"], timeout=120, env=CPU)
+    assert forced.returncode == 0 and "training refuses" not in forced.stdout
+    roomy = run_launch(["plan", QWEN, "distributed.device_memory_gb=80"], timeout=120, env=CPU)
+    assert roomy.returncode == 0 and "training refuses" not in roomy.stdout
+
+
+def test_an_absurd_micro_batch_is_refused_by_the_memory_it_needs(tmp_path):
+    out = tmp_path / "out"
+    proc = run_launch([TINY, f"output.dir={out}", "train.micro_batch_size=1000000"], timeout=120, env=CPU)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the memory planner estimates" in proc.stderr and "train.micro_batch_size (now 1000000)" in proc.stderr
+    assert not out.exists()
+
+
+def test_more_cpu_processes_than_cores_are_refused(tmp_path):
+    proc = run_launch(["plan", TINY, "distributed.nproc_per_node=4096"], timeout=120, env=CPU)
+    assert proc.returncode == 2
+    assert "distributed.nproc_per_node = 4096, but no GPU is visible" in proc.stderr and "Fix:" in proc.stderr
