@@ -10,7 +10,8 @@ run did not finish) and exits 143; `launch` with the same recipe resumes from th
 (train.resume: auto). The launcher SIGKILLs what is left after its grace period
 (backends/local.py GRACE_SECONDS): a save that takes longer is lost, never half-written.
 
-Before training starts SIGTERM keeps its default action: nothing is worth saving yet.
+Outside the training loop SIGTERM keeps its default action: before it nothing is worth saving,
+after it there is no step end to stop at.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class StopOnSignal(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         signal.signal(signal.SIGTERM, self._request)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # past the loop there is no step end to stop at
 
     def on_step_end(self, args, state, control, **kwargs):
         requested = all_reduce([float(self.requested)], args.device, op=dist.ReduceOp.MAX)[0] > 0
