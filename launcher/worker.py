@@ -226,14 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     except MethodError as err:  # a method that does not fit the loaded model
         print(f"[launcher] method error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    except TrainingStopped as err:  # NaN/Inf steps: the last good state is saved; every rank leaves with 3
+    except (TrainingStopped, StoppedBySignal) as err:  # NaN/Inf steps (exit 3) or SIGTERM (143): checkpoint saved
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"[launcher] {err}", file=sys.stderr, flush=True)
-        code = 3
-    except StoppedBySignal as err:  # the launcher is stopping the run; the checkpoint is written
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"[launcher] {err}", file=sys.stderr, flush=True)
-        code = err.code
+        code = 3 if isinstance(err, TrainingStopped) else err.code
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
