@@ -109,6 +109,7 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     from launcher.builtin import local_model_path
     from launcher.callbacks import FaultInjectionCallback, install_monitoring
     from launcher.methods import apply_method, count_parameters
+    from launcher.monitoring.interrupt import StopOnSignal, StoppedBySignal
     from launcher.stages import STAGES
 
     recipe = plan["recipe"]
@@ -145,7 +146,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     if rank == 0:
         print(f"[launcher] trainable params: {trainable:,} / {total:,} ({100 * trainable / total:.4f}%)", flush=True)
 
-    callbacks = [FaultInjectionCallback(rank)]
+    stop = StopOnSignal(rank)  # SIGTERM: checkpoint at the next step end, then leave
+    callbacks = [FaultInjectionCallback(rank), stop]
     if rank == 0 and "tensorboard" in recipe["output"]["report_to"]:
         writer = SummaryWriter(log_dir=str(Path(plan["output_dir"]) / "runs"))
         writer.add_text("plan", "```\n" + json.dumps(plan, indent=2) + "\n```")
@@ -179,6 +181,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
         from launcher.monitoring.health import TrainingStopped
 
         raise TrainingStopped(guard.stop_message())
+    if stop.stopped_at is not None:
+        raise StoppedBySignal(stop.message())
     trainer.save_model(plan["output_dir"])  # gathers ZeRO-3 shards; PEFT saves only the adapter; no copies (model_save.py)
     if trainer.is_world_process_zero():
         trainer.save_state()
@@ -211,8 +215,12 @@ def main(argv: list[str] | None = None) -> None:
 
     width = shutil.get_terminal_size((0, 0)).columns or None  # before stdout becomes the rank-log pipe
     terminal = start_rank_log(plan["output_dir"], int(os.environ.get("RANK", "0")))
+    from launcher.backends.lifeline import watch_launcher
+
+    watch_launcher()  # this rank ends with the launcher, even when nobody is left to stop it
     from launcher.data.registry import DataError
     from launcher.monitoring.health import TrainingStopped
+    from launcher.monitoring.interrupt import StoppedBySignal
     from launcher.methods.errors import MethodError
 
     code = 0
@@ -224,10 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     except MethodError as err:  # a method that does not fit the loaded model
         print(f"[launcher] method error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    except TrainingStopped as err:  # NaN/Inf steps: the last good state is saved; every rank leaves with 3
+    except (TrainingStopped, StoppedBySignal) as err:  # NaN/Inf steps (exit 3) or SIGTERM (143): checkpoint saved
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"[launcher] {err}", file=sys.stderr, flush=True)
-        code = 3
+        code = 3 if isinstance(err, TrainingStopped) else err.code
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -24,7 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from launcher.backends.local import GRACE_SECONDS, prebuild_ops, stop_group
+from launcher.backends.lifeline import die_with_us, supervisor_env
+from launcher.backends.local import GRACE_SECONDS, Interrupted, interrupt, prebuild_ops, stop_group
 from launcher.backends.proctree import become_subreaper, kill_descendants
 from launcher.recipe import RecipeError, listing
 
@@ -108,10 +109,11 @@ def _stream(run: NodeRun, lock: threading.Lock) -> None:
 def _start(plan: dict, runs: list[NodeRun]) -> None:
     """Start node 0 here and the others over ssh, appending each to runs as soon as it exists."""
     dist = plan["recipe"]["distributed"]
-    env = {**os.environ, **plan["env"]}
+    env = {**os.environ, **plan["env"], **supervisor_env()}
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
                  start_new_session=True)  # Ctrl-C reaches only us; we stop the nodes in order
-    runs.append(NodeRun(0, plan["nodes"][0]["host"], subprocess.Popen(plan["nodes"][0]["argv"], env=env, **pipes)))
+    runs.append(NodeRun(0, plan["nodes"][0]["host"], subprocess.Popen(plan["nodes"][0]["argv"], env=env,
+                                                                      preexec_fn=die_with_us(), **pipes)))
     header = {"plan": plan, "env": forwarded_env(dist)}
     for node in plan["nodes"][1:]:
         proc = subprocess.Popen([*ssh_argv(dist, node["host"]), remote_command(os.getcwd())],
@@ -159,20 +161,12 @@ def _supervise(runs: list[NodeRun]) -> list[NodeRun]:
         time.sleep(POLL_SECONDS)
 
 
-class _Stop(Exception):
-    """SIGINT/SIGTERM reached the launcher."""
-
-
 def run_hostfile(plan: dict) -> int:
     """Start every node of a hostfile plan (hosts already checked), supervise them, stop all when one
     fails; return the exit code."""
     become_subreaper()
     prebuild_ops(plan, {**os.environ, **plan["env"]})
-
-    def stop(signum, _frame):
-        raise _Stop(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     lock = threading.Lock()
     runs: list[NodeRun] = []
     streams: list[threading.Thread] = []
@@ -190,7 +184,7 @@ def run_hostfile(plan: dict) -> int:
                 print(f"[launch] node {run.node_rank} ({run.host}) {how} with exit code {run.proc.returncode}",
                       file=sys.stderr, flush=True)
             print("[launch] stopping the other nodes", file=sys.stderr, flush=True)
-    except _Stop as stop_signal:
+    except Interrupted as stop_signal:
         code = 128 + stop_signal.args[0]
         print("[launch] interrupted: stopping every node", file=sys.stderr, flush=True)
     finally:

@@ -30,6 +30,7 @@ class HistoryCallback(TrainerCallback):
     def __init__(self, output_dir: str):
         self.dir = Path(output_dir)
         self.records: list[dict] = []
+        self.written = -1  # how many records the files hold: a stop's save and the train end write once
         self.started = (time.time(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -60,6 +61,9 @@ class HistoryCallback(TrainerCallback):
 
     def write(self) -> None:
         """Both files through a temporary name: a reader never sees half a file."""
+        if len(self.records) == self.written:  # plotting is seconds on a busy CPU: not for nothing
+            return
+        self.written = len(self.records)
         self.dir.mkdir(parents=True, exist_ok=True)
         temporary = self.dir / f".{LOG_FILE}.tmp"
         temporary.write_text("".join(json.dumps(record) + "\n" for record in self.records))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -132,4 +133,7 @@ def failure_report(output_dir: str | Path, since: float) -> str | None:
 
 
 if __name__ == "__main__":
+    # the deepspeed launcher SIGTERMs its ranks' whole trees at a stop: the tee must outlive its rank's
+    # last words (the checkpoint it saves then); it ends at EOF, when the rank is gone
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _tee(sys.argv[1], sys.argv[2] == "1")
