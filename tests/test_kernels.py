@@ -142,7 +142,7 @@ def test_plan_names_the_kernels_and_why(capsys):
     (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
     (["train.loss_kernel=liger"], "train.loss_kernel = 'liger' needs a CUDA GPU"),
     (["stage=dpo", "data.datasets=[demo_pref]", "train.loss_kernel=chunked"], "train.loss_kernel = 'chunked' applies to stages pt/sft"),
-    (["method={name: prefix}", "train.compile=true"], "train.compile = true does not work with method.name: prefix"),
+    (["method={name: prefix}", "train.gradient_checkpointing=false", "train.compile=true"], "train.compile = true does not work with method.name: prefix"),
 ])
 def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
     code, out = _plan(capsys, *overrides)
@@ -167,4 +167,24 @@ def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
     if not installed("liger_kernel"):
         assert kernels["loss"] == "chunked"
     assert kernel_plan(_recipe(), on_gpu=True, vocab_size=2048)["padding_free"] is False  # no packing: nothing to separate
-    assert kernel_plan(_recipe(method={"name": "prefix"}), on_gpu=True, vocab_size=151_936)["loss"] == "plain"
+    assert kernel_plan(_recipe(stage="dpo"), on_gpu=True, vocab_size=151_936)["loss"] == "plain"  # TRL owns its loss
+
+
+def test_compiled_layers_match_eager_without_recompiling_per_length(tmp_path):
+    """train.compile on CPU, with gradient checkpointing: the loss of eager, and a second batch of
+    another length runs the same compiled code (dynamic shapes)."""
+    from launcher.kernels.compile import compile_layers
+
+    model = _model("sdpa").train()
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    collate = PaddingCollator(0)
+    short, long = collate(_samples()[1:3]), collate(_samples()[:2])
+    assert short["input_ids"].shape[1] != long["input_ids"].shape[1]
+    eager = [model(**dict(b)).loss.item() for b in (short, long)]
+    assert compile_layers(model) == model.config.num_hidden_layers
+    first = model(**dict(short)).loss
+    first.backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = model(**dict(long)).loss
+        second.backward()
+    assert abs(first.item() - eager[0]) < 1e-5 and abs(second.item() - eager[1]) < 1e-5
