@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: install demo test plan bench clean
+.PHONY: install demo test plan bench clean gpu-wheels gpu-check
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,11 @@ bench: install
 
 clean:
 	rm -rf $(VENV) outputs
+
+# the GPU check's wheels (bench/wheels/, gitignored), prepared here with internet; the GPU machine is offline
+gpu-wheels: install
+	$(PY) bench/gpu_check.py --prepare --dry-run
+
+# on one H100/H200 (docs/benchmarks.md, "GPU check"): install the wheels, pytest -m gpu, throughput
+gpu-check:
+	python3 bench/gpu_check.py

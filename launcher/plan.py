@@ -21,6 +21,7 @@ from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.registry import DataError, resolve_dataset
+from launcher.kernels.choice import format_kernels, kernel_plan
 from launcher.memory import estimate as estimate_memory
 from launcher.memory import fit_refusal, format_memory, model_shape, pick_auto
 from launcher.planfile import plan_copies_dir, private_dir, write_new
@@ -154,8 +155,15 @@ def _check_device(recipe: dict, gpus: dict) -> None:
         return
     if dtype == "fp16":
         raise RecipeError("model.dtype = 'fp16' needs a CUDA GPU and none is visible. Fix: model.dtype=bf16 or fp32 on CPU")
-    if recipe["model"]["attn"] == "flash_attention_2":
-        raise RecipeError("model.attn = 'flash_attention_2' needs a CUDA GPU and none is visible. Fix: model.attn=sdpa")
+
+
+def _kernel_plan(recipe: dict, on_gpu: bool) -> dict:
+    """Attention / loss kernel and compile choice (launcher/kernels/choice.py), refusals as RecipeError."""
+    shape, _ = model_shape(recipe["model"]["path"])
+    try:
+        return kernel_plan(recipe, on_gpu, shape.vocab if shape else None)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
 
 
 def torch_extensions_dir() -> str:
@@ -365,6 +373,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
     _check_device(recipe, gpus)
+    kernels = _kernel_plan(recipe, on_gpu)
     dtype = resolve_dtype(recipe["model"]["dtype"], gpus)
     if dist["nproc_per_node"] == "auto":
         nproc = gpus["count"] if on_gpu else CPU_PROCESSES
@@ -416,6 +425,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         },
         "deepspeed": deepspeed_config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
+        "kernels": kernels,
         "env": _environment(recipe, nproc, on_gpu),
         "output_dir": output_dir,
         "plan_file": plan_file,
@@ -442,6 +452,7 @@ def format_plan(plan: dict) -> str:
     if plan["deepspeed"]:
         lines.append(json.dumps(plan["deepspeed"], indent=2))
     dist = plan["recipe"]["distributed"]
+    lines += ["", "# kernels"] + format_kernels(plan["kernels"])
     lines += [""] + format_memory(plan["memory"], (dist["zero"], dist["offload"]))
     if "auto" in plan["memory"]:
         lines.append("distributed.zero: auto chose the first option that fits, in the order listed")

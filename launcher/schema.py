@@ -62,7 +62,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                        "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
                          choices=TEMPLATES, aliases=TEMPLATE_ALIASES, guess=False),
         "dtype": Key("str", "bf16", "training precision", choices=("bf16", "fp16", "fp32", "auto")),
-        "attn": Key("str", "sdpa", "attention implementation", choices=("eager", "sdpa", "flash_attention_2")),
+        "attn": Key("str", "auto", "attention kernel: auto = the fastest this device and the installed packages allow "
+                                   "(`launch plan` says which and why); flex_attention and flash_attention_2 run neat "
+                                   "packing padding-free", choices=("auto", "eager", "sdpa", "flex_attention", "flash_attention_2")),
         "trust_remote_code": Key("bool", False, "run the model repository's own code (only when you trust it)"),
         "adapter": Key("str", None, "PEFT LoRA adapter dir of an earlier stage (output.dir of its run) to keep training "
                                     "in this stage; its own rank/alpha/targets apply (method.name: lora). To start a new "
@@ -122,6 +124,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              "their updates are skipped and the last good state is saved (docs/monitoring.md)", low=1),
         "optimizer": Key("str", "adamw_torch", "optimizer", choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor")),
         "gradient_checkpointing": Key("bool", True, "recompute activations in backward to save memory"),
+        "loss_kernel": Key("str", "auto", "causal-LM loss (pt, sft): plain = full logits; chunked = LM head + cross-entropy "
+                                          "in token chunks, logits never whole (any device); liger = liger-kernel's fused "
+                                          "linear cross-entropy (CUDA); auto = liger on CUDA when installed, else chunked "
+                                          "for vocabularies >= 32k", choices=("auto", "plain", "chunked", "liger")),
+        "compile": Key("bool", False, "torch.compile each decoder layer (dynamic shapes: packed rows do not recompile)"),
         "neftune_alpha": Key("float", None, "NEFTune noise alpha", nullable=True, low=0, low_inclusive=False),
         "seed": Key("int", 42, "random seed", low=0),
         "logging_steps": Key("int", 10, "log every N optimizer steps", low=1),

@@ -83,9 +83,14 @@ def load_model(plan: dict, model_dir: str):
     auto = AutoModelForCausalLM
     if recipe["stage"] == "rm":  # the reward model: the LM with a one-score head on its last token
         auto, extra["num_labels"] = AutoModelForSequenceClassification, 1
-    return auto.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation=recipe["model"]["attn"],
+    model = auto.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=plan["kernels"]["attn"],
         trust_remote_code=recipe["model"]["trust_remote_code"], **extra)
+    if plan["kernels"]["loss"] == "liger":
+        from launcher.kernels.compile import apply_liger
+
+        apply_liger(model)
+    return model
 
 
 def resume_checkpoint(plan: dict) -> str | None:
@@ -142,6 +147,10 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
         from launcher.methods.lora import PISSA_INIT_DIR
 
         model.save_pretrained(Path(plan["output_dir"]) / PISSA_INIT_DIR)
+    if plan["kernels"]["compile"]:
+        from launcher.kernels.compile import compile_layers
+
+        compile_layers(model)
     trainable, total = count_parameters(model)
     if rank == 0:
         print(f"[launcher] trainable params: {trainable:,} / {total:,} ({100 * trainable / total:.4f}%)", flush=True)

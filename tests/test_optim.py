@@ -30,7 +30,7 @@ def _trainer(tmp_path, overrides: list[str], rows: list[dict] | None = None, cal
     plan["world"]["backend"] = None  # one process here, not started by torchrun: no process group to join
     model = apply_method(_base(), recipe)
     return Trainer(model=model, args=training_arguments(plan), train_dataset=rows,
-                   data_collator=PaddingCollator(0, "none", block_mask=True, mask_dtype=torch.float32),
+                   data_collator=PaddingCollator(0, "none", mask_dtype=torch.float32),
                    callbacks=list(callbacks))
 
 

@@ -15,16 +15,19 @@ class PaddingCollator:
 
     packing: none -> input_ids, labels, attention_mask (2D)
              greedy -> the same: packed samples attend to each other
-             neat -> position_ids restart per sample and, unless the attention kernel is
-                     flash-attention (which reads sample starts from position_ids), a 4D
-                     additive mask lets each token attend only within its own sample.
+             neat -> position_ids restart per sample and a 4D additive mask lets each token
+                     attend only within its own sample (eager / sdpa: O(L^2) per row);
+                     with padding_free (flex_attention / flash_attention_2) the batch is ONE
+                     row of the concatenated samples, no padding, plus document_ids (1, N)
+                     from which launcher/kernels/attention.py builds the kernel's own
+                     sample separation on the device.
     """
 
-    def __init__(self, pad_token_id: int, packing: str = "none", block_mask: bool = True,
+    def __init__(self, pad_token_id: int, packing: str = "none", padding_free: bool = False,
                  mask_dtype: torch.dtype = torch.float32, pad_to_multiple_of: int = 8):
         self.pad_token_id = pad_token_id
         self.packing = packing
-        self.block_mask = block_mask
+        self.padding_free = padding_free and packing == "neat"
         self.mask_dtype = mask_dtype
         self.multiple = pad_to_multiple_of
         self.tokens = 0          # real (non-pad) tokens served so far on this rank
@@ -45,6 +48,9 @@ class PaddingCollator:
                 self.attention_pairs += sum(n * n for n in Counter(example["segment_ids"]).values())
             else:
                 self.attention_pairs += len(example["input_ids"]) ** 2
+        if self.padding_free:
+            self.slots += sum(len(e["input_ids"]) for e in examples)
+            return _concatenated(examples)
         self.slots += len(examples) * length
         batch = {"input_ids": self._pad(examples, "input_ids", self.pad_token_id, length),
                  "labels": self._pad(examples, "labels", IGNORE_INDEX, length)}
@@ -53,11 +59,25 @@ class PaddingCollator:
                 [[1] * len(e["input_ids"]) + [0] * (length - len(e["input_ids"])) for e in examples], dtype=torch.long)
             return batch
         batch["position_ids"] = self._pad(examples, "position_ids", 0, length)
-        if self.block_mask:
-            # padding is segment 0: pads attend to pads only, so no row of the mask is empty
-            segments = self._pad(examples, "segment_ids", 0, length)
-            causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
-            allowed = (segments[:, :, None] == segments[:, None, :]) & causal
-            blocked = torch.tensor(torch.finfo(self.mask_dtype).min, dtype=self.mask_dtype)
-            batch["attention_mask"] = torch.where(allowed, torch.tensor(0, dtype=self.mask_dtype), blocked)[:, None]
+        # padding is segment 0: pads attend to pads only, so no row of the mask is empty
+        segments = self._pad(examples, "segment_ids", 0, length)
+        causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+        allowed = (segments[:, :, None] == segments[:, None, :]) & causal
+        blocked = torch.tensor(torch.finfo(self.mask_dtype).min, dtype=self.mask_dtype)
+        batch["attention_mask"] = torch.where(allowed, torch.tensor(0, dtype=self.mask_dtype), blocked)[:, None]
         return batch
+
+
+def _concatenated(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """The packed rows back to back as one (1, N) row; document_ids number every sample of the
+    batch 0, 1, ... (a row's segment ids restart, so they are offset by the samples before it).
+    A row's first token is no target, as in a padded batch: it would be predicted from the row before."""
+    ids, labels, positions, documents, offset = [], [], [], [], 0
+    for row in rows:
+        ids += row["input_ids"]
+        labels += [IGNORE_INDEX if offset else row["labels"][0], *row["labels"][1:]]
+        positions += row["position_ids"]
+        documents += [offset + segment - 1 for segment in row["segment_ids"]]
+        offset += max(row["segment_ids"])
+    return {name: torch.tensor([values], dtype=torch.long) for name, values in
+            (("input_ids", ids), ("labels", labels), ("position_ids", positions), ("document_ids", documents))}

@@ -3,11 +3,12 @@ blocks of EOS-joined documents (launcher/data/blocks.py), through transformers' 
 
 from __future__ import annotations
 
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from launcher.data.blocks import block_data
 from launcher.data.cache import wait_s
 from launcher.data.collate import PaddingCollator
+from launcher.kernels.trainer import KernelTrainer
 from launcher.stages.sft import split_validation
 
 
@@ -28,6 +29,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
                "tail_tokens": data.tail_tokens}
     # blocks are all cutoff_len long: nothing to pad (only a corpus shorter than one block is a shorter block)
     collator = PaddingCollator(tokenizer.pad_token_id, "none", pad_to_multiple_of=1)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
-                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer = KernelTrainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
+                            data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
+                            kernels=plan["kernels"], max_tokens=recipe["train"]["micro_batch_size"] * data_cfg["cutoff_len"])
     return trainer, summary

@@ -11,6 +11,7 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
 from launcher.data.cache import wait_s
 from launcher.data.pipeline import sft_data
+from launcher.kernels.trainer import KernelTrainer
 
 MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -46,9 +47,9 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
         packed = pack_examples(rows, data_cfg["cutoff_len"])
         rows, summary["packed_rows"], summary["packing_efficiency"] = packed.rows, len(packed.rows), packed.efficiency
         eval_rows = pack_examples(eval_rows, data_cfg["cutoff_len"]).rows if eval_rows else []
-    collator = PaddingCollator(tokenizer.pad_token_id, data_cfg["packing"],
-                               block_mask=recipe["model"]["attn"] != "flash_attention_2",
+    collator = PaddingCollator(tokenizer.pad_token_id, data_cfg["packing"], plan["kernels"]["padding_free"],
                                mask_dtype=MASK_DTYPES[plan["dtype"]])
-    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
-                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer = KernelTrainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
+                            data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
+                            kernels=plan["kernels"], max_tokens=recipe["train"]["micro_batch_size"] * data_cfg["cutoff_len"])
     return trainer, summary

@@ -1,0 +1,106 @@
+"""The GPU check: one command on one H100/H200-class GPU, offline, from wheels prepared beside it.
+
+    python bench/gpu_check.py --prepare     # here, with internet: wheels into bench/wheels/ (make gpu-wheels)
+    python bench/gpu_check.py --dry-run     # checks the wheels, prints the plan, runs nothing
+    python bench/gpu_check.py               # on the GPU machine: install, pytest -m gpu, throughput
+
+Steps on the GPU machine (the image has torch >= 2.9, transformers, accelerate, peft,
+tensorboard): 1. the wheels are installed with --no-deps into a private folder on PYTHONPATH,
+so the machine's own torch is never replaced; 2. `pytest -m gpu` (NCCL ZeRO-3 LoRA through the
+CLI, packed == unpacked in bf16, chunked/liger == plain, compile); 3. bench/gpu_throughput.py
+writes the "## GPU throughput" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEELS = ROOT / "bench" / "wheels"
+SITE = Path("/tmp/launcher-gpu-site")
+# what the GPU image lacks: the project's own dependencies and theirs (pinned: one version each)
+PACKAGES = ("deepspeed==0.19.8", "datasets==5.2.0", "trl==1.16.0", "bitsandbytes==0.50.2", "liger-kernel==0.8.5",
+            "hjson==3.1.0", "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0",
+            "typing-inspection==0.4.5", "dill==0.4.1", "multiprocess==0.70.19")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "manylinux1_x86_64")
+BUDGET_S = {"install": 60, "tests": 240, "throughput": 150}  # inside the 8 minutes, set-up included
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def missing_wheels(folder: Path = WHEELS) -> list[str]:
+    """The pinned packages with no wheel of that version in `folder`."""
+    present = {(_normal(w.name.split("-")[0]), w.name.split("-")[1]) for w in folder.glob("*.whl")}
+    return [spec for spec in PACKAGES if (_normal(spec.split("==")[0]), spec.split("==")[1]) not in present]
+
+
+def prepare(folder: Path = WHEELS) -> None:
+    """Download (or, for sdist-only deepspeed, build) every pinned wheel for CPython 3.12 x86-64."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    for spec in missing_wheels(folder):
+        platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+        got = subprocess.call([*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+                               "--implementation", "cp", *platforms, "-d", str(folder), spec])
+        if got != 0:  # pure-Python sdist (deepspeed): build a py3 wheel here, no ops compiled
+            subprocess.check_call([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder), spec],
+                                  env={**os.environ, "DS_BUILD_OPS": "0"})
+
+
+def plan_lines() -> list[str]:
+    return [f"1. pip install --no-index --no-deps --target {SITE} {WHEELS.relative_to(ROOT)}/*.whl "
+            f"(torch left as the machine has it) [{BUDGET_S['install']} s]",
+            f"2. PYTHONPATH={SITE}:{ROOT} python -m pytest -m gpu tests [{BUDGET_S['tests']} s]",
+            f"3. python bench/gpu_throughput.py: Qwen2-1.5B shape, random init, full FT, bf16, packed 4096-token rows: "
+            f"HF Trainer + sdpa + padding vs the launcher's fastest path -> docs/benchmarks.md [{BUDGET_S['throughput']} s]"]
+
+
+def step(name: str, argv: list[str], env: dict) -> bool:
+    start = time.perf_counter()
+    try:
+        code = subprocess.call(argv, cwd=ROOT, env=env, timeout=BUDGET_S[name])
+    except subprocess.TimeoutExpired:
+        code = "timeout"
+    print(f"[gpu_check] {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.perf_counter() - start:.0f} s",
+          flush=True)
+    return code == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="check the wheels and print the plan")
+    parser.add_argument("--prepare", action="store_true", help="download/build the wheels (needs internet)")
+    parser.add_argument("--wheels", default=str(WHEELS))
+    args = parser.parse_args(argv)
+    folder = Path(args.wheels)
+    if args.prepare:
+        prepare(folder)
+    missing = missing_wheels(folder)
+    if missing:
+        print(f"[gpu_check] {folder}: no wheel for {', '.join(missing)}. Fix: `make gpu-wheels` "
+              "(python bench/gpu_check.py --prepare) on a machine with internet", file=sys.stderr)
+        return 2
+    print(f"[gpu_check] {len(PACKAGES)} wheels ready in {folder}", flush=True)
+    print("\n".join(plan_lines()), flush=True)
+    if args.dry_run:
+        return 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SITE), str(ROOT)]), "PYTHONUNBUFFERED": "1"}
+    wheels = sorted(str(w) for w in folder.glob("*.whl"))
+    ok = step("install", [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                          "--upgrade", "--target", str(SITE), *wheels], env)
+    ok = ok and step("tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], env)
+    ok = step("throughput", [sys.executable, "bench/gpu_throughput.py"], env) and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Which attention kernel, loss kernel and compile mode a run uses, and why: decided in the
+planner (no torch import), from the recipe, the visible device and the installed packages.
+
+A choice that cannot work here is a refusal with the fix; `auto` takes the fastest one that can.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+# the chunked loss pays off once the logits dominate memory (the HF reference materialises them in fp32)
+CHUNKED_MIN_VOCAB = 32_000
+LOSS_STAGES = ("pt", "sft")  # the stages whose Trainer computes the causal-LM loss itself (launcher/kernels/trainer.py)
+
+
+def installed(package: str) -> bool:
+    """A package is importable, found without importing it (and so without importing torch)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
+    """(attn_implementation, why). Raises ValueError (the message names the fix) for a kernel
+    that cannot run here."""
+    attn, neat = recipe["model"]["attn"], recipe["data"]["packing"] == "neat"
+    if attn == "flash_attention_2":
+        if not on_gpu:
+            raise ValueError("model.attn = 'flash_attention_2' needs a CUDA GPU and none is visible. "
+                             "Fix: model.attn=auto (or sdpa / flex_attention)")
+        if not installed("flash_attn"):
+            raise ValueError("model.attn = 'flash_attention_2' needs the flash-attn package, which is not installed. "
+                             "Fix: pip install '.[gpu]' (or pip install flash-attn), or model.attn=auto")
+        return attn, "chosen in the recipe" + (": padding-free packed rows, varlen kernel" if neat else "")
+    if attn == "flex_attention":
+        if not on_gpu:  # torch raises "FlexAttention does not support backward on CPU" at the first step
+            raise ValueError("model.attn = 'flex_attention' trains on CUDA only: torch has no flex_attention backward "
+                             "on CPU. Fix: model.attn=auto (on CPU: sdpa, neat packing with a dense per-row mask)")
+        return attn, "chosen in the recipe" + (": padding-free packed rows, block-sparse document mask" if neat else "")
+    if attn in ("sdpa", "eager"):
+        note = ": neat packing falls back to a dense L x L mask per row" if neat else ""
+        return attn, "chosen in the recipe" + note
+    # auto
+    if on_gpu and installed("flash_attn"):
+        return "flash_attention_2", "auto: CUDA and flash-attn installed (varlen kernel, padding-free packing)"
+    if neat:
+        if on_gpu:
+            return "flex_attention", ("auto: neat packing on CUDA without flash-attn: torch's flex_attention keeps "
+                                      "samples apart with a block-sparse mask (installing flash-attn would use its "
+                                      "varlen kernel instead)")
+        return "sdpa", ("auto: neat packing on CPU keeps sdpa with a dense per-row mask (torch has no flex_attention "
+                        "backward on CPU; on CUDA auto packs padding-free rows)")
+    return "sdpa", "auto: sdpa" + ("" if not on_gpu else " (installing flash-attn would use flash_attention_2)")
+
+
+def padding_free(attn: str, packing: str) -> bool:
+    """Neat-packed batches become one concatenated row when the kernel separates samples itself."""
+    return packing == "neat" and attn in ("flex_attention", "flash_attention_2")
+
+
+def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
+    """(plain | chunked | liger, why). Raises ValueError for a kernel that cannot run here."""
+    kernel, stage = recipe["train"]["loss_kernel"], recipe["stage"]
+    if kernel != "plain" and kernel != "auto" and stage not in LOSS_STAGES:
+        raise ValueError(f"train.loss_kernel = {kernel!r} applies to stages {'/'.join(LOSS_STAGES)}; stage {stage} "
+                         "computes its loss in TRL. Fix: train.loss_kernel=auto")
+    if kernel != "plain" and kernel != "auto" and recipe["method"]["name"] == "prefix":
+        raise ValueError(f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
+                         "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto")
+    if kernel == "liger":
+        if not on_gpu:
+            raise ValueError("train.loss_kernel = 'liger' needs a CUDA GPU (its kernels are Triton) and none is visible. "
+                             "Fix: train.loss_kernel=chunked (pure torch, any device)")
+        if not installed("liger_kernel"):
+            raise ValueError("train.loss_kernel = 'liger' needs liger-kernel, which is not installed. "
+                             "Fix: pip install '.[gpu]' (or pip install liger-kernel), or train.loss_kernel=chunked")
+        return kernel, "chosen in the recipe: liger-kernel's fused linear cross-entropy"
+    if kernel in ("plain", "chunked"):
+        return kernel, "chosen in the recipe"
+    if stage not in LOSS_STAGES or recipe["method"]["name"] == "prefix":
+        return "plain", f"auto: stage {stage} / method {recipe['method']['name']} keeps its own loss"
+    if on_gpu and installed("liger_kernel"):
+        return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"
+    if vocab_size is not None and vocab_size >= CHUNKED_MIN_VOCAB:
+        hint = " (installing liger-kernel would fuse it on CUDA)" if on_gpu else ""
+        return "chunked", f"auto: vocabulary {vocab_size:,} >= {CHUNKED_MIN_VOCAB:,}: the logits are never materialised{hint}"
+    size = "unknown" if vocab_size is None else f"{vocab_size:,}"
+    return "plain", f"auto: vocabulary {size} < {CHUNKED_MIN_VOCAB:,} (or unknown): full logits are cheap"
+
+
+def compile_choice(recipe: dict, on_gpu: bool) -> tuple[bool, str]:
+    """(compile?, why). Raises ValueError where torch.compile cannot work."""
+    if not recipe["train"]["compile"]:
+        return False, "off (train.compile: true compiles each decoder layer)"
+    if not on_gpu and shutil.which("c++") is None and shutil.which("g++") is None:
+        raise ValueError("train.compile = true on CPU needs a C++ compiler (inductor builds its kernels with it) "
+                         "and none is on PATH. Fix: install g++, or train.compile=false")
+    if recipe["method"]["name"] == "prefix":
+        raise ValueError("train.compile = true does not work with method.name: prefix (PEFT feeds its virtual tokens "
+                         "as a growing cache, which recompiles every step). Fix: train.compile=false")
+    return True, "on: each decoder layer compiled once (dynamic shapes, so packed rows of any length reuse it)"
+
+
+def kernel_plan(recipe: dict, on_gpu: bool, vocab_size: int | None) -> dict:
+    """The plan's `kernels` entry; raises ValueError with the fix for a choice that cannot work."""
+    attn, attn_why = attention_choice(recipe, on_gpu)
+    loss, loss_why = loss_choice(recipe, on_gpu, vocab_size)
+    compiled, compile_why = compile_choice(recipe, on_gpu)
+    return {"attn": attn, "attn_reason": attn_why, "padding_free": padding_free(attn, recipe["data"]["packing"]),
+            "loss": loss, "loss_reason": loss_why, "compile": compiled, "compile_reason": compile_why}
+
+
+def format_kernels(kernels: dict) -> list[str]:
+    """The plan's kernel lines, for `launch plan`."""
+    rows = [f"attention: {kernels['attn']} ({kernels['attn_reason']})"]
+    if kernels["padding_free"]:
+        rows.append("packing: padding-free rows (one concatenated row per micro-batch, no L x L mask)")
+    rows += [f"loss: {kernels['loss']} ({kernels['loss_reason']})", f"compile: {kernels['compile_reason']}"]
+    missing = [name for name, package in (("flash-attn", "flash_attn"), ("liger-kernel", "liger_kernel"))
+               if not installed(package)]
+    if missing:
+        rows.append(f"not installed: {', '.join(missing)} (pip install '.[gpu]' on CUDA: flash-attn's varlen "
+                    "attention, liger's fused loss and RMSNorm/RoPE/SwiGLU; the torch-only path needs neither)")
+    return rows

@@ -1,0 +1,50 @@
+"""Chunked linear cross-entropy: the LM head and the loss computed a slice of tokens at a time,
+each slice recomputed in backward, so the full (tokens x vocabulary) logits never exist.
+
+Same value as transformers' causal-LM loss: the sum of the trained tokens' cross-entropy (in
+fp32) over num_items_in_batch (the Trainer's token count across grad-accum and ranks), or the
+mean over this batch's trained tokens without it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from launcher.data.tokenize import IGNORE_INDEX
+
+CHUNK_TOKENS = 512  # 512 x 152k-vocab fp32 logits: 0.3 GB live at a time instead of the whole batch's
+
+
+def chunk_count(max_tokens: int) -> int:
+    """A fixed number of slices per micro-batch (from its largest possible size), so every rank
+    calls the LM head equally often: ZeRO-3 gathers its weight once per call."""
+    return max(1, -(-max_tokens // CHUNK_TOKENS))
+
+
+def _summed_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, chunks: int,
+                          num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Causal-LM loss from the final hidden states (B, N, H) and labels (B, N) (unshifted, as
+    the model takes them): hidden[t] predicts labels[t + 1]."""
+    targets = labels[:, 1:].reshape(-1)
+    hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    trained = targets != IGNORE_INDEX  # untrained tokens (prompts, padding) need no logits at all
+    hidden, targets = hidden[trained], targets[trained]
+    total = sum(checkpoint(_summed_cross_entropy, lm_head, part, goal, use_reentrant=False)
+                for part, goal in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks)))
+    if num_items_in_batch is None:
+        return total / trained.sum().clamp(min=1)
+    return total / num_items_in_batch
+
+
+def final_hidden_states(model, inputs: dict) -> torch.Tensor:
+    """The decoder's output (after the final norm) through the model's own forward, so every
+    wrapper (DDP, DeepSpeed, PEFT) sees a normal call; the LM head is applied to no token."""
+    outputs = model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device),
+                    output_hidden_states=True, use_cache=False)
+    return outputs.hidden_states[-1]

@@ -1,0 +1,42 @@
+"""transformers' Trainer with the plan's kernels: padding-free packed rows get their sample
+separation built on the device (attention.py), and train.loss_kernel: chunked computes the loss
+without whole logits (loss.py). plain and liger (patched into the model at load) keep the
+Trainer's own loss."""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from launcher.kernels.attention import packed_attention_inputs
+from launcher.kernels.loss import chunk_count, chunked_cross_entropy, final_hidden_states
+
+
+def output_head(model):
+    """The LM head of the (possibly PEFT- or engine-wrapped) model."""
+    inner = model
+    while hasattr(inner, "module"):  # DDP / DeepSpeed engine
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    return inner.get_output_embeddings()
+
+
+class KernelTrainer(Trainer):
+    """Trainer whose compute_loss follows plan["kernels"]."""
+
+    def __init__(self, *args, kernels: dict, max_tokens: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kernels = kernels
+        self.chunks = chunk_count(max_tokens)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = packed_attention_inputs(inputs, self.kernels["attn"])
+        if self.kernels["loss"] != "chunked" or return_outputs or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        hidden = final_hidden_states(model, inputs)
+        loss = chunked_cross_entropy(hidden, output_head(model), labels, self.chunks, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as Trainer.compute_loss does: the token count spans every rank, DDP averages the gradients
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss

@@ -1,0 +1,190 @@
+"""The speed paths compute what the plain path computes: padding-free neat packing under
+flex_attention gives the unpacked loss and gradients, the chunked loss equals the full-logits
+loss, a compiled model equals the eager one without recompiling per row length; and the planner
+picks or refuses kernels with the reason."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import pytest
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from launcher import cli
+from launcher.builtin import materialize
+from launcher.data.collate import PaddingCollator
+from launcher.data.packing import pack_examples
+from launcher.data.tokenize import IGNORE_INDEX
+from launcher.kernels.loss import chunked_cross_entropy
+from launcher.kernels.trainer import KernelTrainer
+
+CUTOFF = 64
+
+
+def _samples() -> list[dict]:
+    """Very short samples (a 1-token answer) mixed with cutoff-length ones, prompts masked."""
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for prompt, answer in [(CUTOFF - 20, 20), (2, 1), (1, 1), (30, CUTOFF - 30), (3, 2), (5, 1), (10, 40), (1, 2)]:
+        ids = torch.randint(3, 2000, (prompt + answer,), generator=generator).tolist()
+        samples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    return samples
+
+
+def _model(attn: str):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32,
+                                                attn_implementation=attn)
+
+
+def _trainer(model, tmp_path, attn: str, loss: str) -> KernelTrainer:
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
+    return KernelTrainer(model=model, args=args, kernels={"attn": attn, "loss": loss}, max_tokens=2 * CUTOFF)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    return grads
+
+
+def unpacked_reference(model, samples: list[dict]) -> tuple[float, int, dict]:
+    """The oracle: every sample alone (no packing), loss = sum over trained tokens / their count,
+    and the gradients of that loss."""
+    trained = sum(sum(label != IGNORE_INDEX for label in s["labels"][1:]) for s in samples)
+    total = 0.0
+    for sample in samples:
+        batch = PaddingCollator(0)([sample])
+        logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
+        loss = F.cross_entropy(logits, batch["labels"][0, 1:].to(logits.device), ignore_index=IGNORE_INDEX,
+                               reduction="sum") / trained
+        loss.backward()
+        total += loss.item()
+    return total, trained, _grads(model)
+
+
+def test_padding_free_rows_hold_no_square_tensor():
+    rows = pack_examples(_samples(), CUTOFF).rows
+    assert len(rows) >= 2
+    batch = PaddingCollator(0, "neat", padding_free=True)(rows)
+    tokens = sum(len(s["input_ids"]) for s in _samples())
+    assert set(batch) == {"input_ids", "labels", "position_ids", "document_ids"}
+    assert all(t.shape == (1, tokens) for t in batch.values())  # one row, no padding, nothing L x L
+    assert batch["document_ids"][0].unique().numel() == len(_samples())
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten()
+    assert starts.numel() == len(_samples()) and (batch["labels"][0, starts[1:]] == IGNORE_INDEX).all()
+
+
+def test_flex_padding_free_packing_gives_the_unpacked_loss(tmp_path):
+    """On CPU torch runs flex_attention forward only (no backward): the loss, for both loss kernels.
+    The gradients are checked on CUDA (tests/test_kernels_gpu.py)."""
+    samples = _samples()
+    expected, trained, _ = unpacked_reference(_model("sdpa"), samples)
+    model = _model("flex_attention").train()  # one model: flex_attention compiles its kernel on the first call
+    batch = PaddingCollator(0, "neat", padding_free=True)(pack_examples(samples, CUTOFF).rows)
+    with torch.no_grad():
+        for loss in ("plain", "chunked"):
+            got = _trainer(model, tmp_path, "flex_attention", loss).compute_loss(
+                model, batch, num_items_in_batch=torch.tensor(trained))
+            assert abs(got.item() - expected) < 1e-5, (loss, got.item(), expected)
+
+
+def test_chunked_loss_in_the_trainer_gives_the_plain_gradients(tmp_path):
+    model = _model("sdpa").train()
+    batch = PaddingCollator(0)(_samples())
+    results = {}
+    for loss in ("plain", "chunked"):
+        value = _trainer(model, tmp_path, "sdpa", loss).compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(97))
+        value.backward()
+        results[loss] = value.item(), _grads(model)
+    assert abs(results["plain"][0] - results["chunked"][0]) < 1e-6
+    for name, grad in results["plain"][1].items():
+        assert torch.allclose(results["chunked"][1][name], grad, atol=1e-6), name
+
+
+def test_chunked_loss_and_gradients_equal_full_logits():
+    torch.manual_seed(0)
+    vocab, hidden_size = 5000, 64
+    head = torch.nn.Linear(hidden_size, vocab, bias=False)
+    hidden = torch.randn(2, 300, hidden_size, requires_grad=True)
+    labels = torch.randint(0, vocab, (2, 300))
+    labels[:, :40] = IGNORE_INDEX  # prompts
+    for num_items in (None, 1000):
+        logits = head(hidden).float()[:, :-1]
+        targets = labels[:, 1:]
+        plain = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                                reduction="mean" if num_items is None else "sum")
+        plain = plain if num_items is None else plain / num_items
+        plain_grads = torch.autograd.grad(plain, [hidden, head.weight])
+        chunked = chunked_cross_entropy(hidden, head, labels, chunks=7, num_items_in_batch=num_items)
+        chunked_grads = torch.autograd.grad(chunked, [hidden, head.weight])
+        assert abs(chunked.item() - plain.item()) < 1e-6
+        for a, b in zip(chunked_grads, plain_grads):
+            assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def _plan(capsys, *overrides: str) -> tuple[int, str]:
+    code = cli.main(["plan", "recipes/sft_tiny.yaml", *overrides])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_plan_names_the_kernels_and_why(capsys):
+    code, out = _plan(capsys, "data.packing=neat")  # auto on CPU: sdpa, and the plan says it is the dense fallback
+    assert code == 0 and "attention: sdpa (auto: neat packing on CPU" in out and "packing: padding-free" not in out
+    assert "not installed: flash-attn, liger-kernel" in out  # what installing .[gpu] would change
+    code, out = _plan(capsys, "model.path=Qwen/Qwen2-0.5B")  # a 152k vocabulary: auto chunks the loss
+    assert code == 0 and "loss: chunked (auto: vocabulary 151,936" in out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.attn=flash_attention_2"], "model.attn = 'flash_attention_2' needs a CUDA GPU"),
+    (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
+    (["train.loss_kernel=liger"], "train.loss_kernel = 'liger' needs a CUDA GPU"),
+    (["stage=dpo", "data.datasets=[demo_pref]", "train.loss_kernel=chunked"], "train.loss_kernel = 'chunked' applies to stages pt/sft"),
+    (["method={name: prefix}", "train.gradient_checkpointing=false", "train.compile=true"], "train.compile = true does not work with method.name: prefix"),
+])
+def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
+    code, out = _plan(capsys, *overrides)
+    assert code == 2 and message in out and "Fix:" in out, out
+
+
+def _recipe(**sections) -> dict:
+    from launcher.recipe import resolve
+
+    return resolve(sections, {})
+
+
+def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
+    """The planner's choice on a CUDA machine (the choice reads only the device and the installed
+    packages, so it is checked here with on_gpu=True): flex_attention padding-free for neat
+    packing without flash-attn, chunked loss for a large vocabulary without liger."""
+    from launcher.kernels.choice import installed, kernel_plan
+
+    kernels = kernel_plan(_recipe(data={"packing": "neat"}), on_gpu=True, vocab_size=151_936)
+    if not installed("flash_attn"):
+        assert kernels["attn"] == "flex_attention" and kernels["padding_free"]
+    if not installed("liger_kernel"):
+        assert kernels["loss"] == "chunked"
+    assert kernel_plan(_recipe(), on_gpu=True, vocab_size=2048)["padding_free"] is False  # no packing: nothing to separate
+    assert kernel_plan(_recipe(stage="dpo"), on_gpu=True, vocab_size=151_936)["loss"] == "plain"  # TRL owns its loss
+
+
+def test_compiled_layers_match_eager_without_recompiling_per_length(tmp_path):
+    """train.compile on CPU, with gradient checkpointing: the loss of eager, and a second batch of
+    another length runs the same compiled code (dynamic shapes)."""
+    from launcher.kernels.compile import compile_layers
+
+    model = _model("sdpa").train()
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    collate = PaddingCollator(0)
+    short, long = collate(_samples()[1:3]), collate(_samples()[:2])
+    assert short["input_ids"].shape[1] != long["input_ids"].shape[1]
+    eager = [model(**dict(b)).loss.item() for b in (short, long)]
+    assert compile_layers(model) == model.config.num_hidden_layers
+    first = model(**dict(short)).loss
+    first.backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = model(**dict(long)).loss
+        second.backward()
+    assert abs(first.item() - eager[0]) < 1e-5 and abs(second.item() - eager[1]) < 1e-5
