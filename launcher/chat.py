@@ -62,7 +62,7 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
-            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(".")
             raise CheckpointError(f"adapter {adapter} does not fit the model {model_path}: {detail}. "
                                   "Fix: pass the base model the adapter was trained on") from None
     if torch.cuda.is_available():

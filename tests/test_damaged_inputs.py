@@ -80,8 +80,8 @@ def _command(verb: str, inputs: dict[str, Path], out: Path, base: str = "base") 
 def _assert_refused(proc: subprocess.CompletedProcess, named: str, out: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert named in proc.stderr and "error:" in proc.stderr, proc.stderr[-3000:]
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one message
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and named in errors[0], proc.stderr[-3000:]  # one message (after any library progress bars)
     assert not out.exists(), "a refused command left its --out behind"
     assert not list(out.parent.glob(f"{out.name}.partial-*")), "a refused command left its staging folder behind"
 
