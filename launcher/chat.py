@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.checkpoint.inputs import CheckpointError, adapter_config, read_json, safetensors_files
+
 
 class ChatError(ValueError):
     """Bad chat input (a malformed row, sampling flags without --do-sample); the message names it."""
@@ -39,19 +41,30 @@ class Sampling:
 
 
 def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer) on CPU/GPU in eval mode; the adapter is loaded with PEFT."""
+    """(model, tokenizer) on CPU/GPU in eval mode; the adapter is loaded with PEFT. Damaged or
+    missing adapter and model files are refused (CheckpointError) before anything loads."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from launcher.builtin import local_model_path
 
     model_dir = local_model_path(model_path)
+    if adapter:
+        adapter_config(adapter)
+    if Path(model_dir).is_dir():
+        read_json(Path(model_dir) / "config.json")
+        safetensors_files(Path(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(adapter or model_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(".")
+            raise CheckpointError(f"adapter {adapter} does not fit the model {model_path}: {detail}. "
+                                  "Fix: pass the base model the adapter was trained on") from None
     if torch.cuda.is_available():
         model = model.cuda()
     return model.eval(), tokenizer

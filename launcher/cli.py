@@ -217,11 +217,12 @@ def cmd_chat(argv: list[str]) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
     from launcher.chat import ChatError, Sampling, chat
+    from launcher.checkpoint.inputs import CheckpointError
 
     try:
         sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)
         chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output)
-    except ChatError as err:
+    except (ChatError, CheckpointError) as err:
         print(f"launch chat: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -235,10 +236,11 @@ def cmd_consolidate(argv: list[str]) -> int:
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
     args = parser.parse_args(argv)
     from launcher.checkpoint.consolidate import consolidate
+    from launcher.checkpoint.inputs import CheckpointError
 
     try:
         out = consolidate(args.checkpoint, args.out, args.shard_size)
-    except ValueError as err:  # ConsolidateError or an occupied --out
+    except CheckpointError as err:  # a damaged or incomplete checkpoint, an occupied --out
         print(f"launch consolidate: error: {err}", file=sys.stderr)
         return 2
     print(f"[launch] consolidated {args.checkpoint} -> {out}")
@@ -253,15 +255,12 @@ def cmd_merge(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard")
     args = parser.parse_args(argv)
-    if not (Path(args.adapter) / "adapter_config.json").is_file():
-        print(f"launch merge: error: --adapter {args.adapter} has no adapter_config.json. "
-              "Fix: pass a run's output.dir or a `launch consolidate` output", file=sys.stderr)
-        return 2
+    from launcher.checkpoint.inputs import CheckpointError
     from launcher.checkpoint.merge import merge
 
     try:
         notes = merge(args.base, args.adapter, args.out, args.dtype, args.shard_size)
-    except ValueError as err:  # MergeError or an occupied --out
+    except CheckpointError as err:  # a damaged adapter or base, one that cannot be merged, an occupied --out
         print(f"launch merge: error: {err}", file=sys.stderr)
         return 2
     for note in notes:

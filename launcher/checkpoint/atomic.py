@@ -21,39 +21,9 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from launcher.checkpoint.paths import STAGING_DIR, complete_checkpoints
+from launcher.checkpoint.staging import publish
 
 STALL_ENV = "LAUNCHER_STALL_SAVE_STEP"  # fault injection: rank 1 stalls at the start of this step's save
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file, then every folder entry, of `folder` to disk."""
-    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(staged: Path, final: Path) -> None:
-    """fsync `staged`, then make it visible as `final` with a rename (replacing an older `final`)."""
-    _fsync_tree(staged)
-    if final.exists():  # a resumed run saving the same step again: swap, then drop the old one
-        old = staged.with_name(staged.name + ".replaced")
-        final.rename(old)
-        staged.rename(final)
-        shutil.rmtree(old)
-    else:
-        staged.rename(final)
-    _fsync_dir(final.parent)
 
 
 def rotate(output_dir: Path, keep: int | None) -> list[Path]:

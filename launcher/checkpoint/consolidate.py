@@ -15,7 +15,6 @@ DeepSpeed's zero_to_fp32, which the tests use as the bitwise oracle.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -24,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX, require_empty_dir
-from launcher.checkpoint.safetensors_stream import write_shards
+from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_torch, read_json
+from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
+from launcher.checkpoint.safetensors_stream import parse_size, write_shards
+from launcher.checkpoint.staging import staged_output
 
 ADAPTER_NAME = "default"
-COPIED_FILES = ("adapter_config.json", "config.json", "generation_config.json", "tokenizer.json",
+COPIED_FILES = (ADAPTER_CONFIG, "config.json", "generation_config.json", "tokenizer.json",
                 "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 WINDOW_BYTES = 64 << 20  # reopen the rank files after reading this much: drops the mapped pages already used
 # classes DeepSpeed pickles into its optimizer files; none holds a tensor we need
@@ -36,7 +37,7 @@ DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed
                      "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler")
 
 
-class ConsolidateError(ValueError):
+class ConsolidateError(CheckpointError):
     """A checkpoint that cannot be consolidated; the message says why and what to do."""
 
 
@@ -50,13 +51,32 @@ class _Opaque:
         self.state = state
 
 
-def _load(path: Path) -> dict:
-    with torch.serialization.safe_globals([(_Opaque, name) for name in DEEPSPEED_GLOBALS]):
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+def _load(path: Path, *keys: str) -> dict:
+    """A DeepSpeed model or optimizer file (memory-mapped), checked to hold `keys`."""
+    state = load_torch(path, [(_Opaque, name) for name in DEEPSPEED_GLOBALS])
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ConsolidateError(f"{path} holds no {missing[0]!r}: not the DeepSpeed file its name says. "
+                               "Fix: consolidate a complete checkpoint-<step> folder as the run wrote it")
+    return state
 
 
-def _rank_sorted(paths) -> list[Path]:
-    return sorted(paths, key=lambda p: int(re.search(r"zero_pp_rank_(\d+)_", p.name).group(1)))
+def _optimizer_state(path: Path) -> dict:
+    return _load(path, "optimizer_state_dict")["optimizer_state_dict"]
+
+
+def _rank_files(step_dir: Path, suffix: str, world: int | None = None) -> list[Path]:
+    """Every rank's *zero_pp_rank_<r>_*<suffix> file, in rank order; with `world`, one per rank or
+    ConsolidateError naming the missing ones."""
+    files = {int(m[1]): p for p in step_dir.glob(f"*zero_pp_rank_*{suffix}")
+             if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))}
+    named = next(iter(files.values()), Path(f"zero_pp_rank_0_mp_rank_00{suffix}")).name  # a present rank's name
+    missing = [re.sub(r"zero_pp_rank_\d+_", f"zero_pp_rank_{r}_", named) for r in range(world or 0) if r not in files]
+    if world is not None and (missing or len(files) != world):
+        raise ConsolidateError(f"{step_dir} should hold {world} *{suffix} files, one per rank, and holds {len(files)}"
+                               f"{' (missing: ' + ', '.join(missing) + ')' if missing else ''}: the checkpoint is "
+                               "incomplete. Fix: copy the missing files, or consolidate another complete checkpoint")
+    return [files[r] for r in sorted(files)]
 
 
 def zero_tag(checkpoint: Path) -> str:
@@ -85,7 +105,7 @@ class RankFiles:
         """Per rank, the fp32 flat partitions of every param group; `nbytes` are about to be read."""
         if self.groups is None or self.read + nbytes > WINDOW_BYTES:
             self.groups = None  # unmap first
-            self.groups = [_load(path)["optimizer_state_dict"][self.key] for path in self.paths]
+            self.groups = [_optimizer_state(path)[self.key] for path in self.paths]
             self.read = 0
         self.read += nbytes
         return self.groups
@@ -108,20 +128,18 @@ class ZeroCheckpoint:
 
 def read_layout(step_dir: Path) -> ZeroCheckpoint:
     """The layout of a global_step folder; tensors stay on disk (memory-mapped) until produced."""
-    optim_files = _rank_sorted(step_dir.glob("*_optim_states.pt"))
+    optim_files = _rank_files(step_dir, "_optim_states.pt")
     if not optim_files:
         raise ConsolidateError(f"{step_dir} holds no *_optim_states.pt files: not a ZeRO checkpoint "
                                "(or saved without optimizer state). Fix: consolidate a checkpoint of a ZeRO-1/2/3 run")
-    first = _load(optim_files[0])["optimizer_state_dict"]
+    first = _optimizer_state(optim_files[0])
     stage = 3 if "fp32_flat_groups" in first else 2
     count = first["partition_count"]
     world = max(count) if isinstance(count, list) else count
-    if world != len(optim_files):
-        raise ConsolidateError(f"{step_dir} should hold {world} optimizer shards and holds {len(optim_files)}: "
-                               "the checkpoint is incomplete")
-    model_files = (_rank_sorted(step_dir.glob("zero_pp_rank_*_model_states.pt")) if stage == 3
+    optim_files = _rank_files(step_dir, "_optim_states.pt", world)
+    model_files = (_rank_files(step_dir, "_model_states.pt", world) if stage == 3
                    else [step_dir / "mp_rank_00_model_states.pt"])
-    models = [_load(path) for path in model_files]
+    models = [_load(path, "module", "buffer_names", "param_shapes", "shared_params") for path in model_files]
     head = models[0]
     buffers = {k: v.float() if v.is_floating_point() else v.clone()
                for k, v in head["module"].items() if k in head["buffer_names"]}
@@ -208,30 +226,32 @@ def peft_state(named: dict[str, torch.Tensor], adapter_config: dict) -> dict[str
 
 
 def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "5GB") -> Path:
-    """Write the consolidated adapter (adapter runs) or model (full/freeze runs) of `checkpoint` into `out`."""
-    from safetensors.torch import save_file
-
-    checkpoint, out = Path(checkpoint), Path(out)
+    """Write the consolidated adapter (adapter runs) or model (full/freeze runs) of `checkpoint` into
+    `out`, which appears only once complete (written as a staging folder beside it, then renamed)."""
+    checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ConsolidateError(f"checkpoint {checkpoint} is not a folder. Fix: pass output.dir/checkpoint-<step>")
-    require_empty_dir(out)
+    parse_size(max_shard_size)  # a bad --shard-size is refused before any work
     ckpt = read_layout(checkpoint / zero_tag(checkpoint))
-    adapter_config = checkpoint / "adapter_config.json"
-    out.mkdir(parents=True, exist_ok=True)
-    if adapter_config.is_file():  # adapters are small: gather, rename to PEFT's keys, save
-        from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
+    adapter_config = read_json(checkpoint / ADAPTER_CONFIG) if (checkpoint / ADAPTER_CONFIG).is_file() else None
+    with staged_output(out) as stage:
+        _write(checkpoint, ckpt, adapter_config, stage, max_shard_size)
+    return Path(out)
 
+
+def _write(checkpoint: Path, ckpt: ZeroCheckpoint, adapter_config: dict | None, out: Path, max_shard_size: str) -> None:
+    from safetensors.torch import save_file
+
+    if adapter_config is not None:  # adapters are small: gather, rename to PEFT's keys, save
         named = {name: produce() for name, _, produce in trainable_tensors(ckpt)}
         value_head = {k.removeprefix(VALUE_HEAD_PREFIX): t.contiguous() for k, t in named.items()
                       if k.startswith(VALUE_HEAD_PREFIX)}
         if value_head:  # a ppo run: the policy's adapter, and the value head in its own file, as its save writes them
             named = {k.removeprefix(POLICY_PREFIX): t for k, t in named.items() if k.startswith(POLICY_PREFIX)}
             save_file(value_head, str(out / VALUE_HEAD), metadata={"format": "pt"})
-        save_file(peft_state(named, json.loads(adapter_config.read_text())), str(out / ADAPTER_WEIGHTS),
-                  metadata={"format": "pt"})
+        save_file(peft_state(named, adapter_config), str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     else:
         write_shards(state_tensors(ckpt, include_frozen=True), out, max_shard_size)
     for name in COPIED_FILES:
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, out / name)
-    return out

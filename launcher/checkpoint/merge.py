@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.paths import require_empty_dir
-from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, write_shards
+from launcher.checkpoint.inputs import (ADAPTER_WEIGHTS, CheckpointError, adapter_config, read_json,
+                                       safetensors_files, safetensors_header)
+from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_size, write_shards
+from launcher.checkpoint.staging import staged_output
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEFT_PREFIX = "base_model.model."
@@ -25,7 +27,7 @@ STORED_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
 LORA_KEY = re.compile(r"^(?P<module>.+)\.(?:(?P<part>lora_A|lora_B)\.weight|(?P<dora>lora_magnitude_vector))$")
 
 
-class MergeError(ValueError):
+class MergeError(CheckpointError):
     """An adapter or base that cannot be merged; the message says why and what to do."""
 
 
@@ -48,15 +50,20 @@ def _check_adapter(config: dict, adapter: Path) -> None:
         raise MergeError(f"{adapter} trains LoRA biases (lora_bias), which merge does not fold yet")
 
 
-def _base_files(base_dir: Path) -> list[Path]:
-    index = base_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return [base_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    single = base_dir / "model.safetensors"
-    if not single.is_file():
+def _base_layout(base_dir: Path) -> dict[str, tuple[Path, torch.dtype, torch.Size]]:
+    """name -> (file, stored dtype, shape) of every tensor of the base, from the safetensors headers."""
+    files = safetensors_files(base_dir)
+    if files is None:
         raise MergeError(f"base {base_dir} has no model.safetensors(.index.json). Fix: pass a base saved as safetensors "
                          "(AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir))")
-    return [single]
+    layout = {}
+    for path in files:
+        for name, info in safetensors_header(path).items():
+            if info.get("dtype") not in STORED_DTYPES:
+                raise MergeError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which merge does not read. "
+                                 "Fix: pass a base stored in F32, F16 or BF16")
+            layout[name] = (path, STORED_DTYPES[info["dtype"]], torch.Size(info["shape"]))
+    return layout
 
 
 def _base_folder(base: str) -> Path:
@@ -87,10 +94,9 @@ class LoraDeltas:
     """The adapter's tensors grouped per base weight, and PEFT's merge formula for them."""
 
     def __init__(self, adapter: Path, config: dict):
-        from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
         from safetensors.torch import load_file
 
-        self.config = config
+        self.adapter, self.config = adapter, config
         self.modules: dict[str, dict[str, torch.Tensor]] = {}
         self.replaced: dict[str, torch.Tensor] = {}  # modules_to_save: fully trained copies
         for key, tensor in load_file(adapter / ADAPTER_WEIGHTS).items():
@@ -103,8 +109,33 @@ class LoraDeltas:
                 raise MergeError(f"{adapter}: adapter tensor {key!r} is of a kind merge does not fold "
                                  "(e.g. LoRA on embeddings). Fix: use the adapter unmerged")
 
-    def targets(self) -> set[str]:
-        return set(self.modules) | set(self.replaced)
+    def check_shapes(self, layout: dict[str, tuple[Path, torch.dtype, torch.Size]]) -> None:
+        """Refuse an adapter whose tensors do not fit the base's (another model, or a damaged file)."""
+        missing = sorted((set(self.modules) | set(self.replaced)) - set(layout))
+        if missing:
+            raise MergeError(f"adapter {self.adapter} adapts weights the base does not have ({missing[:3]}...). "
+                             "Fix: pass the base model the adapter was trained on")
+        for name, parts in self.modules.items():
+            path, _, shape = layout[name]
+            if "lora_A" not in parts or "lora_B" not in parts:
+                raise MergeError(f"{self.adapter / ADAPTER_WEIGHTS}: {name} has only one of lora_A/lora_B: the "
+                                 "adapter is damaged. Fix: restore it")
+            out_features, rank = parts["lora_B"].shape
+            expected = (out_features, parts["lora_A"].shape[-1])
+            expected = expected[::-1] if self.config.get("fan_in_fan_out") else expected
+            magnitude = parts.get("lora_magnitude_vector")
+            if rank != parts["lora_A"].shape[0] or tuple(shape) != expected or (
+                    magnitude is not None and magnitude.numel() != out_features):
+                raise MergeError(f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
+                                 f"{tuple(shape)} in the base, the adapter's update is {expected} (lora_A "
+                                 f"{tuple(parts['lora_A'].shape)}, lora_B {tuple(parts['lora_B'].shape)}). "
+                                 "Fix: pass the base model the adapter was trained on")
+        for name, tensor in self.replaced.items():
+            path, _, shape = layout[name]
+            if tensor.shape != shape:
+                raise MergeError(f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
+                                 f"{tuple(shape)} in the base and {tuple(tensor.shape)} in the adapter. "
+                                 "Fix: pass the base model the adapter was trained on")
 
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """The merged fp32 value of base tensor `name`."""
@@ -130,55 +161,47 @@ class LoraDeltas:
 
 def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", shard_size: str = "5GB") -> list[str]:
     """base + adapter -> `out`: sharded safetensors, config, generation config, tokenizer (with chat
-    template). Returns notes for the user (QLoRA)."""
+    template). `out` appears only once complete (written as a staging folder beside it, then renamed).
+    Returns notes for the user (QLoRA)."""
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
     from launcher.builtin import local_model_path
 
-    adapter, out = Path(adapter), Path(out)
-    require_empty_dir(out)
+    adapter = Path(adapter)
+    lora_config = adapter_config(adapter)
+    parse_size(shard_size)  # a bad --shard-size is refused before any work
     base_dir = _base_folder(local_model_path(base))
-    config = json.loads((base_dir / "config.json").read_text())
+    config = read_json(base_dir / "config.json")
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "quantized")
         raise MergeError(f"base {base} is quantized ({method}): its weights are stored as packed low-bit blocks, and "
                          "adding a LoRA update to them would either be rounded away or produce a model no loader reads. "
                          "Fix: pass the full-precision base model the quantized one was made from")
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    _check_adapter(adapter_config, adapter)
-    deltas = LoraDeltas(adapter, adapter_config)
+    _check_adapter(lora_config, adapter)
+    deltas = LoraDeltas(adapter, lora_config)
+    layout = _base_layout(base_dir)
+    deltas.check_shapes(layout)
     target = DTYPES[dtype]
 
-    entries, seen = [], set()
-    for path in _base_files(base_dir):
+    def produce(path: Path, name: str, floating: bool) -> torch.Tensor:
+        # a fresh mapping per tensor: pages of tensors already written leave memory with it
         with safe_open(str(path), framework="pt") as handle:
-            layout = {name: handle.get_slice(name) for name in handle.keys()}
-            layout = {name: (STORED_DTYPES[s.get_dtype()], torch.Size(s.get_shape())) for name, s in layout.items()}
-        for name, (stored, shape) in layout.items():
+            tensor = handle.get_tensor(name)
+        return deltas.apply(name, tensor.float()).to(target) if floating else tensor
 
-            def produce(path=path, name=name, floating=stored.is_floating_point):
-                # a fresh mapping per tensor: pages of tensors already written leave memory with it
-                with safe_open(str(path), framework="pt") as handle:
-                    tensor = handle.get_tensor(name)
-                return deltas.apply(name, tensor.float()).to(target) if floating else tensor
-
-            entries.append((name, shape, target if stored.is_floating_point else stored, produce))
-            seen.add(name)
-    missing = deltas.targets() - seen
-    if missing:
-        raise MergeError(f"adapter {adapter} adapts weights the base {base} does not have ({sorted(missing)[:3]}...). "
-                         "Fix: pass the base model the adapter was trained on")
-    out.mkdir(parents=True, exist_ok=True)
-    write_shards(entries, out, shard_size)
-
+    entries = [(name, shape, target if stored.is_floating_point else stored,
+                lambda p=path, n=name, f=stored.is_floating_point: produce(p, n, f))
+               for name, (path, stored, shape) in layout.items()]
     config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     config.pop("torch_dtype", None)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    for extra in ["generation_config.json", *(p.name for p in base_dir.glob("*.py"))]:
-        if (base_dir / extra).is_file():
-            shutil.copy2(base_dir / extra, out / extra)
-    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(out)
+    with staged_output(out) as stage:
+        write_shards(entries, stage, shard_size)
+        (stage / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for extra in ["generation_config.json", *(p.name for p in base_dir.glob("*.py"))]:
+            if (base_dir / extra).is_file():
+                shutil.copy2(base_dir / extra, stage / extra)
+        tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(stage)
     note = qlora_note(adapter)
     return [note] if note else []

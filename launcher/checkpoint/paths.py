@@ -1,5 +1,5 @@
-"""Checkpoint and output folders: finding complete checkpoints, their world size, refusing occupied
-outputs. Torch-free (the CLI uses it before any process starts)."""
+"""Checkpoint folders: finding complete checkpoints and their world size. Torch-free (the CLI uses
+it before any process starts)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ STAGING_DIR = "tmp-checkpoints"  # inside output.dir: checkpoints being written 
 # a ppo run's model: the policy (a PEFT model) and a value head beside it (stages/ppo.py)
 POLICY_PREFIX, VALUE_HEAD_PREFIX = "policy.", "v_head."
 VALUE_HEAD = "value_head.safetensors"  # the value head's file beside the policy adapter
-
-
-def require_empty_dir(out: Path) -> None:
-    """Refuse to write a consolidated or merged artefact over existing files (ValueError)."""
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} already holds files. Fix: choose an empty or new folder")
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from launcher.checkpoint.inputs import CheckpointError
+
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                       torch.uint8: "U8", torch.bool: "BOOL"}
@@ -35,7 +37,7 @@ def parse_size(text: str) -> int:
     """'5GB' -> 5_000_000_000 (decimal units, as transformers' max_shard_size; KiB/MiB/GiB binary)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     if not match or match[2].upper() not in UNITS | {"": 1}:
-        raise ValueError(f"shard size {text!r} is not a size. Fix: write it like 5GB, 500MB or 2GiB")
+        raise CheckpointError(f"--shard-size {text!r} is not a size. Fix: write it like 5GB, 500MB or 2GiB")
     return int(float(match[1]) * UNITS.get(match[2].upper(), 1))
 
 
