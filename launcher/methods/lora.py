@@ -14,7 +14,8 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-PISSA_INIT_DIR = "pissa_init"  # inside output.dir: the adapter as initialised, needed to convert PiSSA to LoRA
+from launcher.checkpoint.paths import PISSA_INIT_DIR  # noqa: F401  (the worker imports it from here)
+
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to
 
 
