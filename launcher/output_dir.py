@@ -68,8 +68,9 @@ def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
                                                      ("train.reward_model", recipe["train"].get("reward_model")))
                if value is not None]
     data = recipe["data"]
-    if Path(data["dataset_dir"]).is_dir():
-        inputs.append(("data.dataset_dir", Path(data["dataset_dir"])))
+    registry = Path(data["dataset_dir"]) / "dataset_info.json"  # the folder itself may hold other things
+    if registry.is_file():
+        inputs.append(("data.dataset_dir's registry", registry))
     for key in ("datasets", "eval_datasets"):
         inputs += [(f"data.{key}", dataset_source(name, data["dataset_dir"])) for name in data[key]]
     return inputs
