@@ -26,7 +26,7 @@ MARKER_VERSION = 1
 # overwrite removes these and nothing else. A name a run may write must be added here.
 RUN_WRITES = (
     MARKER, "plan.json", "runs", "logs", "checkpoint-*", STAGING_DIR, PISSA_INIT_DIR, VALUE_HEAD,
-    LOG_FILE, PLOT_FILE, "*.tmp", "trainer_state.json", "training_args.bin", "*_results.json", "README.md",
+    LOG_FILE, PLOT_FILE, "*.tmp", ".*.tmp.*", "trainer_state.json", "training_args.bin", "*_results.json", "README.md",
     "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
     "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
     "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
