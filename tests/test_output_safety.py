@@ -98,6 +98,27 @@ def test_dataset_folder_as_or_around_output_dir_is_refused(tmp_path, inside):
     assert _snapshot(folder) == before
 
 
+def test_adapter_being_continued_as_output_dir_is_refused(tmp_path):
+    """A later stage (dpo on sft's adapter) pointed at the earlier stage's output.dir would delete what it trains on."""
+    adapter = tmp_path / "sft"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / ".launcher-run").write_text('{"version": 1}')
+    before = _snapshot(adapter)
+    proc = _launch(TINY, f"model.adapter={adapter}", f"output.dir={adapter}", "output.overwrite=true", *QUICK)
+    _refused(proc, "is model.adapter")
+    assert _snapshot(adapter) == before
+
+
+def test_output_dir_inside_the_resume_checkpoint_is_refused(tmp_path):
+    checkpoint = tmp_path / "old" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    proc = _launch(TINY, f"train.resume={checkpoint}", f"output.dir={checkpoint / 'run'}", *QUICK)
+    _refused(proc, "lies inside train.resume")
+    assert not (checkpoint / "run").exists()
+
+
 def test_project_folder_with_a_stray_plan_json_is_not_deleted(tmp_path):
     """Any plan.json used to make a folder deletable; only the launcher's own marker does now."""
     (tmp_path / "plan.json").write_text("{}")
