@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from launcher import quiet
 from launcher.recipe import RecipeError, load_recipe
-
-RUN_ARTIFACTS = ("plan.json", "adapter_config.json", "config.json", "trainer_state.json")
 
 
 def _recipe_parser(verb: str, help_text: str) -> argparse.ArgumentParser:
@@ -57,12 +54,15 @@ def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
             "the optimizer state restarts)")
 
 
-def _prepare_output_dir(plan: dict) -> None:
-    """Refuse to mix a new run into an old one unless resuming or told to overwrite."""
+def _check_output_dir(plan: dict) -> bool:
+    """Refuse to mix a new run into an old one unless resuming or told to overwrite; True: the
+    previous run is to be replaced (by start_run, once every other check has passed). Deletes nothing."""
     from launcher.checkpoint.paths import latest_checkpoint
+    from launcher.output_dir import check_apart, require_run_dir
 
     out = Path(plan["output_dir"])
     recipe = plan["recipe"]
+    check_apart(recipe, plan["output_dir"])
     resume = recipe["train"]["resume"]
     if resume not in ("auto", "none") and not (Path(resume) / "trainer_state.json").is_file():
         raise RecipeError(f"train.resume = {resume!r} is not a complete checkpoint (no trainer_state.json). "
@@ -70,20 +70,16 @@ def _prepare_output_dir(plan: dict) -> None:
     if resume not in ("auto", "none"):
         _refuse_world_change(Path(resume), plan)
     if not out.exists() or not any(out.iterdir()):
-        return
+        return False
     if recipe["output"]["overwrite"]:
-        if not any((out / name).exists() for name in RUN_ARTIFACTS):
-            raise RecipeError(f"output.dir = {str(out)!r} holds files that are not a launcher run; refusing to "
-                              "delete them even with output.overwrite=true. Fix: choose another output.dir")
-        print(f"[launch] output.overwrite=true: removing the previous run in {out}", flush=True)
-        shutil.rmtree(out)
-        return
+        require_run_dir(out)
+        return True
     if resume != "none":
         checkpoint = latest_checkpoint(out) if resume == "auto" else resume
         if checkpoint is not None:
             _refuse_world_change(Path(checkpoint), plan)
             print(f"[launch] resuming from {checkpoint}", flush=True)
-            return
+            return False
     raise RecipeError(f"output.dir = {str(out)!r} already holds a run and there is no checkpoint to resume. "
                       "Fix: output.overwrite=true to replace it, or choose another output.dir")
 
@@ -108,16 +104,17 @@ def cmd_train(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.local import run_node
     from launcher.nodes import discard_plan_copy, preflight, this_node_rank
+    from launcher.output_dir import start_run
     from launcher.plan import write_plan
 
     plan = _plan_from_args(args)
     if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
         raise RecipeError(plan["memory"]["refusal"])
     node_rank = this_node_rank(args.node_rank, plan)
-    if node_rank == 0:
-        _prepare_output_dir(plan)
+    replace = _check_output_dir(plan) if node_rank == 0 else False
     preflight(plan, node_rank)  # port, hosts: before any process starts
-    if node_rank == 0:
+    if node_rank == 0:  # every check passed: only now is a previous run replaced and plan.json written
+        start_run(plan["output_dir"], replace)
         write_plan(plan)
     else:  # every node has its own copy: no shared file system needed
         write_plan(plan, plan["nodes"][node_rank]["plan_file"])
@@ -148,11 +145,14 @@ def cmd_sbatch(argv: list[str]) -> int:
     parser.add_argument("--script", default=None, metavar="FILE",
                         help="where to write the script (default: <output.dir>.sbatch); the job log goes beside it")
     parser.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
+    parser.add_argument("--force", action="store_true", help="replace the script if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.slurm import batch_script, submit
+    from launcher.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
-    script = Path(args.script or f"{recipe['output']['dir'].rstrip('/')}.sbatch").resolve()
+    script = check_output_file("--script", args.script or f"{recipe['output']['dir'].rstrip('/')}.sbatch",
+                               [("the recipe", args.recipe)], args.force)
     log = str(script.with_suffix("")) + "-%j.out"
     text = batch_script(recipe, args.recipe, args.overrides, log, str(Path.cwd()))
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -173,12 +173,17 @@ def cmd_data(argv: list[str]) -> int:
                              "(sft: input_ids, labels, attention_mask; pt: input_ids, labels; dpo, orpo: prompt_ids, "
                              "chosen_ids, rejected_ids; rm: chosen_ids, rejected_ids; kto: prompt_ids, completion_ids, "
                              "label; ppo: input_ids)")
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     from launcher.data.preview import preview
     from launcher.data.registry import DataError
+    from launcher.output_dir import run_inputs
+    from launcher.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
+        if args.dump:
+            check_output_file("--dump", args.dump, [("the recipe", args.recipe), *run_inputs(recipe)], args.force)
         print(preview(recipe, args.preview, args.dump))
     except DataError as err:  # a bad dataset is the user's input: reported like a bad recipe, exit 2
         raise RecipeError(str(err)) from None
@@ -208,6 +213,7 @@ def cmd_chat(argv: list[str]) -> int:
                         help="a user message; repeatable; none = interactive on a terminal, else one prompt per stdin line")
     parser.add_argument("--input", default=None, metavar="FILE.jsonl", help="batch prediction: openai or alpaca rows")
     parser.add_argument("--output", default=None, metavar="FILE.jsonl", help="batch prediction: prompt, prediction, label rows")
+    parser.add_argument("--force", action="store_true", help="replace --output if it exists (never an input)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=None)
@@ -218,6 +224,12 @@ def cmd_chat(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from launcher.chat import ChatError, Sampling, chat
     from launcher.checkpoint.inputs import CheckpointError
+    from launcher.output_dir import model_folder
+    from launcher.output_file import check_output_file
+
+    if args.output:
+        inputs = [("--input", args.input), ("--model", model_folder(args.model)), ("--adapter", args.adapter)]
+        check_output_file("--output", args.output, [(what, path) for what, path in inputs if path], args.force)
 
     try:
         sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)

@@ -228,6 +228,13 @@ def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
                     f"{', '.join(found)}). Fix: set split to one of those in dataset_info.json")
 
 
+def dataset_source(name: str, dataset_dir: str | Path) -> Path:
+    """The file or folder a dataset name reads: its registry entry's file_name (and folder/subset), else the path itself."""
+    dataset_dir = Path(dataset_dir)
+    registry = _registry(dataset_dir)
+    return _entry_spec(name, registry[name], dataset_dir).files[0] if name in registry else Path(name)
+
+
 def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
     """A registered dataset name, or a path to a data file or folder (alpaca columns), as a DatasetSpec."""
     dataset_dir = Path(dataset_dir)

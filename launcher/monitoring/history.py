@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-LOG_FILE, PLOT_FILE = "trainer_log.jsonl", "loss.png"
+from launcher.checkpoint.paths import LOG_FILE, PLOT_FILE
+
 TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens_per_second",
               "samples_per_second", "step_time", "mfu", "padding_efficiency", "peak_memory_gib")
 

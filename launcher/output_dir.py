@@ -1,0 +1,147 @@
+"""A run's output.dir: kept apart from everything the run reads, claimed with a marker when the
+launcher creates it, and replaced (output.overwrite) only as far as a run wrote it.
+
+Torch-free: `launch` checks all of this before any process starts. The order in `launch train`:
+`check_apart` and the other refusals first, then the port and host checks, and only then
+`start_run`, which removes the previous run and claims the folder just before the new run starts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from launcher.builtin import builtin_name, default_cache_dir, fingerprint, is_builtin
+from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
+from launcher.data.registry import dataset_source
+from launcher.recipe import RecipeError
+
+MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
+MARKER_VERSION = 1
+# What a run writes into output.dir (worker.py, the Trainer, PEFT and tokenizer saves, monitoring/);
+# overwrite removes these and nothing else. A name a run may write must be added here.
+RUN_WRITES = (
+    MARKER, "plan.json", "runs", "logs", "checkpoint-*", STAGING_DIR, PISSA_INIT_DIR, VALUE_HEAD,
+    LOG_FILE, PLOT_FILE, "*.tmp", ".*.tmp.*", "trainer_state.json", "training_args.bin", "*_results.json", "README.md",
+    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+    "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+
+
+def written_by_run(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_WRITES)
+
+
+def is_run_dir(out: Path) -> bool:
+    """The folder holds the launcher's marker (it created the folder as a run's output)."""
+    try:
+        return json.loads((out / MARKER).read_text()).get("version") == MARKER_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _hub_cache_folder(model_id: str) -> Path:
+    """Where huggingface_hub keeps a downloaded model (its cache layout: models--org--name)."""
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    return Path(hub) / ("models--" + model_id.replace("/", "--"))
+
+
+def model_folder(path: str) -> Path:
+    """The folder model.path is read from: a builtin's materialized folder, a local folder, or the hub cache."""
+    if is_builtin(path):
+        try:
+            return default_cache_dir() / f"{builtin_name(path)}-{fingerprint(path)}"
+        except ValueError:  # an unknown builtin name: reported by whatever loads the model
+            return Path(path)
+    return Path(path) if Path(path).exists() else _hub_cache_folder(path)
+
+
+def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
+    """(recipe key, path) of everything a run reads; the datasets are already known to resolve."""
+    inputs = [("model.path", model_folder(recipe["model"]["path"]))]
+    inputs += [(key, Path(value)) for key, value in (("model.adapter", recipe["model"]["adapter"]),
+                                                     ("train.reward_model", recipe["train"].get("reward_model")))
+               if value is not None]
+    data = recipe["data"]
+    registry = Path(data["dataset_dir"]) / "dataset_info.json"  # the folder itself may hold other things
+    if registry.is_file():
+        inputs.append(("data.dataset_dir's registry", registry))
+    for key in ("datasets", "eval_datasets"):
+        inputs += [(f"data.{key}", dataset_source(name, data["dataset_dir"])) for name in data[key]]
+    return inputs
+
+
+def overlap(a: Path, b: Path) -> str | None:
+    """How folder a stands to path b: 'is', 'contains', 'lies inside', or None."""
+    if a == b:
+        return "is"
+    if a in b.parents:
+        return "contains"
+    return "lies inside" if b in a.parents else None
+
+
+def check_apart(recipe: dict, output_dir: str) -> None:
+    """Refuse an output.dir that is, contains or lies inside something the run reads, or that is or
+    contains the current folder, the home folder or /: a run writes there and overwrite deletes there."""
+    out = Path(output_dir).resolve()  # a symlink is judged by its target
+    fix = "Fix: set output.dir to a new folder of its own, e.g. outputs/<run name>"
+    for name, root in (("the file system root /", Path("/")), ("your home folder", Path.home()),
+                       ("the current folder", Path.cwd())):
+        relation = overlap(out, root.resolve())
+        if relation in ("is", "contains"):
+            raise RecipeError(f"output.dir = {str(out)!r} {relation} {name}: a run writes its files there and "
+                              f"output.overwrite would remove them. {fix}")
+    resume = recipe["train"]["resume"]
+    inputs = run_inputs(recipe)
+    if resume not in ("auto", "none"):
+        inputs.append(("train.resume", Path(resume)))
+    for key, path in inputs:
+        relation = overlap(out, path.resolve())
+        # resuming from a checkpoint inside output.dir is the normal case, unless overwrite would delete it first
+        if relation == "contains" and key == "train.resume" and not recipe["output"]["overwrite"]:
+            continue
+        if relation is not None:
+            raise RecipeError(f"output.dir = {str(out)!r} {relation} {key} ({str(path)!r}), which the run reads: "
+                              f"the run's files, and output.overwrite's removal of a previous run, would land on it. {fix}")
+
+
+def require_run_dir(out: Path) -> None:
+    """output.overwrite replaces only a folder the launcher created as a run's output."""
+    if not is_run_dir(out):
+        raise RecipeError(f"output.dir = {str(out)!r} holds files and is not a launcher run (no {MARKER} marker, which "
+                          "the launcher writes into every output.dir it creates); refusing to delete anything there "
+                          "even with output.overwrite=true. Fix: choose another output.dir, or delete the folder "
+                          "yourself if it is an old run you no longer need")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def start_run(output_dir: str, replace: bool) -> None:
+    """Just before the run starts: remove the previous run's files (replace) and claim the folder.
+
+    Only what a run writes goes; anything else in the folder is kept and named. A folder that
+    holds a run being resumed keeps its files and its marker (or its lack of one)."""
+    out = Path(output_dir)
+    if replace:
+        kept = sorted(p.name for p in out.iterdir() if not written_by_run(p.name))
+        print(f"[launch] output.overwrite=true: removing the previous run in {out}", flush=True)
+        for path in out.iterdir():
+            if written_by_run(path.name):
+                _remove(path)
+        if kept:
+            print(f"[launch] kept {len(kept)} file(s) there that no run writes: {', '.join(kept)}", flush=True)
+    elif out.is_dir() and any(out.iterdir()):
+        return  # resuming
+    out.mkdir(parents=True, exist_ok=True)
+    marker = {"version": MARKER_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / MARKER).write_text(json.dumps(marker) + "\n")
