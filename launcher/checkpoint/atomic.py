@@ -113,10 +113,10 @@ class AtomicCheckpoints(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         marks = self.staging / NODE_MARKS
-        if self.local_rank == 0 and self.staging.exists():  # partial saves of a run that was killed
-            if any(path.name != NODE_MARKS for path in self.staging.iterdir()):
+        if self.local_rank == 0:  # partial saves of a run that was killed; glob: another node may be removing them
+            if any(path.name != NODE_MARKS for path in self.staging.glob("*")):
                 print(f"[launcher] removing incomplete checkpoints in {self.staging}", flush=True)
-            shutil.rmtree(self.staging, ignore_errors=True)  # on a shared disk another node may be at it too
+            shutil.rmtree(self.staging, ignore_errors=True)
         _barrier()
         if self.local_rank == 0:
             marks.mkdir(parents=True, exist_ok=True)
