@@ -40,46 +40,24 @@ def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> di
                       allow_pending=allow_pending)
 
 
-def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
-    """ZeRO shards hold 1/world of the optimizer state each; DeepSpeed cannot reload them into another world size."""
-    from launcher.checkpoint.paths import zero_shard_ranks
-
-    ranks, world = zero_shard_ranks(checkpoint), plan["world"]["world_size"]
-    if ranks is not None and ranks != world:
-        raise RecipeError(
-            f"train.resume: {checkpoint} was written by {ranks} ranks (ZeRO shards), this plan has {world}: DeepSpeed "
-            "restores a ZeRO optimizer state only into the world size that saved it. Fix: resume with "
-            f"{ranks} processes (distributed.nproc_per_node x nnodes = {ranks}), or `launch consolidate {checkpoint} "
-            "--out DIR` and start a new run from DIR (model.path=DIR for a full run, model.adapter=DIR for a LoRA run; "
-            "the optimizer state restarts)")
-
-
 def _check_output_dir(plan: dict) -> bool:
     """Refuse to mix a new run into an old one unless resuming or told to overwrite; True: the
     previous run is to be replaced (by start_run, once every other check has passed). Deletes nothing."""
-    from launcher.checkpoint.paths import latest_checkpoint
+    from launcher.checkpoint.resume import prepare_resume
     from launcher.output_dir import check_apart, require_run_dir
 
     out = Path(plan["output_dir"])
     recipe = plan["recipe"]
     check_apart(recipe, plan["output_dir"])
-    resume = recipe["train"]["resume"]
-    if resume not in ("auto", "none") and not (Path(resume) / "trainer_state.json").is_file():
-        raise RecipeError(f"train.resume = {resume!r} is not a complete checkpoint (no trainer_state.json). "
-                          "Fix: point it at an output.dir/checkpoint-<step> folder, or use auto")
-    if resume not in ("auto", "none"):
-        _refuse_world_change(Path(resume), plan)
+    checkpoint = prepare_resume(plan)  # checked (intact, trusted, this recipe's) before anything is deleted
     if not out.exists() or not any(out.iterdir()):
         return False
     if recipe["output"]["overwrite"]:
         require_run_dir(out)
         return True
-    if resume != "none":
-        checkpoint = latest_checkpoint(out) if resume == "auto" else resume
-        if checkpoint is not None:
-            _refuse_world_change(Path(checkpoint), plan)
-            print(f"[launch] resuming from {checkpoint}", flush=True)
-            return False
+    if checkpoint is not None:
+        print(f"[launch] resuming from {checkpoint}", flush=True)
+        return False
     raise RecipeError(f"output.dir = {str(out)!r} already holds a run and there is no checkpoint to resume. "
                       "Fix: output.overwrite=true to replace it, or choose another output.dir")
 

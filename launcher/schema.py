@@ -136,6 +136,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "save_total_limit": Key("int", None, "keep only the newest N complete checkpoints (null = all)", nullable=True, low=1),
         "eval_steps": Key("int", None, "evaluate every N optimizer steps", nullable=True, low=1),
         "resume": Key("str", "auto", "auto (latest complete checkpoint in output.dir), none, or a checkpoint dir"),
+        "trust_checkpoint": Key("bool", False, "resume a checkpoint that has no checksum manifest written by this launcher "
+                                               "(its pickles run code when loaded: only one you know the origin of; "
+                                               "docs/checkpoints.md)"),
         "pref_beta": Key("float", 0.1, "preference temperature: beta of DPO/IPO/hinge/SimPO/KTO, lambda (odds-ratio weight) of ORPO",
                          low=0, low_inclusive=False, only_for=PREFERENCE),
         "pref_loss": Key("str", "sigmoid", "DPO loss: sigmoid (DPO), ipo, hinge (SLiC), simpo (reference-free, length-normalised), "

@@ -93,17 +93,20 @@ def load_model(plan: dict, model_dir: str):
     return model
 
 
-def resume_checkpoint(plan: dict) -> str | None:
-    """The checkpoint to resume from: resume: auto -> latest complete checkpoint-N in output dir."""
-    from launcher.checkpoint.paths import latest_checkpoint
+def resume_checkpoint(plan: dict, rank: int) -> tuple[str | None, dict]:
+    """Rank 0's choice, the same on every node: the checkpoint `launch` verified (the plan's resume_from), or
+    after an elastic restart the newest one this run published; and the run its manifests record."""
+    import torch.distributed as dist
 
-    resume = plan["recipe"]["train"]["resume"]
-    if resume == "none":
-        return None
-    if resume != "auto":
-        return resume
-    latest = latest_checkpoint(plan["output_dir"])
-    return str(latest) if latest else None
+    from launcher.checkpoint.resume import restart_checkpoint, run_identity
+
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    choice = [restart_checkpoint(plan) if restarted else plan.get("resume_from"), run_identity(plan)]
+    if dist.is_available() and dist.is_initialized():  # nodes > 0 plan without launch's choice
+        dist.broadcast_object_list(choice, src=0)
+    if rank == 0 and restarted and choice[0]:
+        print(f"[launcher] restart: resuming from {choice[0]}", flush=True)
+    return choice[0], choice[1]
 
 
 def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
@@ -174,7 +177,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     from launcher.checkpoint.atomic import AtomicCheckpoints  # checkpoint-N appears only when complete
     from launcher.checkpoint.model_save import save_from_live_tensors
 
-    AtomicCheckpoints(plan["output_dir"], recipe["train"]["save_total_limit"], rank).install(trainer)
+    resume_from, run_record = resume_checkpoint(plan, rank)
+    AtomicCheckpoints(plan["output_dir"], recipe["train"]["save_total_limit"], rank, run_record).install(trainer)
     save_from_live_tensors(trainer, plan)
     if rank == 0:
         print(f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
@@ -185,7 +189,7 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
                   "(real tokens / row capacity)", flush=True)
             if tensorboard is not None:  # fixed for the run: one point, at step 0
                 writer.add_scalar("data/packing_efficiency", summary["packing_efficiency"], 0)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(plan))
+    trainer.train(resume_from_checkpoint=resume_from)
     if guard.stopped:
         from launcher.monitoring.health import TrainingStopped
 

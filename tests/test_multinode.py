@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launcher.checkpoint.manifest import read_manifests
 from launcher.cli import main as launch_main
 from launcher.plan import node_plan_file
 from tests.conftest import ROOT, free_port, run_launch
@@ -105,6 +107,55 @@ def test_two_agents_with_node_ranks_equal_one_node(reference, tmp_path):
     assert f"plan: {plan1}" in logs[1], "node 1 reads its own node-local plan copy"
     assert not Path(plan1).exists(), "node 1 removes its plan copy after the run"
     _assert_same_adapter(out, reference)
+    # one disk: node 0 alone publishes (node 1 saw node 0's mark), its manifest covers both nodes' files
+    for step in (3, 6):
+        assert [m["nodes"] for m in read_manifests(out / f"checkpoint-{step}")] == [[0, 1]]
+
+
+def _node_files(checkpoint: Path) -> tuple[list[str], list[str]]:
+    """(manifest names, ZeRO shard files) of a published checkpoint on one node's disk."""
+    return (sorted(p.name for p in checkpoint.glob("launcher-manifest-node*.json")),
+            sorted(p.name for p in (checkpoint / "global_step6").glob("zero_pp_rank_*")))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace (unshare --mount) needs root")
+def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_path):
+    """Node 1 runs in its own mount namespace with another folder bind-mounted at output.dir, as on a
+    machine without the shared file system: each node publishes and rotates (save_total_limit=1) its own
+    ranks' files; gathered into one folder, they consolidate and resume."""
+    out, disk1, port = tmp_path / "run", tmp_path / "node1-disk", free_port()
+    out.mkdir()
+    disk1.mkdir()
+    args = [TINY, f"output.dir={out}", f"distributed.master_port={port}", "distributed.master_addr=127.0.0.1",
+            *TWO_NODES, *SMALL, "train.save_total_limit=1"]
+    own_disk = ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
+                str(disk1), str(out), sys.executable, "-m", "launcher.cli"]
+    node1 = subprocess.Popen([*own_disk, *args, "--node-rank", "1"], cwd=ROOT, stdout=open(tmp_path / "node1.log", "w"),
+                             stderr=subprocess.STDOUT)
+    node0 = _popen_launch([*args, "--node-rank", "0"], tmp_path / "node0.log")
+    codes = [node0.wait(timeout=600), node1.wait(timeout=600)]
+    logs = {k: (tmp_path / f"node{k}.log").read_text() for k in (0, 1)}
+    assert codes == [0, 0], logs[0][-4000:] + "\n----- node 1\n" + logs[1][-4000:]
+    for disk, rank in ((out, 0), (disk1, 1)):
+        assert sorted(p.name for p in disk.glob("checkpoint-*")) == ["checkpoint-6"], f"node {rank} rotation"
+        assert not (disk / "tmp-checkpoints").exists()
+        manifests, shards = _node_files(disk / "checkpoint-6")
+        assert manifests == [f"launcher-manifest-node{rank}.json"]
+        assert shards == [f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"]
+    single = [TINY, "distributed.nproc_per_node=2", *SMALL]
+    partial = run_launch([*single, f"output.dir={tmp_path / 'partial'}", f"train.resume={out / 'checkpoint-6'}"])
+    assert partial.returncode == 2 and "node(s) [1] published theirs on their own disks" in partial.stderr
+
+    gathered = tmp_path / "gathered" / "checkpoint-6"
+    shutil.copytree(out / "checkpoint-6", gathered)
+    shutil.copytree(disk1 / "checkpoint-6", gathered, dirs_exist_ok=True)
+    consolidated = run_launch(["consolidate", str(gathered), "--out", str(tmp_path / "adapter")])
+    assert consolidated.returncode == 0, consolidated.stderr[-3000:]
+    _assert_same_adapter(tmp_path / "adapter", out)
+    resumed = run_launch([*single, f"output.dir={tmp_path / 'resumed'}", f"distributed.master_port={free_port()}",
+                          f"train.resume={gathered}"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    _assert_same_adapter(tmp_path / "resumed", reference)
 
 
 def _hostfile(tmp_path: Path, text: str) -> Path:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from launcher.checkpoint.manifest import MANIFEST_GLOB
+
 STAGING_DIR = "tmp-checkpoints"  # inside output.dir: checkpoints being written (see atomic.py)
 # a ppo run's model: the policy (a PEFT model) and a value head beside it (stages/ppo.py)
 POLICY_PREFIX, VALUE_HEAD_PREFIX = "policy.", "v_head."
@@ -18,13 +20,14 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every complete checkpoint-N in output_dir, oldest first.
 
     A checkpoint-N is complete by construction (written under tmp-checkpoints/ and renamed when
-    every rank has finished); trainer_state.json, written last by the Trainer, is also required
-    so that a folder from an older, non-atomic run is never trusted half-written.
+    every rank has finished); it also needs trainer_state.json, written last by the Trainer, so a
+    folder from an older, non-atomic run is never trusted half-written, or a launcher manifest
+    (a node other than 0 without a shared file system publishes only its own ranks' files).
     """
     steps = []
     for path in Path(output_dir).glob("checkpoint-*"):
         suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+        if suffix.isdigit() and ((path / "trainer_state.json").is_file() or any(path.glob(MANIFEST_GLOB))):
             steps.append((int(suffix), path))
     return sorted(steps)
 

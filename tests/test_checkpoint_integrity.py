@@ -1,0 +1,121 @@
+"""Resume loads only intact checkpoints this launcher wrote, of this recipe: a damaged newest
+checkpoint is named (train.resume: <dir>) or skipped for the newest intact one (auto), a checkpoint
+of another recipe is refused, and a planted malicious pickle never runs, unless the recipe says
+train.trust_checkpoint: true for a checkpoint without a launcher manifest. Every refusal comes
+from `launch` before any rank starts. Copies of the session's ZeRO-3 LoRA run are damaged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from launcher.builtin import materialize
+from launcher.checkpoint.manifest import read_manifests, verify
+from tests.conftest import LORA_ZERO3_RUN, free_port, run_launch
+from tests.test_resume import _assert_same_run
+
+STEP6 = Path("checkpoint-6")
+MODEL_STATES = STEP6 / "global_step6" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+OPTIM_STATES = STEP6 / "global_step6" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+
+
+class Planted:
+    """Unpickling this runs `touch MARKER`: what a planted *_model_states.pt can do on every rank."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _plant(path: Path, marker: Path) -> None:
+    torch.save(Planted(marker), path)
+
+
+@pytest.fixture()
+def run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of the finished 6-step run (checkpoints 3 and 6), free to damage."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run(*LORA_ZERO3_RUN), out)
+    return out
+
+
+def _launch(out: Path, *overrides: str):
+    return run_launch(["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}",
+                       *LORA_ZERO3_RUN, *overrides])
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("damage,problem", [(_flip_a_byte, "does not match its sha256"), (_truncate, "bytes, the manifest says")])
+def test_damaged_checkpoint_is_named_before_launch(run_copy, damage, problem):
+    damage(run_copy / OPTIM_STATES)
+    before = _listing(run_copy)
+    proc = _launch(run_copy, f"train.resume={run_copy / STEP6}")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert str(run_copy / OPTIM_STATES) in proc.stderr and problem in proc.stderr and "Fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _listing(run_copy) == before, "nothing may start or change before the refusal"
+
+
+def test_auto_skips_a_planted_pickle_for_the_newest_intact_checkpoint(run_copy, tiny_run, tmp_path):
+    """The old resume loaded checkpoint-6's pickles and ran the planted one on rank 0; now auto says
+    checkpoint-6 is damaged, resumes checkpoint-3, and ends where an uninterrupted run ends."""
+    marker = tmp_path / "pwned"
+    _plant(run_copy / MODEL_STATES, marker)
+    proc = _launch(run_copy)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert f"checkpoint-6 is damaged ({run_copy / MODEL_STATES} has" in proc.stdout  # its size differs
+    assert "falling back to checkpoint-3, the newest intact checkpoint" in proc.stdout
+    assert f"resuming from {run_copy / 'checkpoint-3'}" in proc.stdout
+    assert not marker.exists(), "the planted pickle ran"
+    _assert_same_run(run_copy, tiny_run(*LORA_ZERO3_RUN), "adapter_model.safetensors")
+    verify(run_copy / STEP6, read_manifests(run_copy / STEP6), say=lambda line: None)  # republished, intact
+
+
+@pytest.mark.parametrize("override,key", [("method.rank=4", "method.rank"), ("method.target=[q_proj]", "method.target"),
+                                          ("method={name: full}", "method.name"), ("model.path", "model.path")])
+def test_checkpoint_of_another_recipe_is_refused_before_launch(run_copy, override, key):
+    if override == "model.path":  # another model folder (the same weights, as a local dir)
+        override = f"model.path={materialize('builtin:tiny-qwen2')}"
+    before = _listing(run_copy)
+    proc = _launch(run_copy, override)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{run_copy / STEP6} was written with {key}" in proc.stderr and "Fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr and _listing(run_copy) == before
+
+
+def test_checkpoint_without_a_launcher_manifest_needs_trust(run_copy, tmp_path):
+    """A checkpoint from elsewhere (no manifest) with a planted pickle: refused, the pickle never runs;
+    train.trust_checkpoint=true hands it to DeepSpeed, and the pickle does run: the refusal is what saved us."""
+    checkpoint, marker = run_copy / STEP6, tmp_path / "pwned"
+    for manifest in checkpoint.glob("launcher-manifest-node*.json"):
+        manifest.unlink()
+    _plant(run_copy / MODEL_STATES, marker)
+    fresh = tmp_path / "fresh"
+    proc = _launch(fresh, f"train.resume={checkpoint}")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{checkpoint} has no checksum manifest" in proc.stderr and "train.trust_checkpoint=true" in proc.stderr
+    assert not marker.exists() and not fresh.exists()
+
+    trusted = _launch(fresh, f"train.resume={checkpoint}", "train.trust_checkpoint=true")
+    assert "resuming" in trusted.stdout and "unverified" in trusted.stdout
+    assert marker.exists(), "with trust the checkpoint is loaded as before (the planted pickle runs)"
+    assert trusted.returncode != 0
