@@ -107,7 +107,7 @@ def hostfile_hosts(dist: dict, path: Path, include: str | None, exclude: str | N
     if dist["nproc_per_node"] not in ("auto", slots):
         raise RecipeError(f"distributed.nproc_per_node = {dist['nproc_per_node']} but the hostfile gives slots={slots}. "
                           "Fix: distributed.nproc_per_node=auto (take the slots) or change the hostfile")
-    if dist["nnodes"] != len(hosts):
+    if dist["nnodes"] is not None and dist["nnodes"] != len(hosts):
         raise RecipeError(f"distributed.nnodes = {dist['nnodes']} but distributed.hostfile {path} selects {len(hosts)} "
                           f"host(s) ({listing(h.name for h in hosts)}). Fix: distributed.nnodes={len(hosts)}, "
                           "or choose hosts with --include/--exclude")

@@ -34,6 +34,11 @@ def this_node_rank(cli_rank: int | None, plan: dict) -> int:
     if hostfile is not None and rank != 0:
         raise RecipeError(f"{source} {rank} with distributed.hostfile: a hostfile run is started once, on its first "
                           "host, which starts the other nodes over ssh. Fix: run it on the first host without a node rank")
+    if nnodes == 1 and rank > 0 and hostfile is None:  # a node rank alone: the other two keys are missing
+        raise RecipeError(f"{source} {rank} makes this one node of several, but the recipe has one node. Fix: also set "
+                          "distributed.nnodes (how many nodes) and distributed.master_addr (node 0's address), e.g. "
+                          f"`launch RECIPE distributed.nnodes={rank + 1} distributed.master_addr=<node-0 address> "
+                          f"--node-rank {rank}`")
     if not 0 <= rank < nnodes:
         raise RecipeError(f"{source} {rank} is outside 0..{nnodes - 1} (distributed.nnodes = {nnodes})")
     return rank

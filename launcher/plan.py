@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from launcher.memory import fit_refusal, format_memory, model_shape, pick_auto
 from launcher.planfile import plan_copies_dir, private_dir, write_new
 from launcher.preflight import check as check_preflight
 from launcher.recipe import RecipeError, combination_error
+from launcher.schema import DEFAULT_MASTER_PORT
 
 PLAN_VERSION = 1
 DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"  # package data: a wheel carries it
@@ -87,6 +89,18 @@ def model_hidden_size(model_path: str) -> int | None:
         return config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
     shape, _ = model_shape(model_path)  # the memory planner's table of common hub models
     return shape.hidden if shape else None
+
+
+def master_port(port: int | str, nnodes: int) -> int:
+    """distributed.master_port: auto is a port free now on a single node (as torchrun --standalone picks one),
+    the fixed default on several nodes, which must agree on it without talking first."""
+    if port != "auto":
+        return port
+    if nnodes > 1:
+        return DEFAULT_MASTER_PORT
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def _fill_auto(node, values: dict, path: str = ""):
@@ -389,7 +403,8 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
     elif include or exclude:
         raise RecipeError("--include/--exclude select hostfile hosts, but distributed.hostfile is not set. "
                           "Fix: set distributed.hostfile, or drop the option")
-    nnodes = dist["nnodes"]
+    nnodes = dist["nnodes"] if dist["nnodes"] is not None else len(hosts)  # None: the hostfile's hosts
+    recipe = {**recipe, "distributed": {**dist, "nnodes": nnodes}}
     master_addr = dist["master_addr"] or (hosts[0].name if hosts else None)
     if nnodes > 1 and master_addr is None:
         raise RecipeError(f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
@@ -402,7 +417,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         "backend": "nccl" if on_gpu else "gloo",
         "gpus": gpus["names"],
         "master_addr": master_addr or "127.0.0.1",
-        "master_port": dist["master_port"],
+        "master_port": master_port(dist["master_port"], nnodes),
     }
     recipe, memory = _memory_plan(recipe, world, gpus, dtype)
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan

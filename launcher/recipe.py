@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,8 @@ def _selector(raw: dict, selector: str) -> Any:
     return value if value is not None else SCHEMA[section][name].default
 
 
-def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: dict[str, str], full_raw: dict) -> dict:
+def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: dict[str, str], full_raw: dict,
+                      dropped: dict[str, list[str]]) -> dict:
     """Resolve one mapping: refuse unknown keys and keys of another method, fill defaults."""
     section_key = prefix.rstrip(".")
     if not isinstance(raw, dict):
@@ -216,6 +218,9 @@ def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: di
             selector, allowed = spec.only_for
             active = _selector(full_raw, selector)
             if active not in allowed:
+                if name in raw and _switched_by_override(origins, selector, dotted):
+                    dropped.setdefault(f"{selector}={active}", []).append(dotted)
+                    continue
                 if name in raw:
                     need = " or ".join(f"{selector}: {a}" for a in allowed)
                     raise RecipeError(
@@ -230,7 +235,7 @@ def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: di
                     raise RecipeError(f"{where}: {dotted} is required")
                 resolved[name] = None
             else:
-                resolved[name] = _validate_section(value, spec.fields, dotted + ".", origins, full_raw)
+                resolved[name] = _validate_section(value, spec.fields, dotted + ".", origins, full_raw, dropped)
         else:
             resolved[name] = _coerce(dotted, spec, copy.deepcopy(value), where)
     return resolved
@@ -370,22 +375,61 @@ def combination_error(recipe: dict) -> str | None:
     return None
 
 
+def _note(line: str) -> None:
+    """One line about a value the loader changed for the user (stderr: stdout may be a plan or schema)."""
+    print(f"[launch] {line}", file=sys.stderr, flush=True)
+
+
+def _switched_by_override(origins: dict[str, str], selector: str, dotted: str) -> bool:
+    """The method (or stage) was changed on the command line and the key belongs to the recipe file's
+    own choice: switching `method.name=freeze` on a LoRA recipe drops its LoRA keys instead of refusing."""
+    return origins.get(selector, "").startswith("override") and not origins.get(dotted, "").startswith("override")
+
+
+def _expand_shorthands(raw: dict, origins: dict[str, str]) -> None:
+    """method.name: qlora is LoRA over a 4-bit base (model.quantization's defaults unless the recipe sets it)."""
+    method = raw.get("method")
+    if isinstance(method, dict) and method.get("name") == "qlora":
+        method["name"] = "lora"
+        model = raw.setdefault("model", {}) if isinstance(raw.get("model", {}), dict) else None
+        if model is not None and model.get("quantization") is None:
+            model["quantization"] = {}
+            origins.setdefault("model.quantization", _where(origins, "method.name"))
+
+
+def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
+    """Defaults that follow from another key the user set: plain DDP means ZeRO off; one node without a hostfile."""
+    dist = resolved["distributed"]
+    if dist["engine"] == "ddp" and dist["zero"] != 0 and (
+            "distributed.zero" not in origins or _switched_by_override(origins, "distributed.engine", "distributed.zero")):
+        if "distributed.zero" in origins:
+            _note(f"distributed.engine=ddp (override): distributed.zero {dist['zero']} of the recipe -> 0 (plain DDP)")
+        dist["zero"] = 0
+    if dist["nnodes"] is None and dist["hostfile"] is None:  # with a hostfile the planner counts its hosts
+        dist["nnodes"] = 1
+
+
 def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> dict:
     """Validate a raw recipe mapping and return it fully resolved (every key present)."""
-    resolved = {}
+    _expand_shorthands(raw, origins)
+    resolved, dropped = {}, {}
     for name in raw:
         if name not in SCHEMA:
             raise RecipeError(f"{_where(origins, name)}: unknown section {name}.{_suggest(name)}")
     for name, spec in SCHEMA.items():
         value = raw.get(name)
         if isinstance(spec, dict):
-            resolved[name] = _validate_section({} if value is None else value, spec, name + ".", origins, raw)
+            resolved[name] = _validate_section({} if value is None else value, spec, name + ".", origins, raw, dropped)
         elif spec.kind == "section":
-            resolved[name] = None if value is None else _validate_section(value, spec.fields, name + ".", origins, raw)
+            resolved[name] = None if value is None else _validate_section(value, spec.fields, name + ".", origins, raw,
+                                                                          dropped)
         else:
             resolved[name] = _coerce(name, spec, spec.default if value is None else value, _where(origins, name))
     if resolved["output"]["dir"] is None:
         resolved["output"]["dir"] = default_output
+    for switch, keys in dropped.items():  # one line per switch, e.g. method.name=freeze on a LoRA recipe
+        _note(f"{switch} (override): dropped the recipe's {', '.join(keys)}, which only apply to another choice")
+    _implied_defaults(resolved, origins)
     _check_combinations(resolved, origins)
     return resolved
 

@@ -39,6 +39,7 @@ class Key:
     guess: bool = True
 
 
+DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "orpo", "ppo")
 METHODS = ("full", "freeze", "lora", "prefix")
 TEMPLATES = ("auto", "qwen2", "llama3", "chatglm3", "alpaca", "empty")
@@ -81,7 +82,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "stage": Key("str", "sft", "training stage", choices=STAGES),
     "method": {
-        "name": Key("str", "lora", "fine-tuning method", choices=METHODS),
+        "name": Key("str", "lora", "fine-tuning method; qlora = lora over a 4-bit base (model.quantization's defaults)",
+                     choices=METHODS),
         "rank": Key("int", 8, "LoRA rank", low=1, only_for=LORA),
         "alpha": Key("float", 16, "LoRA alpha (scaling = alpha / rank)", low=0, low_inclusive=False, only_for=LORA),
         "dropout": Key("float", 0.0, "LoRA dropout", low=0, high=1, high_inclusive=False, only_for=LORA),
@@ -180,10 +182,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "the device (fits: no); by default training refuses such a plan, `launch plan` shows it"),
         "launcher": Key("str", "torchrun", "process launcher", choices=("torchrun", "accelerate", "deepspeed")),
         "nproc_per_node": Key("int", "auto", "processes per node: auto = visible GPUs, else 2 CPU processes", literals=("auto",), low=1),
-        "nnodes": Key("int", 1, "number of nodes", low=1),
+        "nnodes": Key("int", None, "number of nodes (default: the hostfile's selected hosts, else 1)", nullable=True, low=1),
         "hostfile": Key("str", None, "DeepSpeed-format hostfile (host slots=N per line)", nullable=True),
         "master_addr": Key("str", None, "address of node 0 (required for nnodes > 1)", nullable=True),
-        "master_port": Key("int", 29500, "rendezvous port on node 0", low=1, high=65535),
+        "master_port": Key("int", "auto", "rendezvous port on node 0; auto = a free port on a single node (as "
+                              f"torchrun --standalone), {DEFAULT_MASTER_PORT} for several nodes", literals=("auto",),
+                              low=1, high=65535),
         "max_restarts": Key("int", 0, "torchrun restarts of the whole worker group", low=0),
         "timeout_minutes": Key("int", 30, "timeout of every collective and rendezvous", low=1),
         "env_forward": Key("str_list", [], "environment variables copied from the launching shell to the nodes started over ssh (hostfile), e.g. [NCCL_SOCKET_IFNAME]"),

@@ -44,7 +44,6 @@ BAD_OVERRIDES = [
     (["method.rank=0"], "method.rank"),
     (["method.dropout=1"], "method.dropout"),
     (["method.variant=lokr"], "method.variant"),
-    (["method.name=full"], "method.rank"),                  # lora keys with another method
     (["method.name=freeze", "method.rank=4"], "method.rank"),
     (["method.name=lora", "method.num_virtual_tokens=8"], "method.num_virtual_tokens"),
     (["model.quantization.bits=3"], "model.quantization.bits"),
@@ -60,7 +59,6 @@ BAD_OVERRIDES = [
     (["distributed.zero=4"], "distributed.zero"),
     (["distributed.engine=horovod"], "distributed.engine"),
     (["distributed.launcher=mpirun"], "distributed.launcher"),
-    (["distributed.engine=ddp"], "distributed.zero"),        # ZeRO without DeepSpeed
     (["distributed.offload=all", "distributed.zero=2"], "distributed.offload"),
     (["distributed.offload=optimizer", "distributed.zero=0"], "distributed.offload"),
     (["distributed.offload=optimizer", "train.optimizer=adafactor"], "train.optimizer"),

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from launcher.recipe import RecipeError
-from launcher.schema import SCHEMA
+from launcher.schema import DEFAULT_MASTER_PORT, SCHEMA
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_.,+-]+")  # partition, account, job name
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+%-]+")  # #SBATCH --output: sbatch splits on spaces, expands no quotes
@@ -95,10 +95,10 @@ def slurm_from_distributed(dist: dict) -> dict:
 def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path: str, cwd: str) -> str:
     """The sbatch script for a recipe; without a slurm section, nodes and GPUs come from distributed."""
     dist = recipe["distributed"]
-    slurm = recipe["slurm"] or slurm_from_distributed(dist)
     if dist["hostfile"] is not None:
         raise RecipeError("distributed.hostfile and launch sbatch both choose the nodes. Fix: drop distributed.hostfile "
                           "(SLURM allocates the nodes)")
+    slurm = recipe["slurm"] or slurm_from_distributed(dist)
     if dist["nnodes"] not in (1, slurm["nodes"]):
         raise RecipeError(f"distributed.nnodes = {dist['nnodes']} but slurm.nodes = {slurm['nodes']}. "
                           f"Fix: slurm.nodes={dist['nnodes']} (distributed.nnodes may stay 1: it follows the allocation)")
@@ -114,6 +114,8 @@ def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path:
     options.append(f"--time={_check('slurm.time', slurm['time'], TIME, 'write e.g. 24:00:00 or 2-00:00:00')}")
     options.append(f"--output={_check('job log', log_path, SAFE_PATH, 'pass --script PATH without spaces or quotes')}")
     options += [_extra_line(item) for item in slurm["extra"]]
+    port = dist["master_port"] if dist["master_port"] != "auto" else (
+        DEFAULT_MASTER_PORT if slurm["nodes"] > 1 else "a free port")
     launch = [sys.executable, "-m", "launcher.cli", "train", str(Path(recipe_file).resolve()), *overrides]
     master = ' "distributed.master_addr=${MASTER_ADDR}"' if dist["master_addr"] is None else ""
     lines = [
@@ -123,7 +125,7 @@ def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path:
         "set -eu",
         "# rendezvous: the job's first node, a fixed port (distributed.master_port)",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        f"echo \"[launch] SLURM job $SLURM_JOB_ID: $SLURM_NNODES node(s), master $MASTER_ADDR:{dist['master_port']}\"",
+        f"echo \"[launch] SLURM job $SLURM_JOB_ID: $SLURM_NNODES node(s), master $MASTER_ADDR:{port}\"",
         f"cd {shlex.quote(cwd)}",
         "# one task per node; each `launch` takes its node rank from SLURM_NODEID and starts that node's torchrun agent",
         f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {shlex.join(launch)}{master}",
