@@ -40,9 +40,28 @@ class Sampling:
         return kwargs
 
 
-def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code: bool = False):
-    """(model, tokenizer) on CPU/GPU in eval mode; the adapter is loaded with PEFT. Damaged or
-    missing adapter and model files are refused (CheckpointError) before anything loads."""
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def chat_dtype(requested: str, adapter: str | None, on_gpu: bool) -> str:
+    """--dtype: auto = the dtype the adapter's run trained in (its plan.json), else bf16 on a GPU, fp32 on CPU."""
+    if requested not in DTYPES:
+        raise ChatError(f"--dtype {requested}: not one of {', '.join(DTYPES)}")
+    if requested == "fp16" and not on_gpu:
+        raise ChatError("--dtype fp16 needs a CUDA GPU and none is visible. Fix: --dtype bf16 or fp32 on CPU")
+    if requested != "auto":
+        return requested
+    plan = Path(adapter) / "plan.json" if adapter else None
+    if plan is not None and plan.is_file():
+        trained = read_json(plan).get("dtype")
+        if trained in DTYPES[1:] and (on_gpu or trained != "fp16"):
+            return trained
+    return "bf16" if on_gpu else "fp32"
+
+
+def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto"):
+    """(model, tokenizer) on the GPU when there is one, in eval mode, in `dtype` (chat_dtype); the adapter is
+    loaded with PEFT. Damaged or missing adapter and model files are refused (CheckpointError) before anything loads."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,7 +74,10 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
         read_json(Path(model_dir) / "config.json")
         safetensors_files(Path(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(adapter or model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    on_gpu = torch.cuda.is_available()
+    dtype = chat_dtype(dtype, adapter, on_gpu)
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if adapter:
         from peft import PeftModel
 
@@ -65,8 +87,10 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
             detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(".")
             raise CheckpointError(f"adapter {adapter} does not fit the model {model_path}: {detail}. "
                                   "Fix: pass the base model the adapter was trained on") from None
-    if torch.cuda.is_available():
+    if on_gpu:
         model = model.cuda()
+    print(f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype} on {'cuda' if on_gpu else 'cpu'}",
+          file=sys.stderr, flush=True)
     return model.eval(), tokenizer
 
 
@@ -183,12 +207,13 @@ def interactive(model, tokenizer, sampling: Sampling) -> None:
 
 
 def chat(model_path: str, adapter: str | None, prompts: list[str], sampling: Sampling,
-         trust_remote_code: bool = False, input_file: str | None = None, output_file: str | None = None) -> None:
+         trust_remote_code: bool = False, input_file: str | None = None, output_file: str | None = None,
+         dtype: str = "auto") -> None:
     """Answer --prompt messages, a batch file, a terminal conversation, or one prompt per stdin line."""
     if (input_file is None) != (output_file is None):
         raise ChatError("--input and --output go together: rows in, predictions out")
     requests = read_requests(Path(input_file)) if input_file else None  # bad rows refused before loading the model
-    model, tokenizer = load_for_chat(model_path, adapter, trust_remote_code)
+    model, tokenizer = load_for_chat(model_path, adapter, trust_remote_code, dtype)
     if sampling.seed is not None:
         from transformers import set_seed
 

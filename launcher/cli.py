@@ -199,6 +199,8 @@ def cmd_chat(argv: list[str]) -> int:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                        help="auto: the adapter's training dtype (its plan.json), else bf16 on a GPU, fp32 on CPU")
     args = parser.parse_args(argv)
     from launcher.chat import ChatError, Sampling, chat
     from launcher.checkpoint.inputs import CheckpointError
@@ -211,7 +213,7 @@ def cmd_chat(argv: list[str]) -> int:
 
     try:
         sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)
-        chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output)
+        chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output, args.dtype)
     except (ChatError, CheckpointError) as err:
         print(f"launch chat: error: {err}", file=sys.stderr)
         return 2
