@@ -142,7 +142,7 @@ def test_plan_names_the_kernels_and_why(capsys):
     (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
     (["train.loss_kernel=liger"], "train.loss_kernel = 'liger' needs a CUDA GPU"),
     (["stage=dpo", "data.datasets=[demo_pref]", "train.loss_kernel=chunked"], "train.loss_kernel = 'chunked' applies to stages pt/sft"),
-    (["method={name: prefix}", "train.gradient_checkpointing=false", "train.compile=true"], "train.compile = true does not work with method.name: prefix"),
+    (["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2", "train.compile=true"], "train.compile = true does not work with method.name: prefix"),
 ])
 def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
     code, out = _plan(capsys, *overrides)
@@ -152,7 +152,7 @@ def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
 def _recipe(**sections) -> dict:
     from launcher.recipe import resolve
 
-    return resolve(sections, {})
+    return resolve({"model": {"path": "builtin:tiny-qwen2"}, **sections}, {})
 
 
 def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():

@@ -172,7 +172,7 @@ def test_pissa_adapter_is_saved_as_plain_lora_over_the_original_base(tmp_path, w
     trained model (residual base + trained PiSSA weights from DeepSpeed's checkpoint) when loaded
     over the untouched original base. Tolerance: W_res + BA and W + B'A' round differently in fp32."""
     out, _ = _run(tmp_path, "pissa", ["method.variant=pissa", f"distributed.zero={PISSA_ZERO}"])
-    _check_adapter(out, trains=r"\.lora_[AB]\.default\.weight$", atol=1e-5)
+    _check_adapter(out, trains=r"\.lora_[AB]\.default\.weight$", atol=2e-5)  # 1e-5: one logit in 16k was 1.04e-5 off on another CPU
     config = json.loads((out / "adapter_config.json").read_text())
     recipe = _recipe(out)
     assert (config["r"], config["lora_alpha"]) == (2 * recipe["method"]["rank"], 2 * recipe["method"]["alpha"])
