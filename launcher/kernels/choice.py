@@ -19,17 +19,23 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def _require_cuda_package(setting: str, on_gpu: bool, module: str, package: str, pip_name: str, why: str,
+                          cpu_fix: str, missing_fix: str) -> None:
+    """Refuse a CUDA-only kernel without a GPU, or without the optional package that provides it."""
+    if not on_gpu:
+        raise ValueError(f"{setting} needs a CUDA GPU{why} and none is visible. Fix: {cpu_fix}")
+    if not installed(module):
+        raise ValueError(f"{setting} needs {package}, which is not installed. "
+                         f"Fix: pip install '.[gpu]' (or pip install {pip_name}), or {missing_fix}")
+
+
 def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
     """(attn_implementation, why). Raises ValueError (the message names the fix) for a kernel
     that cannot run here."""
     attn, neat = recipe["model"]["attn"], recipe["data"]["packing"] == "neat"
     if attn == "flash_attention_2":
-        if not on_gpu:
-            raise ValueError("model.attn = 'flash_attention_2' needs a CUDA GPU and none is visible. "
-                             "Fix: model.attn=auto (or sdpa / flex_attention)")
-        if not installed("flash_attn"):
-            raise ValueError("model.attn = 'flash_attention_2' needs the flash-attn package, which is not installed. "
-                             "Fix: pip install '.[gpu]' (or pip install flash-attn), or model.attn=auto")
+        _require_cuda_package("model.attn = 'flash_attention_2'", on_gpu, "flash_attn", "the flash-attn package",
+                              "flash-attn", "", "model.attn=auto (or sdpa / flex_attention)", "model.attn=auto")
         return attn, "chosen in the recipe" + (": padding-free packed rows, varlen kernel" if neat else "")
     if attn == "flex_attention":
         if not on_gpu:  # torch raises "FlexAttention does not support backward on CPU" at the first step
@@ -67,12 +73,9 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
         raise ValueError(f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
                          "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto")
     if kernel == "liger":
-        if not on_gpu:
-            raise ValueError("train.loss_kernel = 'liger' needs a CUDA GPU (its kernels are Triton) and none is visible. "
-                             "Fix: train.loss_kernel=chunked (pure torch, any device)")
-        if not installed("liger_kernel"):
-            raise ValueError("train.loss_kernel = 'liger' needs liger-kernel, which is not installed. "
-                             "Fix: pip install '.[gpu]' (or pip install liger-kernel), or train.loss_kernel=chunked")
+        _require_cuda_package("train.loss_kernel = 'liger'", on_gpu, "liger_kernel", "liger-kernel", "liger-kernel",
+                              " (its kernels are Triton)", "train.loss_kernel=chunked (pure torch, any device)",
+                              "train.loss_kernel=chunked")
         return kernel, "chosen in the recipe: liger-kernel's fused linear cross-entropy"
     if kernel in ("plain", "chunked"):
         return kernel, "chosen in the recipe"
