@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from launcher.plan import node_plan_file
-from tests.conftest import ROOT, free_port
-from tests.services import sshd  # noqa: F401  (fixture)
+from tests.conftest import ROOT, free_port, run_launch
+from tests.services import slurm, sshd  # noqa: F401  (fixtures)
 
 TINY = "recipes/sft_tiny.yaml"
 # a run that would train for hours: small steps, no scheduled checkpoint, a step logged each time
@@ -33,10 +33,11 @@ def _start(out: Path, log: Path, *overrides: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def _wait_for_steps(proc: subprocess.Popen, log: Path, steps: int = 2, timeout: float = 600) -> None:
+def _wait_for_steps(proc: subprocess.Popen | None, log: Path, steps: int = 2, timeout: float = 600) -> None:
+    """Until `log` shows `steps` training steps; `proc` (when we started it) must not end before."""
     deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count("[train] step ") < steps:
-        assert proc.poll() is None, f"the run ended before training:\n{log.read_text()[-4000:]}"
+    while not log.exists() or log.read_text(errors="replace").count("[train] step ") < steps:
+        assert proc is None or proc.poll() is None, f"the run ended before training:\n{log.read_text()[-4000:]}"
         assert time.monotonic() < deadline, f"no training step within {timeout} s:\n{log.read_text()[-4000:]}"
         time.sleep(0.2)
 
@@ -118,6 +119,33 @@ def test_kill_9_of_launch_stops_a_hostfile_run(sshd, tmp_path, warm):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_kill_9_of_launch_inside_a_slurm_job_leaves_no_process(slurm, tmp_path, warm):
+    """`launch sbatch --submit`: the job's `launch` (the srun task) killed with -9, its engine and
+    ranks must go too, whatever SLURM's process tracking does with the step."""
+    out, script = tmp_path / "run", tmp_path / "job.sbatch"
+    proc = run_launch(["sbatch", TINY, f"output.dir={out}", f"distributed.master_port={free_port()}",
+                       "distributed.nproc_per_node=2", "slurm={nodes: 1, gpus_per_node: 0}", *ENDLESS,
+                       "--script", str(script), "--submit"], env=slurm.env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = proc.stdout.strip().splitlines()[-1]
+    log = tmp_path / f"job-{job}.out"
+    try:
+        _wait_for_steps(None, log)
+        job_launch = [p for p in psutil.process_iter() if p.name().startswith("python")  # not srun's own line
+                      and "launcher.cli train" in _cmdline(p) and str(out) in _cmdline(p)]
+        assert len(job_launch) == 1, [_cmdline(p)[:200] for p in job_launch]
+        tree = job_launch[0].children(recursive=True)
+        assert len([p for p in tree if "launcher.worker" in _cmdline(p)]) >= 2, [_cmdline(p)[:120] for p in tree]
+        job_launch[0].kill()
+        left = _survivors(tree, out, STOP_BOUND)
+        for p in tree:
+            if p.is_running():
+                p.kill()
+        assert not left, f"alive {STOP_BOUND} s after kill -9 of the job's launch:\n" + "\n".join(left)
+    finally:
+        subprocess.run(["scancel", job], env=slurm.env, timeout=30)
 
 
 def test_sigterm_stops_within_10_s_with_a_checkpoint_that_resumes(tmp_path, warm):
