@@ -1,5 +1,7 @@
 """trainer_log.jsonl and loss.png in output.dir, rewritten at each checkpoint save and at the
-end (rank 0), so a run can be read without TensorBoard."""
+end (rank 0), so a run can be read without TensorBoard. A run stopped before its last step
+(SIGTERM, NaN guard) writes the log but not the plot: plotting takes seconds on a busy CPU and
+the stop must be quick; the resumed run redraws it."""
 
 from __future__ import annotations
 
@@ -54,13 +56,13 @@ class HistoryCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.write()
+            self.write(plot=not _stopping_early(state, control))
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.write()
+            self.write(plot=not _stopping_early(state, control))
 
-    def write(self) -> None:
+    def write(self, plot: bool) -> None:
         """Both files through a temporary name: a reader never sees half a file."""
         if len(self.records) == self.written:  # plotting is seconds on a busy CPU: not for nothing
             return
@@ -69,7 +71,13 @@ class HistoryCallback(TrainerCallback):
         temporary = self.dir / f".{LOG_FILE}.tmp"
         temporary.write_text("".join(json.dumps(record) + "\n" for record in self.records))
         os.replace(temporary, self.dir / LOG_FILE)
-        plot_losses(self.records, self.dir / PLOT_FILE)
+        if plot:
+            plot_losses(self.records, self.dir / PLOT_FILE)
+
+
+def _stopping_early(state, control) -> bool:
+    """The loop is leaving before its last step: a stop (SIGTERM, the NaN guard), not the run's end."""
+    return control.should_training_stop and state.global_step < state.max_steps
 
 
 def plot_losses(records: list[dict], path: Path) -> None:
