@@ -27,6 +27,7 @@ from launcher.memory import estimate as estimate_memory
 from launcher.memory import fit_refusal, format_memory, model_shape, pick_auto
 from launcher.planfile import plan_copies_dir, private_dir, write_new
 from launcher.preflight import check as check_preflight
+from launcher.preflight import format_model_source, model_source
 from launcher.recipe import RecipeError, combination_error
 from launcher.schema import DEFAULT_MASTER_PORT
 
@@ -431,6 +432,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         "recipe_file": recipe_file,
         "pending": pending,
         "recipe": copy.deepcopy(recipe),
+        "model": model_source(recipe),
         "world": world,
         "dtype": dtype,
         "batch": {
@@ -462,7 +464,7 @@ def format_plan(plan: dict) -> str:
              f"precision: {plan['dtype']}",
              f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
              f"x world {world['world_size']} = global {plan['batch']['global_batch_size']}",
-             f"output: {plan['output_dir']}", "",
+             f"output: {plan['output_dir']}", format_model_source(plan["model"]), "",
              "# deepspeed config" if plan["deepspeed"] else "# deepspeed: off (plain DDP)"]
     if plan["deepspeed"]:
         lines.append(json.dumps(plan["deepspeed"], indent=2))

@@ -66,6 +66,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "attn": Key("str", "auto", "attention kernel: auto = the fastest this device and the installed packages allow "
                                    "(`launch plan` says which and why); flex_attention and flash_attention_2 run neat "
                                    "packing padding-free", choices=("auto", "eager", "sdpa", "flex_attention", "flash_attention_2")),
+        "hub": Key("str", "huggingface", "where a hub id in model.path comes from: huggingface (the local HF cache, "
+                                         "else fetched once before the ranks start) or modelscope (needs the modelscope "
+                                         "package); `launch download` fetches it ahead for offline runs",
+                   choices=("huggingface", "modelscope")),
         "trust_remote_code": Key("bool", False, "run the model repository's own code (only when you trust it)"),
         "adapter": Key("str", None, "PEFT LoRA adapter dir of an earlier stage (output.dir of its run) to keep training "
                                     "in this stage; its own rank/alpha/targets apply (method.name: lora). To start a new "
