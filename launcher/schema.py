@@ -180,6 +180,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),
         "zero": Key("int", 3, "ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting", choices=(0, 1, 2, 3), literals=("auto",)),
         "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
+        "deepspeed_config": Key("str", None, "your own DeepSpeed JSON instead of the bundled ones (as LLaMA-Factory and "
+                                "the HF Trainer take): its \"auto\" values are filled from the recipe (batch sizes, "
+                                "clipping, bf16/fp16, optimizer lr/weight decay; the scheduler's step counts by the "
+                                "Trainer), its stage/offload set distributed.zero/offload; an explicit value that "
+                                "contradicts the recipe is refused. Relative to the current folder; `launch plan` "
+                                "shows the result", nullable=True),
         "device_memory_gb": Key("float", None, "memory per device (GiB) for the planner's fit check; default: detected "
                                 "(nvidia-smi, or host RAM / processes per node on CPU)", nullable=True, low=0, low_inclusive=False),
         "force_memory": Key("bool", False, "train even when the memory planner estimates that the plan does not fit "

@@ -157,3 +157,27 @@ def test_download_of_a_builtin_or_a_recipe_on_it_has_nothing_to_fetch():
         proc = run_launch(["download", target], timeout=60, env=offline())
         assert proc.returncode == 0, proc.stderr
         assert "builtin:tiny-qwen2 is embedded in the launcher: nothing to download" in proc.stdout
+
+
+def test_a_cached_hub_id_trains_offline_under_a_users_deepspeed_json(tmp_path, warm):
+    """The one real run of both points: 2 ranks load the hub id from the cache with the network off, under the
+    user's ZeRO-2 JSON (its stage adopted, its scheduler's step counts filled by the Trainer)."""
+    from launcher.checkpoint.paths import zero_shard_ranks
+    from tests.conftest import free_port
+    from tests.test_ds_user_config import recipe_without_zero, write_json
+
+    cache, out = hub_cache(tmp_path), tmp_path / "run"
+    ds = write_json(tmp_path, {
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
+                                                          "warmup_num_steps": "auto", "total_num_steps": "auto"}}})
+    proc = run_launch([recipe_without_zero(tmp_path), f"model.path={HUB_ID}", f"distributed.deepspeed_config={ds}",
+                       f"output.dir={out}", f"distributed.master_port={free_port()}", "train.max_steps=2",
+                       "train.save_steps=2", "train.logging_steps=1"], timeout=600, env=offline(cache))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["env"]["HF_HUB_OFFLINE"] == "1" and plan["deepspeed"]["zero_optimization"] == {"stage": 2}
+    step = out / "checkpoint-2"
+    assert zero_shard_ranks(step) == 2 and not list(step.glob("global_step2/zero_pp_rank_*_model_states.pt"))  # ZeRO-2
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_ID
