@@ -141,3 +141,11 @@ def test_an_auto_nothing_fills_and_the_ddp_engine_are_refused(tmp_path):
              "Fix: write a value there")
     _refused([TINY, f"distributed.deepspeed_config={ds}", "distributed.engine=ddp"],
              "distributed.engine = 'ddp' with distributed.deepspeed_config", "Fix: distributed.engine: deepspeed")
+
+
+def test_a_json_without_zero_optimization_is_zero_0_as_in_deepspeed(tmp_path):
+    ds = write_json(tmp_path, {k: v for k, v in FULL_AUTO.items() if k not in ("zero_optimization", "optimizer")})
+    proc = run_launch(["plan", recipe_without_zero(tmp_path), f"distributed.deepspeed_config={ds}"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "zero_optimization" not in plan_deepspeed(proc.stdout)[1]
+    assert "  zero: 0\n" in proc.stdout.split("# world")[0] and "distributed.zero: 0 from" in proc.stderr
