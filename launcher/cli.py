@@ -1,5 +1,5 @@
 """`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge,
-import-lf, eval (= predict), serve.
+import-lf, eval (= predict), serve, download.
 
 Recipe errors exit with code 2 and one message before any process starts. Heavy imports
 (torch, transformers) happen only inside the verbs that need them.
@@ -84,6 +84,7 @@ def cmd_train(argv: list[str]) -> int:
     from launcher.nodes import discard_plan_copy, preflight, this_node_rank
     from launcher.output_dir import start_run
     from launcher.plan import write_plan
+    from launcher.preflight import ensure_model
 
     plan = _plan_from_args(args)
     if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
@@ -91,6 +92,7 @@ def cmd_train(argv: list[str]) -> int:
     node_rank = this_node_rank(args.node_rank, plan)
     replace = _check_output_dir(plan) if node_rank == 0 else False
     preflight(plan, node_rank)  # port, hosts: before any process starts
+    ensure_model(plan)  # a hub id: in the cache, fetched now by this process, or refused offline
     if node_rank == 0:  # every check passed: only now is a previous run replaced and plan.json written
         start_run(plan["output_dir"], replace)
         write_plan(plan)
@@ -358,9 +360,22 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def cmd_download(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch download", description="fetch a model into the local hub cache, for offline runs")
+    parser.add_argument("model", help="hub id (e.g. Qwen/Qwen2-7B-Instruct), or a recipe whose model.path to fetch")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    parser.add_argument("--cache-dir", default=None, help="cache folder (default: HF_HUB_CACHE, else ~/.cache/huggingface/hub)")
+    parser.add_argument("--hub", default=None, choices=("huggingface", "modelscope"), help="default: the recipe's model.hub, else huggingface")
+    args = parser.parse_args(argv)
+    from launcher.hub import fetch
+
+    print(fetch(args.model, args.hub, args.revision, args.cache_dir), flush=True)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "sbatch": cmd_sbatch, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
             "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf,
-            "serve": cmd_serve, "eval": cmd_eval, "predict": cmd_eval}
+            "serve": cmd_serve, "eval": cmd_eval, "predict": cmd_eval, "download": cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:

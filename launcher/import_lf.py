@@ -145,21 +145,19 @@ def _deepspeed(value: Any, lf: dict, base: Path | None = None) -> dict:
     if base is not None and not path.is_absolute():
         path = base / path
     if path.is_file():
+        from launcher.ds_user_config import zero_and_offload
+
         try:
-            zero = json.loads(path.read_text()).get("zero_optimization", {})
+            stage, offload = zero_and_offload(json.loads(path.read_text()))
         except (json.JSONDecodeError, OSError) as err:
             raise Unmapped(f"deepspeed {value}: not readable JSON ({err})") from None
-        stage = int(zero.get("stage", 0))
-        offload_param = (zero.get("offload_param") or {}).get("device", "none") not in ("none", None)
-        offload_opt = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
     else:
         match = DS_STAGE.search(path.name)
         if not match:
             raise Unmapped(f"deepspeed {value}: no such file and its name does not say the ZeRO stage; "
                            "set distributed.zero and distributed.offload")
         stage, offload_opt = int(match.group(1)), "offload" in path.name
-        offload_param = offload_opt and stage == 3
-    offload = "all" if offload_param and stage == 3 else "optimizer" if offload_opt else "none"
+        offload = "all" if offload_opt and stage == 3 else "optimizer" if offload_opt else "none"
     return {"distributed.engine": "deepspeed", "distributed.zero": stage, "distributed.offload": offload}
 
 

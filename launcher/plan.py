@@ -22,11 +22,13 @@ from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.registry import DataError, resolve_dataset
+from launcher.ds_user_config import RUNTIME_AUTO, describe, user_template
 from launcher.kernels.choice import format_kernels, kernel_plan
 from launcher.memory import estimate as estimate_memory
 from launcher.memory import fit_refusal, format_memory, model_shape, pick_auto
 from launcher.planfile import plan_copies_dir, private_dir, write_new
 from launcher.preflight import check as check_preflight
+from launcher.preflight import format_model_source, model_source
 from launcher.recipe import RecipeError, combination_error
 from launcher.schema import DEFAULT_MASTER_PORT
 
@@ -108,6 +110,8 @@ def _fill_auto(node, values: dict, path: str = ""):
     if isinstance(node, dict):
         return {k: _fill_auto(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
     if node == "auto":
+        if path in RUNTIME_AUTO:  # the Trainer fills it once it knows the number of steps
+            return node
         if path not in values:
             raise KeyError(f"no value for DeepSpeed auto field {path}")
         return values[path]
@@ -119,8 +123,6 @@ def deepspeed_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) ->
     dist, train = recipe["distributed"], recipe["train"]
     if dist["engine"] != "deepspeed":
         return None
-    name = f"zero{dist['zero']}" + ("" if dist["offload"] == "none" else f"_offload_{dist['offload']}")
-    template = json.loads((DS_CONFIG_DIR / f"{name}.json").read_text())
     hidden = model_hidden_size(recipe["model"]["path"])
     values = {
         "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * world_size,
@@ -137,14 +139,22 @@ def deepspeed_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) ->
         "optimizer.params.betas": [0.9, 0.999],
         "optimizer.params.eps": 1e-8,
         "optimizer.params.weight_decay": train["weight_decay"],
+        "zero_optimization.stage": dist["zero"],
+        "scheduler.params.warmup_min_lr": 0,
+        "scheduler.params.warmup_max_lr": train["lr"],
     }
+    if dist["deepspeed_config"]:  # the user's own JSON: its explicit values checked against the recipe
+        template = user_template(dist["deepspeed_config"], values)
+    else:
+        name = f"zero{dist['zero']}" + ("" if dist["offload"] == "none" else f"_offload_{dist['offload']}")
+        template = json.loads((DS_CONFIG_DIR / f"{name}.json").read_text())
     config = _fill_auto(template, values)
     if not on_gpu:  # pinned host memory needs CUDA
         for part in ("offload_optimizer", "offload_param"):
-            if part in config["zero_optimization"]:
+            if part in config.get("zero_optimization", {}):
                 config["zero_optimization"][part]["pin_memory"] = False
     if dtype != "fp16":
-        config.pop("fp16")
+        config.pop("fp16", None)
     return config
 
 
@@ -431,6 +441,7 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         "recipe_file": recipe_file,
         "pending": pending,
         "recipe": copy.deepcopy(recipe),
+        "model": model_source(recipe),
         "world": world,
         "dtype": dtype,
         "batch": {
@@ -462,8 +473,8 @@ def format_plan(plan: dict) -> str:
              f"precision: {plan['dtype']}",
              f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
              f"x world {world['world_size']} = global {plan['batch']['global_batch_size']}",
-             f"output: {plan['output_dir']}", "",
-             "# deepspeed config" if plan["deepspeed"] else "# deepspeed: off (plain DDP)"]
+             f"output: {plan['output_dir']}", format_model_source(plan["model"]), "",
+             describe(plan) if plan["deepspeed"] else "# deepspeed: off (plain DDP)"]
     if plan["deepspeed"]:
         lines.append(json.dumps(plan["deepspeed"], indent=2))
     dist = plan["recipe"]["distributed"]

@@ -3,7 +3,9 @@ so a run that every rank would refuse 10-100 s in is refused before any process 
 
 The rules are the ones the worker applies (module_names.py for methods, data/rows.py for datasets),
 called here on what can be read without loading the model: its config.json and safetensors headers,
-and each dataset up to its first usable row. A hub model is only checked by the worker.
+and each dataset up to its first usable row. A hub id is looked up in the local hub cache (hub.py):
+`launch plan` says whether it is there; `launch` (ensure_model) fetches it once, before the ranks start,
+or refuses offline with the `launch download` command. docs/models.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from launcher.data.formats import to_example, to_text
 from launcher.data.registry import DataError, resolve_dataset
 from launcher.data.rows import STAGE_KINDS, dataset_items
 from launcher.data.templates import template_refusal
+from launcher.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
 from launcher.module_names import freeze_error, layer_list, lora_targets_error, missing_modules_error, parameter_shapes
 from launcher.recipe import RecipeError
 
@@ -37,6 +40,69 @@ def check_model_path(recipe: dict) -> None:
     if not (Path(path) / "config.json").is_file():
         raise RecipeError(f"model.path = {path!r}: no config.json there, so it is no model folder. Fix: point it at "
                           "the folder that holds config.json and the weights (e.g. a `launch merge --out` folder)")
+    missing = missing_files(Path(path))
+    if missing:
+        raise RecipeError(f"model.path = {path!r} lacks {', '.join(missing)}, which every rank loads. Fix: copy them "
+                          "into that folder (a `launch merge --out` folder has all), or point model.path at a complete one")
+
+
+def model_source(recipe: dict) -> dict:
+    """Where the ranks will read model.path from, for the plan: {"path", "hub", "folder", "missing"}. A hub id's
+    folder is its snapshot in the local cache (None: not there); missing lists what a cached snapshot lacks."""
+    model = recipe["model"]
+    source = {"path": model["path"], "hub": None, "folder": None, "missing": []}
+    if is_builtin(model["path"]) or _is_local(model["path"]):
+        return source
+    source["hub"] = model["hub"]
+    if model["hub"] == "huggingface":
+        folder = hf_cached(model["path"])
+        if folder is not None:
+            source.update(folder=str(folder), missing=missing_files(folder))
+    return source
+
+
+def format_model_source(source: dict) -> str:
+    """The plan's line about the model's files."""
+    if source["hub"] is None:
+        return f"model: {source['path']} ({'embedded' if is_builtin(source['path']) else 'local folder'})"
+    command = download_command(source["path"], source["hub"])
+    if source["folder"] and not source["missing"]:
+        return f"model: {source['path']} in the local hub cache: {source['folder']}"
+    state = (f"in the local hub cache at {source['folder']} without {', '.join(source['missing'])}" if source["folder"]
+             else f"not in the local {source['hub']} cache")
+    return (f"model: {source['path']} {state}: `launch` fetches it once before the ranks start; offline "
+            f"(HF_HUB_OFFLINE=1, no network) it refuses: run `{command}` first")
+
+
+def ensure_model(plan: dict) -> None:
+    """`launch`, before any process starts: a hub id the plan did not find complete in the cache is fetched now,
+    by this one process (a progress bar per file), or refused offline with the `launch download` command.
+    Then the ranks load it from the cache with HF_HUB_OFFLINE=1: none of them touches the network."""
+    source = plan["model"]
+    if source["hub"] is None:
+        return
+    path, command = source["path"], download_command(source["path"], source["hub"])
+    if source["hub"] == "modelscope":
+        refusal = modelscope_missing("model.hub")
+        if refusal:
+            raise RecipeError(refusal)
+        plan["model_dir"] = str(download(path, "modelscope"))  # ModelScope's cache is no HF cache: the ranks read the folder
+        return
+    if not source["folder"] or source["missing"]:
+        state = f"lacks {', '.join(source['missing'])} in {source['folder']}" if source["folder"] else "is not in the local hub cache"
+        if hf_offline():
+            raise RecipeError(f"model.path = {path!r} {state}, and HF_HUB_OFFLINE is set, so no rank could load it. "
+                              f"Fix: run `{command}` (where there is network), then launch again; or point model.path "
+                              "at a local model folder")
+        print(f"[launch] model.path = {path!r} {state}: fetching it once, before the ranks start", flush=True)
+        folder = download(path)
+        missing = missing_files(folder)
+        if missing:
+            raise RecipeError(f"model.path = {path!r}: the hub repo has no {', '.join(missing)} ({folder}), so no "
+                              "rank could load it. Fix: point model.path at a repo with a complete model")
+        source.update(folder=str(folder), missing=[])
+    if not plan["nodes"][0].get("host"):  # a hostfile's other nodes read their own cache: they may still need the hub
+        plan["env"]["HF_HUB_OFFLINE"] = "1"
 
 
 def check_template(recipe: dict) -> None:

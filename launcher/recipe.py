@@ -399,6 +399,10 @@ def _expand_shorthands(raw: dict, origins: dict[str, str]) -> None:
 
 def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
     """Defaults that follow from another key the user set: plain DDP means ZeRO off; one node without a hostfile."""
+    from launcher.ds_user_config import adopt_zero  # a user's DeepSpeed JSON decides ZeRO where the recipe does not
+
+    for line in adopt_zero(resolved, origins, lambda key: _where(origins, key)):
+        _note(line)
     dist = resolved["distributed"]
     if dist["engine"] == "ddp" and dist["zero"] != 0 and (
             "distributed.zero" not in origins or _switched_by_override(origins, "distributed.engine", "distributed.zero")):

@@ -66,6 +66,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "attn": Key("str", "auto", "attention kernel: auto = the fastest this device and the installed packages allow "
                                    "(`launch plan` says which and why); flex_attention and flash_attention_2 run neat "
                                    "packing padding-free", choices=("auto", "eager", "sdpa", "flex_attention", "flash_attention_2")),
+        "hub": Key("str", "huggingface", "where a hub id in model.path comes from: huggingface (the local HF cache, "
+                                         "else fetched once before the ranks start) or modelscope (needs the modelscope "
+                                         "package); `launch download` fetches it ahead for offline runs",
+                   choices=("huggingface", "modelscope")),
         "trust_remote_code": Key("bool", False, "run the model repository's own code (only when you trust it)"),
         "adapter": Key("str", None, "PEFT LoRA adapter dir of an earlier stage (output.dir of its run) to keep training "
                                     "in this stage; its own rank/alpha/targets apply (method.name: lora). To start a new "
@@ -176,6 +180,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),
         "zero": Key("int", 3, "ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting", choices=(0, 1, 2, 3), literals=("auto",)),
         "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
+        "deepspeed_config": Key("str", None, "your own DeepSpeed JSON instead of the bundled ones (as LLaMA-Factory and "
+                                "the HF Trainer take): its \"auto\" values are filled from the recipe (batch sizes, "
+                                "clipping, bf16/fp16, optimizer lr/weight decay; the scheduler's step counts by the "
+                                "Trainer), its stage/offload set distributed.zero/offload; an explicit value that "
+                                "contradicts the recipe is refused. Relative to the current folder; `launch plan` "
+                                "shows the result", nullable=True),
         "device_memory_gb": Key("float", None, "memory per device (GiB) for the planner's fit check; default: detected "
                                 "(nvidia-smi, or host RAM / processes per node on CPU)", nullable=True, low=0, low_inclusive=False),
         "force_memory": Key("bool", False, "train even when the memory planner estimates that the plan does not fit "

@@ -122,7 +122,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
 
     recipe = plan["recipe"]
     rank = int(os.environ.get("RANK", "0"))
-    model_dir = local_model_path(recipe["model"]["path"])  # before DeepSpeed is configured: builds on one device
+    # before DeepSpeed is configured: builds on one device; model_dir: a ModelScope download (preflight.ensure_model)
+    model_dir = plan.get("model_dir") or local_model_path(recipe["model"]["path"])
     isolate_restart_attempt(plan)  # torchrun restarts (distributed.max_restarts): fresh rendezvous keys
     args = training_arguments(plan)  # must precede model loading (ZeRO-3 zero.Init)
     _ = args.device  # sets up the process group now, so zero.Init sees the real world size

@@ -22,7 +22,7 @@ def ops_for(plan: dict) -> list[str]:
     if plan["world"]["device"] != "cpu" or plan["deepspeed"] is None:
         return []
     ops = ["ShareMemCommBuilder"]
-    if "offload_optimizer" in plan["deepspeed"]["zero_optimization"]:
+    if "offload_optimizer" in plan["deepspeed"].get("zero_optimization", {}):  # a user's JSON may have none
         ops.append("CPUAdamBuilder")
     return ops
 

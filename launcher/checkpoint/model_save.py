@@ -14,7 +14,7 @@ from __future__ import annotations
 
 def save_from_live_tensors(trainer, plan: dict) -> None:
     """Replace trainer.save_model (also used for checkpoints) in DeepSpeed ZeRO-0/1/2 runs."""
-    if plan["deepspeed"] is None or plan["deepspeed"]["zero_optimization"]["stage"] == 3:
+    if plan["deepspeed"] is None or plan["recipe"]["distributed"]["zero"] == 3:  # the user's JSON's stage too (ds_user_config)
         return
 
     def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -1,0 +1,131 @@
+"""A user's own DeepSpeed JSON (`distributed.deepspeed_config`), as LLaMA-Factory and the HF Trainer take one.
+
+Its ZeRO stage and offload become the recipe's distributed.zero / distributed.offload where the recipe does not
+set them (recipe.py, at load); plan.py fills its "auto" values from the recipe exactly as it fills the bundled
+ds_configs/ templates, except the scheduler's step counts, which only the Trainer knows (it fills them at run
+time). An explicit JSON value that contradicts the recipe is refused naming both: the Trainer would refuse the
+mismatch inside every rank. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from launcher.recipe import RecipeError
+
+KEY = "distributed.deepspeed_config"
+# "auto" values the HF Trainer fills once it knows the number of training steps (trainer_config_finalize)
+RUNTIME_AUTO = ("scheduler.params.total_num_steps", "scheduler.params.warmup_num_steps")
+# JSON fields that restate a recipe key: an explicit value there must agree with the recipe
+RECIPE_FIELDS = {
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "train_batch_size": "train.micro_batch_size x train.grad_accum x world size",
+    "gradient_clipping": "train.max_grad_norm",
+    "bf16.enabled": "model.dtype",
+    "fp16.enabled": "model.dtype",
+    "optimizer.params.lr": "train.lr",
+    "optimizer.params.weight_decay": "train.weight_decay",
+    "scheduler.params.warmup_max_lr": "train.lr",
+}
+
+
+def read(path: str) -> dict:
+    """The JSON object in path; an unreadable or invalid file is refused naming it (and the line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise RecipeError(f"{KEY} = {path!r}: cannot read it ({why}). Fix: point it at a DeepSpeed JSON file "
+                          "(relative paths start at the current folder)") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}), named by {KEY}. "
+                          "Fix: correct the JSON there (no comments or trailing commas)") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"{path}: a DeepSpeed config is a JSON object, this is a {type(config).__name__} ({KEY}). "
+                          "Fix: {\"zero_optimization\": {\"stage\": 2}, ...}")
+    return config
+
+
+def zero_and_offload(config: dict) -> tuple[int | str, str]:
+    """A DeepSpeed config's ZeRO stage (0 without zero_optimization, as DeepSpeed; may be "auto") and the
+    recipe's offload value for it: all (parameters and optimizer, ZeRO-3), optimizer, or none."""
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    stage = stage if stage == "auto" else int(stage)
+
+    def offloaded(part: str) -> bool:
+        return (zero.get(part) or {}).get("device", "none") not in ("none", None)
+
+    if offloaded("offload_param") and stage == 3:
+        return stage, "all"
+    return stage, "optimizer" if offloaded("offload_optimizer") else "none"
+
+
+def adopt_zero(resolved: dict, origins: dict[str, str], where) -> list[str]:
+    """At recipe load: the JSON's stage and offload become distributed.zero / offload where the recipe left them
+    at their defaults; set to something else they are refused. Returns the notes to print."""
+    dist = resolved["distributed"]
+    path = dist["deepspeed_config"]
+    if path is None:
+        return []
+    if dist["engine"] != "deepspeed":
+        raise RecipeError(f"{where('distributed.engine')}: distributed.engine = {dist['engine']!r} with {KEY} = "
+                          f"{path!r}: a DeepSpeed config needs the DeepSpeed engine. Fix: distributed.engine: deepspeed, "
+                          f"or drop {KEY}")
+    stage, offload = zero_and_offload(read(path))
+    notes = []
+    for key, theirs in (("distributed.zero", stage), ("distributed.offload", offload)):
+        name, ours = key.split(".")[1], dist[key.split(".")[1]]
+        if theirs == "auto" or ours == theirs:
+            continue
+        if key in origins:
+            field = "zero_optimization.stage" if name == "zero" else "zero_optimization's offload sections"
+            raise RecipeError(f"{where(key)}: {key} = {ours!r}, but {path} says {field}: {theirs!r}. Fix: drop "
+                              f"{key} from the recipe (the JSON decides), set it to {theirs!r}, or change the JSON")
+        dist[name] = theirs
+        notes.append(f"{key}: {theirs} from {path}")
+    return notes
+
+
+def _walk(node, path: str = ""):
+    """(dotted path, value) of every leaf of a JSON object."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}" if path else key)
+    else:
+        yield path, node
+
+
+def user_template(path: str, values: dict) -> dict:
+    """The user's JSON as plan.py's template: every explicit value that restates a recipe key must equal the
+    recipe's (values: what plan.py fills "auto" with), and every "auto" must be one the recipe or the Trainer fills."""
+    config = read(path)
+    for field, value in _walk(config):
+        if value == "auto":
+            if field not in values and field not in RUNTIME_AUTO:
+                raise RecipeError(f"{path}: {field} is \"auto\", which neither the recipe nor the Trainer fills "
+                                  f"({KEY}). Fix: write a value there")
+        elif field in RECIPE_FIELDS and field in values and value != values[field]:
+            raise RecipeError(f"{path}: {field} = {json.dumps(value)}, but the recipe's {RECIPE_FIELDS[field]} makes it "
+                              f"{json.dumps(values[field])} ({KEY}). Fix: set {RECIPE_FIELDS[field]} to match, or write "
+                              f"\"auto\" there in the JSON (filled from the recipe)")
+    return config
+
+
+def runtime_autos(config: dict) -> list[str]:
+    """The "auto" values left in a resolved config for the Trainer to fill at run time."""
+    return [field for field, value in _walk(config) if value == "auto"]
+
+
+def describe(plan: dict) -> str:
+    """`launch plan`'s heading of the DeepSpeed config: which file, and what is left for the Trainer."""
+    path = plan["recipe"]["distributed"]["deepspeed_config"]
+    if path is None:
+        return "# deepspeed config"
+    left = runtime_autos(plan["deepspeed"])
+    return (f"# deepspeed config: {path}, \"auto\" filled from the recipe"
+            + (f"; left \"auto\" for the Trainer (known once it counts the steps): {', '.join(left)}" if left else ""))
