@@ -2,7 +2,7 @@
 garbage or missing checkpoint file, broken JSON, a base of the wrong shape. Each is refused with
 exit 2 and one message naming the file, never a library traceback; no --out is left behind (the
 output is staged beside it and renamed when whole), and the same command with the file restored
-succeeds. The inputs are copies of real runs' checkpoints (tests/conftest.py tiny_run)."""
+succeeds (checked once per verb and where the failure comes mid-write). The inputs are copies of real runs' checkpoints (tests/conftest.py tiny_run)."""
 
 from __future__ import annotations
 
@@ -86,36 +86,38 @@ def _assert_refused(proc: subprocess.CompletedProcess, named: str, out: Path) ->
     assert not list(out.parent.glob(f"{out.name}.partial-*")), "a refused command left its staging folder behind"
 
 
-# (verb, damaged input, file inside it, damage)
+# (verb, damaged input, file inside it, damage, retry): the retry (same command, file restored) runs
+# once per verb and where the failure comes after the output was begun; the refusal runs for all
 CASES = [
-    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_optim_states.pt", truncate),
-    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_0_mp_rank_00_optim_states.pt", garbage),
-    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_model_states.pt", remove),
-    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_model_states.pt", truncate),
-    ("consolidate-lora", "lora_ckpt", "adapter_config.json", bad_json),
-    ("consolidate-full", "full_ckpt", f"{STEP}/mp_rank_00_model_states.pt", remove),
+    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_optim_states.pt", truncate, True),
+    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_0_mp_rank_00_optim_states.pt", garbage, False),
+    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_model_states.pt", remove, False),
+    ("consolidate-lora", "lora_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_model_states.pt", truncate, False),
+    ("consolidate-lora", "lora_ckpt", "adapter_config.json", bad_json, False),
+    ("consolidate-full", "full_ckpt", f"{STEP}/mp_rank_00_model_states.pt", remove, False),
     # rank 1's shard is first read while the model is being written: the staging folder must go
-    ("consolidate-full", "full_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_optim_states.pt", truncate),
-    ("merge", "adapter", "adapter_config.json", remove),
-    ("merge", "adapter", "adapter_config.json", bad_json),
-    ("merge", "adapter", "adapter_model.safetensors", truncate),
-    ("merge", "adapter", "adapter_model.safetensors", garbage),
-    ("merge", "adapter", "adapter_model.safetensors", remove),
-    ("merge", "base", "model.safetensors", truncate),
-    ("merge", "base", "config.json", bad_json),
-    ("merge", "sharded_base", "model-00002-of-00004.safetensors", remove),
-    ("merge", "sharded_base", "model.safetensors.index.json", bad_json),
-    ("chat", "adapter", "adapter_config.json", remove),
-    ("chat", "adapter", "adapter_config.json", bad_json),
-    ("chat", "adapter", "adapter_model.safetensors", truncate),
-    ("chat", "base", "model.safetensors", garbage),
-    ("chat", "sharded_base", "model-00002-of-00004.safetensors", remove),
+    ("consolidate-full", "full_ckpt", f"{STEP}/zero_pp_rank_1_mp_rank_00_optim_states.pt", truncate, True),
+    ("merge", "adapter", "adapter_config.json", remove, False),
+    ("merge", "adapter", "adapter_config.json", bad_json, False),
+    ("merge", "adapter", "adapter_model.safetensors", truncate, True),
+    ("merge", "adapter", "adapter_model.safetensors", garbage, False),
+    ("merge", "adapter", "adapter_model.safetensors", remove, False),
+    ("merge", "base", "model.safetensors", truncate, False),
+    ("merge", "base", "config.json", bad_json, False),
+    ("merge", "sharded_base", "model-00002-of-00004.safetensors", remove, True),
+    ("merge", "sharded_base", "model.safetensors.index.json", bad_json, False),
+    ("chat", "adapter", "adapter_config.json", remove, True),
+    ("chat", "adapter", "adapter_config.json", bad_json, False),
+    ("chat", "adapter", "adapter_model.safetensors", truncate, False),
+    ("chat", "base", "model.safetensors", garbage, False),
+    ("chat", "sharded_base", "model-00002-of-00004.safetensors", remove, False),
 ]
 
 
-@pytest.mark.parametrize("verb, damaged, file, damage", CASES,
-                         ids=[f"{v}-{d.__name__}-{Path(f).name}" for v, _, f, d in CASES])
-def test_a_damaged_file_is_refused_by_name_and_the_retry_succeeds(sources, tmp_path, verb, damaged, file, damage):
+@pytest.mark.parametrize("verb, damaged, file, damage, retry", CASES,
+                         ids=[f"{v}-{d.__name__}-{Path(f).name}" for v, _, f, d, _ in CASES])
+def test_a_damaged_file_is_refused_by_name_and_a_retry_succeeds(sources, tmp_path, verb, damaged, file, damage,
+                                                                   retry):
     inputs = dict(sources)
     inputs[damaged] = tmp_path / damaged
     shutil.copytree(sources[damaged], inputs[damaged])
@@ -126,7 +128,8 @@ def test_a_damaged_file_is_refused_by_name_and_the_retry_succeeds(sources, tmp_p
     damage(inputs[damaged] / file)
     out = tmp_path / "out"
     _assert_refused(run_launch(_command(verb, inputs, out, base)), Path(file).name, out)
-
+    if not retry:
+        return
     shutil.copy2(sources[damaged] / file, inputs[damaged] / file)  # the retry, same command, file restored
     proc = run_launch(_command(verb, inputs, out, base))
     assert proc.returncode == 0, proc.stderr[-3000:]
