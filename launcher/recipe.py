@@ -168,7 +168,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
             raise fail("expected a non-empty string", f"write e.g. {key}: {spec.default or 'value'}")
         out = spec.aliases.get(value, value)
     elif kind == "str_list":
-        items = [value] if isinstance(value, str) else value
+        items = ([part.strip() for part in value.split(",")] if spec.commas else [value]) if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
             raise fail("expected a list of non-empty strings", f"write e.g. {key}: [a, b]")
         if spec.choices:
@@ -359,10 +359,6 @@ def _check_stage(r: dict, origins: dict[str, str], refuse) -> None:
     if r["stage"] == "dpo" and train["pref_loss"] == "orpo" and train["pref_ftx"] > 0:
         refuse("train.pref_ftx", "train.pref_ftx cannot be added to train.pref_loss: orpo (ORPO's loss already holds the "
                                  "SFT term). Fix: remove train.pref_ftx")
-    if r["stage"] == "kto" and train["micro_batch_size"] < 2:
-        refuse("train.micro_batch_size", f"stage: kto needs train.micro_batch_size >= 2, got {train['micro_batch_size']} "
-                                         "(KTO estimates its KL term from the other completions of the same micro batch). "
-                                         "Fix: set train.micro_batch_size: 2 or more")
 
 
 def combination_error(recipe: dict) -> str | None:
