@@ -306,6 +306,10 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
     if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:
         refuse("train.eval_steps", "train.eval_steps is set but there is no evaluation data. "
                                    "Fix: set data.eval_datasets or data.val_size > 0, or remove train.eval_steps")
+    if r["train"]["eval_generate"] and (r["stage"] != "sft" or not r["data"]["eval_datasets"]):
+        refuse("train.eval_generate", f"train.eval_generate generates replies for data.eval_datasets in stage sft (got stage "
+                                      f"{r['stage']}, eval_datasets {r['data']['eval_datasets']}). Fix: set data.eval_datasets "
+                                      "(e.g. [demo_dev]) with stage: sft, or remove train.eval_generate")
     if not r["data"]["datasets"]:
         refuse("data.datasets", "data.datasets is empty. Fix: name at least one dataset, e.g. data.datasets: [demo_sft]")
     if "none" in r["output"]["report_to"] and len(r["output"]["report_to"]) > 1:

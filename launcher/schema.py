@@ -139,6 +139,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "save_steps": Key("int", 500, "checkpoint every N optimizer steps", low=1),
         "save_total_limit": Key("int", None, "keep only the newest N complete checkpoints (null = all)", nullable=True, low=1),
         "eval_steps": Key("int", None, "evaluate every N optimizer steps", nullable=True, low=1),
+        "eval_generate": Key("bool", False, "sft: at each evaluation also generate replies for data.eval_datasets (the eval section's settings) and log `launch eval`'s BLEU-4 / ROUGE as eval/bleu-4, eval/rouge-*"),
         "resume": Key("str", "auto", "auto (latest complete checkpoint in output.dir), none, or a checkpoint dir"),
         "trust_checkpoint": Key("bool", False, "resume a checkpoint that has no checksum manifest written by this launcher "
                                                "(its pickles run code when loaded: only one you know the origin of; "
@@ -173,6 +174,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "top_p": Key("float", 0.7, "`launch eval`: nucleus sampling mass (with do_sample)", low=0, high=1, low_inclusive=False),
         "top_k": Key("int", 50, "`launch eval`: sample among the k likeliest tokens (with do_sample)", low=1),
         "batch_size": Key("int", 8, "`launch eval`: prompts generated together per process", low=1),
+        "engine": Key("str", "auto", "`launch eval`: generate with transformers (hf) or vLLM (vllm; the LoRA adapter through LoRARequest); auto = vllm where it is installed and a GPU is visible, else hf", choices=("auto", "hf", "vllm")),
     },
     "distributed": {
         "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),

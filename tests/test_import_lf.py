@@ -38,7 +38,7 @@ EXPECTED = {
     "lora_rm": {"stage": "rm"},
     "lora_dpo": {"stage": "dpo", "train.pref_beta": 0.1, "train.pref_loss": "sigmoid"},
     "lora_orpo": {"stage": "orpo", "train.pref_beta": 0.1},
-    "lora_kto": {"stage": "kto", "train.kto_desirable_weight": 1.0, "train.micro_batch_size": 2},
+    "lora_kto": {"stage": "kto", "train.kto_desirable_weight": 1.0, "train.micro_batch_size": 1},
     "lora_ppo": {"stage": "ppo", "train.reward_model": "saves/tiny/lora/rm", "train.max_new_tokens": 32},
 }
 UNMAPPED = {"llama3_lora_sft": ["save_only_model", "per_device_eval_batch_size"], "freeze_sft": ["lora_rank"],
