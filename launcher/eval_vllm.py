@@ -53,8 +53,10 @@ def predict_vllm(model_path: str, adapter: str | None, trust_remote_code: bool, 
                             top_p=generation["top_p"] if sample else 1.0, top_k=generation["top_k"] if sample else -1,
                             seed=seed)
     tokenizer = llm.get_tokenizer()
-    # the same prompt text as chat.reply_batch renders (the chat template with the generation prompt)
-    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+    # the token ids chat.reply_batch feeds: the chat template with the generation prompt, encoded without added
+    # special tokens (a template that writes its BOS would get a second one from vLLM's own text encoding)
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+    prompts = [{"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]} for text in texts]
     request = LoRARequest("adapter", 1, str(Path(adapter).resolve())) if adapter else None
     outputs = llm.generate(prompts, params, lora_request=request)
     return [o.outputs[0].text for o in outputs], sum(len(o.outputs[0].token_ids) for o in outputs)
