@@ -5,6 +5,7 @@ The prompts are split over the plan's processes (row i to process i mod N, one G
 GPUs are visible); each process writes its shard's predictions, and this process gathers them
 in the original order, writes output/generated_predictions.jsonl (prompt, label, prediction, as
 LLaMA-Factory's predict does) and predict_results.json (predict_bleu-4, predict_rouge-*, speed).
+Generation is transformers' (chat.reply_batch) or vLLM's (eval.engine, eval_vllm.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Job:
     seed: int
 
 
-def _sampling(generation: dict):
+def generation_sampling(generation: dict):
     from launcher.chat import Sampling
 
     sample = generation["do_sample"]
@@ -45,10 +46,17 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
 
     from launcher.chat import load_for_chat, reply_batch
 
+    if job.generation["engine"] == "vllm":
+        from launcher.eval_vllm import predict_vllm
+
+        started = time.perf_counter()  # vLLM's engine start counts: it is part of generating with it
+        replies, tokens = predict_vllm(job.model, job.adapter, job.trust_remote_code, job.generation, job.seed,
+                                       conversations)
+        return replies, tokens, time.perf_counter() - started
     model, tokenizer = load_for_chat(job.model, job.adapter, job.trust_remote_code)
     set_seed(job.seed)
     started = time.perf_counter()
-    replies, tokens = reply_batch(model, tokenizer, conversations, _sampling(job.generation), job.generation["batch_size"])
+    replies, tokens = reply_batch(model, tokenizer, conversations, generation_sampling(job.generation), job.generation["batch_size"])
     return replies, tokens, time.perf_counter() - started
 
 
@@ -108,8 +116,13 @@ def _run_shards(job: Job, prompts: list[list[dict]], processes: int, work: Path,
 def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None,
              processes: int) -> dict:
     """Predict every eval row, score it; returns predict_results.json's content."""
+    from launcher.eval_vllm import choose_engine
     from launcher.metrics import similarity
 
+    try:
+        engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
+    except ValueError as err:
+        raise EvalError(str(err)) from None
     datasets = datasets or recipe["data"]["eval_datasets"]
     if not datasets:
         raise EvalError("no eval data: data.eval_datasets is empty. Fix: set data.eval_datasets (e.g. [demo_dev]) "
@@ -117,7 +130,7 @@ def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapte
     out = out or Path(recipe["output"]["dir"]) / "eval"
     rows = load_prompts(recipe, datasets)
     job = Job(model or recipe["model"]["path"], adapter if adapter is not None else _default_adapter(recipe),
-              recipe["model"]["trust_remote_code"], recipe["eval"], recipe["train"]["seed"])
+              recipe["model"]["trust_remote_code"], {**recipe["eval"], "engine": engine}, recipe["train"]["seed"])
     if job.adapter and not (Path(job.adapter) / "adapter_config.json").is_file():
         raise EvalError(f"--adapter {job.adapter}: no adapter_config.json there. Fix: pass a LoRA run's output.dir "
                         "or checkpoint-<step>, or --adapter '' to evaluate the model alone")
@@ -140,7 +153,7 @@ def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapte
                    predict_samples_per_second=round(len(rows) / runtime, 3),
                    generation_seconds=round(generating, 4), generated_tokens=tokens,
                    generation_tokens_per_second=round(tokens / max(generating, 1e-9), 3), processes=processes,
-                   model=job.model, adapter=job.adapter, datasets=datasets)
+                   engine=engine, model=job.model, adapter=job.adapter, datasets=datasets)
     (out / "predict_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results
 

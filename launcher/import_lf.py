@@ -52,6 +52,7 @@ LF_STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "
 LF_TEMPLATES = {"qwen": "qwen2", "qwen2": "qwen2", "llama3": "llama3", "chatglm3": "chatglm3", "alpaca": "alpaca",
                 "empty": "empty", "default": "auto"}
 LF_ATTN = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "sdpa"}
+LF_ENGINES = {"huggingface": "hf", "vllm": "vllm"}
 
 
 class Unmapped(Exception):
@@ -81,6 +82,12 @@ def _attn(value: Any, lf: dict) -> dict:
     if value not in LF_ATTN:
         raise Unmapped(f"flash_attn {value!r} is not one of {sorted(LF_ATTN)}")
     return {"model.attn": LF_ATTN[value]}
+
+
+def _engine(value: Any, lf: dict) -> dict:
+    if value not in LF_ENGINES:
+        raise Unmapped(f"infer_backend {value!r}: `launch eval` generates with {' or '.join(LF_ENGINES)} only")
+    return {"eval.engine": LF_ENGINES[value]}
 
 
 def _quantization(value: Any, lf: dict) -> dict:
@@ -260,6 +267,7 @@ LF_KEYS: dict[str, LFKey] = {
     "top_p": LFKey(("eval.top_p", "train.top_p"), _generation("top_p"), "train.* under stage ppo"),
     "temperature": LFKey(("eval.temperature", "train.temperature"), _generation("temperature"), "train.* under stage ppo"),
     "do_sample": LFKey(("eval.do_sample",)),
+    "infer_backend": LFKey(("eval.engine",), _engine, "huggingface -> hf"),
     "deepspeed": LFKey(("distributed.engine", "distributed.zero", "distributed.offload"), None,
                        "the JSON's zero_optimization stage and offload devices; absent -> engine: ddp"),
     "ddp_timeout": LFKey(("distributed.timeout_minutes",), _timeout, "seconds -> minutes"),

@@ -168,7 +168,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
             raise fail("expected a non-empty string", f"write e.g. {key}: {spec.default or 'value'}")
         out = spec.aliases.get(value, value)
     elif kind == "str_list":
-        items = [value] if isinstance(value, str) else value
+        items = ([part.strip() for part in value.split(",")] if spec.commas else [value]) if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
             raise fail("expected a list of non-empty strings", f"write e.g. {key}: [a, b]")
         if spec.choices:
@@ -306,6 +306,10 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
     if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:
         refuse("train.eval_steps", "train.eval_steps is set but there is no evaluation data. "
                                    "Fix: set data.eval_datasets or data.val_size > 0, or remove train.eval_steps")
+    if r["train"]["eval_generate"] and (r["stage"] != "sft" or not r["data"]["eval_datasets"]):
+        refuse("train.eval_generate", f"train.eval_generate generates replies for data.eval_datasets in stage sft (got stage "
+                                      f"{r['stage']}, eval_datasets {r['data']['eval_datasets']}). Fix: set data.eval_datasets "
+                                      "(e.g. [demo_dev]) with stage: sft, or remove train.eval_generate")
     if not r["data"]["datasets"]:
         refuse("data.datasets", "data.datasets is empty. Fix: name at least one dataset, e.g. data.datasets: [demo_sft]")
     if "none" in r["output"]["report_to"] and len(r["output"]["report_to"]) > 1:
@@ -359,10 +363,6 @@ def _check_stage(r: dict, origins: dict[str, str], refuse) -> None:
     if r["stage"] == "dpo" and train["pref_loss"] == "orpo" and train["pref_ftx"] > 0:
         refuse("train.pref_ftx", "train.pref_ftx cannot be added to train.pref_loss: orpo (ORPO's loss already holds the "
                                  "SFT term). Fix: remove train.pref_ftx")
-    if r["stage"] == "kto" and train["micro_batch_size"] < 2:
-        refuse("train.micro_batch_size", f"stage: kto needs train.micro_batch_size >= 2, got {train['micro_batch_size']} "
-                                         "(KTO estimates its KL term from the other completions of the same micro batch). "
-                                         "Fix: set train.micro_batch_size: 2 or more")
 
 
 def combination_error(recipe: dict) -> str | None:

@@ -21,6 +21,7 @@ class Key:
     aliases: other names accepted for a choice, resolved to it at load (e.g. LLaMA-Factory's).
     guess: offer the closest choice by spelling for a value that is none of them (off where a
         near name is a different thing, e.g. the llama2 template is not llama3's format).
+    commas: a str_list given as one string "a,b" means [a, b].
     """
 
     kind: str
@@ -37,6 +38,7 @@ class Key:
     fields: dict[str, "Key"] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     guess: bool = True
+    commas: bool = False  # str_list: one string is split at commas (LLaMA-Factory's `dataset: a,b`)
 
 
 DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
@@ -102,9 +104,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "prefix_projection": Key("bool", False, "reparameterise the prefix through an MLP (P-tuning v2 style)", only_for=PREFIX),
     },
     "data": {
-        "datasets": Key("str_list", ["demo_sft"], "names in <dataset_dir>/dataset_info.json, or file paths"),
+        "datasets": Key("str_list", ["demo_sft"], "names in <dataset_dir>/dataset_info.json, or file paths; one string \"a,b\" is the list [a, b]", commas=True),
         "dataset_dir": Key("str", "data", "folder holding dataset_info.json"),
-        "eval_datasets": Key("str_list", [], "evaluation datasets"),
+        "eval_datasets": Key("str_list", [], "evaluation datasets (\"a,b\" as data.datasets)", commas=True),
         "val_size": Key("float", 0.0, "share of the training data held out for evaluation", low=0, high=1, high_inclusive=False),
         "cutoff_len": Key("int", 2048, "maximum tokens per example", low=8),
         "packing": Key("str", "none", "sequence packing", choices=("none", "greedy", "neat")),
@@ -141,6 +143,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "save_steps": Key("int", 500, "checkpoint every N optimizer steps", low=1),
         "save_total_limit": Key("int", None, "keep only the newest N complete checkpoints (null = all)", nullable=True, low=1),
         "eval_steps": Key("int", None, "evaluate every N optimizer steps", nullable=True, low=1),
+        "eval_generate": Key("bool", False, "sft: at each evaluation also generate replies for data.eval_datasets (the eval section's settings) and log `launch eval`'s BLEU-4 / ROUGE as eval/bleu-4, eval/rouge-*"),
         "resume": Key("str", "auto", "auto (latest complete checkpoint in output.dir), none, or a checkpoint dir"),
         "trust_checkpoint": Key("bool", False, "resume a checkpoint that has no checksum manifest written by this launcher "
                                                "(its pickles run code when loaded: only one you know the origin of; "
@@ -175,6 +178,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "top_p": Key("float", 0.7, "`launch eval`: nucleus sampling mass (with do_sample)", low=0, high=1, low_inclusive=False),
         "top_k": Key("int", 50, "`launch eval`: sample among the k likeliest tokens (with do_sample)", low=1),
         "batch_size": Key("int", 8, "`launch eval`: prompts generated together per process", low=1),
+        "engine": Key("str", "auto", "`launch eval`: generate with transformers (hf) or vLLM (vllm; the LoRA adapter through LoRARequest); auto = vllm where it is installed and a GPU is visible, else hf", choices=("auto", "hf", "vllm")),
     },
     "distributed": {
         "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),

@@ -184,7 +184,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     if rank == 0:
         print(f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
               f"{summary['tokens']:,} tokens, "
-              f"{summary['dropped']} dropped (no answer token within cutoff)", flush=True)
+              f"{summary['dropped']} dropped (no answer token within cutoff)"
+              + (f", {summary['truncated']} truncated to cutoff" if "truncated" in summary else ""), flush=True)
         if "packed_rows" in summary:
             print(f"[launcher] packing: {summary['packed_rows']} rows, efficiency {summary['packing_efficiency']:.2%} "
                   "(real tokens / row capacity)", flush=True)

@@ -30,7 +30,7 @@ DATA = ROOT / "data"
 class Kind:
     recipe: str
     dataset: str
-    cutoff_len: int           # one that drops rows (pair, kto) or leaves a tail (pt): the counts are not all 0
+    cutoff_len: int           # one that cuts rows (pair, kto) or leaves a tail (pt): the counts are not all 0
     cached: Callable          # the wrapper the stage calls
     fresh: Callable           # the uncached builder
 
@@ -88,7 +88,7 @@ def test_cached_equals_the_builder_and_the_second_call_loads_it(tokenizer, tmp_p
     if name == "kto":  # == holds for 1 == True too: the label must come back a bool, as TRL's KTO reads it
         assert {type(r["label"]) for r in second.rows} == {bool}
     assert fresh.skipped == 1
-    assert (fresh.tail_tokens > 0 and fresh.documents > 0) if name == "pt" else fresh.dropped > 0
+    assert (fresh.tail_tokens > 0 and fresh.documents > 0) if name == "pt" else fresh.truncated > 0
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -132,4 +132,4 @@ def test_rm_reads_the_pair_entry(tokenizer, tmp_path, caplog):
     assert [r.message for r in caplog.records] == [f"data cache: loaded {entry}"]
     assert scored.rows == [{"chosen_ids": r["prompt_ids"] + r["chosen_ids"],
                             "rejected_ids": r["prompt_ids"] + r["rejected_ids"]} for r in pairs.rows]
-    assert (scored.dropped, scored.skipped) == (pairs.dropped, pairs.skipped)
+    assert (scored.dropped, scored.skipped, scored.truncated) == (pairs.dropped, pairs.skipped, pairs.truncated)

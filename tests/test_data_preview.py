@@ -25,7 +25,7 @@ from launcher.schema import STAGES as SCHEMA_STAGES
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 SHOWN = 2
-CUTOFF = 36  # between the tiny datasets' shortest and longest prompts: some rows are dropped, the rest kept
+CUTOFF = 36  # between the tiny datasets' shortest and longest prompts: some rows are cut (ppo: dropped), the rest kept
 PAIR = {"prompt_ids": "prompt", "chosen_ids": "chosen", "rejected_ids": "rejected"}
 
 
@@ -67,9 +67,9 @@ def pt_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
 
 
 def preference_counts(data: PreferenceData) -> str:
-    assert data.skipped == 1 and data.dropped > 0  # the counts under test are not all zero
-    return (f"rows: {len(data.rows)}   dropped (the prompt fills data.cutoff_len={CUTOFF}): {data.dropped}   "
-            f"bad rows skipped: 1   tokens: {tokens(data.rows):,}")
+    assert data.skipped == 1 and data.truncated > 0  # the counts under test are not all zero
+    return (f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={CUTOFF}): {data.truncated}   "
+            f"dropped (empty reply): {data.dropped}   bad rows skipped: 1   tokens: {tokens(data.rows):,}")
 
 
 def build(builder: Callable[..., PreferenceData], recipe: dict, tokenizer) -> PreferenceData:
@@ -111,7 +111,7 @@ class Case:
     noun: str                     # what the report calls a row
     captions: dict[str, str]      # token-id column -> the caption its decoded text is printed under
     oracle: Callable[[dict, object], tuple[list[dict], str]]
-    cutoff: list[str]             # overrides that make the stage drop some rows
+    cutoff: list[str]             # overrides that make the stage cut or drop some rows
 
 
 SHORT = [f"data.cutoff_len={CUTOFF}"]

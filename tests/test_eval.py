@@ -74,3 +74,47 @@ def test_predictions_and_metrics_on_the_dev_set_and_two_processes_equal_one(tmp_
 def test_no_eval_data_is_refused(tmp_path):
     proc = run_launch(["eval", "recipes/sft_tiny.yaml", f"output.dir={tmp_path}", "--adapter", ""], timeout=120)
     assert proc.returncode == 2 and "data.eval_datasets" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _scalars(out) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(out / "runs"))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_eval_generate_logs_the_scores_launch_eval_gives_the_same_checkpoint(tmp_path, warm):
+    # oracle: `launch eval` of the checkpoint saved at that eval step, with the same eval settings
+    settings = ["data.eval_datasets=[demo_dev]", f"data.max_samples={ROWS}", "eval.max_new_tokens=8", "eval.batch_size=3"]
+    out = tmp_path / "run"
+    proc = run_launch(["recipes/sft_tiny.yaml", f"output.dir={out}", *settings, "train.eval_generate=true",
+                       "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2", "train.grad_accum=1",
+                       "train.logging_steps=1", "distributed.engine=ddp", "distributed.zero=0",
+                       "distributed.nproc_per_node=1"], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    scalars = _scalars(out)
+    proc = run_launch(["eval", "recipes/sft_tiny.yaml", f"output.dir={out}", *settings, "--adapter",
+                       str(out / "checkpoint-2"), "--nproc", "1", "--out", str(tmp_path / "eval")], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    oracle = json.loads((tmp_path / "eval" / "predict_results.json").read_text())
+    assert oracle["predict_bleu-4"] > 0  # the replies share something with the labels: the scores are not trivial
+    for name in ("bleu-4", "rouge-1", "rouge-2", "rouge-l"):
+        assert scalars[f"eval/{name}"] == [(2, pytest.approx(oracle[f"predict_{name}"], abs=1e-4))], name
+
+
+def test_eval_generate_needs_sft_with_eval_datasets():
+    proc = run_launch(["plan", "recipes/sft_tiny.yaml", "train.eval_generate=true"], timeout=60)
+    assert proc.returncode == 2 and "train.eval_generate" in proc.stderr and "Fix: set data.eval_datasets" in proc.stderr
+
+
+def test_engine_vllm_is_refused_where_it_cannot_run(tmp_path):
+    # this suite runs without vLLM or a GPU: auto uses transformers (the test above), an explicit vllm is refused
+    from launcher.kernels.choice import installed
+
+    if installed("vllm"):
+        pytest.skip("vLLM is installed here")
+    proc = run_launch(["eval", *BASE, "eval.engine=vllm", f"output.dir={tmp_path}"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "eval.engine: vllm, but vLLM is not installed" in proc.stderr and "Fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "eval").exists()

@@ -27,7 +27,7 @@ EXPECTED = {
     "llama3_lora_sft": {"stage": "sft", "method.name": "lora", "data.datasets": ["demo_sft", "demo_sharegpt"],
                         "train.lr": 1e-4, "train.grad_accum": 8, "model.dtype": "bf16", "model.template": "qwen2",
                         "distributed.engine": "ddp", "distributed.zero": 0, "train.eval_steps": 500,
-                        "eval.max_new_tokens": 64, "eval.do_sample": False},
+                        "eval.max_new_tokens": 64, "eval.do_sample": False, "eval.engine": "hf"},
     "qlora_sft": {"method.name": "lora", "model.quantization.bits": 4, "method.variant": "dora",
                   "method.target": ["q_proj", "v_proj"], "data.packing": "neat", "train.warmup_ratio": 0.1},
     "freeze_sft": {"method.name": "freeze", "method.trainable_layers": 2, "distributed.zero": 2,
@@ -38,7 +38,7 @@ EXPECTED = {
     "lora_rm": {"stage": "rm"},
     "lora_dpo": {"stage": "dpo", "train.pref_beta": 0.1, "train.pref_loss": "sigmoid"},
     "lora_orpo": {"stage": "orpo", "train.pref_beta": 0.1},
-    "lora_kto": {"stage": "kto", "train.kto_desirable_weight": 1.0, "train.micro_batch_size": 2},
+    "lora_kto": {"stage": "kto", "train.kto_desirable_weight": 1.0, "train.micro_batch_size": 1},
     "lora_ppo": {"stage": "ppo", "train.reward_model": "saves/tiny/lora/rm", "train.max_new_tokens": 32},
 }
 UNMAPPED = {"llama3_lora_sft": ["save_only_model", "per_device_eval_batch_size"], "freeze_sft": ["lora_rank"],

@@ -140,6 +140,15 @@ def test_kto_loss_equals_the_formula(tmp_path):
     assert _loss(trainer, batch) == pytest.approx(expected.item(), abs=TOLERANCE)
 
 
+def test_kto_micro_batch_1_estimates_kl_from_the_neighbouring_row(tmp_path):
+    trainer, _ = _trainer("recipes/kto_tiny.yaml", ["train.micro_batch_size=1"], tmp_path)
+    rows = trainer.train_dataset
+    assert len(rows) >= 4 and len(next(iter(trainer.get_train_dataloader()))["label"]) == 1
+    for i in range(0, len(rows) - 1, 2):  # each of a pair of rows is scored against the other's completion
+        assert rows[i]["KL_completion_ids"] == rows[i + 1]["completion_ids"] != rows[i]["completion_ids"]
+        assert rows[i + 1]["KL_completion_ids"] == rows[i]["completion_ids"]
+
+
 # ---- data: the preference rows are the SFT encoding of the same conversation ---------------------
 
 def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
@@ -165,10 +174,12 @@ def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
     kto = build_kto_data(["demo_kto"], load_recipe(ROOT / "recipes/kto_tiny.yaml")["data"], tokenizer).rows
     assert [r["label"] for r in kto[:2]] == [True, False]
     assert tokenizer.decode(kto[0]["completion_ids"]) == "9" + tokenizer.eos_token
-    # cutoff: a reply is cut to fit after its prompt; a prompt that fills the cutoff drops the row
-    short = build_pair_data(["demo_pref"], {**cfg, "cutoff_len": len(row["prompt_ids"]) + 2}, tokenizer)
-    assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) <= len(row["prompt_ids"]) + 2 for r in short.rows)
-    assert short.dropped == sum(1 for r in pairs if len(r["prompt_ids"]) >= len(row["prompt_ids"]) + 2)
+    # cutoff: a longer row is cut within it (tests/test_lf_data.py checks the lengths), never dropped
+    cut = len(row["prompt_ids"]) + 2
+    short = build_pair_data(["demo_pref"], {**cfg, "cutoff_len": cut}, tokenizer)
+    longest = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in short.rows]
+    assert len(short.rows) == len(pairs) and short.dropped == 0 and max(longest) <= cut
+    assert short.truncated == sum(1 for r in pairs if len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > cut)
     # pt: documents joined with eos, cut into whole blocks, every token trained
     pt_cfg = load_recipe(ROOT / "recipes/pt_tiny.yaml")["data"]
     data = build_blocks(["demo_pt"], pt_cfg, tokenizer)
@@ -191,7 +202,6 @@ def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
     ("recipes/dpo_tiny.yaml", "train.kto_desirable_weight=2", "train.kto_desirable_weight"),
     ("recipes/dpo_tiny.yaml", "train.simpo_gamma=1", "train.simpo_gamma"),          # SimPO margin on the sigmoid loss
     ("recipes/dpo_tiny.yaml", "train.pref_loss=dpo", "train.pref_loss"),
-    ("recipes/kto_tiny.yaml", "train.micro_batch_size=1", "train.micro_batch_size"),  # no KL estimate
     ("recipes/dpo_tiny.yaml", "train.pref_beta=0", "train.pref_beta"),
 ])
 def test_stage_keys_are_refused_where_they_do_not_apply(recipe, override, key):
@@ -260,8 +270,9 @@ def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path,
 
 
 @pytest.mark.parametrize("stage,overrides,metrics", [
-    # KTO's replies are unpaired: no pairwise accuracy, but the KL estimate
-    ("kto", ["distributed.zero=2", "data.max_samples=8"], REWARDS - {"train/rewards/accuracies"} | {"train/kl"}),
+    # KTO's replies are unpaired: no pairwise accuracy, but the KL estimate; micro batch 1, as LLaMA-Factory's examples
+    ("kto", ["distributed.zero=2", "data.max_samples=2", "train.micro_batch_size=1"],
+     REWARDS - {"train/rewards/accuracies"} | {"train/kl"}),
     ("orpo", ["data.max_samples=4"], REWARDS),
 ])
 def test_preference_stage_runs_on_two_processes(stage, overrides, metrics, tmp_path, warm):

@@ -6,8 +6,10 @@ a preference stage sees the chat format its SFT stage trained on. The rows have 
 columns TRL's preference collators read (prompt_ids, chosen_ids, rejected_ids; KTO:
 prompt_ids, completion_ids, label).
 
-cutoff_len: a row whose prompt alone leaves no room for a reply token is dropped and
-counted; otherwise each reply is cut to fit after the prompt.
+cutoff_len: a row longer than cutoff_len is cut as LLaMA-Factory cuts it (`fit_lengths`):
+the prompt and the reply (a pair's longer one) each lose their end, in proportion to their
+lengths unless one of them is under half of cutoff_len; rows cut so are counted ("truncated"),
+not dropped. A row with an empty reply is dropped and counted.
 
 pair_data and kto_data are the builders through the tokenized-data cache (cache.py), under
 the kinds "pair" (dpo, orpo and rm share its entries) and "kto".
@@ -29,8 +31,23 @@ NO_CUTOFF = 1 << 30  # encode whole; the cutoff is applied to prompt + reply bel
 @dataclass
 class PreferenceData:
     rows: list[dict]
-    dropped: int       # prompt alone fills cutoff_len
-    skipped: int = 0   # bad rows skipped with data.on_bad_row: skip
+    dropped: int         # no reply token to train
+    skipped: int = 0     # bad rows skipped with data.on_bad_row: skip
+    truncated: int = 0   # prompt + reply longer than cutoff_len, cut by fit_lengths
+
+
+def fit_lengths(prompt: int, reply: int, cutoff: int) -> tuple[int, int]:
+    """(prompt, reply) lengths kept of a row within `cutoff` tokens, LLaMA-Factory's rule (infer_seqlen): a reply
+    under half the cutoff is kept whole; else a prompt under half is kept whole and the reply gets the rest;
+    else the cutoff is shared in proportion to the two lengths. The prompt gets what the reply leaves."""
+    if reply * 2 < cutoff:
+        reply_room = cutoff
+    elif prompt * 2 < cutoff:
+        reply_room = cutoff - prompt
+    else:
+        reply_room = int(cutoff * reply / (prompt + reply))
+    kept_reply = min(reply, reply_room)
+    return min(prompt, max(cutoff - kept_reply, 0)), kept_reply
 
 
 def split_reply(tokenizer, messages: list[dict], tools, template: str) -> tuple[list[int], list[int]]:
@@ -52,7 +69,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
     """{"prompt_ids", "chosen_ids", "rejected_ids"} per preference example."""
     bad = BadRows(data_cfg.get("on_bad_row", "error"))
-    cutoff, rows, dropped = data_cfg["cutoff_len"], [], 0
+    cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "preference", bad):
         prompt_c, chosen = split_reply(tokenizer, example.messages + [example.chosen], example.tools, template)
         prompt_r, rejected = split_reply(tokenizer, example.messages + [example.rejected], example.tools, template)
@@ -60,26 +77,28 @@ def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str =
         # prompt and the rest belongs to each reply (as TRL does)
         shared = _common_prefix(prompt_c, prompt_r)
         chosen, rejected = prompt_c[shared:] + chosen, prompt_r[shared:] + rejected
-        room = cutoff - shared
-        if room < 1 or not chosen or not rejected:
+        if not chosen or not rejected:
             dropped += 1
             continue
-        rows.append({"prompt_ids": prompt_c[:shared], "chosen_ids": chosen[:room], "rejected_ids": rejected[:room]})
-    return PreferenceData(rows, dropped, len(bad.skipped))
+        keep, reply = fit_lengths(shared, max(len(chosen), len(rejected)), cutoff)
+        truncated += keep < shared or reply < max(len(chosen), len(rejected))
+        rows.append({"prompt_ids": prompt_c[:keep], "chosen_ids": chosen[:reply], "rejected_ids": rejected[:reply]})
+    return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
 def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
     """{"prompt_ids", "completion_ids", "label"} per KTO example (label = kto_tag: desirable)."""
     bad = BadRows(data_cfg.get("on_bad_row", "error"))
-    cutoff, rows, dropped = data_cfg["cutoff_len"], [], 0
+    cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "kto", bad):
         prompt, completion = split_reply(tokenizer, example.messages, example.tools, template)
-        room = cutoff - len(prompt)
-        if room < 1 or not completion:
+        if not completion:
             dropped += 1
             continue
-        rows.append({"prompt_ids": prompt, "completion_ids": completion[:room], "label": example.kto_tag})
-    return PreferenceData(rows, dropped, len(bad.skipped))
+        keep, reply = fit_lengths(len(prompt), len(completion), cutoff)
+        truncated += keep + reply < len(prompt) + len(completion)
+        rows.append({"prompt_ids": prompt[:keep], "completion_ids": completion[:reply], "label": example.kto_tag})
+    return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
 def _cached(kind: str, build: Callable[..., PreferenceData], names: list[str], data_cfg: dict, tokenizer,
@@ -87,10 +106,10 @@ def _cached(kind: str, build: Callable[..., PreferenceData], names: list[str], d
     """build(names, data_cfg, tokenizer, template) through the tokenized-data cache, its counts kept."""
     def rows() -> tuple[list[dict], dict]:
         data = build(names, data_cfg, tokenizer, template)
-        return data.rows, {"dropped": data.dropped, "skipped": data.skipped}
+        return data.rows, {"dropped": data.dropped, "skipped": data.skipped, "truncated": data.truncated}
 
     got, counts = cached_rows(kind, names, data_cfg, tokenizer, {"template": template}, rows, timeout_s)
-    return PreferenceData(got, counts["dropped"], counts["skipped"])
+    return PreferenceData(got, counts["dropped"], counts["skipped"], counts["truncated"])
 
 
 def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",

@@ -114,8 +114,9 @@ def _pt(recipe: dict, tokenizer) -> StageRows:
 
 
 def _preference_counts(data: PreferenceData, data_cfg: dict) -> str:
-    return (f"rows: {len(data.rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
-            f"{data.dropped}   bad rows skipped: {data.skipped}   tokens: {token_count(data.rows):,}")
+    return (f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={data_cfg['cutoff_len']}): "
+            f"{data.truncated}   dropped (empty reply): {data.dropped}   bad rows skipped: {data.skipped}   "
+            f"tokens: {token_count(data.rows):,}")
 
 
 def _preference(build: Callable[..., PreferenceData], recipe: dict, tokenizer) -> StageRows:

@@ -56,6 +56,10 @@ LISTED = 10  # registered names shown when a name is unknown (LLaMA-Factory's re
 # name selects the files named for it, as the hub names them ("train_sft-00000-of-00001.parquet", "test.jsonl").
 SPLIT = re.compile(r"(?P<name>[A-Za-z0-9_]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
 SPLIT_OF_FILE = re.compile(r"[A-Za-z0-9_]+")
+# file names that say which split they hold (datasets' split keywords), as in train_sft-00000-of-00001.parquet
+SPLIT_WORD = re.compile(r"(train|training|test|testing|eval|evaluation|validation|valid|val|dev)(_|$)")
+# JSON a hub copy carries beside its data (datasets' metadata, save_to_disk's state): not rows
+HUB_METADATA = ("dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json")
 
 
 @dataclass
@@ -217,13 +221,15 @@ def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"dataset {name!r}: folder {path} has no data files ({', '.join(FILE_TYPES)})")
+    files = [p for p in files if p.name not in HUB_METADATA]
     wanted = SPLIT.fullmatch(split)["name"]
     named = [p for p in files if SPLIT_OF_FILE.match(p.name)[0] == wanted]
     if named:
         return named
-    if wanted == "train":  # no file is named for a split: the folder is the one split
-        return files
     found = sorted({SPLIT_OF_FILE.match(p.name)[0] for p in files})
+    # no file is named for a split: the folder is the one split "train" (but never train_sft + test_sft together)
+    if wanted == "train" and not any(SPLIT_WORD.match(name) for name in found):
+        return files
     raise DataError(f"dataset {name!r}: folder {path} has no files of split {wanted!r} (file names start with "
                     f"{', '.join(found)}). Fix: set split to one of those in dataset_info.json")
 

@@ -15,6 +15,9 @@ from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import CountingCollator, TrainedAdapterOnly, preference_data, reference_is_base
 
 
+KL_RUN = 2  # fewest rows a KL completion is rotated among: with one, a row would be paired with itself
+
+
 class PretokenizedKTOTrainer(TrainedAdapterOnly, KTOTrainer):
     """KTOTrainer over rows launcher.data.pairs tokenized with the recipe's template.
 
@@ -22,14 +25,28 @@ class PretokenizedKTOTrainer(TrainedAdapterOnly, KTOTrainer):
     KL term is estimated from, is kept as TRL defines it: within each run of micro_batch_size rows,
     row i is paired with the completion of row i-1 (the first with the last), and rows are read in
     order (train_sampling_strategy sequential) so those runs are the micro batches.
+
+    Micro batch 1 (LLaMA-Factory's examples use it): TRL refuses it, since rotating one row pairs it
+    with its own completion. Here the runs are then of two rows, so each row's KL completion is its
+    neighbour's, a mismatched pair from another micro batch (as LLaMA-Factory takes them from other rows).
     """
+
+    def __init__(self, *args, **kwargs):
+        config = kwargs["args"]
+        micro = config.per_device_train_batch_size
+        config.per_device_train_batch_size = max(micro, KL_RUN)  # past TRL's guard against micro batch 1 only
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            config.per_device_train_batch_size = micro
+        self._train_batch_size = config.train_batch_size  # Trainer.__init__ read it from the raised value
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         def rotate(batch: dict) -> dict:
             batch["KL_completion_ids"] = batch["completion_ids"][-1:] + batch["completion_ids"][:-1]
             return batch
 
-        return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+        return dataset.map(rotate, batched=True, batch_size=max(args.per_device_train_batch_size, KL_RUN))
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list):

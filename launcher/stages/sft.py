@@ -11,6 +11,7 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
 from launcher.data.cache import wait_s
 from launcher.data.pipeline import sft_data
+from launcher.eval_generate import install as install_generate_metrics
 from launcher.kernels.trainer import KernelTrainer
 
 MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -52,4 +53,5 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     trainer = KernelTrainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
                             data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
                             kernels=plan["kernels"], max_tokens=recipe["train"]["micro_batch_size"] * data_cfg["cutoff_len"])
+    install_generate_metrics(trainer, recipe)
     return trainer, summary

@@ -37,15 +37,14 @@ def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | No
     data_cfg, template = recipe["data"], recipe["model"]["template"]
     train = build(data_cfg["datasets"], data_cfg, tokenizer, template)
     if not train.rows:
-        raise SystemExit(f"no usable examples in {data_cfg['datasets']} ({train.dropped} dropped: the prompt alone "
-                         f"fills data.cutoff_len={data_cfg['cutoff_len']})")
+        raise SystemExit(f"no usable examples in {data_cfg['datasets']} ({train.dropped} dropped: empty reply)")
     rows, eval_rows = train.rows, []
     if data_cfg["eval_datasets"]:
         eval_rows = build(data_cfg["eval_datasets"], data_cfg, tokenizer, template).rows
     elif data_cfg["val_size"] > 0:
         rows, eval_rows = split_validation(rows, data_cfg["val_size"], recipe["train"]["seed"])
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
-               "skipped_bad_rows": train.skipped,
+               "truncated": train.truncated, "skipped_bad_rows": train.skipped,
                "tokens": sum(len(v) for row in rows for k, v in row.items() if k.endswith("_ids"))}
     return Dataset.from_list(rows), (Dataset.from_list(eval_rows) if eval_rows else None), summary
 
