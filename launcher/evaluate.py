@@ -43,12 +43,13 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
     """(replies, tokens generated, seconds generating) for these prompts, in their order."""
     from transformers import set_seed
 
-    from launcher.chat import load_for_chat, reply_batch
+    from launcher.chat import chat_template, load_for_chat, reply_batch
 
     model, tokenizer = load_for_chat(job.model, job.adapter, job.trust_remote_code)
     set_seed(job.seed)
     started = time.perf_counter()
-    replies, tokens = reply_batch(model, tokenizer, conversations, _sampling(job.generation), job.generation["batch_size"])
+    replies, tokens = reply_batch(model, tokenizer, conversations, _sampling(job.generation), job.generation["batch_size"],
+                                  chat_template(job.model, job.adapter)[0])  # prompts as the run trained
     return replies, tokens, time.perf_counter() - started
 
 

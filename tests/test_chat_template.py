@@ -41,6 +41,7 @@ def test_a_runs_recorded_template_renders_the_training_prompt(alpaca_run, tiny_r
     messages = [{"role": "user", "content": PROMPT}]
     template, source = chat_template(str(alpaca_run), None)
     assert template == "alpaca" and "plan.json" in source
+    assert chat_template(str(alpaca_run / "checkpoint-6"), None)[0] == "alpaca"  # a checkpoint: its run's plan.json
     tokenizer = AutoTokenizer.from_pretrained(alpaca_run)
     chat_ids = encode_prompt(tokenizer, messages, template)["input_ids"][0].tolist()
     assert chat_ids == trained_prompt_ids(alpaca_run, messages, "alpaca")
