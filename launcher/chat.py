@@ -1,7 +1,9 @@
-"""`launch chat`: generation with a base model and an optional PEFT adapter, through the model's
-chat template. One-shot (--prompt), batch prediction (--input rows.jsonl --output preds.jsonl),
-interactive (a terminal on stdin), or one prompt per stdin line (a pipe). Greedy by default;
---do-sample with --temperature / --top-p / --top-k / --seed samples."""
+"""`launch chat`: generation with a base model and an optional PEFT adapter, through the chat template
+the run trained with (a run's output.dir records it in plan.json; a plain model folder: its tokenizer's
+own; --template overrides). One-shot (--prompt), batch prediction (--input rows.jsonl --output
+preds.jsonl), interactive (a terminal on stdin, the reply streamed as it is generated), or one prompt per
+stdin line (a pipe). Greedy by default; --do-sample with --temperature / --top-p / --top-k / --seed
+samples. On the GPU when there is one, optionally 4/8-bit (bitsandbytes)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.checkpoint.inputs import CheckpointError, adapter_config, read_json, safetensors_files
+from launcher.checkpoint.inputs import CheckpointError, adapter_config, read_json, run_plan, safetensors_files
+from launcher.data.templates import TEMPLATES
+from launcher.schema import TEMPLATE_ALIASES
 
 
 class ChatError(ValueError):
@@ -41,6 +45,7 @@ class Sampling:
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+LOAD_IN = ("4bit", "8bit")
 
 
 def chat_dtype(requested: str, adapter: str | None, on_gpu: bool) -> str:
@@ -51,17 +56,55 @@ def chat_dtype(requested: str, adapter: str | None, on_gpu: bool) -> str:
         raise ChatError("--dtype fp16 needs a CUDA GPU and none is visible. Fix: --dtype bf16 or fp32 on CPU")
     if requested != "auto":
         return requested
-    plan = Path(adapter) / "plan.json" if adapter else None
-    if plan is not None and plan.is_file():
-        trained = read_json(plan).get("dtype")
-        if trained in DTYPES[1:] and (on_gpu or trained != "fp16"):
-            return trained
+    plan = run_plan(adapter) if adapter else None
+    trained = plan.get("dtype") if plan else None
+    if trained in DTYPES[1:] and (on_gpu or trained != "fp16"):
+        return trained
     return "bf16" if on_gpu else "fp32"
 
 
-def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto"):
-    """(model, tokenizer) on the GPU when there is one, in eval mode, in `dtype` (chat_dtype); the adapter is
-    loaded with PEFT. Damaged or missing adapter and model files are refused (CheckpointError) before anything loads."""
+def chat_template(model_path: str, adapter: str | None, requested: str | None = None) -> tuple[str, str]:
+    """(template name, where it comes from): --template; else the one the run that wrote the adapter, or the
+    model folder, trained with (its plan.json; `auto` there is that run's tokenizer's, saved beside it); else
+    auto, the tokenizer's own chat template."""
+    if requested is not None:
+        name = TEMPLATE_ALIASES.get(requested, requested)
+        if name != "auto" and name not in TEMPLATES:
+            raise ChatError(f"--template {requested}: not a registered template. Fix: one of auto, {', '.join(TEMPLATES)}")
+        return name, "--template"
+    for folder in (adapter, model_path):
+        plan = run_plan(folder) if folder else None
+        if plan is not None:
+            return plan["recipe"]["model"]["template"], f"the run's plan.json in {folder}"
+    return "auto", "the tokenizer's chat template"
+
+
+def prompt_text(tokenizer, messages: list[dict], template: str = "auto") -> str:
+    """`messages` rendered for the assistant's next turn as training rendered them (launcher.data): the
+    registered template's text up to its generation prompt, or the tokenizer's template (auto)."""
+    if template == "auto":
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return TEMPLATES[template].render(messages, None, tokenizer.eos_token or "")[0]
+
+
+def _quantization(load_in: str | None, compute_dtype):
+    """bitsandbytes' config for --load-in 4bit (NF4, computing in the chat dtype) or 8bit (LLM.int8)."""
+    if load_in is None:
+        return None
+    if load_in not in LOAD_IN:
+        raise ChatError(f"--load-in {load_in}: not one of {', '.join(LOAD_IN)}")
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto",
+                  load_in: str | None = None):
+    """(model, tokenizer) on the GPU when there is one, in eval mode, in `dtype` (chat_dtype), its linear layers
+    quantized when `load_in` is 4bit/8bit; the adapter is loaded with PEFT. Damaged or missing adapter and model
+    files are refused (CheckpointError) before anything loads."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,7 +120,9 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     on_gpu = torch.cuda.is_available()
     dtype = chat_dtype(dtype, adapter, on_gpu)
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code, device_map="cuda" if on_gpu else None,
+        quantization_config=_quantization(load_in, torch_dtype))  # straight onto the GPU, no CPU copy first
     if adapter:
         from peft import PeftModel
 
@@ -87,38 +132,42 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
             detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(".")
             raise CheckpointError(f"adapter {adapter} does not fit the model {model_path}: {detail}. "
                                   "Fix: pass the base model the adapter was trained on") from None
-    if on_gpu:
-        model = model.cuda()
-    print(f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype} on {'cuda' if on_gpu else 'cpu'}",
+    quantized = f", linear layers {load_in}" if load_in else ""
+    print(f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype}{quantized} on {model.device}",
           file=sys.stderr, flush=True)
     return model.eval(), tokenizer
 
 
-def encode_prompt(tokenizer, messages: list[dict]):
-    """input_ids/attention_mask of `messages` rendered with the chat template, ready for the assistant's turn."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+def encode_prompt(tokenizer, messages: list[dict], template: str = "auto"):
+    """input_ids/attention_mask of `messages` rendered with `template` (prompt_text), ready for the assistant's turn."""
+    return tokenizer(prompt_text(tokenizer, messages, template), return_tensors="pt", add_special_tokens=False)
 
 
-def reply(model, tokenizer, messages: list[dict], sampling: Sampling) -> str:
-    """The assistant's next turn after `messages`, rendered with the tokenizer's chat template."""
+def reply(model, tokenizer, messages: list[dict], sampling: Sampling, template: str = "auto", stream: bool = False) -> str:
+    """The assistant's next turn after `messages`, rendered with `template`; with `stream`, also printed to stdout
+    as it is generated."""
     import torch
 
-    inputs = encode_prompt(tokenizer, messages).to(model.device)
+    inputs = encode_prompt(tokenizer, messages, template).to(model.device)
+    streamer = None
+    if stream:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
         output = model.generate(**inputs, **sampling.generate_kwargs(), eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id)
+                                pad_token_id=tokenizer.pad_token_id, streamer=streamer)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def reply_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
-                batch_size: int = 8) -> tuple[list[str], int]:
+                batch_size: int = 8, template: str = "auto") -> tuple[list[str], int]:
     """The assistant's next turn for each conversation, `batch_size` at a time (left-padded), and the number of
     tokens generated (through each reply's EOS)."""
     import torch
 
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+    texts = [prompt_text(tokenizer, m, template) for m in conversations]
     replies, generated = [], 0
     for start in range(0, len(texts), batch_size):
         inputs = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
@@ -174,17 +223,18 @@ def read_requests(path: Path) -> list[Request]:
     return requests
 
 
-def predict_file(model, tokenizer, requests: list[Request], target: Path, sampling: Sampling) -> None:
+def predict_file(model, tokenizer, requests: list[Request], target: Path, sampling: Sampling, template: str) -> None:
     """Write one {"prompt", "prediction", "label"} row per request, in order."""
     with open(target, "w", encoding="utf-8") as out:
         for request in requests:
-            row = {"prompt": request.messages, "prediction": reply(model, tokenizer, request.messages, sampling),
+            row = {"prompt": request.messages, "prediction": reply(model, tokenizer, request.messages, sampling, template),
                    "label": request.label}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def interactive(model, tokenizer, sampling: Sampling) -> None:
-    """A multi-turn conversation on the terminal; /clear starts over, /exit or Ctrl-D leaves."""
+def interactive(model, tokenizer, sampling: Sampling, template: str) -> None:
+    """A multi-turn conversation on the terminal, each reply streamed as it is generated; /clear starts over,
+    /exit or Ctrl-D leaves."""
     print("[chat] multi-turn; /clear starts a new conversation, /exit or Ctrl-D leaves", flush=True)
     history: list[dict] = []
     while True:
@@ -201,34 +251,39 @@ def interactive(model, tokenizer, sampling: Sampling) -> None:
             continue
         if line:
             history.append({"role": "user", "content": line})
-            answer = reply(model, tokenizer, history, sampling)
+            print("assistant> ", end="", flush=True)
+            answer = reply(model, tokenizer, history, sampling, template, stream=True)  # the streamer ends the line
             history.append({"role": "assistant", "content": answer})
-            print(f"assistant> {answer}", flush=True)
 
 
 def chat(model_path: str, adapter: str | None, prompts: list[str], sampling: Sampling,
          trust_remote_code: bool = False, input_file: str | None = None, output_file: str | None = None,
-         dtype: str = "auto") -> None:
+         dtype: str = "auto", template: str | None = None, load_in: str | None = None) -> None:
     """Answer --prompt messages, a batch file, a terminal conversation, or one prompt per stdin line."""
     if (input_file is None) != (output_file is None):
         raise ChatError("--input and --output go together: rows in, predictions out")
     requests = read_requests(Path(input_file)) if input_file else None  # bad rows refused before loading the model
-    model, tokenizer = load_for_chat(model_path, adapter, trust_remote_code, dtype)
+    template, source = chat_template(model_path, adapter, template)
+    model, tokenizer = load_for_chat(model_path, adapter, trust_remote_code, dtype, load_in)
+    if template == "auto" and not tokenizer.chat_template:
+        raise ChatError(f"{adapter or model_path}: its tokenizer has no chat template (a base model). "
+                        f"Fix: --template one of {', '.join(TEMPLATES)}")
+    print(f"[chat] template {template} ({source})", file=sys.stderr, flush=True)
     if sampling.seed is not None:
         from transformers import set_seed
 
         set_seed(sampling.seed)
     if requests is not None:
-        predict_file(model, tokenizer, requests, Path(output_file), sampling)
+        predict_file(model, tokenizer, requests, Path(output_file), sampling, template)
         print(f"[chat] {len(requests)} predictions -> {output_file}", flush=True)
     elif prompts:
         for prompt in prompts:
-            answer = reply(model, tokenizer, [{"role": "user", "content": prompt}], sampling)
+            answer = reply(model, tokenizer, [{"role": "user", "content": prompt}], sampling, template)
             print(f"user> {prompt}\nassistant> {answer}", flush=True)
     elif sys.stdin.isatty():
-        interactive(model, tokenizer, sampling)
+        interactive(model, tokenizer, sampling, template)
     else:
         for line in sys.stdin:
             if line.strip():
-                answer = reply(model, tokenizer, [{"role": "user", "content": line.strip()}], sampling)
+                answer = reply(model, tokenizer, [{"role": "user", "content": line.strip()}], sampling, template)
                 print(f"assistant> {answer}", flush=True)

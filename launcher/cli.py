@@ -203,6 +203,9 @@ def cmd_chat(argv: list[str]) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                         help="auto: the adapter's training dtype (its plan.json), else bf16 on a GPU, fp32 on CPU")
+    parser.add_argument("--template", default=None, help="chat template (default: the one the run trained with, "
+                        "from its plan.json; a plain model folder: its tokenizer's)")
+    parser.add_argument("--load-in", default=None, choices=("4bit", "8bit"), help="quantize the linear layers (bitsandbytes)")
     args = parser.parse_args(argv)
     from launcher.chat import ChatError, Sampling, chat
     from launcher.checkpoint.inputs import CheckpointError
@@ -215,7 +218,8 @@ def cmd_chat(argv: list[str]) -> int:
 
     try:
         sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)
-        chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output, args.dtype)
+        chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output, args.dtype,
+             args.template, args.load_in)
     except (ChatError, CheckpointError) as err:
         print(f"launch chat: error: {err}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
     """(replies, tokens generated, seconds generating) for these prompts, in their order."""
     from transformers import set_seed
 
-    from launcher.chat import load_for_chat, reply_batch
+    from launcher.chat import chat_template, load_for_chat, reply_batch
 
     if job.generation["engine"] == "vllm":
         from launcher.eval_vllm import predict_vllm
@@ -56,7 +56,8 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
     model, tokenizer = load_for_chat(job.model, job.adapter, job.trust_remote_code)
     set_seed(job.seed)
     started = time.perf_counter()
-    replies, tokens = reply_batch(model, tokenizer, conversations, generation_sampling(job.generation), job.generation["batch_size"])
+    replies, tokens = reply_batch(model, tokenizer, conversations, generation_sampling(job.generation),
+                                  job.generation["batch_size"], chat_template(job.model, job.adapter)[0])  # as trained
     return replies, tokens, time.perf_counter() - started
 
 

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.chat import Sampling, encode_prompt, load_for_chat
+from launcher.chat import Sampling, chat_template, encode_prompt, load_for_chat
 
 
 class ServeError(ValueError):
@@ -178,6 +178,9 @@ class Engine:
                 model.load_adapter(path, adapter_name=name)
             model.eval()
         self.model, self.adapters, self.base_name = model, adapters, base_name
+        # each served model renders prompts as its run trained (chat.chat_template): the base's, each adapter's
+        self.templates = {base_name: chat_template(model_path, None)[0],
+                          **{name: chat_template(model_path, path)[0] for name, path in adapters.items()}}
 
     @property
     def names(self) -> list[str]:
@@ -196,7 +199,7 @@ class Engine:
 
         import torch
 
-        inputs = encode_prompt(self.tokenizer, request.messages).to(self.model.device)
+        inputs = encode_prompt(self.tokenizer, request.messages, self.templates[request.model]).to(self.model.device)
         if request.model in self.adapters:
             self.model.set_adapter(request.model)
             context = contextlib.nullcontext()

@@ -4,9 +4,12 @@ once-per-session warm-up of DeepSpeed's CPU ops and the builtin model."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,33 @@ def run_launch(args: list[str], timeout: int = 600, env: dict | None = None) -> 
                           text=True, timeout=timeout, env=full_env)
 
 
+class Terminal:
+    """`launch ARGS` with stdin and stdout on a pseudo-terminal (an interactive session); stderr dropped."""
+
+    def __init__(self, args: list[str]):
+        self.primary, secondary = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, stdin=secondary,
+                                     stdout=secondary, stderr=subprocess.DEVNULL)
+        os.close(secondary)
+        self.seen = b""
+
+    def read_until(self, marker: bytes, count: int, timeout: float = 180) -> None:
+        """Read until `marker` has appeared `count` times in all output so far."""
+        deadline = time.monotonic() + timeout
+        while self.seen.count(marker) < count:
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.seen.decode(errors="replace")
+            if select.select([self.primary], [], [], 1)[0]:
+                self.seen += os.read(self.primary, 4096)
+
+    def type(self, line: str) -> None:
+        os.write(self.primary, line.encode() + b"\n")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        os.close(self.primary)
+
+
 @pytest.fixture(scope="session")
 def warm():
     """Compile DeepSpeed's CPU ops and build the builtin model once per test session."""
@@ -43,7 +73,9 @@ def warm():
 # run once and shared by the resume and consolidate tests
 SHORT_RUN = ("train.max_steps=6", "train.save_steps=3", "train.logging_steps=1")
 LORA_ZERO3_RUN = ("distributed.zero=3", *SHORT_RUN)
-FULL_ZERO2_RUN = ("method={name: full}", "distributed.zero=2", *SHORT_RUN)
+# the full run trains with a registered template other than the tokenizer's own, so chat tests can check
+# that a run's output renders prompts as its training did (tests/test_chat_template.py)
+FULL_ZERO2_RUN = ("method={name: full}", "distributed.zero=2", "model.template=alpaca", *SHORT_RUN)
 
 
 @pytest.fixture(scope="session")
@@ -64,25 +96,38 @@ def tiny_run(tmp_path_factory, warm):
     return run
 
 
-def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None) -> str:
-    """The oracle of generation tests: transformers' own greedy generate over apply_chat_template on the builtin
-    model (+ a PEFT adapter)."""
+def greedy_ids(prompt_ids: list[int], tokens: int, model: str | Path | None = None,
+               adapter: str | Path | None = None) -> str:
+    """The oracle of generation tests: transformers' own greedy generate from these prompt ids on a model folder
+    (default: the builtin model) (+ a PEFT adapter)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from launcher.builtin import materialize
 
-    folder = materialize("builtin:tiny-qwen2")
+    folder = model or materialize("builtin:tiny-qwen2")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    network = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        network = PeftModel.from_pretrained(network, adapter)
+    ids = torch.tensor([prompt_ids])
     with torch.no_grad():
-        out = model.eval().generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = network.eval().generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None) -> str:
+    """greedy_ids over apply_chat_template (the tokenizer's own template) on the builtin model (+ a PEFT adapter)."""
+    from transformers import AutoTokenizer
+
+    from launcher.builtin import materialize
+
+    folder = materialize("builtin:tiny-qwen2")
+    ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    return greedy_ids(ids["input_ids"], tokens, folder, adapter)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,16 +5,10 @@ terminal mode, and clear refusals."""
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
-import subprocess
-import sys
-import time
 
 import pytest
 
-from tests.conftest import ROOT, greedy, run_launch
+from tests.conftest import Terminal, greedy, run_launch
 
 TOKENS = 6
 
@@ -49,33 +43,17 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(warm, capsys):
 
 
 def test_interactive_mode_on_a_terminal(warm):
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "chat", "--model", "builtin:tiny-qwen2",
-                             "--max-new-tokens", "4"], cwd=ROOT, stdin=secondary, stdout=secondary,
-                            stderr=subprocess.DEVNULL)
-    os.close(secondary)
-    seen = b""
-
-    def read_until(marker: bytes, count: int, timeout: float = 180) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while seen.count(marker) < count:
-            assert time.monotonic() < deadline and proc.poll() is None, seen.decode(errors="replace")
-            if select.select([primary], [], [], 1)[0]:
-                seen += os.read(primary, 4096)
-
+    terminal = Terminal(["chat", "--model", "builtin:tiny-qwen2", "--max-new-tokens", "4"])
     try:
-        read_until(b"user> ", 1)
-        os.write(primary, b"hello\n")
-        read_until(b"assistant> ", 1)
-        read_until(b"user> ", 2)  # the next turn is offered
-        os.write(primary, b"/exit\n")
-        assert proc.wait(timeout=60) == 0
+        terminal.read_until(b"user> ", 1)
+        terminal.type("hello")
+        terminal.read_until(b"assistant> ", 1)
+        terminal.read_until(b"user> ", 2)  # the next turn is offered
+        terminal.type("/exit")
+        assert terminal.proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(primary)
-    assert b"multi-turn" in seen
+        terminal.close()
+    assert b"multi-turn" in terminal.seen
 
 
 @pytest.mark.parametrize("args,message", [

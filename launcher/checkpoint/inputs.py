@@ -94,6 +94,17 @@ def safetensors_files(folder: Path, prefix: str = "model") -> list[Path] | None:
     return files
 
 
+def run_plan(folder: str | Path) -> dict | None:
+    """The plan.json of the run that wrote `folder`: the folder itself (a run's output.dir) or its parent (a
+    checkpoint-N inside one); None for a folder no run of ours wrote (a hub model, a plain HF folder)."""
+    folder = Path(folder)
+    inside = [folder.parent / "plan.json"] if folder.name.startswith("checkpoint-") else []
+    for plan in (folder / "plan.json", *inside):
+        if folder.is_dir() and plan.is_file():
+            return read_json(plan)
+    return None
+
+
 def adapter_config(adapter: Path) -> dict:
     """The config of a PEFT adapter folder, after checking that its weights file is whole."""
     adapter = Path(adapter)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.inputs import (ADAPTER_WEIGHTS, CheckpointError, adapter_config, read_json,
+from launcher.checkpoint.inputs import (ADAPTER_WEIGHTS, CheckpointError, adapter_config, read_json, run_plan,
                                        safetensors_files, safetensors_header)
 from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
@@ -81,12 +81,11 @@ def _base_folder(base: str) -> Path:
 
 def qlora_note(adapter: Path) -> str | None:
     """If the run that trained `adapter` used a k-bit base (its plan.json says so), the sentence to print."""
-    for plan_file in (adapter / "plan.json", adapter.parent / "plan.json"):
-        if plan_file.is_file():
-            quant = json.loads(plan_file.read_text())["recipe"]["model"].get("quantization")
-            if quant:
-                return (f"adapter trained with QLoRA over a {quant['bits']}-bit base: merged into the full-precision "
-                        "base, so the merged model is the adapter over the unquantized weights")
+    plan = run_plan(adapter)
+    quant = plan["recipe"]["model"].get("quantization") if plan else None
+    if quant:
+        return (f"adapter trained with QLoRA over a {quant['bits']}-bit base: merged into the full-precision "
+                "base, so the merged model is the adapter over the unquantized weights")
     return None
 
 
