@@ -18,7 +18,7 @@ class GenerateMetrics(TrainerCallback):
     def __init__(self, trainer, recipe: dict):
         from launcher.evaluate import generation_sampling, load_prompts
 
-        self.trainer, self.generation = trainer, recipe["eval"]
+        self.trainer, self.generation, self.template = trainer, recipe["eval"], recipe["model"]["template"]
         self.sampling = generation_sampling(recipe["eval"])
         rows = load_prompts(recipe, recipe["data"]["eval_datasets"])
         self.prompts, self.labels = [messages for messages, _ in rows], [label for _, label in rows]
@@ -31,7 +31,8 @@ class GenerateMetrics(TrainerCallback):
         training, padding_side = model.training, tokenizer.padding_side
         model.eval()
         try:
-            replies, _ = reply_batch(model, tokenizer, self.prompts, self.sampling, self.generation["batch_size"])
+            replies, _ = reply_batch(model, tokenizer, self.prompts, self.sampling, self.generation["batch_size"],
+                                      self.template)
         finally:
             model.train(training)
             tokenizer.padding_side = padding_side  # reply_batch pads on the left for generation

@@ -37,13 +37,14 @@ def _max_lora_rank(adapter: str) -> int:
 
 
 def predict_vllm(model_path: str, adapter: str | None, trust_remote_code: bool, generation: dict, seed: int,
-                 conversations: list[list[dict]]) -> tuple[list[str], int]:
+                 conversations: list[list[dict]], template: str = "auto") -> tuple[list[str], int]:
     """(replies, tokens generated) of each conversation's next assistant turn, through vLLM; greedy unless
     eval.do_sample, with the eval section's max_new_tokens / temperature / top_p / top_k."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
     from launcher.builtin import is_builtin, local_model_path
+    from launcher.chat import prompt_text
 
     path = local_model_path(model_path) if is_builtin(model_path) else model_path
     lora = {"enable_lora": True, "max_lora_rank": _max_lora_rank(adapter), "max_loras": 1} if adapter else {}
@@ -53,9 +54,9 @@ def predict_vllm(model_path: str, adapter: str | None, trust_remote_code: bool, 
                             top_p=generation["top_p"] if sample else 1.0, top_k=generation["top_k"] if sample else -1,
                             seed=seed)
     tokenizer = llm.get_tokenizer()
-    # the token ids chat.reply_batch feeds: the chat template with the generation prompt, encoded without added
+    # the token ids chat.reply_batch feeds: the run's template with the generation prompt, encoded without added
     # special tokens (a template that writes its BOS would get a second one from vLLM's own text encoding)
-    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+    texts = [prompt_text(tokenizer, m, template) for m in conversations]
     prompts = [{"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]} for text in texts]
     request = LoRARequest("adapter", 1, str(Path(adapter).resolve())) if adapter else None
     outputs = llm.generate(prompts, params, lora_request=request)

@@ -46,18 +46,19 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
 
     from launcher.chat import chat_template, load_for_chat, reply_batch
 
+    template = chat_template(job.model, job.adapter)[0]  # prompts rendered as the run trained
     if job.generation["engine"] == "vllm":
         from launcher.eval_vllm import predict_vllm
 
         started = time.perf_counter()  # vLLM's engine start counts: it is part of generating with it
         replies, tokens = predict_vllm(job.model, job.adapter, job.trust_remote_code, job.generation, job.seed,
-                                       conversations)
+                                       conversations, template)
         return replies, tokens, time.perf_counter() - started
     model, tokenizer = load_for_chat(job.model, job.adapter, job.trust_remote_code)
     set_seed(job.seed)
     started = time.perf_counter()
     replies, tokens = reply_batch(model, tokenizer, conversations, generation_sampling(job.generation),
-                                  job.generation["batch_size"], chat_template(job.model, job.adapter)[0])  # as trained
+                                  job.generation["batch_size"], template)
     return replies, tokens, time.perf_counter() - started
 
 
