@@ -19,17 +19,24 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / "bench" / "wheels"
 SITE = Path("/tmp/launcher-gpu-site")
-# what the GPU image lacks: the project's own dependencies and theirs (pinned: one version each)
-PACKAGES = ("deepspeed==0.19.8", "datasets==5.2.0", "trl==1.16.0", "bitsandbytes==0.50.2", "liger-kernel==0.8.5",
+# what the GPU image lacks, or has too old: the project's own dependencies and theirs (pinned: one version
+# each). transformers: the image's 5.17 predates what the code calls (TrainingArguments(activation_checkpointing=),
+# pyproject's >= 5.23), so the tested one goes in beside it and shadows it, with the hub client it needs.
+PACKAGES = ("transformers==5.24.0", "huggingface-hub==2.4.0", "deepspeed==0.19.8", "datasets==5.2.0", "trl==1.16.0", "bitsandbytes==0.50.2", "liger-kernel==0.8.5",
             "hjson==3.1.0", "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0",
             "typing-inspection==0.4.5", "dill==0.4.1", "multiprocess==0.70.19")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
+IMAGE_PACKAGES = ("torch", "accelerate", "peft", "tensorboard")  # the GPU image's own, used as they are
 BUDGET_S = {"install": 60, "tests": 240, "throughput": 150}  # inside the 8 minutes, set-up included
 
 
@@ -41,6 +48,23 @@ def missing_wheels(folder: Path = WHEELS) -> list[str]:
     """The pinned packages with no wheel of that version in `folder`."""
     present = {(_normal(w.name.split("-")[0]), w.name.split("-")[1]) for w in folder.glob("*.whl")}
     return [spec for spec in PACKAGES if (_normal(spec.split("==")[0]), spec.split("==")[1]) not in present]
+
+
+def image_mismatches() -> list[str]:
+    """The machine's own packages (used as they are: the wheels go in with --no-deps) that are
+    missing or outside the project's ranges in pyproject.toml."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ranges = {requirement.name: requirement.specifier for requirement in map(Requirement, dependencies)}
+    wrong = []
+    for name in IMAGE_PACKAGES:
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            wrong.append(f"{name} (not installed)")
+            continue
+        if not ranges[name].contains(have, prereleases=True):
+            wrong.append(f"{name} {have} (the project needs {ranges[name]})")
+    return wrong
 
 
 def prepare(folder: Path = WHEELS) -> None:
@@ -89,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] {folder}: no wheel for {', '.join(missing)}. Fix: `make gpu-wheels` "
               "(python bench/gpu_check.py --prepare) on a machine with internet", file=sys.stderr)
         return 2
-    print(f"[gpu_check] {len(PACKAGES)} wheels ready in {folder}", flush=True)
+    wrong = image_mismatches()
+    if wrong:
+        print(f"[gpu_check] this machine's {', '.join(wrong)}. Fix: a GPU image with those in range, or add their "
+              "wheels to PACKAGES", file=sys.stderr)
+        return 2
+    print(f"[gpu_check] {len(PACKAGES)} wheels ready in {folder}; the machine's own: "
+          + ", ".join(f"{name} {version(name)}" for name in IMAGE_PACKAGES), flush=True)
     print("\n".join(plan_lines()), flush=True)
     if args.dry_run:
         return 0

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import base_env, machine, versions, write_section  # noqa: E402
+from launcher.kernels.loss import CHUNK_TOKENS  # noqa: E402
 
 SECTION = "## Loss memory"
 TARGET = 0.3  # chunked peak / one fp32 logits tensor
@@ -79,10 +80,11 @@ def run(kernel: str, args) -> dict:
 def render(args, plain: dict, chunked: dict) -> str:
     logits_mib = args.tokens * args.vocab * 4 / 2 ** 20
     share = chunked["extra_mib"] / logits_mib
+    slice_mib, weight_mib = CHUNK_TOKENS * args.vocab * 4 / 2 ** 20, args.vocab * args.hidden * 4 / 2 ** 20
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return "\n".join([
         SECTION, "",
-        f"`python bench/loss_memory.py` ({when}; {machine() if args.device == 'cpu' else args.device}; {versions()}).",
+        f"`python bench/loss_memory.py --tokens {args.tokens} --vocab {args.vocab} --hidden {args.hidden}` ({when}; {machine() if args.device == 'cpu' else args.device}; {versions()}).",
         f"LM head + causal-LM loss, forward and backward, {args.tokens:,} tokens, vocabulary {args.vocab:,}, hidden "
         f"{args.hidden}, fp32; each kernel in its own process, memory above the inputs, the head's weight and its "
         f"gradient ({'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'peak RSS'}). One fp32 logits "
@@ -94,7 +96,11 @@ def render(args, plain: dict, chunked: dict) -> str:
         "",
         f"chunked / plain: **{chunked['extra_mib'] / plain['extra_mib']:.2f}x**; chunked holds {share:.2f}x one logits "
         f"tensor, which {'**meets**' if share <= TARGET else '**misses**'} the target (<= {TARGET}x). The losses agree "
-        f"to {abs(plain['loss'] - chunked['loss']):.1e}.", ""])
+        f"to {abs(plain['loss'] - chunked['loss']):.1e}.", "",
+        f"Where chunked's peak goes: one slice of {CHUNK_TOKENS} tokens' fp32 logits ({slice_mib:,.0f} MiB), which the "
+        f"cross-entropy turns into its own gradient in place (autograd's version held logits, log-softmax and their "
+        f"gradient: three), and the LM head's weight gradient of that slice ({weight_mib:,.0f} MiB) before it is added "
+        "to the accumulated one; the rest is the allocator and the runtime.", ""])
 
 
 def main() -> None:

@@ -76,8 +76,12 @@ def test_padding_free_rows_hold_no_square_tensor():
 
 
 def test_flex_padding_free_packing_gives_the_unpacked_loss(tmp_path):
-    """On CPU torch runs flex_attention forward only (no backward): the loss, for both loss kernels.
-    The gradients are checked on CUDA (tests/test_kernels_gpu.py)."""
+    """The loss, for both loss kernels. Forward only: torch 2.13 has no flex_attention backward on
+    CPU. flex_attention() refuses any CPU input that requires grad (_validate_device: "FlexAttention
+    does not support backward on CPU"), eager or compiled, and lifting that check still fails in
+    inductor, whose CPU flex template is inference-only (no logsumexp output; pytorch#148752,
+    pytorch#169646). The gradients of this row are proved below with sdpa, and with flex_attention
+    on CUDA (tests/test_kernels_gpu.py)."""
     samples = _samples()
     expected, trained, _ = unpacked_reference(_model("sdpa"), samples)
     model = _model("flex_attention").train()  # one model: flex_attention compiles its kernel on the first call
@@ -87,6 +91,26 @@ def test_flex_padding_free_packing_gives_the_unpacked_loss(tmp_path):
             got = _trainer(model, tmp_path, "flex_attention", loss).compute_loss(
                 model, batch, num_items_in_batch=torch.tensor(trained))
             assert abs(got.item() - expected) < 1e-5, (loss, got.item(), expected)
+
+
+def test_padding_free_row_gives_the_unpacked_gradients(tmp_path):
+    """The padding-free row itself (position_ids, labels, one row, no mask) gives the unpacked loss
+    and gradients, for both loss kernels. sdpa stands in for flex_attention here (no CPU backward,
+    see above): transformers keeps the samples apart from the restarting position_ids alone, so a
+    wrong boundary or label in the row changes the result."""
+    samples = _samples()
+    model = _model("sdpa").train()
+    expected, trained, expected_grads = unpacked_reference(model, samples)
+    batch = PaddingCollator(0, "neat", padding_free=True)(pack_examples(samples, CUTOFF).rows)
+    del batch["document_ids"]  # what flex_attention's block mask is built from; sdpa reads position_ids
+    for loss in ("plain", "chunked"):
+        value = _trainer(model, tmp_path, "sdpa", loss).compute_loss(model, dict(batch),
+                                                                     num_items_in_batch=torch.tensor(trained))
+        value.backward()
+        grads = _grads(model)
+        assert abs(value.item() - expected) < 1e-5, (loss, value.item(), expected)
+        for name, grad in expected_grads.items():
+            assert torch.allclose(grads[name], grad, atol=1e-5), (loss, name, (grads[name] - grad).abs().max())
 
 
 def test_chunked_loss_in_the_trainer_gives_the_plain_gradients(tmp_path):
@@ -171,20 +195,26 @@ def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
 
 
 def test_compiled_layers_match_eager_without_recompiling_per_length(tmp_path):
-    """train.compile on CPU, with gradient checkpointing: the loss of eager, and a second batch of
-    another length runs the same compiled code (dynamic shapes)."""
+    """train.compile on CPU, with gradient checkpointing: padded batches and neat-packed ones (4D
+    mask, restarting position_ids: the CPU packing path) give eager's loss, and a second batch of
+    another length runs the same compiled code (dynamic shapes): no recompile per batch shape."""
     from launcher.kernels.compile import compile_layers
 
     model = _model("sdpa").train()
     model.gradient_checkpointing_enable({"use_reentrant": False})
-    collate = PaddingCollator(0)
-    short, long = collate(_samples()[1:3]), collate(_samples()[:2])
-    assert short["input_ids"].shape[1] != long["input_ids"].shape[1]
-    eager = [model(**dict(b)).loss.item() for b in (short, long)]
+    samples, padded, neat = _samples(), PaddingCollator(0), PaddingCollator(0, "neat")
+    short = [sample for sample in samples if len(sample["input_ids"]) < 10]
+    batches = {"padded": (padded(samples[1:3]), padded(samples[:2])),
+               "neat": (neat(pack_examples(short, 16).rows), neat(pack_examples(samples, CUTOFF).rows))}
+    for first, second in batches.values():
+        assert first["input_ids"].shape[1] != second["input_ids"].shape[1]
+    eager = {kind: [model(**dict(b)).loss.item() for b in pair] for kind, pair in batches.items()}
     assert compile_layers(model) == model.config.num_hidden_layers
-    first = model(**dict(short)).loss
-    first.backward()
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        second = model(**dict(long)).loss
-        second.backward()
-    assert abs(first.item() - eager[0]) < 1e-5 and abs(second.item() - eager[1]) < 1e-5
+    for kind, (first, second) in batches.items():
+        losses = [model(**dict(first)).loss]  # the first batch of a kind may compile (a new mask kind)
+        losses[0].backward()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            losses.append(model(**dict(second)).loss)
+            losses[1].backward()
+        for got, expected in zip(losses, eager[kind]):
+            assert abs(got.item() - expected) < 1e-5, (kind, got.item(), expected)

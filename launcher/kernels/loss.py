@@ -1,5 +1,7 @@
 """Chunked linear cross-entropy: the LM head and the loss computed a slice of tokens at a time,
-each slice recomputed in backward, so the full (tokens x vocabulary) logits never exist.
+each slice recomputed in backward, so the full (tokens x vocabulary) logits never exist. Within
+a slice the cross-entropy writes its gradient into the logits' own buffer, so a slice costs one
+(tokens x vocabulary) fp32 tensor, not the three (logits, log-softmax, its gradient) of autograd's.
 
 Same value as transformers' causal-LM loss: the sum of the trained tokens' cross-entropy (in
 fp32) over num_items_in_batch (the Trainer's token count across grad-accum and ranks), or the
@@ -9,7 +11,6 @@ mean over this batch's trained tokens without it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from launcher.data.tokenize import IGNORE_INDEX
@@ -23,8 +24,33 @@ def chunk_count(max_tokens: int) -> int:
     return max(1, -(-max_tokens // CHUNK_TOKENS))
 
 
+class _InPlaceCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of fp32 logits (T, V) whose backward needs no second buffer: the
+    forward turns the logits into their gradient, softmax - one_hot(target), in place. Safe
+    because nothing else reads the logits: the LM head's backward needs its input and weight only."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(targets.numel(), device=targets.device)
+        target_logits = logits[rows, targets]
+        peak = logits.amax(-1, keepdim=True)
+        softmax = logits.sub_(peak).exp_()  # in place, where logsumexp() would allocate a (T, V) temporary
+        normaliser = softmax.sum(-1, keepdim=True)
+        loss = (normaliser.log() + peak).squeeze(-1).sub(target_logits).sum()
+        gradient = softmax.div_(normaliser)
+        gradient[rows, targets] -= 1
+        ctx.save_for_backward(gradient)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        (gradient,) = ctx.saved_tensors
+        return gradient.mul_(grad_loss), None  # used once: the buffer becomes the returned gradient
+
+
 def _summed_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+    # .float(): the HF loss's upcast of half-precision logits (fp32 ones are the head's fresh output)
+    return _InPlaceCrossEntropy.apply(lm_head(hidden).float(), targets)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, chunks: int,
