@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import shlex
-import threading
 import time
 import uuid
 from collections import deque
@@ -274,11 +273,13 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
         await gate.enter()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": chat.model}
         if chat.stream:
-            return StreamingResponse(_stream(engine, chat, head, event, gate), media_type="text/event-stream")
-        try:
-            ids, prompt = await asyncio.to_thread(engine.generate, chat)
-        finally:
-            gate.leave()
+            from transformers import TextIteratorStreamer
+
+            streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+            generation = _generate(engine, chat, gate, streamer)
+            return StreamingResponse(_stream(engine, chat, head, event, generation, streamer),
+                                     media_type="text/event-stream")
+        ids, prompt = await asyncio.shield(_generate(engine, chat, gate))
         event[1] = prompt + len(ids)
         text, reason = engine.finish(ids, chat)
         return {**head, "object": "chat.completion",
@@ -288,42 +289,51 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
     return app
 
 
-async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, gate: Gate):
+def _generate(engine: Engine, chat: ChatRequest, gate: Gate, streamer=None) -> asyncio.Future:
+    """engine.generate in a worker thread that holds the gate until generate returns.
+
+    The gate is released by the thread's end, not by the request's code: a client that goes away
+    cancels the request's awaits (Starlette cancels a streaming response on disconnect, and cancels
+    every await in its finally too), and a release there would be skipped, or come while the model
+    still generates. Callers await the future through asyncio.shield for the same reason."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, engine.generate, chat, streamer)
+
+    def done(finished: asyncio.Future) -> None:
+        gate.leave()
+        if streamer is not None and finished.exception() is not None:  # generate never ended the stream
+            streamer.text_queue.put(streamer.stop_signal)
+
+    future.add_done_callback(done)
+    return future
+
+
+async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, generation: asyncio.Future, streamer):
     """SSE chunks as tokens arrive; text that might start a stop string is held back until it cannot."""
-    from transformers import TextIteratorStreamer
 
     def chunk(delta: dict, reason: str | None = None) -> str:
         body = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(out=engine.generate(chat, streamer)), daemon=True)
     hold = max((len(s) for s in chat.stop), default=1) - 1
-    try:
-        worker.start()
-        yield chunk({"role": "assistant", "content": ""})
-        text, sent = "", 0
-        while (piece := await asyncio.to_thread(next, streamer, None)) is not None:
-            text += piece
-            cut, stopped = _cut(text, chat.stop)
-            safe = len(cut) if stopped else max(sent, len(text) - hold)
-            if safe > sent:
-                yield chunk({"content": text[sent:safe]})
-                sent = safe
-            if stopped:
-                break
-        await asyncio.to_thread(worker.join)
-        ids, prompt = result["out"]
-        event[1] = prompt + len(ids)
-        final, reason = engine.finish(ids, chat)
-        if len(final) > sent:
-            yield chunk({"content": final[sent:]})
-        yield chunk({}, reason)
-        yield "data: [DONE]\n\n"
-    finally:
-        await asyncio.to_thread(worker.join)  # the model stays busy until its generate returns
-        gate.leave()
+    yield chunk({"role": "assistant", "content": ""})
+    text, sent = "", 0
+    while (piece := await asyncio.to_thread(next, streamer, None)) is not None:
+        text += piece
+        cut, stopped = _cut(text, chat.stop)
+        safe = len(cut) if stopped else max(sent, len(text) - hold)
+        if safe > sent:
+            yield chunk({"content": text[sent:safe]})
+            sent = safe
+        if stopped:
+            break
+    ids, prompt = await asyncio.shield(generation)
+    event[1] = prompt + len(ids)
+    final, reason = engine.finish(ids, chat)
+    if len(final) > sent:
+        yield chunk({"content": final[sent:]})
+    yield chunk({}, reason)
+    yield "data: [DONE]\n\n"
 
 
 def vllm_command(model: str, adapters: dict[str, str], host: str, port: int,

@@ -123,6 +123,19 @@ def test_stop_string_cuts_the_answer(server, adapter):
         assert text == full[:full.index(stop)]
 
 
+def test_a_client_gone_mid_stream_leaves_the_model_free(server, adapter):
+    """Starlette cancels a stream whose client left; the next request must not wait behind it forever."""
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": 64, "min_tokens": 64, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": "Bearer k1"}) as answer:
+        assert answer.status_code == 200
+        assert next(answer.iter_lines()).startswith("data: ")  # streaming began; now the client hangs up
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="k1", max_retries=0, timeout=60)
+    for _ in range(2):
+        reply = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=TOKENS, temperature=0)
+        assert reply.choices[0].message.content == greedy(MESSAGES, TOKENS, adapter)
+
+
 @pytest.mark.parametrize("headers, body, status, needle", [
     ({}, {"model": "tiny", "messages": MESSAGES}, 401, "API key"),
     ({"Authorization": "Bearer nope"}, {"model": "tiny", "messages": MESSAGES}, 401, "API key"),
