@@ -31,6 +31,8 @@ class StageSpec:
     data: its row format in launcher/data/formats_registry (what `launch data` shows and the trainer reads)
     trainer: "module:function" building (trainer, data summary) from (plan, args, model, tokenizer, callbacks)
     head: the model it loads: LM_HEAD (causal LM) or SCORE_HEAD (one score on its last token, a reward model)
+    lm_loss: its trainer computes the causal-LM loss itself (launcher/kernels/trainer.py), so
+        train.loss_kernel applies to it
     check: its cross-key rules, check(resolved recipe, origins, refuse)
     """
 
@@ -38,6 +40,7 @@ class StageSpec:
     data: str
     trainer: str
     head: str = LM_HEAD
+    lm_loss: bool = False
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
 
 

@@ -2,4 +2,4 @@
 
 from launcher.registry import StageSpec
 
-SPEC = StageSpec(kinds=None, data="blocks", trainer="launcher.stages.pt:build_trainer")
+SPEC = StageSpec(kinds=None, data="blocks", trainer="launcher.stages.pt:build_trainer", lm_loss=True)

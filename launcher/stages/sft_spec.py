@@ -2,4 +2,4 @@
 
 from launcher.registry import StageSpec
 
-SPEC = StageSpec(kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer")
+SPEC = StageSpec(kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer", lm_loss=True)
