@@ -17,11 +17,12 @@ from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.bad_rows import BadRows
 from launcher.data.formats import to_example, to_text
 from launcher.data.registry import DataError, resolve_dataset
-from launcher.data.rows import STAGE_KINDS, dataset_items
+from launcher.data.rows import dataset_items
 from launcher.data.templates import template_refusal
 from launcher.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
 from launcher.module_names import freeze_error, layer_list, lora_targets_error, missing_modules_error, parameter_shapes
 from launcher.recipe import RecipeError
+from launcher.registry import stage_spec
 
 
 def _is_local(path: str) -> bool:
@@ -151,14 +152,14 @@ def check_datasets_yield_rows(recipe: dict) -> None:
     """Every dataset is of a kind the stage reads and not all bad, and data.datasets has a usable row: each
     read up to its first good row with the recipe's data.on_bad_row (error: a bad row before it is refused,
     as the run would refuse it)."""
-    data, stage = recipe["data"], recipe["stage"]
-    convert = to_text if stage == "pt" else to_example
+    data, kinds = recipe["data"], stage_spec(recipe["stage"]).kinds
+    convert = to_text if kinds is None else to_example  # a stage reading any kind reads the rows' text
     bad = BadRows(data["on_bad_row"])
     for key in ("datasets", "eval_datasets"):
         found = False
         for name in data[key]:
             try:
-                found |= next(dataset_items(name, data, bad, convert, STAGE_KINDS[stage]), None) is not None
+                found |= next(dataset_items(name, data, bad, convert, kinds), None) is not None
             except DataError as err:
                 raise RecipeError(f"data.{key}: {err}") from None
         if key == "datasets" and not found:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from launcher.recipe_yaml import YamlRefusal, load_yaml_text
+from launcher.registry import method_spec, stage_spec
 from launcher.schema import SCHEMA, Key, all_keys
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
@@ -253,34 +254,12 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             refuse(dotted, f"{dotted}: {value} is part of the recipe contract but not available in this version yet. "
                            f"Fix: use one of {sorted(set(FLAT[dotted].choices) - unavailable)}")
     method, dist = r["method"]["name"], r["distributed"]
-    if method == "freeze" and r["method"]["trainable_layers"] == 0:
-        refuse("method.trainable_layers", "method.trainable_layers: 0 trains no layer. "
-                                          "Fix: +N for the last N decoder layers, -N for the first N")
-    if method == "prefix" and r["train"]["gradient_checkpointing"]:
-        refuse("train.gradient_checkpointing", "train.gradient_checkpointing: true cannot run with method.name: prefix "
-                                               "(PEFT's prefix tuning does not work with gradient checkpointing). "
-                                               "Fix: set train.gradient_checkpointing: false")
-    if method == "prefix" and dist["engine"] == "deepspeed" and dist["zero"] == 3:
-        refuse("distributed.zero", "distributed.zero: 3 cannot save method.name: prefix (PEFT computes the saved prefix "
-                                   "on rank 0 alone from ZeRO-3-partitioned weights, which hangs). Fix: set distributed.zero: 2")
-    if r["method"].get("variant") == "pissa":
-        if dist["engine"] == "deepspeed" and dist["zero"] == 3:
-            refuse("method.variant", "method.variant: pissa cannot run with distributed.zero: 3 (PiSSA initialises the adapter "
-                                     "from an SVD of each full base weight, which ZeRO-3 has already partitioned at load). "
-                                     "Fix: set distributed.zero: 2, or method.variant: lora")
-        if r["model"]["adapter"] is not None:
-            refuse("method.variant", "method.variant: pissa cannot continue model.adapter (PiSSA initialises a new "
-                                     "adapter from the base's singular vectors). Fix: remove method.variant or model.adapter")
-        if r["model"]["quantization"] is not None:
-            refuse("method.variant", "method.variant: pissa cannot run with model.quantization (the residual base would be "
-                                     "re-quantized, so the saved adapter could not reproduce the trained model over the "
-                                     "original base). Fix: remove model.quantization, or method.variant: lora")
-    if r["method"].get("loraplus_ratio") is not None and dist["offload"] != "none":
-        refuse("method.loraplus_ratio", f"method.loraplus_ratio cannot run with distributed.offload: {dist['offload']} "
-                                        "(ZeRO-Offload steps with DeepSpeed's own CPU Adam, which has no LoRA+ groups). "
-                                        "Fix: set distributed.offload: none or remove method.loraplus_ratio")
-    _check_stage(r, origins, refuse)
-    _check_rl(r, refuse)
+    method_spec(method).check(r, origins, refuse)
+    if r["model"]["adapter"] is not None and method != "lora":
+        refuse("model.adapter", f"model.adapter continues a LoRA adapter, so it needs method.name: lora (got "
+                                f"{method}). Fix: set method.name: lora, or `launch merge` the adapter and "
+                                "set model.path to the merged dir")
+    stage_spec(r["stage"]).check(r, origins, refuse)
     if r["model"]["quantization"] is not None and method != "lora":
         refuse("model.quantization", f"model.quantization (QLoRA) needs method.name: lora, got method.name: {method}. "
                                      "Fix: set method.name: lora or remove model.quantization")
@@ -314,55 +293,6 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
         refuse("data.datasets", "data.datasets is empty. Fix: name at least one dataset, e.g. data.datasets: [demo_sft]")
     if "none" in r["output"]["report_to"] and len(r["output"]["report_to"]) > 1:
         refuse("output.report_to", "output.report_to mixes none with loggers. Fix: use [none] alone or drop it")
-
-
-def _check_rl(r: dict, refuse) -> None:
-    """rm and ppo combinations that cannot work (docs/stages.md)."""
-    stage, method, dist, data = r["stage"], r["method"]["name"], r["distributed"], r["data"]
-    if stage not in ("rm", "ppo"):
-        return
-    if data["packing"] != "none":
-        refuse("data.packing", f"data.packing: {data['packing']} cannot run with stage: {stage} (each sequence gets its "
-                               "own score or reply; packed rows would mix them). Fix: set data.packing: none")
-    if stage == "rm":
-        if method == "prefix":
-            refuse("method.name", "method.name: prefix cannot train stage: rm (the reward model's new score head must be "
-                                  "trained and saved beside the adapter). Fix: use method.name: lora, freeze or full")
-        return
-    if method != "lora":
-        refuse("method.name", f"stage: ppo needs method.name: lora, got {method} (policy, value head and reference share "
-                              "one model: the reference is the policy with its adapter disabled, so no second full copy "
-                              "is held). Fix: set method.name: lora")
-    if r["method"].get("variant") == "pissa":
-        refuse("method.variant", "method.variant: pissa cannot run with stage: ppo (the KL reference is the policy with "
-                                 "its adapter disabled, which under PiSSA is the residual base, not the model). "
-                                 "Fix: set method.variant: lora")
-    if r["train"]["reward_model"] is None:
-        refuse("train.reward_model", "stage: ppo needs train.reward_model, the output.dir of a stage: rm run. "
-                                     "Fix: train one (e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir")
-    if dist["offload"] == "all":
-        refuse("distributed.offload", "distributed.offload: all cannot run with stage: ppo (every rollout gathers the whole "
-                                      "policy onto each device to generate, which undoes parameter offload). "
-                                      "Fix: set distributed.offload: optimizer or none")
-    if data["eval_datasets"] or data["val_size"] > 0:
-        refuse("data.eval_datasets" if data["eval_datasets"] else "data.val_size",
-               "stage: ppo has no evaluation pass (its progress is the reward model's score, logged as ppo/score). "
-               "Fix: remove data.eval_datasets and data.val_size")
-
-
-def _check_stage(r: dict, origins: dict[str, str], refuse) -> None:
-    """Stage keys that only make sense together (pt, dpo, kto, orpo; see docs/stages.md)."""
-    train = r["train"]
-    if r["model"]["adapter"] is not None and r["method"]["name"] != "lora":
-        refuse("model.adapter", f"model.adapter continues a LoRA adapter, so it needs method.name: lora (got "
-                                f"{r['method']['name']}). Fix: set method.name: lora, or `launch merge` the adapter and "
-                                "set model.path to the merged dir")
-    if r["stage"] == "dpo" and "train.simpo_gamma" in origins and train["pref_loss"] != "simpo":
-        refuse("train.simpo_gamma", f"train.simpo_gamma is only used by train.pref_loss: simpo (got {train['pref_loss']}). "
-                                    "Fix: remove train.simpo_gamma or set train.pref_loss: simpo")
-    if r["stage"] == "dpo" and train["pref_loss"] == "orpo" and train["pref_ftx"] > 0:
-        refuse("train.pref_ftx", "train.pref_ftx cannot be added to train.pref_loss: orpo (ORPO's loss already holds the "
-                                 "SFT term). Fix: remove train.pref_ftx")
 
 
 def combination_error(recipe: dict) -> str | None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher import registry
+from launcher.data.templates import TEMPLATES as REGISTERED_TEMPLATES
+
 
 @dataclass(frozen=True)
 class Key:
@@ -42,9 +45,10 @@ class Key:
 
 
 DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
-STAGES = ("pt", "sft", "rm", "dpo", "kto", "orpo", "ppo")
-METHODS = ("full", "freeze", "lora", "prefix")
-TEMPLATES = ("auto", "qwen2", "llama3", "chatglm3", "alpaca", "empty")
+# the registries' names, as live views: a stage or method registered later is a valid choice too
+STAGES = registry.STAGES.keys()
+METHODS = registry.METHODS.keys()
+TEMPLATES = ("auto", *REGISTERED_TEMPLATES)
 # LLaMA-Factory's template names that render the same format as one of ours (its llama3, chatglm3,
 # alpaca and empty are ours by name already); its other names are formats we do not register
 TEMPLATE_ALIASES = {"qwen": "qwen2"}

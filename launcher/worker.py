@@ -17,6 +17,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from launcher import quiet
 from launcher.elastic import isolate_restart_attempt
+from launcher.registry import SCORE_HEAD, TRAINERS, stage_spec
 
 
 def training_arguments(plan: dict):
@@ -81,7 +82,7 @@ def load_model(plan: dict, model_dir: str):
             bnb_4bit_use_double_quant=quant["double_quant"], bnb_4bit_compute_dtype=dtype)
         # no device_map: transformers quantizes onto the current device, which TrainingArguments set per rank
     auto = AutoModelForCausalLM
-    if recipe["stage"] == "rm":  # the reward model: the LM with a one-score head on its last token
+    if stage_spec(recipe["stage"]).head == SCORE_HEAD:  # a reward model: the LM with a one-score head on its last token
         auto, extra["num_labels"] = AutoModelForSequenceClassification, 1
     model = auto.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=plan["kernels"]["attn"],
@@ -116,9 +117,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
 
     from launcher.builtin import local_model_path
     from launcher.callbacks import FaultInjectionCallback, install_monitoring
-    from launcher.methods import apply_method, count_parameters
+    from launcher.methods import apply_method, call_hook, count_parameters
     from launcher.monitoring.interrupt import StopOnSignal, StoppedBySignal
-    from launcher.stages import STAGES
 
     recipe = plan["recipe"]
     rank = int(os.environ.get("RANK", "0"))
@@ -146,11 +146,7 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
                   "apply to new adapters only)", flush=True)
     else:
         model = apply_method(load_model(plan, model_dir), recipe)
-    pissa = recipe["method"].get("variant") == "pissa"
-    if pissa and rank == 0:  # the initial adapter, to convert the trained one back to plain LoRA at the end
-        from launcher.methods.lora import PISSA_INIT_DIR
-
-        model.save_pretrained(Path(plan["output_dir"]) / PISSA_INIT_DIR)
+    call_hook(recipe, "after_apply", model, plan, rank)
     if plan["kernels"]["compile"]:
         from launcher.kernels.compile import compile_layers
 
@@ -167,11 +163,8 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
         tensorboard = TensorBoardCallback(tb_writer=writer)
     else:
         tensorboard = None
-    trainer, summary = STAGES[recipe["stage"]](plan, args, model, tokenizer, callbacks)
-    if recipe["method"].get("loraplus_ratio") is not None:
-        from launcher.methods.lora import loraplus_optimizer
-
-        trainer.optimizer_cls_and_kwargs = loraplus_optimizer(trainer, recipe["method"]["loraplus_ratio"])
+    trainer, summary = TRAINERS[recipe["stage"]](plan, args, model, tokenizer, callbacks)
+    call_hook(recipe, "prepare_trainer", trainer, recipe)
     guard = install_monitoring(trainer, plan, rank, terminal, width)  # before TensorBoard: it adds scalars
     if tensorboard is not None:
         trainer.add_callback(tensorboard)
@@ -202,11 +195,7 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     if trainer.is_world_process_zero():
         trainer.save_state()
         tokenizer.save_pretrained(plan["output_dir"])
-        if pissa:
-            from launcher.methods.lora import PISSA_INIT_DIR, convert_pissa_to_lora
-
-            convert_pissa_to_lora(plan["output_dir"], Path(plan["output_dir"]) / PISSA_INIT_DIR)
-            print("[launcher] PiSSA adapter converted to plain LoRA (rank doubled) over the original base", flush=True)
+        call_hook(recipe, "after_save", plan)
         print(f"[launcher] saved to {plan['output_dir']}", flush=True)
 
 

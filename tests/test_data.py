@@ -106,7 +106,7 @@ def test_bad_row_names_dataset_and_row(tmp_path, tokenizer):
 
 
 def test_validation_split_is_seeded_and_disjoint():
-    from launcher.stages.sft import split_validation
+    from launcher.data.splits import split_validation
 
     examples = [{"input_ids": [i]} for i in range(100)]
     train, held = split_validation(examples, 0.1, seed=42)

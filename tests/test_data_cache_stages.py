@@ -121,7 +121,7 @@ def test_kinds_never_share_an_entry(tokenizer, tmp_path):
 
 def test_rm_reads_the_pair_entry(tokenizer, tmp_path, caplog):
     """rm's scored pairs are the cached pairs joined: a dpo run's entry serves it, and the other way round."""
-    from launcher.stages.rm import scored_pairs  # imports trl
+    from launcher.data.pairs import scored_pairs
 
     cfg = data_cfg(tmp_path, KINDS["pair"])
     pairs = pair_data(["demo_pref"], cfg, tokenizer)

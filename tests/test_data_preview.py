@@ -18,8 +18,8 @@ from launcher.builtin import builtin_source_dir
 from launcher.cli import main
 from launcher.data.blocks import build_blocks
 from launcher.data.pairs import PreferenceData, build_kto_data, build_pair_data
-from launcher.data.preview import STAGES
 from launcher.recipe import load_recipe
+from launcher.registry import STAGES
 from launcher.schema import STAGES as SCHEMA_STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def pair_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
 
 
 def rm_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
-    from launcher.stages.rm import scored_pairs  # imports trl
+    from launcher.data.pairs import scored_pairs
 
     data = build(scored_pairs, recipe, tokenizer)
     return data.rows, preference_counts(data)
@@ -96,7 +96,7 @@ def kto_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
 
 
 def ppo_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
-    from launcher.stages.ppo import prompt_rows  # imports torch, peft, trl
+    from launcher.data.prompts import prompt_rows
 
     cfg = recipe["data"]
     rows, dropped = prompt_rows(cfg["datasets"], cfg, tokenizer, recipe["model"]["template"])

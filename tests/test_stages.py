@@ -34,7 +34,7 @@ def _trainer(recipe_file: str, overrides: list[str], tmp_path: Path):
     from launcher.builtin import local_model_path
     from launcher.methods import apply_method
     from launcher.plan import build_plan
-    from launcher.stages import STAGES
+    from launcher.registry import TRAINERS as STAGES
     from launcher.worker import load_model, training_arguments
 
     recipe = load_recipe(ROOT / recipe_file, ["distributed.engine=ddp", "distributed.zero=0", "distributed.nproc_per_node=1",

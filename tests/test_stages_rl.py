@@ -89,7 +89,7 @@ def _reloaded_scores(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from launcher.builtin import materialize
-    from launcher.stages.rm import scored_pairs
+    from launcher.data.pairs import scored_pairs
 
     plan = json.loads((out / "plan.json").read_text())
     base_dir = materialize(plan["recipe"]["model"]["path"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import cached_rows
+from launcher.data.cache import cached_data
 from launcher.data.pipeline import load_texts
 from launcher.data.registry import DataError
 
@@ -44,11 +44,6 @@ def build_blocks(names: list[str], data_cfg: dict, tokenizer) -> BlockData:
 
 def block_data(names: list[str], data_cfg: dict, tokenizer, timeout_s: float = 1800.0) -> BlockData:
     """build_blocks through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    def build() -> tuple[list[dict], dict]:
-        data = build_blocks(names, data_cfg, tokenizer)
-        return ([{"input_ids": b["input_ids"]} for b in data.blocks],  # labels equal them: not stored twice
-                {"documents": data.documents, "tail_tokens": data.tail_tokens, "skipped": data.skipped})
-
-    rows, counts = cached_rows("pt", names, data_cfg, tokenizer, {}, build, timeout_s)
-    return BlockData([{"input_ids": r["input_ids"], "labels": list(r["input_ids"])} for r in rows],
-                     counts["documents"], counts["tail_tokens"], counts["skipped"])
+    return cached_data(BlockData, "pt", names, data_cfg, tokenizer, {}, lambda: build_blocks(names, data_cfg, tokenizer),
+                       timeout_s, store=lambda block: {"input_ids": block["input_ids"]},  # labels equal them: not stored twice
+                       load=lambda row: {"input_ids": row["input_ids"], "labels": list(row["input_ids"])})

@@ -28,15 +28,17 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from launcher.data.registry import DataError, resolve_dataset
 
 log = logging.getLogger("launcher.data")
+Data = TypeVar("Data")  # a stage's data: a dataclass of its rows (first field) and counts
 FORMAT = 1  # bump when the layout of an entry changes
 MANIFEST = "manifest.json"
 # data.* keys that do not change the tokens of a dataset (which datasets, and how the cache itself works)
@@ -256,16 +258,35 @@ def cached(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: di
     return load_or_build(root / f"{stage}-{key[:32]}", build, timeout_s)
 
 
-def cached_rows(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-                build: Callable[[], tuple[list[dict], dict]], timeout_s: float = 1800.0) -> tuple[list[dict], dict]:
-    """`cached` for a builder of rows: build() returns (rows, counts), every row a dict of the same token-id
-    columns; the rows come back equal, in order, whether built or loaded."""
-    def tokenized() -> Tokenized:
-        rows, meta = build()
-        return Tokenized({name: [row[name] for row in rows] for name in (rows[0] if rows else ())}, meta)
+def rows_of(data) -> list[dict]:
+    """The rows of a stage's data (SFTData, BlockData, PreferenceData, ...): by convention its first field."""
+    return getattr(data, fields(data)[0].name)
 
-    got = cached(stage, names, data_cfg, tokenizer, settings, tokenized, timeout_s)
-    return [dict(zip(got.columns, ids)) for ids in zip(*got.columns.values())], got.meta
+
+def _same(row: dict) -> dict:
+    return row
+
+
+def cached_data(shape: type[Data], kind: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
+                build: Callable[[], Data], timeout_s: float = 1800.0, store: Callable[[dict], dict] = _same,
+                load: Callable[[dict], dict] = _same) -> Data:
+    """The one cache wrapper of every stage's data: build() through `cached`, under `kind`.
+
+    build() returns a `shape` dataclass whose first field is the rows (every row a dict of the same
+    token-id columns) and whose other fields are its counts; an entry holds store(row) per row (id
+    lists only) and the counts, and load(stored row) gives each row back, equal and in order, whether
+    built or loaded."""
+    rows_field, *count_fields = [f.name for f in fields(shape)]
+
+    def tokenized() -> Tokenized:
+        data = build()
+        rows = [store(row) for row in rows_of(data)]
+        return Tokenized({name: [row[name] for row in rows] for name in (rows[0] if rows else ())},
+                         {name: getattr(data, name) for name in count_fields})
+
+    got = cached(kind, names, data_cfg, tokenizer, settings, tokenized, timeout_s)
+    rows = [load(dict(zip(got.columns, ids))) for ids in zip(*got.columns.values())]
+    return shape(**{rows_field: rows}, **got.meta)
 
 
 def wait_s(recipe: dict) -> float:

@@ -17,11 +17,10 @@ the kinds "pair" (dpo, orpo and rm share its entries) and "kto".
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import cached_rows
+from launcher.data.cache import cached_data
 from launcher.data.pipeline import load_examples
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
 
@@ -101,33 +100,28 @@ def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
     return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
-def _cached(kind: str, build: Callable[..., PreferenceData], names: list[str], data_cfg: dict, tokenizer,
-            template: str, timeout_s: float) -> PreferenceData:
-    """build(names, data_cfg, tokenizer, template) through the tokenized-data cache, its counts kept."""
-    def rows() -> tuple[list[dict], dict]:
-        data = build(names, data_cfg, tokenizer, template)
-        return data.rows, {"dropped": data.dropped, "skipped": data.skipped, "truncated": data.truncated}
-
-    got, counts = cached_rows(kind, names, data_cfg, tokenizer, {"template": template}, rows, timeout_s)
-    return PreferenceData(got, counts["dropped"], counts["skipped"], counts["truncated"])
-
-
 def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
               timeout_s: float = 1800.0) -> PreferenceData:
     """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    return _cached("pair", build_pair_data, names, data_cfg, tokenizer, template, timeout_s)
+    return cached_data(PreferenceData, "pair", names, data_cfg, tokenizer, {"template": template},
+                       lambda: build_pair_data(names, data_cfg, tokenizer, template), timeout_s)
 
 
-def _kto_label_as_ids(names: list[str], data_cfg: dict, tokenizer, template: str) -> PreferenceData:
-    """build_kto_data with each label as a one-token column ([1] desirable, [0] not): the cache holds only id lists."""
-    data = build_kto_data(names, data_cfg, tokenizer, template)
-    data.rows = [{**row, "label": [int(row["label"])]} for row in data.rows]
+def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
+                 timeout_s: float = 1800.0) -> PreferenceData:
+    """{"chosen_ids", "rejected_ids"} for a reward model: the prompt followed by each reply, through the reply's
+    eos (the last token, where its head reads the score). The pairs come through the cache, shared with dpo and orpo."""
+    data = pair_data(names, data_cfg, tokenizer, template, timeout_s)
+    data.rows = [{"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
+                 for r in data.rows]
     return data
 
 
 def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
              timeout_s: float = 1800.0) -> PreferenceData:
-    """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    data = _cached("kto", _kto_label_as_ids, names, data_cfg, tokenizer, template, timeout_s)
-    data.rows = [{**row, "label": bool(row["label"][0])} for row in data.rows]  # as TRL's KTO reads it
-    return data
+    """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py); the cache
+    holds only id lists, so each label is stored as one token ([1] desirable, [0] not) and read back as TRL's bool."""
+    return cached_data(PreferenceData, "kto", names, data_cfg, tokenizer, {"template": template},
+                       lambda: build_kto_data(names, data_cfg, tokenizer, template), timeout_s,
+                       store=lambda row: {**row, "label": [int(row["label"])]},
+                       load=lambda row: {**row, "label": bool(row["label"][0])})

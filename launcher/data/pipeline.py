@@ -10,7 +10,7 @@ from itertools import chain
 import numpy as np
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import cached_rows
+from launcher.data.cache import cached_data
 from launcher.data.formats import Example, to_example, to_text
 from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
@@ -103,9 +103,5 @@ def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
 
 def sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto", timeout_s: float = 1800.0) -> SFTData:
     """build_sft_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    def build() -> tuple[list[dict], dict]:
-        data = build_sft_data(names, data_cfg, tokenizer, template)
-        return data.examples, {"dropped": data.dropped, "skipped": data.skipped}
-
-    examples, counts = cached_rows("sft", names, data_cfg, tokenizer, {"template": template}, build, timeout_s)
-    return SFTData(examples, counts["dropped"], counts["skipped"])
+    return cached_data(SFTData, "sft", names, data_cfg, tokenizer, {"template": template},
+                       lambda: build_sft_data(names, data_cfg, tokenizer, template), timeout_s)

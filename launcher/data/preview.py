@@ -1,7 +1,8 @@
 """`launch data RECIPE --preview N [--dump FILE]`: the processed rows a run of the recipe's stage would train on.
 
-Each stage's rows come from the builder its trainer uses (launcher/stages/*.py), so the preview
-and the dump show exactly what a run reads; only the tokenizer is loaded."""
+Each stage's rows come from the builder its trainer uses (the row format its spec names,
+launcher/registry.py), so the preview and the dump show exactly what a run reads; only the
+tokenizer is loaded."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 
 from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
-from launcher.data.pairs import PreferenceData, kto_data, pair_data
+from launcher.data.pairs import PreferenceData, kto_data, pair_data, scored_pairs
 from launcher.data.pipeline import sft_data
+from launcher.data.prompts import prompt_rows
 from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
+from launcher.registry import stage_spec
 
 OPEN, CLOSE = "⟦", "⟧"  # around trained text; everything outside is masked (label -100)
 
@@ -103,8 +106,8 @@ def _sft(recipe: dict, tokenizer) -> StageRows:
     return StageRows(rows, counts)
 
 
-def _pt(recipe: dict, tokenizer) -> StageRows:
-    """cutoff_len blocks of EOS-joined documents (launcher/stages/pt.py)."""
+def _blocks(recipe: dict, tokenizer) -> StageRows:
+    """cutoff_len blocks of EOS-joined documents (launcher/data/blocks.py)."""
     data_cfg = recipe["data"]
     data = block_data(data_cfg["datasets"], data_cfg, tokenizer)
     return StageRows(data.blocks, (
@@ -120,14 +123,14 @@ def _preference_counts(data: PreferenceData, data_cfg: dict) -> str:
 
 
 def _preference(build: Callable[..., PreferenceData], recipe: dict, tokenizer) -> StageRows:
-    """dpo, orpo, rm: build(names, data_cfg, tokenizer, template), the builder the stage's trainer calls."""
+    """Pairs: build(names, data_cfg, tokenizer, template), the builder the stage's trainer calls."""
     data_cfg = recipe["data"]
     data = build(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     return StageRows(data.rows, _preference_counts(data, data_cfg))
 
 
 def _kto(recipe: dict, tokenizer) -> StageRows:
-    """Unpaired replies (launcher/stages/kto.py), counted by label."""
+    """Unpaired replies (launcher/data/pairs.py kto_data), counted by label."""
     data_cfg = recipe["data"]
     data = kto_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     desirable = sum(row["label"] for row in data.rows)
@@ -135,21 +138,13 @@ def _kto(recipe: dict, tokenizer) -> StageRows:
                                 f"desirable: {desirable}   undesirable: {len(data.rows) - desirable}")
 
 
-def _ppo(recipe: dict, tokenizer) -> StageRows:
-    """The prompts replies are sampled for (launcher/stages/ppo.py)."""
-    from launcher.stages.ppo import prompt_rows  # imports torch, peft and trl: only for stage ppo
-
+def _prompts(recipe: dict, tokenizer) -> StageRows:
+    """The prompts replies are sampled for (launcher/data/prompts.py)."""
     data_cfg = recipe["data"]
     rows, dropped = prompt_rows(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     # prompt_rows keeps no count of bad rows; with data.on_bad_row: skip each one is logged
     return StageRows(rows, f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
                            f"{dropped}   tokens: {token_count(rows):,}")
-
-
-def _scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str) -> PreferenceData:
-    from launcher.stages.rm import scored_pairs  # imports trl: only for stage rm
-
-    return scored_pairs(names, data_cfg, tokenizer, template)
 
 
 @dataclass(frozen=True)
@@ -165,16 +160,15 @@ class StageView:
 
 
 PAIR = {"prompt_ids": "prompt", "chosen_ids": "chosen", "rejected_ids": "rejected"}
-STAGES = {  # every stage of launcher.schema.STAGES, with the builder its trainer calls
+VIEWS = {  # every row format a StageSpec.data names, with the builder the stage's trainer calls
     "sft": StageView("example", _sft),
-    "pt": StageView("block", _pt, {"input_ids": "text, every token trained"}),
-    "dpo": StageView("pair", partial(_preference, pair_data), PAIR),
-    "orpo": StageView("pair", partial(_preference, pair_data), PAIR),
-    # the reward model scores each whole sequence at its last token: rm rows are prompt + reply, unsplit
-    "rm": StageView("pair", partial(_preference, _scored_pairs),
-                    {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"}),
+    "blocks": StageView("block", _blocks, {"input_ids": "text, every token trained"}),
+    "pairs": StageView("pair", partial(_preference, pair_data), PAIR),
+    # a reward model scores each whole sequence at its last token: its rows are prompt + reply, unsplit
+    "scored_pairs": StageView("pair", partial(_preference, scored_pairs),
+                              {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"}),
     "kto": StageView("example", _kto, {"prompt_ids": "prompt", "completion_ids": "completion"}),
-    "ppo": StageView("prompt", _ppo, {"input_ids": "prompt"}),
+    "prompts": StageView("prompt", _prompts, {"input_ids": "prompt"}),
 }
 
 
@@ -187,7 +181,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def preview(recipe: dict, count: int, dump_path: str | None) -> str:
     """The report `launch data` prints; writes the dump when asked."""
-    view = STAGES[recipe["stage"]]  # the recipe's schema admits only these stages
+    view = VIEWS[stage_spec(recipe["stage"]).data]
     tokenizer = load_tokenizer(recipe["model"])
     data = view.build(recipe, tokenizer)
     if not data.rows:  # the run would stop here too: a non-zero exit, not an empty report

@@ -18,10 +18,8 @@ from launcher.data.registry import DataError, DatasetSpec, resolve_dataset
 KIND_NEEDS = {"sft": "an SFT dataset (no ranking, no kto_tag)",
               "preference": "a preference dataset (\"ranking\": true with chosen/rejected)",
               "kto": "a KTO dataset (columns.kto_tag)"}
-# The dataset kinds each stage reads; None: any (pt reads the text column of every row)
-STAGE_KINDS: dict[str, tuple[str, ...] | None] = {
-    "pt": None, "sft": ("sft",), "dpo": ("preference",), "orpo": ("preference",), "rm": ("preference",),
-    "kto": ("kto",), "ppo": ("sft", "preference")}
+# The kinds prompts are taken from (launcher/data/prompts.py): an SFT row's context, a preference row's prompt
+PROMPT_KINDS = ("sft", "preference")
 
 SAMPLE_SEED = 0  # num_samples draws the same rows on every run and rank
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
+from launcher.registry import STAGES, stage_spec
+
 # the chunked loss pays off once the logits dominate memory (the HF reference materialises them in fp32)
 CHUNKED_MIN_VOCAB = 32_000
-LOSS_STAGES = ("pt", "sft")  # the stages whose Trainer computes the causal-LM loss itself (launcher/kernels/trainer.py)
 
 
 def installed(package: str) -> bool:
@@ -66,8 +67,10 @@ def padding_free(attn: str, packing: str) -> bool:
 def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
     """(plain | chunked | liger, why). Raises ValueError for a kernel that cannot run here."""
     kernel, stage = recipe["train"]["loss_kernel"], recipe["stage"]
-    if kernel != "plain" and kernel != "auto" and stage not in LOSS_STAGES:
-        raise ValueError(f"train.loss_kernel = {kernel!r} applies to stages {'/'.join(LOSS_STAGES)}; stage {stage} "
+    own_loss = stage_spec(stage).lm_loss
+    if kernel != "plain" and kernel != "auto" and not own_loss:
+        loss_stages = "/".join(name for name in STAGES if stage_spec(name).lm_loss)
+        raise ValueError(f"train.loss_kernel = {kernel!r} applies to stages {loss_stages}; stage {stage} "
                          "computes its loss in TRL. Fix: train.loss_kernel=auto")
     if kernel != "plain" and kernel != "auto" and recipe["method"]["name"] == "prefix":
         raise ValueError(f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
@@ -79,7 +82,7 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
         return kernel, "chosen in the recipe: liger-kernel's fused linear cross-entropy"
     if kernel in ("plain", "chunked"):
         return kernel, "chosen in the recipe"
-    if stage not in LOSS_STAGES or recipe["method"]["name"] == "prefix":
+    if not own_loss or recipe["method"]["name"] == "prefix":
         return "plain", f"auto: stage {stage} / method {recipe['method']['name']} keeps its own loss"
     if on_gpu and installed("liger_kernel"):
         return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"

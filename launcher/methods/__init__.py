@@ -1,23 +1,31 @@
-"""Fine-tuning methods: each module has one `apply(model, method_cfg, recipe) -> model`."""
+"""Fine-tuning methods. Each is registered in launcher/registry.py by its torch-free spec module
+(<name>_spec.py) naming its adapter module (<name>.py: `apply(model, method_cfg, recipe) -> model`,
+plus optional worker hooks, see registry.MethodSpec). Nothing heavy is imported here."""
 
 from __future__ import annotations
 
-from launcher.methods import freeze, full, lora, prefix
+import importlib
+
 from launcher.methods.errors import MethodError
+from launcher.registry import method_spec
 
-__all__ = ["METHODS", "MethodError", "apply_method", "count_parameters"]
+__all__ = ["MethodError", "apply_method", "call_hook", "count_parameters"]
 
-METHODS = {
-    "full": full.apply,
-    "freeze": freeze.apply,
-    "lora": lora.apply,
-    "prefix": prefix.apply,
-}
+
+def _adapter(recipe: dict):
+    return importlib.import_module(method_spec(recipe["method"]["name"]).adapter)
 
 
 def apply_method(model, recipe: dict):
     """Make the model trainable with the recipe's method."""
-    return METHODS[recipe["method"]["name"]](model, recipe["method"], recipe)
+    return _adapter(recipe).apply(model, recipe["method"], recipe)
+
+
+def call_hook(recipe: dict, hook: str, *args) -> None:
+    """The recipe's method's worker hook (after_apply, prepare_trainer, after_save), where it defines one."""
+    function = getattr(_adapter(recipe), hook, None)
+    if function is not None:
+        function(*args)
 
 
 def count_parameters(model) -> tuple[int, int]:

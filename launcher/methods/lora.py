@@ -14,9 +14,10 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from launcher.checkpoint.paths import PISSA_INIT_DIR  # noqa: F401  (the worker imports it from here)
+from launcher.checkpoint.paths import PISSA_INIT_DIR
 from launcher.methods.errors import MethodError
 from launcher.module_names import lora_targets_error
+from launcher.registry import SCORE_HEAD, stage_spec
 
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to
 
@@ -37,7 +38,7 @@ def apply(model: nn.Module, method: dict, recipe: dict) -> PeftModel:
             raise MethodError(error)
     config = LoraConfig(
         # SEQ_CLS (the reward model) keeps the new score head in modules_to_save, so the adapter holds it
-        task_type=TaskType.SEQ_CLS if recipe["stage"] == "rm" else TaskType.CAUSAL_LM,
+        task_type=TaskType.SEQ_CLS if stage_spec(recipe["stage"]).head == SCORE_HEAD else TaskType.CAUSAL_LM,
         r=method["rank"],
         lora_alpha=method["alpha"],
         lora_dropout=method["dropout"],
@@ -87,3 +88,24 @@ def loraplus_optimizer(trainer, ratio: float) -> tuple:
     optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
     return _loraplus_factory, {**kwargs, "optimizer_cls": optimizer_cls, "loraplus_lr_ratio": ratio,
                                "loraplus_weight_decay": trainer.args.weight_decay}
+
+
+# The worker's hooks (launcher/registry.py MethodSpec)
+
+def after_apply(model, plan: dict, rank: int) -> None:
+    """PiSSA: save the initial adapter, to convert the trained one back to plain LoRA at the end."""
+    if plan["recipe"]["method"]["variant"] == "pissa" and rank == 0:
+        model.save_pretrained(Path(plan["output_dir"]) / PISSA_INIT_DIR)
+
+
+def prepare_trainer(trainer, recipe: dict) -> None:
+    """LoRA+: the B matrices' learning rate raised by method.loraplus_ratio."""
+    if recipe["method"]["loraplus_ratio"] is not None:
+        trainer.optimizer_cls_and_kwargs = loraplus_optimizer(trainer, recipe["method"]["loraplus_ratio"])
+
+
+def after_save(plan: dict) -> None:
+    """PiSSA (on the saving rank, after the model is saved): the adapter rewritten as plain LoRA over the original base."""
+    if plan["recipe"]["method"]["variant"] == "pissa":
+        convert_pissa_to_lora(plan["output_dir"], Path(plan["output_dir"]) / PISSA_INIT_DIR)
+        print("[launcher] PiSSA adapter converted to plain LoRA (rank doubled) over the original base", flush=True)

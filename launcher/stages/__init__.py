@@ -1,8 +1,4 @@
-"""Training stages: each module has one `build_trainer(...) -> transformers.Trainer`."""
-
-from __future__ import annotations
-
-from launcher.stages import dpo, kto, orpo, ppo, pt, rm, sft
-
-STAGES = {"sft": sft.build_trainer, "rm": rm.build_trainer, "pt": pt.build_trainer, "dpo": dpo.build_trainer,
-          "kto": kto.build_trainer, "orpo": orpo.build_trainer, "ppo": ppo.build_trainer}
+"""Training stages. Each is registered in launcher/registry.py by its torch-free spec module
+(<name>_spec.py: recipe rules, data, model head) that names its trainer module (<name>.py:
+`build_trainer(plan, args, model, tokenizer, callbacks) -> (Trainer, data summary)`).
+Nothing is imported here, so reading a spec imports no torch."""

@@ -28,10 +28,8 @@ from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
-from launcher.data.pairs import split_reply
-from launcher.data.pipeline import load_examples
-from launcher.data.rows import STAGE_KINDS, require_kind
-from launcher.data.registry import DataError, resolve_dataset
+from launcher.data.prompts import prompt_rows
+from launcher.data.registry import DataError
 
 GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"           # the frozen copy of a starting adapter
@@ -252,27 +250,6 @@ class PPOTrainer(Trainer):
                  if k.startswith(VALUE_HEAD_PREFIX)}
         save_file(value, output_dir / VALUE_HEAD)
         torch.save(self.args, output_dir / "training_args.bin")
-
-
-def prompt_rows(names: list[str], data_cfg: dict, tokenizer, template: str) -> tuple[list[dict], int]:
-    """{"input_ids"}: each example's conversation up to its last reply, with the generation prompt.
-    SFT datasets give their last user turn's context; preference datasets their prompt. A prompt
-    that fills data.cutoff_len leaves no room to reply: dropped and counted."""
-    specs = {name: resolve_dataset(name, data_cfg["dataset_dir"]) for name in names}
-    for name, spec in specs.items():
-        require_kind(name, spec, STAGE_KINDS["ppo"])
-    kinds = {name: spec.kind for name, spec in specs.items()}
-    rows, dropped = [], 0
-    for kind in ("sft", "preference"):
-        named = [n for n in names if kinds[n] == kind]
-        for example in load_examples(named, data_cfg, kind) if named else []:
-            messages = example.messages if kind == "sft" else example.messages + [example.chosen]
-            prompt, _ = split_reply(tokenizer, messages, example.tools, template)
-            if len(prompt) >= data_cfg["cutoff_len"]:
-                dropped += 1
-                continue
-            rows.append({"input_ids": prompt})
-    return rows, dropped
 
 
 def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch.dtype, args: TrainingArguments):

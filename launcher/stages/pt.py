@@ -8,22 +8,16 @@ from transformers import TrainingArguments
 from launcher.data.blocks import block_data
 from launcher.data.cache import wait_s
 from launcher.data.collate import PaddingCollator
+from launcher.data.splits import train_and_eval
 from launcher.kernels.trainer import KernelTrainer
-from launcher.stages.sft import split_validation
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
     """The pre-training Trainer and a summary of its data (documents, blocks, tokens)."""
     recipe = plan["recipe"]
     data_cfg = recipe["data"]
-    data = block_data(data_cfg["datasets"], data_cfg, tokenizer, wait_s(recipe))
-    if not data.blocks:
-        raise SystemExit(f"no text in {data_cfg['datasets']}")
-    rows, eval_rows = data.blocks, []
-    if data_cfg["eval_datasets"]:
-        eval_rows = block_data(data_cfg["eval_datasets"], data_cfg, tokenizer, wait_s(recipe)).blocks
-    elif data_cfg["val_size"] > 0:
-        rows, eval_rows = split_validation(rows, data_cfg["val_size"], recipe["train"]["seed"])
+    data, rows, eval_rows = train_and_eval(recipe, lambda names: block_data(names, data_cfg, tokenizer, wait_s(recipe)),
+                                           lambda data: SystemExit(f"no text in {data_cfg['datasets']}"))
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": 0, "skipped_bad_rows": data.skipped,
                "tokens": sum(len(b["input_ids"]) for b in rows), "documents": data.documents,
                "tail_tokens": data.tail_tokens}

@@ -8,6 +8,8 @@ import functools
 import torch
 from datasets import Dataset
 
+from launcher.data.splits import train_and_eval
+
 
 class CountingCollator:
     """Wraps a TRL collator and counts what it serves, as launcher.data.collate.PaddingCollator does,
@@ -31,18 +33,11 @@ class CountingCollator:
 def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | None, dict]:
     """Train and eval datasets built by build(names, data_cfg, tokenizer, template) (launcher.data.pairs),
     eval from data.eval_datasets or a seeded data.val_size split; and the worker's data summary."""
-    from launcher.stages.sft import split_validation
-
     recipe = plan["recipe"]
     data_cfg, template = recipe["data"], recipe["model"]["template"]
-    train = build(data_cfg["datasets"], data_cfg, tokenizer, template)
-    if not train.rows:
-        raise SystemExit(f"no usable examples in {data_cfg['datasets']} ({train.dropped} dropped: empty reply)")
-    rows, eval_rows = train.rows, []
-    if data_cfg["eval_datasets"]:
-        eval_rows = build(data_cfg["eval_datasets"], data_cfg, tokenizer, template).rows
-    elif data_cfg["val_size"] > 0:
-        rows, eval_rows = split_validation(rows, data_cfg["val_size"], recipe["train"]["seed"])
+    train, rows, eval_rows = train_and_eval(
+        recipe, lambda names: build(names, data_cfg, tokenizer, template),
+        lambda data: SystemExit(f"no usable examples in {data_cfg['datasets']} ({data.dropped} dropped: empty reply)"))
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
                "truncated": train.truncated, "skipped_bad_rows": train.skipped,
                "tokens": sum(len(v) for row in rows for k, v in row.items() if k.endswith("_ids"))}

@@ -1,0 +1,5 @@
+"""Stage pt (continued pre-training): any dataset's text, in cutoff_len blocks."""
+
+from launcher.registry import StageSpec
+
+SPEC = StageSpec(kinds=None, data="blocks", trainer="launcher.stages.pt:build_trainer", lm_loss=True)

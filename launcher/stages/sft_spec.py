@@ -1,0 +1,5 @@
+"""Stage sft: supervised fine-tuning on SFT datasets."""
+
+from launcher.registry import StageSpec
+
+SPEC = StageSpec(kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer", lm_loss=True)
