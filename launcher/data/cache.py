@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from launcher.data.registry import DataError, resolve_dataset
+from launcher.data.registry import resolve_dataset
+from launcher.defaults import WAIT_S
+from launcher.errors import DataError
 
 log = logging.getLogger("launcher.data")
 FORMAT = 1  # bump when the layout of an entry changes
@@ -246,7 +248,7 @@ def load_or_build(entry: Path, build: Callable[[], Tokenized], timeout_s: float,
 
 
 def cached(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-           build: Callable[[], Tokenized], timeout_s: float = 1800.0) -> Tokenized:
+           build: Callable[[], Tokenized], timeout_s: float = WAIT_S) -> Tokenized:
     """build()'s result through the cache (data.cache, data.cache_dir); `settings` holds what else the tokens
     depend on (template, stage options). With data.cache: false, build() runs in every process."""
     if not data_cfg.get("cache", True):
@@ -257,7 +259,7 @@ def cached(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: di
 
 
 def cached_rows(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-                build: Callable[[], tuple[list[dict], dict]], timeout_s: float = 1800.0) -> tuple[list[dict], dict]:
+                build: Callable[[], tuple[list[dict], dict]], timeout_s: float = WAIT_S) -> tuple[list[dict], dict]:
     """`cached` for a builder of rows: build() returns (rows, counts), every row a dict of the same token-id
     columns; the rows come back equal, in order, whether built or loaded."""
     def tokenized() -> Tokenized:

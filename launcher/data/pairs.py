@@ -24,6 +24,7 @@ from launcher.data.bad_rows import BadRows
 from launcher.data.cache import cached_rows
 from launcher.data.pipeline import load_examples
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
+from launcher.defaults import TEMPLATE, WAIT_S
 
 NO_CUTOFF = 1 << 30  # encode whole; the cutoff is applied to prompt + reply below
 
@@ -66,9 +67,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
+def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> PreferenceData:
     """{"prompt_ids", "chosen_ids", "rejected_ids"} per preference example."""
-    bad = BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "preference", bad):
         prompt_c, chosen = split_reply(tokenizer, example.messages + [example.chosen], example.tools, template)
@@ -86,9 +87,9 @@ def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str =
     return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
-def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
+def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> PreferenceData:
     """{"prompt_ids", "completion_ids", "label"} per KTO example (label = kto_tag: desirable)."""
-    bad = BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "kto", bad):
         prompt, completion = split_reply(tokenizer, example.messages, example.tools, template)
@@ -112,8 +113,8 @@ def _cached(kind: str, build: Callable[..., PreferenceData], names: list[str], d
     return PreferenceData(got, counts["dropped"], counts["skipped"], counts["truncated"])
 
 
-def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
-              timeout_s: float = 1800.0) -> PreferenceData:
+def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
+              timeout_s: float = WAIT_S) -> PreferenceData:
     """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return _cached("pair", build_pair_data, names, data_cfg, tokenizer, template, timeout_s)
 
@@ -125,8 +126,8 @@ def _kto_label_as_ids(names: list[str], data_cfg: dict, tokenizer, template: str
     return data
 
 
-def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
-             timeout_s: float = 1800.0) -> PreferenceData:
+def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
+             timeout_s: float = WAIT_S) -> PreferenceData:
     """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     data = _cached("kto", _kto_label_as_ids, names, data_cfg, tokenizer, template, timeout_s)
     data.rows = [{**row, "label": bool(row["label"][0])} for row in data.rows]  # as TRL's KTO reads it

@@ -16,8 +16,8 @@ from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
 from launcher.data.pairs import PreferenceData, kto_data, pair_data
 from launcher.data.pipeline import sft_data
-from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
+from launcher.errors import DataError
 
 OPEN, CLOSE = "⟦", "⟧"  # around trained text; everything outside is masked (label -100)
 

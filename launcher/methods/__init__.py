@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from launcher.methods import freeze, full, lora, prefix
-from launcher.methods.errors import MethodError
 
-__all__ = ["METHODS", "MethodError", "apply_method", "count_parameters"]
+__all__ = ["METHODS", "apply_method", "count_parameters"]
 
 METHODS = {
     "full": full.apply,

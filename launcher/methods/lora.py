@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from launcher.checkpoint.paths import PISSA_INIT_DIR  # noqa: F401  (the worker imports it from here)
-from launcher.methods.errors import MethodError
+from launcher.errors import MethodError
 from launcher.module_names import lora_targets_error
 
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to

@@ -30,8 +30,9 @@ from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import load_examples
+from launcher.data.registry import resolve_dataset
 from launcher.data.rows import STAGE_KINDS, require_kind
-from launcher.data.registry import DataError, resolve_dataset
+from launcher.errors import DataError
 
 GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"           # the frozen copy of a starting adapter

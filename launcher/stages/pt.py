@@ -8,6 +8,7 @@ from transformers import TrainingArguments
 from launcher.data.blocks import block_data
 from launcher.data.cache import wait_s
 from launcher.data.collate import PaddingCollator
+from launcher.errors import DataError
 from launcher.kernels.trainer import KernelTrainer
 from launcher.stages.sft import split_validation
 
@@ -18,7 +19,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     data_cfg = recipe["data"]
     data = block_data(data_cfg["datasets"], data_cfg, tokenizer, wait_s(recipe))
     if not data.blocks:
-        raise SystemExit(f"no text in {data_cfg['datasets']}")
+        raise DataError(f"no text in {data_cfg['datasets']}")
     rows, eval_rows = data.blocks, []
     if data_cfg["eval_datasets"]:
         eval_rows = block_data(data_cfg["eval_datasets"], data_cfg, tokenizer, wait_s(recipe)).blocks

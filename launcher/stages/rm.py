@@ -13,14 +13,15 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from launcher.data.cache import wait_s
 from launcher.data.pairs import PreferenceData, pair_data
+from launcher.defaults import TEMPLATE, WAIT_S
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import CountingCollator, preference_data
 
 SCORE_HEAD = "score"  # the head transformers' *ForSequenceClassification models put on the last token
 
 
-def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
-                 timeout_s: float = 1800.0) -> PreferenceData:
+def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
+                 timeout_s: float = WAIT_S) -> PreferenceData:
     """{"chosen_ids", "rejected_ids"}: the prompt followed by each reply, through the reply's eos
     (the last token, where the head reads the score). The pairs come through the cache, shared with dpo and orpo."""
     data = pair_data(names, data_cfg, tokenizer, template, timeout_s)

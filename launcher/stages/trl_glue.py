@@ -8,6 +8,8 @@ import functools
 import torch
 from datasets import Dataset
 
+from launcher.errors import DataError
+
 
 class CountingCollator:
     """Wraps a TRL collator and counts what it serves, as launcher.data.collate.PaddingCollator does,
@@ -37,7 +39,7 @@ def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | No
     data_cfg, template = recipe["data"], recipe["model"]["template"]
     train = build(data_cfg["datasets"], data_cfg, tokenizer, template)
     if not train.rows:
-        raise SystemExit(f"no usable examples in {data_cfg['datasets']} ({train.dropped} dropped: empty reply)")
+        raise DataError(f"no usable examples in {data_cfg['datasets']} ({train.dropped} dropped: empty reply)")
     rows, eval_rows = train.rows, []
     if data_cfg["eval_datasets"]:
         eval_rows = build(data_cfg["eval_datasets"], data_cfg, tokenizer, template).rows
