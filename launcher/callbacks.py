@@ -190,12 +190,13 @@ def install_monitoring(trainer, plan: dict, rank: int, terminal: bool, width: in
     guard, which the worker asks whether the run was stopped."""
     from transformers import PrinterCallback
 
+    from launcher.dtypes import torch_dtype
     from launcher.monitoring.flops import model_flops
     from launcher.monitoring.health import BadStepGuard
     from launcher.monitoring.history import HistoryCallback
     from launcher.monitoring.progress import ProgressCallback
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan["dtype"]]
+    dtype = torch_dtype(plan["dtype"])
     trainer.add_callback(ThroughputCallback(ConsumedCounts(trainer), model_flops(trainer.model), dtype, rank))
     guard = BadStepGuard(trainer, plan["recipe"]["train"]["max_bad_steps"], rank)
     trainer.add_callback(guard)

@@ -12,12 +12,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.checkpoint.inputs import CheckpointError, adapter_config, read_json, run_plan, safetensors_files
+from launcher.checkpoint.inputs import adapter_config, read_json, run_plan, safetensors_files
 from launcher.data.templates import TEMPLATES
+from launcher.defaults import TEMPLATE
+from launcher.dtypes import torch_dtype
+from launcher.errors import CheckpointError, LauncherError
 from launcher.schema import TEMPLATE_ALIASES
 
 
-class ChatError(ValueError):
+class ChatError(LauncherError):
     """Bad chat input (a malformed row, sampling flags without --do-sample); the message names it."""
 
 
@@ -79,7 +82,7 @@ def chat_template(model_path: str, adapter: str | None, requested: str | None = 
     return "auto", "the tokenizer's chat template"
 
 
-def prompt_text(tokenizer, messages: list[dict], template: str = "auto") -> str:
+def prompt_text(tokenizer, messages: list[dict], template: str = TEMPLATE) -> str:
     """`messages` rendered for the assistant's next turn as training rendered them (launcher.data): the
     registered template's text up to its generation prompt, or the tokenizer's template (auto)."""
     if template == "auto":
@@ -119,10 +122,10 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(adapter or model_dir, trust_remote_code=trust_remote_code)
     on_gpu = torch.cuda.is_available()
     dtype = chat_dtype(dtype, adapter, on_gpu)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    weights = torch_dtype(dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code, device_map="cuda" if on_gpu else None,
-        quantization_config=_quantization(load_in, torch_dtype))  # straight onto the GPU, no CPU copy first
+        model_dir, dtype=weights, trust_remote_code=trust_remote_code, device_map="cuda" if on_gpu else None,
+        quantization_config=_quantization(load_in, weights))  # straight onto the GPU, no CPU copy first
     if adapter:
         from peft import PeftModel
 
@@ -138,12 +141,12 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     return model.eval(), tokenizer
 
 
-def encode_prompt(tokenizer, messages: list[dict], template: str = "auto"):
+def encode_prompt(tokenizer, messages: list[dict], template: str = TEMPLATE):
     """input_ids/attention_mask of `messages` rendered with `template` (prompt_text), ready for the assistant's turn."""
     return tokenizer(prompt_text(tokenizer, messages, template), return_tensors="pt", add_special_tokens=False)
 
 
-def reply(model, tokenizer, messages: list[dict], sampling: Sampling, template: str = "auto", stream: bool = False) -> str:
+def reply(model, tokenizer, messages: list[dict], sampling: Sampling, template: str = TEMPLATE, stream: bool = False) -> str:
     """The assistant's next turn after `messages`, rendered with `template`; with `stream`, also printed to stdout
     as it is generated."""
     import torch
@@ -161,7 +164,7 @@ def reply(model, tokenizer, messages: list[dict], sampling: Sampling, template: 
 
 
 def reply_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
-                batch_size: int = 8, template: str = "auto") -> tuple[list[str], int]:
+                batch_size: int = 8, template: str = TEMPLATE) -> tuple[list[str], int]:
     """The assistant's next turn for each conversation, `batch_size` at a time (left-padded), and the number of
     tokens generated (through each reply's EOS)."""
     import torch

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from launcher import quiet
-from launcher.recipe import RecipeError, load_recipe
+from launcher.errors import DataError, LauncherError, RecipeError
+from launcher.recipe import load_recipe
 
 
 def _recipe_parser(verb: str, help_text: str) -> argparse.ArgumentParser:
@@ -81,9 +82,10 @@ def cmd_train(argv: list[str]) -> int:
     _add_host_filters(parser)
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.local import run_node
-    from launcher.nodes import discard_plan_copy, preflight, this_node_rank
+    from launcher.nodes import preflight, this_node_rank
     from launcher.output_dir import start_run
     from launcher.plan import write_plan
+    from launcher.planfile import discard_plan_copy
     from launcher.preflight import ensure_model
 
     plan = _plan_from_args(args)
@@ -156,17 +158,13 @@ def cmd_data(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     from launcher.data.preview import preview
-    from launcher.data.registry import DataError
     from launcher.output_dir import run_inputs
     from launcher.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
-    try:
-        if args.dump:
-            check_output_file("--dump", args.dump, [("the recipe", args.recipe), *run_inputs(recipe)], args.force)
-        print(preview(recipe, args.preview, args.dump))
-    except DataError as err:  # a bad dataset is the user's input: reported like a bad recipe, exit 2
-        raise RecipeError(str(err)) from None
+    if args.dump:
+        check_output_file("--dump", args.dump, [("the recipe", args.recipe), *run_inputs(recipe)], args.force)
+    print(preview(recipe, args.preview, args.dump))
     return 0
 
 
@@ -207,8 +205,7 @@ def cmd_chat(argv: list[str]) -> int:
                         "from its plan.json; a plain model folder: its tokenizer's)")
     parser.add_argument("--load-in", default=None, choices=("4bit", "8bit"), help="quantize the linear layers (bitsandbytes)")
     args = parser.parse_args(argv)
-    from launcher.chat import ChatError, Sampling, chat
-    from launcher.checkpoint.inputs import CheckpointError
+    from launcher.chat import Sampling, chat
     from launcher.output_dir import model_folder
     from launcher.output_file import check_output_file
 
@@ -216,13 +213,9 @@ def cmd_chat(argv: list[str]) -> int:
         inputs = [("--input", args.input), ("--model", model_folder(args.model)), ("--adapter", args.adapter)]
         check_output_file("--output", args.output, [(what, path) for what, path in inputs if path], args.force)
 
-    try:
-        sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)
-        chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output, args.dtype,
-             args.template, args.load_in)
-    except (ChatError, CheckpointError) as err:
-        print(f"launch chat: error: {err}", file=sys.stderr)
-        return 2
+    sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)
+    chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output, args.dtype,
+         args.template, args.load_in)
     return 0
 
 
@@ -234,13 +227,8 @@ def cmd_consolidate(argv: list[str]) -> int:
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
     args = parser.parse_args(argv)
     from launcher.checkpoint.consolidate import consolidate
-    from launcher.checkpoint.inputs import CheckpointError
 
-    try:
-        out = consolidate(args.checkpoint, args.out, args.shard_size)
-    except CheckpointError as err:  # a damaged or incomplete checkpoint, an occupied --out
-        print(f"launch consolidate: error: {err}", file=sys.stderr)
-        return 2
+    out = consolidate(args.checkpoint, args.out, args.shard_size)
     print(f"[launch] consolidated {args.checkpoint} -> {out}")
     return 0
 
@@ -253,14 +241,9 @@ def cmd_merge(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard")
     args = parser.parse_args(argv)
-    from launcher.checkpoint.inputs import CheckpointError
     from launcher.checkpoint.merge import merge
 
-    try:
-        notes = merge(args.base, args.adapter, args.out, args.dtype, args.shard_size)
-    except CheckpointError as err:  # a damaged adapter or base, one that cannot be merged, an occupied --out
-        print(f"launch merge: error: {err}", file=sys.stderr)
-        return 2
+    notes = merge(args.base, args.adapter, args.out, args.dtype, args.shard_size)
     for note in notes:
         print(f"[launch] {note}")
     print(f"[launch] merged {args.adapter} into {args.base} -> {args.out}")
@@ -272,14 +255,10 @@ def cmd_import_lf(argv: list[str]) -> int:
     parser.add_argument("lf_yaml", help="LLaMA-Factory YAML (llamafactory-cli train's argument file)")
     parser.add_argument("--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)")
     args = parser.parse_args(argv)
-    from launcher.import_lf import LFImportError, import_lf, read_lf, render
+    from launcher.import_lf import import_lf, read_lf, render
 
     source = Path(args.lf_yaml)
-    try:
-        recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
-    except LFImportError as err:
-        print(f"launch import-lf: error: {err}", file=sys.stderr)
-        return 2
+    recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
     text = render(recipe, unmapped, source)
     if args.out is None:
         print(text, end="")
@@ -319,21 +298,16 @@ def cmd_serve(argv: list[str]) -> int:
     for flag, value in (("--rpm", args.rpm), ("--tpm", args.tpm), ("--max-tokens", args.max_tokens),
                         ("--port", args.port), ("--max-body-bytes", args.max_body_bytes)):
         if value is not None and value < 1:
-            print(f"launch serve: error: {flag} {value}: must be >= 1", file=sys.stderr)
-            return 2
-    try:
-        adapters = parse_adapters(args.adapter)
-        name = args.name or args.model
-        if args.engine == "vllm":
-            from launcher.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
+            raise ServeError(f"{flag} {value}: must be >= 1")
+    adapters = parse_adapters(args.adapter)
+    name = args.name or args.model
+    if args.engine == "vllm":
+        from launcher.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
 
-            model = local_model_path(args.model)
-            return run_vllm(vllm_command(model, adapters, args.host, args.port, name), keys, args.print)
-        limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
-        serve(Engine(args.model, adapters, name, args.trust_remote_code), limits, set(keys), args.host, args.port)
-    except ServeError as err:
-        print(f"launch serve: error: {err}", file=sys.stderr)
-        return 2
+        model = local_model_path(args.model)
+        return run_vllm(vllm_command(model, adapters, args.host, args.port, name), keys, args.print)
+    limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
+    serve(Engine(args.model, adapters, name, args.trust_remote_code), limits, set(keys), args.host, args.port)
     return 0
 
 
@@ -346,8 +320,7 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="folder for the predictions and scores (default: output.dir/eval)")
     parser.add_argument("--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)")
     args = parser.parse_intermixed_args(argv)
-    from launcher.evaluate import EvalError, evaluate
-    from launcher.metrics import MetricsUnavailable
+    from launcher.evaluate import evaluate
 
     recipe = load_recipe(args.recipe, args.overrides)
     nproc = args.nproc
@@ -355,11 +328,7 @@ def cmd_eval(argv: list[str]) -> int:
         from launcher.plan import build_plan
 
         nproc = build_plan(recipe, allow_pending=True)["world"]["nproc_per_node"]
-    try:
-        results = evaluate(recipe, args.dataset, args.model, args.adapter, Path(args.out) if args.out else None, nproc)
-    except (EvalError, MetricsUnavailable) as err:
-        print(f"launch eval: error: {err}", file=sys.stderr)
-        return 2
+    results = evaluate(recipe, args.dataset, args.model, args.adapter, Path(args.out) if args.out else None, nproc)
     print(json.dumps(results, indent=2, ensure_ascii=False))
     return 0
 
@@ -391,9 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     quiet.install()
     try:
         return COMMANDS[verb](rest)
-    except RecipeError as err:
-        print(f"launch: error: {err}", file=sys.stderr)
-        return 2
+    except LauncherError as err:  # the user's input: one line, no traceback; anything else is a bug and keeps its own
+        print(f"{_prog(verb, err)}: error: {err}", file=sys.stderr)
+        return err.code
+
+
+def _prog(verb: str, err: LauncherError) -> str:
+    """A bad recipe or dataset is named by file:line, so the line says only `launch`; an error about
+    a verb's flags or files names the verb (predict is eval)."""
+    if isinstance(err, (RecipeError, DataError)):
+        return "launch"
+    return f"launch {'eval' if verb == 'predict' else verb}"
 
 
 if __name__ == "__main__":

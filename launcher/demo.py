@@ -14,7 +14,8 @@ import difflib
 import sys
 from pathlib import Path
 
-from launcher.recipe import RecipeError, load_recipe
+from launcher.errors import RecipeError
+from launcher.recipe import load_recipe
 
 
 def similarity(answer: str, reference: str) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 
 KEY = "distributed.deepspeed_config"
 # "auto" values the HF Trainer fills once it knows the number of training steps (trainer_config_finalize)

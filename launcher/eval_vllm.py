@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from launcher.defaults import TEMPLATE
+from launcher.evaluate import EvalError
+
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
 
 def choose_engine(requested: str) -> str:
-    """hf | vllm for eval.engine auto | hf | vllm; raises ValueError (with the fix) for a vllm that cannot run."""
+    """hf | vllm for eval.engine auto | hf | vllm; raises EvalError (with the fix) for a vllm that cannot run."""
     from launcher.kernels.choice import installed
     from launcher.plan import detect_gpus
 
@@ -27,7 +30,7 @@ def choose_engine(requested: str) -> str:
         return "vllm"
     if requested == "auto":
         return "hf"
-    raise ValueError(f"eval.engine: vllm, but {' and '.join(missing)}. Fix: `pip install vllm` on a machine with a "
+    raise EvalError(f"eval.engine: vllm, but {' and '.join(missing)}. Fix: `pip install vllm` on a machine with a "
                      "CUDA GPU, or set eval.engine: hf (or auto, which uses transformers here)")
 
 
@@ -37,7 +40,7 @@ def _max_lora_rank(adapter: str) -> int:
 
 
 def predict_vllm(model_path: str, adapter: str | None, trust_remote_code: bool, generation: dict, seed: int,
-                 conversations: list[list[dict]], template: str = "auto") -> tuple[list[str], int]:
+                 conversations: list[list[dict]], template: str = TEMPLATE) -> tuple[list[str], int]:
     """(replies, tokens generated) of each conversation's next assistant turn, through vLLM; greedy unless
     eval.do_sample, with the eval section's max_new_tokens / temperature / top_p / top_k."""
     from vllm import LLM, SamplingParams

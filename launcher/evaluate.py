@@ -18,8 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher.errors import LauncherError
 
-class EvalError(ValueError):
+
+class EvalError(LauncherError):
     """Bad eval input (no eval data, no model); the message names the fix."""
 
 
@@ -65,7 +67,7 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
 def load_prompts(recipe: dict, datasets: list[str]) -> list[tuple[list[dict], str]]:
     """(conversation up to the last assistant turn, that turn as the label) per eval row."""
     from launcher.data.pipeline import load_examples
-    from launcher.data.registry import DataError
+    from launcher.errors import DataError
 
     try:
         examples = load_examples(datasets, recipe["data"], "sft")
@@ -121,10 +123,7 @@ def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapte
     from launcher.eval_vllm import choose_engine
     from launcher.metrics import similarity
 
-    try:
-        engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
-    except ValueError as err:
-        raise EvalError(str(err)) from None
+    engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
     datasets = datasets or recipe["data"]["eval_datasets"]
     if not datasets:
         raise EvalError("no eval data: data.eval_datasets is empty. Fix: set data.eval_datasets (e.g. [demo_dev]) "

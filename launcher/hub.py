@@ -12,7 +12,7 @@ import json
 import shlex
 from pathlib import Path
 
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 
 HUBS = ("huggingface", "modelscope")
 # any one of these is a tokenizer AutoTokenizer can load (fast, sentencepiece, BPE vocab, WordPiece, tiktoken)

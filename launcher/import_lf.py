@@ -15,12 +15,13 @@ from typing import Any, Callable
 
 import yaml
 
+from launcher.errors import LauncherError
 from launcher.schema import SCHEMA, TEMPLATES, all_keys
 
 FLAT_KEYS = all_keys()
 
 
-class LFImportError(ValueError):
+class LFImportError(LauncherError):
     """An LF file that cannot be read at all; the message names it and the fix."""
 
 

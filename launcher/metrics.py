@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from launcher.errors import LauncherError
+
 NAMES = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 
 
-class MetricsUnavailable(RuntimeError):
-    pass
+class MetricsUnavailable(LauncherError):
+    """A scoring library that is not installed; the message names the pip extra."""
 
 
 def _libraries():

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 from launcher.backends.slurm import allocation
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 
 
 def this_node_rank(cli_rank: int | None, plan: dict) -> int:
@@ -69,20 +68,3 @@ def preflight(plan: dict, node_rank: int) -> None:
 
         check_hosts(plan)
 
-
-def discard_plan_copy(path: str) -> None:
-    """Remove a node-local plan copy (node > 0) and its folder once the node is done; folders
-    that are not this user's private ones (write_plan refused them) are left alone."""
-    from launcher.planfile import folder_problem
-
-    copy = Path(path)
-    try:
-        if folder_problem(copy.parent.parent) or folder_problem(copy.parent):
-            return
-    except FileNotFoundError:
-        return
-    copy.unlink(missing_ok=True)
-    try:
-        copy.parent.rmdir()
-    except OSError:  # not empty, or already gone
-        pass

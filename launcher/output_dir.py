@@ -18,7 +18,7 @@ from pathlib import Path
 from launcher.builtin import builtin_name, default_cache_dir, fingerprint, is_builtin
 from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
 from launcher.data.registry import dataset_source
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 
 MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
 MARKER_VERSION = 1

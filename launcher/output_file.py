@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from launcher.errors import RecipeError
 from launcher.output_dir import overlap
-from launcher.recipe import RecipeError
 
 
 def check_output_file(option: str, path: str, inputs: list[tuple[str, str | Path]], force: bool) -> Path:

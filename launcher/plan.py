@@ -21,15 +21,16 @@ import sys
 from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
-from launcher.data.registry import DataError, resolve_dataset
+from launcher.data.registry import resolve_dataset
 from launcher.ds_user_config import RUNTIME_AUTO, describe, user_template
+from launcher.errors import DataError, RecipeError
 from launcher.kernels.choice import format_kernels, kernel_plan
 from launcher.memory import estimate as estimate_memory
 from launcher.memory import fit_refusal, format_memory, model_shape, pick_auto
 from launcher.planfile import plan_copies_dir, private_dir, write_new
 from launcher.preflight import check as check_preflight
 from launcher.preflight import format_model_source, model_source
-from launcher.recipe import RecipeError, combination_error
+from launcher.recipe import combination_error
 from launcher.schema import DEFAULT_MASTER_PORT
 
 PLAN_VERSION = 1
@@ -184,10 +185,7 @@ def _check_device(recipe: dict, gpus: dict) -> None:
 def _kernel_plan(recipe: dict, on_gpu: bool) -> dict:
     """Attention / loss kernel and compile choice (launcher/kernels/choice.py), refusals as RecipeError."""
     shape, _ = model_shape(recipe["model"]["path"])
-    try:
-        return kernel_plan(recipe, on_gpu, shape.vocab if shape else None)
-    except ValueError as err:
-        raise RecipeError(str(err)) from None
+    return kernel_plan(recipe, on_gpu, shape.vocab if shape else None)
 
 
 def torch_extensions_dir() -> str:

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 
 
 def plan_copies_dir() -> Path:
@@ -81,3 +81,19 @@ def read_own(path: str | Path) -> str:
             return plan.read()
     raise RecipeError(f"--plan {path} {problem}, so it may not be the plan you launched; refusing to run it. "
                       f"Fix: launch again (it rewrites the plan), or `chmod go-w {path}` if it is yours")
+
+
+def discard_plan_copy(path: str) -> None:
+    """Remove a node-local plan copy (node > 0) and its folder once the node is done; folders
+    that are not this user's private ones (write_plan refused them) are left alone."""
+    copy = Path(path)
+    try:
+        if folder_problem(copy.parent.parent) or folder_problem(copy.parent):
+            return
+    except FileNotFoundError:
+        return
+    copy.unlink(missing_ok=True)
+    try:
+        copy.parent.rmdir()
+    except OSError:  # not empty, or already gone
+        pass

@@ -16,12 +16,12 @@ from pathlib import Path
 from launcher.builtin import builtin_config_path, is_builtin
 from launcher.data.bad_rows import BadRows
 from launcher.data.formats import to_example, to_text
-from launcher.data.registry import DataError, resolve_dataset
+from launcher.data.registry import resolve_dataset
 from launcher.data.rows import dataset_items
 from launcher.data.templates import template_refusal
+from launcher.errors import DataError, RecipeError
 from launcher.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
 from launcher.module_names import freeze_error, layer_list, lora_targets_error, missing_modules_error, parameter_shapes
-from launcher.recipe import RecipeError
 from launcher.registry import stage_spec
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from launcher.errors import RecipeError
 from launcher.recipe_yaml import YamlRefusal, load_yaml_text
 from launcher.registry import method_spec, stage_spec
 from launcher.schema import SCHEMA, Key, all_keys
@@ -23,10 +24,6 @@ from launcher.schema import SCHEMA, Key, all_keys
 NOT_YET: dict[str, set] = {}
 
 FLAT = all_keys()
-
-
-class RecipeError(Exception):
-    """A recipe that cannot run. The CLI prints it and exits with code 2."""
 
 
 def listing(items, limit: int = 8, sep: str = ", ") -> str:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.chat import Sampling, chat_template, encode_prompt, load_for_chat
+from launcher.errors import LauncherError
 
 
-class ServeError(ValueError):
+class ServeError(LauncherError):
     """Bad serve arguments (an adapter that is not one, a missing vLLM); the message names the fix."""
 
 

@@ -12,7 +12,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from launcher import quiet
@@ -71,8 +70,10 @@ def training_arguments(plan: dict):
 def load_model(plan: dict, model_dir: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from launcher.dtypes import torch_dtype
+
     recipe = plan["recipe"]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan["dtype"]]
+    dtype = torch_dtype(plan["dtype"])
     quant, extra = recipe["model"]["quantization"], {}
     if quant is not None:  # QLoRA: bitsandbytes quantizes the linear layers while loading
         from transformers import BitsAndBytesConfig
@@ -207,39 +208,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--plan", required=True, help="plan.json written by `launch`")
     parsed = parser.parse_args(argv)
+    from launcher.errors import TAG, LauncherError, RunStopped, worker_error_line
     from launcher.planfile import read_own
-    from launcher.recipe import RecipeError
-
-    try:
-        plan = json.loads(read_own(parsed.plan))
-    except RecipeError as err:  # not our plan: run nothing from it
-        print(f"[launcher] plan error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    from launcher.monitoring.ranklog import start_rank_log
-
-    width = shutil.get_terminal_size((0, 0)).columns or None  # before stdout becomes the rank-log pipe
-    terminal = start_rank_log(plan["output_dir"], int(os.environ.get("RANK", "0")))
-    from launcher.backends.lifeline import watch_launcher
-
-    watch_launcher()  # this rank ends with the launcher, even when nobody is left to stop it
-    from launcher.data.registry import DataError
-    from launcher.monitoring.health import TrainingStopped
-    from launcher.monitoring.interrupt import StoppedBySignal
-    from launcher.methods.errors import MethodError
 
     code = 0
     try:
+        plan = json.loads(read_own(parsed.plan))  # not our plan (RecipeError): run nothing from it
+        from launcher.monitoring.ranklog import start_rank_log
+
+        width = shutil.get_terminal_size((0, 0)).columns or None  # before stdout becomes the rank-log pipe
+        terminal = start_rank_log(plan["output_dir"], int(os.environ.get("RANK", "0")))
+        from launcher.backends.lifeline import watch_launcher
+
+        watch_launcher()  # this rank ends with the launcher, even when nobody is left to stop it
         run(plan, terminal, width)
-    except DataError as err:  # bad input: one clear line, not a library traceback
-        print(f"[launcher] data error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    except MethodError as err:  # a method that does not fit the loaded model
-        print(f"[launcher] method error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    except (TrainingStopped, StoppedBySignal) as err:  # NaN/Inf steps (exit 3) or SIGTERM (143): checkpoint saved
+    except LauncherError as err:  # bad input (plan, data, a method that does not fit the model): one line, no traceback
+        print(worker_error_line(err), file=sys.stderr, flush=True)
+        raise SystemExit(err.code) from None
+    except RunStopped as err:  # NaN/Inf steps (exit 3) or SIGTERM (143): checkpoint saved
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"[launcher] {err}", file=sys.stderr, flush=True)
-        code = 3 if isinstance(err, TrainingStopped) else err.code
+            print(f"{TAG} {err}", file=sys.stderr, flush=True)
+        code = err.code
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -204,7 +204,7 @@ def test_the_worker_applies_the_same_lora_target_rule_to_a_loaded_model(warm):
     from transformers import AutoModelForCausalLM
 
     from launcher.builtin import materialize
-    from launcher.methods import MethodError
+    from launcher.errors import MethodError
     from launcher.methods.lora import apply
     from launcher.recipe import load_recipe
 

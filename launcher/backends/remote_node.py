@@ -16,8 +16,8 @@ import sys
 import threading
 
 from launcher.backends.proctree import become_subreaper, kill_descendants
-from launcher.nodes import discard_plan_copy
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
+from launcher.planfile import discard_plan_copy
 
 
 def _stop_on_eof() -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 from launcher.schema import DEFAULT_MASTER_PORT, SCHEMA
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_.,+-]+")  # partition, account, job name

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_torch, read_json
+from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_torch, read_json
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.checkpoint.safetensors_stream import parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
+from launcher.errors import CheckpointError
 
 ADAPTER_NAME = "default"
 COPIED_FILES = (ADAPTER_CONFIG, "config.json", "generation_config.json", "tokenizer.json",

@@ -15,13 +15,10 @@ import pickle
 import struct
 from pathlib import Path
 
+from launcher.errors import CheckpointError
+
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
-
-
-class CheckpointError(Exception):
-    """A checkpoint, adapter, base model or output folder that cannot be used; the message names
-    the file, what is wrong with it, and the fix."""
 
 
 def read_json(path: Path) -> dict:

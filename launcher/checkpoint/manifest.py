@@ -15,12 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from launcher.errors import CheckpointError
+
 LAUNCHER = "llm-launcher"  # the `launcher` field: who wrote the manifest
 MANIFEST_GLOB = "launcher-manifest-node*.json"
 CHUNK = 8 << 20
 
 
-class CheckpointDamaged(ValueError):
+class CheckpointDamaged(CheckpointError):
     """A checkpoint whose files do not match its manifest (or are missing, or unlisted)."""
 
 

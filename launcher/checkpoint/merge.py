@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.inputs import (ADAPTER_WEIGHTS, CheckpointError, adapter_config, read_json, run_plan,
-                                       safetensors_files, safetensors_header)
+from launcher.checkpoint.inputs import (ADAPTER_WEIGHTS, adapter_config, read_json, run_plan, safetensors_files,
+                                       safetensors_header)
 from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
+from launcher.dtypes import torch_dtype
+from launcher.errors import CheckpointError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEFT_PREFIX = "base_model.model."
 STORED_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
 LORA_KEY = re.compile(r"^(?P<module>.+)\.(?:(?P<part>lora_A|lora_B)\.weight|(?P<dora>lora_magnitude_vector))$")
@@ -181,7 +182,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
     deltas = LoraDeltas(adapter, lora_config)
     layout = _base_layout(base_dir)
     deltas.check_shapes(layout)
-    target = DTYPES[dtype]
+    target = torch_dtype(dtype)
 
     def produce(path: Path, name: str, floating: bool) -> torch.Tensor:
         # a fresh mapping per tensor: pages of tensors already written leave memory with it

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from launcher.checkpoint.manifest import CheckpointDamaged, read_manifests, verify
 from launcher.checkpoint.paths import complete_checkpoints, zero_shard_ranks
-from launcher.recipe import RecipeError
+from launcher.errors import RecipeError
 
 MATCHED = ("model", "stage", "method", "rank", "target", "world_size")  # what must equal the recipe's
 

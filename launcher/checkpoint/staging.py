@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from launcher.checkpoint.inputs import CheckpointError
+from launcher.errors import CheckpointError
 
 PARTIAL = ".partial-"  # <out>.partial-<pid>: an output being written by process <pid>
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from launcher.data.registry import DataError
+from launcher.defaults import ON_BAD_ROW
+from launcher.errors import DataError
 
 log = logging.getLogger("launcher.data")
 LOGGED = 10  # skipped rows logged one by one; the rest only counted
@@ -13,11 +14,16 @@ LOGGED = 10  # skipped rows logged one by one; the rest only counted
 class BadRows:
     """Policy for bad rows; `skipped` lists the message of every row skipped so far."""
 
-    def __init__(self, mode: str = "error"):
+    def __init__(self, mode: str = ON_BAD_ROW):
         if mode not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be error or skip, got {mode!r}")
         self.mode = mode
         self.skipped: list[str] = []
+
+    @classmethod
+    def of(cls, data_cfg: dict) -> BadRows:
+        """The data section's data.on_bad_row (the schema's default where a partial section has none)."""
+        return cls(data_cfg.get("on_bad_row", ON_BAD_ROW))
 
     def __call__(self, error: DataError) -> None:
         """Raise the error, or record it when skipping."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import cached_data
 from launcher.data.pipeline import load_texts
-from launcher.data.registry import DataError
+from launcher.defaults import WAIT_S
+from launcher.errors import DataError
 
 
 @dataclass
@@ -30,7 +31,7 @@ def build_blocks(names: list[str], data_cfg: dict, tokenizer) -> BlockData:
     """The named text datasets as cutoff_len-token blocks of EOS-separated documents."""
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token to separate documents with. Fix: use a tokenizer with an eos_token")
-    bad = BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = BadRows.of(data_cfg)
     texts = load_texts(names, data_cfg, bad)
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
@@ -42,7 +43,7 @@ def build_blocks(names: list[str], data_cfg: dict, tokenizer) -> BlockData:
                      len(bad.skipped))
 
 
-def block_data(names: list[str], data_cfg: dict, tokenizer, timeout_s: float = 1800.0) -> BlockData:
+def block_data(names: list[str], data_cfg: dict, tokenizer, timeout_s: float = WAIT_S) -> BlockData:
     """build_blocks through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return cached_data(BlockData, "pt", names, data_cfg, tokenizer, {}, lambda: build_blocks(names, data_cfg, tokenizer),
                        timeout_s, store=lambda block: {"input_ids": block["input_ids"]},  # labels equal them: not stored twice

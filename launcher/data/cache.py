@@ -35,7 +35,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from launcher.data.registry import DataError, resolve_dataset
+from launcher.data.registry import resolve_dataset
+from launcher.defaults import WAIT_S
+from launcher.errors import DataError
 
 log = logging.getLogger("launcher.data")
 Data = TypeVar("Data")  # a stage's data: a dataclass of its rows (first field) and counts
@@ -248,7 +250,7 @@ def load_or_build(entry: Path, build: Callable[[], Tokenized], timeout_s: float,
 
 
 def cached(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-           build: Callable[[], Tokenized], timeout_s: float = 1800.0) -> Tokenized:
+           build: Callable[[], Tokenized], timeout_s: float = WAIT_S) -> Tokenized:
     """build()'s result through the cache (data.cache, data.cache_dir); `settings` holds what else the tokens
     depend on (template, stage options). With data.cache: false, build() runs in every process."""
     if not data_cfg.get("cache", True):
@@ -268,7 +270,7 @@ def _same(row: dict) -> dict:
 
 
 def cached_data(shape: type[Data], kind: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-                build: Callable[[], Data], timeout_s: float = 1800.0, store: Callable[[dict], dict] = _same,
+                build: Callable[[], Data], timeout_s: float = WAIT_S, store: Callable[[dict], dict] = _same,
                 load: Callable[[dict], dict] = _same) -> Data:
     """The one cache wrapper of every stage's data: build() through `cached`, under `kind`.
 

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 
 from launcher.data.readers import Row
-from launcher.data.registry import DataError, DatasetSpec
+from launcher.data.registry import DatasetSpec
+from launcher.errors import DataError
 
 Message = dict
 

@@ -23,6 +23,7 @@ from launcher.data.bad_rows import BadRows
 from launcher.data.cache import cached_data
 from launcher.data.pipeline import load_examples
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
+from launcher.defaults import TEMPLATE, WAIT_S
 
 NO_CUTOFF = 1 << 30  # encode whole; the cutoff is applied to prompt + reply below
 
@@ -65,9 +66,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
+def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> PreferenceData:
     """{"prompt_ids", "chosen_ids", "rejected_ids"} per preference example."""
-    bad = BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "preference", bad):
         prompt_c, chosen = split_reply(tokenizer, example.messages + [example.chosen], example.tools, template)
@@ -85,9 +86,9 @@ def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str =
     return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
-def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> PreferenceData:
+def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> PreferenceData:
     """{"prompt_ids", "completion_ids", "label"} per KTO example (label = kto_tag: desirable)."""
-    bad = BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "kto", bad):
         prompt, completion = split_reply(tokenizer, example.messages, example.tools, template)
@@ -100,15 +101,15 @@ def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
     return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
-def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
-              timeout_s: float = 1800.0) -> PreferenceData:
+def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
+              timeout_s: float = WAIT_S) -> PreferenceData:
     """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return cached_data(PreferenceData, "pair", names, data_cfg, tokenizer, {"template": template},
                        lambda: build_pair_data(names, data_cfg, tokenizer, template), timeout_s)
 
 
-def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
-                 timeout_s: float = 1800.0) -> PreferenceData:
+def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
+                 timeout_s: float = WAIT_S) -> PreferenceData:
     """{"chosen_ids", "rejected_ids"} for a reward model: the prompt followed by each reply, through the reply's
     eos (the last token, where its head reads the score). The pairs come through the cache, shared with dpo and orpo."""
     data = pair_data(names, data_cfg, tokenizer, template, timeout_s)
@@ -117,8 +118,8 @@ def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = "a
     return data
 
 
-def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto",
-             timeout_s: float = 1800.0) -> PreferenceData:
+def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
+             timeout_s: float = WAIT_S) -> PreferenceData:
     """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py); the cache
     holds only id lists, so each label is stored as one token ([1] desirable, [0] not) and read back as TRL's bool."""
     return cached_data(PreferenceData, "kto", names, data_cfg, tokenizer, {"template": template},

@@ -14,6 +14,7 @@ from launcher.data.cache import cached_data
 from launcher.data.formats import Example, to_example, to_text
 from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
+from launcher.defaults import TEMPLATE, WAIT_S
 
 @dataclass
 class SFTData:
@@ -30,13 +31,13 @@ def _converted(names: list[str], data_cfg: dict, bad: BadRows, convert, kind: st
 
 def load_examples(names: list[str], data_cfg: dict, kind: str = "sft", bad: BadRows | None = None) -> list[Example]:
     """Validated examples of one kind (sft | preference | kto) from the named datasets, max_samples per dataset."""
-    bad = bad or BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = bad or BadRows.of(data_cfg)
     return _converted(names, data_cfg, bad, to_example, kind)
 
 
 def load_texts(names: list[str], data_cfg: dict, bad: BadRows | None = None) -> list[str]:
     """Pre-training documents (the text column) of the named datasets."""
-    bad = bad or BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = bad or BadRows.of(data_cfg)
     return _converted(names, data_cfg, bad, to_text, kind=None)
 
 
@@ -79,7 +80,7 @@ def _encode_parallel(tokenizer, conversations: list, cfg: dict, template: str, w
     return out
 
 
-def encode_examples(examples: list[Example], data_cfg: dict, tokenizer, template: str = "auto") -> SFTData:
+def encode_examples(examples: list[Example], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> SFTData:
     """Token ids and labels of SFT examples (data.cutoff_len, train_on_prompt, mask_history, num_workers);
     those left with no trainable token are dropped and counted."""
     conversations = [(e.messages, e.tools) for e in examples]
@@ -93,15 +94,15 @@ def encode_examples(examples: list[Example], data_cfg: dict, tokenizer, template
     return SFTData(kept, len(encoded) - len(kept))
 
 
-def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto") -> SFTData:
+def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> SFTData:
     """Tokenized, masked examples of the named datasets; those with no trainable token are dropped and counted."""
-    bad = BadRows(data_cfg.get("on_bad_row", "error"))
+    bad = BadRows.of(data_cfg)
     data = encode_examples(load_examples(names, data_cfg, "sft", bad), data_cfg, tokenizer, template)
     data.skipped = len(bad.skipped)
     return data
 
 
-def sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = "auto", timeout_s: float = 1800.0) -> SFTData:
+def sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S) -> SFTData:
     """build_sft_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return cached_data(SFTData, "sft", names, data_cfg, tokenizer, {"template": template},
                        lambda: build_sft_data(names, data_cfg, tokenizer, template), timeout_s)

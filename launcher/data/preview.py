@@ -18,8 +18,8 @@ from launcher.data.packing import pack_examples
 from launcher.data.pairs import PreferenceData, kto_data, pair_data, scored_pairs
 from launcher.data.pipeline import sft_data
 from launcher.data.prompts import prompt_rows
-from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
+from launcher.errors import DataError
 from launcher.registry import stage_spec
 
 OPEN, CLOSE = "⟦", "⟧"  # around trained text; everything outside is masked (label -100)

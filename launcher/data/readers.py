@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.data.registry import DataError
+from launcher.errors import DataError
 
 
 @dataclass

@@ -12,10 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DataError(Exception):
-    """Bad dataset registry, file or row; the message names the file and the fix."""
-
+from launcher.errors import DataError
 
 FORMATS = ("alpaca", "sharegpt", "openai")
 FILE_TYPES = (".json", ".jsonl", ".csv", ".parquet", ".txt")

@@ -13,7 +13,8 @@ from itertools import chain, islice
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.readers import Row, iter_file
-from launcher.data.registry import DataError, DatasetSpec, resolve_dataset
+from launcher.data.registry import DatasetSpec, resolve_dataset
+from launcher.errors import DataError
 
 KIND_NEEDS = {"sft": "an SFT dataset (no ranking, no kto_tag)",
               "preference": "a preference dataset (\"ranking\": true with chosen/rejected)",

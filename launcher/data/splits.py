@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from launcher.data.cache import rows_of
+from launcher.errors import DataError
 
 Data = TypeVar("Data")  # a stage's data: a dataclass of its rows (first field) and counts (data/cache.py)
 
@@ -17,21 +18,21 @@ def split_validation(examples: list, val_size: float, seed: int) -> tuple[list, 
     random.Random(seed).shuffle(order)
     held = max(1, round(val_size * len(examples)))
     if held >= len(examples):
-        raise SystemExit(f"data.val_size={val_size} leaves no training examples out of {len(examples)}")
+        raise DataError(f"data.val_size={val_size} leaves no training examples out of {len(examples)}")
     held_out = set(order[:held])
     return ([e for i, e in enumerate(examples) if i not in held_out], [examples[i] for i in sorted(held_out)])
 
 
 def train_and_eval(recipe: dict, build: Callable[[list[str]], Data],
-                   refusal: Callable[[Data], BaseException]) -> tuple[Data, list[dict], list[dict]]:
+                   no_rows: Callable[[Data], str]) -> tuple[Data, list[dict], list[dict]]:
     """(data.datasets' data, its training rows, the evaluation rows): build(dataset names) gives a stage's data;
-    with no rows it is refused by refusal(data); evaluation comes from data.eval_datasets, else from a seeded
+    with no rows it is refused with the message no_rows(data); evaluation comes from data.eval_datasets, else from a seeded
     data.val_size share held out of the training rows."""
     data_cfg = recipe["data"]
     data = build(data_cfg["datasets"])
     rows, eval_rows = rows_of(data), []
     if not rows:
-        raise refusal(data)
+        raise DataError(no_rows(data))
     if data_cfg["eval_datasets"]:
         eval_rows = rows_of(build(data_cfg["eval_datasets"]))
     elif data_cfg["val_size"] > 0:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.data.registry import DataError
+from launcher.errors import DataError
 
 Span = tuple[int, int]
 _SLOT = re.compile(r"\{(content|eos)\}")

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from launcher.data.formats import is_reply
 from launcher.data.gc_pause import gc_paused
-from launcher.data.registry import DataError
 from launcher.data.templates import TEMPLATES, Span, no_chat_template_message
+from launcher.defaults import TEMPLATE
+from launcher.errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -287,7 +288,7 @@ def _without_oldest_rounds(messages: list[dict]) -> list[list[dict]]:
 
 
 def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[dict] | None]], cutoff_len: int,
-                         train_on_prompt: bool = False, mask_history: bool = False, template: str = "auto") -> list[Encoded]:
+                         train_on_prompt: bool = False, mask_history: bool = False, template: str = TEMPLATE) -> list[Encoded]:
     """encode_conversation over many (messages, tools), the same results, faster: texts are tokenized in
     batched calls (a fast tokenizer spreads them over its threads), first all whole conversations, then, for
     those over cutoff_len, the conversations without their oldest round, then without two, ...; a variant
@@ -329,7 +330,7 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
 
 
 def encode_conversation(tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
-                        mask_history: bool = False, template: str = "auto", tools: list[dict] | None = None) -> Encoded:
+                        mask_history: bool = False, template: str = TEMPLATE, tools: list[dict] | None = None) -> Encoded:
     """input_ids and labels of one conversation, at most cutoff_len tokens.
 
     Too long: drop the oldest rounds (system kept) until it fits; if even the newest round

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
+from launcher.errors import RecipeError
 from launcher.registry import STAGES, stage_spec
 
 # the chunked loss pays off once the logits dominate memory (the HF reference materialises them in fp32)
@@ -24,14 +25,14 @@ def _require_cuda_package(setting: str, on_gpu: bool, module: str, package: str,
                           cpu_fix: str, missing_fix: str) -> None:
     """Refuse a CUDA-only kernel without a GPU, or without the optional package that provides it."""
     if not on_gpu:
-        raise ValueError(f"{setting} needs a CUDA GPU{why} and none is visible. Fix: {cpu_fix}")
+        raise RecipeError(f"{setting} needs a CUDA GPU{why} and none is visible. Fix: {cpu_fix}")
     if not installed(module):
-        raise ValueError(f"{setting} needs {package}, which is not installed. "
+        raise RecipeError(f"{setting} needs {package}, which is not installed. "
                          f"Fix: pip install '.[gpu]' (or pip install {pip_name}), or {missing_fix}")
 
 
 def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
-    """(attn_implementation, why). Raises ValueError (the message names the fix) for a kernel
+    """(attn_implementation, why). Raises RecipeError (the message names the fix) for a kernel
     that cannot run here."""
     attn, neat = recipe["model"]["attn"], recipe["data"]["packing"] == "neat"
     if attn == "flash_attention_2":
@@ -40,7 +41,7 @@ def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
         return attn, "chosen in the recipe" + (": padding-free packed rows, varlen kernel" if neat else "")
     if attn == "flex_attention":
         if not on_gpu:  # torch raises "FlexAttention does not support backward on CPU" at the first step
-            raise ValueError("model.attn = 'flex_attention' trains on CUDA only: torch has no flex_attention backward "
+            raise RecipeError("model.attn = 'flex_attention' trains on CUDA only: torch has no flex_attention backward "
                              "on CPU. Fix: model.attn=auto (on CPU: sdpa, neat packing with a dense per-row mask)")
         return attn, "chosen in the recipe" + (": padding-free packed rows, block-sparse document mask" if neat else "")
     if attn in ("sdpa", "eager"):
@@ -65,15 +66,15 @@ def padding_free(attn: str, packing: str) -> bool:
 
 
 def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
-    """(plain | chunked | liger, why). Raises ValueError for a kernel that cannot run here."""
+    """(plain | chunked | liger, why). Raises RecipeError for a kernel that cannot run here."""
     kernel, stage = recipe["train"]["loss_kernel"], recipe["stage"]
     own_loss = stage_spec(stage).lm_loss
     if kernel != "plain" and kernel != "auto" and not own_loss:
         loss_stages = "/".join(name for name in STAGES if stage_spec(name).lm_loss)
-        raise ValueError(f"train.loss_kernel = {kernel!r} applies to stages {loss_stages}; stage {stage} "
+        raise RecipeError(f"train.loss_kernel = {kernel!r} applies to stages {loss_stages}; stage {stage} "
                          "computes its loss in TRL. Fix: train.loss_kernel=auto")
     if kernel != "plain" and kernel != "auto" and recipe["method"]["name"] == "prefix":
-        raise ValueError(f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
+        raise RecipeError(f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
                          "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto")
     if kernel == "liger":
         _require_cuda_package("train.loss_kernel = 'liger'", on_gpu, "liger_kernel", "liger-kernel", "liger-kernel",
@@ -94,20 +95,20 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
 
 
 def compile_choice(recipe: dict, on_gpu: bool) -> tuple[bool, str]:
-    """(compile?, why). Raises ValueError where torch.compile cannot work."""
+    """(compile?, why). Raises RecipeError where torch.compile cannot work."""
     if not recipe["train"]["compile"]:
         return False, "off (train.compile: true compiles each decoder layer)"
     if not on_gpu and shutil.which("c++") is None and shutil.which("g++") is None:
-        raise ValueError("train.compile = true on CPU needs a C++ compiler (inductor builds its kernels with it) "
+        raise RecipeError("train.compile = true on CPU needs a C++ compiler (inductor builds its kernels with it) "
                          "and none is on PATH. Fix: install g++, or train.compile=false")
     if recipe["method"]["name"] == "prefix":
-        raise ValueError("train.compile = true does not work with method.name: prefix (PEFT feeds its virtual tokens "
+        raise RecipeError("train.compile = true does not work with method.name: prefix (PEFT feeds its virtual tokens "
                          "as a growing cache, which recompiles every step). Fix: train.compile=false")
     return True, "on: each decoder layer compiled once (dynamic shapes, so packed rows of any length reuse it)"
 
 
 def kernel_plan(recipe: dict, on_gpu: bool, vocab_size: int | None) -> dict:
-    """The plan's `kernels` entry; raises ValueError with the fix for a choice that cannot work."""
+    """The plan's `kernels` entry; raises RecipeError with the fix for a choice that cannot work."""
     attn, attn_why = attention_choice(recipe, on_gpu)
     loss, loss_why = loss_choice(recipe, on_gpu, vocab_size)
     compiled, compile_why = compile_choice(recipe, on_gpu)

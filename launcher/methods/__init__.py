@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import importlib
 
-from launcher.methods.errors import MethodError
+from launcher.errors import MethodError
 from launcher.registry import method_spec
 
-__all__ = ["MethodError", "apply_method", "call_hook", "count_parameters"]
+__all__ = ["apply_method", "call_hook", "count_parameters"]
 
 
 def _adapter(recipe: dict):

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from torch import nn
 
-from launcher.methods.errors import MethodError
+from launcher.errors import MethodError
 from launcher.module_names import freeze_error, freeze_groups, matches
 
 

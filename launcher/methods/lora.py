@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from launcher.checkpoint.paths import PISSA_INIT_DIR
-from launcher.methods.errors import MethodError
+from launcher.errors import MethodError
 from launcher.module_names import lora_targets_error
 from launcher.registry import SCORE_HEAD, stage_spec
 

@@ -29,11 +29,15 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from launcher.errors import RunStopped
+
 NAN_STEP_ENV, NAN_RANK_ENV = "LAUNCHER_NAN_STEP", "LAUNCHER_NAN_RANK"
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(RunStopped):
     """Raised by the worker after the guard stopped the run; the message says why and what to do."""
+
+    code = 3
 
 
 class BadStepGuard(TrainerCallback):

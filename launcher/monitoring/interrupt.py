@@ -23,9 +23,10 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from launcher.callbacks import all_reduce
+from launcher.errors import RunStopped
 
 
-class StoppedBySignal(RuntimeError):
+class StoppedBySignal(RunStopped):
     """Raised by the worker after a SIGTERM stop; the message names the checkpoint."""
 
     code = 128 + signal.SIGTERM

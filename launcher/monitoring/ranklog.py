@@ -22,11 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.errors import WORKER_MARKERS
+
 RUN_HEADER = b"=== launcher worker start "  # each worker start appends one; a report reads the last run only
 CONTROL = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-# a traceback, a fatal abort, or one of the worker's own one-line failures (launcher/worker.py)
-ERROR_MARKERS = ("Traceback (most recent call last)", "Fatal Python error", "terminate called",
-                 "[launcher] stopped:", "[launcher] data error:", "[launcher] method error:")
+# a traceback, a fatal abort, or one of the worker's own one-line failures (launcher/errors.py)
+ERROR_MARKERS = ("Traceback (most recent call last)", "Fatal Python error", "terminate called", *WORKER_MARKERS)
 TAIL_LINES = 40
 
 

@@ -29,7 +29,7 @@ from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.data.prompts import prompt_rows
-from launcher.data.registry import DataError
+from launcher.errors import DataError
 
 GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"           # the frozen copy of a starting adapter

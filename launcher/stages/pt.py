@@ -17,7 +17,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     recipe = plan["recipe"]
     data_cfg = recipe["data"]
     data, rows, eval_rows = train_and_eval(recipe, lambda names: block_data(names, data_cfg, tokenizer, wait_s(recipe)),
-                                           lambda data: SystemExit(f"no text in {data_cfg['datasets']}"))
+                                           lambda data: f"no text in {data_cfg['datasets']}")
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": 0, "skipped_bad_rows": data.skipped,
                "tokens": sum(len(b["input_ids"]) for b in rows), "documents": data.documents,
                "tail_tokens": data.tail_tokens}

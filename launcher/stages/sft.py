@@ -10,10 +10,9 @@ from launcher.data.packing import pack_examples
 from launcher.data.cache import wait_s
 from launcher.data.pipeline import sft_data
 from launcher.data.splits import train_and_eval
+from launcher.dtypes import torch_dtype
 from launcher.eval_generate import install as install_generate_metrics
 from launcher.kernels.trainer import KernelTrainer
-
-MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
@@ -22,8 +21,8 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     data_cfg, template = recipe["data"], recipe["model"]["template"]
     train, rows, eval_rows = train_and_eval(
         recipe, lambda names: sft_data(names, data_cfg, tokenizer, template, wait_s(recipe)),
-        lambda data: SystemExit(f"no trainable examples in {data_cfg['datasets']} ({data.dropped} dropped with no "
-                                f"answer token within data.cutoff_len={data_cfg['cutoff_len']})"))
+        lambda data: (f"no trainable examples in {data_cfg['datasets']} ({data.dropped} dropped with no "
+                      f"answer token within data.cutoff_len={data_cfg['cutoff_len']})"))
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
                "skipped_bad_rows": train.skipped, "tokens": sum(len(e["input_ids"]) for e in rows)}
     if data_cfg["packing"] != "none":
@@ -31,7 +30,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
         rows, summary["packed_rows"], summary["packing_efficiency"] = packed.rows, len(packed.rows), packed.efficiency
         eval_rows = pack_examples(eval_rows, data_cfg["cutoff_len"]).rows if eval_rows else []
     collator = PaddingCollator(tokenizer.pad_token_id, data_cfg["packing"], plan["kernels"]["padding_free"],
-                               mask_dtype=MASK_DTYPES[plan["dtype"]])
+                               mask_dtype=torch_dtype(plan["dtype"]))
     trainer = KernelTrainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
                             data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
                             kernels=plan["kernels"], max_tokens=recipe["train"]["micro_batch_size"] * data_cfg["cutoff_len"])

@@ -37,7 +37,7 @@ def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | No
     data_cfg, template = recipe["data"], recipe["model"]["template"]
     train, rows, eval_rows = train_and_eval(
         recipe, lambda names: build(names, data_cfg, tokenizer, template),
-        lambda data: SystemExit(f"no usable examples in {data_cfg['datasets']} ({data.dropped} dropped: empty reply)"))
+        lambda data: f"no usable examples in {data_cfg['datasets']} ({data.dropped} dropped: empty reply)")
     summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
                "truncated": train.truncated, "skipped_bad_rows": train.skipped,
                "tokens": sum(len(v) for row in rows for k, v in row.items() if k.endswith("_ids"))}

@@ -1,0 +1,62 @@
+"""The launcher's errors, and the one way each kind ends a process. Torch-free.
+
+A LauncherError is bad input from the user (a recipe, a dataset, a checkpoint, a flag): the CLI
+prints its message as one line and exits 2; the worker prints it as one `[launcher] <kind>
+error:` line and exits 2. Anything else from our code is a bug and keeps its traceback.
+A RunStopped is a run outcome, not an error: the run saved what it could and ends with its own
+exit code.
+"""
+
+from __future__ import annotations
+
+TAG = "[launcher]"  # starts every line the worker prints about itself
+STOPPED = f"{TAG} stopped:"  # a run the NaN/Inf guard stopped (TrainingStopped's message starts with "stopped:")
+
+
+class LauncherError(Exception):
+    """Bad user input; the message names the key or file, the value and the fix."""
+
+    code = 2
+    kind = "input"  # the worker's line: "[launcher] <kind> error: <message>"
+
+
+class RecipeError(LauncherError):
+    """A recipe (or the plan made from it) that cannot run."""
+
+    kind = "plan"
+
+
+class DataError(LauncherError):
+    """Bad dataset registry, file or row; the message names the file and the fix."""
+
+    kind = "data"
+
+
+class MethodError(LauncherError):
+    """A method that cannot apply to this model (known only once it is loaded): the worker
+    prints it as one line and exits before training."""
+
+    kind = "method"
+
+
+class CheckpointError(LauncherError):
+    """A checkpoint, adapter, base model or output folder that cannot be used; the message names
+    the file, what is wrong with it, and the fix."""
+
+    kind = "checkpoint"
+
+
+def worker_error_line(err: LauncherError) -> str:
+    return f"{TAG} {err.kind} error: {err}"
+
+
+# What ranklog looks for to tell the failing rank: the worker's own error and stop lines.
+WORKER_MARKERS = (STOPPED, *(f"{TAG} {cls.kind} error:" for cls in (LauncherError, RecipeError, DataError,
+                                                                    MethodError, CheckpointError)))
+
+
+class RunStopped(Exception):
+    """A run that stopped early with its state saved; `code` is the worker's exit code."""
+
+    code: int
+
