@@ -377,7 +377,7 @@ def _check_stage_inputs(recipe: dict, allow_pending: bool) -> list[str]:
     for section, key, check in STAGE_INPUTS:
         try:
             check(recipe)
-        except RecipeError as err:
+        except RecipeError:
             if not allow_pending or Path(recipe[section][key]).exists():
                 raise
             pending.append(f"{section}.{key} = {recipe[section][key]!r} does not exist yet: run the stage that writes it first")

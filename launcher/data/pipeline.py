@@ -15,6 +15,7 @@ from launcher.data.formats import Example, to_example, to_text
 from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
 
+
 @dataclass
 class SFTData:
     examples: list[dict]   # {"input_ids": [...], "labels": [...]}

@@ -7,9 +7,9 @@ import random
 import torch
 from transformers import Trainer, TrainingArguments
 
+from launcher.data.cache import wait_s
 from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
-from launcher.data.cache import wait_s
 from launcher.data.pipeline import sft_data
 from launcher.eval_generate import install as install_generate_metrics
 from launcher.kernels.trainer import KernelTrainer
