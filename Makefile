@@ -1,9 +1,10 @@
 # Two entry points: `make demo` and `make test`. Each installs what it needs into .venv.
+# Also: `make test-fast` (the unit tier, under 2 minutes) and `make lint` (ruff check; `make test` runs it first).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: install demo test plan bench clean gpu-wheels gpu-check
+.PHONY: install demo test test-fast lint plan bench clean gpu-wheels gpu-check
 
 install: $(VENV)/.installed
 
@@ -22,8 +23,19 @@ demo: install
 	# training prompts answered before and after tuning, beside the answers the data taught
 	$(PY) -m launcher.demo recipes/demo_tiny.yaml
 
-test: install
+test: install lint
+	# sshd, SLURM and munge for the services tier: installed here (as root, when missing), never in a fixture
+	.ci/services.sh
 	$(PY) -m pytest -q tests
+
+# the unit tier: no training ranks, no DeepSpeed, no services (pyproject.toml's markers, one per test)
+test-fast: install
+	$(PY) -m pytest -q -m unit tests
+
+# ruff's lint rules of pyproject.toml; formatting is `ruff format`, configured there too
+lint: install
+	$(PY) -m pip install --quiet "ruff>=0.17,<0.18"
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) bench/overhead.py

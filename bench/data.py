@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: make the repo's `launcher` importable without installing it
 
 from launcher.builtin.train_tokenizer import CHAT_TEMPLATE, SPLIT_PATTERN  # noqa: E402
-from launcher.data.packing import pack_examples, pack_lengths  # noqa: E402
 from launcher.data.formats import Example  # noqa: E402
+from launcher.data.packing import pack_examples, pack_lengths  # noqa: E402
 from launcher.data.pipeline import encode_examples  # noqa: E402
 
 SECTION = "## Data preprocessing"

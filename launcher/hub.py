@@ -109,8 +109,13 @@ def download(model: str, hub: str = "huggingface", revision: str | None = None, 
             raise RecipeError(f"ModelScope could not fetch {model!r}: {err}. Fix: check the model id and the "
                               f"network, then run `{download_command(model, hub, revision)}`") from None
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(model, revision=revision, cache_dir=cache_dir, ignore_patterns=DOWNLOAD_IGNORE))

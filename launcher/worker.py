@@ -112,17 +112,21 @@ def resume_checkpoint(plan: dict, rank: int) -> tuple[str | None, dict]:
 
 
 def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    """One rank's run: load the model, build the callbacks, train and save."""
+    rank = int(os.environ.get("RANK", "0"))
+    args, model, tokenizer = load(plan, rank)
+    stop, callbacks, tensorboard, writer = make_callbacks(plan, rank)
+    train_and_save(plan, args, model, tokenizer, rank, stop, callbacks, tensorboard, writer, terminal, width)
+
+
+def load(plan: dict, rank: int) -> tuple:
+    """(TrainingArguments, the model with its method applied, the tokenizer): the process group is up after it."""
     from transformers import AutoTokenizer, set_seed
-    from transformers.integrations import TensorBoardCallback
 
     from launcher.builtin import local_model_path
-    from launcher.callbacks import FaultInjectionCallback, install_monitoring
     from launcher.methods import apply_method, call_hook, count_parameters
-    from launcher.monitoring.interrupt import StopOnSignal, StoppedBySignal
 
     recipe = plan["recipe"]
-    rank = int(os.environ.get("RANK", "0"))
     # before DeepSpeed is configured: builds on one device; model_dir: a ModelScope download (preflight.ensure_model)
     model_dir = plan.get("model_dir") or local_model_path(recipe["model"]["path"])
     isolate_restart_attempt(plan)  # torchrun restarts (distributed.max_restarts): fresh rendezvous keys
@@ -155,7 +159,18 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     trainable, total = count_parameters(model)
     if rank == 0:
         print(f"[launcher] trainable params: {trainable:,} / {total:,} ({100 * trainable / total:.4f}%)", flush=True)
+    return args, model, tokenizer
 
+
+def make_callbacks(plan: dict, rank: int) -> tuple:
+    """(the SIGTERM stopper, the callbacks every stage gets, TensorBoard's callback and writer or None, None)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    from launcher.callbacks import FaultInjectionCallback
+    from launcher.monitoring.interrupt import StopOnSignal
+
+    recipe = plan["recipe"]
     stop = StopOnSignal(rank)  # SIGTERM: checkpoint at the next step end, then leave
     callbacks = [FaultInjectionCallback(rank), stop]
     if rank == 0 and "tensorboard" in recipe["output"]["report_to"]:
@@ -163,7 +178,18 @@ def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
         writer.add_text("plan", "```\n" + json.dumps(plan, indent=2) + "\n```")
         tensorboard = TensorBoardCallback(tb_writer=writer)
     else:
-        tensorboard = None
+        tensorboard = writer = None
+    return stop, callbacks, tensorboard, writer
+
+
+def train_and_save(plan: dict, args, model, tokenizer, rank: int, stop, callbacks: list, tensorboard, writer,
+                   terminal: bool, width: int | None) -> None:
+    """The stage's trainer over the callbacks, checkpoints, training, then the final model in output.dir."""
+    from launcher.callbacks import install_monitoring
+    from launcher.methods import call_hook
+    from launcher.monitoring.interrupt import StoppedBySignal
+
+    recipe = plan["recipe"]
     trainer, summary = TRAINERS[recipe["stage"]](plan, args, model, tokenizer, callbacks)
     call_hook(recipe, "prepare_trainer", trainer, recipe)
     guard = install_monitoring(trainer, plan, rank, terminal, width)  # before TensorBoard: it adds scalars

@@ -130,13 +130,24 @@ def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None)
     return greedy_ids(ids["input_ids"], tokens, folder, adapter)
 
 
+TIERS = ("unit", "multiproc", "services", "gpu")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu skip where torch sees no CUDA device (CI, this machine); bench/gpu_check.py runs them."""
+    """Every test has exactly one tier (pyproject.toml's markers), so `-m unit` stays the whole fast tier.
+    Tests marked gpu skip where torch sees no CUDA device (CI, this machine); bench/gpu_check.py runs them."""
+    untiered = [f"{item.nodeid} ({', '.join(tiers) or 'none'})" for item in items
+                if len(tiers := [m.name for m in item.iter_markers() if m.name in TIERS]) != 1]
+    if untiered:
+        raise pytest.UsageError(f"tests need exactly one tier mark of {', '.join(TIERS)} "
+                                f"(pytestmark or @pytest.mark.<tier>): {'; '.join(untiered)}")
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:  # torch is imported only to skip gpu tests (a `-m unit` collection of a torch-free file stays light)
+        return
     import torch
 
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run bench/gpu_check.py on one)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu:
+        item.add_marker(skip)

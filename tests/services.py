@@ -1,14 +1,13 @@
 """Real services for the multi-node tests, started and stopped by fixtures: an OpenSSH server on
 loopback with a generated key, and a single-node SLURM cluster (munged, slurmctld, slurmd).
 
-CI runs on a clean Debian machine as root: a missing package is installed with apt-get.
+The binaries are installed before pytest by .ci/services.sh (`make test` runs it); a fixture only checks them.
 Every daemon runs in the foreground as our child and is stopped when its fixture ends.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,19 +20,16 @@ import pytest
 from tests.conftest import free_port
 
 SSHD = "/usr/sbin/sshd"
+SSH_BINARIES = (SSHD, "/usr/bin/ssh", "/usr/bin/ssh-keygen")
 SLURM_BINARIES = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/sbin/munged")
 
 
-def ensure_packages(binaries: tuple[str, ...], packages: list[str]) -> None:
-    """apt-get install the packages when one of the binaries is missing (CI: clean machine, root)."""
-    if all(Path(b).exists() for b in binaries):
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.fail(f"{' '.join(packages)} not installed and cannot be installed here (needs root + apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, timeout=600, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], check=True, env=env,
-                   timeout=900, capture_output=True)
+def require_binaries(binaries: tuple[str, ...]) -> None:
+    """Fail the test (never install) when a service binary is missing: set-up is .ci/services.sh's job."""
+    missing = [b for b in binaries if not Path(b).exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed. Fix: run .ci/services.sh as root (it apt-get installs "
+                    f"openssh-server, openssh-client, slurm-wlm, slurm-client and munge); `make test` runs it")
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -75,7 +71,7 @@ class SshServer:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """sshd on 127.0.0.1 and 127.0.0.2 at a free port, accepting one generated key for this user."""
-    ensure_packages((SSHD, "/usr/bin/ssh", "/usr/bin/ssh-keygen"), ["openssh-server", "openssh-client"])
+    require_binaries(SSH_BINARIES)
     root = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
@@ -119,7 +115,7 @@ class SlurmCluster:
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A one-node SLURM cluster on this machine: CPU node, no cgroups, its own munge socket and key."""
-    ensure_packages(SLURM_BINARIES, ["slurm-wlm", "slurm-client", "munge"])
+    require_binaries(SLURM_BINARIES)
     root = tmp_path_factory.mktemp("slurm")
     for sub in ("state", "spool"):
         (root / sub).mkdir()

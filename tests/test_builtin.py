@@ -4,12 +4,10 @@ weights, cache) and the bundled demo dataset."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +45,7 @@ def built(tmp_path_factory) -> str:
 # --------------------------------------------------------------------------- module API
 
 
+@pytest.mark.unit
 def test_module_imports_no_torch():
     code = (
         "import sys, launcher.builtin as b; "
@@ -57,6 +56,7 @@ def test_module_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
+@pytest.mark.unit
 def test_names_and_errors():
     assert builtin.BUILTIN_PREFIX == "builtin:"
     assert builtin.is_builtin(NAME)
@@ -75,6 +75,7 @@ def test_names_and_errors():
         builtin.materialize("Qwen/Qwen2-7B-Instruct")
 
 
+@pytest.mark.unit
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path))
     assert builtin.default_cache_dir() == tmp_path / "builtin"
@@ -82,6 +83,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert builtin.default_cache_dir() == Path.home() / ".cache" / "llm-launcher" / "builtin"
 
 
+@pytest.mark.unit
 def test_fingerprint_follows_source_files(monkeypatch, tmp_path):
     original = builtin.fingerprint(NAME)
     assert re.fullmatch(r"[0-9a-f]{12}", original)
@@ -98,6 +100,7 @@ def test_fingerprint_follows_source_files(monkeypatch, tmp_path):
     assert builtin.fingerprint(NAME) != original
 
 
+@pytest.mark.unit
 def test_config_matches_tokenizer(tokenizer):
     config = json.loads((SOURCE / "config.json").read_text())
     generation = json.loads((SOURCE / "generation_config.json").read_text())
@@ -120,6 +123,7 @@ _CHILD = (
 )
 
 
+@pytest.mark.multiproc
 def test_materialize_is_deterministic_across_calls_and_processes(tmp_path):
     first = builtin.materialize(NAME, str(tmp_path / "a"))
     second = builtin.materialize(NAME, str(tmp_path / "b"))
@@ -136,6 +140,7 @@ def test_materialize_is_deterministic_across_calls_and_processes(tmp_path):
         assert (Path(first) / name).read_bytes() == (SOURCE / name).read_bytes()
 
 
+@pytest.mark.unit
 def test_materialize_concurrent_callers(monkeypatch, tmp_path, built):
     """Several callers at once (threads here; ranks are processes, same code path): all get
     the same folder, one build wins the rename, the others discard their temp copies."""
@@ -164,6 +169,7 @@ def test_materialize_concurrent_callers(monkeypatch, tmp_path, built):
     assert target.read_bytes() == (Path(built) / "model.safetensors").read_bytes()
 
 
+@pytest.mark.unit
 def test_materialize_losing_the_race(monkeypatch, tmp_path, built):
     """A process whose rename fails because the folder appeared meanwhile uses that folder."""
     real_build = builtin._build
@@ -178,6 +184,7 @@ def test_materialize_losing_the_race(monkeypatch, tmp_path, built):
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
+@pytest.mark.multiproc
 def test_model_loads_and_trains_a_step(built, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -211,12 +218,14 @@ ROUND_TRIP = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ROUND_TRIP)
 def test_tokenizer_round_trip(tokenizer, text):
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert tokenizer.decode(ids) == text
 
 
+@pytest.mark.unit
 def test_tokenizer_matches_raw_tokenizer_json(tokenizer):
     """transformers 5 rebuilds Qwen2's pipeline in code; it must equal the committed file's."""
     from tokenizers import Tokenizer
@@ -226,6 +235,7 @@ def test_tokenizer_matches_raw_tokenizer_json(tokenizer):
         assert tokenizer.encode(text, add_special_tokens=False) == raw.encode(text).ids
 
 
+@pytest.mark.unit
 def test_special_and_tool_tokens(tokenizer):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == 0
@@ -241,6 +251,7 @@ def test_special_and_tool_tokens(tokenizer):
 # --------------------------------------------------------------------------- chat template
 
 
+@pytest.mark.unit
 def test_chat_template_plain(tokenizer):
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -259,6 +270,7 @@ def test_chat_template_plain(tokenizer):
     )
 
 
+@pytest.mark.unit
 def test_chat_template_tools(tokenizer):
     tools = [{"type": "function", "function": {
         "name": "get_weather", "description": "Get the weather",
@@ -307,6 +319,7 @@ def test_chat_template_tools(tokenizer):
     )
 
 
+@pytest.mark.unit
 def test_chat_template_assistant_mask(tokenizer):
     messages = [
         {"role": "user", "content": "1+1?"},
@@ -324,12 +337,14 @@ def test_chat_template_assistant_mask(tokenizer):
 # --------------------------------------------------------------------------- generated files are current
 
 
+@pytest.mark.unit
 def test_tokenizer_files_are_current():
     from launcher.builtin import train_tokenizer
 
     assert train_tokenizer.main(["--check"]) == 0
 
 
+@pytest.mark.unit
 def test_demo_dataset_file_is_current():
     sys.path.insert(0, str(ROOT / "data"))
     try:
@@ -342,6 +357,7 @@ def test_demo_dataset_file_is_current():
 # --------------------------------------------------------------------------- dataset
 
 
+@pytest.mark.unit
 def test_demo_dataset():
     info = json.loads((ROOT / "data" / "dataset_info.json").read_text(encoding="utf-8"))
     entry = info["demo_sft"]

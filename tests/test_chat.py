@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import Terminal, greedy, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 TOKENS = 6
 
 

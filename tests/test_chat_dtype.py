@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from launcher.chat import load_for_chat
 from tests.conftest import LORA_ZERO3_RUN, run_launch
+
+pytestmark = pytest.mark.multiproc
 
 
 def _adapter_trained_in(tmp_path, run, dtype: str):

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, Terminal, greedy_ids, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 TOKENS = 8
 PROMPT = "What is the capital of France?"
 

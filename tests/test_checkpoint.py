@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 # ZeRO-2: the launcher refuses prefix tuning under ZeRO-3 (PEFT's save would hang)
 PREFIX_ZERO2_RUN = ("method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}", "distributed.zero=2",
                     "train.gradient_checkpointing=false",
@@ -83,8 +85,8 @@ def test_consolidated_full_model_equals_zero_to_fp32_and_the_saved_model(tiny_ru
 
 
 def test_consolidated_prefix_adapter_equals_the_saved_adapter(tiny_run, tmp_path):
-    from peft.tuners.prefix_tuning import PrefixEncoder
     from peft import PrefixTuningConfig
+    from peft.tuners.prefix_tuning import PrefixEncoder
 
     run = tiny_run(*PREFIX_ZERO2_RUN)
     _consolidate(run / "checkpoint-2", tmp_path / "adapter")
@@ -129,7 +131,7 @@ def _trained_like_adapter(folder: Path, **lora: object) -> Path:
     model = get_peft_model(_base(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **lora))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for _name, param in model.named_parameters():
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.01)
     model.save_pretrained(folder)

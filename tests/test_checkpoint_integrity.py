@@ -18,6 +18,8 @@ from launcher.checkpoint.manifest import read_manifests, verify
 from tests.conftest import LORA_ZERO3_RUN, free_port, run_launch
 from tests.test_resume import _assert_same_run
 
+pytestmark = pytest.mark.multiproc
+
 STEP6 = Path("checkpoint-6")
 MODEL_STATES = STEP6 / "global_step6" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
 OPTIM_STATES = STEP6 / "global_step6" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"

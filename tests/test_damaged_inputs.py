@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 STEP = "global_step6"
 
 

@@ -15,6 +15,8 @@ from launcher.data.pipeline import build_sft_data
 from launcher.data.registry import ALPACA_COLUMNS, DataError, resolve_dataset
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA_CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 2048,
             "train_on_prompt": False, "mask_history": False}

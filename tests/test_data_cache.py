@@ -40,6 +40,7 @@ def _entries(cfg: dict) -> list[Path]:
     return sorted(p for p in Path(cfg["cache_dir"]).iterdir() if p.is_dir())
 
 
+@pytest.mark.unit
 def test_second_build_loads_the_cache_and_equals_a_fresh_tokenization(tokenizer, cfg, caplog):
     caplog.set_level(logging.INFO, logger="launcher.data")
     first = sft_data(["d"], cfg, tokenizer)
@@ -54,6 +55,7 @@ def test_second_build_loads_the_cache_and_equals_a_fresh_tokenization(tokenizer,
     assert first == second == fresh
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest"])
 def test_a_partial_or_corrupt_entry_is_rebuilt_never_used(tokenizer, cfg, caplog, damage):
     good = sft_data(["d"], cfg, tokenizer)
@@ -75,6 +77,7 @@ def test_a_partial_or_corrupt_entry_is_rebuilt_never_used(tokenizer, cfg, caplog
     assert any("data cache: loaded" in r.message for r in caplog.records)
 
 
+@pytest.mark.unit
 def test_key_changes_with_file_content_settings_template_and_tokenizer(tokenizer, cfg):
     base = cache_key("sft", ["d"], cfg, tokenizer, {"template": "auto"})
     assert cache_key("sft", ["d"], dict(cfg), tokenizer, {"template": "auto"}) == base
@@ -111,6 +114,7 @@ print(json.dumps(load_or_build(entry, build, timeout_s=60).columns["input_ids"][
 """
 
 
+@pytest.mark.multiproc
 def test_concurrent_builders_build_once_and_agree(tmp_path):
     entry, log = tmp_path / "cache" / "entry", tmp_path / "builds.log"
     start = time.time() + 2.0
@@ -122,6 +126,7 @@ def test_concurrent_builders_build_once_and_agree(tmp_path):
     assert outs[0] == outs[1] == "[999, 1000]\n"
 
 
+@pytest.mark.unit
 def test_a_waiting_rank_times_out_naming_the_entry_and_lock(tmp_path):
     entry = tmp_path / "entry"
     holder = _BuildLock(tmp_path / "entry.lock")  # a builder that never finishes

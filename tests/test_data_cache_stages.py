@@ -22,6 +22,8 @@ from launcher.data.pairs import build_kto_data, build_pair_data, kto_data, pair_
 from launcher.data.pipeline import sft_data
 from launcher.recipe import load_recipe
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 

@@ -19,6 +19,8 @@ from launcher.data.readers import Row
 from launcher.data.registry import DataError, resolve_dataset
 from launcher.recipe import RecipeError, load_recipe
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 CFG = {"dataset_dir": str(DATA), "max_samples": None}

@@ -22,6 +22,8 @@ from launcher.recipe import load_recipe
 from launcher.registry import STAGES
 from launcher.schema import STAGES as SCHEMA_STAGES
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 SHOWN = 2

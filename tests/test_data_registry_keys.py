@@ -12,6 +12,8 @@ import pytest
 from launcher.data.pipeline import load_examples
 from launcher.data.registry import DataError, resolve_dataset
 
+pytestmark = pytest.mark.unit
+
 ROWS = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(10)]
 
 

@@ -19,6 +19,8 @@ from launcher.data.registry import DataError
 from launcher.data.templates import TEMPLATES
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations, render
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 1024,
        "train_on_prompt": False, "mask_history": False}

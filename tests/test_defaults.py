@@ -11,6 +11,8 @@ import pytest
 from launcher.schema import SCHEMA
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 # each default as call sites restated it before, and the one module that may hold it (None: none)
 RESTATED = [
     (r"timeout_s: float = \d", None),  # the data-cache wait: defaults.WAIT_S

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, free_port, run_launch
+
+pytestmark = pytest.mark.multiproc
 
 
 def test_demo_prints_before_and_after_and_the_tuned_answers_match(tmp_path, warm):

@@ -55,6 +55,7 @@ def _refused(args: list[str], *needles: str) -> str:
     return refused(run_launch(["plan", *args], timeout=120), *needles)
 
 
+@pytest.mark.unit
 def test_auto_values_are_filled_from_the_recipe_and_explicit_ones_kept(tmp_path):
     ds = write_json(tmp_path, FULL_AUTO)
     recipe = recipe_without_zero(tmp_path)
@@ -81,6 +82,7 @@ def test_auto_values_are_filled_from_the_recipe_and_explicit_ones_kept(tmp_path)
     assert "  zero: 2\n" in resolved and "  offload: optimizer\n" in resolved
 
 
+@pytest.mark.unit
 def test_a_stage_auto_is_the_recipes_zero(tmp_path):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": "auto"}})
     proc = run_launch(["plan", TINY, f"distributed.deepspeed_config={ds}"], timeout=120)
@@ -88,6 +90,7 @@ def test_a_stage_auto_is_the_recipes_zero(tmp_path):
     assert plan_deepspeed(proc.stdout)[1]["zero_optimization"] == {"stage": 3}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("zero_optimization,overrides,needles", [
     ({"stage": 3}, ["distributed.zero=2"], ("distributed.zero = 2, but", "zero_optimization.stage: 3",
                                             "Fix: drop distributed.zero from the recipe")),
@@ -102,6 +105,7 @@ def test_recipe_zero_or_offload_against_the_jsons_is_refused(tmp_path, zero_opti
     _refused([TINY, f"distributed.deepspeed_config={ds}", *overrides], str(ds), *needles)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field,value,recipe_key,ours", [
     ("gradient_accumulation_steps", 4, "train.grad_accum", 2),
     ("train_micro_batch_size_per_gpu", 8, "train.micro_batch_size", 4),
@@ -117,6 +121,7 @@ def test_an_explicit_value_against_the_recipe_is_refused_naming_both(tmp_path, f
              f"the recipe's {recipe_key} makes it {json.dumps(ours)}", f"Fix: set {recipe_key} to match")
 
 
+@pytest.mark.multiproc
 def test_training_refuses_a_contradiction_before_anything_starts(tmp_path):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3}, "gradient_accumulation_steps": 4})
     out = tmp_path / "run"
@@ -125,6 +130,7 @@ def test_training_refuses_a_contradiction_before_anything_starts(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.unit
 def test_a_broken_or_missing_json_is_refused_naming_the_file_and_line(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text('{\n  "zero_optimization": {"stage": 2},\n  "gradient_clipping": 1.0,\n}\n')
@@ -135,6 +141,7 @@ def test_a_broken_or_missing_json_is_refused_naming_the_file_and_line(tmp_path):
     _refused([TINY, f"distributed.deepspeed_config={listing}"], "a DeepSpeed config is a JSON object, this is a list")
 
 
+@pytest.mark.unit
 def test_an_auto_nothing_fills_and_the_ddp_engine_are_refused(tmp_path):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}})
     _refused([TINY, f"distributed.deepspeed_config={ds}"], "zero_optimization.sub_group_size is \"auto\"",
@@ -143,6 +150,7 @@ def test_an_auto_nothing_fills_and_the_ddp_engine_are_refused(tmp_path):
              "distributed.engine = 'ddp' with distributed.deepspeed_config", "Fix: distributed.engine: deepspeed")
 
 
+@pytest.mark.unit
 def test_a_json_without_zero_optimization_is_zero_0_as_in_deepspeed(tmp_path):
     ds = write_json(tmp_path, {k: v for k, v in FULL_AUTO.items() if k not in ("zero_optimization", "optimizer")})
     proc = run_launch(["plan", recipe_without_zero(tmp_path), f"distributed.deepspeed_config={ds}"], timeout=120)

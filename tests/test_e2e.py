@@ -14,6 +14,8 @@ import torch
 
 from tests.conftest import free_port, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 TINY = "recipes/sft_tiny.yaml"
 SCALARS = ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_second")
 

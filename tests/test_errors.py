@@ -17,6 +17,7 @@ def _verb(name: str, tmp_path) -> list[str]:
     return ["merge", "--base", "builtin:tiny-qwen2", "--adapter", str(tmp_path / "adapter"), "--out", out]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("verb", ["consolidate", "merge"])
 @pytest.mark.parametrize("bug", [ValueError("a bug"), KeyError("a bug")])
 def test_a_bug_inside_consolidate_or_merge_is_not_reported_as_a_user_error(verb, bug, tmp_path, monkeypatch):
@@ -30,6 +31,7 @@ def test_a_bug_inside_consolidate_or_merge_is_not_reported_as_a_user_error(verb,
         cli.main(_verb(verb, tmp_path))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("verb", ["consolidate", "merge"])
 def test_a_checkpoint_error_inside_consolidate_or_merge_is_one_line_and_exit_2(verb, tmp_path, monkeypatch, capsys):
     module = __import__(f"launcher.checkpoint.{verb}", fromlist=[verb])
@@ -42,6 +44,7 @@ def test_a_checkpoint_error_inside_consolidate_or_merge_is_one_line_and_exit_2(v
     assert capsys.readouterr().err == f"launch {verb}: error: the checkpoint is damaged. Fix: restore it\n"
 
 
+@pytest.mark.multiproc
 def test_a_stage_data_error_in_the_worker_is_one_marked_line_and_exit_2(tmp_path, warm):
     # every example held out for evaluation: the sft stage refuses once the data is built, in every rank
     proc = run_launch(["recipes/sft_tiny.yaml", "data.val_size=0.9999", f"output.dir={tmp_path / 'run'}",

@@ -41,6 +41,7 @@ PAIRS = [("乘法表示几个相同的数相加", "乘法表示相同的数相�
          ("The cat sat on the mat.", "A cat sat on a mat."), ("", "cold"), ("早上好", "早上好")]
 
 
+@pytest.mark.multiproc
 def test_metrics_equal_the_reference_packages():
     from launcher.metrics import similarity
 
@@ -49,6 +50,7 @@ def test_metrics_equal_the_reference_packages():
     assert 0 < ours["bleu-4"] < 100 and 0 < ours["rouge-l"] < 100
 
 
+@pytest.mark.multiproc
 def test_predictions_and_metrics_on_the_dev_set_and_two_processes_equal_one(tmp_path, warm):
     outputs = {}
     for nproc in (1, 2):
@@ -71,6 +73,7 @@ def test_predictions_and_metrics_on_the_dev_set_and_two_processes_equal_one(tmp_
            {k: v for k, v in results.items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")}
 
 
+@pytest.mark.multiproc
 def test_no_eval_data_is_refused(tmp_path):
     proc = run_launch(["eval", "recipes/sft_tiny.yaml", f"output.dir={tmp_path}", "--adapter", ""], timeout=120)
     assert proc.returncode == 2 and "data.eval_datasets" in proc.stderr and "Traceback" not in proc.stderr
@@ -84,6 +87,7 @@ def _scalars(out) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
+@pytest.mark.multiproc
 def test_eval_generate_logs_the_scores_launch_eval_gives_the_same_checkpoint(tmp_path, warm):
     # oracle: `launch eval` of the checkpoint saved at that eval step, with the same eval settings
     settings = ["data.eval_datasets=[demo_dev]", f"data.max_samples={ROWS}", "eval.max_new_tokens=8", "eval.batch_size=3"]
@@ -103,11 +107,13 @@ def test_eval_generate_logs_the_scores_launch_eval_gives_the_same_checkpoint(tmp
         assert scalars[f"eval/{name}"] == [(2, pytest.approx(oracle[f"predict_{name}"], abs=1e-4))], name
 
 
+@pytest.mark.unit
 def test_eval_generate_needs_sft_with_eval_datasets():
     proc = run_launch(["plan", "recipes/sft_tiny.yaml", "train.eval_generate=true"], timeout=60)
     assert proc.returncode == 2 and "train.eval_generate" in proc.stderr and "Fix: set data.eval_datasets" in proc.stderr
 
 
+@pytest.mark.multiproc
 def test_engine_vllm_is_refused_where_it_cannot_run(tmp_path):
     # this suite runs without vLLM or a GPU: auto uses transformers (the test above), an explicit vllm is refused
     from launcher.kernels.choice import installed

@@ -84,6 +84,7 @@ def _kill_launcher_and_check(proc: subprocess.Popen, out: Path, log: Path) -> No
     assert not left, f"alive {STOP_BOUND} s after kill -9 of launch:\n" + "\n".join(left) + "\n" + log.read_text()[-3000:]
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate", "deepspeed"])
 def test_kill_9_of_launch_leaves_no_process(launcher, tmp_path, warm):
     """Each engine starts its ranks its own way (torchrun: a session each); all must die with `launch`."""
@@ -97,6 +98,7 @@ def test_kill_9_of_launch_leaves_no_process(launcher, tmp_path, warm):
             proc.kill()
 
 
+@pytest.mark.services
 def test_kill_9_of_launch_stops_a_hostfile_run(sshd, tmp_path, warm):
     """Node 0's `launch` killed: its ranks die with it, and the node started over ssh stops too."""
     hosts = tmp_path / "hosts.txt"
@@ -121,6 +123,7 @@ def test_kill_9_of_launch_stops_a_hostfile_run(sshd, tmp_path, warm):
             proc.kill()
 
 
+@pytest.mark.services
 def test_kill_9_of_launch_inside_a_slurm_job_leaves_no_process(slurm, tmp_path, warm):
     """`launch sbatch --submit`: the job's `launch` (the srun task) killed with -9, its engine and
     ranks must go too, whatever SLURM's process tracking does with the step."""
@@ -148,6 +151,7 @@ def test_kill_9_of_launch_inside_a_slurm_job_leaves_no_process(slurm, tmp_path, 
         subprocess.run(["scancel", job], env=slurm.env, timeout=30)
 
 
+@pytest.mark.multiproc
 def test_sigterm_stops_within_10_s_with_a_checkpoint_that_resumes(tmp_path, warm):
     out, log = tmp_path / "run", tmp_path / "launch.log"
     proc = _start(out, log)

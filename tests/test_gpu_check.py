@@ -8,10 +8,14 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 from bench.gpu_check import PACKAGES  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 
 def _dry_run(wheels, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,6 +7,8 @@ import re
 import socket
 import subprocess
 
+import pytest
+
 from launcher.recipe import load_recipe
 from launcher.schema import DEFAULT_MASTER_PORT
 from tests.conftest import ROOT, run_launch
@@ -14,6 +16,7 @@ from tests.conftest import ROOT, run_launch
 TINY = "recipes/sft_tiny.yaml"
 
 
+@pytest.mark.unit
 def test_sbatch_without_a_slurm_section_takes_nodes_and_gpus_from_distributed(tmp_path):
     script = tmp_path / "job.sbatch"
     proc = run_launch(["sbatch", TINY, "distributed.nnodes=2", "distributed.nproc_per_node=4", "--script", str(script)],
@@ -28,6 +31,7 @@ def _plan(*args: str) -> subprocess.CompletedProcess:
     return run_launch(["plan", TINY, *args], timeout=60)
 
 
+@pytest.mark.multiproc
 def test_single_node_without_a_port_takes_a_free_one_when_29500_is_busy(tmp_path):
     with socket.socket() as busy:
         try:
@@ -46,6 +50,7 @@ def test_single_node_without_a_port_takes_a_free_one_when_29500_is_busy(tmp_path
     assert explicit.returncode == 2 and "already in use" in explicit.stderr  # a port the user named is still checked
 
 
+@pytest.mark.unit
 def test_nnodes_defaults_to_the_hostfiles_hosts():
     proc = _plan("distributed.hostfile=hostfiles/loopback.txt")
     assert proc.returncode == 0, proc.stderr
@@ -55,6 +60,7 @@ def test_nnodes_defaults_to_the_hostfiles_hosts():
     assert wrong.returncode == 2 and "selects 2 host(s)" in wrong.stderr
 
 
+@pytest.mark.multiproc
 def test_a_node_rank_alone_names_the_two_keys_it_needs(tmp_path):
     proc = run_launch([TINY, "--node-rank", "1", f"output.dir={tmp_path / 'run'}"], timeout=60)
     assert proc.returncode == 2
@@ -62,6 +68,7 @@ def test_a_node_rank_alone_names_the_two_keys_it_needs(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.unit
 def test_switching_method_by_override_drops_the_recipes_lora_keys_in_one_line():
     proc = _plan("method.name=freeze")
     assert proc.returncode == 0, proc.stderr
@@ -70,6 +77,7 @@ def test_switching_method_by_override_drops_the_recipes_lora_keys_in_one_line():
     assert "  name: freeze" in proc.stdout and "  rank:" not in proc.stdout
 
 
+@pytest.mark.unit
 def test_lora_keys_beside_a_freeze_the_file_names_are_still_refused(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {path: builtin:tiny-qwen2}\nmethod: {name: freeze, rank: 8}\n")
@@ -77,12 +85,14 @@ def test_lora_keys_beside_a_freeze_the_file_names_are_still_refused(tmp_path):
     assert proc.returncode == 2 and "method.rank is only valid with method.name: lora" in proc.stderr
 
 
+@pytest.mark.unit
 def test_qlora_is_lora_over_a_4_bit_base():
     recipe = load_recipe(ROOT / TINY, ["method.name=qlora"])
     assert recipe["method"]["name"] == "lora"
     assert recipe["model"]["quantization"] == {"bits": 4, "type": "nf4", "double_quant": True}
 
 
+@pytest.mark.unit
 def test_ddp_means_zero_off_unless_the_user_set_zero(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {path: builtin:tiny-qwen2}\ndistributed: {engine: ddp}\n")

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_launch
+
 from launcher.import_lf import mapping_table
+
+pytestmark = pytest.mark.unit
 
 CONFIGS = ROOT / "tests" / "lf_configs"
 

@@ -5,9 +5,9 @@ picks or refuses kernels with the reason."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from launcher import cli
@@ -63,6 +63,7 @@ def unpacked_reference(model, samples: list[dict]) -> tuple[float, int, dict]:
     return total, trained, _grads(model)
 
 
+@pytest.mark.unit
 def test_padding_free_rows_hold_no_square_tensor():
     rows = pack_examples(_samples(), CUTOFF).rows
     assert len(rows) >= 2
@@ -75,6 +76,7 @@ def test_padding_free_rows_hold_no_square_tensor():
     assert starts.numel() == len(_samples()) and (batch["labels"][0, starts[1:]] == IGNORE_INDEX).all()
 
 
+@pytest.mark.multiproc
 def test_flex_padding_free_packing_gives_the_unpacked_loss(tmp_path):
     """The loss, for both loss kernels. Forward only: torch 2.13 has no flex_attention backward on
     CPU. flex_attention() refuses any CPU input that requires grad (_validate_device: "FlexAttention
@@ -93,6 +95,7 @@ def test_flex_padding_free_packing_gives_the_unpacked_loss(tmp_path):
             assert abs(got.item() - expected) < 1e-5, (loss, got.item(), expected)
 
 
+@pytest.mark.unit
 def test_padding_free_row_gives_the_unpacked_gradients(tmp_path):
     """The padding-free row itself (position_ids, labels, one row, no mask) gives the unpacked loss
     and gradients, for both loss kernels. sdpa stands in for flex_attention here (no CPU backward,
@@ -113,6 +116,7 @@ def test_padding_free_row_gives_the_unpacked_gradients(tmp_path):
             assert torch.allclose(grads[name], grad, atol=1e-5), (loss, name, (grads[name] - grad).abs().max())
 
 
+@pytest.mark.multiproc
 def test_chunked_loss_in_the_trainer_gives_the_plain_gradients(tmp_path):
     model = _model("sdpa").train()
     batch = PaddingCollator(0)(_samples())
@@ -126,6 +130,7 @@ def test_chunked_loss_in_the_trainer_gives_the_plain_gradients(tmp_path):
         assert torch.allclose(results["chunked"][1][name], grad, atol=1e-6), name
 
 
+@pytest.mark.multiproc
 def test_chunked_loss_and_gradients_equal_full_logits():
     torch.manual_seed(0)
     vocab, hidden_size = 5000, 64
@@ -153,6 +158,7 @@ def _plan(capsys, *overrides: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+@pytest.mark.unit
 def test_plan_names_the_kernels_and_why(capsys):
     code, out = _plan(capsys, "data.packing=neat")  # auto on CPU: sdpa, and the plan says it is the dense fallback
     assert code == 0 and "attention: sdpa (auto: neat packing on CPU" in out and "packing: padding-free" not in out
@@ -161,6 +167,7 @@ def test_plan_names_the_kernels_and_why(capsys):
     assert code == 0 and "loss: chunked (auto: vocabulary 151,936" in out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overrides, message", [
     (["model.attn=flash_attention_2"], "model.attn = 'flash_attention_2' needs a CUDA GPU"),
     (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
@@ -179,6 +186,7 @@ def _recipe(**sections) -> dict:
     return resolve({"model": {"path": "builtin:tiny-qwen2"}, **sections}, {})
 
 
+@pytest.mark.unit
 def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
     """The planner's choice on a CUDA machine (the choice reads only the device and the installed
     packages, so it is checked here with on_gpu=True): flex_attention padding-free for neat
@@ -194,6 +202,7 @@ def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
     assert kernel_plan(_recipe(stage="dpo"), on_gpu=True, vocab_size=151_936)["loss"] == "plain"  # TRL owns its loss
 
 
+@pytest.mark.multiproc
 def test_compiled_layers_match_eager_without_recompiling_per_length(tmp_path):
     """train.compile on CPU, with gradient checkpointing: padded batches and neat-packed ones (4D
     mask, restarting position_ids: the CPU packing path) give eager's loss, and a second batch of

@@ -16,6 +16,8 @@ import yaml
 
 from launcher.cli import main
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 NO_CACHE = ["data.cache=false"]

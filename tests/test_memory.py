@@ -9,13 +9,23 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_launch
+
 from launcher.builtin import builtin_config_path
-from launcher.memory import (GIB, KNOWN_SHAPES, ZERO3_MAX_LIVE_PARAMETERS, estimate, estimate_option, parameter_counts,
-                             pick_auto, shape_from_config)
+from launcher.memory import (
+    GIB,
+    KNOWN_SHAPES,
+    ZERO3_MAX_LIVE_PARAMETERS,
+    estimate,
+    estimate_option,
+    parameter_counts,
+    pick_auto,
+    shape_from_config,
+)
 from launcher.plan import build_plan
 from launcher.recipe import load_recipe
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "sft_tiny.yaml")

@@ -111,6 +111,7 @@ def _check_adapter(out: Path, trains: str, atol: float = 1e-6) -> None:
 FULL_RUN = (3, "all")
 
 
+@pytest.mark.multiproc
 def test_full_under_zero3_with_offload_saves_a_loadable_model(tmp_path, warm):
     out, stdout = _run(tmp_path, "full", ["method={name: full}", f"distributed.zero={FULL_RUN[0]}",
                                           f"distributed.offload={FULL_RUN[1]}"])
@@ -126,6 +127,7 @@ FREEZE_CASES = [
 ]
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("zero,method,trains", FREEZE_CASES, ids=["zero2-first-layer-mlp+embed", "zero3-last-2-layers+norm+head"])
 def test_freeze_trains_exactly_the_selected_parameters(zero, method, trains, tmp_path, warm):
     out, stdout = _run(tmp_path, f"freeze{zero}", [f"method={method}", f"distributed.zero={zero}"])
@@ -133,6 +135,7 @@ def test_freeze_trains_exactly_the_selected_parameters(zero, method, trains, tmp
     _check_model_dir(out, trains)
 
 
+@pytest.mark.multiproc
 def test_freeze_more_layers_than_the_model_has_is_refused_before_training(tmp_path, warm):
     out, proc = _train(tmp_path, "freeze9", [*FAST, "method={name: freeze, trainable_layers: 9}"])
     assert proc.returncode == 2  # refused by the planner from the model's config: no rank started
@@ -149,6 +152,7 @@ LORA_CASES = [
 ]
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("zero,overrides,trains", LORA_CASES, ids=["zero3-dora+loraplus+embed", "zero2-rslora-qv"])
 def test_lora_variants(zero, overrides, trains, tmp_path, warm):
     out, _ = _run(tmp_path, f"lora{zero}", [*overrides, f"distributed.zero={zero}"])
@@ -167,6 +171,7 @@ def test_lora_variants(zero, overrides, trains, tmp_path, warm):
 PISSA_ZERO = 2
 
 
+@pytest.mark.multiproc
 def test_pissa_adapter_is_saved_as_plain_lora_over_the_original_base(tmp_path, warm):
     """PiSSA trains over a residual base; the saved adapter, converted at the end, must give the
     trained model (residual base + trained PiSSA weights from DeepSpeed's checkpoint) when loaded
@@ -179,6 +184,7 @@ def test_pissa_adapter_is_saved_as_plain_lora_over_the_original_base(tmp_path, w
     assert config["init_lora_weights"] is True
 
 
+@pytest.mark.unit
 def test_loraplus_optimizer_puts_b_matrices_at_ratio_times_lr(tmp_path):
     """The optimizer Trainer.create_optimizer builds (DeepSpeed's path calls it too)."""
     from transformers import Trainer, TrainingArguments
@@ -200,6 +206,7 @@ def test_loraplus_optimizer_puts_b_matrices_at_ratio_times_lr(tmp_path):
 QLORA_CASES = [(3, "{bits: 4, type: nf4, double_quant: true}"), (2, "{bits: 8}")]
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("zero,quantization", QLORA_CASES, ids=["zero3-nf4", "zero2-int8"])
 def test_qlora_trains_and_reloads_over_the_quantized_base(zero, quantization, tmp_path, warm):
     out, _ = _run(tmp_path, f"qlora{zero}", [f"model.quantization={quantization}", f"distributed.zero={zero}"])
@@ -209,6 +216,7 @@ def test_qlora_trains_and_reloads_over_the_quantized_base(zero, quantization, tm
 PREFIX_ZERO = 2
 
 
+@pytest.mark.multiproc
 def test_prefix_tuning_saves_and_reloads_as_an_adapter(tmp_path, warm):
     out, _ = _run(tmp_path, "prefix", ["method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}",
                                        "train.gradient_checkpointing=false", f"distributed.zero={PREFIX_ZERO}"])
@@ -261,6 +269,7 @@ def methods_table() -> str:
     return "\n".join([START, *lines, "", *[f"[{i}] {reason}  " for i, reason in enumerate(reasons, 1)], END])
 
 
+@pytest.mark.unit
 def test_docs_table_is_current():
     assert methods_table() in DOC.read_text(), "docs/methods.md is stale. Fix: python -m tests.test_methods"
 

@@ -58,6 +58,7 @@ def _refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return message
 
 
+@pytest.mark.multiproc
 def test_a_cached_hub_id_plans_from_its_snapshot(tmp_path, warm):
     cache = hub_cache(tmp_path)
     proc = run_launch(["plan", TINY, f"model.path={HUB_ID}"], timeout=120, env=offline(cache))
@@ -66,6 +67,7 @@ def test_a_cached_hub_id_plans_from_its_snapshot(tmp_path, warm):
     assert f"model: {HUB_ID} in the local hub cache: {snapshot}" in proc.stdout
 
 
+@pytest.mark.multiproc
 def test_an_uncached_hub_id_offline_is_refused_at_once_with_the_download_command(tmp_path):
     cache = tmp_path / "empty-hub"
     cache.mkdir()
@@ -85,12 +87,14 @@ def test_an_uncached_hub_id_offline_is_refused_at_once_with_the_download_command
     assert cpu < 2.0 and wall < 15, (cpu, wall)
 
 
+@pytest.mark.unit
 def test_a_real_qwen2_recipe_still_plans_offline():
     proc = run_launch(["plan", "recipes/sft_qwen2.yaml"], timeout=120, env=offline())
     assert proc.returncode == 0, proc.stderr
     assert "`launch download Qwen/Qwen2-7B-Instruct`" in proc.stdout or "in the local hub cache" in proc.stdout
 
 
+@pytest.mark.multiproc
 def test_a_cached_snapshot_without_its_tokenizer_is_refused_offline_naming_it(tmp_path, warm):
     cache = hub_cache(tmp_path, skip=("tokenizer.json",))
     out = tmp_path / "run"
@@ -99,6 +103,7 @@ def test_a_cached_snapshot_without_its_tokenizer_is_refused_offline_naming_it(tm
     assert not out.exists()
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("remove,named", [("tokenizer.json", "a tokenizer (one of tokenizer.json"),
                                           ("model.safetensors", "weights (*.safetensors or pytorch_model*.bin)")])
 def test_a_local_folder_without_a_file_every_rank_loads_is_refused_naming_it(tmp_path, warm, remove, named):
@@ -114,6 +119,7 @@ def test_a_local_folder_without_a_file_every_rank_loads_is_refused_naming_it(tmp
     assert not out.exists()
 
 
+@pytest.mark.multiproc
 def test_a_sharded_local_folder_missing_a_shard_is_refused_naming_it(tmp_path, warm):
     from launcher.builtin import materialize
 
@@ -126,6 +132,7 @@ def test_a_sharded_local_folder_missing_a_shard_is_refused_naming_it(tmp_path, w
     _refused(proc, "lacks model-00002-of-00002.safetensors (named by model.safetensors.index.json)")
 
 
+@pytest.mark.multiproc
 def test_modelscope_without_its_package_is_refused_with_the_fix(tmp_path):
     out = tmp_path / "run"
     proc = run_launch([TINY, "model.path=qwen/Qwen2-0.5B", "model.hub=modelscope", f"output.dir={out}"], timeout=120,
@@ -136,6 +143,7 @@ def test_modelscope_without_its_package_is_refused_with_the_fix(tmp_path):
     _refused(proc, "needs the modelscope package", "Fix: pip install modelscope")
 
 
+@pytest.mark.multiproc
 def test_download_refusals_come_before_any_network_use(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("")
@@ -152,6 +160,7 @@ def test_download_refusals_come_before_any_network_use(tmp_path):
     assert proc.returncode == 2 and "invalid choice: 'gitee'" in proc.stderr
 
 
+@pytest.mark.multiproc
 def test_download_of_a_builtin_or_a_recipe_on_it_has_nothing_to_fetch():
     for target in ("builtin:tiny-qwen2", TINY):
         proc = run_launch(["download", target], timeout=60, env=offline())
@@ -159,6 +168,7 @@ def test_download_of_a_builtin_or_a_recipe_on_it_has_nothing_to_fetch():
         assert "builtin:tiny-qwen2 is embedded in the launcher: nothing to download" in proc.stdout
 
 
+@pytest.mark.multiproc
 def test_a_cached_hub_id_trains_offline_under_a_users_deepspeed_json(tmp_path, warm):
     """The one real run of both points: 2 ranks load the hub id from the cache with the network off, under the
     user's ZeRO-2 JSON (its stage adopted, its scheduler's step counts filled by the Trainer)."""

@@ -44,6 +44,7 @@ def _events(out: Path):
     return events
 
 
+@pytest.mark.multiproc
 def test_every_documented_tag_is_written_with_sane_values(stopped_run):
     out, proc = stopped_run
     assert f"tensorboard --logdir {out / 'runs'}" in proc.stdout
@@ -68,6 +69,7 @@ def test_every_documented_tag_is_written_with_sane_values(stopped_run):
     assert all(math.isfinite(losses[s]) for s in (1, 2, 3, 4)) and all(math.isnan(losses[s]) for s in (5, 6))
 
 
+@pytest.mark.multiproc
 def test_trainer_log_loss_plot_and_progress_lines(stopped_run):
     out, proc = stopped_run
     records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
@@ -83,6 +85,7 @@ def test_trainer_log_loss_plot_and_progress_lines(stopped_run):
     assert "it/s]" not in proc.stdout + proc.stderr and "{'loss'" not in proc.stdout
 
 
+@pytest.mark.multiproc
 def test_rank_logs_hold_each_ranks_output(stopped_run):
     out, _ = stopped_run
     rank0, rank1 = ((out / "logs" / f"rank-{k}.log").read_text() for k in (0, 1))
@@ -90,6 +93,7 @@ def test_rank_logs_hold_each_ranks_output(stopped_run):
     assert "[train] step 6/8" in rank0 and "[train]" not in rank1
 
 
+@pytest.mark.unit
 def test_rank_log_copy_of_a_terminal_progress_bar_keeps_lines_not_redraws():
     """On a terminal rank 0's rich bar redraws in place; the log copy keeps the printed lines and
     the bar's last state, without control codes."""
@@ -116,6 +120,7 @@ def test_rank_log_copy_of_a_terminal_progress_bar_keeps_lines_not_redraws():
     assert "\x1b" not in logged.decode() and "\r" not in logged.decode()
 
 
+@pytest.mark.multiproc
 def test_nan_loss_stops_with_last_good_checkpoint_that_resumes(stopped_run):
     from safetensors.torch import load_file
 
@@ -152,6 +157,7 @@ def _counted_flops(model, ids: torch.Tensor, backward: bool) -> int:
     return counter.get_total_flops()
 
 
+@pytest.mark.multiproc
 def test_mfu_formula_matches_a_flop_count_of_the_tiny_model():
     """FlopCounterMode counts every matmul the model runs (eager attention, so QK^T and AV are
     plain matmuls). Forward: 2 per weight per token + 4 L d n^2, counted by hand from the config.
@@ -188,6 +194,7 @@ def test_mfu_formula_matches_a_flop_count_of_the_tiny_model():
     assert _counted_flops(lora, ids, backward=True) == pytest.approx(counts.flops(tokens, pairs), rel=1e-3)
 
 
+@pytest.mark.unit
 def test_gpu_peak_is_matched_by_whole_words_of_the_nvidia_smi_name():
     """An L4 must not match the L40S entry, an H100 PCIe is not the SXM part, unknown names get no MFU."""
     from launcher.monitoring.flops import GPU_BF16_PEAK_TFLOPS, gpu_peak_flops

@@ -92,6 +92,7 @@ def reference(tmp_path_factory, warm):
     return out
 
 
+@pytest.mark.multiproc
 def test_two_agents_with_node_ranks_equal_one_node(reference, tmp_path):
     """Way 1: the same `launch` on two "nodes" with --node-rank / NODE_RANK; c10d rendezvous on loopback."""
     out, port = tmp_path / "run", free_port()
@@ -118,6 +119,7 @@ def _node_files(checkpoint: Path) -> tuple[list[str], list[str]]:
             sorted(p.name for p in (checkpoint / "global_step6").glob("zero_pp_rank_*")))
 
 
+@pytest.mark.multiproc
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace (unshare --mount) needs root")
 def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_path):
     """Node 1 runs in its own mount namespace with another folder bind-mounted at output.dir, as on a
@@ -164,6 +166,7 @@ def _hostfile(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.services
 def test_hostfile_fan_out_over_ssh_equals_one_node(reference, sshd, tmp_path):
     """Way 2: `launch` on the first host starts node 1 on 127.0.0.2 through a real sshd."""
     hosts = _hostfile(tmp_path, "# two loopback addresses of this machine\n127.0.0.1 slots=1\n127.0.0.2 slots=1  # node 1\n")
@@ -177,6 +180,7 @@ def test_hostfile_fan_out_over_ssh_equals_one_node(reference, sshd, tmp_path):
     assert _leftovers(_plan_paths(out, 2)) == ""
 
 
+@pytest.mark.services
 def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
     """SIGKILL the rank on the ssh-started node mid-run: the launcher names the node, exits non-zero
     within 60 s, and no process of the run is left on either "host"."""
@@ -203,6 +207,7 @@ def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
     assert _leftovers([*_plan_paths(out, 2), "launcher.backends.remote_node"]) == ""
 
 
+@pytest.mark.services
 def test_ctrl_c_stops_every_node(sshd, tmp_path, warm):
     """SIGINT to the launcher (Ctrl-C) once both nodes run their ranks: every node stops, nothing is left."""
     hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
@@ -221,6 +226,7 @@ def test_ctrl_c_stops_every_node(sshd, tmp_path, warm):
     assert _leftovers([*_plan_paths(out, 2), "launcher.backends.remote_node"]) == ""
 
 
+@pytest.mark.multiproc
 def test_elastic_restart_resumes_from_last_checkpoint(reference, tmp_path):
     """Way 4: max_restarts 1; SIGKILL rank 1 after checkpoint-3: torchrun restarts the group, train.resume
     auto continues from checkpoint-3, and the final adapter equals the uninterrupted run's."""
@@ -247,6 +253,7 @@ def test_elastic_restart_resumes_from_last_checkpoint(reference, tmp_path):
     _assert_same_adapter(out, reference)
 
 
+@pytest.mark.services
 def test_sbatch_job_runs_on_a_real_slurm_cluster(reference, slurm, tmp_path):
     """Way 3: `launch sbatch --submit` on a one-node CPU cluster, to an output dir whose name would
     break an unquoted script; the job trains the same adapter and its log shows the run."""
@@ -266,6 +273,7 @@ def test_sbatch_job_runs_on_a_real_slurm_cluster(reference, slurm, tmp_path):
     _assert_same_adapter(out, reference)
 
 
+@pytest.mark.unit
 def test_sbatch_script_is_valid_bash_and_quotes_hostile_values(tmp_path):
     hostile = "x'; touch /tmp/pwned; echo '$(id)"
     script = tmp_path / "job.sbatch"
@@ -286,6 +294,7 @@ def test_sbatch_script_is_valid_bash_and_quotes_hostile_values(tmp_path):
     assert f"output.dir={tmp_path / hostile}" in words
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("slurm_section,problem", [
     ("{partition: 'gpu;reboot'}", "slurm.partition"),
     ("{time: '1 day'}", "slurm.time"),
@@ -298,6 +307,7 @@ def test_sbatch_refuses_values_it_cannot_write_literally(slurm_section, problem,
     assert not (tmp_path / "job.sbatch").exists()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text,extra,problem", [
     ("127.0.0.1 slots=1\nnode2 slot=1\n", [], "hosts.txt:2: 'node2 slot=1' is not a hostfile line"),
     ("127.0.0.1 slots=1\nnode2 slots=0\n", [], "hosts.txt:2: node2 slots=0"),
@@ -319,6 +329,7 @@ def test_bad_hostfiles_are_refused_before_launch(text, extra, problem, tmp_path,
     assert not out.exists(), "nothing may start (or be written) for a refused hostfile"
 
 
+@pytest.mark.multiproc
 def test_port_in_use_is_refused_before_launch(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -330,6 +341,7 @@ def test_port_in_use_is_refused_before_launch(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.unit
 def test_manual_nodes_need_a_master_and_a_node_rank(tmp_path, capsys):
     assert launch_main([TINY, "distributed.nnodes=2"]) == 2
     assert "needs distributed.master_addr" in capsys.readouterr().err
@@ -339,6 +351,7 @@ def test_manual_nodes_need_a_master_and_a_node_rank(tmp_path, capsys):
     assert "--node-rank 2 is outside 0..1" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_plan_prints_every_nodes_command(tmp_path, capsys):
     hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n127.0.0.3 slots=1\n")
     assert launch_main(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--exclude", "127.0.0.2"]) == 0
@@ -348,6 +361,7 @@ def test_plan_prints_every_nodes_command(tmp_path, capsys):
     assert lines[1].startswith("node 1 on 127.0.0.3") and "--node-rank=1" in lines[1] and "plan-node1.json" in lines[1]
 
 
+@pytest.mark.unit
 def test_slurm_jobs_that_would_hang_are_refused():
     """`launch` once in the batch script of a 2-node job, or srun with several tasks per node: the
     nodes would never all join. The environment is what SLURM sets in each case."""

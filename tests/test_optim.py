@@ -34,6 +34,7 @@ def _trainer(tmp_path, overrides: list[str], rows: list[dict] | None = None, cal
                    callbacks=list(callbacks))
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("name,cls", [("adamw_torch", "torch.optim.adamw.AdamW"),
                                       ("adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),  # optim_bits=8
                                       ("paged_adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),
@@ -68,6 +69,7 @@ def _expected_lr(schedule: str, step: int) -> float:
             "cosine": LR * 0.5 * (1 + math.cos(math.pi * progress))}[schedule]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant_with_warmup"])
 def test_scheduler_follows_its_definition(schedule, tmp_path):
     trainer = _trainer(tmp_path, [f"train.scheduler={schedule}"])
@@ -92,6 +94,7 @@ class _EmbeddingProbe(TrainerCallback):
         embed.register_forward_hook(lambda module, inputs, out: self.seen.append((inputs[0], out.detach().clone())))
 
 
+@pytest.mark.multiproc
 def test_neftune_adds_uniform_noise_of_alpha_over_sqrt_length_times_width(tmp_path):
     alpha, ids = 5.0, [1, 7, 42, 300, 1000, 5, 2]
     probe = _EmbeddingProbe()

@@ -49,6 +49,7 @@ def local_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.multiproc
 def test_local_model_folder_as_output_dir_is_refused(local_model):
     before = _snapshot(local_model)
     proc = _launch(TINY, f"model.path={local_model}", f"output.dir={local_model}", "output.overwrite=true", *QUICK)
@@ -56,6 +57,7 @@ def test_local_model_folder_as_output_dir_is_refused(local_model):
     assert _snapshot(local_model) == before
 
 
+@pytest.mark.multiproc
 def test_builtin_models_materialized_folder_as_output_dir_is_refused(local_model, tmp_path):
     """model.path=builtin:tiny-qwen2 is read from its materialized folder: that folder is an input too."""
     from launcher.builtin import fingerprint
@@ -69,12 +71,14 @@ def test_builtin_models_materialized_folder_as_output_dir_is_refused(local_model
     assert _snapshot(materialized) == before
 
 
+@pytest.mark.multiproc
 def test_output_dir_inside_model_path_is_refused(local_model):
     proc = _launch(TINY, f"model.path={local_model}", f"output.dir={local_model / 'run'}", *QUICK)
     _refused(proc, "lies inside model.path")
     assert not (local_model / "run").exists()
 
 
+@pytest.mark.multiproc
 def test_output_dir_holding_model_path_is_refused(local_model, tmp_path):
     """A project folder with the model in it and a stray plan.json: overwrite would have deleted the model."""
     project = tmp_path / "project"
@@ -86,6 +90,7 @@ def test_output_dir_holding_model_path_is_refused(local_model, tmp_path):
     assert _snapshot(project) == before
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("inside", [False, True])
 def test_dataset_folder_as_or_around_output_dir_is_refused(tmp_path, inside):
     folder = tmp_path / "rows"
@@ -98,6 +103,7 @@ def test_dataset_folder_as_or_around_output_dir_is_refused(tmp_path, inside):
     assert _snapshot(folder) == before
 
 
+@pytest.mark.multiproc
 def test_adapter_being_continued_as_output_dir_is_refused(tmp_path):
     """A later stage (dpo on sft's adapter) pointed at the earlier stage's output.dir would delete what it trains on."""
     adapter = tmp_path / "sft"
@@ -110,6 +116,7 @@ def test_adapter_being_continued_as_output_dir_is_refused(tmp_path):
     assert _snapshot(adapter) == before
 
 
+@pytest.mark.multiproc
 def test_output_dir_inside_the_resume_checkpoint_is_refused(tmp_path):
     checkpoint = tmp_path / "old" / "checkpoint-3"
     checkpoint.mkdir(parents=True)
@@ -119,6 +126,7 @@ def test_output_dir_inside_the_resume_checkpoint_is_refused(tmp_path):
     assert not (checkpoint / "run").exists()
 
 
+@pytest.mark.multiproc
 def test_project_folder_with_a_stray_plan_json_is_not_deleted(tmp_path):
     """Any plan.json used to make a folder deletable; only the launcher's own marker does now."""
     (tmp_path / "plan.json").write_text("{}")
@@ -128,12 +136,14 @@ def test_project_folder_with_a_stray_plan_json_is_not_deleted(tmp_path):
     assert (tmp_path / "thesis.tex").read_text() == "precious" and (tmp_path / "plan.json").read_text() == "{}"
 
 
+@pytest.mark.multiproc
 def test_current_folder_as_output_dir_is_refused():
     proc = _launch(TINY, "output.dir=.", "output.overwrite=true", *QUICK)
     _refused(proc, "is the current folder", "Fix:")
     assert (ROOT / "launcher" / "cli.py").is_file()
 
 
+@pytest.mark.multiproc
 def test_home_folder_as_output_dir_is_refused(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -144,11 +154,13 @@ def test_home_folder_as_output_dir_is_refused(tmp_path):
     assert (home / "notes.txt").read_text() == "mine" and (home / "plan.json").exists()
 
 
+@pytest.mark.multiproc
 def test_root_as_output_dir_is_refused_with_the_fix():
     proc = _launch(TINY, "output.dir=/", "output.overwrite=true", *QUICK)
     _refused(proc, "is the file system root /", "Fix: set output.dir to a new folder")
 
 
+@pytest.mark.multiproc
 def test_symlinked_output_dir_is_judged_by_its_target(tmp_path):
     user = tmp_path / "user"
     user.mkdir()
@@ -178,6 +190,7 @@ def _busy_port_args(sock: socket.socket) -> list[str]:
     return [f"distributed.master_port={sock.getsockname()[1]}"]
 
 
+@pytest.mark.multiproc
 def test_previous_run_survives_refused_relaunches_then_is_replaced(previous_run, tmp_path):
     """Every refusal comes before anything is removed, plan.json included; a launch that passes every
     check replaces the run (`make demo` twice in a row) and keeps a file no run writes."""
@@ -207,6 +220,7 @@ def test_previous_run_survives_refused_relaunches_then_is_replaced(previous_run,
     assert (previous_run / "adapter_model.safetensors").is_file() and (previous_run / ".launcher-run").is_file()
 
 
+@pytest.mark.multiproc
 def test_data_dump_never_writes_over_the_recipe(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     shutil.copy(ROOT / TINY, recipe)
@@ -217,6 +231,7 @@ def test_data_dump_never_writes_over_the_recipe(tmp_path):
         assert recipe.read_bytes() == before
 
 
+@pytest.mark.multiproc
 def test_data_dump_over_an_existing_file_needs_force(tmp_path):
     dump = tmp_path / "rows.jsonl"
     dump.write_text("old\n")
@@ -228,6 +243,7 @@ def test_data_dump_over_an_existing_file_needs_force(tmp_path):
     assert "input_ids" in json.loads(dump.read_text().splitlines()[0])
 
 
+@pytest.mark.unit
 def test_data_dump_never_writes_into_a_dataset(tmp_path):
     data = ROOT / "data" / "demo_sft.json"
     before = data.read_bytes()
@@ -236,6 +252,7 @@ def test_data_dump_never_writes_into_a_dataset(tmp_path):
     assert data.read_bytes() == before
 
 
+@pytest.mark.multiproc
 def test_chat_output_never_writes_over_its_input(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
@@ -245,6 +262,7 @@ def test_chat_output_never_writes_over_its_input(tmp_path):
     assert rows.read_bytes() == before
 
 
+@pytest.mark.multiproc
 def test_sbatch_script_never_writes_over_the_recipe_and_needs_force_over_a_file(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     shutil.copy(ROOT / TINY, recipe)

@@ -21,6 +21,7 @@ def _long_tailed_lengths(count: int, capacity: int, seed: int = 0) -> list[int]:
     return [min(capacity, max(1, int(rng.lognormvariate(5.0, 1.0)))) for _ in range(count)]
 
 
+@pytest.mark.unit
 def test_bins_hold_every_sample_once_and_are_nearly_full():
     capacity = 2048
     lengths = _long_tailed_lengths(20_000, capacity)
@@ -60,6 +61,7 @@ def model(request):
                                                 attn_implementation=request.param).eval()
 
 
+@pytest.mark.multiproc
 def test_neat_packing_gives_the_per_token_losses_of_unpacked_samples(model):
     samples = _samples(9)
     packed = pack_examples(samples, capacity=48)
@@ -77,6 +79,7 @@ def test_neat_packing_gives_the_per_token_losses_of_unpacked_samples(model):
     assert torch.allclose(got, torch.cat(order), atol=1e-5), (got - torch.cat(order)).abs().max()
 
 
+@pytest.mark.unit
 def test_greedy_packing_lets_samples_see_each_other(model):
     samples = _samples(6, seed=1)
     packed = pack_examples(samples, capacity=64)
@@ -87,6 +90,7 @@ def test_greedy_packing_lets_samples_see_each_other(model):
     assert not torch.allclose(neat, greedy, atol=1e-3), "greedy packing is documented as not isolating samples"
 
 
+@pytest.mark.multiproc
 def test_training_on_neat_packed_rows_reaches_the_unpacked_weights():
     """Same samples, same order, 3 SGD steps of LoRA (Adam would amplify rounding in the near-zero first gradients of lora_A): packed rows end where padded batches end."""
     from peft import LoraConfig, get_peft_model
@@ -111,6 +115,7 @@ def test_training_on_neat_packed_rows_reaches_the_unpacked_weights():
         assert torch.allclose(packed[name], value, atol=1e-5), name
 
 
+@pytest.mark.unit
 def test_launch_data_reports_packing_efficiency(capsys):
     from launcher import cli
 
@@ -133,6 +138,7 @@ def _reference_best_fit_decreasing(lengths: list[int], capacity: int) -> list[in
     return sorted(loads)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("seed", range(6))
 def test_bulk_placement_is_best_fit_decreasing(seed):
     rng = random.Random(seed)

@@ -14,6 +14,8 @@ import pytest
 from launcher.plan import build_plan
 from launcher.recipe import load_recipe
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "sft_tiny.yaml")
 QWEN = str(ROOT / "recipes" / "sft_qwen2.yaml")

@@ -53,6 +53,7 @@ def _until_plan_written(args: list[str], env: dict) -> str:
     return "".join(seen)
 
 
+@pytest.mark.multiproc
 def test_a_planted_symlink_is_not_followed_and_the_folder_is_private(tmp_path):
     args, env, copy = _node1(tmp_path)
     victim = tmp_path / "victim.txt"
@@ -71,6 +72,7 @@ def test_a_planted_symlink_is_not_followed_and_the_folder_is_private(tmp_path):
         assert stat.S_IMODE(info.st_mode) == 0o700, oct(info.st_mode)
 
 
+@pytest.mark.multiproc
 def test_a_fresh_plan_copy_folder_is_created_private(tmp_path):
     args, env, copy = _node1(tmp_path)
     output = _until_plan_written(args, env)
@@ -79,6 +81,7 @@ def test_a_fresh_plan_copy_folder_is_created_private(tmp_path):
     assert stat.S_IMODE(os.lstat(copy.parent).st_mode) == 0o700
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("plant", ["symlink", "open"])
 def test_a_plan_copy_folder_someone_else_could_enter_is_refused(tmp_path, plant):
     args, env, copy = _node1(tmp_path)
@@ -100,6 +103,7 @@ def _worker(plan: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("case", ["other owner", "world-writable", "group-writable", "symlink"])
 def test_the_worker_refuses_a_plan_file_that_is_not_the_users(tmp_path, case):
     plan = tmp_path / "plan.json"

@@ -58,15 +58,18 @@ def _planned(overrides: list[str], recipe: str = RECIPE) -> None:
 
 # ---- point 5: refused by the planner ------------------------------------------------------------
 
+@pytest.mark.multiproc
 def test_missing_local_model_path(tmp_path):
     _refused(tmp_path, [f"model.path={tmp_path / 'no-such-model'}"], "model.path = ", "no such directory", "Fix:")
 
 
+@pytest.mark.multiproc
 def test_local_model_path_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     _refused(tmp_path, [f"model.path={tmp_path / 'empty'}"], "no config.json there", "Fix:")
 
 
+@pytest.mark.multiproc
 def test_lora_target_the_builtin_model_lacks(tmp_path):
     _refused(tmp_path, ["method.target=[q_proj,qkv_proj]"], "method.target = ['q_proj', 'qkv_proj']",
              "['qkv_proj']", "Fix: use names from", "'v_proj'")
@@ -74,6 +77,7 @@ def test_lora_target_the_builtin_model_lacks(tmp_path):
     _planned(["method.target=all"])
 
 
+@pytest.mark.multiproc
 def test_lora_target_read_from_a_local_models_safetensors_header(tmp_path, warm):
     from launcher.builtin import materialize
 
@@ -82,23 +86,27 @@ def test_lora_target_read_from_a_local_models_safetensors_header(tmp_path, warm)
     _planned([f"model.path={model}", "method.target=[self_attn.q_proj,down_proj]"])
 
 
+@pytest.mark.multiproc
 def test_lora_additional_target_the_model_lacks(tmp_path):
     _refused(tmp_path, ["method.additional_target=[embed_token]"], "method.additional_target = ['embed_token']")
     _planned(["method.additional_target=[embed_tokens]"])
 
 
+@pytest.mark.multiproc
 def test_freeze_modules_the_model_lacks(tmp_path):
     base = "method={name: freeze, trainable_layers: 2, trainable_modules: [mlp], extra_modules: [%s]}"
     _refused(tmp_path, [base % "embed"], "method.extra_modules = ['embed']: no parameter matches")
     _planned([base % "embed_tokens"])
 
 
+@pytest.mark.multiproc
 def test_dataset_of_another_kind_than_the_stage_reads(tmp_path):
     _refused(tmp_path, ["data.datasets=[demo_pref]"], "data.datasets: dataset 'demo_pref' is a preference dataset",
              "this stage needs an SFT dataset")
     _refused(tmp_path, ["data.eval_datasets=[demo_kto]"], "data.eval_datasets: dataset 'demo_kto' is a KTO dataset")
 
 
+@pytest.mark.multiproc
 def test_dataset_whose_every_row_is_bad(tmp_path):
     rows = [{"question": "2 + 2?", "output": "4"}] * 3  # no instruction column: every row bad
     overrides = _dataset(tmp_path, {"file_name": "d.jsonl"}, _jsonl(rows))
@@ -107,6 +115,7 @@ def test_dataset_whose_every_row_is_bad(tmp_path):
     _refused(tmp_path, overrides, "d.jsonl:1 row 0: missing or empty column 'instruction'")  # error: the first bad row
 
 
+@pytest.mark.multiproc
 def test_empty_dataset_file(tmp_path):
     _refused(tmp_path, _dataset(tmp_path, {"file_name": "d.jsonl"}, b"\n\n"), "data.datasets = ['d']: no rows in",
              "d.jsonl", "Fix:")
@@ -116,6 +125,7 @@ def test_empty_dataset_file(tmp_path):
     _planned([f"data.dataset_dir={tmp_path}", "data.datasets=[d,g]"])
 
 
+@pytest.mark.multiproc
 def test_launch_data_exits_2_when_the_stage_gets_no_rows():
     # the default system prompt alone is longer than 8 tokens: every example is dropped
     proc = run_launch(["data", RECIPE, "data.cutoff_len=8"], timeout=300)
@@ -124,6 +134,7 @@ def test_launch_data_exits_2_when_the_stage_gets_no_rows():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.unit
 def test_planning_a_csv_dataset_imports_nothing_heavy():
     code = ("import sys; from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
             "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]'])); "
@@ -134,6 +145,7 @@ def test_planning_a_csv_dataset_imports_nothing_heavy():
 
 # ---- point 11: rows that do not fail their file ---------------------------------------------------
 
+@pytest.mark.multiproc
 def test_one_non_utf8_row_is_skipped_or_refused_by_line(tmp_path):
     content = _jsonl(ROWS[:1]) + b'{"instruction": "caf\xe9", "output": "x"}\n' + _jsonl(ROWS[1:])
     overrides = _dataset(tmp_path, {"file_name": "d.jsonl"}, content)
@@ -150,6 +162,7 @@ def test_one_non_utf8_row_is_skipped_or_refused_by_line(tmp_path):
     assert proc.returncode == 2 and "d.jsonl:2: not UTF-8 text" in proc.stderr, proc.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name,content", [
     ("d.json", json.dumps(ROWS).encode()),
     ("d.jsonl", _jsonl(ROWS)),
@@ -169,6 +182,7 @@ def _conversation(*replies: str) -> dict:
     return {"conversations": turns}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("formatting", ["sharegpt", "openai"])
 def test_an_empty_assistant_turn_mid_conversation_trains_nothing(tmp_path, formatting):
     rows = [_conversation("first answer", "", "last answer"), _conversation("a", "")]  # the 2nd ends empty: bad
@@ -199,6 +213,7 @@ def test_an_empty_assistant_turn_mid_conversation_trains_nothing(tmp_path, forma
         assert [int(label != IGNORE_INDEX) for label in encoded["labels"]] == mask
 
 
+@pytest.mark.multiproc
 def test_the_worker_applies_the_same_lora_target_rule_to_a_loaded_model(warm):
     # a hub model is only seen by the worker: lora.apply refuses with the planner's message, not PEFT's traceback
     from transformers import AutoModelForCausalLM
@@ -215,6 +230,7 @@ def test_the_worker_applies_the_same_lora_target_rule_to_a_loaded_model(warm):
         apply(model, recipe["method"], recipe)
 
 
+@pytest.mark.unit
 def test_a_csv_row_with_more_cells_than_the_header_is_one_bad_row(tmp_path):
     _dataset(tmp_path, {"file_name": "d.csv"}, b"instruction,output\n2 + 2?,4\na,b,c\nCapital of France?,Paris\n")
     cfg = {"dataset_dir": str(tmp_path), "max_samples": None}

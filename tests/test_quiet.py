@@ -12,6 +12,7 @@ from launcher import quiet
 from tests.conftest import LORA_ZERO3_RUN
 
 
+@pytest.mark.multiproc
 def test_a_zero3_run_logs_no_known_harmless_message(tiny_run):
     logs = "".join(path.read_text(errors="replace") for path in (tiny_run(*LORA_ZERO3_RUN) / "logs").glob("rank-*.log"))
     assert "trainable params" in logs  # the logs are the run's (rank 0 prints this)
@@ -20,6 +21,7 @@ def test_a_zero3_run_logs_no_known_harmless_message(tiny_run):
     assert "is deprecated" not in logs
 
 
+@pytest.mark.unit
 def test_only_the_listed_messages_are_dropped(caplog):
     quiet.install()
     quiet.install()  # idempotent: one filter per logger

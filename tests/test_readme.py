@@ -14,7 +14,6 @@ import json
 import math
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -121,12 +120,14 @@ def check_paths(argv: list[str], flags: dict[str, list[str]]) -> None:
         assert name in info, f"--dataset {name}: not in data/dataset_info.json"
 
 
+@pytest.mark.unit
 def test_make_lines_name_makefile_targets():
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
     made = [words[1] for words in readme_lines() if words[0] == "make"]
     assert made and set(made) <= targets
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("verb,argv,redirect", COMMANDS, ids=IDS)
 def test_readme_command_holds(verb, argv, redirect, tmp_path):
     positional, flags = split_args(argv)

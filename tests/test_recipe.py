@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
-from tests.conftest import free_port
 from launcher.recipe import load_recipe
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "sft_tiny.yaml")

@@ -18,6 +18,7 @@ def _plan(tmp_path, text: str, *overrides: str, verb: str = "plan"):
     return recipe, run_launch([verb, str(recipe), *overrides], timeout=120, env=CPU)
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("text", ["", "stage: sft\nmethod:\n  name: full\n"], ids=["empty", "no model section"])
 def test_a_recipe_without_model_path_is_refused(tmp_path, text):
     recipe, proc = _plan(tmp_path, text)
@@ -26,6 +27,7 @@ def test_a_recipe_without_model_path_is_refused(tmp_path, text):
     assert "Fix: set model.path" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.multiproc
 def test_training_an_empty_recipe_starts_nothing(tmp_path):
     """An empty recipe used to become a 3-epoch ZeRO-3 run into outputs/recipe."""
     recipe, proc = _plan(tmp_path, "", verb="train")
@@ -33,6 +35,7 @@ def test_training_an_empty_recipe_starts_nothing(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.multiproc
 def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
     recipe, proc = _plan(tmp_path, """\
         model:
@@ -45,11 +48,13 @@ def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
     assert f"{recipe}:5: method.name is given twice (lines 4 and 5)" in proc.stderr, proc.stderr
 
 
+@pytest.mark.multiproc
 def test_a_duplicate_key_inside_an_override_is_refused(tmp_path):
     _, proc = _plan(tmp_path, "model:\n  path: builtin:tiny-qwen2\n", "method={name: full, name: lora}")
     assert proc.returncode == 2 and "method.name is given twice" in proc.stderr, proc.stderr
 
 
+@pytest.mark.multiproc
 def test_merge_keys_still_work_and_own_keys_win(tmp_path):
     _, proc = _plan(tmp_path, """\
         model:
@@ -61,6 +66,7 @@ def test_merge_keys_still_work_and_own_keys_win(tmp_path):
     assert "  attn: eager\n" in proc.stdout
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("text,line", [
     ("model: &m\n  path: builtin:tiny-qwen2\n  x: *m\n", 3),
     ("model: &m\n  path: builtin:tiny-qwen2\n  <<: *m\n", 3),
@@ -82,6 +88,7 @@ def _hosts(tmp_path, text: str):
     return path
 
 
+@pytest.mark.unit
 def test_ipv6_literals_are_hostfile_hosts(tmp_path):
     hosts = _hosts(tmp_path, "::1 slots=1\nfe80::1%eth0 slots=1\n")
     proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
@@ -90,6 +97,7 @@ def test_ipv6_literals_are_hostfile_hosts(tmp_path):
     assert "node 1 on fe80::1%eth0" in proc.stdout
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["Node1 slots=1\nnode1 slots=1\n", "::1 slots=1\n0:0::1 slots=1\n"],
                          ids=["case", "ipv6 spelling"])
 def test_two_spellings_of_one_host_are_a_duplicate(tmp_path, text):
@@ -99,6 +107,7 @@ def test_two_spellings_of_one_host_are_a_duplicate(tmp_path, text):
     assert f"{hosts}:2: host" in proc.stderr and f"is listed twice (first at {hosts}:1)" in proc.stderr
 
 
+@pytest.mark.unit
 def test_include_compares_host_names_case_insensitively(tmp_path):
     hosts = _hosts(tmp_path, "node1 slots=1\nnode2 slots=1\nnode3 slots=1\n")
     proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--include", "NODE1,Node3"],
@@ -107,6 +116,7 @@ def test_include_compares_host_names_case_insensitively(tmp_path):
     assert "node 0 on node1" in proc.stdout and "node 1 on node3" in proc.stdout
 
 
+@pytest.mark.unit
 def test_messages_listing_hosts_or_keys_are_capped(tmp_path):
     hosts = _hosts(tmp_path, "".join(f"node{k} slots=1\n" for k in range(500)))
     proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
@@ -121,6 +131,7 @@ QWEN = "recipes/sft_qwen2.yaml"
 TIGHT = "distributed.device_memory_gb=8"  # the budget pinned, so the 7B recipe's ZeRO-3 (22 GiB) cannot fit anywhere
 
 
+@pytest.mark.multiproc
 def test_training_refuses_a_plan_the_memory_planner_says_does_not_fit(tmp_path):
     out = tmp_path / "out"
     proc = run_launch([QWEN, f"output.dir={out}", TIGHT], timeout=120, env=CPU)
@@ -132,6 +143,7 @@ def test_training_refuses_a_plan_the_memory_planner_says_does_not_fit(tmp_path):
     assert err.count("\n") == 1 and not out.exists()
 
 
+@pytest.mark.multiproc
 def test_plan_shows_the_memory_refusal_and_still_exits_0(tmp_path):
     """A cluster's plan can be made on a laptop: `launch plan` says what training would refuse."""
     proc = run_launch(["plan", QWEN, TIGHT], timeout=120, env=CPU)
@@ -143,6 +155,7 @@ def test_plan_shows_the_memory_refusal_and_still_exits_0(tmp_path):
     assert roomy.returncode == 0 and "training refuses" not in roomy.stdout
 
 
+@pytest.mark.multiproc
 def test_an_absurd_micro_batch_is_refused_by_the_memory_it_needs(tmp_path):
     out = tmp_path / "out"
     proc = run_launch([TINY, f"output.dir={out}", "train.micro_batch_size=1000000"], timeout=120, env=CPU)
@@ -151,6 +164,7 @@ def test_an_absurd_micro_batch_is_refused_by_the_memory_it_needs(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.unit
 def test_more_cpu_processes_than_cores_are_refused(tmp_path):
     proc = run_launch(["plan", TINY, "distributed.nproc_per_node=4096"], timeout=120, env=CPU)
     assert proc.returncode == 2

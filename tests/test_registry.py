@@ -15,6 +15,8 @@ from launcher import registry
 from launcher.cli import main
 from launcher.recipe import RecipeError, load_recipe
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "sft_tiny.yaml"
 TOY = '''

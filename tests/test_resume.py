@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import FULL_ZERO2_RUN, ROOT, SHORT_RUN, free_port, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 
 
 def _launch_args(out: Path, *overrides: str) -> list[str]:

@@ -3,9 +3,13 @@ launcher/schema.py without regenerating the file fails here."""
 
 from __future__ import annotations
 
+import pytest
+
 from launcher.schema import all_keys
 from launcher.schema_doc import recipe_reference
 from tests.conftest import ROOT, run_launch
+
+pytestmark = pytest.mark.unit
 
 
 def test_docs_recipe_md_is_generated_from_the_schema():

@@ -16,6 +16,8 @@ import torch
 
 from tests.conftest import ROOT, free_port, greedy, run_launch
 
+pytestmark = pytest.mark.multiproc
+
 openai = pytest.importorskip("openai")
 MESSAGES = [{"role": "user", "content": "Tell me about the weather"}]
 TOKENS = 8
@@ -189,7 +191,7 @@ def test_vllm_engine_prints_command_or_refuses_with_the_fix(adapter):
                           "--print", "--port", "8001", "--api-key", "s3cret"], timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert "s3cret" not in printed.stdout and printed.stdout.startswith("VLLM_API_KEY=<your key> ")  # not in argv
-    assert f"vllm serve Qwen/Qwen2-0.5B --host 127.0.0.1 --port 8001" in printed.stdout
+    assert "vllm serve Qwen/Qwen2-0.5B --host 127.0.0.1 --port 8001" in printed.stdout
     assert f"--enable-lora --max-lora-rank 4 --lora-modules demo={adapter}" in printed.stdout
     import importlib.util
 

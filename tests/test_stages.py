@@ -85,6 +85,7 @@ def _loss(trainer, batch) -> float:
 
 # TRL sums fp32 per-token log-probs (~1e-5 apart from ours over a reply): betas that keep the
 # loss's sensitivity to that below the tolerance, none equal to the 0.1 default
+@pytest.mark.multiproc
 @pytest.mark.parametrize("loss,beta,ftx", [("sigmoid", 0.05, 0.0), ("ipo", 2.0, 0.0), ("hinge", 0.05, 0.5)])
 def test_dpo_losses_equal_the_formula(loss, beta, ftx, tmp_path):
     trainer, train = _trainer("recipes/dpo_tiny.yaml", [f"train.pref_loss={loss}", f"train.pref_beta={beta}",
@@ -102,6 +103,7 @@ def test_dpo_losses_equal_the_formula(loss, beta, ftx, tmp_path):
     assert _loss(trainer, batch) == pytest.approx(expected.item(), abs=TOLERANCE)
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("recipe,overrides", [("recipes/orpo_tiny.yaml", ["train.pref_beta=0.3"]),
                                               ("recipes/dpo_tiny.yaml", ["train.pref_loss=simpo", "train.pref_beta=2.0",
                                                                          "train.simpo_gamma=0.7", "train.pref_ftx=0.2"])])
@@ -121,6 +123,7 @@ def test_reference_free_losses_equal_the_formula(recipe, overrides, tmp_path):
     assert _loss(trainer, batch) == pytest.approx(expected.item(), abs=TOLERANCE)
 
 
+@pytest.mark.multiproc
 def test_kto_loss_equals_the_formula(tmp_path):
     trainer, train = _trainer("recipes/kto_tiny.yaml", ["train.pref_beta=0.05", "train.kto_desirable_weight=1.5",
                                                         "train.kto_undesirable_weight=0.7"], tmp_path)
@@ -140,6 +143,7 @@ def test_kto_loss_equals_the_formula(tmp_path):
     assert _loss(trainer, batch) == pytest.approx(expected.item(), abs=TOLERANCE)
 
 
+@pytest.mark.multiproc
 def test_kto_micro_batch_1_estimates_kl_from_the_neighbouring_row(tmp_path):
     trainer, _ = _trainer("recipes/kto_tiny.yaml", ["train.micro_batch_size=1"], tmp_path)
     rows = trainer.train_dataset
@@ -151,12 +155,13 @@ def test_kto_micro_batch_1_estimates_kl_from_the_neighbouring_row(tmp_path):
 
 # ---- data: the preference rows are the SFT encoding of the same conversation ---------------------
 
+@pytest.mark.unit
 def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
     from transformers import AutoTokenizer
 
     from launcher.builtin import local_model_path
     from launcher.data.blocks import build_blocks
-    from launcher.data.pairs import build_pair_data, build_kto_data
+    from launcher.data.pairs import build_kto_data, build_pair_data
     from launcher.data.pipeline import load_examples
     from launcher.data.tokenize import IGNORE_INDEX
 
@@ -196,6 +201,7 @@ def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
         tokenizer("Bees make wax.")["input_ids"] + eos + tokenizer("Drones do not sting.")["input_ids"] + eos]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("recipe,override,key", [
     ("recipes/sft_tiny.yaml", "train.pref_beta=0.2", "train.pref_beta"),            # a dpo key with stage sft
     ("recipes/kto_tiny.yaml", "train.pref_loss=ipo", "train.pref_loss"),            # a dpo key with stage kto
@@ -209,6 +215,7 @@ def test_stage_keys_are_refused_where_they_do_not_apply(recipe, override, key):
         load_recipe(ROOT / recipe, [override])
 
 
+@pytest.mark.unit
 def test_adapter_continuation_needs_a_lora_adapter(tmp_path):
     with pytest.raises(RecipeError, match="model.adapter continues a LoRA adapter"):
         load_recipe(ROOT / "recipes/dpo_tiny.yaml", ["model.adapter=outputs/sft_tiny", "method={name: full}"])
@@ -216,6 +223,7 @@ def test_adapter_continuation_needs_a_lora_adapter(tmp_path):
     assert proc.returncode == 2 and "no adapter_config.json there" in proc.stderr, proc.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", ["pt", "dpo", "kto", "orpo"])
 def test_qwen2_recipes_plan_offline(stage):
     proc = run_launch(["plan", f"recipes/{stage}_qwen2.yaml"], timeout=60)
@@ -246,6 +254,7 @@ def _lora(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter_model.safetensors")
 
 
+@pytest.mark.multiproc
 def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path, warm):
     """Continued pre-training (ZeRO-3) -> SFT from that adapter (ZeRO-2) -> DPO from the SFT adapter
     (ZeRO-3), each from its recipe; the DPO reference is the SFT model, so the first DPO loss is ln 2."""
@@ -269,6 +278,7 @@ def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path,
     assert REWARDS <= _tensorboard_tags(dpo)
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("stage,overrides,metrics", [
     # KTO's replies are unpaired: no pairwise accuracy, but the KL estimate; micro batch 1, as LLaMA-Factory's examples
     ("kto", ["distributed.zero=2", "data.max_samples=2", "train.micro_batch_size=1"],

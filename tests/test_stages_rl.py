@@ -23,6 +23,7 @@ def _plan(tmp_path: Path, recipe: str, overrides: list[str]) -> dict:
     return build_plan(load_recipe(recipe, [f"output.dir={tmp_path / 'out'}", *overrides]))
 
 
+@pytest.mark.unit
 def test_reward_loss_is_minus_logsigmoid_of_the_score_difference(tmp_path):
     """Our rm stage's trainer, on a fixed batch of real pairs, computes exactly
     -logsigmoid(r_chosen - r_rejected) averaged over pairs, r read from the score head."""
@@ -107,6 +108,7 @@ def _reloaded_scores(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
                 torch.tensor([score(p["rejected_ids"]) for p in pairs]))
 
 
+@pytest.mark.multiproc
 def test_rm_two_processes_learns_to_rank_and_reloads(rm_run):
     out, logs = rm_run
     assert len(logs) == 6
@@ -154,6 +156,7 @@ def _logits(adapter: Path | None) -> torch.Tensor:
         return model(torch.tensor([[1, 2, 3, 4, 5, 6]])).logits
 
 
+@pytest.mark.multiproc
 def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_path):
     """PPO continues the starting adapter, rewarded by the rm run; the KL reference is a frozen
     copy of that adapter (so the KL starts at exactly 0 although the adapter is far from the base).
@@ -205,6 +208,7 @@ def _fake_rm_output(folder: Path, model_path: str) -> Path:
     return folder
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overrides,reason", [
     (["method={name: full}"], "stage: ppo needs method.name: lora, got full"),
     (["method.variant=pissa", "distributed.zero=2"], "method.variant: pissa cannot run with stage: ppo"),
@@ -220,6 +224,7 @@ def test_ppo_refuses_combinations_that_cannot_run(overrides, reason):
         load_recipe("recipes/ppo_tiny.yaml", overrides)
 
 
+@pytest.mark.unit
 def test_rm_refuses_prefix_tuning():
     from launcher.recipe import RecipeError, load_recipe
 
@@ -227,6 +232,7 @@ def test_rm_refuses_prefix_tuning():
         load_recipe(RM_TINY, ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2"])
 
 
+@pytest.mark.unit
 def test_reward_model_must_be_a_finished_rm_run_on_the_same_base(tmp_path):
     from launcher.recipe import RecipeError
 
@@ -242,6 +248,7 @@ def test_reward_model_must_be_a_finished_rm_run_on_the_same_base(tmp_path):
         _plan(tmp_path, "recipes/ppo_tiny.yaml", [f"train.reward_model={other_base}"])
 
 
+@pytest.mark.unit
 def test_qwen2_rm_and_ppo_recipes_plan_offline(tmp_path):
     rm_plan = _plan(tmp_path, "recipes/rm_qwen2.yaml", [])
     assert rm_plan["recipe"]["stage"] == "rm" and rm_plan["deepspeed"]["zero_optimization"]["stage"] == 3

@@ -12,6 +12,8 @@ import pytest
 from launcher.builtin import materialize
 from tests.conftest import run_launch
 
+pytestmark = pytest.mark.unit
+
 TINY = "recipes/sft_tiny.yaml"
 
 

@@ -57,12 +57,14 @@ def _run(bin_dir: Path, cwd: Path, *args: str, timeout: int = 60) -> subprocess.
                           timeout=timeout, env=env)
 
 
+@pytest.mark.multiproc
 def test_wheel_imports_its_own_package(installed, user_dir):
     where = subprocess.run([str(installed / "python"), "-c", "import launcher; print(launcher.__file__)"],
                            cwd=user_dir, capture_output=True, text=True, check=True).stdout.strip()
     assert str(installed.parent) in where and str(ROOT) not in where
 
 
+@pytest.mark.multiproc
 def test_wheel_plans_a_deepspeed_recipe_and_prints_the_schema(installed, user_dir):
     for zero in (0, 2, 3):
         proc = _run(installed, user_dir, "plan", "recipe.yaml", f"distributed.zero={zero}")
@@ -73,6 +75,7 @@ def test_wheel_plans_a_deepspeed_recipe_and_prints_the_schema(installed, user_di
     assert "distributed" in json.loads(proc.stdout)["properties"]
 
 
+@pytest.mark.multiproc
 def test_wheel_trains_two_steps_from_another_directory(installed, user_dir, warm):
     proc = _run(installed, user_dir, "recipe.yaml", "train.max_steps=2", "distributed.zero=2",
                 f"distributed.master_port={free_port()}", "output.dir=out", timeout=600)

@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from launcher.checkpoint.manifest import write_manifest
 from launcher.checkpoint.paths import STAGING_DIR, complete_checkpoints
 from launcher.checkpoint.staging import publish
+from launcher.compat import stage_checkpoints
 
 STALL_ENV = "LAUNCHER_STALL_SAVE_STEP"  # fault injection: rank 1 stalls at the start of this step's save
 NODE_MARKS = ".nodes"  # inside tmp-checkpoints: one mark per node that sees this disk
@@ -72,7 +73,7 @@ class AtomicCheckpoints(TrainerCallback):
         if trainer.args.save_total_limit is not None:
             raise ValueError("AtomicCheckpoints rotates checkpoints itself: leave TrainingArguments.save_total_limit unset")
         self.trainer = trainer
-        trainer._get_output_dir = self._staging_dir  # every checkpoint save asks this for its parent folder
+        stage_checkpoints(trainer, self._staging_dir)  # every checkpoint save asks this for its parent folder
         trainer.add_callback(self)
 
     def _staging_dir(self, trial=None) -> str:

@@ -16,8 +16,14 @@ from pathlib import Path
 
 import torch
 
-from launcher.checkpoint.inputs import (ADAPTER_WEIGHTS, adapter_config, read_json, run_plan, safetensors_files,
-                                       safetensors_header)
+from launcher.checkpoint.inputs import (
+    ADAPTER_WEIGHTS,
+    adapter_config,
+    read_json,
+    run_plan,
+    safetensors_files,
+    safetensors_header,
+)
 from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
 from launcher.dtypes import torch_dtype

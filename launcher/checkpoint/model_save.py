@@ -11,6 +11,8 @@ Trainer's path (its parameters must be gathered)."""
 
 from __future__ import annotations
 
+from launcher.compat import rank_save
+
 
 def save_from_live_tensors(trainer, plan: dict) -> None:
     """Replace trainer.save_model (also used for checkpoints) in DeepSpeed ZeRO-0/1/2 runs."""
@@ -19,6 +21,6 @@ def save_from_live_tensors(trainer, plan: dict) -> None:
 
     def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:
         if trainer.args.should_save:
-            trainer._save(output_dir or trainer.args.output_dir)
+            rank_save(trainer, output_dir or trainer.args.output_dir)
 
     trainer.save_model = save_model

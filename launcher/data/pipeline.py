@@ -16,6 +16,7 @@ from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
 from launcher.defaults import TEMPLATE, WAIT_S
 
+
 @dataclass
 class SFTData:
     examples: list[dict]   # {"input_ids": [...], "labels": [...]}

@@ -3,8 +3,6 @@ and regional torch.compile (train.compile: true)."""
 
 from __future__ import annotations
 
-import torch
-
 
 def apply_liger(model) -> None:
     """liger-kernel's fused linear cross-entropy, and its RMSNorm/RoPE/SwiGLU where it knows

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 
-from launcher.errors import MethodError
 from launcher.registry import method_spec
 
 __all__ = ["apply_method", "call_hook", "count_parameters"]

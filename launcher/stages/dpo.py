@@ -10,18 +10,16 @@ from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from launcher.compat import PreparedRows, TrainedAdapterOnly
 from launcher.data.cache import wait_s
 from launcher.data.pairs import pair_data
 from launcher.stages import orpo
 from launcher.stages.trl_config import trl_config
-from launcher.stages.trl_glue import CountingCollator, TrainedAdapterOnly, preference_data, reference_is_base
+from launcher.stages.trl_glue import CountingCollator, preference_data, reference_is_base
 
 
-class PretokenizedDPOTrainer(TrainedAdapterOnly, DPOTrainer):
+class PretokenizedDPOTrainer(PreparedRows, TrainedAdapterOnly, DPOTrainer):
     """DPOTrainer over rows launcher.data.pairs tokenized with the recipe's template (TRL would re-render them)."""
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        return dataset
 
 
 def dpo_config(args: TrainingArguments, train: dict) -> DPOConfig:

@@ -9,16 +9,16 @@ from transformers import TrainingArguments
 from trl import KTOConfig, KTOTrainer
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
+from launcher.compat import PreparedRows, TrainedAdapterOnly, set_train_batch_size
 from launcher.data.cache import wait_s
 from launcher.data.pairs import kto_data
 from launcher.stages.trl_config import trl_config
-from launcher.stages.trl_glue import CountingCollator, TrainedAdapterOnly, preference_data, reference_is_base
-
+from launcher.stages.trl_glue import CountingCollator, preference_data, reference_is_base
 
 KL_RUN = 2  # fewest rows a KL completion is rotated among: with one, a row would be paired with itself
 
 
-class PretokenizedKTOTrainer(TrainedAdapterOnly, KTOTrainer):
+class PretokenizedKTOTrainer(PreparedRows, TrainedAdapterOnly, KTOTrainer):
     """KTOTrainer over rows launcher.data.pairs tokenized with the recipe's template.
 
     TRL's own preparation would re-render the rows; its last step, the mismatched completions the
@@ -39,9 +39,9 @@ class PretokenizedKTOTrainer(TrainedAdapterOnly, KTOTrainer):
             super().__init__(*args, **kwargs)
         finally:
             config.per_device_train_batch_size = micro
-        self._train_batch_size = config.train_batch_size  # Trainer.__init__ read it from the raised value
+        set_train_batch_size(self, config.train_batch_size)  # Trainer.__init__ read it from the raised value
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    def prepare_rows(self, dataset, args):
         def rotate(batch: dict) -> dict:
             batch["KL_completion_ids"] = batch["completion_ids"][-1:] + batch["completion_ids"][:-1]
             return batch

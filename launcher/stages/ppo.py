@@ -15,7 +15,6 @@ a frozen copy of the starting adapter (model.adapter, e.g. the SFT stage's outpu
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
+from launcher.compat import TrainerHooks
 from launcher.data.prompts import prompt_rows
 from launcher.errors import DataError
 
@@ -119,7 +119,7 @@ def reply_mask(replies: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return ((eos.cumsum(1) - eos) == 0).long()
 
 
-class PPOTrainer(Trainer):
+class PPOTrainer(TrainerHooks, Trainer):
     """One rollout per micro batch: generate, score, estimate advantages; then the clipped PPO loss.
 
     With ppo["epochs"] = K > 1 the sampler replays each global batch of prompts for K optimizer
@@ -140,9 +140,9 @@ class PPOTrainer(Trainer):
         self._stored: dict[int, dict] = {}  # micro-step slot within the accumulation cycle -> its rollout
         self._micro_steps = 0
 
-    def _get_train_sampler(self, train_dataset=None):
+    def train_sampler(self, train_dataset=None):
         if self.ppo["epochs"] == 1:
-            return super()._get_train_sampler(train_dataset)
+            return super().train_sampler(train_dataset)
         args = self.args
         global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         return RepeatSampler(train_dataset or self.train_dataset, mini_repeat_count=1, batch_size=global_batch,
@@ -228,15 +228,15 @@ class PPOTrainer(Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume without DeepSpeed (which restores its own engine state): the adapter and value head _save wrote."""
+    def load_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume without DeepSpeed (which restores its own engine state): the adapter and value head save_files wrote."""
         if self.is_deepspeed_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super().load_checkpoint(resume_from_checkpoint, model)
         wrapper = self.accelerator.unwrap_model(model or self.model)
         set_peft_model_state_dict(wrapper.policy, load_file(Path(resume_from_checkpoint) / ADAPTER_WEIGHTS))
         wrapper.v_head.load_state_dict(load_file(Path(resume_from_checkpoint) / VALUE_HEAD))
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The policy as a PEFT adapter (loads with PeftModel.from_pretrained) and the value head beside it."""
         if not self.args.should_save:  # Trainer calls this on every rank; under ZeRO-3 the others hold only shards
             return

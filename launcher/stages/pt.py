@@ -3,7 +3,7 @@ blocks of EOS-joined documents (launcher/data/blocks.py), through transformers' 
 
 from __future__ import annotations
 
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from launcher.data.blocks import block_data
 from launcher.data.cache import wait_s

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from transformers import Trainer, TrainingArguments
 
+from launcher.data.cache import wait_s
 from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
-from launcher.data.cache import wait_s
 from launcher.data.pipeline import sft_data
 from launcher.data.splits import train_and_eval
 from launcher.dtypes import torch_dtype

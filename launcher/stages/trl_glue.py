@@ -3,8 +3,6 @@ datasets, TRL's collators with the throughput logger's counters, the reference m
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from datasets import Dataset
 
@@ -55,19 +53,3 @@ def reference_is_base(trainer, recipe: dict) -> None:
     fresh = recipe["model"]["adapter"] is None and recipe["method"].get("variant") != "pissa"
     if fresh and "ref" in peft_config:
         trainer.model.delete_adapter("ref")
-
-
-class TrainedAdapterOnly:
-    """Trainer mixin: save only the trained adapter ("default"). PEFT saves every adapter of a model,
-    so a frozen reference copy ("ref", see reference_is_base) would land in output.dir/ref/ too
-    (from ZeRO-3's gathered state dict, which lacks the frozen copy, even with the trained weights)."""
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        if "ref" not in getattr(model, "peft_config", {}):
-            return super()._save(output_dir, state_dict)
-        model.save_pretrained = functools.partial(type(model).save_pretrained, model, selected_adapters=["default"])
-        try:
-            return super()._save(output_dir, state_dict)
-        finally:
-            del model.save_pretrained  # back to the class's method

@@ -1,0 +1,79 @@
+"""Every place the launcher overrides, assigns or calls a private part of transformers / TRL / PEFT, in one module.
+
+Each is checked by tests/test_compat.py against the installed versions: an upgrade that renames or reshapes one
+fails there, by name, instead of as a run that silently saves, samples or batches wrongly. pyproject.toml pins
+transformers, trl and peft to the versions this module was tested with. Stages override the public methods
+below (prepare_rows, train_sampler, load_checkpoint, save_files), never Trainer's private ones.
+No library import at module level: launcher/checkpoint imports this beside the worker's own imports.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+
+def stage_checkpoints(trainer, parent_of: Callable) -> None:
+    """Trainer._get_output_dir(trial) names the folder each checkpoint-N is saved under (Trainer._save_checkpoint
+    asks it); ours puts it in a staging folder first (launcher/checkpoint/atomic.py)."""
+    trainer._get_output_dir = parent_of
+
+
+def rank_save(trainer, output_dir: str) -> None:
+    """Trainer._save(output_dir): this rank writes the model's files, without save_model's ZeRO-3 gathering."""
+    trainer._save(output_dir)
+
+
+def set_train_batch_size(trainer, size: int) -> None:
+    """Trainer._train_batch_size: read from args once in __init__, it sizes the train dataloader."""
+    trainer._train_batch_size = size
+
+
+class PreparedRows:
+    """TRL's DPOTrainer / KTOTrainer._prepare_dataset tokenizes the rows again; ours come tokenized with the
+    recipe's template (launcher/data), so prepare_rows takes its place: the rows as they are, unless overridden."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return self.prepare_rows(dataset, args)
+
+    def prepare_rows(self, dataset, args):
+        return dataset
+
+
+class TrainerHooks:
+    """Trainer's private sampler / resume / save hooks, routed to public methods a subclass overrides
+    (stages/ppo.py); each default is Trainer's own."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.train_sampler(train_dataset)
+
+    def train_sampler(self, train_dataset=None):
+        return super()._get_train_sampler(train_dataset)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        return self.load_checkpoint(resume_from_checkpoint, model)
+
+    def load_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        return self.save_files(output_dir, state_dict)
+
+    def save_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        return super()._save(output_dir, state_dict)
+
+
+class TrainedAdapterOnly(TrainerHooks):
+    """Trainer mixin: save only the trained adapter ("default"). PEFT saves every adapter of a model,
+    so a frozen reference copy ("ref", see reference_is_base) would land in output.dir/ref/ too
+    (from ZeRO-3's gathered state dict, which lacks the frozen copy, even with the trained weights)."""
+
+    def save_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if "ref" not in getattr(model, "peft_config", {}):
+            return super().save_files(output_dir, state_dict)
+        model.save_pretrained = functools.partial(type(model).save_pretrained, model, selected_adapters=["default"])
+        try:
+            return super().save_files(output_dir, state_dict)
+        finally:
+            del model.save_pretrained  # back to the class's method

@@ -1,0 +1,79 @@
+"""The DeepSpeed config of a plan: a bundled template (launcher/ds_configs/) or the user's JSON, every "auto"
+filled from the recipe and the model's width."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from launcher.builtin import builtin_config_path, is_builtin
+from launcher.ds_user_config import RUNTIME_AUTO, user_template
+from launcher.memory import model_shape
+
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"  # package data: a wheel carries it
+
+
+def model_hidden_size(model_path: str) -> int | None:
+    """hidden_size from a builtin or local config.json, or the table of known hub models."""
+    if is_builtin(model_path):
+        config_file = builtin_config_path(model_path)
+    else:
+        config_file = Path(model_path) / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        return config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    shape, _ = model_shape(model_path)  # the memory planner's table of common hub models
+    return shape.hidden if shape else None
+
+
+def _fill_auto(node, values: dict, path: str = ""):
+    """Replace every "auto" in a DeepSpeed config by values[dotted path]."""
+    if isinstance(node, dict):
+        return {k: _fill_auto(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if node == "auto":
+        if path in RUNTIME_AUTO:  # the Trainer fills it once it knows the number of steps
+            return node
+        if path not in values:
+            raise KeyError(f"no value for DeepSpeed auto field {path}")
+        return values[path]
+    return node
+
+
+def deepspeed_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) -> dict | None:
+    """The resolved DeepSpeed config for the recipe, or None for plain DDP."""
+    dist, train = recipe["distributed"], recipe["train"]
+    if dist["engine"] != "deepspeed":
+        return None
+    hidden = model_hidden_size(recipe["model"]["path"])
+    values = {
+        "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * world_size,
+        "train_micro_batch_size_per_gpu": train["micro_batch_size"],
+        "gradient_accumulation_steps": train["grad_accum"],
+        "gradient_clipping": train["max_grad_norm"],
+        "bf16.enabled": dtype == "bf16",
+        "fp16.enabled": dtype == "fp16",
+        # DeepSpeed's own defaults when the model's width is unknown offline
+        "zero_optimization.reduce_bucket_size": hidden * hidden if hidden else 500_000_000,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden) if hidden else 50_000_000,
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden if hidden else 100_000,
+        "optimizer.params.lr": train["lr"],
+        "optimizer.params.betas": [0.9, 0.999],
+        "optimizer.params.eps": 1e-8,
+        "optimizer.params.weight_decay": train["weight_decay"],
+        "zero_optimization.stage": dist["zero"],
+        "scheduler.params.warmup_min_lr": 0,
+        "scheduler.params.warmup_max_lr": train["lr"],
+    }
+    if dist["deepspeed_config"]:  # the user's own JSON: its explicit values checked against the recipe
+        template = user_template(dist["deepspeed_config"], values)
+    else:
+        name = f"zero{dist['zero']}" + ("" if dist["offload"] == "none" else f"_offload_{dist['offload']}")
+        template = json.loads((DS_CONFIG_DIR / f"{name}.json").read_text())
+    config = _fill_auto(template, values)
+    if not on_gpu:  # pinned host memory needs CUDA
+        for part in ("offload_optimizer", "offload_param"):
+            if part in config.get("zero_optimization", {}):
+                config["zero_optimization"][part]["pin_memory"] = False
+    if dtype != "fp16":
+        config.pop("fp16", None)
+    return config

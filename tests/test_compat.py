@@ -1,0 +1,96 @@
+"""launcher/compat.py's hold on private parts of transformers / TRL: every hook it overrides, assigns or calls
+still exists in the installed versions with the signature and the call site it relies on, and no other module
+touches one. A failure here names what an upgrade changed (pyproject.toml pins the tested versions)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+from transformers import Trainer
+from trl import DPOTrainer, KTOTrainer
+
+from launcher import compat
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+PREPARE = ["self", "dataset", "processing_class", "args", "dataset_name"]
+
+
+@pytest.mark.parametrize(("owner", "name", "expected"), [
+    (Trainer, "_get_output_dir", ["self", "trial"]),  # stage_checkpoints
+    (Trainer, "_save", ["self", "output_dir", "state_dict"]),  # rank_save, TrainerHooks.save_files
+    (Trainer, "save_model", ["self", "output_dir", "_internal_call"]),  # checkpoint/model_save.py replaces it
+    (Trainer, "_get_train_sampler", ["self", "train_dataset"]),  # TrainerHooks.train_sampler
+    (KTOTrainer, "_get_train_sampler", ["self", "train_dataset"]),
+    (Trainer, "_load_from_checkpoint", ["self", "resume_from_checkpoint", "model"]),  # TrainerHooks.load_checkpoint
+    (DPOTrainer, "_prepare_dataset", PREPARE),  # PreparedRows
+    (KTOTrainer, "_prepare_dataset", PREPARE),
+])
+def test_each_private_hook_keeps_the_signature_compat_relies_on(owner, name, expected):
+    assert list(inspect.signature(getattr(owner, name)).parameters) == expected, f"{owner.__name__}.{name} changed"
+
+
+def test_the_library_still_calls_the_hooks_compat_replaces():
+    trainer = inspect.getsource(Trainer)
+    assert "self._get_output_dir(trial=trial)" in trainer  # each checkpoint's parent folder
+    assert "self._train_batch_size = args.train_batch_size" in trainer  # read once in __init__ ...
+    assert "batch_size=self._train_batch_size" in trainer  # ... and the train dataloader's batch
+    assert "sampler_fn=self._get_train_sampler" in trainer
+    assert "self._load_from_checkpoint(resume_from_checkpoint" in trainer
+    assert "self._save(output_dir" in inspect.getsource(Trainer.save_model)
+    for preference in (DPOTrainer, KTOTrainer):
+        assert 'self._prepare_dataset(train_dataset, processing_class, args, "train")' in inspect.getsource(preference)
+
+
+class Library:
+    """Stands in for Trainer: its private hooks answer who ran them."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return ("library sampler", train_dataset)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        return ("library load", resume_from_checkpoint, model)
+
+    def _save(self, output_dir=None, state_dict=None):
+        return ("library save", output_dir, state_dict)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return ("library prepare", dataset)
+
+
+def test_the_hooks_route_to_public_methods_whose_default_is_the_librarys():
+    class Default(compat.PreparedRows, compat.TrainerHooks, Library):
+        pass
+
+    class Ours(Default):
+        def train_sampler(self, train_dataset=None):
+            return ("ours", super().train_sampler(train_dataset))
+
+        def save_files(self, output_dir=None, state_dict=None):
+            return ("ours", super().save_files(output_dir, state_dict))
+
+        def prepare_rows(self, dataset, args):
+            return ("ours", dataset, args)
+
+    default, ours = Default(), Ours()
+    assert default._get_train_sampler("rows") == ("library sampler", "rows")
+    assert default._load_from_checkpoint("ckpt", "m") == ("library load", "ckpt", "m")
+    assert default._save("out", {}) == ("library save", "out", {})
+    assert default._prepare_dataset("rows", None, "args", "train") == "rows"  # ours are tokenized already
+    assert ours._get_train_sampler("rows") == ("ours", ("library sampler", "rows"))
+    assert ours._save("out") == ("ours", ("library save", "out", None))
+    assert ours._prepare_dataset("rows", None, "args", "train") == ("ours", "rows", "args")
+
+
+PRIVATE = re.compile(r"def (_save|_get_train_sampler|_load_from_checkpoint|_prepare_dataset|_get_output_dir)\(|"
+                     r"\.(_get_output_dir|_train_batch_size) = |[a-z]\._save\(")
+
+
+def test_no_other_module_touches_a_private_hook():
+    offenders = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "launcher").rglob("*.py"))
+                 if path.name != "compat.py"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if PRIVATE.search(line)]
+    assert offenders == []
