@@ -32,10 +32,11 @@ test: install lint
 test-fast: install
 	$(PY) -m pytest -q -m unit tests
 
-# ruff's lint rules of pyproject.toml; formatting is `ruff format`, configured there too
+# ruff's lint rules and its formatter, both configured in pyproject.toml (`ruff format .` fixes the second)
 lint: install
 	$(PY) -m pip install --quiet "ruff>=0.17,<0.18"
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install
 	$(PY) bench/overhead.py

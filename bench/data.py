@@ -40,12 +40,14 @@ from launcher.data.pipeline import encode_examples  # noqa: E402
 SECTION = "## Data preprocessing"
 CUTOFF = 2048
 VOCAB = 32768
-SYLLABLES = ("ka ri to mo sa ne lu pe di go ba shi en or an il us te ver con pro ex ing tion al er ly ment st qu "
-             "a e i o u th ch").split()
+SYLLABLES = (
+    "ka ri to mo sa ne lu pe di go ba shi en or an il us te ver con pro ex ing tion al er ly ment st qu a e i o u th ch"
+).split()
 TARGETS = {"floor_ratio": 1.5, "loop_ratio": 0.75, "packing_efficiency": 0.997, "pack_1m_s": 1.0}
 
 
 # ---- data ------------------------------------------------------------------------------------------------
+
 
 class Words:
     """Zipf-distributed pseudo-words with punctuation: text that BPE merges like a natural language."""
@@ -53,7 +55,7 @@ class Words:
     def __init__(self, rng: np.random.Generator, size: int = 50_000):
         lengths = rng.integers(1, 5, size)
         picks = rng.integers(0, len(SYLLABLES), (size, 4))
-        self.lexicon = ["".join(SYLLABLES[j] for j in picks[i, :lengths[i]]) for i in range(size)]
+        self.lexicon = ["".join(SYLLABLES[j] for j in picks[i, : lengths[i]]) for i in range(size)]
         self.lexicon[:6] = [",", ".", "?", "the", "of", "and"]
         weights = np.cumsum(1.0 / np.arange(1, size + 1) ** 1.05)
         self.cdf = weights / weights[-1]
@@ -76,8 +78,10 @@ def conversations(count: int, seed: int) -> list[list[dict]]:
         messages = [{"role": "system", "content": words.text(int(rng.integers(4, 20)))}] if rng.random() < 0.3 else []
         for _ in range(rounds):
             asked = max(3, int(per_round * rng.uniform(0.1, 0.4)))
-            messages += [{"role": "user", "content": words.text(asked)},
-                         {"role": "assistant", "content": words.text(per_round - asked)}]
+            messages += [
+                {"role": "user", "content": words.text(asked)},
+                {"role": "assistant", "content": words.text(per_round - asked)},
+            ]
         out.append(messages)
     return out
 
@@ -92,21 +96,34 @@ def train_tokenizer(sample: list[str], folder: Path):
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     backend = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=VOCAB, min_frequency=2, special_tokens=specials, show_progress=False,
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = BpeTrainer(
+        vocab_size=VOCAB,
+        min_frequency=2,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(sample, trainer=trainer, length=len(sample))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        additional_special_tokens=specials[1:])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
 # ---- timing ----------------------------------------------------------------------------------------------
+
 
 def timed(function) -> tuple[float, object]:
     started = time.perf_counter()
@@ -137,11 +154,16 @@ def main(argv: list[str] | None = None) -> None:
     examples = [Example(chat, where="generated") for chat in chats]
     texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    print(f"setup {setup_s:.1f} s: {len(chats)} conversations, {sum(lengths):,} tokens "
-          f"(min {min(lengths)}, median {int(np.median(lengths))}, max {max(lengths)})", flush=True)
+    print(
+        f"setup {setup_s:.1f} s: {len(chats)} conversations, {sum(lengths):,} tokens "
+        f"(min {min(lengths)}, median {int(np.median(lengths))}, max {max(lengths)})",
+        flush=True,
+    )
 
-    runs = {"floor": lambda: tokenizer(texts),
-            "apply_chat_template": lambda: [tokenizer.apply_chat_template(c, tokenize=True) for c in chats]}
+    runs = {
+        "floor": lambda: tokenizer(texts),
+        "apply_chat_template": lambda: [tokenizer.apply_chat_template(c, tokenize=True) for c in chats],
+    }
     for template in ("auto", "qwen2"):
         for workers in (1, 2):
             runs[f"ours {template} x{workers}"] = lambda t=template, w=workers: ours(examples, tokenizer, t, w)
@@ -170,24 +192,33 @@ def main(argv: list[str] | None = None) -> None:
 
 # ---- report ----------------------------------------------------------------------------------------------
 
-def report(args, results: dict, times: dict, stats: dict, lengths: list[int], chats: list, setup_s: float,
-           load: list[float]) -> str:
+
+def report(
+    args, results: dict, times: dict, stats: dict, lengths: list[int], chats: list, setup_s: float, load: list[float]
+) -> str:
     floor, loop = results["floor"], results["apply_chat_template"]
     total = sum(lengths)
-    rows = ["| path | s (best) | runs s | examples/s | × floor | × apply_chat_template loop |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| path | s (best) | runs s | examples/s | × floor | × apply_chat_template loop |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def row(name: str, label: str) -> None:
         seconds = results[name]
         runs = ", ".join(f"{t:.1f}" for t in times[name])
-        rows.append(f"| {label} | {seconds:.2f} | {runs} | {len(chats) / seconds:,.0f} | {seconds / floor:.2f} | "
-                    f"{seconds / loop:.2f} |")
+        rows.append(
+            f"| {label} | {seconds:.2f} | {runs} | {len(chats) / seconds:,.0f} | {seconds / floor:.2f} | "
+            f"{seconds / loop:.2f} |"
+        )
 
     row("floor", "floor: one batched `tokenizer(texts)` over rendered strings (ids only)")
     row("apply_chat_template", "loop of `apply_chat_template(..., tokenize=True)` (ids only)")
     for name in (k for k in results if k.startswith("ours")):
         _, template, workers = name.split()
-        row(name, f"ours, template `{template}`, {workers[1:]} worker(s): render + tokenize + masks + cutoff + neat packing")
+        row(
+            name,
+            f"ours, template `{template}`, {workers[1:]} worker(s): render + tokenize + masks + cutoff + neat packing",
+        )
     best = min(results[k] for k in results if k.startswith("ours")) / floor
     auto1 = results["ours auto x1"] / floor
     efficiency = min(s[3] for n, s in stats.items() if n.startswith("ours"))
@@ -217,25 +248,33 @@ def report(args, results: dict, times: dict, stats: dict, lengths: list[int], ch
         f"one on these {cores} cores: each forked worker tokenizes single-threaded, and forking and sending the "
         "tokens back cost more than they save when one batched call already keeps the cores busy.",
     ]
-    return "\n".join([
-        SECTION, "",
-        f"Generated by `python bench/data.py --conversations {args.conversations} --repeats {args.repeats}` on "
-        f"{datetime.now(timezone.utc):%Y-%m-%d} (UTC).", "",
-        f"- Machine: {cores} CPU cores ({platform.machine()}), no GPU, shared with other work: 1-minute load "
-        f"average {load[0]:.1f} at the start and {load[1]:.1f} at the end of the timed runs (on {cores} cores), so "
-        "absolute times are several times an idle machine's; the paths run interleaved, so ratios hold better.",
-        f"- Versions: Python {platform.python_version()}, tokenizers {version('tokenizers')}, "
-        f"transformers {version('transformers')}.",
-        f"- Data: {len(chats):,} generated conversations (seed {args.seed}), {total:,} tokens, "
-        f"{min(lengths)}–{max(lengths)} tokens each (median {int(np.median(lengths))}, "
-        f"p99 {int(np.percentile(lengths, 99))}); 1–6 rounds, 30% with a system prompt. Tokenizer: {VOCAB:,}-token "
-        f"byte-level BPE trained on a quarter of the text, ChatML template. Setup (generation + training) {setup_s:.0f} s.",
-        f"- Best (minimum) of {args.repeats} interleaved runs: other work on the shared cores only ever slows a run "
-        f"down. cutoff_len {CUTOFF}: conversations "
-        "longer than that lose their oldest rounds, as in training.", "",
-        *rows, "",
-        *verdict, *why, "",
-    ])
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"Generated by `python bench/data.py --conversations {args.conversations} --repeats {args.repeats}` on "
+            f"{datetime.now(timezone.utc):%Y-%m-%d} (UTC).",
+            "",
+            f"- Machine: {cores} CPU cores ({platform.machine()}), no GPU, shared with other work: 1-minute load "
+            f"average {load[0]:.1f} at the start and {load[1]:.1f} at the end of the timed runs (on {cores} cores), so "
+            "absolute times are several times an idle machine's; the paths run interleaved, so ratios hold better.",
+            f"- Versions: Python {platform.python_version()}, tokenizers {version('tokenizers')}, "
+            f"transformers {version('transformers')}.",
+            f"- Data: {len(chats):,} generated conversations (seed {args.seed}), {total:,} tokens, "
+            f"{min(lengths)}–{max(lengths)} tokens each (median {int(np.median(lengths))}, "
+            f"p99 {int(np.percentile(lengths, 99))}); 1–6 rounds, 30% with a system prompt. Tokenizer: {VOCAB:,}-token "
+            f"byte-level BPE trained on a quarter of the text, ChatML template. Setup (generation + training) {setup_s:.0f} s.",
+            f"- Best (minimum) of {args.repeats} interleaved runs: other work on the shared cores only ever slows a run "
+            f"down. cutoff_len {CUTOFF}: conversations "
+            "longer than that lose their oldest rounds, as in training.",
+            "",
+            *rows,
+            "",
+            *verdict,
+            *why,
+            "",
+        ]
+    )
 
 
 def write_section(path: Path, section: str) -> None:

@@ -31,11 +31,30 @@ SITE = Path("/tmp/launcher-gpu-site")
 # what the GPU image lacks, or has too old: the project's own dependencies and theirs (pinned: one version
 # each). transformers: the image's 5.17 predates what the code calls (TrainingArguments(activation_checkpointing=),
 # pyproject's >= 5.23), so the tested one goes in beside it and shadows it, with the hub client it needs.
-PACKAGES = ("transformers==5.24.0", "huggingface-hub==2.4.0", "deepspeed==0.19.8", "datasets==5.2.0", "trl==1.16.0", "bitsandbytes==0.50.2", "liger-kernel==0.8.5",
-            "hjson==3.1.0", "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0",
-            "typing-inspection==0.4.5", "dill==0.4.1", "multiprocess==0.70.19")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PACKAGES = (
+    "transformers==5.24.0",
+    "huggingface-hub==2.4.0",
+    "deepspeed==0.19.8",
+    "datasets==5.2.0",
+    "trl==1.16.0",
+    "bitsandbytes==0.50.2",
+    "liger-kernel==0.8.5",
+    "hjson==3.1.0",
+    "pydantic==2.14.4",
+    "pydantic-core==2.50.5",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "dill==0.4.1",
+    "multiprocess==0.70.19",
+)
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 IMAGE_PACKAGES = ("torch", "accelerate", "peft", "tensorboard")  # the GPU image's own, used as they are
 BUDGET_S = {"install": 60, "tests": 240, "throughput": 150}  # inside the 8 minutes, set-up included
 
@@ -73,19 +92,37 @@ def prepare(folder: Path = WHEELS) -> None:
     pip = [sys.executable, "-m", "pip"]
     for spec in missing_wheels(folder):
         platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-        got = subprocess.call([*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-                               "--implementation", "cp", *platforms, "-d", str(folder), spec])
+        got = subprocess.call(
+            [
+                *pip,
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.12",
+                "--implementation",
+                "cp",
+                *platforms,
+                "-d",
+                str(folder),
+                spec,
+            ]
+        )
         if got != 0:  # pure-Python sdist (deepspeed): build a py3 wheel here, no ops compiled
-            subprocess.check_call([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder), spec],
-                                  env={**os.environ, "DS_BUILD_OPS": "0"})
+            subprocess.check_call(
+                [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder), spec],
+                env={**os.environ, "DS_BUILD_OPS": "0"},
+            )
 
 
 def plan_lines() -> list[str]:
-    return [f"1. pip install --no-index --no-deps --target {SITE} {WHEELS.relative_to(ROOT)}/*.whl "
-            f"(torch left as the machine has it) [{BUDGET_S['install']} s]",
-            f"2. PYTHONPATH={SITE}:{ROOT} python -m pytest -m gpu tests [{BUDGET_S['tests']} s]",
-            f"3. python bench/gpu_throughput.py: Qwen2-1.5B shape, random init, full FT, bf16, packed 4096-token rows: "
-            f"HF Trainer + sdpa + padding vs the launcher's fastest path -> docs/benchmarks.md [{BUDGET_S['throughput']} s]"]
+    return [
+        f"1. pip install --no-index --no-deps --target {SITE} {WHEELS.relative_to(ROOT)}/*.whl "
+        f"(torch left as the machine has it) [{BUDGET_S['install']} s]",
+        f"2. PYTHONPATH={SITE}:{ROOT} python -m pytest -m gpu tests [{BUDGET_S['tests']} s]",
+        f"3. python bench/gpu_throughput.py: Qwen2-1.5B shape, random init, full FT, bf16, packed 4096-token rows: "
+        f"HF Trainer + sdpa + padding vs the launcher's fastest path -> docs/benchmarks.md [{BUDGET_S['throughput']} s]",
+    ]
 
 
 def step(name: str, argv: list[str], env: dict) -> bool:
@@ -94,8 +131,10 @@ def step(name: str, argv: list[str], env: dict) -> bool:
         code = subprocess.call(argv, cwd=ROOT, env=env, timeout=BUDGET_S[name])
     except subprocess.TimeoutExpired:
         code = "timeout"
-    print(f"[gpu_check] {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.perf_counter() - start:.0f} s",
-          flush=True)
+    print(
+        f"[gpu_check] {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
     return code == 0
 
 
@@ -110,23 +149,48 @@ def main(argv: list[str] | None = None) -> int:
         prepare(folder)
     missing = missing_wheels(folder)
     if missing:
-        print(f"[gpu_check] {folder}: no wheel for {', '.join(missing)}. Fix: `make gpu-wheels` "
-              "(python bench/gpu_check.py --prepare) on a machine with internet", file=sys.stderr)
+        print(
+            f"[gpu_check] {folder}: no wheel for {', '.join(missing)}. Fix: `make gpu-wheels` "
+            "(python bench/gpu_check.py --prepare) on a machine with internet",
+            file=sys.stderr,
+        )
         return 2
     wrong = image_mismatches()
     if wrong:
-        print(f"[gpu_check] this machine's {', '.join(wrong)}. Fix: a GPU image with those in range, or add their "
-              "wheels to PACKAGES", file=sys.stderr)
+        print(
+            f"[gpu_check] this machine's {', '.join(wrong)}. Fix: a GPU image with those in range, or add their "
+            "wheels to PACKAGES",
+            file=sys.stderr,
+        )
         return 2
-    print(f"[gpu_check] {len(PACKAGES)} wheels ready in {folder}; the machine's own: "
-          + ", ".join(f"{name} {version(name)}" for name in IMAGE_PACKAGES), flush=True)
+    print(
+        f"[gpu_check] {len(PACKAGES)} wheels ready in {folder}; the machine's own: "
+        + ", ".join(f"{name} {version(name)}" for name in IMAGE_PACKAGES),
+        flush=True,
+    )
     print("\n".join(plan_lines()), flush=True)
     if args.dry_run:
         return 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SITE), str(ROOT)]), "PYTHONUNBUFFERED": "1"}
     wheels = sorted(str(w) for w in folder.glob("*.whl"))
-    ok = step("install", [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                          "--upgrade", "--target", str(SITE), *wheels], env)
+    ok = step(
+        "install",
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--upgrade",
+            "--target",
+            str(SITE),
+            *wheels,
+        ],
+        env,
+    )
     ok = ok and step("tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], env)
     ok = step("throughput", [sys.executable, "bench/gpu_throughput.py"], env) and ok
     return 0 if ok else 1

@@ -43,11 +43,27 @@ from launcher.recipe import resolve  # noqa: E402
 
 SECTION = "## GPU throughput"
 ROW = 4096
-QWEN2_1P5B = {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-              "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151_936, "max_position_embeddings": 32768,
-              "rope_theta": 1_000_000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-6}
-TINY = {**QWEN2_1P5B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "vocab_size": 2048}
+QWEN2_1P5B = {
+    "model_type": "qwen2",
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151_936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1_000_000.0,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-6,
+}
+TINY = {
+    **QWEN2_1P5B,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 2048,
+}
 
 
 def samples(count: int, vocab: int, longest: int, seed: int = 0) -> list[dict]:
@@ -57,7 +73,7 @@ def samples(count: int, vocab: int, longest: int, seed: int = 0) -> list[dict]:
     for _ in range(count):
         length = min(longest, max(8, int(rng.lognormvariate(6.0, 0.9))))
         ids = [rng.randrange(3, vocab) for _ in range(length)]
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2:]})
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2 :]})
     return out
 
 
@@ -75,17 +91,27 @@ class Clock(TrainerCallback):
             self.marks.append((time.perf_counter(), self.collator.tokens, self.collator.attention_pairs))
 
 
-def run(name: str, config: dict, rows: list[dict], rows_per_step: int, warmup: int, device: str, fastest: bool,
-        out: Path) -> dict:
+def run(
+    name: str, config: dict, rows: list[dict], rows_per_step: int, warmup: int, device: str, fastest: bool, out: Path
+) -> dict:
     """One run over the same samples: packed rows for (b), the rows' samples padded for (a)."""
     torch.manual_seed(0)
-    recipe = resolve({"data": {"packing": "neat", "cutoff_len": ROW},
-                      "train": {"compile": fastest, "loss_kernel": "auto" if fastest else "plain",
-                                "gradient_checkpointing": False},
-                      "model": {"attn": "auto" if fastest else "sdpa"}}, {})
+    recipe = resolve(
+        {
+            "data": {"packing": "neat", "cutoff_len": ROW},
+            "train": {
+                "compile": fastest,
+                "loss_kernel": "auto" if fastest else "plain",
+                "gradient_checkpointing": False,
+            },
+            "model": {"attn": "auto" if fastest else "sdpa"},
+        },
+        {},
+    )
     kernels = kernel_plan(recipe, device == "cuda", config["vocab_size"])
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.bfloat16,
-                                             attn_implementation=kernels["attn"]).to(device)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(**config), dtype=torch.bfloat16, attn_implementation=kernels["attn"]
+    ).to(device)
     if kernels["loss"] == "liger":
         apply_liger(model)
     if kernels["compile"]:
@@ -95,15 +121,29 @@ def run(name: str, config: dict, rows: list[dict], rows_per_step: int, warmup: i
         dataset, batch = rows, rows_per_step
         collator = PaddingCollator(0, "neat", kernels["padding_free"])
     else:
-        dataset = [{"input_ids": r["input_ids"][a:b], "labels": r["labels"][a:b]} for r in rows
-                   for a, b in _spans(r["position_ids"])]
+        dataset = [
+            {"input_ids": r["input_ids"][a:b], "labels": r["labels"][a:b]}
+            for r in rows
+            for a, b in _spans(r["position_ids"])
+        ]
         batch = max(1, round(len(dataset) / steps))
         collator = PaddingCollator(0)
     clock = Clock(collator, warmup)
-    args = TrainingArguments(output_dir=str(out / name), per_device_train_batch_size=batch, max_steps=steps,
-                             learning_rate=1e-5, bf16=device == "cuda", use_cpu=device == "cpu", report_to=[],
-                             logging_steps=10 ** 6, save_strategy="no", remove_unused_columns=False, disable_tqdm=True,
-                             dataloader_num_workers=0, seed=0)
+    args = TrainingArguments(
+        output_dir=str(out / name),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-5,
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        report_to=[],
+        logging_steps=10**6,
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     common = dict(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
     trainer = KernelTrainer(**common, kernels=kernels, max_tokens=batch * ROW) if fastest else Trainer(**common)
     if device == "cuda":
@@ -113,10 +153,17 @@ def run(name: str, config: dict, rows: list[dict], rows_per_step: int, warmup: i
     tokens, seconds = tokens1 - tokens0, t1 - t0
     peak, source = device_peak_flops(torch.device(device), torch.bfloat16)
     flops = model_flops(model).flops(tokens, pairs1 - pairs0)
-    result = {"name": name, "attn": kernels["attn"], "loss": kernels["loss"], "compile": kernels["compile"],
-              "tokens_s": tokens / seconds, "mfu": flops / seconds / peak if peak else None, "peak_source": source,
-              "padding": 1 - collator.tokens / collator.slots,
-              "memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None}
+    result = {
+        "name": name,
+        "attn": kernels["attn"],
+        "loss": kernels["loss"],
+        "compile": kernels["compile"],
+        "tokens_s": tokens / seconds,
+        "mfu": flops / seconds / peak if peak else None,
+        "peak_source": source,
+        "padding": 1 - collator.tokens / collator.slots,
+        "memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+    }
     del trainer, model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -133,21 +180,31 @@ def render(results: list[dict], args, device_name: str) -> str:
 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     plain, fast = results
-    lines = [SECTION, "",
-             f"`python bench/gpu_throughput.py` (via `bench/gpu_check.py`; {when}; {device_name}; {versions()}). "
-             f"Qwen2-1.5B shape, random init, full fine-tuning, bf16, {args.rows} x {ROW}-token packed rows per step "
-             f"(the baseline: the same samples padded), {args.steps} steps, the first {args.warmup} not timed. MFU: "
-             f"model FLOPs (launcher/monitoring/flops.py) / {plain['peak_source']}.", "",
-             "| run | attention | loss | compile | tokens/s | MFU | padding | peak memory (GiB) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        SECTION,
+        "",
+        f"`python bench/gpu_throughput.py` (via `bench/gpu_check.py`; {when}; {device_name}; {versions()}). "
+        f"Qwen2-1.5B shape, random init, full fine-tuning, bf16, {args.rows} x {ROW}-token packed rows per step "
+        f"(the baseline: the same samples padded), {args.steps} steps, the first {args.warmup} not timed. MFU: "
+        f"model FLOPs (launcher/monitoring/flops.py) / {plain['peak_source']}.",
+        "",
+        "| run | attention | loss | compile | tokens/s | MFU | padding | peak memory (GiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         memory = f"{r['memory_gib']:.1f}" if r["memory_gib"] is not None else "n/a"
-        lines.append(f"| {r['name']} | {r['attn']} | {r['loss']} | {r['compile']} | {r['tokens_s']:,.0f} | {mfu} | "
-                     f"{100 * r['padding']:.0f}% | {memory} |")
+        lines.append(
+            f"| {r['name']} | {r['attn']} | {r['loss']} | {r['compile']} | {r['tokens_s']:,.0f} | {mfu} | "
+            f"{100 * r['padding']:.0f}% | {memory} |"
+        )
     speedup = fast["tokens_s"] / plain["tokens_s"]
-    lines += ["", f"(b) / (a): **{speedup:.2f}x** tokens/s (target >= 1.5x)" +
-              (f"; (b) MFU {100 * fast['mfu']:.1f}% (target >= 45% on H100/H200)" if fast["mfu"] else ""), ""]
+    lines += [
+        "",
+        f"(b) / (a): **{speedup:.2f}x** tokens/s (target >= 1.5x)"
+        + (f"; (b) MFU {100 * fast['mfu']:.1f}% (target >= 45% on H100/H200)" if fast["mfu"] else ""),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -167,8 +224,10 @@ def main() -> None:
     pool = samples(40 * args.steps * args.rows, config["vocab_size"], longest)
     rows = pack_examples(pool, longest).rows[: args.steps * args.rows]
     with tempfile.TemporaryDirectory() as out:
-        results = [run(name, config, rows, args.rows, args.warmup, device, fastest, Path(out))
-                   for name, fastest in (("(a) HF Trainer, sdpa, padded", False), ("(b) launcher fastest path", True))]
+        results = [
+            run(name, config, rows, args.rows, args.warmup, device, fastest, Path(out))
+            for name, fastest in (("(a) HF Trainer, sdpa, padded", False), ("(b) launcher fastest path", True))
+        ]
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU smoke run (numbers meaningless)"
     section = render(results, args, name)
     print(section)

@@ -51,7 +51,7 @@ def child(kernel: str, tokens: int, vocab: int, hidden_size: int, device: str) -
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2 ** 20
+        before = torch.cuda.memory_allocated() / 2**20
     else:
         before = _rss_mib()
     if kernel == "plain":  # what transformers' causal-LM loss does: full logits, upcast, cross-entropy
@@ -62,45 +62,70 @@ def child(kernel: str, tokens: int, vocab: int, hidden_size: int, device: str) -
     loss.backward()
     if cuda:
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"kernel": kernel, "extra_mib": peak - before, "loss": loss.item()}
 
 
 def run(kernel: str, args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kernel, "--tokens", str(args.tokens), "--vocab",
-                          str(args.vocab), "--hidden", str(args.hidden), "--device", args.device],
-                         capture_output=True, text=True, env={**base_env(), **({"CUDA_VISIBLE_DEVICES": ""}
-                                                                              if args.device == "cpu" else {})},
-                         cwd=ROOT, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kernel,
+            "--tokens",
+            str(args.tokens),
+            "--vocab",
+            str(args.vocab),
+            "--hidden",
+            str(args.hidden),
+            "--device",
+            args.device,
+        ],
+        capture_output=True,
+        text=True,
+        env={**base_env(), **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})},
+        cwd=ROOT,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def render(args, plain: dict, chunked: dict) -> str:
-    logits_mib = args.tokens * args.vocab * 4 / 2 ** 20
+    logits_mib = args.tokens * args.vocab * 4 / 2**20
     share = chunked["extra_mib"] / logits_mib
-    slice_mib, weight_mib = CHUNK_TOKENS * args.vocab * 4 / 2 ** 20, args.vocab * args.hidden * 4 / 2 ** 20
+    slice_mib, weight_mib = CHUNK_TOKENS * args.vocab * 4 / 2**20, args.vocab * args.hidden * 4 / 2**20
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    return "\n".join([
-        SECTION, "",
-        f"`python bench/loss_memory.py --tokens {args.tokens} --vocab {args.vocab} --hidden {args.hidden}` ({when}; {machine() if args.device == 'cpu' else args.device}; {versions()}).",
-        f"LM head + causal-LM loss, forward and backward, {args.tokens:,} tokens, vocabulary {args.vocab:,}, hidden "
-        f"{args.hidden}, fp32; each kernel in its own process, memory above the inputs, the head's weight and its "
-        f"gradient ({'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'peak RSS'}). One fp32 logits "
-        f"tensor is {logits_mib:,.0f} MiB.", "",
-        "| loss kernel | peak above the weights (MiB) | x one fp32 logits tensor | loss |",
-        "| --- | --- | --- | --- |",
-        *(f"| {r['kernel']} | {r['extra_mib']:,.0f} | {r['extra_mib'] / logits_mib:.2f} | {r['loss']:.6f} |"
-          for r in (plain, chunked)),
-        "",
-        f"chunked / plain: **{chunked['extra_mib'] / plain['extra_mib']:.2f}x**; chunked holds {share:.2f}x one logits "
-        f"tensor, which {'**meets**' if share <= TARGET else '**misses**'} the target (<= {TARGET}x). The losses agree "
-        f"to {abs(plain['loss'] - chunked['loss']):.1e}.", "",
-        f"Where chunked's peak goes: one slice of {CHUNK_TOKENS} tokens' fp32 logits ({slice_mib:,.0f} MiB), which the "
-        f"cross-entropy turns into its own gradient in place (autograd's version held logits, log-softmax and their "
-        f"gradient: three), and the LM head's weight gradient of that slice ({weight_mib:,.0f} MiB) before it is added "
-        "to the accumulated one; the rest is the allocator and the runtime.", ""])
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"`python bench/loss_memory.py --tokens {args.tokens} --vocab {args.vocab} --hidden {args.hidden}` ({when}; {machine() if args.device == 'cpu' else args.device}; {versions()}).",
+            f"LM head + causal-LM loss, forward and backward, {args.tokens:,} tokens, vocabulary {args.vocab:,}, hidden "
+            f"{args.hidden}, fp32; each kernel in its own process, memory above the inputs, the head's weight and its "
+            f"gradient ({'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'peak RSS'}). One fp32 logits "
+            f"tensor is {logits_mib:,.0f} MiB.",
+            "",
+            "| loss kernel | peak above the weights (MiB) | x one fp32 logits tensor | loss |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {r['kernel']} | {r['extra_mib']:,.0f} | {r['extra_mib'] / logits_mib:.2f} | {r['loss']:.6f} |"
+                for r in (plain, chunked)
+            ),
+            "",
+            f"chunked / plain: **{chunked['extra_mib'] / plain['extra_mib']:.2f}x**; chunked holds {share:.2f}x one logits "
+            f"tensor, which {'**meets**' if share <= TARGET else '**misses**'} the target (<= {TARGET}x). The losses agree "
+            f"to {abs(plain['loss'] - chunked['loss']):.1e}.",
+            "",
+            f"Where chunked's peak goes: one slice of {CHUNK_TOKENS} tokens' fp32 logits ({slice_mib:,.0f} MiB), which the "
+            f"cross-entropy turns into its own gradient in place (autograd's version held logits, log-softmax and their "
+            f"gradient: three), and the LM head's weight gradient of that slice ({weight_mib:,.0f} MiB) before it is added "
+            "to the accumulated one; the rest is the allocator and the runtime.",
+            "",
+        ]
+    )
 
 
 def main() -> None:

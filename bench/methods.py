@@ -45,16 +45,31 @@ from launcher.recipe import RecipeError, load_recipe  # noqa: E402
 TINY = "recipes/sft_tiny.yaml"
 SECTION = "## Methods: memory estimate vs measured"
 TARGET = 0.15
-MIB = 1024 ** 2
+MIB = 1024**2
 # Seeded Qwen2-shaped models with the builtin tokenizer. ~78M parameters: the 50-100M CPU-sized model
 # issues 4 and 8 ask for. qwen2-0.5b: Qwen/Qwen2-0.5B's shape and 151,936-token vocabulary (the logits
 # term dominates its activations), the size issue 8 asks for on a GPU, here on CPU (opt-in: slow).
 SHAPES = {
-    "qwen2-78m": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
-                  "num_key_value_heads": 4, "max_window_layers": 12, "initializer_range": 0.02},
-    "qwen2-0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-                   "num_key_value_heads": 2, "max_window_layers": 24, "vocab_size": 151936, "tie_word_embeddings": True,
-                   "initializer_range": 0.02},
+    "qwen2-78m": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "max_window_layers": 12,
+        "initializer_range": 0.02,
+    },
+    "qwen2-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "max_window_layers": 24,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.02,
+    },
 }
 METHODS = {
     "full": ["method.name=full"],
@@ -66,9 +81,18 @@ METHODS = {
 ZERO = (0, 2, 3)
 # Every run: a few steps of packed rows (so each micro batch holds exactly cutoff_len tokens, the
 # length the planner assumes), no checkpoint until the final save, no TensorBoard.
-COMMON = ["model.dtype=fp32", "data.cutoff_len=128", "data.packing=greedy", "train.micro_batch_size=2",
-          "train.grad_accum=1", "train.save_steps=100000", "train.logging_steps=1", "output.report_to=[none]",
-          "distributed.engine=deepspeed", "output.overwrite=true"]
+COMMON = [
+    "model.dtype=fp32",
+    "data.cutoff_len=128",
+    "data.packing=greedy",
+    "train.micro_batch_size=2",
+    "train.grad_accum=1",
+    "train.save_steps=100000",
+    "train.logging_steps=1",
+    "output.report_to=[none]",
+    "distributed.engine=deepspeed",
+    "output.overwrite=true",
+]
 
 
 def make_model(name: str) -> str:
@@ -140,14 +164,23 @@ def bench_recipe(work: Path) -> Path:
 
 
 def _overrides(model_path: str, method: str, zero: int, steps: int) -> list[str]:
-    return [f"model.path={model_path}", *COMMON, *METHODS[method], f"distributed.zero={zero}", f"train.max_steps={steps}"]
+    return [
+        f"model.path={model_path}",
+        *COMMON,
+        *METHODS[method],
+        f"distributed.zero={zero}",
+        f"train.max_steps={steps}",
+    ]
 
 
 def estimate_for(recipe_file: Path, model_path: str, method: str, zero: int) -> dict:
     """The planner's memory section for one run, and its row for the run's ZeRO stage."""
     memory = build_plan(load_recipe(recipe_file, _overrides(model_path, method, zero, 1)), cwd=str(ROOT))["memory"]
-    return {"estimate_gb": next(o["total_gb"] for o in memory["options"] if (o["zero"], o["offload"]) == (zero, "none")),
-            "trainable": memory["params_trainable"], "total": memory["params_total"]}
+    return {
+        "estimate_gb": next(o["total_gb"] for o in memory["options"] if (o["zero"], o["offload"]) == (zero, "none")),
+        "trainable": memory["params_trainable"],
+        "total": memory["params_total"],
+    }
 
 
 # glibc keeps freed blocks below its (dynamic, up to 32 MB) mmap threshold in its arenas, so a
@@ -156,11 +189,16 @@ def estimate_for(recipe_file: Path, model_path: str, method: str, zero: int) -> 
 TIGHT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 
 
-def run_one(recipe_file: Path, model_path: str, method: str, zero: int, steps: int, work: Path,
-            env: dict[str, str]) -> dict:
+def run_one(
+    recipe_file: Path, model_path: str, method: str, zero: int, steps: int, work: Path, env: dict[str, str]
+) -> dict:
     """One `launch` run: the measured peaks and the step time."""
     out = work / f"{Path(model_path).name}-{method}-zero{zero}"
-    overrides = [*_overrides(model_path, method, zero, steps), f"output.dir={out}", f"distributed.master_port={free_port()}"]
+    overrides = [
+        *_overrides(model_path, method, zero, steps),
+        f"output.dir={out}",
+        f"distributed.master_port={free_port()}",
+    ]
     plan = build_plan(load_recipe(recipe_file, overrides), cwd=str(ROOT))
     peaks: dict[int, int] = {}
     done = threading.Event()
@@ -168,8 +206,14 @@ def run_one(recipe_file: Path, model_path: str, method: str, zero: int, steps: i
     sampler.start()
     log = work / "run.log"
     with log.open("w") as sink:
-        code = subprocess.run([sys.executable, "-m", "launcher.cli", str(recipe_file), *overrides], cwd=ROOT, env=env,
-                              stdout=sink, stderr=subprocess.STDOUT, timeout=1800).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "launcher.cli", str(recipe_file), *overrides],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=1800,
+        ).returncode
     done.set()
     sampler.join()
     if code != 0:
@@ -178,8 +222,13 @@ def run_one(recipe_file: Path, model_path: str, method: str, zero: int, steps: i
     state = json.loads((out / "trainer_state.json").read_text())
     runtime = next(e["train_runtime"] for e in reversed(state["log_history"]) if "train_runtime" in e)
     shutil.rmtree(out)
-    return {"method": method, "zero": zero, "rank0_gb": peaks.get(0, 0) / GIB, "rank1_gb": peaks.get(1, 0) / GIB,
-            "step_s": runtime / state["global_step"]}
+    return {
+        "method": method,
+        "zero": zero,
+        "rank0_gb": peaks.get(0, 0) / GIB,
+        "rank1_gb": peaks.get(1, 0) / GIB,
+        "step_s": runtime / state["global_step"],
+    }
 
 
 def allowed(recipe_file: Path, method: str, zero: int) -> bool:
@@ -191,9 +240,16 @@ def allowed(recipe_file: Path, method: str, zero: int) -> bool:
     return True
 
 
-MODELS = {"tiny": "builtin:tiny-qwen2 (4 layers, width 128, vocab 2048)",
-          **{name: "A seeded Qwen2 model: " + ", ".join(f"{k} {v}" for k, v in shape.items() if k != "initializer_range")
-             + ("" if "vocab_size" in shape else ", vocab 2048") + " (the builtin tokenizer)." for name, shape in SHAPES.items()}}
+MODELS = {
+    "tiny": "builtin:tiny-qwen2 (4 layers, width 128, vocab 2048)",
+    **{
+        name: "A seeded Qwen2 model: "
+        + ", ".join(f"{k} {v}" for k, v in shape.items() if k != "initializer_range")
+        + ("" if "vocab_size" in shape else ", vocab 2048")
+        + " (the builtin tokenizer)."
+        for name, shape in SHAPES.items()
+    },
+}
 
 
 def model_path(name: str) -> str:
@@ -203,47 +259,67 @@ def model_path(name: str) -> str:
 def _table(title: str, model: str, model_rows: list[dict], recipe_file: Path) -> list[str]:
     """One model's runs next to what the current planner estimates for them."""
     overhead = OVERHEAD_GB["cpu"]
-    lines = [f"### {title}", "", MODELS[model], "",
-             "| method | ZeRO | trainable | estimate GiB | measured GiB, rank 1 (rank 0) | error | "
-             "model part: est / meas MiB | step s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        MODELS[model],
+        "",
+        "| method | ZeRO | trainable | estimate GiB | measured GiB, rank 1 (rank 0) | error | "
+        "model part: est / meas MiB | step s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     errors = []
     for r in model_rows:
         est = estimate_for(recipe_file, model_path(model), r["method"], r["zero"])
         measured = r["rank1_gb"]
         errors.append(est["estimate_gb"] / measured - 1)
         est_part, meas_part = (est["estimate_gb"] - overhead) * 1024, (measured - overhead) * 1024
-        lines.append(f"| {r['method']} | {r['zero']} | {est['trainable']:,} | {est['estimate_gb']:.3f} | "
-                     f"{measured:.3f} ({r['rank0_gb']:.3f}) | {errors[-1]:+.1%} | "
-                     f"{est_part:.0f} / {meas_part:.0f} | {r['step_s']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['zero']} | {est['trainable']:,} | {est['estimate_gb']:.3f} | "
+            f"{measured:.3f} ({r['rank0_gb']:.3f}) | {errors[-1]:+.1%} | "
+            f"{est_part:.0f} / {meas_part:.0f} | {r['step_s']:.2f} |"
+        )
     within = sum(abs(e) <= TARGET for e in errors)
-    return lines + ["", f"{within} of {len(errors)} runs within {TARGET:.0%}; largest error {max(errors, key=abs):+.1%}.", ""]
+    return lines + [
+        "",
+        f"{within} of {len(errors)} runs within {TARGET:.0%}; largest error {max(errors, key=abs):+.1%}.",
+        "",
+    ]
 
 
 def render(runs: list[dict], recipe_file: Path) -> str:
     """The section: each run's measurement next to what the current planner estimates for it."""
     overhead = OVERHEAD_GB["cpu"]
-    lines = [SECTION, "",
-             f"Generated by `python bench/methods.py --steps {runs[0]['steps']} [--tight-malloc] [--models ...] "
-             "[--methods ...] --json ...` runs (one table per run and model; the measurements are in bench/results/), "
-             "rendered together with `--rerender`, on "
-             f"{datetime.now(timezone.utc):%Y-%m-%d} (UTC).", "",
-             f"- Machine: {machine()}.", f"- Versions: {versions()}.",
-             "- Each run: `launch recipes/sft_tiny.yaml` (its method keys removed) with " + " ".join(f"`{o}`" for o in COMMON)
-             + f", the method's keys, `distributed.zero=Z`, `train.max_steps={runs[0]['steps']}`; 2 CPU processes (gloo).",
-             "- malloc: `tight` runs the ranks with " + " ".join(f"`{k}={v}`" for k, v in TIGHT_MALLOC.items())
-             + " so that memory torch frees goes back to the OS and RSS follows the live tensors (what the planner "
-             "counts; a GPU's caching allocator is the analogue); `glibc default` is what a user's run gets: freed "
-             "blocks below glibc's dynamic mmap threshold stay in its arenas.",
-             "- measured = peak anonymous resident memory (RssAnon, sampled every 20 ms) of rank 1 over the whole run. "
-             "Not rank 0: transformers maps the safetensors file, so rank 0's frozen weights stay in the page cache "
-             "(file-backed, not in RssAnon; rank 0's peak is shown in brackets), while DeepSpeed's initial broadcast from "
-             "rank 0 writes rank 1's copy into its own memory, as on a GPU.",
-             f"- estimate = the `total` column `launch plan` prints for that ZeRO stage: model states + activations + "
-             f"the fixed CPU overhead ({overhead} GiB, the Python/torch/transformers/DeepSpeed runtime, data and "
-             "Trainer of one rank). That constant is the one fitted number: the tiny model's tensors are a few MB, so "
-             "its rows measure mostly the runtime; the 78M model's rows test the formulas. "
-             "model part = estimate and measured less that constant.",
-             f"- Target: estimate within {TARGET:.0%} of measured.", ""]
+    lines = [
+        SECTION,
+        "",
+        f"Generated by `python bench/methods.py --steps {runs[0]['steps']} [--tight-malloc] [--models ...] "
+        "[--methods ...] --json ...` runs (one table per run and model; the measurements are in bench/results/), "
+        "rendered together with `--rerender`, on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d} (UTC).",
+        "",
+        f"- Machine: {machine()}.",
+        f"- Versions: {versions()}.",
+        "- Each run: `launch recipes/sft_tiny.yaml` (its method keys removed) with "
+        + " ".join(f"`{o}`" for o in COMMON)
+        + f", the method's keys, `distributed.zero=Z`, `train.max_steps={runs[0]['steps']}`; 2 CPU processes (gloo).",
+        "- malloc: `tight` runs the ranks with "
+        + " ".join(f"`{k}={v}`" for k, v in TIGHT_MALLOC.items())
+        + " so that memory torch frees goes back to the OS and RSS follows the live tensors (what the planner "
+        "counts; a GPU's caching allocator is the analogue); `glibc default` is what a user's run gets: freed "
+        "blocks below glibc's dynamic mmap threshold stay in its arenas.",
+        "- measured = peak anonymous resident memory (RssAnon, sampled every 20 ms) of rank 1 over the whole run. "
+        "Not rank 0: transformers maps the safetensors file, so rank 0's frozen weights stay in the page cache "
+        "(file-backed, not in RssAnon; rank 0's peak is shown in brackets), while DeepSpeed's initial broadcast from "
+        "rank 0 writes rank 1's copy into its own memory, as on a GPU.",
+        f"- estimate = the `total` column `launch plan` prints for that ZeRO stage: model states + activations + "
+        f"the fixed CPU overhead ({overhead} GiB, the Python/torch/transformers/DeepSpeed runtime, data and "
+        "Trainer of one rank). That constant is the one fitted number: the tiny model's tensors are a few MB, so "
+        "its rows measure mostly the runtime; the 78M model's rows test the formulas. "
+        "model part = estimate and measured less that constant.",
+        f"- Target: estimate within {TARGET:.0%} of measured.",
+        "",
+    ]
     for run in runs:
         for model, model_rows in run["rows"].items():
             lines += _table(f"{model}, {run['malloc']} malloc", model, model_rows, recipe_file)
@@ -251,7 +327,8 @@ def render(runs: list[dict], recipe_file: Path) -> str:
 
 
 FINDINGS = [
-    "### What the comparison showed", "",
+    "### What the comparison showed",
+    "",
     "- Terms added to the planner after earlier runs of this benchmark, each traced to a mechanism rather than "
     "fitted: ZeRO-3 keeps gathered parameters resident up to `stage3_max_live_parameters` (1e9 in our templates, "
     "i.e. the whole of any model below 1B parameters), not one layer, but k-bit linears, counted whole already, "
@@ -293,8 +370,13 @@ def main() -> None:
     parser.add_argument("--tight-malloc", action="store_true", help="run the ranks with " + " ".join(TIGHT_MALLOC))
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
-    parser.add_argument("--rerender", type=Path, nargs="+", default=None,
-                        help="measurements of earlier --json runs: render them together, run nothing")
+    parser.add_argument(
+        "--rerender",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="measurements of earlier --json runs: render them together, run nothing",
+    )
     args = parser.parse_args()
     out_file = args.out.resolve()
     os.chdir(ROOT)
@@ -316,8 +398,11 @@ def main() -> None:
                         if not allowed(recipe_file, method, zero):
                             continue
                         row = run_one(recipe_file, model_path(name), method, zero, args.steps, work, env)
-                        print(f"[bench] {name} {method} ZeRO-{zero}: rank0 {row['rank0_gb']:.3f} "
-                              f"rank1 {row['rank1_gb']:.3f} GiB, {row['step_s']:.2f} s/step", flush=True)
+                        print(
+                            f"[bench] {name} {method} ZeRO-{zero}: rank0 {row['rank0_gb']:.3f} "
+                            f"rank1 {row['rank1_gb']:.3f} GiB, {row['step_s']:.2f} s/step",
+                            flush=True,
+                        )
                         rows[name].append(row)
             runs = [{"steps": args.steps, "malloc": "tight" if args.tight_malloc else "glibc default", "rows": rows}]
             if args.json:

@@ -15,8 +15,14 @@ from pathlib import Path
 from bench.overhead import ROOT, base_env
 
 # ~75M parameters with the builtin tokenizer's 2048-token vocabulary: ~300 MB of fp32 weights
-MODEL_CONFIG = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 10, "num_attention_heads": 12,
-                "num_key_value_heads": 4, "max_window_layers": 10}
+MODEL_CONFIG = {
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 10,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "max_window_layers": 10,
+}
 
 
 def make_model(folder: Path) -> Path:
@@ -55,16 +61,23 @@ def parameter_count(folder: Path) -> int:
 # ru_maxrss of a child forked from this (large) process starts at this process's peak (Linux carries
 # the pre-exec high-water mark over exec), so the command runs under a small fresh interpreter
 # that forks it and reports the command's own peak.
-RSS_PROBE = ("import os, subprocess, sys; proc = subprocess.Popen(sys.argv[1:]); _, status, usage = os.wait4(proc.pid, 0); "
-             "print(f'peak_rss_kib={usage.ru_maxrss}', flush=True); sys.exit(os.waitstatus_to_exitcode(status))")
+RSS_PROBE = (
+    "import os, subprocess, sys; proc = subprocess.Popen(sys.argv[1:]); _, status, usage = os.wait4(proc.pid, 0); "
+    "print(f'peak_rss_kib={usage.ru_maxrss}', flush=True); sys.exit(os.waitstatus_to_exitcode(status))"
+)
 
 
 def measure(argv: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of `argv` run to completion in its own process."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.call([sys.executable, "-c", RSS_PROBE, *argv], stdout=out, stderr=subprocess.STDOUT,
-                               env=env or base_env(), cwd=ROOT)
+        code = subprocess.call(
+            [sys.executable, "-c", RSS_PROBE, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env or base_env(),
+            cwd=ROOT,
+        )
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}")
@@ -106,11 +119,15 @@ def table_row(name: str, runs: list[tuple[float, float]]) -> str:
     from bench.overhead import spread
 
     walls, peaks = [w for w, _ in runs], [p for _, p in runs]
-    return (f"| {name} | {statistics.median(walls):.2f} ({spread(walls)}) | "
-            f"{statistics.median(peaks):.0f} ({spread(peaks)}) |")
+    return (
+        f"| {name} | {statistics.median(walls):.2f} ({spread(walls)}) | "
+        f"{statistics.median(peaks):.0f} ({spread(peaks)}) |"
+    )
 
 
 def ratios(ours: list[tuple[float, float]], theirs: list[tuple[float, float]]) -> tuple[float, float]:
     """(peak RSS ratio, time ratio) of the medians."""
-    return (statistics.median(p for _, p in ours) / statistics.median(p for _, p in theirs),
-            statistics.median(w for w, _ in ours) / statistics.median(w for w, _ in theirs))
+    return (
+        statistics.median(p for _, p in ours) / statistics.median(p for _, p in theirs),
+        statistics.median(w for w, _ in ours) / statistics.median(w for w, _ in theirs),
+    )

@@ -82,14 +82,29 @@ def main() -> None:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=args.lora_rank, lora_alpha=args.lora_alpha,
-                      lora_dropout=0.0, target_modules="all-linear")
+    lora = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+    )
     model = get_peft_model(model, lora)
-    data_cfg = {"dataset_dir": args.dataset_dir, "max_samples": None, "cutoff_len": args.cutoff_len,
-                "train_on_prompt": False, "mask_history": False}
+    data_cfg = {
+        "dataset_dir": args.dataset_dir,
+        "max_samples": None,
+        "cutoff_len": args.cutoff_len,
+        "train_on_prompt": False,
+        "mask_history": False,
+    }
     data = build_sft_data(args.dataset, data_cfg, tokenizer)
-    trainer = Trainer(model=model, args=training_args, train_dataset=data.examples,
-                      data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.examples,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
     trainer.train()
     trainer.save_model(args.output_dir)  # every rank: gathers the ZeRO-3 shards of the adapter
     if trainer.is_world_process_zero():

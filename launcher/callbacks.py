@@ -128,10 +128,16 @@ class ThroughputCallback(TrainerCallback):
             self.total_peak = None
         if self.rank == 0:
             per_token = self.flops.flops(1, 0) / 1e9
-            reference = f"{peak / 1e12:.3g} TFLOP/s per device ({source})" if peak else f"none ({source}): train/mfu is not logged"
-            print(f"[launcher] MFU: {per_token:.3g} GFLOP per token + attention "
-                  f"({self.flops.trained:,} trained and {self.flops.frozen:,} frozen linear weights); peak {reference}",
-                  flush=True)
+            reference = (
+                f"{peak / 1e12:.3g} TFLOP/s per device ({source})"
+                if peak
+                else f"none ({source}): train/mfu is not logged"
+            )
+            print(
+                f"[launcher] MFU: {per_token:.3g} GFLOP per token + attention "
+                f"({self.flops.trained:,} trained and {self.flops.frozen:,} frozen linear weights); peak {reference}",
+                flush=True,
+            )
         self.last = (self._training_clock(), all_reduce(self.counts.totals, args.device), state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -159,8 +165,9 @@ class ThroughputCallback(TrainerCallback):
         tokens, trained, slots, pairs = (now - before for now, before in zip(counts, self.last[1]))
         logs["tokens_per_second"] = tokens / elapsed
         logs["trained_tokens_per_second"] = trained / elapsed
-        logs["samples_per_second"] = (steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
-                                      * args.world_size / elapsed)
+        logs["samples_per_second"] = (
+            steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size / elapsed
+        )
         logs["step_time"] = elapsed / steps
         if slots > 0:
             logs["padding_efficiency"] = tokens / slots
@@ -180,8 +187,10 @@ class FaultInjectionCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.rank == self.fail_rank and state.global_step >= self.fail_step:
-            raise RuntimeError(f"injected failure on rank {self.rank} at step {state.global_step} "
-                               f"(LAUNCHER_FAIL_RANK) at unix time {time.time():.3f}")
+            raise RuntimeError(
+                f"injected failure on rank {self.rank} at step {state.global_step} "
+                f"(LAUNCHER_FAIL_RANK) at unix time {time.time():.3f}"
+            )
 
 
 def install_monitoring(trainer, plan: dict, rank: int, terminal: bool, width: int | None):

@@ -34,16 +34,26 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
-        given = [flag for flag, value in (("--temperature", self.temperature), ("--top-p", self.top_p),
-                                          ("--top-k", self.top_k)) if value is not None]
+        given = [
+            flag
+            for flag, value in (("--temperature", self.temperature), ("--top-p", self.top_p), ("--top-k", self.top_k))
+            if value is not None
+        ]
         if given and not self.do_sample:
-            raise ChatError(f"{', '.join(given)} only apply when sampling. Fix: add --do-sample (greedy is the default)")
+            raise ChatError(
+                f"{', '.join(given)} only apply when sampling. Fix: add --do-sample (greedy is the default)"
+            )
 
     def generate_kwargs(self) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:
-            kwargs.update({k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p),
-                                             ("top_k", self.top_k)) if v is not None})
+            kwargs.update(
+                {
+                    k: v
+                    for k, v in (("temperature", self.temperature), ("top_p", self.top_p), ("top_k", self.top_k))
+                    if v is not None
+                }
+            )
         return kwargs
 
 
@@ -73,7 +83,9 @@ def chat_template(model_path: str, adapter: str | None, requested: str | None = 
     if requested is not None:
         name = TEMPLATE_ALIASES.get(requested, requested)
         if name != "auto" and name not in TEMPLATES:
-            raise ChatError(f"--template {requested}: not a registered template. Fix: one of auto, {', '.join(TEMPLATES)}")
+            raise ChatError(
+                f"--template {requested}: not a registered template. Fix: one of auto, {', '.join(TEMPLATES)}"
+            )
         return name, "--template"
     for folder in (adapter, model_path):
         plan = run_plan(folder) if folder else None
@@ -103,8 +115,13 @@ def _quantization(load_in: str | None, compute_dtype):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto",
-                  load_in: str | None = None):
+def load_for_chat(
+    model_path: str,
+    adapter: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "auto",
+    load_in: str | None = None,
+):
     """(model, tokenizer) on the GPU when there is one, in eval mode, in `dtype` (chat_dtype), its linear layers
     quantized when `load_in` is 4bit/8bit; the adapter is loaded with PEFT. Damaged or missing adapter and model
     files are refused (CheckpointError) before anything loads."""
@@ -124,20 +141,31 @@ def load_for_chat(model_path: str, adapter: str | None = None, trust_remote_code
     dtype = chat_dtype(dtype, adapter, on_gpu)
     weights = torch_dtype(dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=weights, trust_remote_code=trust_remote_code, device_map="cuda" if on_gpu else None,
-        quantization_config=_quantization(load_in, weights))  # straight onto the GPU, no CPU copy first
+        model_dir,
+        dtype=weights,
+        trust_remote_code=trust_remote_code,
+        device_map="cuda" if on_gpu else None,
+        quantization_config=_quantization(load_in, weights),
+    )  # straight onto the GPU, no CPU copy first
     if adapter:
         from peft import PeftModel
 
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
-            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(".")
-            raise CheckpointError(f"adapter {adapter} does not fit the model {model_path}: {detail}. "
-                                  "Fix: pass the base model the adapter was trained on") from None
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(
+                "."
+            )
+            raise CheckpointError(
+                f"adapter {adapter} does not fit the model {model_path}: {detail}. "
+                "Fix: pass the base model the adapter was trained on"
+            ) from None
     quantized = f", linear layers {load_in}" if load_in else ""
-    print(f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype}{quantized} on {model.device}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype}{quantized} on {model.device}",
+        file=sys.stderr,
+        flush=True,
+    )
     return model.eval(), tokenizer
 
 
@@ -146,7 +174,9 @@ def encode_prompt(tokenizer, messages: list[dict], template: str = TEMPLATE):
     return tokenizer(prompt_text(tokenizer, messages, template), return_tensors="pt", add_special_tokens=False)
 
 
-def reply(model, tokenizer, messages: list[dict], sampling: Sampling, template: str = TEMPLATE, stream: bool = False) -> str:
+def reply(
+    model, tokenizer, messages: list[dict], sampling: Sampling, template: str = TEMPLATE, stream: bool = False
+) -> str:
     """The assistant's next turn after `messages`, rendered with `template`; with `stream`, also printed to stdout
     as it is generated."""
     import torch
@@ -158,13 +188,19 @@ def reply(model, tokenizer, messages: list[dict], sampling: Sampling, template: 
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
-        output = model.generate(**inputs, **sampling.generate_kwargs(), eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id, streamer=streamer)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        output = model.generate(
+            **inputs,
+            **sampling.generate_kwargs(),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=streamer,
+        )
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def reply_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
-                batch_size: int = 8, template: str = TEMPLATE) -> tuple[list[str], int]:
+def reply_batch(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = 8, template: str = TEMPLATE
+) -> tuple[list[str], int]:
     """The assistant's next turn for each conversation, `batch_size` at a time (left-padded), and the number of
     tokens generated (through each reply's EOS)."""
     import torch
@@ -173,12 +209,17 @@ def reply_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sam
     texts = [prompt_text(tokenizer, m, template) for m in conversations]
     replies, generated = [], 0
     for start in range(0, len(texts), batch_size):
-        inputs = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                           add_special_tokens=False).to(model.device)
+        inputs = tokenizer(
+            texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(model.device)
         with torch.no_grad():
-            output = model.generate(**inputs, **sampling.generate_kwargs(), eos_token_id=tokenizer.eos_token_id,
-                                    pad_token_id=tokenizer.pad_token_id)
-        for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+            output = model.generate(
+                **inputs,
+                **sampling.generate_kwargs(),
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
             ends = [i for i, token in enumerate(row) if token == tokenizer.eos_token_id]
             generated += ends[0] + 1 if ends else len(row)
             replies.append(tokenizer.decode(row, skip_special_tokens=True))
@@ -207,8 +248,10 @@ def parse_row(row: object, where: str) -> Request:
         user = f"{row['instruction']}\n{row['input']}" if row.get("input") else row["instruction"]
         system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
         return Request(system + [{"role": "user", "content": user}], row.get("output"))
-    raise ChatError(f"{where}: expected an openai row {{\"messages\": [...]}} or an alpaca row "
-                    "{\"instruction\": ..., \"input\": ..., \"output\": ...}")
+    raise ChatError(
+        f'{where}: expected an openai row {{"messages": [...]}} or an alpaca row '
+        '{"instruction": ..., "input": ..., "output": ...}'
+    )
 
 
 def read_requests(path: Path) -> list[Request]:
@@ -230,8 +273,11 @@ def predict_file(model, tokenizer, requests: list[Request], target: Path, sampli
     """Write one {"prompt", "prediction", "label"} row per request, in order."""
     with open(target, "w", encoding="utf-8") as out:
         for request in requests:
-            row = {"prompt": request.messages, "prediction": reply(model, tokenizer, request.messages, sampling, template),
-                   "label": request.label}
+            row = {
+                "prompt": request.messages,
+                "prediction": reply(model, tokenizer, request.messages, sampling, template),
+                "label": request.label,
+            }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -259,9 +305,18 @@ def interactive(model, tokenizer, sampling: Sampling, template: str) -> None:
             history.append({"role": "assistant", "content": answer})
 
 
-def chat(model_path: str, adapter: str | None, prompts: list[str], sampling: Sampling,
-         trust_remote_code: bool = False, input_file: str | None = None, output_file: str | None = None,
-         dtype: str = "auto", template: str | None = None, load_in: str | None = None) -> None:
+def chat(
+    model_path: str,
+    adapter: str | None,
+    prompts: list[str],
+    sampling: Sampling,
+    trust_remote_code: bool = False,
+    input_file: str | None = None,
+    output_file: str | None = None,
+    dtype: str = "auto",
+    template: str | None = None,
+    load_in: str | None = None,
+) -> None:
     """Answer --prompt messages, a batch file, a terminal conversation, or one prompt per stdin line."""
     if (input_file is None) != (output_file is None):
         raise ChatError("--input and --output go together: rows in, predictions out")
@@ -269,8 +324,10 @@ def chat(model_path: str, adapter: str | None, prompts: list[str], sampling: Sam
     template, source = chat_template(model_path, adapter, template)
     model, tokenizer = load_for_chat(model_path, adapter, trust_remote_code, dtype, load_in)
     if template == "auto" and not tokenizer.chat_template:
-        raise ChatError(f"{adapter or model_path}: its tokenizer has no chat template (a base model). "
-                        f"Fix: --template one of {', '.join(TEMPLATES)}")
+        raise ChatError(
+            f"{adapter or model_path}: its tokenizer has no chat template (a base model). "
+            f"Fix: --template one of {', '.join(TEMPLATES)}"
+        )
     print(f"[chat] template {template} ({source})", file=sys.stderr, flush=True)
     if sampling.seed is not None:
         from transformers import set_seed

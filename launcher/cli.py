@@ -37,8 +37,13 @@ def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> di
     slurm = allocation() if recipe["distributed"]["hostfile"] is None else None
     if slurm is not None:  # inside a SLURM job: nnodes and the master come from the allocation
         apply_allocation(recipe, slurm)
-    return build_plan(recipe, recipe_file=str(Path(args.recipe).resolve()), include=args.include, exclude=args.exclude,
-                      allow_pending=allow_pending)
+    return build_plan(
+        recipe,
+        recipe_file=str(Path(args.recipe).resolve()),
+        include=args.include,
+        exclude=args.exclude,
+        allow_pending=allow_pending,
+    )
 
 
 def _check_output_dir(plan: dict) -> bool:
@@ -59,8 +64,10 @@ def _check_output_dir(plan: dict) -> bool:
     if checkpoint is not None:
         print(f"[launch] resuming from {checkpoint}", flush=True)
         return False
-    raise RecipeError(f"output.dir = {str(out)!r} already holds a run and there is no checkpoint to resume. "
-                      "Fix: output.overwrite=true to replace it, or choose another output.dir")
+    raise RecipeError(
+        f"output.dir = {str(out)!r} already holds a run and there is no checkpoint to resume. "
+        "Fix: output.overwrite=true to replace it, or choose another output.dir"
+    )
 
 
 def cmd_plan(argv: list[str]) -> int:
@@ -76,9 +83,13 @@ def cmd_plan(argv: list[str]) -> int:
 
 def cmd_train(argv: list[str]) -> int:
     parser = _recipe_parser("train", "validate, plan and run a recipe")
-    parser.add_argument("--node-rank", type=int, default=None,
-                        help="this machine's node rank for manual multi-node runs (0 .. nnodes-1); "
-                             "default: NODE_RANK, else SLURM_NODEID inside a SLURM job, else 0")
+    parser.add_argument(
+        "--node-rank",
+        type=int,
+        default=None,
+        help="this machine's node rank for manual multi-node runs (0 .. nnodes-1); "
+        "default: NODE_RANK, else SLURM_NODEID inside a SLURM job, else 0",
+    )
     _add_host_filters(parser)
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.local import run_node
@@ -101,11 +112,17 @@ def cmd_train(argv: list[str]) -> int:
     else:  # every node has its own copy: no shared file system needed
         write_plan(plan, plan["nodes"][node_rank]["plan_file"])
     world = plan["world"]
-    print(f"[launch] {plan['recipe']['stage']}/{plan['recipe']['method']['name']} on {world['nnodes']}x"
-          f"{world['nproc_per_node']} {world['device']} processes ({plan['recipe']['distributed']['launcher']}, "
-          f"{'ZeRO-' + str(plan['recipe']['distributed']['zero']) if plan['deepspeed'] else 'DDP'})", flush=True)
-    print(f"[launch] node {node_rank} of {world['nnodes']}, rendezvous {world['master_addr']}:{world['master_port']}, "
-          f"plan: {plan['nodes'][node_rank]['plan_file']}", flush=True)
+    print(
+        f"[launch] {plan['recipe']['stage']}/{plan['recipe']['method']['name']} on {world['nnodes']}x"
+        f"{world['nproc_per_node']} {world['device']} processes ({plan['recipe']['distributed']['launcher']}, "
+        f"{'ZeRO-' + str(plan['recipe']['distributed']['zero']) if plan['deepspeed'] else 'DDP'})",
+        flush=True,
+    )
+    print(
+        f"[launch] node {node_rank} of {world['nnodes']}, rendezvous {world['master_addr']}:{world['master_port']}, "
+        f"plan: {plan['nodes'][node_rank]['plan_file']}",
+        flush=True,
+    )
     if "tensorboard" in plan["recipe"]["output"]["report_to"]:
         print(f"[launch] watch: tensorboard --logdir {Path(plan['output_dir']) / 'runs'}", flush=True)
     if plan["nodes"][0]["host"]:
@@ -117,15 +134,23 @@ def cmd_train(argv: list[str]) -> int:
     if node_rank > 0:  # node 0's output.dir/plan.json stays as the run's record
         discard_plan_copy(plan["nodes"][node_rank]["plan_file"])
     if code != 0:
-        print(f"[launch] run failed with exit code {code}; the first failing rank's last lines are above, "
-              f"every rank's whole output in {Path(plan['output_dir']) / 'logs'}", file=sys.stderr, flush=True)
+        print(
+            f"[launch] run failed with exit code {code}; the first failing rank's last lines are above, "
+            f"every rank's whole output in {Path(plan['output_dir']) / 'logs'}",
+            file=sys.stderr,
+            flush=True,
+        )
     return code
 
 
 def cmd_sbatch(argv: list[str]) -> int:
     parser = _recipe_parser("sbatch", "write (and submit) a SLURM batch script for the recipe's slurm section")
-    parser.add_argument("--script", default=None, metavar="FILE",
-                        help="where to write the script (default: <output.dir>.sbatch); the job log goes beside it")
+    parser.add_argument(
+        "--script",
+        default=None,
+        metavar="FILE",
+        help="where to write the script (default: <output.dir>.sbatch); the job log goes beside it",
+    )
     parser.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
     parser.add_argument("--force", action="store_true", help="replace the script if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)
@@ -133,8 +158,12 @@ def cmd_sbatch(argv: list[str]) -> int:
     from launcher.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
-    script = check_output_file("--script", args.script or f"{recipe['output']['dir'].rstrip('/')}.sbatch",
-                               [("the recipe", args.recipe)], args.force)
+    script = check_output_file(
+        "--script",
+        args.script or f"{recipe['output']['dir'].rstrip('/')}.sbatch",
+        [("the recipe", args.recipe)],
+        args.force,
+    )
     log = str(script.with_suffix("")) + "-%j.out"
     text = batch_script(recipe, args.recipe, args.overrides, log, str(Path.cwd()))
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -150,11 +179,15 @@ def cmd_sbatch(argv: list[str]) -> int:
 def cmd_data(argv: list[str]) -> int:
     parser = _recipe_parser("data", "print the rows the recipe's stage would train on, and their counts; train nothing")
     parser.add_argument("--preview", type=int, default=3, metavar="N", help="rows to print (default 3)")
-    parser.add_argument("--dump", default=None, metavar="FILE",
-                        help="write every row as JSONL, the columns the stage's trainer reads "
-                             "(sft: input_ids, labels, attention_mask; pt: input_ids, labels; dpo, orpo: prompt_ids, "
-                             "chosen_ids, rejected_ids; rm: chosen_ids, rejected_ids; kto: prompt_ids, completion_ids, "
-                             "label; ppo: input_ids)")
+    parser.add_argument(
+        "--dump",
+        default=None,
+        metavar="FILE",
+        help="write every row as JSONL, the columns the stage's trainer reads "
+        "(sft: input_ids, labels, attention_mask; pt: input_ids, labels; dpo, orpo: prompt_ids, "
+        "chosen_ids, rejected_ids; rm: chosen_ids, rejected_ids; kto: prompt_ids, completion_ids, "
+        "label; ppo: input_ids)",
+    )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     from launcher.data.preview import preview
@@ -187,10 +220,16 @@ def cmd_chat(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch chat", description="generate with a base model (+ adapter)")
     parser.add_argument("--model", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
     parser.add_argument("--adapter", default=None, help="PEFT adapter dir (a run's output.dir)")
-    parser.add_argument("--prompt", action="append", default=[],
-                        help="a user message; repeatable; none = interactive on a terminal, else one prompt per stdin line")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="a user message; repeatable; none = interactive on a terminal, else one prompt per stdin line",
+    )
     parser.add_argument("--input", default=None, metavar="FILE.jsonl", help="batch prediction: openai or alpaca rows")
-    parser.add_argument("--output", default=None, metavar="FILE.jsonl", help="batch prediction: prompt, prediction, label rows")
+    parser.add_argument(
+        "--output", default=None, metavar="FILE.jsonl", help="batch prediction: prompt, prediction, label rows"
+    )
     parser.add_argument("--force", action="store_true", help="replace --output if it exists (never an input)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -199,11 +238,21 @@ def cmd_chat(argv: list[str]) -> int:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                        help="auto: the adapter's training dtype (its plan.json), else bf16 on a GPU, fp32 on CPU")
-    parser.add_argument("--template", default=None, help="chat template (default: the one the run trained with, "
-                        "from its plan.json; a plain model folder: its tokenizer's)")
-    parser.add_argument("--load-in", default=None, choices=("4bit", "8bit"), help="quantize the linear layers (bitsandbytes)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="auto: the adapter's training dtype (its plan.json), else bf16 on a GPU, fp32 on CPU",
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="chat template (default: the one the run trained with, "
+        "from its plan.json; a plain model folder: its tokenizer's)",
+    )
+    parser.add_argument(
+        "--load-in", default=None, choices=("4bit", "8bit"), help="quantize the linear layers (bitsandbytes)"
+    )
     args = parser.parse_args(argv)
     from launcher.chat import Sampling, chat
     from launcher.output_dir import model_folder
@@ -214,14 +263,25 @@ def cmd_chat(argv: list[str]) -> int:
         check_output_file("--output", args.output, [(what, path) for what, path in inputs if path], args.force)
 
     sampling = Sampling(args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.seed)
-    chat(args.model, args.adapter, args.prompt, sampling, args.trust_remote_code, args.input, args.output, args.dtype,
-         args.template, args.load_in)
+    chat(
+        args.model,
+        args.adapter,
+        args.prompt,
+        sampling,
+        args.trust_remote_code,
+        args.input,
+        args.output,
+        args.dtype,
+        args.template,
+        args.load_in,
+    )
     return 0
 
 
 def cmd_consolidate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch consolidate",
-                                     description="ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
+    parser = argparse.ArgumentParser(
+        prog="launch consolidate", description="ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU"
+    )
     parser.add_argument("checkpoint", help="output.dir/checkpoint-<step> of a DeepSpeed run")
     parser.add_argument("--out", required=True, help="new folder for the adapter or model")
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
@@ -253,7 +313,9 @@ def cmd_merge(argv: list[str]) -> int:
 def cmd_import_lf(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch import-lf", description="a LLaMA-Factory training YAML as a recipe")
     parser.add_argument("lf_yaml", help="LLaMA-Factory YAML (llamafactory-cli train's argument file)")
-    parser.add_argument("--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)")
+    parser.add_argument(
+        "--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)"
+    )
     args = parser.parse_args(argv)
     from launcher.import_lf import import_lf, read_lf, render
 
@@ -274,19 +336,34 @@ def cmd_import_lf(argv: list[str]) -> int:
 def cmd_serve(argv: list[str]) -> int:
     import os
 
-    parser = argparse.ArgumentParser(prog="launch serve", description="OpenAI-compatible HTTP API over a model (+ LoRA adapters)")
-    parser.add_argument("--model", required=True, help="base model: hub id, local dir (a merged model) or builtin:tiny-qwen2")
-    parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
-                        help="PEFT adapter served as model NAME (default: its folder name); repeatable")
+    parser = argparse.ArgumentParser(
+        prog="launch serve", description="OpenAI-compatible HTTP API over a model (+ LoRA adapters)"
+    )
+    parser.add_argument(
+        "--model", required=True, help="base model: hub id, local dir (a merged model) or builtin:tiny-qwen2"
+    )
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="PEFT adapter served as model NAME (default: its folder name); repeatable",
+    )
     parser.add_argument("--name", default=None, help="model id of the base in /v1/models (default: --model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", action="append", default=[],
-                        help="accepted API key; repeatable; also LAUNCH_API_KEYS=k1,k2; none = no authentication")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted API key; repeatable; also LAUNCH_API_KEYS=k1,k2; none = no authentication",
+    )
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute per API key")
     parser.add_argument("--tpm", type=int, default=None, help="prompt + completion tokens per minute per API key")
     parser.add_argument("--max-queue", type=int, default=8, help="requests waiting for the model; more get 503")
-    parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask (the default)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=512, help="largest max_tokens a request may ask (the default)"
+    )
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf: this process; vllm: `vllm serve`")
     parser.add_argument("--print", action="store_true", help="with --engine vllm: print the command, run nothing")
@@ -295,8 +372,13 @@ def cmd_serve(argv: list[str]) -> int:
     from launcher.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
 
     keys = args.api_key + [k for k in os.environ.get("LAUNCH_API_KEYS", "").split(",") if k]
-    for flag, value in (("--rpm", args.rpm), ("--tpm", args.tpm), ("--max-tokens", args.max_tokens),
-                        ("--port", args.port), ("--max-body-bytes", args.max_body_bytes)):
+    for flag, value in (
+        ("--rpm", args.rpm),
+        ("--tpm", args.tpm),
+        ("--max-tokens", args.max_tokens),
+        ("--port", args.port),
+        ("--max-body-bytes", args.max_body_bytes),
+    ):
         if value is not None and value < 1:
             raise ServeError(f"{flag} {value}: must be >= 1")
     adapters = parse_adapters(args.adapter)
@@ -313,12 +395,19 @@ def cmd_serve(argv: list[str]) -> int:
 
 def cmd_eval(argv: list[str]) -> int:
     parser = _recipe_parser("eval", "generate on the eval data; predictions + BLEU-4 / ROUGE (LLaMA-Factory's scores)")
-    parser.add_argument("--dataset", action="append", default=None, help="eval dataset (default: data.eval_datasets); repeatable")
+    parser.add_argument(
+        "--dataset", action="append", default=None, help="eval dataset (default: data.eval_datasets); repeatable"
+    )
     parser.add_argument("--model", default=None, help="base or merged model (default: model.path)")
-    parser.add_argument("--adapter", default=None,
-                        help="PEFT adapter or checkpoint-<step> (default: output.dir when it holds one); '' = none")
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="PEFT adapter or checkpoint-<step> (default: output.dir when it holds one); '' = none",
+    )
     parser.add_argument("--out", default=None, help="folder for the predictions and scores (default: output.dir/eval)")
-    parser.add_argument("--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)")
+    parser.add_argument(
+        "--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)"
+    )
     args = parser.parse_intermixed_args(argv)
     from launcher.evaluate import evaluate
 
@@ -334,11 +423,20 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_download(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch download", description="fetch a model into the local hub cache, for offline runs")
+    parser = argparse.ArgumentParser(
+        prog="launch download", description="fetch a model into the local hub cache, for offline runs"
+    )
     parser.add_argument("model", help="hub id (e.g. Qwen/Qwen2-7B-Instruct), or a recipe whose model.path to fetch")
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
-    parser.add_argument("--cache-dir", default=None, help="cache folder (default: HF_HUB_CACHE, else ~/.cache/huggingface/hub)")
-    parser.add_argument("--hub", default=None, choices=("huggingface", "modelscope"), help="default: the recipe's model.hub, else huggingface")
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache folder (default: HF_HUB_CACHE, else ~/.cache/huggingface/hub)"
+    )
+    parser.add_argument(
+        "--hub",
+        default=None,
+        choices=("huggingface", "modelscope"),
+        help="default: the recipe's model.hub, else huggingface",
+    )
     args = parser.parse_args(argv)
     from launcher.hub import fetch
 
@@ -346,9 +444,21 @@ def cmd_download(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plan": cmd_plan, "sbatch": cmd_sbatch, "data": cmd_data, "schema": cmd_schema, "chat": cmd_chat,
-            "consolidate": cmd_consolidate, "merge": cmd_merge, "import-lf": cmd_import_lf,
-            "serve": cmd_serve, "eval": cmd_eval, "predict": cmd_eval, "download": cmd_download}
+COMMANDS = {
+    "train": cmd_train,
+    "plan": cmd_plan,
+    "sbatch": cmd_sbatch,
+    "data": cmd_data,
+    "schema": cmd_schema,
+    "chat": cmd_chat,
+    "consolidate": cmd_consolidate,
+    "merge": cmd_merge,
+    "import-lf": cmd_import_lf,
+    "serve": cmd_serve,
+    "eval": cmd_eval,
+    "predict": cmd_eval,
+    "download": cmd_download,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

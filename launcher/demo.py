@@ -37,8 +37,16 @@ def before_and_after(recipe: dict, count: int) -> list[dict]:
         with model.disable_adapter():
             before = reply(model, tokenizer, prompt, sampling)
         after = reply(model, tokenizer, prompt, sampling)
-        rows.append({"prompt": prompt[-1]["content"], "taught": taught, "before": before, "after": after,
-                     "before_match": similarity(before, taught), "after_match": similarity(after, taught)})
+        rows.append(
+            {
+                "prompt": prompt[-1]["content"],
+                "taught": taught,
+                "before": before,
+                "after": after,
+                "before_match": similarity(before, taught),
+                "after_match": similarity(after, taught),
+            }
+        )
     return rows
 
 
@@ -53,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
     if not (Path(recipe["output"]["dir"]) / "adapter_config.json").is_file():
-        print(f"demo: error: {recipe['output']['dir']} holds no trained adapter. Fix: run `launch {args.recipe}` first",
-              file=sys.stderr)
+        print(
+            f"demo: error: {recipe['output']['dir']} holds no trained adapter. Fix: run `launch {args.recipe}` first",
+            file=sys.stderr,
+        )
         return 2
     for k, row in enumerate(before_and_after(recipe, args.prompts), start=1):
         print(f"\n[demo] {k}. user: {row['prompt']}")

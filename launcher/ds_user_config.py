@@ -37,16 +37,22 @@ def read(path: str) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise RecipeError(f"{KEY} = {path!r}: cannot read it ({why}). Fix: point it at a DeepSpeed JSON file "
-                          "(relative paths start at the current folder)") from None
+        raise RecipeError(
+            f"{KEY} = {path!r}: cannot read it ({why}). Fix: point it at a DeepSpeed JSON file "
+            "(relative paths start at the current folder)"
+        ) from None
     try:
         config = json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecipeError(f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}), named by {KEY}. "
-                          "Fix: correct the JSON there (no comments or trailing commas)") from None
+        raise RecipeError(
+            f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}), named by {KEY}. "
+            "Fix: correct the JSON there (no comments or trailing commas)"
+        ) from None
     if not isinstance(config, dict):
-        raise RecipeError(f"{path}: a DeepSpeed config is a JSON object, this is a {type(config).__name__} ({KEY}). "
-                          "Fix: {\"zero_optimization\": {\"stage\": 2}, ...}")
+        raise RecipeError(
+            f"{path}: a DeepSpeed config is a JSON object, this is a {type(config).__name__} ({KEY}). "
+            'Fix: {"zero_optimization": {"stage": 2}, ...}'
+        )
     return config
 
 
@@ -73,9 +79,11 @@ def adopt_zero(resolved: dict, origins: dict[str, str], where) -> list[str]:
     if path is None:
         return []
     if dist["engine"] != "deepspeed":
-        raise RecipeError(f"{where('distributed.engine')}: distributed.engine = {dist['engine']!r} with {KEY} = "
-                          f"{path!r}: a DeepSpeed config needs the DeepSpeed engine. Fix: distributed.engine: deepspeed, "
-                          f"or drop {KEY}")
+        raise RecipeError(
+            f"{where('distributed.engine')}: distributed.engine = {dist['engine']!r} with {KEY} = "
+            f"{path!r}: a DeepSpeed config needs the DeepSpeed engine. Fix: distributed.engine: deepspeed, "
+            f"or drop {KEY}"
+        )
     stage, offload = zero_and_offload(read(path))
     notes = []
     for key, theirs in (("distributed.zero", stage), ("distributed.offload", offload)):
@@ -84,8 +92,10 @@ def adopt_zero(resolved: dict, origins: dict[str, str], where) -> list[str]:
             continue
         if key in origins:
             field = "zero_optimization.stage" if name == "zero" else "zero_optimization's offload sections"
-            raise RecipeError(f"{where(key)}: {key} = {ours!r}, but {path} says {field}: {theirs!r}. Fix: drop "
-                              f"{key} from the recipe (the JSON decides), set it to {theirs!r}, or change the JSON")
+            raise RecipeError(
+                f"{where(key)}: {key} = {ours!r}, but {path} says {field}: {theirs!r}. Fix: drop "
+                f"{key} from the recipe (the JSON decides), set it to {theirs!r}, or change the JSON"
+            )
         dist[name] = theirs
         notes.append(f"{key}: {theirs} from {path}")
     return notes
@@ -107,12 +117,16 @@ def user_template(path: str, values: dict) -> dict:
     for field, value in _walk(config):
         if value == "auto":
             if field not in values and field not in RUNTIME_AUTO:
-                raise RecipeError(f"{path}: {field} is \"auto\", which neither the recipe nor the Trainer fills "
-                                  f"({KEY}). Fix: write a value there")
+                raise RecipeError(
+                    f'{path}: {field} is "auto", which neither the recipe nor the Trainer fills '
+                    f"({KEY}). Fix: write a value there"
+                )
         elif field in RECIPE_FIELDS and field in values and value != values[field]:
-            raise RecipeError(f"{path}: {field} = {json.dumps(value)}, but the recipe's {RECIPE_FIELDS[field]} makes it "
-                              f"{json.dumps(values[field])} ({KEY}). Fix: set {RECIPE_FIELDS[field]} to match, or write "
-                              f"\"auto\" there in the JSON (filled from the recipe)")
+            raise RecipeError(
+                f"{path}: {field} = {json.dumps(value)}, but the recipe's {RECIPE_FIELDS[field]} makes it "
+                f"{json.dumps(values[field])} ({KEY}). Fix: set {RECIPE_FIELDS[field]} to match, or write "
+                f'"auto" there in the JSON (filled from the recipe)'
+            )
     return config
 
 
@@ -127,5 +141,6 @@ def describe(plan: dict) -> str:
     if path is None:
         return "# deepspeed config"
     left = runtime_autos(plan["deepspeed"])
-    return (f"# deepspeed config: {path}, \"auto\" filled from the recipe"
-            + (f"; left \"auto\" for the Trainer (known once it counts the steps): {', '.join(left)}" if left else ""))
+    return f'# deepspeed config: {path}, "auto" filled from the recipe' + (
+        f'; left "auto" for the Trainer (known once it counts the steps): {", ".join(left)}' if left else ""
+    )

@@ -25,7 +25,13 @@ def isolate_restart_attempt(plan: dict) -> None:
     timeout = timedelta(minutes=plan["recipe"]["distributed"]["timeout_minutes"])
     if plan["world"]["backend"] == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
-                          timeout=timeout)
-    dist.init_process_group(plan["world"]["backend"], store=dist.PrefixStore(f"launcher/attempt_{attempt}", store),
-                            rank=rank, world_size=world, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
+    dist.init_process_group(
+        plan["world"]["backend"],
+        store=dist.PrefixStore(f"launcher/attempt_{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )

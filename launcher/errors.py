@@ -51,12 +51,13 @@ def worker_error_line(err: LauncherError) -> str:
 
 
 # What ranklog looks for to tell the failing rank: the worker's own error and stop lines.
-WORKER_MARKERS = (STOPPED, *(f"{TAG} {cls.kind} error:" for cls in (LauncherError, RecipeError, DataError,
-                                                                    MethodError, CheckpointError)))
+WORKER_MARKERS = (
+    STOPPED,
+    *(f"{TAG} {cls.kind} error:" for cls in (LauncherError, RecipeError, DataError, MethodError, CheckpointError)),
+)
 
 
 class RunStopped(Exception):
     """A run that stopped early with its state saved; `code` is the worker's exit code."""
 
     code: int
-

@@ -31,16 +31,20 @@ class GenerateMetrics(TrainerCallback):
         training, padding_side = model.training, tokenizer.padding_side
         model.eval()
         try:
-            replies, _ = reply_batch(model, tokenizer, self.prompts, self.sampling, self.generation["batch_size"],
-                                      self.template)
+            replies, _ = reply_batch(
+                model, tokenizer, self.prompts, self.sampling, self.generation["batch_size"], self.template
+            )
         finally:
             model.train(training)
             tokenizer.padding_side = padding_side  # reply_batch pads on the left for generation
         scores = similarity(replies, self.labels)
         self.trainer.log({f"eval_{name}": value for name, value in scores.items()})
         if state.is_world_process_zero:
-            print(f"[eval] step {state.global_step}/{state.max_steps} | "
-                  + " | ".join(f"{name} {value:.4f}" for name, value in scores.items()), flush=True)
+            print(
+                f"[eval] step {state.global_step}/{state.max_steps} | "
+                + " | ".join(f"{name} {value:.4f}" for name, value in scores.items()),
+                flush=True,
+            )
 
 
 def install(trainer, recipe: dict) -> None:

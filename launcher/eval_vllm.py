@@ -24,14 +24,19 @@ def choose_engine(requested: str) -> str:
 
     if requested == "hf":
         return "hf"
-    missing = [why for why, ok in (("vLLM is not installed", installed("vllm")),
-                                   ("no GPU is visible", detect_gpus()["count"] > 0)) if not ok]
+    missing = [
+        why
+        for why, ok in (("vLLM is not installed", installed("vllm")), ("no GPU is visible", detect_gpus()["count"] > 0))
+        if not ok
+    ]
     if not missing:
         return "vllm"
     if requested == "auto":
         return "hf"
-    raise EvalError(f"eval.engine: vllm, but {' and '.join(missing)}. Fix: `pip install vllm` on a machine with a "
-                     "CUDA GPU, or set eval.engine: hf (or auto, which uses transformers here)")
+    raise EvalError(
+        f"eval.engine: vllm, but {' and '.join(missing)}. Fix: `pip install vllm` on a machine with a "
+        "CUDA GPU, or set eval.engine: hf (or auto, which uses transformers here)"
+    )
 
 
 def _max_lora_rank(adapter: str) -> int:
@@ -39,8 +44,15 @@ def _max_lora_rank(adapter: str) -> int:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
 
 
-def predict_vllm(model_path: str, adapter: str | None, trust_remote_code: bool, generation: dict, seed: int,
-                 conversations: list[list[dict]], template: str = TEMPLATE) -> tuple[list[str], int]:
+def predict_vllm(
+    model_path: str,
+    adapter: str | None,
+    trust_remote_code: bool,
+    generation: dict,
+    seed: int,
+    conversations: list[list[dict]],
+    template: str = TEMPLATE,
+) -> tuple[list[str], int]:
     """(replies, tokens generated) of each conversation's next assistant turn, through vLLM; greedy unless
     eval.do_sample, with the eval section's max_new_tokens / temperature / top_p / top_k."""
     from vllm import LLM, SamplingParams
@@ -53,9 +65,13 @@ def predict_vllm(model_path: str, adapter: str | None, trust_remote_code: bool, 
     lora = {"enable_lora": True, "max_lora_rank": _max_lora_rank(adapter), "max_loras": 1} if adapter else {}
     llm = LLM(model=path, trust_remote_code=trust_remote_code, seed=seed, tensor_parallel_size=1, **lora)
     sample = generation["do_sample"]
-    params = SamplingParams(max_tokens=generation["max_new_tokens"], temperature=generation["temperature"] if sample else 0.0,
-                            top_p=generation["top_p"] if sample else 1.0, top_k=generation["top_k"] if sample else -1,
-                            seed=seed)
+    params = SamplingParams(
+        max_tokens=generation["max_new_tokens"],
+        temperature=generation["temperature"] if sample else 0.0,
+        top_p=generation["top_p"] if sample else 1.0,
+        top_k=generation["top_k"] if sample else -1,
+        seed=seed,
+    )
     tokenizer = llm.get_tokenizer()
     # the token ids chat.reply_batch feeds: the run's template with the generation prompt, encoded without added
     # special tokens (a template that writes its BOS would get a second one from vLLM's own text encoding)

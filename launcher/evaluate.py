@@ -38,8 +38,13 @@ def generation_sampling(generation: dict):
     from launcher.chat import Sampling
 
     sample = generation["do_sample"]
-    return Sampling(generation["max_new_tokens"], sample, generation["temperature"] if sample else None,
-                    generation["top_p"] if sample else None, generation["top_k"] if sample else None)
+    return Sampling(
+        generation["max_new_tokens"],
+        sample,
+        generation["temperature"] if sample else None,
+        generation["top_p"] if sample else None,
+        generation["top_k"] if sample else None,
+    )
 
 
 def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str], int, float]:
@@ -53,14 +58,16 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
         from launcher.eval_vllm import predict_vllm
 
         started = time.perf_counter()  # vLLM's engine start counts: it is part of generating with it
-        replies, tokens = predict_vllm(job.model, job.adapter, job.trust_remote_code, job.generation, job.seed,
-                                       conversations, template)
+        replies, tokens = predict_vllm(
+            job.model, job.adapter, job.trust_remote_code, job.generation, job.seed, conversations, template
+        )
         return replies, tokens, time.perf_counter() - started
     model, tokenizer = load_for_chat(job.model, job.adapter, job.trust_remote_code)
     set_seed(job.seed)
     started = time.perf_counter()
-    replies, tokens = reply_batch(model, tokenizer, conversations, generation_sampling(job.generation),
-                                  job.generation["batch_size"], template)
+    replies, tokens = reply_batch(
+        model, tokenizer, conversations, generation_sampling(job.generation), job.generation["batch_size"], template
+    )
     return replies, tokens, time.perf_counter() - started
 
 
@@ -81,8 +88,9 @@ def _default_adapter(recipe: dict) -> str | None:
     return str(out) if (out / "adapter_config.json").is_file() else recipe["model"]["adapter"]
 
 
-def _run_shards(job: Job, prompts: list[list[dict]], processes: int, work: Path,
-                timeout_s: float) -> tuple[list[str], int, float]:
+def _run_shards(
+    job: Job, prompts: list[list[dict]], processes: int, work: Path, timeout_s: float
+) -> tuple[list[str], int, float]:
     """Each shard in its own process (a GPU each where visible); replies gathered in prompt order."""
     work.mkdir(parents=True, exist_ok=True)
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -94,8 +102,11 @@ def _run_shards(job: Job, prompts: list[list[dict]], processes: int, work: Path,
         if gpus is None or gpus:
             visible = gpus.split(",") if gpus else None
             env["CUDA_VISIBLE_DEVICES"] = visible[rank % len(visible)] if visible else str(rank)
-        procs.append(subprocess.Popen([sys.executable, "-m", "launcher.evaluate", str(shard)], env=env,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "launcher.evaluate", str(shard)], env=env, stderr=subprocess.PIPE, text=True
+            )
+        )
     deadline = time.monotonic() + timeout_s
     failures = []
     for rank, proc in enumerate(procs):
@@ -104,8 +115,10 @@ def _run_shards(job: Job, prompts: list[list[dict]], processes: int, work: Path,
         except subprocess.TimeoutExpired:
             for other in procs:
                 other.kill()
-            raise EvalError(f"eval process {rank} did not finish within {timeout_s:.0f} s "
-                            "(distributed.timeout_minutes). Fix: raise it, or lower eval.max_new_tokens") from None
+            raise EvalError(
+                f"eval process {rank} did not finish within {timeout_s:.0f} s "
+                "(distributed.timeout_minutes). Fix: raise it, or lower eval.max_new_tokens"
+            ) from None
         if proc.returncode != 0:
             failures.append(f"process {rank} (exit {proc.returncode}):\n{err[-3000:]}")
     if failures:
@@ -117,8 +130,9 @@ def _run_shards(job: Job, prompts: list[list[dict]], processes: int, work: Path,
     return replies, sum(shard["tokens"] for shard in shards), max(shard["seconds"] for shard in shards)
 
 
-def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None,
-             processes: int) -> dict:
+def evaluate(
+    recipe: dict, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None, processes: int
+) -> dict:
     """Predict every eval row, score it; returns predict_results.json's content."""
     from launcher.eval_vllm import choose_engine
     from launcher.metrics import similarity
@@ -126,23 +140,33 @@ def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapte
     engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
     datasets = datasets or recipe["data"]["eval_datasets"]
     if not datasets:
-        raise EvalError("no eval data: data.eval_datasets is empty. Fix: set data.eval_datasets (e.g. [demo_dev]) "
-                        "or pass --dataset NAME")
+        raise EvalError(
+            "no eval data: data.eval_datasets is empty. Fix: set data.eval_datasets (e.g. [demo_dev]) "
+            "or pass --dataset NAME"
+        )
     out = out or Path(recipe["output"]["dir"]) / "eval"
     rows = load_prompts(recipe, datasets)
-    job = Job(model or recipe["model"]["path"], adapter if adapter is not None else _default_adapter(recipe),
-              recipe["model"]["trust_remote_code"], {**recipe["eval"], "engine": engine}, recipe["train"]["seed"])
+    job = Job(
+        model or recipe["model"]["path"],
+        adapter if adapter is not None else _default_adapter(recipe),
+        recipe["model"]["trust_remote_code"],
+        {**recipe["eval"], "engine": engine},
+        recipe["train"]["seed"],
+    )
     if job.adapter and not (Path(job.adapter) / "adapter_config.json").is_file():
-        raise EvalError(f"--adapter {job.adapter}: no adapter_config.json there. Fix: pass a LoRA run's output.dir "
-                        "or checkpoint-<step>, or --adapter '' to evaluate the model alone")
+        raise EvalError(
+            f"--adapter {job.adapter}: no adapter_config.json there. Fix: pass a LoRA run's output.dir "
+            "or checkpoint-<step>, or --adapter '' to evaluate the model alone"
+        )
     processes = max(1, min(processes, len(rows)))
     prompts = [messages for messages, _ in rows]
     started = time.perf_counter()
     if processes == 1:
         replies, tokens, generating = predict_shard(job, prompts)
     else:
-        replies, tokens, generating = _run_shards(job, prompts, processes, out / "shards",
-                                      recipe["distributed"]["timeout_minutes"] * 60.0)
+        replies, tokens, generating = _run_shards(
+            job, prompts, processes, out / "shards", recipe["distributed"]["timeout_minutes"] * 60.0
+        )
     runtime = time.perf_counter() - started
     labels = [label for _, label in rows]
     out.mkdir(parents=True, exist_ok=True)
@@ -150,11 +174,19 @@ def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapte
         for prompt, label, reply in zip(prompts, labels, replies):
             file.write(json.dumps({"prompt": prompt, "label": label, "prediction": reply}, ensure_ascii=False) + "\n")
     results = {f"predict_{name}": value for name, value in similarity(replies, labels).items()}
-    results.update(predict_samples=len(rows), predict_runtime=round(runtime, 4),
-                   predict_samples_per_second=round(len(rows) / runtime, 3),
-                   generation_seconds=round(generating, 4), generated_tokens=tokens,
-                   generation_tokens_per_second=round(tokens / max(generating, 1e-9), 3), processes=processes,
-                   engine=engine, model=job.model, adapter=job.adapter, datasets=datasets)
+    results.update(
+        predict_samples=len(rows),
+        predict_runtime=round(runtime, 4),
+        predict_samples_per_second=round(len(rows) / runtime, 3),
+        generation_seconds=round(generating, 4),
+        generated_tokens=tokens,
+        generation_tokens_per_second=round(tokens / max(generating, 1e-9), 3),
+        processes=processes,
+        engine=engine,
+        model=job.model,
+        adapter=job.adapter,
+        datasets=datasets,
+    )
     (out / "predict_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results
 
@@ -162,8 +194,9 @@ def evaluate(recipe: dict, datasets: list[str] | None, model: str | None, adapte
 def _shard_main(path: str) -> None:
     spec = json.loads(Path(path).read_text())
     replies, tokens, seconds = predict_shard(Job(**spec["job"]), spec["prompts"])
-    Path(path).with_suffix(".out.json").write_text(json.dumps({"replies": replies, "tokens": tokens, "seconds": seconds},
-                                                              ensure_ascii=False))
+    Path(path).with_suffix(".out.json").write_text(
+        json.dumps({"replies": replies, "tokens": tokens, "seconds": seconds}, ensure_ascii=False)
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     """All hosts of a hostfile, in order. Refuses bad lines, bad names, slots=0 and duplicates."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"distributed.hostfile = {str(path)!r}: no such file. "
-                          "Fix: point it at a file with one `host slots=N` line per node (see hostfiles/)")
+        raise RecipeError(
+            f"distributed.hostfile = {str(path)!r}: no such file. "
+            "Fix: point it at a file with one `host slots=N` line per node (see hostfiles/)"
+        )
     hosts: list[Host] = []
     seen: dict[str, str] = {}
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -53,17 +55,25 @@ def parse_hostfile(path: str | Path) -> list[Host]:
         parts = line.split()
         slots = SLOTS.fullmatch(parts[-1]) if len(parts) == 2 else None
         if slots is None:
-            raise RecipeError(f"{where}: {raw.strip()!r} is not a hostfile line. Fix: write `host slots=N`, "
-                              "e.g. `node1 slots=8` (N = processes on that host, usually its GPUs)")
+            raise RecipeError(
+                f"{where}: {raw.strip()!r} is not a hostfile line. Fix: write `host slots=N`, "
+                "e.g. `node1 slots=8` (N = processes on that host, usually its GPUs)"
+            )
         name, key = parts[0], host_key(parts[0])
         if key is None:
-            raise RecipeError(f"{where}: host {name!r} is not a plain host name or address (shell or ssh "
-                              "metacharacters are refused). Fix: use the name from /etc/hosts or ~/.ssh/config")
+            raise RecipeError(
+                f"{where}: host {name!r} is not a plain host name or address (shell or ssh "
+                "metacharacters are refused). Fix: use the name from /etc/hosts or ~/.ssh/config"
+            )
         if int(slots.group(1)) < 1:
-            raise RecipeError(f"{where}: {name} slots=0 runs nothing on that host. "
-                              "Fix: give it slots >= 1, or remove the line (or --exclude it)")
+            raise RecipeError(
+                f"{where}: {name} slots=0 runs nothing on that host. "
+                "Fix: give it slots >= 1, or remove the line (or --exclude it)"
+            )
         if key in seen:
-            raise RecipeError(f"{where}: host {name} is listed twice (first at {seen[key]}). Fix: keep one line per host")
+            raise RecipeError(
+                f"{where}: host {name} is listed twice (first at {seen[key]}). Fix: keep one line per host"
+            )
         seen[key] = where
         hosts.append(Host(name, int(slots.group(1)), where))
     if not hosts:
@@ -77,8 +87,10 @@ def _names(option: str, text: str, hosts: list[Host]) -> set[str]:
     known = {host_key(h.name) for h in hosts}
     unknown = [n for n in names if host_key(n) not in known]
     if unknown:
-        raise RecipeError(f"{option} {listing(names, sep=',')}: {listing(unknown)} not in the hostfile "
-                          f"(it lists {listing(h.name for h in hosts)}). Fix: name hosts of the hostfile")
+        raise RecipeError(
+            f"{option} {listing(names, sep=',')}: {listing(unknown)} not in the hostfile "
+            f"(it lists {listing(h.name for h in hosts)}). Fix: name hosts of the hostfile"
+        )
     return {host_key(n) for n in names}
 
 
@@ -102,14 +114,20 @@ def hostfile_hosts(dist: dict, path: Path, include: str | None, exclude: str | N
     hosts = select_hosts(parse_hostfile(path), include, exclude)
     if len({h.slots for h in hosts}) > 1:
         slots = listing(f"{h.name} slots={h.slots}" for h in hosts)
-        raise RecipeError(f"distributed.hostfile: hosts have different slots ({slots}); every node starts the same "
-                          "number of processes. Fix: give every host the same slots, or --exclude the odd ones")
+        raise RecipeError(
+            f"distributed.hostfile: hosts have different slots ({slots}); every node starts the same "
+            "number of processes. Fix: give every host the same slots, or --exclude the odd ones"
+        )
     slots = hosts[0].slots
     if dist["nproc_per_node"] not in ("auto", slots):
-        raise RecipeError(f"distributed.nproc_per_node = {dist['nproc_per_node']} but the hostfile gives slots={slots}. "
-                          "Fix: distributed.nproc_per_node=auto (take the slots) or change the hostfile")
+        raise RecipeError(
+            f"distributed.nproc_per_node = {dist['nproc_per_node']} but the hostfile gives slots={slots}. "
+            "Fix: distributed.nproc_per_node=auto (take the slots) or change the hostfile"
+        )
     if dist["nnodes"] is not None and dist["nnodes"] != len(hosts):
-        raise RecipeError(f"distributed.nnodes = {dist['nnodes']} but distributed.hostfile {path} selects {len(hosts)} "
-                          f"host(s) ({listing(h.name for h in hosts)}). Fix: distributed.nnodes={len(hosts)}, "
-                          "or choose hosts with --include/--exclude")
+        raise RecipeError(
+            f"distributed.nnodes = {dist['nnodes']} but distributed.hostfile {path} selects {len(hosts)} "
+            f"host(s) ({listing(h.name for h in hosts)}). Fix: distributed.nnodes={len(hosts)}, "
+            "or choose hosts with --include/--exclude"
+        )
     return hosts

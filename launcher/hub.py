@@ -73,8 +73,10 @@ def hf_cached(model_id: str, revision: str | None = None, cache_dir: str | None 
     try:
         config = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision)
     except HFValidationError as err:
-        raise RecipeError(f"model.path = {model_id!r} is neither a local folder nor a hub id ({err}). Fix: point it "
-                          "at a model folder, or a hub id such as Qwen/Qwen2-0.5B") from None
+        raise RecipeError(
+            f"model.path = {model_id!r} is neither a local folder nor a hub id ({err}). Fix: point it "
+            "at a model folder, or a hub id such as Qwen/Qwen2-0.5B"
+        ) from None
     if isinstance(config, str):
         return Path(config).parent
     snapshots = Path(cache_dir or hf_cache_dir()) / ("models--" + model_id.replace("/", "--")) / "snapshots"
@@ -88,12 +90,19 @@ def modelscope_missing(hub_key: str) -> str | None:
     """The refusal when ModelScope is asked for but its package is not installed."""
     if importlib.util.find_spec("modelscope") is not None:
         return None
-    return (f"{hub_key} = 'modelscope' needs the modelscope package, which is not installed. "
-            "Fix: pip install modelscope, or use the Hugging Face hub (model.hub: huggingface)")
+    return (
+        f"{hub_key} = 'modelscope' needs the modelscope package, which is not installed. "
+        "Fix: pip install modelscope, or use the Hugging Face hub (model.hub: huggingface)"
+    )
 
 
-def download(model: str, hub: str = "huggingface", revision: str | None = None, cache_dir: str | None = None,
-             local_only: bool = False) -> Path:
+def download(
+    model: str,
+    hub: str = "huggingface",
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_only: bool = False,
+) -> Path:
     """Fetch a model's files into the hub's cache (a progress bar per file) and return its folder.
     A hub that cannot be reached, an unknown or gated repo: RecipeError naming it and the fix."""
     if hub == "modelscope":
@@ -103,11 +112,20 @@ def download(model: str, hub: str = "huggingface", revision: str | None = None, 
         from modelscope import snapshot_download as modelscope_download
 
         try:
-            return Path(modelscope_download(model, revision=revision, cache_dir=cache_dir, local_files_only=local_only,
-                                            ignore_patterns=DOWNLOAD_IGNORE))
+            return Path(
+                modelscope_download(
+                    model,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_files_only=local_only,
+                    ignore_patterns=DOWNLOAD_IGNORE,
+                )
+            )
         except Exception as err:  # modelscope raises plain exceptions of many kinds for network and repo errors
-            raise RecipeError(f"ModelScope could not fetch {model!r}: {err}. Fix: check the model id and the "
-                              f"network, then run `{download_command(model, hub, revision)}`") from None
+            raise RecipeError(
+                f"ModelScope could not fetch {model!r}: {err}. Fix: check the model id and the "
+                f"network, then run `{download_command(model, hub, revision)}`"
+            ) from None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -148,10 +166,14 @@ def fetch(target: str, hub: str | None, revision: str | None, cache_dir: str | N
     if Path(target).expanduser().is_dir():
         return f"[launch] {target} is a local folder: nothing to download"
     if target.startswith(("/", ".", "~")) or target.count("/") > 1:
-        raise RecipeError(f"launch download {target!r}: no such folder, and no hub id (org/name). Fix: name a hub id "
-                          "such as Qwen/Qwen2-0.5B, or a recipe file")
+        raise RecipeError(
+            f"launch download {target!r}: no such folder, and no hub id (org/name). Fix: name a hub id "
+            "such as Qwen/Qwen2-0.5B, or a recipe file"
+        )
     if revision is not None and not revision.strip():
-        raise RecipeError("launch download --revision '': empty. Fix: a branch, tag or commit, or leave --revision out (main)")
+        raise RecipeError(
+            "launch download --revision '': empty. Fix: a branch, tag or commit, or leave --revision out (main)"
+        )
     if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise RecipeError(f"launch download --cache-dir {cache_dir!r} is a file, not a folder. Fix: name a folder")
     if hub == "huggingface":
@@ -161,11 +183,15 @@ def fetch(target: str, hub: str | None, revision: str | None, cache_dir: str | N
         try:
             validate_repo_id(target)
         except HFValidationError as err:
-            raise RecipeError(f"launch download {target!r}: not a hub id ({err}). Fix: org/name, e.g. Qwen/Qwen2-0.5B") from None
+            raise RecipeError(
+                f"launch download {target!r}: not a hub id ({err}). Fix: org/name, e.g. Qwen/Qwen2-0.5B"
+            ) from None
         if hf_offline():
-            raise RecipeError(f"launch download {target}: HF_HUB_OFFLINE is set, so nothing may be fetched. Fix: run it "
-                              f"where there is network with HF_HUB_OFFLINE unset (`env -u HF_HUB_OFFLINE "
-                              f"{download_command(target, hub, revision)}`)")
+            raise RecipeError(
+                f"launch download {target}: HF_HUB_OFFLINE is set, so nothing may be fetched. Fix: run it "
+                f"where there is network with HF_HUB_OFFLINE unset (`env -u HF_HUB_OFFLINE "
+                f"{download_command(target, hub, revision)}`)"
+            )
     folder = download(target, hub, revision, cache_dir)
     missing = missing_files(folder)
     note = f"; it lacks {', '.join(missing)}, so a run cannot load it" if missing else ""

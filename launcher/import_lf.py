@@ -50,8 +50,15 @@ def _when_true(key: str, value_if_true: Any) -> Setter:
 
 
 LF_STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "kto": "kto"}
-LF_TEMPLATES = {"qwen": "qwen2", "qwen2": "qwen2", "llama3": "llama3", "chatglm3": "chatglm3", "alpaca": "alpaca",
-                "empty": "empty", "default": "auto"}
+LF_TEMPLATES = {
+    "qwen": "qwen2",
+    "qwen2": "qwen2",
+    "llama3": "llama3",
+    "chatglm3": "chatglm3",
+    "alpaca": "alpaca",
+    "empty": "empty",
+    "default": "auto",
+}
 LF_ATTN = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "sdpa"}
 LF_ENGINES = {"huggingface": "hf", "vllm": "vllm"}
 
@@ -75,8 +82,10 @@ def _finetuning_type(value: Any, lf: dict) -> dict:
 def _template(value: Any, lf: dict) -> dict:
     if value in LF_TEMPLATES:
         return {"model.template": LF_TEMPLATES[value]}
-    raise Unmapped(f"template {value!r} is not registered here ({', '.join(TEMPLATES)}); model.template: auto "
-                   "(the tokenizer's own chat template) is used, which is what LF's template reproduces for most models")
+    raise Unmapped(
+        f"template {value!r} is not registered here ({', '.join(TEMPLATES)}); model.template: auto "
+        "(the tokenizer's own chat template) is used, which is what LF's template reproduces for most models"
+    )
 
 
 def _attn(value: Any, lf: dict) -> dict:
@@ -93,7 +102,9 @@ def _engine(value: Any, lf: dict) -> dict:
 
 def _quantization(value: Any, lf: dict) -> dict:
     if lf.get("quantization_method", "bitsandbytes") != "bitsandbytes":
-        raise Unmapped(f"quantization_method {lf['quantization_method']!r}: only bitsandbytes k-bit bases are supported")
+        raise Unmapped(
+            f"quantization_method {lf['quantization_method']!r}: only bitsandbytes k-bit bases are supported"
+        )
     if int(value) not in (4, 8):
         raise Unmapped(f"quantization_bit {value!r}: bitsandbytes QLoRA takes 4 or 8")
     return {"model.quantization.bits": int(value)}
@@ -118,8 +129,10 @@ def _warmup_steps(value: Any, lf: dict) -> dict:
         return {}
     if int(lf.get("max_steps", -1)) > 0:
         return {"train.warmup_ratio": round(int(value) / int(lf["max_steps"]), 6)}
-    raise Unmapped("the recipe has train.warmup_ratio only, and without max_steps the step count is unknown before "
-                   "the data is read; set train.warmup_ratio (e.g. warmup_steps / total steps)")
+    raise Unmapped(
+        "the recipe has train.warmup_ratio only, and without max_steps the step count is unknown before "
+        "the data is read; set train.warmup_ratio (e.g. warmup_steps / total steps)"
+    )
 
 
 def _scheduler(value: Any, lf: dict) -> dict:
@@ -162,8 +175,10 @@ def _deepspeed(value: Any, lf: dict, base: Path | None = None) -> dict:
     else:
         match = DS_STAGE.search(path.name)
         if not match:
-            raise Unmapped(f"deepspeed {value}: no such file and its name does not say the ZeRO stage; "
-                           "set distributed.zero and distributed.offload")
+            raise Unmapped(
+                f"deepspeed {value}: no such file and its name does not say the ZeRO stage; "
+                "set distributed.zero and distributed.offload"
+            )
         stage, offload_opt = int(match.group(1)), "offload" in path.name
         offload = "all" if offload_opt and stage == 3 else "optimizer" if offload_opt else "none"
     return {"distributed.engine": "deepspeed", "distributed.zero": stage, "distributed.offload": offload}
@@ -205,7 +220,9 @@ LF_KEYS: dict[str, LFKey] = {
     "bf16": LFKey(("model.dtype",), _precision("bf16")),
     "pure_bf16": LFKey(("model.dtype",), _precision("bf16")),
     "fp16": LFKey(("model.dtype",), _precision("fp16")),
-    "quantization_bit": LFKey(("model.quantization.bits",), _quantization, "QLoRA: finetuning_type lora + 4/8-bit base"),
+    "quantization_bit": LFKey(
+        ("model.quantization.bits",), _quantization, "QLoRA: finetuning_type lora + 4/8-bit base"
+    ),
     "quantization_type": LFKey(("model.quantization.type",)),
     "double_quantization": LFKey(("model.quantization.double_quant",)),
     "stage": LFKey(("stage",), _stage),
@@ -220,8 +237,10 @@ LF_KEYS: dict[str, LFKey] = {
     "pissa_init": LFKey(("method.variant",), _variant("pissa")),
     "loraplus_lr_ratio": LFKey(("method.loraplus_ratio",)),
     "freeze_trainable_layers": LFKey(("method.trainable_layers",)),
-    "freeze_trainable_modules": LFKey(("method.trainable_modules",),
-                                      _to("method.trainable_modules", lambda v: "all" if v == "all" else _comma_list(v))),
+    "freeze_trainable_modules": LFKey(
+        ("method.trainable_modules",),
+        _to("method.trainable_modules", lambda v: "all" if v == "all" else _comma_list(v)),
+    ),
     "freeze_extra_modules": LFKey(("method.extra_modules",), _to("method.extra_modules", _comma_list)),
     "dataset": LFKey(("data.datasets",), _to("data.datasets", _comma_list), "'a,b' -> [a, b]"),
     "eval_dataset": LFKey(("data.eval_datasets",), _to("data.eval_datasets", _comma_list)),
@@ -245,8 +264,9 @@ LF_KEYS: dict[str, LFKey] = {
     "weight_decay": LFKey(("train.weight_decay",)),
     "max_grad_norm": LFKey(("train.max_grad_norm",)),
     "optim": LFKey(("train.optimizer",), _optimizer),
-    "disable_gradient_checkpointing": LFKey(("train.gradient_checkpointing",),
-                                            _to("train.gradient_checkpointing", lambda v: not v)),
+    "disable_gradient_checkpointing": LFKey(
+        ("train.gradient_checkpointing",), _to("train.gradient_checkpointing", lambda v: not v)
+    ),
     "neftune_noise_alpha": LFKey(("train.neftune_alpha",)),
     "seed": LFKey(("train.seed",)),
     "logging_steps": LFKey(("train.logging_steps",)),
@@ -263,14 +283,21 @@ LF_KEYS: dict[str, LFKey] = {
     "kto_rejected_weight": LFKey(("train.kto_undesirable_weight",)),
     "reward_model": LFKey(("train.reward_model",), note="must be an output.dir of a stage: rm run of this launcher"),
     "ppo_epochs": LFKey(("train.ppo_epochs",)),
-    "max_new_tokens": LFKey(("eval.max_new_tokens", "train.max_new_tokens"), _generation("max_new_tokens"), "train.* under stage ppo"),
+    "max_new_tokens": LFKey(
+        ("eval.max_new_tokens", "train.max_new_tokens"), _generation("max_new_tokens"), "train.* under stage ppo"
+    ),
     "top_k": LFKey(("eval.top_k", "train.top_k"), _generation("top_k"), "train.* under stage ppo"),
     "top_p": LFKey(("eval.top_p", "train.top_p"), _generation("top_p"), "train.* under stage ppo"),
-    "temperature": LFKey(("eval.temperature", "train.temperature"), _generation("temperature"), "train.* under stage ppo"),
+    "temperature": LFKey(
+        ("eval.temperature", "train.temperature"), _generation("temperature"), "train.* under stage ppo"
+    ),
     "do_sample": LFKey(("eval.do_sample",)),
     "infer_backend": LFKey(("eval.engine",), _engine, "huggingface -> hf"),
-    "deepspeed": LFKey(("distributed.engine", "distributed.zero", "distributed.offload"), None,
-                       "the JSON's zero_optimization stage and offload devices; absent -> engine: ddp"),
+    "deepspeed": LFKey(
+        ("distributed.engine", "distributed.zero", "distributed.offload"),
+        None,
+        "the JSON's zero_optimization stage and offload devices; absent -> engine: ddp",
+    ),
     "ddp_timeout": LFKey(("distributed.timeout_minutes",), _timeout, "seconds -> minutes"),
     "output_dir": LFKey(("output.dir",)),
     "overwrite_output_dir": LFKey(("output.overwrite",)),
@@ -288,9 +315,16 @@ UNSUPPORTED = {
 }
 # LLaMA-Factory's (and HF TrainingArguments') defaults where they differ from the recipe's, so an LF config
 # that leaves a key out trains as it did there.
-LF_DEFAULTS = {"learning_rate": 5e-5, "num_train_epochs": 3.0, "per_device_train_batch_size": 8,
-               "gradient_accumulation_steps": 1, "lr_scheduler_type": "linear", "warmup_ratio": 0.0,
-               "logging_steps": 500, "cutoff_len": 2048}
+LF_DEFAULTS = {
+    "learning_rate": 5e-5,
+    "num_train_epochs": 3.0,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler_type": "linear",
+    "warmup_ratio": 0.0,
+    "logging_steps": 500,
+    "cutoff_len": 2048,
+}
 # LF arguments that need no recipe key: what `launch` does anyway.
 IMPLIED = {
     "do_train": "launch trains",
@@ -396,6 +430,8 @@ def render(recipe: dict, unmapped: list[tuple[str, str]], source: Path) -> str:
 def mapping_table() -> str:
     """docs/import_lf.md's table, from LF_KEYS."""
     rows = ["| LLaMA-Factory key | recipe key | conversion |", "|---|---|---|"]
-    rows += [f"| `{name}` | {', '.join(f'`{t}`' for t in spec.targets)} | {spec.note} |" for name, spec in LF_KEYS.items()]
+    rows += [
+        f"| `{name}` | {', '.join(f'`{t}`' for t in spec.targets)} | {spec.note} |" for name, spec in LF_KEYS.items()
+    ]
     rows += [f"| `{name}` | (none needed) | {why} |" for name, why in IMPLIED.items()]
     return "\n".join(rows)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
 
-GIB = 1024 ** 3
+GIB = 1024**3
 # Fixed per-process cost outside the model's tensors. GPU: CUDA context, kernels and allocator
 # slack. CPU: the resident Python + torch + transformers + DeepSpeed runtime of one rank, the
 # tokenized data and the Trainer (anonymous RSS of a rank of the tiny recipe less its
@@ -33,16 +33,16 @@ AUTO_ORDER = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer
 class Shape:
     """What the planner needs of a decoder-only transformer."""
 
-    family: str          # "llama" (Llama, Qwen2, Mistral naming) or "chatglm"
+    family: str  # "llama" (Llama, Qwen2, Mistral naming) or "chatglm"
     layers: int
     hidden: int
     intermediate: int
     heads: int
     kv_heads: int
     vocab: int
-    tied: bool           # output head shares the input embedding
+    tied: bool  # output head shares the input embedding
     qkv_bias: bool
-    head_dim: int = 0    # 0: hidden // heads
+    head_dim: int = 0  # 0: hidden // heads
 
     @property
     def kv_dim(self) -> int:
@@ -68,17 +68,33 @@ KNOWN_SHAPES = {
 def shape_from_config(config: dict) -> Shape | None:
     """The Shape of a config.json, or None for a layout the planner does not know."""
     if config.get("model_type") == "chatglm":
-        return Shape("chatglm", config["num_layers"], config["hidden_size"], config["ffn_hidden_size"],
-                     config["num_attention_heads"], config.get("multi_query_group_num", config["num_attention_heads"]),
-                     config["padded_vocab_size"], False, config.get("add_qkv_bias", False), config.get("kv_channels", 0))
+        return Shape(
+            "chatglm",
+            config["num_layers"],
+            config["hidden_size"],
+            config["ffn_hidden_size"],
+            config["num_attention_heads"],
+            config.get("multi_query_group_num", config["num_attention_heads"]),
+            config["padded_vocab_size"],
+            False,
+            config.get("add_qkv_bias", False),
+            config.get("kv_channels", 0),
+        )
     needed = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
     if not all(isinstance(config.get(k), int) for k in needed):
         return None
-    return Shape("llama", config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"],
-                 config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"],
-                 config["vocab_size"], bool(config.get("tie_word_embeddings", False)),
-                 config.get("model_type") == "qwen2" or bool(config.get("attention_bias", False)),
-                 config.get("head_dim") or 0)
+    return Shape(
+        "llama",
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["intermediate_size"],
+        config["num_attention_heads"],
+        config.get("num_key_value_heads") or config["num_attention_heads"],
+        config["vocab_size"],
+        bool(config.get("tie_word_embeddings", False)),
+        config.get("model_type") == "qwen2" or bool(config.get("attention_bias", False)),
+        config.get("head_dim") or 0,
+    )
 
 
 def model_shape(model_path: str) -> tuple[Shape | None, str]:
@@ -94,7 +110,7 @@ def model_shape(model_path: str) -> tuple[Shape | None, str]:
 
 @dataclass(frozen=True)
 class Tensor:
-    name: str            # dotted parameter name, as the model names it
+    name: str  # dotted parameter name, as the model names it
     rows: int
     cols: int = 1
     linear: bool = False  # a decoder-layer linear weight: LoRA target, quantized by bitsandbytes
@@ -112,19 +128,27 @@ def _layer_tensors(shape: Shape, i: int) -> list[Tensor]:
     h, inter, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
     p = _layer_prefix(shape, i)
     if shape.family == "chatglm":
-        out = [Tensor(p + "input_layernorm.weight", h),
-               Tensor(p + "self_attention.query_key_value.weight", q + 2 * kv, h, True),
-               Tensor(p + "self_attention.dense.weight", h, q, True),
-               Tensor(p + "post_attention_layernorm.weight", h),
-               Tensor(p + "mlp.dense_h_to_4h.weight", 2 * inter, h, True),
-               Tensor(p + "mlp.dense_4h_to_h.weight", h, inter, True)]
+        out = [
+            Tensor(p + "input_layernorm.weight", h),
+            Tensor(p + "self_attention.query_key_value.weight", q + 2 * kv, h, True),
+            Tensor(p + "self_attention.dense.weight", h, q, True),
+            Tensor(p + "post_attention_layernorm.weight", h),
+            Tensor(p + "mlp.dense_h_to_4h.weight", 2 * inter, h, True),
+            Tensor(p + "mlp.dense_4h_to_h.weight", h, inter, True),
+        ]
         if shape.qkv_bias:
             out.append(Tensor(p + "self_attention.query_key_value.bias", q + 2 * kv))
         return out
     out = [Tensor(p + "input_layernorm.weight", h), Tensor(p + "post_attention_layernorm.weight", h)]
-    for name, rows, cols in (("self_attn.q_proj", q, h), ("self_attn.k_proj", kv, h), ("self_attn.v_proj", kv, h),
-                             ("self_attn.o_proj", h, q), ("mlp.gate_proj", inter, h), ("mlp.up_proj", inter, h),
-                             ("mlp.down_proj", h, inter)):
+    for name, rows, cols in (
+        ("self_attn.q_proj", q, h),
+        ("self_attn.k_proj", kv, h),
+        ("self_attn.v_proj", kv, h),
+        ("self_attn.o_proj", h, q),
+        ("mlp.gate_proj", inter, h),
+        ("mlp.up_proj", inter, h),
+        ("mlp.down_proj", h, inter),
+    ):
         out.append(Tensor(p + name + ".weight", rows, cols, True))
         if shape.qkv_bias and name[-6:] in ("q_proj", "k_proj", "v_proj"):
             out.append(Tensor(p + name + ".bias", rows))
@@ -135,9 +159,11 @@ def base_tensors(shape: Shape) -> list[Tensor]:
     """Every parameter tensor of the base model (tied output head counted once)."""
     h, v = shape.hidden, shape.vocab
     if shape.family == "chatglm":
-        outer = [Tensor("transformer.embedding.word_embeddings.weight", v, h),
-                 Tensor("transformer.encoder.final_layernorm.weight", h),
-                 Tensor("transformer.output_layer.weight", v, h)]
+        outer = [
+            Tensor("transformer.embedding.word_embeddings.weight", v, h),
+            Tensor("transformer.encoder.final_layernorm.weight", h),
+            Tensor("transformer.output_layer.weight", v, h),
+        ]
     else:
         outer = [Tensor("model.embed_tokens.weight", v, h), Tensor("model.norm.weight", h)]
         if not shape.tied:
@@ -182,9 +208,13 @@ def _prefix_tensors(shape: Shape, method: dict) -> list[Tensor]:
     tokens, dim, flat = method["num_virtual_tokens"], shape.kv_dim, 2 * shape.layers * shape.kv_dim
     if not method["prefix_projection"]:
         return [Tensor("prefix_encoder.embedding.weight", tokens, flat)]
-    return [Tensor("prefix_encoder.embedding.weight", tokens, dim),
-            Tensor("prefix_encoder.transform.0.weight", dim, dim), Tensor("prefix_encoder.transform.0.bias", dim),
-            Tensor("prefix_encoder.transform.2.weight", flat, dim), Tensor("prefix_encoder.transform.2.bias", flat)]
+    return [
+        Tensor("prefix_encoder.embedding.weight", tokens, dim),
+        Tensor("prefix_encoder.transform.0.weight", dim, dim),
+        Tensor("prefix_encoder.transform.0.bias", dim),
+        Tensor("prefix_encoder.transform.2.weight", flat, dim),
+        Tensor("prefix_encoder.transform.2.bias", flat),
+    ]
 
 
 def parameter_split(shape: Shape, method: dict) -> tuple[list[Tensor], list[Tensor]]:
@@ -255,7 +285,7 @@ class Option:
     optimizer_gb: float = 0.0
     activations_gb: float = 0.0
     overhead_gb: float = 0.0
-    host_gb: float = 0.0        # per process, offloaded states in host memory
+    host_gb: float = 0.0  # per process, offloaded states in host memory
     refused: str | None = None  # the recipe validation's reason, when this option cannot run
     fits: bool | None = None
 
@@ -268,8 +298,9 @@ class Option:
         return f"ZeRO-{self.zero}" + ("" if self.offload == "none" else f" + offload {self.offload}")
 
 
-def estimate_option(recipe: dict, shape: Shape, zero: int, offload: str, world_size: int, device: str,
-                    dtype: str) -> Option:
+def estimate_option(
+    recipe: dict, shape: Shape, zero: int, offload: str, world_size: int, device: str, dtype: str
+) -> Option:
     """Per-device memory of one ZeRO stage / offload choice (see docs/monitoring.md);
     dtype: the plan's resolved precision (bf16 | fp16 | fp32)."""
     model, train, dist = recipe["model"], recipe["train"], recipe["distributed"]
@@ -302,9 +333,9 @@ def estimate_option(recipe: dict, shape: Shape, zero: int, offload: str, world_s
     if zero == 3:  # gathered parameters stay resident up to stage3_max_live_parameters, plus the prefetch bucket;
         # k-bit linears are counted whole above, so gathering adds nothing for them
         gathered = sum(t.numel for t in frozen if quant is None or not t.linear) + n_train
-        opt.params_gb += elem * (min(gathered, ZERO3_MAX_LIVE_PARAMETERS) + 0.9 * shape.hidden ** 2)
+        opt.params_gb += elem * (min(gathered, ZERO3_MAX_LIVE_PARAMETERS) + 0.9 * shape.hidden**2)
     if zero >= 2:  # gradient reduce bucket
-        opt.grads_gb += elem * shape.hidden ** 2
+        opt.grads_gb += elem * shape.hidden**2
     if offload != "none":  # optimizer states and gradient partitions live on the host (DeepSpeed's CPU Adam)
         states -= 4 * n_train if train["optimizer"] == "adamw_torch" else 0
         opt.host_gb += states / part + (grads + step_grads) / w
@@ -314,8 +345,9 @@ def estimate_option(recipe: dict, shape: Shape, zero: int, offload: str, world_s
         opt.host_gb += params / w
         opt.params_gb -= params / w
     seq = recipe["data"]["cutoff_len"]
-    opt.activations_gb = activation_bytes(shape, train["micro_batch_size"] * seq, elem,
-                                          train["gradient_checkpointing"], model["attn"], seq)
+    opt.activations_gb = activation_bytes(
+        shape, train["micro_batch_size"] * seq, elem, train["gradient_checkpointing"], model["attn"], seq
+    )
     opt.overhead_gb = OVERHEAD_GB[device] * GIB
     if device == "cpu":  # the host is the device: offloading moves nothing off it
         opt.params_gb, opt.host_gb = opt.params_gb + opt.host_gb, 0.0
@@ -333,15 +365,30 @@ def options_for(recipe: dict) -> list[tuple[int, str]]:
     return list(AUTO_ORDER) + ([own] if dist["zero"] != "auto" and own not in AUTO_ORDER else [])
 
 
-def estimate(recipe: dict, world_size: int, device: str, dtype: str, device_memory_gb: float | None,
-             memory_source: str, refusal, host_memory_gb: float | None) -> dict:
+def estimate(
+    recipe: dict,
+    world_size: int,
+    device: str,
+    dtype: str,
+    device_memory_gb: float | None,
+    memory_source: str,
+    refusal,
+    host_memory_gb: float | None,
+) -> dict:
     """The planner's memory section: model, parameter counts, and every option with its fit.
     `refusal(zero, offload)` returns why the recipe cannot run with that option, or None.
     host_memory_gb: host RAM per process, which offloaded states must fit too (None: unchecked)."""
     shape, source = model_shape(recipe["model"]["path"])
-    out = {"model": recipe["model"]["path"], "shape_source": source, "device": device,
-           "device_memory_gb": device_memory_gb, "device_memory_source": memory_source, "host_memory_gb": host_memory_gb,
-           "world_size": world_size, "options": []}
+    out = {
+        "model": recipe["model"]["path"],
+        "shape_source": source,
+        "device": device,
+        "device_memory_gb": device_memory_gb,
+        "device_memory_source": memory_source,
+        "host_memory_gb": host_memory_gb,
+        "world_size": world_size,
+        "options": [],
+    }
     if shape is None:
         return out
     trainable, total = parameter_counts(shape, recipe["method"])
@@ -379,14 +426,18 @@ def fit_refusal(memory: dict, recipe: dict) -> str | None:
         fixes.append("method.name: lora")
     elif recipe["method"]["name"] == "lora" and recipe["model"]["quantization"] is None:
         fixes.append("model.quantization: {bits: 4} (QLoRA)")
-    fixes.append(f"a smaller train.micro_batch_size (now {train['micro_batch_size']}) or data.cutoff_len "
-                 f"(now {recipe['data']['cutoff_len']})")
+    fixes.append(
+        f"a smaller train.micro_batch_size (now {train['micro_batch_size']}) or data.cutoff_len "
+        f"(now {recipe['data']['cutoff_len']})"
+    )
     if not train["gradient_checkpointing"]:
         fixes.append("train.gradient_checkpointing: true")
-    return (f"the memory planner estimates {need} for {option['label']} ({memory['model']}, {recipe['method']['name']}), "
-            f"more than the {budget} available: the run would fail out of memory. Fix: {', '.join(fixes)}; "
-            "or set distributed.device_memory_gb if the devices have more, or distributed.force_memory: true "
-            "to train anyway (table: `launch plan`)")
+    return (
+        f"the memory planner estimates {need} for {option['label']} ({memory['model']}, {recipe['method']['name']}), "
+        f"more than the {budget} available: the run would fail out of memory. Fix: {', '.join(fixes)}; "
+        "or set distributed.device_memory_gb if the devices have more, or distributed.force_memory: true "
+        "to train anyway (table: `launch plan`)"
+    )
 
 
 def format_memory(memory: dict, chosen: tuple[int, str] | None) -> list[str]:
@@ -395,17 +446,34 @@ def format_memory(memory: dict, chosen: tuple[int, str] | None) -> list[str]:
     if "shape" not in memory:
         return lines + ["no estimate: the model's shape is unknown (give a local model dir with config.json)"]
     share = 100 * memory["params_trainable"] / memory["params_total"]
-    lines.append(f"parameters: {memory['params_total']:,} total, {memory['params_trainable']:,} trainable ({share:.2f}%)")
+    lines.append(
+        f"parameters: {memory['params_total']:,} total, {memory['params_trainable']:,} trainable ({share:.2f}%)"
+    )
     dev = memory["device_memory_gb"]
-    lines.append(f"device memory: {f'{dev:.1f} GiB' if dev is not None else 'unknown'} per {memory['device']} "
-                 f"process ({memory['device_memory_source']}), world size {memory['world_size']}")
+    lines.append(
+        f"device memory: {f'{dev:.1f} GiB' if dev is not None else 'unknown'} per {memory['device']} "
+        f"process ({memory['device_memory_source']}), world size {memory['world_size']}"
+    )
     header = f"{'option':<28}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'other':>8}{'total':>8}{'host':>8}  fits"
     lines.append(header)
     for o in memory["options"]:
         fits = "refused" if o["refused"] else {True: "yes", False: "no", None: "?"}[o["fits"]]
         mark = " <- plan" if chosen == (o["zero"], o["offload"]) else ""
-        lines.append(f"{o['label']:<28}" + "".join(f"{o[k]:8.2f}" for k in (
-            "params_gb", "grads_gb", "optimizer_gb", "activations_gb", "overhead_gb", "total_gb", "host_gb"))
-            + f"  {fits}{mark}")
+        lines.append(
+            f"{o['label']:<28}"
+            + "".join(
+                f"{o[k]:8.2f}"
+                for k in (
+                    "params_gb",
+                    "grads_gb",
+                    "optimizer_gb",
+                    "activations_gb",
+                    "overhead_gb",
+                    "total_gb",
+                    "host_gb",
+                )
+            )
+            + f"  {fits}{mark}"
+        )
     lines += [f"  refused {o['label']}: {o['refused']}" for o in memory["options"] if o["refused"]]
     return lines

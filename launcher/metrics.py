@@ -25,8 +25,9 @@ def _libraries():
         from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
         from rouge_chinese import Rouge
     except ImportError as err:
-        raise MetricsUnavailable(f"BLEU/ROUGE need {err.name}. Fix: pip install 'llm-launcher[eval]' "
-                                 "(nltk, rouge-chinese, jieba)") from None
+        raise MetricsUnavailable(
+            f"BLEU/ROUGE need {err.name}. Fix: pip install 'llm-launcher[eval]' (nltk, rouge-chinese, jieba)"
+        ) from None
     jieba.setLogLevel(logging.WARNING)
     return jieba, sentence_bleu, SmoothingFunction().method3, Rouge()
 

@@ -75,8 +75,10 @@ def freeze_error(method: dict, prefix: str, count: int, names: list[str], model_
     """The refusal for freeze keys this model cannot satisfy (layers beyond its count, modules it lacks), or None."""
     n = method["trainable_layers"]
     if abs(n) > count:
-        return (f"method.trainable_layers = {n}, but {model_path} has {count} decoder layers. "
-                f"Fix: set method.trainable_layers between -{count} and {count}")
+        return (
+            f"method.trainable_layers = {n}, but {model_path} has {count} decoder layers. "
+            f"Fix: set method.trainable_layers between -{count} and {count}"
+        )
     layer_names, outside = freeze_groups(prefix, count, n, names)
     if method["trainable_modules"] != "all":
         error = missing_modules_error("method.trainable_modules", method["trainable_modules"], layer_names)
@@ -98,9 +100,13 @@ def layer_list(names: list[str], count: int) -> str | None:
 def lora_targets_error(key: str, wanted: list[str], shapes: dict[str, list[int]]) -> str | None:
     """The refusal for LoRA targets no adaptable module (a 2-D weight: linear or embedding) has, as PEFT
     matches them (the module's name, or its dotted tail), or None when every target is found."""
-    adaptable = [name[: -len(".weight")] for name, shape in shapes.items() if name.endswith(".weight") and len(shape) == 2]
+    adaptable = [
+        name[: -len(".weight")] for name, shape in shapes.items() if name.endswith(".weight") and len(shape) == 2
+    ]
     missing = [t for t in wanted if not any(m == t or m.endswith("." + t) for m in adaptable)]
     if not missing:
         return None
     hint = sorted({m.split(".")[-1] for m in adaptable})
-    return f"{key} = {wanted}: the model has no linear or embedding module {missing}. Fix: use names from {hint}, or all"
+    return (
+        f"{key} = {wanted}: the model has no linear or embedding module {missing}. Fix: use names from {hint}, or all"
+    )

@@ -21,23 +21,31 @@ def this_node_rank(cli_rank: int | None, plan: dict) -> int:
         rank, source = cli_rank, "--node-rank"
     elif env_rank is not None:
         if not env_rank.strip().isdigit():
-            raise RecipeError(f"NODE_RANK = {env_rank!r} is not a node rank. Fix: export NODE_RANK=0..{nnodes - 1}, or unset it")
+            raise RecipeError(
+                f"NODE_RANK = {env_rank!r} is not a node rank. Fix: export NODE_RANK=0..{nnodes - 1}, or unset it"
+            )
         rank, source = int(env_rank), "NODE_RANK"
     elif slurm is not None:
         rank, source = slurm["node_rank"], "SLURM_NODEID"
     elif nnodes > 1 and hostfile is None:
-        raise RecipeError(f"distributed.nnodes = {nnodes}: this node's rank is unknown. Fix: run `launch RECIPE "
-                          f"--node-rank K` (or export NODE_RANK=K) on each node, K = 0..{nnodes - 1}")
+        raise RecipeError(
+            f"distributed.nnodes = {nnodes}: this node's rank is unknown. Fix: run `launch RECIPE "
+            f"--node-rank K` (or export NODE_RANK=K) on each node, K = 0..{nnodes - 1}"
+        )
     else:
         return 0
     if hostfile is not None and rank != 0:
-        raise RecipeError(f"{source} {rank} with distributed.hostfile: a hostfile run is started once, on its first "
-                          "host, which starts the other nodes over ssh. Fix: run it on the first host without a node rank")
+        raise RecipeError(
+            f"{source} {rank} with distributed.hostfile: a hostfile run is started once, on its first "
+            "host, which starts the other nodes over ssh. Fix: run it on the first host without a node rank"
+        )
     if nnodes == 1 and rank > 0 and hostfile is None:  # a node rank alone: the other two keys are missing
-        raise RecipeError(f"{source} {rank} makes this one node of several, but the recipe has one node. Fix: also set "
-                          "distributed.nnodes (how many nodes) and distributed.master_addr (node 0's address), e.g. "
-                          f"`launch RECIPE distributed.nnodes={rank + 1} distributed.master_addr=<node-0 address> "
-                          f"--node-rank {rank}`")
+        raise RecipeError(
+            f"{source} {rank} makes this one node of several, but the recipe has one node. Fix: also set "
+            "distributed.nnodes (how many nodes) and distributed.master_addr (node 0's address), e.g. "
+            f"`launch RECIPE distributed.nnodes={rank + 1} distributed.master_addr=<node-0 address> "
+            f"--node-rank {rank}`"
+        )
     if not 0 <= rank < nnodes:
         raise RecipeError(f"{source} {rank} is outside 0..{nnodes - 1} (distributed.nnodes = {nnodes})")
     return rank
@@ -53,9 +61,11 @@ def require_free_port(port: int) -> None:
             sock.bind(("", port))
             sock.listen(1)
         except OSError as err:
-            raise RecipeError(f"distributed.master_port = {port} is already in use on this machine (node 0): {err.strerror}. "
-                              f"Fix: pick a free port, e.g. distributed.master_port={port + 1}, or stop the process "
-                              f"holding it (`ss -ltnp 'sport = :{port}'`)") from None
+            raise RecipeError(
+                f"distributed.master_port = {port} is already in use on this machine (node 0): {err.strerror}. "
+                f"Fix: pick a free port, e.g. distributed.master_port={port + 1}, or stop the process "
+                f"holding it (`ss -ltnp 'sport = :{port}'`)"
+            ) from None
 
 
 def preflight(plan: dict, node_rank: int) -> None:
@@ -67,4 +77,3 @@ def preflight(plan: dict, node_rank: int) -> None:
         from launcher.backends.ssh import check_hosts
 
         check_hosts(plan)
-

@@ -25,11 +25,36 @@ MARKER_VERSION = 1
 # What a run writes into output.dir (worker.py, the Trainer, PEFT and tokenizer saves, monitoring/);
 # overwrite removes these and nothing else. A name a run may write must be added here.
 RUN_WRITES = (
-    MARKER, "plan.json", "runs", "logs", "checkpoint-*", STAGING_DIR, PISSA_INIT_DIR, VALUE_HEAD,
-    LOG_FILE, PLOT_FILE, "*.tmp", ".*.tmp.*", "trainer_state.json", "training_args.bin", "*_results.json", "README.md",
-    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
-    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-    "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    MARKER,
+    "plan.json",
+    "runs",
+    "logs",
+    "checkpoint-*",
+    STAGING_DIR,
+    PISSA_INIT_DIR,
+    VALUE_HEAD,
+    LOG_FILE,
+    PLOT_FILE,
+    "*.tmp",
+    ".*.tmp.*",
+    "trainer_state.json",
+    "training_args.bin",
+    "*_results.json",
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
 )
 
 
@@ -47,7 +72,10 @@ def is_run_dir(out: Path) -> bool:
 
 def _hub_cache_folder(model_id: str) -> Path:
     """Where huggingface_hub keeps a downloaded model (its cache layout: models--org--name)."""
-    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    hub = (
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
     return Path(hub) / ("models--" + model_id.replace("/", "--"))
 
 
@@ -64,9 +92,14 @@ def model_folder(path: str) -> Path:
 def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
     """(recipe key, path) of everything a run reads; the datasets are already known to resolve."""
     inputs = [("model.path", model_folder(recipe["model"]["path"]))]
-    inputs += [(key, Path(value)) for key, value in (("model.adapter", recipe["model"]["adapter"]),
-                                                     ("train.reward_model", recipe["train"].get("reward_model")))
-               if value is not None]
+    inputs += [
+        (key, Path(value))
+        for key, value in (
+            ("model.adapter", recipe["model"]["adapter"]),
+            ("train.reward_model", recipe["train"].get("reward_model")),
+        )
+        if value is not None
+    ]
     data = recipe["data"]
     registry = Path(data["dataset_dir"]) / "dataset_info.json"  # the folder itself may hold other things
     if registry.is_file():
@@ -90,12 +123,17 @@ def check_apart(recipe: dict, output_dir: str) -> None:
     contains the current folder, the home folder or /: a run writes there and overwrite deletes there."""
     out = Path(output_dir).resolve()  # a symlink is judged by its target
     fix = "Fix: set output.dir to a new folder of its own, e.g. outputs/<run name>"
-    for name, root in (("the file system root /", Path("/")), ("your home folder", Path.home()),
-                       ("the current folder", Path.cwd())):
+    for name, root in (
+        ("the file system root /", Path("/")),
+        ("your home folder", Path.home()),
+        ("the current folder", Path.cwd()),
+    ):
         relation = overlap(out, root.resolve())
         if relation in ("is", "contains"):
-            raise RecipeError(f"output.dir = {str(out)!r} {relation} {name}: a run writes its files there and "
-                              f"output.overwrite would remove them. {fix}")
+            raise RecipeError(
+                f"output.dir = {str(out)!r} {relation} {name}: a run writes its files there and "
+                f"output.overwrite would remove them. {fix}"
+            )
     resume = recipe["train"]["resume"]
     inputs = run_inputs(recipe)
     if resume not in ("auto", "none"):
@@ -106,17 +144,21 @@ def check_apart(recipe: dict, output_dir: str) -> None:
         if relation == "contains" and key == "train.resume" and not recipe["output"]["overwrite"]:
             continue
         if relation is not None:
-            raise RecipeError(f"output.dir = {str(out)!r} {relation} {key} ({str(path)!r}), which the run reads: "
-                              f"the run's files, and output.overwrite's removal of a previous run, would land on it. {fix}")
+            raise RecipeError(
+                f"output.dir = {str(out)!r} {relation} {key} ({str(path)!r}), which the run reads: "
+                f"the run's files, and output.overwrite's removal of a previous run, would land on it. {fix}"
+            )
 
 
 def require_run_dir(out: Path) -> None:
     """output.overwrite replaces only a folder the launcher created as a run's output."""
     if not is_run_dir(out):
-        raise RecipeError(f"output.dir = {str(out)!r} holds files and is not a launcher run (no {MARKER} marker, which "
-                          "the launcher writes into every output.dir it creates); refusing to delete anything there "
-                          "even with output.overwrite=true. Fix: choose another output.dir, or delete the folder "
-                          "yourself if it is an old run you no longer need")
+        raise RecipeError(
+            f"output.dir = {str(out)!r} holds files and is not a launcher run (no {MARKER} marker, which "
+            "the launcher writes into every output.dir it creates); refusing to delete anything there "
+            "even with output.overwrite=true. Fix: choose another output.dir, or delete the folder "
+            "yourself if it is an old run you no longer need"
+        )
 
 
 def _remove(path: Path) -> None:

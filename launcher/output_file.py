@@ -16,11 +16,14 @@ def check_output_file(option: str, path: str, inputs: list[tuple[str, str | Path
     for what, source in inputs:
         relation = overlap(out, Path(source).resolve())
         if relation in ("is", "lies inside"):
-            raise RecipeError(f"{option} {path}: {relation} {what} ({source}), which this command reads; it is "
-                              f"never written over, not even with --force. Fix: give {option} a new file name")
+            raise RecipeError(
+                f"{option} {path}: {relation} {what} ({source}), which this command reads; it is "
+                f"never written over, not even with --force. Fix: give {option} a new file name"
+            )
     if out.is_dir():
         raise RecipeError(f"{option} {path} is a folder. Fix: give {option} a file name")
     if out.exists() and not force:
-        raise RecipeError(f"{option} {path}: the file exists. Fix: pass --force to replace it, or give {option} "
-                          "a new file name")
+        raise RecipeError(
+            f"{option} {path}: the file exists. Fix: pass --force to replace it, or give {option} a new file name"
+        )
     return out

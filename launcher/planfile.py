@@ -44,8 +44,10 @@ def private_dir(path: Path) -> Path:
     problem = folder_problem(path)
     if problem is None:
         return path
-    raise RecipeError(f"plan copy folder {path} {problem}; another user could read or swap this node's plan. "
-                      f"Fix: remove it (`rm -rf {path}`) and launch again; it is recreated private (mode 700)")
+    raise RecipeError(
+        f"plan copy folder {path} {problem}; another user could read or swap this node's plan. "
+        f"Fix: remove it (`rm -rf {path}`) and launch again; it is recreated private (mode 700)"
+    )
 
 
 def write_new(path: str | Path, text: str, mode: int = 0o644) -> None:
@@ -70,7 +72,9 @@ def read_own(path: str | Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as err:
         problem = "is a symlink" if err.errno == errno.ELOOP else err.strerror
-        raise RecipeError(f"--plan {path} {problem}. Fix: start the worker through `launch`, which writes the plan") from None
+        raise RecipeError(
+            f"--plan {path} {problem}. Fix: start the worker through `launch`, which writes the plan"
+        ) from None
     with os.fdopen(fd, encoding="utf-8") as plan:
         info = os.fstat(plan.fileno())
         if info.st_uid != os.getuid():
@@ -79,8 +83,10 @@ def read_own(path: str | Path) -> str:
             problem = f"has mode {stat.S_IMODE(info.st_mode):o}: other users can write it"
         else:
             return plan.read()
-    raise RecipeError(f"--plan {path} {problem}, so it may not be the plan you launched; refusing to run it. "
-                      f"Fix: launch again (it rewrites the plan), or `chmod go-w {path}` if it is yours")
+    raise RecipeError(
+        f"--plan {path} {problem}, so it may not be the plan you launched; refusing to run it. "
+        f"Fix: launch again (it rewrites the plan), or `chmod go-w {path}` if it is yours"
+    )
 
 
 def discard_plan_copy(path: str) -> None:

@@ -36,15 +36,21 @@ def check_model_path(recipe: dict) -> None:
     if is_builtin(path) or not _is_local(path):
         return
     if not Path(path).is_dir():
-        raise RecipeError(f"model.path = {path!r}: no such directory. Fix: point it at a model folder "
-                          "(config.json + weights), a hub id such as Qwen/Qwen2-0.5B, or builtin:tiny-qwen2")
+        raise RecipeError(
+            f"model.path = {path!r}: no such directory. Fix: point it at a model folder "
+            "(config.json + weights), a hub id such as Qwen/Qwen2-0.5B, or builtin:tiny-qwen2"
+        )
     if not (Path(path) / "config.json").is_file():
-        raise RecipeError(f"model.path = {path!r}: no config.json there, so it is no model folder. Fix: point it at "
-                          "the folder that holds config.json and the weights (e.g. a `launch merge --out` folder)")
+        raise RecipeError(
+            f"model.path = {path!r}: no config.json there, so it is no model folder. Fix: point it at "
+            "the folder that holds config.json and the weights (e.g. a `launch merge --out` folder)"
+        )
     missing = missing_files(Path(path))
     if missing:
-        raise RecipeError(f"model.path = {path!r} lacks {', '.join(missing)}, which every rank loads. Fix: copy them "
-                          "into that folder (a `launch merge --out` folder has all), or point model.path at a complete one")
+        raise RecipeError(
+            f"model.path = {path!r} lacks {', '.join(missing)}, which every rank loads. Fix: copy them "
+            "into that folder (a `launch merge --out` folder has all), or point model.path at a complete one"
+        )
 
 
 def model_source(recipe: dict) -> dict:
@@ -69,10 +75,15 @@ def format_model_source(source: dict) -> str:
     command = download_command(source["path"], source["hub"])
     if source["folder"] and not source["missing"]:
         return f"model: {source['path']} in the local hub cache: {source['folder']}"
-    state = (f"in the local hub cache at {source['folder']} without {', '.join(source['missing'])}" if source["folder"]
-             else f"not in the local {source['hub']} cache")
-    return (f"model: {source['path']} {state}: `launch` fetches it once before the ranks start; offline "
-            f"(HF_HUB_OFFLINE=1, no network) it refuses: run `{command}` first")
+    state = (
+        f"in the local hub cache at {source['folder']} without {', '.join(source['missing'])}"
+        if source["folder"]
+        else f"not in the local {source['hub']} cache"
+    )
+    return (
+        f"model: {source['path']} {state}: `launch` fetches it once before the ranks start; offline "
+        f"(HF_HUB_OFFLINE=1, no network) it refuses: run `{command}` first"
+    )
 
 
 def ensure_model(plan: dict) -> None:
@@ -87,20 +98,30 @@ def ensure_model(plan: dict) -> None:
         refusal = modelscope_missing("model.hub")
         if refusal:
             raise RecipeError(refusal)
-        plan["model_dir"] = str(download(path, "modelscope"))  # ModelScope's cache is no HF cache: the ranks read the folder
+        plan["model_dir"] = str(
+            download(path, "modelscope")
+        )  # ModelScope's cache is no HF cache: the ranks read the folder
         return
     if not source["folder"] or source["missing"]:
-        state = f"lacks {', '.join(source['missing'])} in {source['folder']}" if source["folder"] else "is not in the local hub cache"
+        state = (
+            f"lacks {', '.join(source['missing'])} in {source['folder']}"
+            if source["folder"]
+            else "is not in the local hub cache"
+        )
         if hf_offline():
-            raise RecipeError(f"model.path = {path!r} {state}, and HF_HUB_OFFLINE is set, so no rank could load it. "
-                              f"Fix: run `{command}` (where there is network), then launch again; or point model.path "
-                              "at a local model folder")
+            raise RecipeError(
+                f"model.path = {path!r} {state}, and HF_HUB_OFFLINE is set, so no rank could load it. "
+                f"Fix: run `{command}` (where there is network), then launch again; or point model.path "
+                "at a local model folder"
+            )
         print(f"[launch] model.path = {path!r} {state}: fetching it once, before the ranks start", flush=True)
         folder = download(path)
         missing = missing_files(folder)
         if missing:
-            raise RecipeError(f"model.path = {path!r}: the hub repo has no {', '.join(missing)} ({folder}), so no "
-                              "rank could load it. Fix: point model.path at a repo with a complete model")
+            raise RecipeError(
+                f"model.path = {path!r}: the hub repo has no {', '.join(missing)} ({folder}), so no "
+                "rank could load it. Fix: point model.path at a repo with a complete model"
+            )
         source.update(folder=str(folder), missing=[])
     if not plan["nodes"][0].get("host"):  # a hostfile's other nodes read their own cache: they may still need the hub
         plan["env"]["HF_HUB_OFFLINE"] = "1"
@@ -164,8 +185,10 @@ def check_datasets_yield_rows(recipe: dict) -> None:
                 raise RecipeError(f"data.{key}: {err}") from None
         if key == "datasets" and not found:
             files = [str(f) for name in data[key] for f in resolve_dataset(name, data["dataset_dir"]).files]
-            raise RecipeError(f"data.datasets = {data[key]}: no rows in {', '.join(files)} (or in the split they "
-                              "select), nothing to train on. Fix: fill the files, or name datasets that have rows")
+            raise RecipeError(
+                f"data.datasets = {data[key]}: no rows in {', '.join(files)} (or in the split they "
+                "select), nothing to train on. Fix: fill the files, or name datasets that have rows"
+            )
 
 
 def check(recipe: dict) -> None:

@@ -49,7 +49,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         hint = " (it is a directory)" if path.is_dir() else ""
-        raise RecipeError(f"recipe file not found: {path}{hint}. Fix: pass the path of a .yaml recipe, e.g. recipes/sft_tiny.yaml")
+        raise RecipeError(
+            f"recipe file not found: {path}{hint}. Fix: pass the path of a .yaml recipe, e.g. recipes/sft_tiny.yaml"
+        )
     try:
         raw, origins = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
     except YamlRefusal as err:
@@ -60,11 +62,15 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError(f"{where}: unreadable YAML: {problem}. Fix: check indentation and quoting around that line") from None
+        raise RecipeError(
+            f"{where}: unreadable YAML: {problem}. Fix: check indentation and quoting around that line"
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: the recipe must be a YAML mapping of sections (model:, stage:, method:, ...), got a {type(raw).__name__}")
+        raise RecipeError(
+            f"{path}: the recipe must be a YAML mapping of sections (model:, stage:, method:, ...), got a {type(raw).__name__}"
+        )
     return raw, origins
 
 
@@ -73,7 +79,9 @@ def apply_overrides(raw: dict, overrides: list[str], origins: dict[str, str]) ->
     merged = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"override {item!r}: expected key=value. Fix: write it as a dotted key and a value, e.g. train.lr=2e-5")
+            raise RecipeError(
+                f"override {item!r}: expected key=value. Fix: write it as a dotted key and a value, e.g. train.lr=2e-5"
+            )
         key, _, text = item.partition("=")
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
@@ -109,8 +117,10 @@ def _suggest(key: str) -> str:
     from launcher.import_lf import lf_hint
 
     if lf_hint(leaf):  # a LLaMA-Factory argument name
-        return (f" Did you mean {lf_hint(leaf)}? ({leaf} is LLaMA-Factory's name for it; "
-                "`launch import-lf LF.yaml` converts a whole LF config)")
+        return (
+            f" Did you mean {lf_hint(leaf)}? ({leaf} is LLaMA-Factory's name for it; "
+            "`launch import-lf LF.yaml` converts a whole LF config)"
+        )
     close = difflib.get_close_matches(key, list(FLAT), n=1, cutoff=0.6)
     if not close:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -120,13 +130,17 @@ def _suggest(key: str) -> str:
     if close:
         return f" Did you mean {close[0]}?"
     parent = key.rsplit(".", 1)[0] if "." in key else ""
-    valid = [k.removeprefix(parent + ".") if parent else k for k in FLAT
-             if (k.rsplit(".", 1)[0] == parent if parent else "." not in k)]
+    valid = [
+        k.removeprefix(parent + ".") if parent else k
+        for k in FLAT
+        if (k.rsplit(".", 1)[0] == parent if parent else "." not in k)
+    ]
     return f" Fix: use one of {listing(valid)} (see `launch schema`)."
 
 
 def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     """Check one value against its Key; return it in canonical form (e.g. '2e-5' -> 2e-05)."""
+
     def fail(problem: str, fix: str) -> RecipeError:
         return RecipeError(f"{where}: {key} = {value!r}: {problem}. Fix: {fix}")
 
@@ -144,7 +158,10 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             allowed = " or " + " / ".join(repr(x) for x in spec.literals) if spec.literals else ""
-            raise fail("expected a whole number" + allowed, f"write e.g. {key}: {spec.default if isinstance(spec.default, int) else 1}")
+            raise fail(
+                "expected a whole number" + allowed,
+                f"write e.g. {key}: {spec.default if isinstance(spec.default, int) else 1}",
+            )
         out = value
     elif kind == "float":
         if isinstance(value, bool):
@@ -166,7 +183,11 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
             raise fail("expected a non-empty string", f"write e.g. {key}: {spec.default or 'value'}")
         out = spec.aliases.get(value, value)
     elif kind == "str_list":
-        items = ([part.strip() for part in value.split(",")] if spec.commas else [value]) if isinstance(value, str) else value
+        items = (
+            ([part.strip() for part in value.split(",")] if spec.commas else [value])
+            if isinstance(value, str)
+            else value
+        )
         if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
             raise fail("expected a list of non-empty strings", f"write e.g. {key}: [a, b]")
         if spec.choices:
@@ -198,8 +219,14 @@ def _selector(raw: dict, selector: str) -> Any:
     return value if value is not None else SCHEMA[section][name].default
 
 
-def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: dict[str, str], full_raw: dict,
-                      dropped: dict[str, list[str]]) -> dict:
+def _validate_section(
+    raw: Any,
+    schema: dict[str, Key],
+    prefix: str,
+    origins: dict[str, str],
+    full_raw: dict,
+    dropped: dict[str, list[str]],
+) -> dict:
     """Resolve one mapping: refuse unknown keys and keys of another method, fill defaults."""
     section_key = prefix.rstrip(".")
     if not isinstance(raw, dict):
@@ -223,7 +250,8 @@ def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: di
                     need = " or ".join(f"{selector}: {a}" for a in allowed)
                     raise RecipeError(
                         f"{_where(origins, dotted)}: {dotted} is only valid with {need} (got {selector}: {active}). "
-                        f"Fix: remove {dotted} or change {selector}")
+                        f"Fix: remove {dotted} or change {selector}"
+                    )
                 continue
         value = raw.get(name, spec.default)
         where = _where(origins, dotted)
@@ -241,6 +269,7 @@ def _validate_section(raw: Any, schema: dict[str, Key], prefix: str, origins: di
 
 def _check_combinations(r: dict, origins: dict[str, str]) -> None:
     """Refuse combinations of individually valid values that cannot run together."""
+
     def refuse(key: str, message: str) -> None:
         raise RecipeError(f"{_where(origins, key)}: {message}")
 
@@ -248,46 +277,78 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
         section, _, name = dotted.partition(".")
         value = r[section].get(name) if name else r[section]
         if value in unavailable:
-            refuse(dotted, f"{dotted}: {value} is part of the recipe contract but not available in this version yet. "
-                           f"Fix: use one of {sorted(set(FLAT[dotted].choices) - unavailable)}")
+            refuse(
+                dotted,
+                f"{dotted}: {value} is part of the recipe contract but not available in this version yet. "
+                f"Fix: use one of {sorted(set(FLAT[dotted].choices) - unavailable)}",
+            )
     method, dist = r["method"]["name"], r["distributed"]
     method_spec(method).check(r, origins, refuse)
     if r["model"]["adapter"] is not None and method != "lora":
-        refuse("model.adapter", f"model.adapter continues a LoRA adapter, so it needs method.name: lora (got "
-                                f"{method}). Fix: set method.name: lora, or `launch merge` the adapter and "
-                                "set model.path to the merged dir")
+        refuse(
+            "model.adapter",
+            f"model.adapter continues a LoRA adapter, so it needs method.name: lora (got "
+            f"{method}). Fix: set method.name: lora, or `launch merge` the adapter and "
+            "set model.path to the merged dir",
+        )
     stage_spec(r["stage"]).check(r, origins, refuse)
     if r["model"]["quantization"] is not None and method != "lora":
-        refuse("model.quantization", f"model.quantization (QLoRA) needs method.name: lora, got method.name: {method}. "
-                                     "Fix: set method.name: lora or remove model.quantization")
+        refuse(
+            "model.quantization",
+            f"model.quantization (QLoRA) needs method.name: lora, got method.name: {method}. "
+            "Fix: set method.name: lora or remove model.quantization",
+        )
     if dist["engine"] == "ddp" and dist["zero"] != 0:
-        refuse("distributed.zero", f"distributed.zero: {dist['zero']} needs distributed.engine: deepspeed (got ddp). "
-                                   "Fix: set distributed.engine: deepspeed, or distributed.zero: 0 for plain DDP")
+        refuse(
+            "distributed.zero",
+            f"distributed.zero: {dist['zero']} needs distributed.engine: deepspeed (got ddp). "
+            "Fix: set distributed.engine: deepspeed, or distributed.zero: 0 for plain DDP",
+        )
     if dist["zero"] == "auto" and dist["offload"] != "none":
-        refuse("distributed.offload", f"distributed.offload: {dist['offload']} is chosen by distributed.zero: auto. "
-                                      "Fix: remove distributed.offload, or set distributed.zero to a stage 0-3")
+        refuse(
+            "distributed.offload",
+            f"distributed.offload: {dist['offload']} is chosen by distributed.zero: auto. "
+            "Fix: remove distributed.offload, or set distributed.zero to a stage 0-3",
+        )
     if dist["offload"] != "none":
         if dist["engine"] != "deepspeed" or dist["zero"] == 0:
-            refuse("distributed.offload", f"distributed.offload: {dist['offload']} needs DeepSpeed ZeRO 1-3 "
-                                          f"(got engine {dist['engine']}, zero {dist['zero']}). Fix: set distributed.zero: 2 or 3")
+            refuse(
+                "distributed.offload",
+                f"distributed.offload: {dist['offload']} needs DeepSpeed ZeRO 1-3 "
+                f"(got engine {dist['engine']}, zero {dist['zero']}). Fix: set distributed.zero: 2 or 3",
+            )
         if dist["offload"] == "all" and dist["zero"] != 3:
-            refuse("distributed.offload", f"distributed.offload: all (parameters too) needs distributed.zero: 3, got {dist['zero']}. "
-                                          "Fix: set distributed.zero: 3, or distributed.offload: optimizer")
+            refuse(
+                "distributed.offload",
+                f"distributed.offload: all (parameters too) needs distributed.zero: 3, got {dist['zero']}. "
+                "Fix: set distributed.zero: 3, or distributed.offload: optimizer",
+            )
         if r["train"]["optimizer"] != "adamw_torch":
-            refuse("train.optimizer", f"train.optimizer: {r['train']['optimizer']} cannot run with distributed.offload: "
-                                      f"{dist['offload']} (ZeRO-Offload steps with DeepSpeed's CPU Adam). "
-                                      "Fix: set train.optimizer: adamw_torch or distributed.offload: none")
+            refuse(
+                "train.optimizer",
+                f"train.optimizer: {r['train']['optimizer']} cannot run with distributed.offload: "
+                f"{dist['offload']} (ZeRO-Offload steps with DeepSpeed's CPU Adam). "
+                "Fix: set train.optimizer: adamw_torch or distributed.offload: none",
+            )
     # nnodes > 1 without master_addr is refused by the planner: in a SLURM job (launch sbatch) the
     # allocation names the master
     if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:
-        refuse("train.eval_steps", "train.eval_steps is set but there is no evaluation data. "
-                                   "Fix: set data.eval_datasets or data.val_size > 0, or remove train.eval_steps")
+        refuse(
+            "train.eval_steps",
+            "train.eval_steps is set but there is no evaluation data. "
+            "Fix: set data.eval_datasets or data.val_size > 0, or remove train.eval_steps",
+        )
     if r["train"]["eval_generate"] and (r["stage"] != "sft" or not r["data"]["eval_datasets"]):
-        refuse("train.eval_generate", f"train.eval_generate generates replies for data.eval_datasets in stage sft (got stage "
-                                      f"{r['stage']}, eval_datasets {r['data']['eval_datasets']}). Fix: set data.eval_datasets "
-                                      "(e.g. [demo_dev]) with stage: sft, or remove train.eval_generate")
+        refuse(
+            "train.eval_generate",
+            f"train.eval_generate generates replies for data.eval_datasets in stage sft (got stage "
+            f"{r['stage']}, eval_datasets {r['data']['eval_datasets']}). Fix: set data.eval_datasets "
+            "(e.g. [demo_dev]) with stage: sft, or remove train.eval_generate",
+        )
     if not r["data"]["datasets"]:
-        refuse("data.datasets", "data.datasets is empty. Fix: name at least one dataset, e.g. data.datasets: [demo_sft]")
+        refuse(
+            "data.datasets", "data.datasets is empty. Fix: name at least one dataset, e.g. data.datasets: [demo_sft]"
+        )
     if "none" in r["output"]["report_to"] and len(r["output"]["report_to"]) > 1:
         refuse("output.report_to", "output.report_to mixes none with loggers. Fix: use [none] alone or drop it")
 
@@ -331,8 +392,14 @@ def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
     for line in adopt_zero(resolved, origins, lambda key: _where(origins, key)):
         _note(line)
     dist = resolved["distributed"]
-    if dist["engine"] == "ddp" and dist["zero"] != 0 and (
-            "distributed.zero" not in origins or _switched_by_override(origins, "distributed.engine", "distributed.zero")):
+    if (
+        dist["engine"] == "ddp"
+        and dist["zero"] != 0
+        and (
+            "distributed.zero" not in origins
+            or _switched_by_override(origins, "distributed.engine", "distributed.zero")
+        )
+    ):
         if "distributed.zero" in origins:
             _note(f"distributed.engine=ddp (override): distributed.zero {dist['zero']} of the recipe -> 0 (plain DDP)")
         dist["zero"] = 0
@@ -352,8 +419,9 @@ def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/r
         if isinstance(spec, dict):
             resolved[name] = _validate_section({} if value is None else value, spec, name + ".", origins, raw, dropped)
         elif spec.kind == "section":
-            resolved[name] = None if value is None else _validate_section(value, spec.fields, name + ".", origins, raw,
-                                                                          dropped)
+            resolved[name] = (
+                None if value is None else _validate_section(value, spec.fields, name + ".", origins, raw, dropped)
+            )
         else:
             resolved[name] = _coerce(name, spec, spec.default if value is None else value, _where(origins, name))
     if resolved["output"]["dir"] is None:

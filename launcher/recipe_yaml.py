@@ -39,7 +39,9 @@ def _walk(root: yaml.Node, source: str, prefix: str) -> dict[str, str]:
             seen: dict[tuple, int] = {}
             children, loops = [], []
             for key_node, value_node in node.value:
-                if key_node.tag == MERGE_TAG:  # checked for loops only: the merged mapping is walked where it is anchored
+                if (
+                    key_node.tag == MERGE_TAG
+                ):  # checked for loops only: the merged mapping is walked where it is anchored
                     merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                     loops.extend((f"{prefix}<<", _line(key_node), m) for m in merged)
                     continue
@@ -48,14 +50,17 @@ def _walk(root: yaml.Node, source: str, prefix: str) -> dict[str, str]:
                 if ident in seen:
                     raise YamlRefusal(
                         f"{source}:{_line(key_node)}: {dotted} is given twice (lines {seen[ident]} and "
-                        f"{_line(key_node)}); YAML would silently keep only the last. Fix: keep one of the two lines")
+                        f"{_line(key_node)}); YAML would silently keep only the last. Fix: keep one of the two lines"
+                    )
                 if ident is not None:
                     seen[ident] = _line(key_node)
                 origins[dotted] = f"{source}:{_line(key_node)}"
                 children.append((dotted, _line(key_node), value_node, dotted + "."))
         elif isinstance(node, yaml.SequenceNode):
-            children = [(f"{prefix.rstrip('.')}[{i}]", _line(item), item, f"{prefix.rstrip('.')}[{i}].")
-                        for i, item in enumerate(node.value)]
+            children = [
+                (f"{prefix.rstrip('.')}[{i}]", _line(item), item, f"{prefix.rstrip('.')}[{i}].")
+                for i, item in enumerate(node.value)
+            ]
             loops = []
         else:
             return
@@ -64,7 +69,8 @@ def _walk(root: yaml.Node, source: str, prefix: str) -> dict[str, str]:
             if id(child) in inside:
                 raise YamlRefusal(
                     f"{source}:{line}: {dotted} is an alias of a node that contains it (a recursive YAML anchor, "
-                    f"anchored at line {_line(child)}). Fix: replace the alias by the values it should have")
+                    f"anchored at line {_line(child)}). Fix: replace the alias by the values it should have"
+                )
         for _, _, child, child_prefix in children:
             walk(child, child_prefix, inside)
         done.add(id(node))

@@ -65,24 +65,46 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         # no default: a recipe that forgot it must not silently train the embedded test model
         "path": Key("str", None, "a hub id, a local model dir, or builtin:tiny-qwen2 (the small embedded test model)"),
-        "template": Key("str", "auto", "chat template: auto = the tokenizer's chat_template (right for any model that ships "
-                                       "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
-                         choices=TEMPLATES, aliases=TEMPLATE_ALIASES, guess=False),
+        "template": Key(
+            "str",
+            "auto",
+            "chat template: auto = the tokenizer's chat_template (right for any model that ships "
+            "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
+            choices=TEMPLATES,
+            aliases=TEMPLATE_ALIASES,
+            guess=False,
+        ),
         "dtype": Key("str", "bf16", "training precision", choices=("bf16", "fp16", "fp32", "auto")),
-        "attn": Key("str", "auto", "attention kernel: auto = the fastest this device and the installed packages allow "
-                                   "(`launch plan` says which and why); flex_attention and flash_attention_2 run neat "
-                                   "packing padding-free", choices=("auto", "eager", "sdpa", "flex_attention", "flash_attention_2")),
-        "hub": Key("str", "huggingface", "where a hub id in model.path comes from: huggingface (the local HF cache, "
-                                         "else fetched once before the ranks start) or modelscope (needs the modelscope "
-                                         "package); `launch download` fetches it ahead for offline runs",
-                   choices=("huggingface", "modelscope")),
+        "attn": Key(
+            "str",
+            "auto",
+            "attention kernel: auto = the fastest this device and the installed packages allow "
+            "(`launch plan` says which and why); flex_attention and flash_attention_2 run neat "
+            "packing padding-free",
+            choices=("auto", "eager", "sdpa", "flex_attention", "flash_attention_2"),
+        ),
+        "hub": Key(
+            "str",
+            "huggingface",
+            "where a hub id in model.path comes from: huggingface (the local HF cache, "
+            "else fetched once before the ranks start) or modelscope (needs the modelscope "
+            "package); `launch download` fetches it ahead for offline runs",
+            choices=("huggingface", "modelscope"),
+        ),
         "trust_remote_code": Key("bool", False, "run the model repository's own code (only when you trust it)"),
-        "adapter": Key("str", None, "PEFT LoRA adapter dir of an earlier stage (output.dir of its run) to keep training "
-                                    "in this stage; its own rank/alpha/targets apply (method.name: lora). To start a new "
-                                    "adapter on top instead, `launch merge` it and set model.path to the merged dir",
-                       nullable=True),
+        "adapter": Key(
+            "str",
+            None,
+            "PEFT LoRA adapter dir of an earlier stage (output.dir of its run) to keep training "
+            "in this stage; its own rank/alpha/targets apply (method.name: lora). To start a new "
+            "adapter on top instead, `launch merge` it and set model.path to the merged dir",
+            nullable=True,
+        ),
         "quantization": Key(
-            "section", None, "k-bit base for QLoRA (only with method.name: lora)", nullable=True,
+            "section",
+            None,
+            "k-bit base for QLoRA (only with method.name: lora)",
+            nullable=True,
             fields={
                 "bits": Key("int", 4, "4 or 8", choices=(4, 8)),
                 "type": Key("str", "nf4", "4-bit data type", choices=("nf4", "fp4")),
@@ -92,34 +114,89 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "stage": Key("str", "sft", "training stage", choices=STAGES),
     "method": {
-        "name": Key("str", "lora", "fine-tuning method; qlora = lora over a 4-bit base (model.quantization's defaults)",
-                     choices=METHODS),
+        "name": Key(
+            "str",
+            "lora",
+            "fine-tuning method; qlora = lora over a 4-bit base (model.quantization's defaults)",
+            choices=METHODS,
+        ),
         "rank": Key("int", 8, "LoRA rank", low=1, only_for=LORA),
         "alpha": Key("float", 16, "LoRA alpha (scaling = alpha / rank)", low=0, low_inclusive=False, only_for=LORA),
         "dropout": Key("float", 0.0, "LoRA dropout", low=0, high=1, high_inclusive=False, only_for=LORA),
-        "target": Key("str_list", "all", "modules to adapt: all linear layers except the output head, or a list of names", literals=("all",), only_for=LORA),
+        "target": Key(
+            "str_list",
+            "all",
+            "modules to adapt: all linear layers except the output head, or a list of names",
+            literals=("all",),
+            only_for=LORA,
+        ),
         "variant": Key("str", "lora", "LoRA variant", choices=("lora", "dora", "rslora", "pissa"), only_for=LORA),
-        "loraplus_ratio": Key("float", None, "LoRA+ learning-rate multiplier for the B matrices", nullable=True, low=0, low_inclusive=False, only_for=LORA),
-        "additional_target": Key("str_list", None, "modules trained fully beside the adapter (e.g. embed_tokens)", nullable=True, only_for=LORA),
+        "loraplus_ratio": Key(
+            "float",
+            None,
+            "LoRA+ learning-rate multiplier for the B matrices",
+            nullable=True,
+            low=0,
+            low_inclusive=False,
+            only_for=LORA,
+        ),
+        "additional_target": Key(
+            "str_list",
+            None,
+            "modules trained fully beside the adapter (e.g. embed_tokens)",
+            nullable=True,
+            only_for=LORA,
+        ),
         "trainable_layers": Key("int", 2, "+N trains the last N decoder layers, -N the first N", only_for=FREEZE),
-        "trainable_modules": Key("str_list", "all", "modules inside the trainable layers", literals=("all",), only_for=FREEZE),
-        "extra_modules": Key("str_list", None, "modules outside the layers to train (embed_tokens, lm_head, norm)", nullable=True, only_for=FREEZE),
+        "trainable_modules": Key(
+            "str_list", "all", "modules inside the trainable layers", literals=("all",), only_for=FREEZE
+        ),
+        "extra_modules": Key(
+            "str_list",
+            None,
+            "modules outside the layers to train (embed_tokens, lm_head, norm)",
+            nullable=True,
+            only_for=FREEZE,
+        ),
         "num_virtual_tokens": Key("int", 16, "prefix length", low=1, only_for=PREFIX),
-        "prefix_projection": Key("bool", False, "reparameterise the prefix through an MLP (P-tuning v2 style)", only_for=PREFIX),
+        "prefix_projection": Key(
+            "bool", False, "reparameterise the prefix through an MLP (P-tuning v2 style)", only_for=PREFIX
+        ),
     },
     "data": {
-        "datasets": Key("str_list", ["demo_sft"], "names in <dataset_dir>/dataset_info.json, or file paths; one string \"a,b\" is the list [a, b]", commas=True),
+        "datasets": Key(
+            "str_list",
+            ["demo_sft"],
+            'names in <dataset_dir>/dataset_info.json, or file paths; one string "a,b" is the list [a, b]',
+            commas=True,
+        ),
         "dataset_dir": Key("str", "data", "folder holding dataset_info.json"),
-        "eval_datasets": Key("str_list", [], "evaluation datasets (\"a,b\" as data.datasets)", commas=True),
-        "val_size": Key("float", 0.0, "share of the training data held out for evaluation", low=0, high=1, high_inclusive=False),
+        "eval_datasets": Key("str_list", [], 'evaluation datasets ("a,b" as data.datasets)', commas=True),
+        "val_size": Key(
+            "float", 0.0, "share of the training data held out for evaluation", low=0, high=1, high_inclusive=False
+        ),
         "cutoff_len": Key("int", 2048, "maximum tokens per example", low=8),
         "packing": Key("str", "none", "sequence packing", choices=("none", "greedy", "neat")),
         "train_on_prompt": Key("bool", False, "also train on prompt tokens"),
         "mask_history": Key("bool", False, "train only on the last assistant turn"),
         "max_samples": Key("int", None, "use at most this many examples per dataset", nullable=True, low=1),
-        "on_bad_row": Key("str", "error", "a malformed row (bad JSON, missing column, wrong role order): error names it, skip drops it and counts it in the log", choices=("error", "skip")),
-        "cache": Key("bool", True, "tokenize once and reuse: one process builds the cache entry (keyed by data files, tokenizer, template, data settings, code), the others load it"),
-        "cache_dir": Key("str", None, "folder of the tokenized-data cache (default: $LAUNCHER_CACHE/data, else ~/.cache/llm-launcher/data); on a shared file system all nodes share one build", nullable=True),
+        "on_bad_row": Key(
+            "str",
+            "error",
+            "a malformed row (bad JSON, missing column, wrong role order): error names it, skip drops it and counts it in the log",
+            choices=("error", "skip"),
+        ),
+        "cache": Key(
+            "bool",
+            True,
+            "tokenize once and reuse: one process builds the cache entry (keyed by data files, tokenizer, template, data settings, code), the others load it",
+        ),
+        "cache_dir": Key(
+            "str",
+            None,
+            "folder of the tokenized-data cache (default: $LAUNCHER_CACHE/data, else ~/.cache/llm-launcher/data); on a shared file system all nodes share one build",
+            nullable=True,
+        ),
         "num_workers": Key("int", 1, "processes that render and tokenize the data (on the building rank)", low=1),
     },
     "train": {
@@ -128,99 +205,232 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "micro_batch_size": Key("int", 1, "examples per device per forward pass", low=1),
         "grad_accum": Key("int", 8, "micro batches per optimizer step", low=1),
         "lr": Key("float", 1.0e-4, "peak learning rate", low=0, low_inclusive=False),
-        "scheduler": Key("str", "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant_with_warmup", "constant")),
+        "scheduler": Key(
+            "str", "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant_with_warmup", "constant")
+        ),
         "warmup_ratio": Key("float", 0.03, "share of steps spent warming up", low=0, high=1, high_inclusive=False),
         "weight_decay": Key("float", 0.0, "AdamW weight decay", low=0),
         "max_grad_norm": Key("float", 1.0, "gradient clipping (0 = off)", low=0),
-        "max_bad_steps": Key("int", 5, "stop after this many consecutive steps whose loss or gradient norm is NaN/Inf; "
-                             "their updates are skipped and the last good state is saved (docs/monitoring.md)", low=1),
-        "optimizer": Key("str", "adamw_torch", "optimizer", choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor")),
+        "max_bad_steps": Key(
+            "int",
+            5,
+            "stop after this many consecutive steps whose loss or gradient norm is NaN/Inf; "
+            "their updates are skipped and the last good state is saved (docs/monitoring.md)",
+            low=1,
+        ),
+        "optimizer": Key(
+            "str", "adamw_torch", "optimizer", choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor")
+        ),
         "gradient_checkpointing": Key("bool", True, "recompute activations in backward to save memory"),
-        "loss_kernel": Key("str", "auto", "causal-LM loss (pt, sft): plain = full logits; chunked = LM head + cross-entropy "
-                                          "in token chunks, logits never whole (any device); liger = liger-kernel's fused "
-                                          "linear cross-entropy (CUDA); auto = liger on CUDA when installed, else chunked "
-                                          "for vocabularies >= 32k", choices=("auto", "plain", "chunked", "liger")),
-        "compile": Key("bool", False, "torch.compile each decoder layer (dynamic shapes: packed rows do not recompile)"),
+        "loss_kernel": Key(
+            "str",
+            "auto",
+            "causal-LM loss (pt, sft): plain = full logits; chunked = LM head + cross-entropy "
+            "in token chunks, logits never whole (any device); liger = liger-kernel's fused "
+            "linear cross-entropy (CUDA); auto = liger on CUDA when installed, else chunked "
+            "for vocabularies >= 32k",
+            choices=("auto", "plain", "chunked", "liger"),
+        ),
+        "compile": Key(
+            "bool", False, "torch.compile each decoder layer (dynamic shapes: packed rows do not recompile)"
+        ),
         "neftune_alpha": Key("float", None, "NEFTune noise alpha", nullable=True, low=0, low_inclusive=False),
         "seed": Key("int", 42, "random seed", low=0),
         "logging_steps": Key("int", 10, "log every N optimizer steps", low=1),
         "save_steps": Key("int", 500, "checkpoint every N optimizer steps", low=1),
-        "save_total_limit": Key("int", None, "keep only the newest N complete checkpoints (null = all)", nullable=True, low=1),
+        "save_total_limit": Key(
+            "int", None, "keep only the newest N complete checkpoints (null = all)", nullable=True, low=1
+        ),
         "eval_steps": Key("int", None, "evaluate every N optimizer steps", nullable=True, low=1),
-        "eval_generate": Key("bool", False, "sft: at each evaluation also generate replies for data.eval_datasets (the eval section's settings) and log `launch eval`'s BLEU-4 / ROUGE as eval/bleu-4, eval/rouge-*"),
+        "eval_generate": Key(
+            "bool",
+            False,
+            "sft: at each evaluation also generate replies for data.eval_datasets (the eval section's settings) and log `launch eval`'s BLEU-4 / ROUGE as eval/bleu-4, eval/rouge-*",
+        ),
         "resume": Key("str", "auto", "auto (latest complete checkpoint in output.dir), none, or a checkpoint dir"),
-        "trust_checkpoint": Key("bool", False, "resume a checkpoint that has no checksum manifest written by this launcher "
-                                               "(its pickles run code when loaded: only one you know the origin of; "
-                                               "docs/checkpoints.md)"),
-        "pref_beta": Key("float", 0.1, "preference temperature: beta of DPO/IPO/hinge/SimPO/KTO, lambda (odds-ratio weight) of ORPO",
-                         low=0, low_inclusive=False, only_for=PREFERENCE),
-        "pref_loss": Key("str", "sigmoid", "DPO loss: sigmoid (DPO), ipo, hinge (SLiC), simpo (reference-free, length-normalised), "
-                                           "orpo (same as stage: orpo)", choices=PREF_LOSSES, only_for=DPO),
-        "pref_ftx": Key("float", 0.0, "weight of an SFT (NLL on the chosen reply) term added to the DPO loss", low=0, only_for=DPO),
-        "simpo_gamma": Key("float", 0.5, "SimPO target reward margin (only with pref_loss: simpo)", low=0, only_for=DPO),
-        "kto_desirable_weight": Key("float", 1.0, "KTO weight of the desirable (kto_tag: true) examples' loss",
-                                    low=0, low_inclusive=False, only_for=KTO),
-        "kto_undesirable_weight": Key("float", 1.0, "KTO weight of the undesirable (kto_tag: false) examples' loss",
-                                      low=0, low_inclusive=False, only_for=KTO),
-        "reward_model": Key("str", None, "PPO rewards: the output.dir of a stage: rm run on the same model.path",
-                            nullable=True, only_for=PPO),
+        "trust_checkpoint": Key(
+            "bool",
+            False,
+            "resume a checkpoint that has no checksum manifest written by this launcher "
+            "(its pickles run code when loaded: only one you know the origin of; "
+            "docs/checkpoints.md)",
+        ),
+        "pref_beta": Key(
+            "float",
+            0.1,
+            "preference temperature: beta of DPO/IPO/hinge/SimPO/KTO, lambda (odds-ratio weight) of ORPO",
+            low=0,
+            low_inclusive=False,
+            only_for=PREFERENCE,
+        ),
+        "pref_loss": Key(
+            "str",
+            "sigmoid",
+            "DPO loss: sigmoid (DPO), ipo, hinge (SLiC), simpo (reference-free, length-normalised), "
+            "orpo (same as stage: orpo)",
+            choices=PREF_LOSSES,
+            only_for=DPO,
+        ),
+        "pref_ftx": Key(
+            "float", 0.0, "weight of an SFT (NLL on the chosen reply) term added to the DPO loss", low=0, only_for=DPO
+        ),
+        "simpo_gamma": Key(
+            "float", 0.5, "SimPO target reward margin (only with pref_loss: simpo)", low=0, only_for=DPO
+        ),
+        "kto_desirable_weight": Key(
+            "float",
+            1.0,
+            "KTO weight of the desirable (kto_tag: true) examples' loss",
+            low=0,
+            low_inclusive=False,
+            only_for=KTO,
+        ),
+        "kto_undesirable_weight": Key(
+            "float",
+            1.0,
+            "KTO weight of the undesirable (kto_tag: false) examples' loss",
+            low=0,
+            low_inclusive=False,
+            only_for=KTO,
+        ),
+        "reward_model": Key(
+            "str",
+            None,
+            "PPO rewards: the output.dir of a stage: rm run on the same model.path",
+            nullable=True,
+            only_for=PPO,
+        ),
         "max_new_tokens": Key("int", 128, "PPO generation: longest sampled reply", low=1, only_for=PPO),
-        "temperature": Key("float", 1.0, "PPO generation: sampling temperature", low=0, low_inclusive=False, only_for=PPO),
+        "temperature": Key(
+            "float", 1.0, "PPO generation: sampling temperature", low=0, low_inclusive=False, only_for=PPO
+        ),
         "top_k": Key("int", 0, "PPO generation: sample among the k likeliest tokens (0 = all)", low=0, only_for=PPO),
-        "top_p": Key("float", 1.0, "PPO generation: nucleus sampling mass", low=0, high=1, low_inclusive=False, only_for=PPO),
+        "top_p": Key(
+            "float", 1.0, "PPO generation: nucleus sampling mass", low=0, high=1, low_inclusive=False, only_for=PPO
+        ),
         "kl_coef": Key("float", 0.05, "PPO: per-token KL penalty against the reference policy", low=0, only_for=PPO),
-        "ppo_clip": Key("float", 0.2, "PPO: clip range of the policy ratio and of the value update", low=0,
-                        low_inclusive=False, only_for=PPO),
+        "ppo_clip": Key(
+            "float",
+            0.2,
+            "PPO: clip range of the policy ratio and of the value update",
+            low=0,
+            low_inclusive=False,
+            only_for=PPO,
+        ),
         "vf_coef": Key("float", 0.1, "PPO: weight of the value loss", low=0, only_for=PPO),
-        "ppo_epochs": Key("int", 1, "PPO: optimizer steps trained on each rollout (the prompts' batch is replayed)",
-                          low=1, only_for=PPO),
+        "ppo_epochs": Key(
+            "int",
+            1,
+            "PPO: optimizer steps trained on each rollout (the prompts' batch is replayed)",
+            low=1,
+            only_for=PPO,
+        ),
     },
     "eval": {
         "max_new_tokens": Key("int", 128, "`launch eval`: longest generated reply", low=1),
         "do_sample": Key("bool", False, "`launch eval`: sample instead of greedy decoding"),
-        "temperature": Key("float", 0.95, "`launch eval`: sampling temperature (with do_sample)", low=0, low_inclusive=False),
-        "top_p": Key("float", 0.7, "`launch eval`: nucleus sampling mass (with do_sample)", low=0, high=1, low_inclusive=False),
+        "temperature": Key(
+            "float", 0.95, "`launch eval`: sampling temperature (with do_sample)", low=0, low_inclusive=False
+        ),
+        "top_p": Key(
+            "float", 0.7, "`launch eval`: nucleus sampling mass (with do_sample)", low=0, high=1, low_inclusive=False
+        ),
         "top_k": Key("int", 50, "`launch eval`: sample among the k likeliest tokens (with do_sample)", low=1),
         "batch_size": Key("int", 8, "`launch eval`: prompts generated together per process", low=1),
-        "engine": Key("str", "auto", "`launch eval`: generate with transformers (hf) or vLLM (vllm; the LoRA adapter through LoRARequest); auto = vllm where it is installed and a GPU is visible, else hf", choices=("auto", "hf", "vllm")),
+        "engine": Key(
+            "str",
+            "auto",
+            "`launch eval`: generate with transformers (hf) or vLLM (vllm; the LoRA adapter through LoRARequest); auto = vllm where it is installed and a GPU is visible, else hf",
+            choices=("auto", "hf", "vllm"),
+        ),
     },
     "distributed": {
         "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),
-        "zero": Key("int", 3, "ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting", choices=(0, 1, 2, 3), literals=("auto",)),
+        "zero": Key(
+            "int",
+            3,
+            "ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting",
+            choices=(0, 1, 2, 3),
+            literals=("auto",),
+        ),
         "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
-        "deepspeed_config": Key("str", None, "your own DeepSpeed JSON instead of the bundled ones (as LLaMA-Factory and "
-                                "the HF Trainer take): its \"auto\" values are filled from the recipe (batch sizes, "
-                                "clipping, bf16/fp16, optimizer lr/weight decay; the scheduler's step counts by the "
-                                "Trainer), its stage/offload set distributed.zero/offload; an explicit value that "
-                                "contradicts the recipe is refused. Relative to the current folder; `launch plan` "
-                                "shows the result", nullable=True),
-        "device_memory_gb": Key("float", None, "memory per device (GiB) for the planner's fit check; default: detected "
-                                "(nvidia-smi, or host RAM / processes per node on CPU)", nullable=True, low=0, low_inclusive=False),
-        "force_memory": Key("bool", False, "train even when the memory planner estimates that the plan does not fit "
-                            "the device (fits: no); by default training refuses such a plan, `launch plan` shows it"),
+        "deepspeed_config": Key(
+            "str",
+            None,
+            "your own DeepSpeed JSON instead of the bundled ones (as LLaMA-Factory and "
+            'the HF Trainer take): its "auto" values are filled from the recipe (batch sizes, '
+            "clipping, bf16/fp16, optimizer lr/weight decay; the scheduler's step counts by the "
+            "Trainer), its stage/offload set distributed.zero/offload; an explicit value that "
+            "contradicts the recipe is refused. Relative to the current folder; `launch plan` "
+            "shows the result",
+            nullable=True,
+        ),
+        "device_memory_gb": Key(
+            "float",
+            None,
+            "memory per device (GiB) for the planner's fit check; default: detected "
+            "(nvidia-smi, or host RAM / processes per node on CPU)",
+            nullable=True,
+            low=0,
+            low_inclusive=False,
+        ),
+        "force_memory": Key(
+            "bool",
+            False,
+            "train even when the memory planner estimates that the plan does not fit "
+            "the device (fits: no); by default training refuses such a plan, `launch plan` shows it",
+        ),
         "launcher": Key("str", "torchrun", "process launcher", choices=("torchrun", "accelerate", "deepspeed")),
-        "nproc_per_node": Key("int", "auto", "processes per node: auto = visible GPUs, else 2 CPU processes", literals=("auto",), low=1),
-        "nnodes": Key("int", None, "number of nodes (default: the hostfile's selected hosts, else 1)", nullable=True, low=1),
+        "nproc_per_node": Key(
+            "int", "auto", "processes per node: auto = visible GPUs, else 2 CPU processes", literals=("auto",), low=1
+        ),
+        "nnodes": Key(
+            "int", None, "number of nodes (default: the hostfile's selected hosts, else 1)", nullable=True, low=1
+        ),
         "hostfile": Key("str", None, "DeepSpeed-format hostfile (host slots=N per line)", nullable=True),
         "master_addr": Key("str", None, "address of node 0 (required for nnodes > 1)", nullable=True),
-        "master_port": Key("int", "auto", "rendezvous port on node 0; auto = a free port on a single node (as "
-                              f"torchrun --standalone), {DEFAULT_MASTER_PORT} for several nodes", literals=("auto",),
-                              low=1, high=65535),
+        "master_port": Key(
+            "int",
+            "auto",
+            "rendezvous port on node 0; auto = a free port on a single node (as "
+            f"torchrun --standalone), {DEFAULT_MASTER_PORT} for several nodes",
+            literals=("auto",),
+            low=1,
+            high=65535,
+        ),
         "max_restarts": Key("int", 0, "torchrun restarts of the whole worker group", low=0),
         "timeout_minutes": Key("int", 30, "timeout of every collective and rendezvous", low=1),
-        "env_forward": Key("str_list", [], "environment variables copied from the launching shell to the nodes started over ssh (hostfile), e.g. [NCCL_SOCKET_IFNAME]"),
-        "ssh_port": Key("int", None, "ssh port of the hostfile's hosts (default: ~/.ssh/config, else 22)", nullable=True, low=1, high=65535),
-        "ssh_options": Key("str_list", [], "extra ssh arguments for the hostfile's hosts, e.g. [-i, ~/.ssh/cluster_key]"),
+        "env_forward": Key(
+            "str_list",
+            [],
+            "environment variables copied from the launching shell to the nodes started over ssh (hostfile), e.g. [NCCL_SOCKET_IFNAME]",
+        ),
+        "ssh_port": Key(
+            "int",
+            None,
+            "ssh port of the hostfile's hosts (default: ~/.ssh/config, else 22)",
+            nullable=True,
+            low=1,
+            high=65535,
+        ),
+        "ssh_options": Key(
+            "str_list", [], "extra ssh arguments for the hostfile's hosts, e.g. [-i, ~/.ssh/cluster_key]"
+        ),
     },
     "slurm": Key(
-        "section", None, "SLURM batch settings used by `launch sbatch`", nullable=True,
+        "section",
+        None,
+        "SLURM batch settings used by `launch sbatch`",
+        nullable=True,
         fields={
             "partition": Key("str", None, "partition", nullable=True),
             "account": Key("str", None, "account", nullable=True),
             "time": Key("str", "24:00:00", "wall-clock limit"),
             "gpus_per_node": Key("int", 8, "GPUs per node", low=0),
             "nodes": Key("int", 1, "nodes", low=1),
-            "cpus_per_task": Key("int", None, "CPUs for each node's task (its torchrun agent and all its ranks)", nullable=True, low=1),
+            "cpus_per_task": Key(
+                "int", None, "CPUs for each node's task (its torchrun agent and all its ranks)", nullable=True, low=1
+            ),
             "extra": Key("str_list", [], "extra #SBATCH lines"),
         },
     ),
@@ -247,11 +457,18 @@ def all_keys(schema: dict = SCHEMA, prefix: str = "") -> dict[str, Key]:
 
 
 def _json_type(key: Key) -> dict:
-    base = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
-            "str": {"type": "string"}}
+    base = {
+        "int": {"type": "integer"},
+        "float": {"type": "number"},
+        "bool": {"type": "boolean"},
+        "str": {"type": "string"},
+    }
     if key.kind == "section":
-        out = {"type": "object", "additionalProperties": False,
-               "properties": {n: _json_type(k) for n, k in key.fields.items()}}
+        out = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {n: _json_type(k) for n, k in key.fields.items()},
+        }
     elif key.kind == "str_list":
         item = {"type": "string"}
         if key.choices:
@@ -281,8 +498,11 @@ def json_schema() -> dict:
     """JSON Schema (draft 2020-12) of a recipe, for editors."""
 
     def section(spec: dict) -> dict:
-        out = {"type": "object", "additionalProperties": False,
-               "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()}}
+        out = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {n: section(s) if isinstance(s, dict) else _json_type(s) for n, s in spec.items()},
+        }
         required = [n for n, s in spec.items() if isinstance(s, Key) and s.default is None and not s.nullable]
         return {**out, "required": required} if required else out
 

@@ -73,6 +73,13 @@ def recipe_reference() -> str:
         if isinstance(spec, dict):
             out += [f"## {name}", "", *table_head, *_rows(spec, f"{name}."), ""]
         elif spec.kind == "section":
-            out += [f"## {name}", "", spec.doc + " (the whole section may be `null`)." if spec.nullable else spec.doc, "",
-                    *table_head, *_rows(spec.fields, f"{name}."), ""]
+            out += [
+                f"## {name}",
+                "",
+                spec.doc + " (the whole section may be `null`)." if spec.nullable else spec.doc,
+                "",
+                *table_head,
+                *_rows(spec.fields, f"{name}."),
+                "",
+            ]
     return "\n".join(out).rstrip() + "\n"

@@ -8,7 +8,6 @@ errors. Model loading and prompt rendering are chat.py's. `--engine vllm` hands 
 model and adapters to `vllm serve` instead (vllm_command).
 """
 
-
 import asyncio
 import json
 import math
@@ -37,8 +36,14 @@ class Limits:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers or {}
 
@@ -50,8 +55,10 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
         name, sep, path = spec.partition("=")
         name, path = (name, path) if sep else (Path(spec).resolve().name, spec)
         if not (Path(path) / "adapter_config.json").is_file():
-            raise ServeError(f"--adapter {spec}: {path} has no adapter_config.json. "
-                             "Fix: pass a LoRA run's output.dir or a `launch consolidate` output")
+            raise ServeError(
+                f"--adapter {spec}: {path} has no adapter_config.json. "
+                "Fix: pass a LoRA run's output.dir or a `launch consolidate` output"
+            )
         if name in adapters:
             raise ServeError(f"--adapter {spec}: the name {name!r} is taken. Fix: name it, --adapter NAME=PATH")
         adapters[name] = path
@@ -70,12 +77,16 @@ class RateLimit:
         events = self.events.setdefault(key, deque())
         while events and now - events[0][0] >= self.window:
             events.popleft()
-        for limit, used, what in ((self.rpm, len(events), "requests"),
-                                  (self.tpm, sum(e[1] for e in events), "tokens")):
+        for limit, used, what in ((self.rpm, len(events), "requests"), (self.tpm, sum(e[1] for e in events), "tokens")):
             if limit is not None and used >= limit:
                 retry = max(1, math.ceil(self.window - (now - events[0][0])))
-                raise ApiError(429, f"rate limit: {used} {what} in the last minute for this API key (limit {limit}); "
-                                    f"retry in {retry} s", "rate_limit_error", headers={"Retry-After": str(retry)})
+                raise ApiError(
+                    429,
+                    f"rate limit: {used} {what} in the last minute for this API key (limit {limit}); "
+                    f"retry in {retry} s",
+                    "rate_limit_error",
+                    headers={"Retry-After": str(retry)},
+                )
         event = [now, 0]
         events.append(event)
         return event  # the caller adds the tokens once they are known
@@ -89,8 +100,12 @@ class Gate:
 
     async def enter(self) -> None:
         if self.lock.locked() and self.waiting >= self.max_queue:
-            raise ApiError(503, f"server busy: {self.waiting} requests already queued (limit {self.max_queue}); "
-                                "retry later", "server_busy", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                f"server busy: {self.waiting} requests already queued (limit {self.max_queue}); retry later",
+                "server_busy",
+                headers={"Retry-After": "1"},
+            )
         self.waiting += 1
         try:
             await self.lock.acquire()
@@ -133,17 +148,31 @@ def parse_request(raw: bytes, limits: Limits, names: list[str]) -> ChatRequest:
     if model is None:
         raise ApiError(400, f"model is required: one of {names}", param="model")
     if model not in names:
-        raise ApiError(404, f"model {model!r} is not served here; GET /v1/models lists {names}", "not_found_error", "model")
+        raise ApiError(
+            404, f"model {model!r} is not served here; GET /v1/models lists {names}", "not_found_error", "model"
+        )
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-            for m in messages):
-        raise ApiError(400, "messages must be a non-empty list of {role: system|user|assistant, content: string}",
-                       param="messages")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
+        raise ApiError(
+            400, "messages must be a non-empty list of {role: system|user|assistant, content: string}", param="messages"
+        )
     max_tokens = _field(body, "max_completion_tokens", (int,), None, lambda v: v >= 1, "an integer >= 1")
-    max_tokens = _field(body, "max_tokens", (int,), max_tokens, lambda v: v >= 1, "an integer >= 1") or limits.max_tokens
+    max_tokens = (
+        _field(body, "max_tokens", (int,), max_tokens, lambda v: v >= 1, "an integer >= 1") or limits.max_tokens
+    )
     if max_tokens > limits.max_tokens:
-        raise ApiError(400, f"max_tokens = {max_tokens} is above this server's limit {limits.max_tokens}", param="max_tokens")
+        raise ApiError(
+            400, f"max_tokens = {max_tokens} is above this server's limit {limits.max_tokens}", param="max_tokens"
+        )
     temperature = _field(body, "temperature", (int, float), None, lambda v: 0 <= v <= 2, "a number in [0, 2]")
     top_p = _field(body, "top_p", (int, float), None, lambda v: 0 < v <= 1, "a number in (0, 1]")
     min_tokens = _field(body, "min_tokens", (int,), 0, lambda v: 0 <= v <= max_tokens, "an integer in [0, max_tokens]")
@@ -161,7 +190,7 @@ def parse_request(raw: bytes, limits: Limits, names: list[str]) -> ChatRequest:
 def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
     """`text` up to the first stop string, and whether one was found."""
     hits = [text.find(s) for s in stops if s in text]
-    return (text[:min(hits)], True) if hits else (text, False)
+    return (text[: min(hits)], True) if hits else (text, False)
 
 
 class Engine:
@@ -179,16 +208,22 @@ class Engine:
             model.eval()
         self.model, self.adapters, self.base_name = model, adapters, base_name
         # each served model renders prompts as its run trained (chat.chat_template): the base's, each adapter's
-        self.templates = {base_name: chat_template(model_path, None)[0],
-                          **{name: chat_template(model_path, path)[0] for name, path in adapters.items()}}
+        self.templates = {
+            base_name: chat_template(model_path, None)[0],
+            **{name: chat_template(model_path, path)[0] for name, path in adapters.items()},
+        }
 
     @property
     def names(self) -> list[str]:
         return [self.base_name, *self.adapters]
 
     def _kwargs(self, request: ChatRequest) -> dict:
-        kwargs = {**request.sampling.generate_kwargs(), "eos_token_id": self.tokenizer.eos_token_id,
-                  "pad_token_id": self.tokenizer.pad_token_id, "min_new_tokens": request.min_tokens}
+        kwargs = {
+            **request.sampling.generate_kwargs(),
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "min_new_tokens": request.min_tokens,
+        }
         if request.stop:
             kwargs.update(stop_strings=request.stop, tokenizer=self.tokenizer)
         return kwargs
@@ -220,8 +255,11 @@ class Engine:
 def _error(err: ApiError):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.status}},
-                        status_code=err.status, headers=err.headers)
+    return JSONResponse(
+        {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.status}},
+        status_code=err.status,
+        headers=err.headers,
+    )
 
 
 def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
@@ -262,9 +300,19 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "llm-launcher",
-                                            **({"parent": engine.base_name} if name in engine.adapters else {})}
-                                           for name in engine.names]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "llm-launcher",
+                    **({"parent": engine.base_name} if name in engine.adapters else {}),
+                }
+                for name in engine.names
+            ],
+        }
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
@@ -278,14 +326,18 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
 
             streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
             generation = _generate(engine, chat, gate, streamer)
-            return StreamingResponse(_stream(engine, chat, head, event, generation, streamer),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(engine, chat, head, event, generation, streamer), media_type="text/event-stream"
+            )
         ids, prompt = await asyncio.shield(_generate(engine, chat, gate))
         event[1] = prompt + len(ids)
         text, reason = engine.finish(ids, chat)
-        return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": len(ids), "total_tokens": prompt + len(ids)}}
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": len(ids), "total_tokens": prompt + len(ids)},
+        }
 
     return app
 
@@ -313,7 +365,11 @@ async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, ge
     """SSE chunks as tokens arrive; text that might start a stop string is held back until it cannot."""
 
     def chunk(delta: dict, reason: str | None = None) -> str:
-        body = {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+        body = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+        }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     hold = max((len(s) for s in chat.stop), default=1) - 1
@@ -337,14 +393,18 @@ async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, ge
     yield "data: [DONE]\n\n"
 
 
-def vllm_command(model: str, adapters: dict[str, str], host: str, port: int,
-                 base_name: str) -> list[str]:
+def vllm_command(model: str, adapters: dict[str, str], host: str, port: int, base_name: str) -> list[str]:
     """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API."""
     argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", base_name]
     if adapters:
         ranks = [json.loads((Path(p) / "adapter_config.json").read_text()).get("r", 8) for p in adapters.values()]
-        argv += ["--enable-lora", "--max-lora-rank", str(max(ranks)), "--lora-modules",
-                 *[f"{name}={path}" for name, path in adapters.items()]]
+        argv += [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(max(ranks)),
+            "--lora-modules",
+            *[f"{name}={path}" for name, path in adapters.items()],
+        ]
     return argv
 
 
@@ -360,8 +420,10 @@ def run_vllm(argv: list[str], api_keys: list[str], print_only: bool) -> int:
         print(env_prefix + shlex.join(argv), flush=True)
         return 0
     if shutil.which("vllm") is None or importlib.util.find_spec("vllm") is None:
-        raise ServeError("--engine vllm: vLLM is not installed here. Fix: `pip install vllm` on a machine with a "
-                         "CUDA GPU, or serve with the default --engine hf (this process)")
+        raise ServeError(
+            "--engine vllm: vLLM is not installed here. Fix: `pip install vllm` on a machine with a "
+            "CUDA GPU, or serve with the default --engine hf (this process)"
+        )
     print(f"[serve] {env_prefix}{shlex.join(argv)}", flush=True)
     env = {**os.environ, **({"VLLM_API_KEY": api_keys[0]} if api_keys else {})}  # vllm serve takes one key
     os.execvpe(argv[0], argv, env)
@@ -372,8 +434,14 @@ def serve(engine: Engine, limits: Limits, api_keys: set[str], host: str, port: i
     import uvicorn
 
     if not api_keys and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"[serve] warning: no API key and listening on {host}: anyone who reaches it can use the model. "
-              "Set --api-key or LAUNCH_API_KEYS", flush=True)
-    print(f"[serve] {', '.join(engine.names)} on http://{host}:{port}/v1 (queue {limits.max_queue}, "
-          f"max_tokens {limits.max_tokens}, rpm {limits.rpm}, tpm {limits.tpm})", flush=True)
+        print(
+            f"[serve] warning: no API key and listening on {host}: anyone who reaches it can use the model. "
+            "Set --api-key or LAUNCH_API_KEYS",
+            flush=True,
+        )
+    print(
+        f"[serve] {', '.join(engine.names)} on http://{host}:{port}/v1 (queue {limits.max_queue}, "
+        f"max_tokens {limits.max_tokens}, rpm {limits.rpm}, tpm {limits.tpm})",
+        flush=True,
+    )
     uvicorn.run(build_app(engine, limits, api_keys), host=host, port=port, log_level="warning")

@@ -79,15 +79,23 @@ def load_model(plan: dict, model_dir: str):
         from transformers import BitsAndBytesConfig
 
         extra["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quant["bits"] == 4, load_in_8bit=quant["bits"] == 8, bnb_4bit_quant_type=quant["type"],
-            bnb_4bit_use_double_quant=quant["double_quant"], bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=quant["bits"] == 4,
+            load_in_8bit=quant["bits"] == 8,
+            bnb_4bit_quant_type=quant["type"],
+            bnb_4bit_use_double_quant=quant["double_quant"],
+            bnb_4bit_compute_dtype=dtype,
+        )
         # no device_map: transformers quantizes onto the current device, which TrainingArguments set per rank
     auto = AutoModelForCausalLM
     if stage_spec(recipe["stage"]).head == SCORE_HEAD:  # a reward model: the LM with a one-score head on its last token
         auto, extra["num_labels"] = AutoModelForSequenceClassification, 1
     model = auto.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation=plan["kernels"]["attn"],
-        trust_remote_code=recipe["model"]["trust_remote_code"], **extra)
+        model_dir,
+        dtype=dtype,
+        attn_implementation=plan["kernels"]["attn"],
+        trust_remote_code=recipe["model"]["trust_remote_code"],
+        **extra,
+    )
     if plan["kernels"]["loss"] == "liger":
         from launcher.kernels.compile import apply_liger
 
@@ -146,9 +154,12 @@ def load(plan: dict, rank: int) -> tuple:
         model = PeftModel.from_pretrained(load_model(plan, model_dir), recipe["model"]["adapter"], is_trainable=True)
         if rank == 0:  # its own shape applies; say so rather than let method.rank/alpha/target look used
             config = model.peft_config["default"]
-            print(f"[launcher] continuing adapter {recipe['model']['adapter']} (its own r={config.r}, "
-                  f"alpha={config.lora_alpha}, targets {config.target_modules}; method.rank/alpha/target "
-                  "apply to new adapters only)", flush=True)
+            print(
+                f"[launcher] continuing adapter {recipe['model']['adapter']} (its own r={config.r}, "
+                f"alpha={config.lora_alpha}, targets {config.target_modules}; method.rank/alpha/target "
+                "apply to new adapters only)",
+                flush=True,
+            )
     else:
         model = apply_method(load_model(plan, model_dir), recipe)
     call_hook(recipe, "after_apply", model, plan, rank)
@@ -182,8 +193,19 @@ def make_callbacks(plan: dict, rank: int) -> tuple:
     return stop, callbacks, tensorboard, writer
 
 
-def train_and_save(plan: dict, args, model, tokenizer, rank: int, stop, callbacks: list, tensorboard, writer,
-                   terminal: bool, width: int | None) -> None:
+def train_and_save(
+    plan: dict,
+    args,
+    model,
+    tokenizer,
+    rank: int,
+    stop,
+    callbacks: list,
+    tensorboard,
+    writer,
+    terminal: bool,
+    width: int | None,
+) -> None:
     """The stage's trainer over the callbacks, checkpoints, training, then the final model in output.dir."""
     from launcher.callbacks import install_monitoring
     from launcher.methods import call_hook
@@ -202,13 +224,19 @@ def train_and_save(plan: dict, args, model, tokenizer, rank: int, stop, callback
     AtomicCheckpoints(plan["output_dir"], recipe["train"]["save_total_limit"], rank, run_record).install(trainer)
     save_from_live_tensors(trainer, plan)
     if rank == 0:
-        print(f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
-              f"{summary['tokens']:,} tokens, "
-              f"{summary['dropped']} dropped (no answer token within cutoff)"
-              + (f", {summary['truncated']} truncated to cutoff" if "truncated" in summary else ""), flush=True)
+        print(
+            f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
+            f"{summary['tokens']:,} tokens, "
+            f"{summary['dropped']} dropped (no answer token within cutoff)"
+            + (f", {summary['truncated']} truncated to cutoff" if "truncated" in summary else ""),
+            flush=True,
+        )
         if "packed_rows" in summary:
-            print(f"[launcher] packing: {summary['packed_rows']} rows, efficiency {summary['packing_efficiency']:.2%} "
-                  "(real tokens / row capacity)", flush=True)
+            print(
+                f"[launcher] packing: {summary['packed_rows']} rows, efficiency {summary['packing_efficiency']:.2%} "
+                "(real tokens / row capacity)",
+                flush=True,
+            )
             if tensorboard is not None:  # fixed for the run: one point, at step 0
                 writer.add_scalar("data/packing_efficiency", summary["packing_efficiency"], 0)
     trainer.train(resume_from_checkpoint=resume_from)
@@ -218,7 +246,9 @@ def train_and_save(plan: dict, args, model, tokenizer, rank: int, stop, callback
         raise TrainingStopped(guard.stop_message())
     if stop.stopped_at is not None:
         raise StoppedBySignal(stop.message())
-    trainer.save_model(plan["output_dir"])  # gathers ZeRO-3 shards; PEFT saves only the adapter; no copies (model_save.py)
+    trainer.save_model(
+        plan["output_dir"]
+    )  # gathers ZeRO-3 shards; PEFT saves only the adapter; no copies (model_save.py)
     if trainer.is_world_process_zero():
         trainer.save_state()
         tokenizer.save_pretrained(plan["output_dir"])

@@ -26,8 +26,14 @@ def free_port() -> int:
 def run_launch(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """`launch ARGS` through the real entry point, from the repo root; output captured."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 class Terminal:
@@ -35,8 +41,13 @@ class Terminal:
 
     def __init__(self, args: list[str]):
         self.primary, secondary = pty.openpty()
-        self.proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, stdin=secondary,
-                                     stdout=secondary, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", *args],
+            cwd=ROOT,
+            stdin=secondary,
+            stdout=secondary,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(secondary)
         self.seen = b""
 
@@ -63,10 +74,14 @@ def warm():
     from launcher.plan import torch_extensions_dir
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
-    subprocess.run([sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"],
-                   check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"], check=True, env=env, timeout=600
+    )
+    subprocess.run(
+        [sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
+        check=True,
+        timeout=300,
+    )
 
 
 # 6 steps, checkpoints at 3 and 6; LoRA under ZeRO-3 and full fine-tuning under ZeRO-2 are each
@@ -87,8 +102,9 @@ def tiny_run(tmp_path_factory, warm):
     def run(*overrides: str) -> Path:
         if overrides not in finished:
             out = tmp_path_factory.mktemp("tiny_run") / "run"
-            proc = run_launch(["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}",
-                               *overrides])
+            proc = run_launch(
+                ["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides]
+            )
             assert proc.returncode == 0, proc.stderr[-5000:]
             finished[overrides] = out
         return finished[overrides]
@@ -96,8 +112,9 @@ def tiny_run(tmp_path_factory, warm):
     return run
 
 
-def greedy_ids(prompt_ids: list[int], tokens: int, model: str | Path | None = None,
-               adapter: str | Path | None = None) -> str:
+def greedy_ids(
+    prompt_ids: list[int], tokens: int, model: str | Path | None = None, adapter: str | Path | None = None
+) -> str:
     """The oracle of generation tests: transformers' own greedy generate from these prompt ids on a model folder
     (default: the builtin model) (+ a PEFT adapter)."""
     import torch
@@ -114,9 +131,14 @@ def greedy_ids(prompt_ids: list[int], tokens: int, model: str | Path | None = No
         network = PeftModel.from_pretrained(network, adapter)
     ids = torch.tensor([prompt_ids])
     with torch.no_grad():
-        out = network.eval().generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = network.eval().generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None) -> str:
@@ -126,7 +148,9 @@ def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None)
     from launcher.builtin import materialize
 
     folder = materialize("builtin:tiny-qwen2")
-    ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=True
+    )
     return greedy_ids(ids["input_ids"], tokens, folder, adapter)
 
 
@@ -136,11 +160,16 @@ TIERS = ("unit", "multiproc", "services", "gpu")
 def pytest_collection_modifyitems(config, items):
     """Every test has exactly one tier (pyproject.toml's markers), so `-m unit` stays the whole fast tier.
     Tests marked gpu skip where torch sees no CUDA device (CI, this machine); bench/gpu_check.py runs them."""
-    untiered = [f"{item.nodeid} ({', '.join(tiers) or 'none'})" for item in items
-                if len(tiers := [m.name for m in item.iter_markers() if m.name in TIERS]) != 1]
+    untiered = [
+        f"{item.nodeid} ({', '.join(tiers) or 'none'})"
+        for item in items
+        if len(tiers := [m.name for m in item.iter_markers() if m.name in TIERS]) != 1
+    ]
     if untiered:
-        raise pytest.UsageError(f"tests need exactly one tier mark of {', '.join(TIERS)} "
-                                f"(pytestmark or @pytest.mark.<tier>): {'; '.join(untiered)}")
+        raise pytest.UsageError(
+            f"tests need exactly one tier mark of {', '.join(TIERS)} "
+            f"(pytestmark or @pytest.mark.<tier>): {'; '.join(untiered)}"
+        )
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:  # torch is imported only to skip gpu tests (a `-m unit` collection of a torch-free file stays light)
         return

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, run_launch
 
 SSHD = "/usr/sbin/sshd"
 SSH_BINARIES = (SSHD, "/usr/bin/ssh", "/usr/bin/ssh-keygen")
@@ -28,8 +28,10 @@ def require_binaries(binaries: tuple[str, ...]) -> None:
     """Fail the test (never install) when a service binary is missing: set-up is .ci/services.sh's job."""
     missing = [b for b in binaries if not Path(b).exists()]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not installed. Fix: run .ci/services.sh as root (it apt-get installs "
-                    f"openssh-server, openssh-client, slurm-wlm, slurm-client and munge); `make test` runs it")
+        pytest.fail(
+            f"{', '.join(missing)} not installed. Fix: run .ci/services.sh as root (it apt-get installs "
+            f"openssh-server, openssh-client, slurm-wlm, slurm-client and munge); `make test` runs it"
+        )
 
 
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -63,8 +65,16 @@ class SshServer:
 
     def recipe_overrides(self) -> list[str]:
         """The recipe keys that make `launch` reach this server: port, key, throwaway known_hosts."""
-        options = ["-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                   "-o", "LogLevel=ERROR"]
+        options = [
+            "-i",
+            str(self.key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         return [f"distributed.ssh_port={self.port}", f"distributed.ssh_options=[{', '.join(options)}]"]
 
 
@@ -78,11 +88,24 @@ def sshd(tmp_path_factory):
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
     port = free_port()
     server = SshServer(port=port, key=root / "client_key")
-    (root / "sshd_config").write_text("\n".join([
-        f"Port {port}", *(f"ListenAddress {h}" for h in server.hosts), f"HostKey {root / 'host_key'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
-        "UsePAM no", "StrictModes no", "LogLevel ERROR", ""]))
+    (root / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                *(f"ListenAddress {h}" for h in server.hosts),
+                f"HostKey {root / 'host_key'}",
+                f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                f"PidFile {root / 'sshd.pid'}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
     with open(root / "sshd.log", "w") as log:
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stderr=log)
@@ -98,12 +121,25 @@ class SlurmCluster:
     conf: Path
     env: dict[str, str] = field(default_factory=dict)
 
+    def submit_tiny(self, out: Path, script: Path, *overrides: str) -> str:
+        """`launch sbatch --submit` of recipes/sft_tiny.yaml on this one-node cluster, 2 CPU processes; the job id."""
+        proc = run_launch(
+            ["sbatch", "recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}",
+             "distributed.nproc_per_node=2", "slurm={nodes: 1, gpus_per_node: 0}", *overrides,
+             "--script", str(script), "--submit"],
+            env=self.env,
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout.strip().splitlines()[-1]
+
     def wait_job(self, job_id: str, timeout: float) -> str:
         """Poll until the job leaves the queue; return its final state (COMPLETED, FAILED, ...)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                                 env=self.env, timeout=30).stdout
+            out = subprocess.run(
+                ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, env=self.env, timeout=30
+            ).stdout
             state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "")
             if state and state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
                 return state
@@ -126,39 +162,81 @@ def slurm(tmp_path_factory):
     host = socket.gethostname().split(".")[0]
     ctld_port, slurmd_port = free_port(), free_port()
     conf = root / "slurm.conf"
-    conf.write_text("\n".join([
-        "ClusterName=launchertest", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
-        f"SlurmctldPort={ctld_port}", f"SlurmdPort={slurmd_port}", "AuthType=auth/munge", "CredType=cred/munge",
-        f"AuthInfo=socket={socket_path}", f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
-        # no cgroups: the test machine may be a container without a writable cgroup tree
-        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none", "SwitchType=switch/none", "MpiDefault=none",
-        "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "ReturnToService=2",
-        "SchedulerType=sched/backfill", "SlurmctldTimeout=30", "SlurmdTimeout=30", "InactiveLimit=0",
-        "KillWait=10", "MinJobAge=300", "SlurmctldDebug=info", "SlurmdDebug=info",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN",
-        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES", ""]))
+    conf.write_text(
+        "\n".join(
+            [
+                "ClusterName=launchertest",
+                f"SlurmctldHost={host}(127.0.0.1)",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                f"SlurmctldPort={ctld_port}",
+                f"SlurmdPort={slurmd_port}",
+                "AuthType=auth/munge",
+                "CredType=cred/munge",
+                f"AuthInfo=socket={socket_path}",
+                f"StateSaveLocation={root / 'state'}",
+                f"SlurmdSpoolDir={root / 'spool'}",
+                f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+                f"SlurmdPidFile={root / 'slurmd.pid'}",
+                # no cgroups: the test machine may be a container without a writable cgroup tree
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageType=accounting_storage/none",
+                "SwitchType=switch/none",
+                "MpiDefault=none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_CPU",
+                "ReturnToService=2",
+                "SchedulerType=sched/backfill",
+                "SlurmctldTimeout=30",
+                "SlurmdTimeout=30",
+                "InactiveLimit=0",
+                "KillWait=10",
+                "MinJobAge=300",
+                "SlurmctldDebug=info",
+                "SlurmdDebug=info",
+                f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN",
+                f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES",
+                "",
+            ]
+        )
+    )
     env = {**os.environ, "SLURM_CONF": str(conf)}
     procs = []
     logs = {name: open(root / f"{name}.log", "w") for name in ("slurmctld", "slurmd")}
     try:
-        munged = subprocess.Popen(["munged", "-F", "--force", f"--socket={socket_path}", f"--key-file={key}",
-                                   f"--pid-file={root / 'munged.pid'}", f"--seed-file={root / 'munged.seed'}",
-                                   f"--log-file={root / 'munged.log'}"], stderr=subprocess.DEVNULL)
+        munged = subprocess.Popen(
+            [
+                "munged",
+                "-F",
+                "--force",
+                f"--socket={socket_path}",
+                f"--key-file={key}",
+                f"--pid-file={root / 'munged.pid'}",
+                f"--seed-file={root / 'munged.seed'}",
+                f"--log-file={root / 'munged.log'}",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(munged)
         deadline = time.monotonic() + 30
         while not socket_path.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        ctld = subprocess.Popen(["slurmctld", "-D", "-i", "-c"], env=env, stdout=logs["slurmctld"], stderr=subprocess.STDOUT)
+        ctld = subprocess.Popen(
+            ["slurmctld", "-D", "-i", "-c"], env=env, stdout=logs["slurmctld"], stderr=subprocess.STDOUT
+        )
         procs.append(ctld)
         wait_for_port("127.0.0.1", ctld_port, ctld, "slurmctld")
-        slurmd = subprocess.Popen(["slurmd", "-D", "-N", host], env=env, stdout=logs["slurmd"], stderr=subprocess.STDOUT)
+        slurmd = subprocess.Popen(
+            ["slurmd", "-D", "-N", host], env=env, stdout=logs["slurmd"], stderr=subprocess.STDOUT
+        )
         procs.append(slurmd)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the node registers and becomes schedulable
-            state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=env,
-                                   timeout=30).stdout.strip()
+            state = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=env, timeout=30
+            ).stdout.strip()
             if state in ("idle", "mixed", "allocated"):
                 break
             time.sleep(0.5)

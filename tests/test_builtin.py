@@ -130,8 +130,9 @@ def test_materialize_is_deterministic_across_calls_and_processes(tmp_path):
     assert first != second
     assert builtin.materialize(NAME, str(tmp_path / "a")) == first  # cached
     assert Path(first).name == f"tiny-qwen2-{builtin.fingerprint(NAME)}"
-    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "child")], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "child")], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert child.returncode == 0, child.stderr
     (other,) = [line[4:] for line in child.stdout.splitlines() if line.startswith("DIR=")]
     weights = {d: (Path(d) / "model.safetensors").read_bytes() for d in (first, second, other)}
@@ -195,8 +196,10 @@ def test_model_loads_and_trains_a_step(built, tokenizer):
     assert sum(p.numel() for p in model.parameters()) == 1_263_744
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     loaded_tok = AutoTokenizer.from_pretrained(built)
-    messages = [{"role": "user", "content": "What is LoRA? 什么是LoRA？"},
-                {"role": "assistant", "content": "A low-rank adapter."}]
+    messages = [
+        {"role": "user", "content": "What is LoRA? 什么是LoRA？"},
+        {"role": "assistant", "content": "A low-rank adapter."},
+    ]
     batch = loaded_tok.apply_chat_template(messages, return_dict=True, return_tensors="pt")
     out = model(**batch, labels=batch["input_ids"])
     assert out.logits.shape == (1, batch["input_ids"].shape[1], 2048)
@@ -272,15 +275,26 @@ def test_chat_template_plain(tokenizer):
 
 @pytest.mark.unit
 def test_chat_template_tools(tokenizer):
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Get the weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Get the weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
     messages = [
         {"role": "user", "content": "天气？"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}},
-            {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}},
+                {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            ],
+        },
         {"role": "tool", "content": '{"temp": 20}'},
         {"role": "tool", "content": '{"temp": 18}'},
         {"role": "assistant", "content": "20 and 18."},
@@ -308,8 +322,11 @@ def test_chat_template_tools(tokenizer):
     messages = [
         {"role": "system", "content": "Use tools."},
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
+        },
     ]
     rendered = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     assert rendered.startswith("<|im_start|>system\nUse tools.\n\n# Tools\n\n")
@@ -362,8 +379,13 @@ def test_demo_dataset():
     info = json.loads((ROOT / "data" / "dataset_info.json").read_text(encoding="utf-8"))
     entry = info["demo_sft"]
     assert entry["formatting"] == "alpaca"
-    assert entry["columns"] == {"prompt": "instruction", "query": "input", "response": "output",
-                                "system": "system", "history": "history"}
+    assert entry["columns"] == {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+    }
     path = ROOT / "data" / entry["file_name"]
     records = json.loads(path.read_text(encoding="utf-8"))
     assert isinstance(records, list) and len(records) >= 200

@@ -16,13 +16,31 @@ TOKENS = 6
 
 
 def test_batch_prediction_from_openai_and_alpaca_rows(tmp_path, warm):
-    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                          {"role": "assistant", "content": "Hello!"}]},
-            {"instruction": "Translate", "input": "good morning", "output": "bonjour"}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello!"},
+            ]
+        },
+        {"instruction": "Translate", "input": "good morning", "output": "bonjour"},
+    ]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    proc = run_launch(["chat", "--model", "builtin:tiny-qwen2", "--input", str(source),
-                       "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", str(TOKENS)])
+    proc = run_launch(
+        [
+            "chat",
+            "--model",
+            "builtin:tiny-qwen2",
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--max-new-tokens",
+            str(TOKENS),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [row["label"] for row in out] == ["Hello!", "bonjour"]
@@ -58,11 +76,14 @@ def test_interactive_mode_on_a_terminal(warm):
     assert b"multi-turn" in terminal.seen
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--prompt", "hi", "--temperature", "0.7"], "--temperature only apply when sampling. Fix: add --do-sample"),
-    (["--input", "{rows}", "--output", "{out}"], "rows.jsonl:2: expected an openai row"),
-    (["--input", "{rows}"], "--input and --output go together"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--prompt", "hi", "--temperature", "0.7"], "--temperature only apply when sampling. Fix: add --do-sample"),
+        (["--input", "{rows}", "--output", "{out}"], "rows.jsonl:2: expected an openai row"),
+        (["--input", "{rows}"], "--input and --output go together"),
+    ],
+)
 def test_bad_chat_input_is_refused_before_loading_the_model(args, message, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"instruction": "ok"}\n{"question": "no"}\n')

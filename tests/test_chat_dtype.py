@@ -35,8 +35,10 @@ def test_auto_takes_the_runs_training_dtype(tiny_run, tmp_path):
 
 
 def test_cli_says_the_dtype_and_refuses_fp16_on_cpu():
-    proc = run_launch(["chat", "--model", "builtin:tiny-qwen2", "--dtype", "bf16", "--prompt", "hi",
-                       "--max-new-tokens", "4"], timeout=300)
+    proc = run_launch(
+        ["chat", "--model", "builtin:tiny-qwen2", "--dtype", "bf16", "--prompt", "hi", "--max-new-tokens", "4"],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "in bf16 on cpu" in proc.stderr and "assistant>" in proc.stdout
     proc = run_launch(["chat", "--model", "builtin:tiny-qwen2", "--dtype", "fp16", "--prompt", "hi"], timeout=300)

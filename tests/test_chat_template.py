@@ -57,15 +57,18 @@ def test_a_runs_recorded_template_renders_the_training_prompt(alpaca_run, tiny_r
 
 def test_cli_chat_answers_from_the_training_prompt_and_template_overrides(alpaca_run):
     messages = [{"role": "user", "content": PROMPT}]
-    proc = run_launch(["chat", "--model", str(alpaca_run), "--prompt", PROMPT, "--max-new-tokens", str(TOKENS)],
-                      timeout=300)
+    proc = run_launch(
+        ["chat", "--model", str(alpaca_run), "--prompt", PROMPT, "--max-new-tokens", str(TOKENS)], timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "template alpaca (the run's plan.json" in proc.stderr
     expected = greedy_ids(trained_prompt_ids(alpaca_run, messages, "alpaca"), TOKENS, alpaca_run)
     assert proc.stdout.split("assistant> ", 1)[1] == expected + "\n"
 
-    proc = run_launch(["chat", "--model", str(alpaca_run), "--template", "auto", "--prompt", PROMPT,
-                       "--max-new-tokens", str(TOKENS)], timeout=300)
+    proc = run_launch(
+        ["chat", "--model", str(alpaca_run), "--template", "auto", "--prompt", PROMPT, "--max-new-tokens", str(TOKENS)],
+        timeout=300,
+    )
     assert proc.returncode == 0 and "template auto (--template)" in proc.stderr, proc.stderr[-3000:]
     expected = greedy_ids(trained_prompt_ids(alpaca_run, messages, "auto"), TOKENS, alpaca_run)
     assert proc.stdout.split("assistant> ", 1)[1] == expected + "\n"
@@ -105,21 +108,27 @@ def test_load_in_4bit_and_8bit_quantize_and_generate_on_cpu(tiny_run):
         model, tokenizer = load_for_chat("builtin:tiny-qwen2", str(tiny_run(*LORA_ZERO3_RUN)), load_in=load_in)
         base = model.get_base_model()
         assert isinstance(base.model.layers[0].mlp.down_proj.base_layer, layer)  # LoRA over the quantized layer
-        ids = tokenizer(reply(model, tokenizer, [{"role": "user", "content": "hi"}], Sampling(4)),
-                        add_special_tokens=False)["input_ids"]
+        ids = tokenizer(
+            reply(model, tokenizer, [{"role": "user", "content": "hi"}], Sampling(4)), add_special_tokens=False
+        )["input_ids"]
         assert ids  # it generated
-    proc = run_launch(["chat", "--model", "builtin:tiny-qwen2", "--load-in", "4bit", "--prompt", "hi",
-                       "--max-new-tokens", "4"], timeout=300)
+    proc = run_launch(
+        ["chat", "--model", "builtin:tiny-qwen2", "--load-in", "4bit", "--prompt", "hi", "--max-new-tokens", "4"],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "linear layers 4bit on cpu" in proc.stderr and proc.stdout.splitlines()[1].startswith("assistant> ")
 
 
 def test_an_adapter_folder_without_adapter_config_is_refused_as_merge_refuses_it(alpaca_run, tmp_path):
     """A full run's output.dir passed as --adapter (it is a model, not an adapter)."""
-    merge = run_launch(["merge", "--base", "builtin:tiny-qwen2", "--adapter", str(alpaca_run),
-                        "--out", str(tmp_path / "merged")], timeout=300)
-    chat = run_launch(["chat", "--model", "builtin:tiny-qwen2", "--adapter", str(alpaca_run), "--prompt", "hi"],
-                      timeout=300)
+    merge = run_launch(
+        ["merge", "--base", "builtin:tiny-qwen2", "--adapter", str(alpaca_run), "--out", str(tmp_path / "merged")],
+        timeout=300,
+    )
+    chat = run_launch(
+        ["chat", "--model", "builtin:tiny-qwen2", "--adapter", str(alpaca_run), "--prompt", "hi"], timeout=300
+    )
     assert merge.returncode == chat.returncode == 2
     merge_error = [line for line in merge.stderr.splitlines() if "error:" in line]
     chat_error = [line for line in chat.stderr.splitlines() if "error:" in line]

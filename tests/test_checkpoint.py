@@ -19,9 +19,14 @@ from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, run_launch
 pytestmark = pytest.mark.multiproc
 
 # ZeRO-2: the launcher refuses prefix tuning under ZeRO-3 (PEFT's save would hang)
-PREFIX_ZERO2_RUN = ("method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}", "distributed.zero=2",
-                    "train.gradient_checkpointing=false",
-                    "train.max_steps=2", "train.save_steps=2", "train.logging_steps=1")
+PREFIX_ZERO2_RUN = (
+    "method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}",
+    "distributed.zero=2",
+    "train.gradient_checkpointing=false",
+    "train.max_steps=2",
+    "train.save_steps=2",
+    "train.logging_steps=1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +37,19 @@ def zero3_run(tiny_run) -> Path:
 
 def _zero_to_fp32(checkpoint: Path, out: Path, *flags: str) -> dict[str, torch.Tensor]:
     """The zero_to_fp32.py script DeepSpeed wrote into the checkpoint, run as a user would."""
-    subprocess.run([sys.executable, str(checkpoint / "zero_to_fp32.py"), str(checkpoint), str(out),
-                    "--safe_serialization", *flags], check=True, capture_output=True,
-                   env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [
+            sys.executable,
+            str(checkpoint / "zero_to_fp32.py"),
+            str(checkpoint),
+            str(out),
+            "--safe_serialization",
+            *flags,
+        ],
+        check=True,
+        capture_output=True,
+        env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"},
+    )
     return _load_dir(out)
 
 
@@ -112,6 +127,7 @@ def test_consolidate_refuses_a_folder_without_shards(tmp_path):
 
 # ---- merge ----
 
+
 def _base_dir() -> Path:
     from launcher.builtin import materialize
 
@@ -142,8 +158,11 @@ def _ids() -> torch.Tensor:
     return torch.randint(3, 2048, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
-VARIANTS = {"lora+modules_to_save": {"modules_to_save": ["embed_tokens"]}, "rslora": {"use_rslora": True},
-            "dora": {"use_dora": True}}
+VARIANTS = {
+    "lora+modules_to_save": {"modules_to_save": ["embed_tokens"]},
+    "rslora": {"use_rslora": True},
+    "dora": {"use_dora": True},
+}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -175,8 +194,19 @@ def test_merge_of_a_trained_adapter_through_the_cli(zero3_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    proc = run_launch(["merge", "--base", "builtin:tiny-qwen2", "--adapter", str(zero3_run),
-                       "--out", str(tmp_path / "merged"), "--dtype", "bf16"])
+    proc = run_launch(
+        [
+            "merge",
+            "--base",
+            "builtin:tiny-qwen2",
+            "--adapter",
+            str(zero3_run),
+            "--out",
+            str(tmp_path / "merged"),
+            "--dtype",
+            "bf16",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.dtype == torch.bfloat16 and not any("lora" in name for name in merged.state_dict())
@@ -186,8 +216,11 @@ def test_merge_of_a_trained_adapter_through_the_cli(zero3_run, tmp_path):
         got = merged.float()(_ids()).logits
     assert (got - expected).abs().max() < 0.1 * expected.abs().max()  # bf16 rounding only
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    assert tokenizer.chat_template and (tmp_path / "merged" / "generation_config.json").is_file() == \
-        (_base_dir() / "generation_config.json").is_file()
+    assert (
+        tokenizer.chat_template
+        and (tmp_path / "merged" / "generation_config.json").is_file()
+        == (_base_dir() / "generation_config.json").is_file()
+    )
 
 
 def test_merge_into_a_quantized_base_is_refused_and_qlora_adapters_are_named(tmp_path, warm):

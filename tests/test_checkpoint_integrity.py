@@ -48,8 +48,15 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 
 def _launch(out: Path, *overrides: str):
-    return run_launch(["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}",
-                       *LORA_ZERO3_RUN, *overrides])
+    return run_launch(
+        [
+            "recipes/sft_tiny.yaml",
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            *LORA_ZERO3_RUN,
+            *overrides,
+        ]
+    )
 
 
 def _listing(folder: Path) -> dict[str, int]:
@@ -66,7 +73,9 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
 
 
-@pytest.mark.parametrize("damage,problem", [(_flip_a_byte, "does not match its sha256"), (_truncate, "bytes, the manifest says")])
+@pytest.mark.parametrize(
+    "damage,problem", [(_flip_a_byte, "does not match its sha256"), (_truncate, "bytes, the manifest says")]
+)
 def test_damaged_checkpoint_is_named_before_launch(run_copy, damage, problem):
     damage(run_copy / OPTIM_STATES)
     before = _listing(run_copy)
@@ -92,8 +101,15 @@ def test_auto_skips_a_planted_pickle_for_the_newest_intact_checkpoint(run_copy, 
     verify(run_copy / STEP6, read_manifests(run_copy / STEP6), say=lambda line: None)  # republished, intact
 
 
-@pytest.mark.parametrize("override,key", [("method.rank=4", "method.rank"), ("method.target=[q_proj]", "method.target"),
-                                          ("method={name: full}", "method.name"), ("model.path", "model.path")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("method.rank=4", "method.rank"),
+        ("method.target=[q_proj]", "method.target"),
+        ("method={name: full}", "method.name"),
+        ("model.path", "model.path"),
+    ],
+)
 def test_checkpoint_of_another_recipe_is_refused_before_launch(run_copy, override, key):
     if override == "model.path":  # another model folder (the same weights, as a local dir)
         override = f"model.path={materialize('builtin:tiny-qwen2')}"

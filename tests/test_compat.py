@@ -19,16 +19,19 @@ pytestmark = pytest.mark.unit
 PREPARE = ["self", "dataset", "processing_class", "args", "dataset_name"]
 
 
-@pytest.mark.parametrize(("owner", "name", "expected"), [
-    (Trainer, "_get_output_dir", ["self", "trial"]),  # stage_checkpoints
-    (Trainer, "_save", ["self", "output_dir", "state_dict"]),  # rank_save, TrainerHooks.save_files
-    (Trainer, "save_model", ["self", "output_dir", "_internal_call"]),  # checkpoint/model_save.py replaces it
-    (Trainer, "_get_train_sampler", ["self", "train_dataset"]),  # TrainerHooks.train_sampler
-    (KTOTrainer, "_get_train_sampler", ["self", "train_dataset"]),
-    (Trainer, "_load_from_checkpoint", ["self", "resume_from_checkpoint", "model"]),  # TrainerHooks.load_checkpoint
-    (DPOTrainer, "_prepare_dataset", PREPARE),  # PreparedRows
-    (KTOTrainer, "_prepare_dataset", PREPARE),
-])
+@pytest.mark.parametrize(
+    ("owner", "name", "expected"),
+    [
+        (Trainer, "_get_output_dir", ["self", "trial"]),  # stage_checkpoints
+        (Trainer, "_save", ["self", "output_dir", "state_dict"]),  # rank_save, TrainerHooks.save_files
+        (Trainer, "save_model", ["self", "output_dir", "_internal_call"]),  # checkpoint/model_save.py replaces it
+        (Trainer, "_get_train_sampler", ["self", "train_dataset"]),  # TrainerHooks.train_sampler
+        (KTOTrainer, "_get_train_sampler", ["self", "train_dataset"]),
+        (Trainer, "_load_from_checkpoint", ["self", "resume_from_checkpoint", "model"]),  # TrainerHooks.load_checkpoint
+        (DPOTrainer, "_prepare_dataset", PREPARE),  # PreparedRows
+        (KTOTrainer, "_prepare_dataset", PREPARE),
+    ],
+)
 def test_each_private_hook_keeps_the_signature_compat_relies_on(owner, name, expected):
     assert list(inspect.signature(getattr(owner, name)).parameters) == expected, f"{owner.__name__}.{name} changed"
 
@@ -85,12 +88,18 @@ def test_the_hooks_route_to_public_methods_whose_default_is_the_librarys():
     assert ours._prepare_dataset("rows", None, "args", "train") == ("ours", "rows", "args")
 
 
-PRIVATE = re.compile(r"def (_save|_get_train_sampler|_load_from_checkpoint|_prepare_dataset|_get_output_dir)\(|"
-                     r"\.(_get_output_dir|_train_batch_size) = |[a-z]\._save\(")
+PRIVATE = re.compile(
+    r"def (_save|_get_train_sampler|_load_from_checkpoint|_prepare_dataset|_get_output_dir)\(|"
+    r"\.(_get_output_dir|_train_batch_size) = |[a-z]\._save\("
+)
 
 
 def test_no_other_module_touches_a_private_hook():
-    offenders = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "launcher").rglob("*.py"))
-                 if path.name != "compat.py"
-                 for n, line in enumerate(path.read_text().splitlines(), 1) if PRIVATE.search(line)]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "launcher").rglob("*.py"))
+        if path.name != "compat.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE.search(line)
+    ]
     assert offenders == []

@@ -64,8 +64,14 @@ def sources(tiny_run, tmp_path_factory) -> dict[str, Path]:
         shutil.copy2(base / name, sharded / name)
         shutil.copy2(base / name, wrong / name)
     assert len(list(sharded.glob("model-*.safetensors"))) > 1
-    return {"lora_ckpt": lora_run / "checkpoint-6", "full_ckpt": full_run / "checkpoint-6", "adapter": adapter,
-            "base": base, "sharded_base": sharded, "wrong_base": wrong}
+    return {
+        "lora_ckpt": lora_run / "checkpoint-6",
+        "full_ckpt": full_run / "checkpoint-6",
+        "adapter": adapter,
+        "base": base,
+        "sharded_base": sharded,
+        "wrong_base": wrong,
+    }
 
 
 def _command(verb: str, inputs: dict[str, Path], out: Path, base: str = "base") -> list[str]:
@@ -75,8 +81,17 @@ def _command(verb: str, inputs: dict[str, Path], out: Path, base: str = "base") 
         return ["consolidate", str(inputs["full_ckpt"]), "--out", str(out)]
     if verb == "merge":
         return ["merge", "--base", str(inputs[base]), "--adapter", str(inputs["adapter"]), "--out", str(out)]
-    return ["chat", "--model", str(inputs[base]), "--adapter", str(inputs["adapter"]), "--prompt", "hi",
-            "--max-new-tokens", "2"]
+    return [
+        "chat",
+        "--model",
+        str(inputs[base]),
+        "--adapter",
+        str(inputs["adapter"]),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]
 
 
 def _assert_refused(proc: subprocess.CompletedProcess, named: str, out: Path) -> None:
@@ -116,10 +131,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("verb, damaged, file, damage, retry", CASES,
-                         ids=[f"{v}-{d.__name__}-{Path(f).name}" for v, _, f, d, _ in CASES])
-def test_a_damaged_file_is_refused_by_name_and_a_retry_succeeds(sources, tmp_path, verb, damaged, file, damage,
-                                                                   retry):
+@pytest.mark.parametrize(
+    "verb, damaged, file, damage, retry", CASES, ids=[f"{v}-{d.__name__}-{Path(f).name}" for v, _, f, d, _ in CASES]
+)
+def test_a_damaged_file_is_refused_by_name_and_a_retry_succeeds(sources, tmp_path, verb, damaged, file, damage, retry):
     inputs = dict(sources)
     inputs[damaged] = tmp_path / damaged
     shutil.copytree(sources[damaged], inputs[damaged])

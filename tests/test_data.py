@@ -18,20 +18,27 @@ from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_con
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 2048,
-            "train_on_prompt": False, "mask_history": False}
+DATA_CFG = {
+    "dataset_dir": str(ROOT / "data"),
+    "max_samples": None,
+    "cutoff_len": 2048,
+    "train_on_prompt": False,
+    "mask_history": False,
+}
 
 CONVERSATIONS = {
     "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
     "system_multi_turn": [
         {"role": "system", "content": "你是一个简洁的助手。"},
-        {"role": "user", "content": "今天会下雨吗?"}, {"role": "assistant", "content": "不会,是晴天。"},
-        {"role": "user", "content": "适合出去玩吗?"}, {"role": "assistant", "content": "非常适合。"},
+        {"role": "user", "content": "今天会下雨吗?"},
+        {"role": "assistant", "content": "不会,是晴天。"},
+        {"role": "user", "content": "适合出去玩吗?"},
+        {"role": "assistant", "content": "非常适合。"},
     ],
     "tool_call": [
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": "", "tool_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]},
-        {"role": "tool", "content": "{\"temp\": 21}"},
+        {"role": "tool", "content": '{"temp": 21}'},
         {"role": "assistant", "content": "It is 21 degrees in Paris."},
     ],
 }
@@ -74,20 +81,29 @@ def test_train_on_prompt_and_mask_history(tokenizer):
 def test_cutoff_truncates_and_drops_examples_with_nothing_to_learn(tokenizer, tmp_path):
     encoded = encode_conversation(tokenizer, CONVERSATIONS["single"], cutoff_len=12)
     assert len(encoded.input_ids) == len(encoded.labels) == 12
-    rows = [{"instruction": "x " * 200, "output": "long prompt, answer cut off"},
-            {"instruction": "short", "output": "kept"}]
+    rows = [
+        {"instruction": "x " * 200, "output": "long prompt, answer cut off"},
+        {"instruction": "short", "output": "kept"},
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     data = build_sft_data([str(tmp_path / "d.json")], {**DATA_CFG, "cutoff_len": 64}, tokenizer)
     assert data.dropped == 1 and len(data.examples) == 1
 
 
 def test_alpaca_columns_map_to_messages():
-    row = {"instruction": "Translate", "input": "你好", "output": "Hello", "system": "Be brief.",
-           "history": [["Hi", "Hello!"]]}
+    row = {
+        "instruction": "Translate",
+        "input": "你好",
+        "output": "Hello",
+        "system": "Be brief.",
+        "history": [["Hi", "Hello!"]],
+    }
     assert alpaca_to_messages(row, ALPACA_COLUMNS, "row 0") == [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Translate\n你好"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Translate\n你好"},
+        {"role": "assistant", "content": "Hello"},
     ]
 
 
@@ -121,7 +137,8 @@ TRIMMING = (  # a template that does not copy contents verbatim (trims them): sp
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] | trim }}<|im_end|>{% endgeneration %}"
     "{% else %}{{ message['content'] | trim }}<|im_end|>{% endif %}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
@@ -143,7 +160,8 @@ THINKING = (  # drops an assistant reply's reasoning, as Qwen3's template does: 
     "{% set content = message['content'].split('</think>')[-1] if message['role'] == 'assistant' else message['content'] %}"
     "{% if message['role'] == 'assistant' %}{% generation %}{{ content }}<|im_end|>{% endgeneration %}"
     "{% else %}{{ content }}<|im_end|>{% endif %}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def test_conversations_of_one_shape_whose_render_depends_on_contents_each_match_the_chat_template(tokenizer):
@@ -170,7 +188,10 @@ def test_batched_encoding_and_workers_give_the_single_conversation_results(token
 
     examples = load_examples(["demo_sft", "demo_sharegpt", "demo_openai"], DATA_CFG)
     assert len(examples) >= 128  # enough for 2 workers (smaller data is encoded in-process)
-    cfg = {**DATA_CFG, "cutoff_len": 48}  # many conversations lose rounds or get cut, each after its own number of passes
+    cfg = {
+        **DATA_CFG,
+        "cutoff_len": 48,
+    }  # many conversations lose rounds or get cut, each after its own number of passes
     single = [encode_conversation(tokenizer, e.messages, 48, tools=e.tools) for e in examples]
     expected = [{"input_ids": e.input_ids, "labels": e.labels} for e in single if e.trainable]
     for workers in (1, 2):

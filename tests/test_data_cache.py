@@ -32,8 +32,16 @@ def cfg(tmp_path):
     rows = [{"instruction": f"question {i}", "output": f"answer {i} " * (i % 5 + 1)} for i in range(40)]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}))
-    return {"dataset_dir": str(tmp_path), "datasets": ["d"], "max_samples": None, "cutoff_len": 64,
-            "train_on_prompt": False, "mask_history": False, "packing": "none", "cache_dir": str(tmp_path / "cache")}
+    return {
+        "dataset_dir": str(tmp_path),
+        "datasets": ["d"],
+        "max_samples": None,
+        "cutoff_len": 64,
+        "train_on_prompt": False,
+        "mask_history": False,
+        "packing": "none",
+        "cache_dir": str(tmp_path / "cache"),
+    }
 
 
 def _entries(cfg: dict) -> list[Path]:
@@ -118,8 +126,15 @@ print(json.dumps(load_or_build(entry, build, timeout_s=60).columns["input_ids"][
 def test_concurrent_builders_build_once_and_agree(tmp_path):
     entry, log = tmp_path / "cache" / "entry", tmp_path / "builds.log"
     start = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(entry), str(log), str(start)],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILDER, str(entry), str(log), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert log.read_text() == "built\n"
@@ -133,8 +148,12 @@ def test_a_waiting_rank_times_out_naming_the_entry_and_lock(tmp_path):
     assert holder.acquire()
     try:
         started = time.monotonic()
-        with pytest.raises(DataError, match=rf"waited 1 s for another process to build {entry} .*{holder.path}.*pid {os.getpid()}"):
-            load_or_build(entry, lambda: pytest.fail("must not build while another holds the lock"), timeout_s=1, poll_s=0.05)
+        with pytest.raises(
+            DataError, match=rf"waited 1 s for another process to build {entry} .*{holder.path}.*pid {os.getpid()}"
+        ):
+            load_or_build(
+                entry, lambda: pytest.fail("must not build while another holds the lock"), timeout_s=1, poll_s=0.05
+            )
         assert time.monotonic() - started < 5
     finally:
         holder.release()

@@ -32,9 +32,9 @@ DATA = ROOT / "data"
 class Kind:
     recipe: str
     dataset: str
-    cutoff_len: int           # one that cuts rows (pair, kto) or leaves a tail (pt): the counts are not all 0
-    cached: Callable          # the wrapper the stage calls
-    fresh: Callable           # the uncached builder
+    cutoff_len: int  # one that cuts rows (pair, kto) or leaves a tail (pt): the counts are not all 0
+    cached: Callable  # the wrapper the stage calls
+    fresh: Callable  # the uncached builder
 
 
 KINDS = {
@@ -58,8 +58,13 @@ def data_cfg(tmp_path: Path, kind: Kind) -> dict:
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "dataset_info.json").write_text(json.dumps({kind.dataset: {**entry, "file_name": "rows.jsonl"}}))
     cfg = load_recipe(ROOT / f"recipes/{kind.recipe}.yaml")["data"]
-    return {**cfg, "dataset_dir": str(tmp_path), "on_bad_row": "skip", "cutoff_len": kind.cutoff_len,
-            "cache_dir": str(tmp_path / "cache")}
+    return {
+        **cfg,
+        "dataset_dir": str(tmp_path),
+        "on_bad_row": "skip",
+        "cutoff_len": kind.cutoff_len,
+        "cache_dir": str(tmp_path / "cache"),
+    }
 
 
 def entries(cfg: dict) -> list[Path]:
@@ -109,8 +114,10 @@ def test_a_changed_cutoff_len_makes_a_new_entry(tokenizer, tmp_path, name):
 def test_kinds_never_share_an_entry(tokenizer, tmp_path):
     """The same datasets and settings under each kind name different entries, each read back by its own kind."""
     cfg = data_cfg(tmp_path, KINDS["pair"])
-    keys = {kind: cache_key(kind, ["demo_pref"], cfg, tokenizer, {"template": "auto"})
-            for kind in ("sft", "pair", "kto", "pt")}
+    keys = {
+        kind: cache_key(kind, ["demo_pref"], cfg, tokenizer, {"template": "auto"})
+        for kind in ("sft", "pair", "kto", "pt")
+    }
     assert len(set(keys.values())) == len(keys), keys
     for name, kind in KINDS.items():  # one cache folder for every kind
         (tmp_path / name).mkdir()
@@ -132,6 +139,8 @@ def test_rm_reads_the_pair_entry(tokenizer, tmp_path, caplog):
     scored = scored_pairs(["demo_pref"], cfg, tokenizer)
     (entry,) = entries(cfg)
     assert [r.message for r in caplog.records] == [f"data cache: loaded {entry}"]
-    assert scored.rows == [{"chosen_ids": r["prompt_ids"] + r["chosen_ids"],
-                            "rejected_ids": r["prompt_ids"] + r["rejected_ids"]} for r in pairs.rows]
+    assert scored.rows == [
+        {"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
+        for r in pairs.rows
+    ]
     assert (scored.dropped, scored.skipped, scored.truncated) == (pairs.dropped, pairs.skipped, pairs.truncated)

@@ -24,10 +24,14 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 CFG = {"dataset_dir": str(DATA), "max_samples": None}
-ALPACA_ROWS = [{"instruction": "Translate", "input": "你好", "output": "Hello"},
-               {"instruction": "2 + 2?", "input": "", "output": "4"}]
-ALPACA_MESSAGES = [[{"role": "user", "content": "Translate\n你好"}, {"role": "assistant", "content": "Hello"}],
-                   [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]]
+ALPACA_ROWS = [
+    {"instruction": "Translate", "input": "你好", "output": "Hello"},
+    {"instruction": "2 + 2?", "input": "", "output": "4"},
+]
+ALPACA_MESSAGES = [
+    [{"role": "user", "content": "Translate\n你好"}, {"role": "assistant", "content": "Hello"}],
+    [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}],
+]
 
 
 def _registry(folder: Path, entries: dict) -> dict:
@@ -42,63 +46,128 @@ def _jsonl(path: Path, rows: list) -> Path:
 
 # ---- formats ------------------------------------------------------------------------------------
 
+
 def test_sharegpt_roles_system_function_call_observation_and_tools():
     first, second = load_examples(["demo_sharegpt"], CFG)
     assert first.messages == [
         {"role": "system", "content": "Answer in one word."},
-        {"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And of Italy?"}, {"role": "assistant", "content": "Rome."}]
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome."},
+    ]
     assert [m["role"] for m in second.messages] == ["user", "assistant", "tool", "assistant"]
     assert second.messages[1]["tool_calls"] == [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}]
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}
+    ]
     assert second.tools[0]["name"] == "get_weather"  # the tools column is a JSON string in LLaMA-Factory's form
 
 
 def test_sharegpt_custom_tags_and_system_turn_over_system_column(tmp_path):
-    rows = [{"dialog": [{"speaker": "sys", "text": "Be kind."}, {"speaker": "Q", "text": "hi"}, {"speaker": "A", "text": "hello"}],
-             "sys_col": "ignored: a system turn in the list wins"}]
-    cfg = _registry(tmp_path, {"d": {"file_name": "d.jsonl", "formatting": "sharegpt",
-                                     "columns": {"messages": "dialog", "system": "sys_col"},
-                                     "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "Q",
-                                              "assistant_tag": "A", "system_tag": "sys"}}})
+    rows = [
+        {
+            "dialog": [
+                {"speaker": "sys", "text": "Be kind."},
+                {"speaker": "Q", "text": "hi"},
+                {"speaker": "A", "text": "hello"},
+            ],
+            "sys_col": "ignored: a system turn in the list wins",
+        }
+    ]
+    cfg = _registry(
+        tmp_path,
+        {
+            "d": {
+                "file_name": "d.jsonl",
+                "formatting": "sharegpt",
+                "columns": {"messages": "dialog", "system": "sys_col"},
+                "tags": {
+                    "role_tag": "speaker",
+                    "content_tag": "text",
+                    "user_tag": "Q",
+                    "assistant_tag": "A",
+                    "system_tag": "sys",
+                },
+            }
+        },
+    )
     _jsonl(tmp_path / "d.jsonl", rows)
     assert load_examples(["d"], cfg)[0].messages == [
-        {"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
 
 
 def test_openai_messages_with_tool_calls_and_tool_role(tmp_path):
-    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1, \"b\": 2}"}}
-    rows = [{"messages": [{"role": "user", "content": "1+2?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
-                          {"role": "tool", "content": "3"}, {"role": "assistant", "content": "3"}]}]
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "1+2?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": "3"},
+                {"role": "assistant", "content": "3"},
+            ]
+        }
+    ]
     cfg = _registry(tmp_path, {"o": {"file_name": "o.jsonl", "formatting": "openai"}})
     _jsonl(tmp_path / "o.jsonl", rows)
     messages = load_examples(["o"], cfg)[0].messages
-    assert messages[1] == {"role": "assistant", "content": "",
-                           "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": "{\"a\": 1, \"b\": 2}"}}]}
+    assert messages[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}],
+    }
     assert messages[2] == {"role": "tool", "content": "3"}
-    assert [m["content"] for m in load_examples(["demo_openai"], CFG)[0].messages] == ["You are a terse assistant.", "2 + 2?", "4"]
+    assert [m["content"] for m in load_examples(["demo_openai"], CFG)[0].messages] == [
+        "You are a terse assistant.",
+        "2 + 2?",
+        "4",
+    ]
 
 
 def test_alpaca_system_history_and_tools_columns(tmp_path):
-    row = {"instruction": "Translate", "input": "你好", "output": "Hello", "system": "Be brief.",
-           "history": [["Hi", "Hello!"]], "tools": [{"name": "dict"}]}
+    row = {
+        "instruction": "Translate",
+        "input": "你好",
+        "output": "Hello",
+        "system": "Be brief.",
+        "history": [["Hi", "Hello!"]],
+        "tools": [{"name": "dict"}],
+    }
     _jsonl(tmp_path / "a.jsonl", [row])
     example = load_examples([str(tmp_path / "a.jsonl")], CFG)[0]
     assert example.messages == [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Translate\n你好"}, {"role": "assistant", "content": "Hello"}]
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Translate\n你好"},
+        {"role": "assistant", "content": "Hello"},
+    ]
     assert example.tools == [{"name": "dict"}]
 
 
 def test_preference_pairs_in_alpaca_and_sharegpt_style(tmp_path):
     pairs = load_examples(["demo_pref"], CFG, kind="preference")
     assert pairs[1].messages[-1] == {"role": "user", "content": "Is the sky green?"}
-    assert (pairs[1].chosen, pairs[1].rejected) == ({"role": "assistant", "content": "No, it is usually blue."},
-                                                    {"role": "assistant", "content": "Yes."})
-    cfg = _registry(tmp_path, {"p": {"file_name": "p.json", "ranking": True,
-                                     "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}}})
-    (tmp_path / "p.json").write_text(json.dumps([{"instruction": "Q", "input": "x", "chosen": "good", "rejected": "bad"}]))
+    assert (pairs[1].chosen, pairs[1].rejected) == (
+        {"role": "assistant", "content": "No, it is usually blue."},
+        {"role": "assistant", "content": "Yes."},
+    )
+    cfg = _registry(
+        tmp_path,
+        {
+            "p": {
+                "file_name": "p.json",
+                "ranking": True,
+                "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
+            }
+        },
+    )
+    (tmp_path / "p.json").write_text(
+        json.dumps([{"instruction": "Q", "input": "x", "chosen": "good", "rejected": "bad"}])
+    )
     pair = load_examples(["p"], cfg, kind="preference")[0]
     assert pair.messages == [{"role": "user", "content": "Q\nx"}]
     assert (pair.chosen["content"], pair.rejected["content"]) == ("good", "bad")
@@ -119,12 +188,15 @@ def test_kto_tags_from_json_and_csv(tmp_path):
 
 
 def test_pretraining_text_column():
-    assert load_texts(["demo_pt"], CFG)[0] == "LoRA adds low-rank matrices to frozen weights."  # LLaMA-Factory: prompt -> text
+    assert (
+        load_texts(["demo_pt"], CFG)[0] == "LoRA adds low-rank matrices to frozen weights."
+    )  # LLaMA-Factory: prompt -> text
     spec = resolve_dataset(str(DATA / "demo_pt.jsonl"), DATA)  # a bare path reads the `text` column
     assert to_text(Row({"text": "doc"}, "here"), spec) == "doc"
 
 
 # ---- file types ---------------------------------------------------------------------------------
+
 
 def _write_alpaca(path: Path) -> None:
     if path.suffix == ".json":
@@ -166,13 +238,17 @@ def test_parquet_keeps_nested_sharegpt_conversations(tmp_path):
     rows = json.loads((DATA / "demo_sharegpt.json").read_text(encoding="utf-8"))
     pd.DataFrame(rows).to_parquet(tmp_path / "s.parquet")
     cfg = _registry(tmp_path, {"s": {"file_name": "s.parquet", "formatting": "sharegpt"}})
-    assert [e.messages for e in load_examples(["s"], cfg)] == [e.messages for e in load_examples(["demo_sharegpt"], CFG)]
+    assert [e.messages for e in load_examples(["s"], cfg)] == [
+        e.messages for e in load_examples(["demo_sharegpt"], CFG)
+    ]
 
 
 def test_csv_with_its_own_columns_maps_through_columns():
     example = load_examples(["demo_law_csv"], CFG)[0]
-    assert example.messages == [{"role": "user", "content": "劳动合同\n试用期可以不签劳动合同吗？"},
-                                {"role": "assistant", "content": "不可以。试用期包含在劳动合同期限内，用人单位应当订立书面劳动合同。"}]
+    assert example.messages == [
+        {"role": "user", "content": "劳动合同\n试用期可以不签劳动合同吗？"},
+        {"role": "assistant", "content": "不可以。试用期包含在劳动合同期限内，用人单位应当订立书面劳动合同。"},
+    ]
     assert example.where.endswith("demo_law.csv row 0")
 
 
@@ -184,17 +260,27 @@ def test_every_registered_demo_dataset_resolves():
 
 # ---- registry errors ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("entry, message", [
-    ({"file_name": "d.json", "colums": {}}, "unknown key 'colums'. Fix: did you mean 'columns'"),
-    ({"hf_hub_url": "x/y"}, "hf_hub_url .*reads local files only.*file_name"),
-    ({"file_name": "d.json", "formatting": "sharegtp"}, "formatting 'sharegtp' is not one of"),
-    ({"file_name": "d.json", "columns": {"respone": "out"}}, "unknown columns key 'respone'. Fix: did you mean 'response'"),
-    ({"file_name": "d.json", "tags": {"role_tag": "r"}}, "tags apply to sharegpt/openai"),
-    ({"file_name": "d.json", "ranking": True, "columns": {"kto_tag": "t"}}, "either a preference set .* or a KTO set"),
-    ({"file_name": "d.md"}, r"file type '.md'; supported: .json, .jsonl, .csv, .parquet, .txt"),
-    ({"file_name": "folder"}, "folder .* has no data files"),  # a README is not rows (hub copies have one)
-    ({"file_name": "missing.json"}, "missing.json does not exist"),
-])
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"file_name": "d.json", "colums": {}}, "unknown key 'colums'. Fix: did you mean 'columns'"),
+        ({"hf_hub_url": "x/y"}, "hf_hub_url .*reads local files only.*file_name"),
+        ({"file_name": "d.json", "formatting": "sharegtp"}, "formatting 'sharegtp' is not one of"),
+        (
+            {"file_name": "d.json", "columns": {"respone": "out"}},
+            "unknown columns key 'respone'. Fix: did you mean 'response'",
+        ),
+        ({"file_name": "d.json", "tags": {"role_tag": "r"}}, "tags apply to sharegpt/openai"),
+        (
+            {"file_name": "d.json", "ranking": True, "columns": {"kto_tag": "t"}},
+            "either a preference set .* or a KTO set",
+        ),
+        ({"file_name": "d.md"}, r"file type '.md'; supported: .json, .jsonl, .csv, .parquet, .txt"),
+        ({"file_name": "folder"}, "folder .* has no data files"),  # a README is not rows (hub copies have one)
+        ({"file_name": "missing.json"}, "missing.json does not exist"),
+    ],
+)
 def test_registry_mistakes_name_the_entry_and_the_fix(tmp_path, entry, message):
     (tmp_path / "d.json").write_text("[]")
     (tmp_path / "d.md").write_text("x")
@@ -206,8 +292,10 @@ def test_registry_mistakes_name_the_entry_and_the_fix(tmp_path, entry, message):
 
 
 def test_plan_time_resolution_imports_nothing_heavy():
-    code = ("import sys, launcher.plan; from launcher.data.registry import resolve_dataset; resolve_dataset('demo_law_csv', 'data'); "
-            "heavy = {'torch', 'transformers', 'datasets', 'pandas', 'pyarrow'} & set(sys.modules); assert not heavy, heavy")
+    code = (
+        "import sys, launcher.plan; from launcher.data.registry import resolve_dataset; resolve_dataset('demo_law_csv', 'data'); "
+        "heavy = {'torch', 'transformers', 'datasets', 'pandas', 'pyarrow'} & set(sys.modules); assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
@@ -217,16 +305,26 @@ GOOD = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "val
 BAD_LINES = {
     "malformed JSON": ('{"conversations": [', r"bad.jsonl:2 row 1: invalid JSON line"),
     "missing column": (json.dumps({"dialog": []}), r"bad.jsonl:2 row 1: missing or empty column 'conversations'"),
-    "wrong role order": (json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}),
-                         r"bad.jsonl:2 row 1: wrong role order: turn 1 is 'assistant'"),
-    "empty conversation": (json.dumps({"conversations": [{"from": "system", "value": "s"}]}),
-                           r"bad.jsonl:2 row 1: empty conversation"),
-    "ends with the user": (json.dumps({"conversations": [{"from": "human", "value": "q"}]}),
-                           r"bad.jsonl:2 row 1: the conversation must end with an assistant turn"),
-    "unknown role": (json.dumps({"conversations": [{"from": "bot", "value": "a"}]}),
-                     r"bad.jsonl:2 row 1 message 1: unknown role from='bot'"),
-    "bad function call": (json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f(x)"}]}),
-                          r"bad.jsonl:2 row 1 message 2: a function call must be JSON"),
+    "wrong role order": (
+        json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}),
+        r"bad.jsonl:2 row 1: wrong role order: turn 1 is 'assistant'",
+    ),
+    "empty conversation": (
+        json.dumps({"conversations": [{"from": "system", "value": "s"}]}),
+        r"bad.jsonl:2 row 1: empty conversation",
+    ),
+    "ends with the user": (
+        json.dumps({"conversations": [{"from": "human", "value": "q"}]}),
+        r"bad.jsonl:2 row 1: the conversation must end with an assistant turn",
+    ),
+    "unknown role": (
+        json.dumps({"conversations": [{"from": "bot", "value": "a"}]}),
+        r"bad.jsonl:2 row 1 message 1: unknown role from='bot'",
+    ),
+    "bad function call": (
+        json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f(x)"}]}),
+        r"bad.jsonl:2 row 1 message 2: a function call must be JSON",
+    ),
 }
 
 
@@ -259,7 +357,9 @@ def test_skip_still_refuses_a_dataset_with_no_good_row(tmp_path):
 
 
 def test_malformed_json_array_names_the_line_even_when_skipping(tmp_path):
-    (tmp_path / "d.json").write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "a" "output": "b"}\n]')
+    (tmp_path / "d.json").write_text(
+        '[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "a" "output": "b"}\n]'
+    )
     with pytest.raises(DataError, match=r"d.json:3: invalid JSON"):
         load_examples([str(tmp_path / "d.json")], {**CFG, "on_bad_row": "skip"})
 

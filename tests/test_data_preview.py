@@ -59,19 +59,24 @@ def with_bad_row(tmp_path: Path, name: str) -> list[str]:
 
 # ---- oracles: (recipe, tokenizer) -> (the stage's rows, the counts the report must end with) ----------------------
 
+
 def pt_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
     cfg = recipe["data"]
     data = build_blocks(cfg["datasets"], cfg, tokenizer)
     assert data.skipped == 1 and data.tail_tokens > 0  # the counts under test are not all zero
-    return data.blocks, (f"documents: {data.documents}   blocks: {len(data.blocks)}   tokens: {tokens(data.blocks):,}   "
-                         f"tail tokens dropped (after the last whole block of data.cutoff_len={cfg['cutoff_len']}): "
-                         f"{data.tail_tokens}   bad rows skipped: 1")
+    return data.blocks, (
+        f"documents: {data.documents}   blocks: {len(data.blocks)}   tokens: {tokens(data.blocks):,}   "
+        f"tail tokens dropped (after the last whole block of data.cutoff_len={cfg['cutoff_len']}): "
+        f"{data.tail_tokens}   bad rows skipped: 1"
+    )
 
 
 def preference_counts(data: PreferenceData) -> str:
     assert data.skipped == 1 and data.truncated > 0  # the counts under test are not all zero
-    return (f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={CUTOFF}): {data.truncated}   "
-            f"dropped (empty reply): {data.dropped}   bad rows skipped: 1   tokens: {tokens(data.rows):,}")
+    return (
+        f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={CUTOFF}): {data.truncated}   "
+        f"dropped (empty reply): {data.dropped}   bad rows skipped: 1   tokens: {tokens(data.rows):,}"
+    )
 
 
 def build(builder: Callable[..., PreferenceData], recipe: dict, tokenizer) -> PreferenceData:
@@ -103,17 +108,19 @@ def ppo_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
     cfg = recipe["data"]
     rows, dropped = prompt_rows(cfg["datasets"], cfg, tokenizer, recipe["model"]["template"])
     assert dropped > 0  # the count under test is not zero
-    return rows, (f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={CUTOFF}): {dropped}   "
-                  f"tokens: {tokens(rows):,}")
+    return rows, (
+        f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={CUTOFF}): {dropped}   "
+        f"tokens: {tokens(rows):,}"
+    )
 
 
 @dataclass(frozen=True)
 class Case:
-    dataset: str                  # the tiny recipe's dataset, read with one bad row
-    noun: str                     # what the report calls a row
-    captions: dict[str, str]      # token-id column -> the caption its decoded text is printed under
+    dataset: str  # the tiny recipe's dataset, read with one bad row
+    noun: str  # what the report calls a row
+    captions: dict[str, str]  # token-id column -> the caption its decoded text is printed under
     oracle: Callable[[dict, object], tuple[list[dict], str]]
-    cutoff: list[str]             # overrides that make the stage cut or drop some rows
+    cutoff: list[str]  # overrides that make the stage cut or drop some rows
 
 
 SHORT = [f"data.cutoff_len={CUTOFF}"]
@@ -121,8 +128,13 @@ CASES = {
     "pt": Case("demo_pt", "block", {"input_ids": "text, every token trained"}, pt_oracle, []),
     "dpo": Case("demo_pref", "pair", PAIR, pair_oracle, SHORT),
     "orpo": Case("demo_pref", "pair", PAIR, pair_oracle, SHORT),
-    "rm": Case("demo_pref", "pair", {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"},
-               rm_oracle, SHORT),
+    "rm": Case(
+        "demo_pref",
+        "pair",
+        {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"},
+        rm_oracle,
+        SHORT,
+    ),
     "kto": Case("demo_kto", "example", {"prompt_ids": "prompt", "completion_ids": "completion"}, kto_oracle, SHORT),
     "ppo": Case("demo_sft", "prompt", {"input_ids": "prompt"}, ppo_oracle, SHORT),
 }
@@ -131,8 +143,10 @@ CASES = {
 def shown(tokenizer, case: Case, index: int, row: dict) -> str:
     """One row as the report must print it: a header (a KTO row's label in it), then each column decoded."""
     tag = f": {'desirable' if row['label'] else 'undesirable'}" if "label" in row else ""
-    texts = "".join(f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
-                    for column, caption in case.captions.items())
+    texts = "".join(
+        f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
+        for column, caption in case.captions.items()
+    )
     return f"--- {case.noun} {index}{tag} ---\n{texts}"
 
 

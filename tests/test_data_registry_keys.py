@@ -29,8 +29,21 @@ def _prompts(cfg: dict) -> list[str]:
     return [e.messages[0]["content"] for e in load_examples(["d"], cfg)]
 
 
-@pytest.mark.parametrize("split", ["train", "train[:3]", "train[7:]", "train[2:5]", "train[-3:]", "train[:-8]",
-                                   "train[:33%]", "train[25%:75%]", "train[-15%:]", "train[50:]"])
+@pytest.mark.parametrize(
+    "split",
+    [
+        "train",
+        "train[:3]",
+        "train[7:]",
+        "train[2:5]",
+        "train[-3:]",
+        "train[:-8]",
+        "train[:33%]",
+        "train[25%:75%]",
+        "train[-15%:]",
+        "train[50:]",
+    ],
+)
 def test_split_slices_rows_as_datasets_does(tmp_path, split):
     from datasets import ReadInstruction
 
@@ -96,7 +109,8 @@ def _hub_copy(root: Path) -> Path:
     (copy / ".gitattributes").write_text("*.parquet filter=lfs\n")
     for split, rows in (("train_sft", ["a0", "a1", "a2"]), ("test_sft", ["t0"])):
         (copy / "data" / f"{split}-00000-of-00001.jsonl").write_text(
-            "".join(json.dumps({"instruction": q, "output": "x"}) + "\n" for q in rows))
+            "".join(json.dumps({"instruction": q, "output": "x"}) + "\n" for q in rows)
+        )
     return copy
 
 

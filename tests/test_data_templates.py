@@ -22,21 +22,35 @@ from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_con
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-CFG = {"dataset_dir": str(ROOT / "data"), "max_samples": None, "cutoff_len": 1024,
-       "train_on_prompt": False, "mask_history": False}
+CFG = {
+    "dataset_dir": str(ROOT / "data"),
+    "max_samples": None,
+    "cutoff_len": 1024,
+    "train_on_prompt": False,
+    "mask_history": False,
+}
 CALL = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
 CONVERSATIONS = {
     "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
     "system_multi_turn": [
         {"role": "system", "content": "你是一个简洁的助手。"},
-        {"role": "user", "content": "今天会下雨吗?"}, {"role": "assistant", "content": "不会,是晴天。"},
-        {"role": "user", "content": "适合出去玩吗?"}, {"role": "assistant", "content": "非常适合。"}],
+        {"role": "user", "content": "今天会下雨吗?"},
+        {"role": "assistant", "content": "不会,是晴天。"},
+        {"role": "user", "content": "适合出去玩吗?"},
+        {"role": "assistant", "content": "非常适合。"},
+    ],
     "tool_call": [
-        {"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
-        {"role": "tool", "content": "{\"temp\": 21}"}, {"role": "assistant", "content": "It is 21 degrees in Paris."}],
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [CALL]},
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "It is 21 degrees in Paris."},
+    ],
     "text_and_call": [
-        {"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
-        {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}],
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    ],
 }
 
 
@@ -73,31 +87,42 @@ def test_qwen2_tools_use_the_published_qwen_tool_prompt(tokenizer):
     assert text.startswith(
         "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions to assist "
         "with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-        '{"name": "weather", "parameters": {"type": "object"}}\n</tools>\n\n')
-    assert text.endswith('<|im_start|>assistant\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n'
-                         "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n{\"temp\": 21}\n</tool_response>"
-                         "<|im_end|>\n<|im_start|>assistant\nIt is 21 degrees in Paris.<|im_end|>\n")
+        '{"name": "weather", "parameters": {"type": "object"}}\n</tools>\n\n'
+    )
+    assert text.endswith(
+        '<|im_start|>assistant\n<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n'
+        '</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response>'
+        "<|im_end|>\n<|im_start|>assistant\nIt is 21 degrees in Paris.<|im_end|>\n"
+    )
 
 
 EXPECTED = {  # (rendered text of system_multi_turn, trained parts): the published formats
-    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n你是一个简洁的助手。<|eot_id|>"
-               "<|start_header_id|>user<|end_header_id|>\n\n今天会下雨吗?<|eot_id|>"
-               "<|start_header_id|>assistant<|end_header_id|>\n\n不会,是晴天。<|eot_id|>"
-               "<|start_header_id|>user<|end_header_id|>\n\n适合出去玩吗?<|eot_id|>"
-               "<|start_header_id|>assistant<|end_header_id|>\n\n非常适合。<|eot_id|>",
-               ["不会,是晴天。<|eot_id|>", "非常适合。<|eot_id|>"]),
+    "llama3": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n你是一个简洁的助手。<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n今天会下雨吗?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n不会,是晴天。<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n适合出去玩吗?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n非常适合。<|eot_id|>",
+        ["不会,是晴天。<|eot_id|>", "非常适合。<|eot_id|>"],
+    ),
     # chatglm3-6b's own chat_template (huggingface.co/THUDM/chatglm3-6b tokenizer_config.json at 103caa40):
     # "[gMASK]sop" then "<|role|>\n " + content per message, "<|assistant|>" as the generation prompt
-    "chatglm3": ("[gMASK]sop<|system|>\n 你是一个简洁的助手。<|user|>\n 今天会下雨吗?<|assistant|>\n 不会,是晴天。"
-                 "<|user|>\n 适合出去玩吗?<|assistant|>\n 非常适合。<|im_end|>",
-                 # no eos per turn: the next role token ends a reply and is trained, eos ends the last (as
-                 # ChatGLM3's finetune_chatmodel_demo/preprocess_utils.py masks it)
-                 ["\n 不会,是晴天。<|user|>", "\n 非常适合。<|im_end|>"]),
-    "alpaca": ("你是一个简洁的助手。\n\n### Instruction:\n今天会下雨吗?\n\n### Response:\n不会,是晴天。<|im_end|>\n\n"
-               "### Instruction:\n适合出去玩吗?\n\n### Response:\n非常适合。<|im_end|>\n\n",
-               ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"]),
-    "empty": ("你是一个简洁的助手。今天会下雨吗?不会,是晴天。<|im_end|>适合出去玩吗?非常适合。<|im_end|>",
-              ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"]),
+    "chatglm3": (
+        "[gMASK]sop<|system|>\n 你是一个简洁的助手。<|user|>\n 今天会下雨吗?<|assistant|>\n 不会,是晴天。"
+        "<|user|>\n 适合出去玩吗?<|assistant|>\n 非常适合。<|im_end|>",
+        # no eos per turn: the next role token ends a reply and is trained, eos ends the last (as
+        # ChatGLM3's finetune_chatmodel_demo/preprocess_utils.py masks it)
+        ["\n 不会,是晴天。<|user|>", "\n 非常适合。<|im_end|>"],
+    ),
+    "alpaca": (
+        "你是一个简洁的助手。\n\n### Instruction:\n今天会下雨吗?\n\n### Response:\n不会,是晴天。<|im_end|>\n\n"
+        "### Instruction:\n适合出去玩吗?\n\n### Response:\n非常适合。<|im_end|>\n\n",
+        ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"],
+    ),
+    "empty": (
+        "你是一个简洁的助手。今天会下雨吗?不会,是晴天。<|im_end|>适合出去玩吗?非常适合。<|im_end|>",
+        ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"],
+    ),
 }
 
 
@@ -116,33 +141,57 @@ def test_chatglm3_tools_follow_chatglm3s_own_finetune_format(tokenizer):
     dataset's system turn; a call is an assistant message whose header carries the tool name and whose body is
     tool_call(...) Python (ast-unparsed keyword constants) in a ```python block; the result is an observation."""
     tools = [{"name": "weather", "parameters": {"type": "object"}}]
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
-                {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
-                {"role": "tool", "content": '{"temp": 21}'}, {"role": "assistant", "content": "21 degrees."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "21 degrees."},
+    ]
     text, _ = render(tokenizer, messages, tools, "chatglm3")
-    assert text == ("[gMASK]sop<|system|>\n Answer the following questions as best as you can. You have access to the "
-                    'following tools:\n[\n    {\n        "name": "weather",\n        "parameters": {\n            "type": '
-                    '"object"\n        }\n    }\n]<|system|>\n Be brief.<|user|>\n Weather in Paris?<|assistant|>\n '
-                    "Let me look.<|assistant|>weather\n ```python\ntool_call(city='Paris')\n```<|observation|>\n "
-                    '{"temp": 21}<|assistant|>\n 21 degrees.<|im_end|>')
+    assert text == (
+        "[gMASK]sop<|system|>\n Answer the following questions as best as you can. You have access to the "
+        'following tools:\n[\n    {\n        "name": "weather",\n        "parameters": {\n            "type": '
+        '"object"\n        }\n    }\n]<|system|>\n Be brief.<|user|>\n Weather in Paris?<|assistant|>\n '
+        "Let me look.<|assistant|>weather\n ```python\ntool_call(city='Paris')\n```<|observation|>\n "
+        '{"temp": 21}<|assistant|>\n 21 degrees.<|im_end|>'
+    )
     encoded = encode_conversation(tokenizer, messages, 4096, template="chatglm3", tools=tools)
     assert _trained_text(tokenizer, encoded) == [
         "\n Let me look.<|assistant|>weather\n ```python\ntool_call(city='Paris')\n```<|observation|>",
-        "\n 21 degrees.<|im_end|>"]
-    bad = [messages[1], {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "weather", "arguments": "[1, 2]"}}]}]
+        "\n 21 degrees.<|im_end|>",
+    ]
+    bad = [
+        messages[1],
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": "[1, 2]"}}],
+        },
+    ]
     with pytest.raises(DataError, match="chatglm3: the arguments of a call to 'weather' must be a JSON object"):
-        render(tokenizer, bad + [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}], tools, "chatglm3")
+        render(
+            tokenizer,
+            bad + [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}],
+            tools,
+            "chatglm3",
+        )
 
 
 def test_alpaca_default_system_and_llama3_tool_turns(tokenizer):
     text, _ = render(tokenizer, CONVERSATIONS["single"], None, "alpaca")
-    assert text.startswith("Below is an instruction that describes a task. Write a response that appropriately "
-                           "completes the request.\n\n### Instruction:\nWhat is 2 + 3?\n\n### Response:\n")
+    assert text.startswith(
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nWhat is 2 + 3?\n\n### Response:\n"
+    )
     encoded = encode_conversation(tokenizer, CONVERSATIONS["tool_call"], 4096, template="llama3")
-    assert _trained_text(tokenizer, encoded) == ['{"name": "weather", "parameters": {"city": "Paris"}}<|eot_id|>',
-                                                 "It is 21 degrees in Paris.<|eot_id|>"]
-    assert "<|start_header_id|>ipython<|end_header_id|>\n\n{\"temp\": 21}<|eot_id|>" in tokenizer.decode(encoded.input_ids)
+    assert _trained_text(tokenizer, encoded) == [
+        '{"name": "weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+        "It is 21 degrees in Paris.<|eot_id|>",
+    ]
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>' in tokenizer.decode(
+        encoded.input_ids
+    )
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
@@ -151,8 +200,10 @@ def test_train_on_prompt_and_mask_history_with_registered_templates(tokenizer, t
     everything = encode_conversation(tokenizer, messages, 4096, train_on_prompt=True, template=template)
     assert everything.labels == everything.input_ids
     all_turns = _trained_text(tokenizer, encode_conversation(tokenizer, messages, 4096, template=template))
-    assert _trained_text(tokenizer, encode_conversation(tokenizer, messages, 4096, mask_history=True,
-                                                        template=template)) == all_turns[-1:]
+    assert (
+        _trained_text(tokenizer, encode_conversation(tokenizer, messages, 4096, mask_history=True, template=template))
+        == all_turns[-1:]
+    )
 
 
 class SlowTokenizer:
@@ -170,14 +221,18 @@ class SlowTokenizer:
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_tokenizers_without_offsets_get_the_same_ids_and_labels(tokenizer, name):
     messages = CONVERSATIONS[name]
-    assert (encode_conversation(SlowTokenizer(tokenizer), messages, 4096, template="qwen2")
-            == encode_conversation(tokenizer, messages, 4096, template="qwen2"))
+    assert encode_conversation(SlowTokenizer(tokenizer), messages, 4096, template="qwen2") == encode_conversation(
+        tokenizer, messages, 4096, template="qwen2"
+    )
 
 
 # ---- cutoff ---------------------------------------------------------------------------------------
 
+
 def _rounds(*pairs: tuple[str, str]) -> list[dict]:
-    return [m for user, reply in pairs for m in ({"role": "user", "content": user}, {"role": "assistant", "content": reply})]
+    return [
+        m for user, reply in pairs for m in ({"role": "user", "content": user}, {"role": "assistant", "content": reply})
+    ]
 
 
 @pytest.mark.parametrize("template", ["auto", "llama3"])
@@ -187,7 +242,10 @@ def test_cutoff_drops_the_oldest_rounds_whole_and_keeps_the_system(tokenizer, te
     kept = encode_conversation(tokenizer, system + _rounds(middle, new), 4096, template=template)
     full = encode_conversation(tokenizer, system + _rounds(old, middle, new), 4096, template=template)
     assert len(full.input_ids) > len(kept.input_ids) + 50
-    assert encode_conversation(tokenizer, system + _rounds(old, middle, new), len(kept.input_ids), template=template) == kept
+    assert (
+        encode_conversation(tokenizer, system + _rounds(old, middle, new), len(kept.input_ids), template=template)
+        == kept
+    )
 
 
 def test_cutoff_cuts_the_newest_round_when_it_alone_is_too_long(tokenizer):
@@ -208,8 +266,10 @@ def _conversations(count: int, seed: int = 0) -> list[list[dict]]:
     """Multi-round conversations of varied lengths, some with a system prompt."""
     rng = random.Random(seed)
     words = "the quick brown fox jumps over lazy dogs 你好 世界 , . ? \n".split(" ")
+
     def text() -> str:
         return " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))
+
     out = []
     for _ in range(count):
         head = [{"role": "system", "content": text()}] if rng.random() < 0.5 else []
@@ -230,28 +290,37 @@ def test_batched_cutoff_equals_encoding_the_kept_rounds_alone(tokenizer, templat
             if len(alone.input_ids) <= cutoff:
                 assert encoded == alone
                 continue
-            fitting = [v for v in (_without_oldest(messages, k) for k in range(1, len(messages))) if v is not None and
-                       len(encode_conversation(tokenizer, v, 10**6, template=template).input_ids) <= cutoff]
+            fitting = [
+                v
+                for v in (_without_oldest(messages, k) for k in range(1, len(messages)))
+                if v is not None
+                and len(encode_conversation(tokenizer, v, 10**6, template=template).input_ids) <= cutoff
+            ]
             if fitting:
                 assert encoded == encode_conversation(tokenizer, fitting[0], 10**6, template=template, **mode)
                 if template == "auto":
-                    assert encoded.input_ids == tokenizer.apply_chat_template(fitting[0], tokenize=True, return_dict=True)["input_ids"]
+                    assert (
+                        encoded.input_ids
+                        == tokenizer.apply_chat_template(fitting[0], tokenize=True, return_dict=True)["input_ids"]
+                    )
             else:
                 assert len(encoded.input_ids) == cutoff
 
 
 def _without_oldest(messages: list[dict], rounds: int) -> list[dict] | None:
     head = messages[:1] if messages[0]["role"] == "system" else []
-    body = messages[len(head):]
-    return head + body[2 * rounds:] if 2 * rounds < len(body) else None
+    body = messages[len(head) :]
+    return head + body[2 * rounds :] if 2 * rounds < len(body) else None
 
 
 def test_a_spliced_variant_has_the_tokens_and_labels_of_its_own_tokenization(tokenizer):
     from launcher.data.tokenize import _encode_rendered, _Splicer, _Whole
 
     messages = [{"role": "system", "content": "Be brief."}] + _rounds(("hello there " * 20, "hi " * 20), ("q", "a"))
-    (whole_text, whole_spans), (text, spans) = render(tokenizer, messages, None, "auto"), \
-        render(tokenizer, messages[:1] + messages[3:], None, "auto")
+    (whole_text, whole_spans), (text, spans) = (
+        render(tokenizer, messages, None, "auto"),
+        render(tokenizer, messages[:1] + messages[3:], None, "auto"),
+    )
     (whole,), (encoding,) = _encode_rendered(tokenizer, [(whole_text, whole_spans)], False)
     (alone,), _ = _encode_rendered(tokenizer, [(text, spans)], False)
     spliced = _Splicer(tokenizer)(_Whole(whole_text, whole.input_ids, encoding), text, spans, False)
@@ -259,8 +328,10 @@ def test_a_spliced_variant_has_the_tokens_and_labels_of_its_own_tokenization(tok
 
 
 def test_examples_without_a_trainable_token_are_dropped_and_counted(tokenizer, tmp_path):
-    rows = [{"conversations": [{"from": "human", "value": "x " * 300}, {"from": "gpt", "value": "cut off"}]},
-            {"conversations": [{"from": "human", "value": "short"}, {"from": "gpt", "value": "kept"}]}]
+    rows = [
+        {"conversations": [{"from": "human", "value": "x " * 300}, {"from": "gpt", "value": "cut off"}]},
+        {"conversations": [{"from": "human", "value": "short"}, {"from": "gpt", "value": "kept"}]},
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json", "formatting": "sharegpt"}}))
     data = build_sft_data(["d"], {**CFG, "dataset_dir": str(tmp_path), "cutoff_len": 64}, tokenizer, "qwen2")
@@ -276,23 +347,47 @@ def test_every_sft_demo_dataset_trains_with_every_template(tokenizer, template):
 
 # ---- launch data ----------------------------------------------------------------------------------
 
+
 def test_launch_data_previews_and_dumps(tmp_path, capsys):
     dump = tmp_path / "dump.jsonl"
-    code = main(["data", str(ROOT / "recipes" / "sft_tiny.yaml"), "data.datasets=[demo_sharegpt,demo_law_csv]",
-                 "model.template=qwen2", "--preview", "2", "--dump", str(dump)])
+    code = main(
+        [
+            "data",
+            str(ROOT / "recipes" / "sft_tiny.yaml"),
+            "data.datasets=[demo_sharegpt,demo_law_csv]",
+            "model.template=qwen2",
+            "--preview",
+            "2",
+            "--dump",
+            str(dump),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert out.count("--- example") == 2 and "⟦Paris.<|im_end|>⟧" in out and "labels:    [-100×" in out
     assert "examples: 4   dropped (no trainable token within data.cutoff_len=256): 0   bad rows skipped: 0" in out
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(rows) == 4
-    assert all(len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == sum(r["attention_mask"]) for r in rows)
+    assert all(
+        len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == sum(r["attention_mask"]) for r in rows
+    )
 
 
 def test_launch_data_reports_a_bad_row_with_exit_code_2(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"\n')
     assert main(["data", str(ROOT / "recipes" / "sft_tiny.yaml"), f"data.datasets=[{tmp_path / 'bad.jsonl'}]"]) == 2
     assert "bad.jsonl:2 row 1: invalid JSON line" in capsys.readouterr().err
-    assert main(["data", str(ROOT / "recipes" / "sft_tiny.yaml"), f"data.datasets=[{tmp_path / 'bad.jsonl'}]",
-                 "data.on_bad_row=skip", "--preview", "0"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                str(ROOT / "recipes" / "sft_tiny.yaml"),
+                f"data.datasets=[{tmp_path / 'bad.jsonl'}]",
+                "data.on_bad_row=skip",
+                "--preview",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "examples: 1 " in capsys.readouterr().out

@@ -24,9 +24,13 @@ RESTATED = [
 
 @pytest.mark.parametrize(("pattern", "home"), RESTATED)
 def test_no_call_site_restates_a_default(pattern, home):
-    found = [f"{path.relative_to(ROOT)}:{number}"
-             for path in sorted((ROOT / "launcher").rglob("*.py")) if str(path.relative_to(ROOT)) != home
-             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if re.search(pattern, line)]
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "launcher").rglob("*.py"))
+        if str(path.relative_to(ROOT)) != home
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(pattern, line)
+    ]
     assert not found, f"{pattern} restated at {found}; take it from launcher/defaults.py or launcher/dtypes.py"
 
 

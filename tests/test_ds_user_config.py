@@ -18,14 +18,29 @@ from tests.test_model_ready import _refused as refused
 TINY = "recipes/sft_tiny.yaml"  # sets distributed.zero: 3 and model.dtype: fp32; 2 CPU processes
 
 FULL_AUTO = {
-    "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "bf16": {"enabled": "auto"},
+    "fp16": {"enabled": "auto"},
     "steps_per_print": 7,
     "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
-    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
-                                                      "warmup_num_steps": "auto", "total_num_steps": "auto"}},
-    "zero_optimization": {"stage": 2, "overlap_comm": False, "reduce_bucket_size": "auto",
-                          "offload_optimizer": {"device": "cpu", "pin_memory": True}},
+    "scheduler": {
+        "type": "WarmupDecayLR",
+        "params": {
+            "warmup_min_lr": "auto",
+            "warmup_max_lr": "auto",
+            "warmup_num_steps": "auto",
+            "total_num_steps": "auto",
+        },
+    },
+    "zero_optimization": {
+        "stage": 2,
+        "overlap_comm": False,
+        "reduce_bucket_size": "auto",
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+    },
 }
 
 
@@ -48,7 +63,7 @@ def plan_deepspeed(stdout: str) -> tuple[str, dict]:
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("# deepspeed config"))
     end = lines.index("", start)
-    return lines[start], json.loads("\n".join(lines[start + 1:end]))
+    return lines[start], json.loads("\n".join(lines[start + 1 : end]))
 
 
 def _refused(args: list[str], *needles: str) -> str:
@@ -59,9 +74,19 @@ def _refused(args: list[str], *needles: str) -> str:
 def test_auto_values_are_filled_from_the_recipe_and_explicit_ones_kept(tmp_path):
     ds = write_json(tmp_path, FULL_AUTO)
     recipe = recipe_without_zero(tmp_path)
-    proc = run_launch(["plan", recipe, f"distributed.deepspeed_config={ds}", "train.micro_batch_size=3",
-                       "train.grad_accum=5", "train.max_grad_norm=0.5", "train.lr=2e-4", "train.weight_decay=0.01"],
-                      timeout=120)
+    proc = run_launch(
+        [
+            "plan",
+            recipe,
+            f"distributed.deepspeed_config={ds}",
+            "train.micro_batch_size=3",
+            "train.grad_accum=5",
+            "train.max_grad_norm=0.5",
+            "train.lr=2e-4",
+            "train.weight_decay=0.01",
+        ],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     heading, config = plan_deepspeed(proc.stdout)
     assert str(ds) in heading and "scheduler.params.warmup_num_steps, scheduler.params.total_num_steps" in heading
@@ -70,11 +95,19 @@ def test_auto_values_are_filled_from_the_recipe_and_explicit_ones_kept(tmp_path)
     assert config["gradient_clipping"] == 0.5
     assert config["bf16"] == {"enabled": False} and "fp16" not in config  # model.dtype: fp32
     assert config["optimizer"]["params"] == {"lr": 2e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
-    assert config["scheduler"]["params"] == {"warmup_min_lr": 0, "warmup_max_lr": 2e-4, "warmup_num_steps": "auto",
-                                             "total_num_steps": "auto"}  # step counts: the Trainer's, at run time
+    assert config["scheduler"]["params"] == {
+        "warmup_min_lr": 0,
+        "warmup_max_lr": 2e-4,
+        "warmup_num_steps": "auto",
+        "total_num_steps": "auto",
+    }  # step counts: the Trainer's, at run time
     hidden = json.loads((ROOT / "launcher/builtin/tiny_qwen2/config.json").read_text())["hidden_size"]
-    assert config["zero_optimization"] == {"stage": 2, "overlap_comm": False, "reduce_bucket_size": hidden * hidden,
-                                           "offload_optimizer": {"device": "cpu", "pin_memory": False}}  # no CUDA
+    assert config["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": False,
+        "reduce_bucket_size": hidden * hidden,
+        "offload_optimizer": {"device": "cpu", "pin_memory": False},
+    }  # no CUDA
     assert config["steps_per_print"] == 7
     # the JSON's stage and offload are the run's: the memory planner and the resume checks read them from the recipe
     assert "distributed.zero: 2 from" in proc.stderr and "distributed.offload: optimizer from" in proc.stderr
@@ -91,34 +124,53 @@ def test_a_stage_auto_is_the_recipes_zero(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("zero_optimization,overrides,needles", [
-    ({"stage": 3}, ["distributed.zero=2"], ("distributed.zero = 2, but", "zero_optimization.stage: 3",
-                                            "Fix: drop distributed.zero from the recipe")),
-    ({"stage": 2}, [], (f"{TINY}:", "distributed.zero = 3, but", "zero_optimization.stage: 2")),
-    ({"stage": 3}, ["distributed.offload=optimizer"], ("distributed.offload = 'optimizer', but",
-                                                       "offload sections: 'none'")),
-    ({"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}}, ["distributed.offload=none"],
-     ("distributed.offload = 'none', but", "'all'")),
-])
+@pytest.mark.parametrize(
+    "zero_optimization,overrides,needles",
+    [
+        (
+            {"stage": 3},
+            ["distributed.zero=2"],
+            ("distributed.zero = 2, but", "zero_optimization.stage: 3", "Fix: drop distributed.zero from the recipe"),
+        ),
+        ({"stage": 2}, [], (f"{TINY}:", "distributed.zero = 3, but", "zero_optimization.stage: 2")),
+        (
+            {"stage": 3},
+            ["distributed.offload=optimizer"],
+            ("distributed.offload = 'optimizer', but", "offload sections: 'none'"),
+        ),
+        (
+            {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}},
+            ["distributed.offload=none"],
+            ("distributed.offload = 'none', but", "'all'"),
+        ),
+    ],
+)
 def test_recipe_zero_or_offload_against_the_jsons_is_refused(tmp_path, zero_optimization, overrides, needles):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": zero_optimization})
     _refused([TINY, f"distributed.deepspeed_config={ds}", *overrides], str(ds), *needles)
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("field,value,recipe_key,ours", [
-    ("gradient_accumulation_steps", 4, "train.grad_accum", 2),
-    ("train_micro_batch_size_per_gpu", 8, "train.micro_batch_size", 4),
-    ("train_batch_size", 64, "train.micro_batch_size x train.grad_accum x world size", 16),
-    ("gradient_clipping", 0.3, "train.max_grad_norm", 1.0),
-    ("bf16", {"enabled": True}, "model.dtype", False),
-])
+@pytest.mark.parametrize(
+    "field,value,recipe_key,ours",
+    [
+        ("gradient_accumulation_steps", 4, "train.grad_accum", 2),
+        ("train_micro_batch_size_per_gpu", 8, "train.micro_batch_size", 4),
+        ("train_batch_size", 64, "train.micro_batch_size x train.grad_accum x world size", 16),
+        ("gradient_clipping", 0.3, "train.max_grad_norm", 1.0),
+        ("bf16", {"enabled": True}, "model.dtype", False),
+    ],
+)
 def test_an_explicit_value_against_the_recipe_is_refused_naming_both(tmp_path, field, value, recipe_key, ours):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3}, field: value})
     shown = field if not isinstance(value, dict) else f"{field}.enabled"
     theirs = json.dumps(value if not isinstance(value, dict) else value["enabled"])
-    _refused([TINY, f"distributed.deepspeed_config={ds}"], f"{ds}: {shown} = {theirs}",
-             f"the recipe's {recipe_key} makes it {json.dumps(ours)}", f"Fix: set {recipe_key} to match")
+    _refused(
+        [TINY, f"distributed.deepspeed_config={ds}"],
+        f"{ds}: {shown} = {theirs}",
+        f"the recipe's {recipe_key} makes it {json.dumps(ours)}",
+        f"Fix: set {recipe_key} to match",
+    )
 
 
 @pytest.mark.multiproc
@@ -134,9 +186,15 @@ def test_training_refuses_a_contradiction_before_anything_starts(tmp_path):
 def test_a_broken_or_missing_json_is_refused_naming_the_file_and_line(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text('{\n  "zero_optimization": {"stage": 2},\n  "gradient_clipping": 1.0,\n}\n')
-    _refused([TINY, f"distributed.deepspeed_config={broken}"], f"{broken}:4:1: invalid JSON", "no comments or trailing commas")
-    _refused([TINY, f"distributed.deepspeed_config={tmp_path / 'none.json'}"],
-             f"distributed.deepspeed_config = '{tmp_path / 'none.json'}': cannot read it (No such file or directory)")
+    _refused(
+        [TINY, f"distributed.deepspeed_config={broken}"],
+        f"{broken}:4:1: invalid JSON",
+        "no comments or trailing commas",
+    )
+    _refused(
+        [TINY, f"distributed.deepspeed_config={tmp_path / 'none.json'}"],
+        f"distributed.deepspeed_config = '{tmp_path / 'none.json'}': cannot read it (No such file or directory)",
+    )
     listing = write_json(tmp_path, [1, 2], "list.json")
     _refused([TINY, f"distributed.deepspeed_config={listing}"], "a DeepSpeed config is a JSON object, this is a list")
 
@@ -144,10 +202,16 @@ def test_a_broken_or_missing_json_is_refused_naming_the_file_and_line(tmp_path):
 @pytest.mark.unit
 def test_an_auto_nothing_fills_and_the_ddp_engine_are_refused(tmp_path):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}})
-    _refused([TINY, f"distributed.deepspeed_config={ds}"], "zero_optimization.sub_group_size is \"auto\"",
-             "Fix: write a value there")
-    _refused([TINY, f"distributed.deepspeed_config={ds}", "distributed.engine=ddp"],
-             "distributed.engine = 'ddp' with distributed.deepspeed_config", "Fix: distributed.engine: deepspeed")
+    _refused(
+        [TINY, f"distributed.deepspeed_config={ds}"],
+        'zero_optimization.sub_group_size is "auto"',
+        "Fix: write a value there",
+    )
+    _refused(
+        [TINY, f"distributed.deepspeed_config={ds}", "distributed.engine=ddp"],
+        "distributed.engine = 'ddp' with distributed.deepspeed_config",
+        "Fix: distributed.engine: deepspeed",
+    )
 
 
 @pytest.mark.unit

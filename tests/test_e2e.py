@@ -22,8 +22,9 @@ SCALARS = ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens
 
 def _train(tmp_path: Path, name: str, overrides: list[str], env: dict | None = None, timeout: int = 600):
     out = tmp_path / name
-    proc = run_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides],
-                      timeout=timeout, env=env)
+    proc = run_launch(
+        [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides], timeout=timeout, env=env
+    )
     return out, proc
 
 
@@ -70,9 +71,19 @@ def _tensorboard_tags(out: Path) -> set[str]:
 
 @pytest.mark.parametrize("zero,packing", [(2, "neat"), (3, "none")])
 def test_lora_sft_two_processes(zero, packing, tmp_path, warm):
-    out, proc = _train(tmp_path, f"zero{zero}", [f"distributed.zero={zero}", "train.max_steps=16", f"data.packing={packing}",
-                                                 "train.logging_steps=2", "train.save_steps=8",
-                                                 "data.val_size=0.1", "train.eval_steps=8"])
+    out, proc = _train(
+        tmp_path,
+        f"zero{zero}",
+        [
+            f"distributed.zero={zero}",
+            "train.max_steps=16",
+            f"data.packing={packing}",
+            "train.logging_steps=2",
+            "train.save_steps=8",
+            "data.val_size=0.1",
+            "train.eval_steps=8",
+        ],
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["deepspeed"]["zero_optimization"]["stage"] == zero
@@ -82,7 +93,9 @@ def test_lora_sft_two_processes(zero, packing, tmp_path, warm):
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"loss did not go down: {losses}"
     _check_adapter(out)
     assert set(SCALARS) | {"eval/loss"} <= _tensorboard_tags(out)
-    evals = [e["eval_loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e]
+    evals = [
+        e["eval_loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e
+    ]
     assert len(evals) == 2 and evals[1] < evals[0], f"held-out loss should fall: {evals}"
     assert (out / "checkpoint-8" / "trainer_state.json").is_file()
 
@@ -92,8 +105,11 @@ def test_each_launcher_runs_the_tiny_recipe_with_the_same_result(tmp_path, warm)
     plan: each run succeeds, saves a loadable adapter, and logs identical losses."""
     losses = {}
     for launcher in ("torchrun", "accelerate", "deepspeed"):
-        out, proc = _train(tmp_path, launcher, [f"distributed.launcher={launcher}", "train.max_steps=3",
-                                                "train.logging_steps=1", "distributed.zero=2"])
+        out, proc = _train(
+            tmp_path,
+            launcher,
+            [f"distributed.launcher={launcher}", "train.max_steps=3", "train.logging_steps=1", "distributed.zero=2"],
+        )
         assert proc.returncode == 0, f"{launcher}:\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
         assert json.loads((out / "plan.json").read_text())["recipe"]["distributed"]["launcher"] == launcher
         losses[launcher] = _losses(out)
@@ -105,9 +121,18 @@ def test_each_launcher_runs_the_tiny_recipe_with_the_same_result(tmp_path, warm)
 
 def test_qwen2_recipe_runs_on_the_tiny_model(tmp_path, warm):
     """The real Qwen2-7B recipe (bf16, ZeRO-3, cutoff 2048) runs when pointed at the tiny model."""
-    proc = run_launch(["recipes/sft_qwen2.yaml", "model.path=builtin:tiny-qwen2", "train.max_steps=5",
-                       f"output.dir={tmp_path / 'qwen2'}", f"distributed.master_port={free_port()}",
-                       "train.grad_accum=2", "train.logging_steps=1"], timeout=600)
+    proc = run_launch(
+        [
+            "recipes/sft_qwen2.yaml",
+            "model.path=builtin:tiny-qwen2",
+            "train.max_steps=5",
+            f"output.dir={tmp_path / 'qwen2'}",
+            f"distributed.master_port={free_port()}",
+            "train.grad_accum=2",
+            "train.logging_steps=1",
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert len(_losses(tmp_path / "qwen2")) == 5
     config = json.loads((tmp_path / "qwen2" / "adapter_config.json").read_text())
@@ -115,8 +140,13 @@ def test_qwen2_recipe_runs_on_the_tiny_model(tmp_path, warm):
 
 
 def test_crashing_rank_ends_the_job_with_its_traceback(tmp_path, warm):
-    out, proc = _train(tmp_path, "crash", ["train.max_steps=50", "train.logging_steps=1"],
-                       env={"LAUNCHER_FAIL_RANK": "1", "LAUNCHER_FAIL_STEP": "2"}, timeout=300)
+    out, proc = _train(
+        tmp_path,
+        "crash",
+        ["train.max_steps=50", "train.logging_steps=1"],
+        env={"LAUNCHER_FAIL_RANK": "1", "LAUNCHER_FAIL_STEP": "2"},
+        timeout=300,
+    )
     ended = time.time()
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
@@ -139,9 +169,13 @@ def test_loss_is_normalised_per_token_over_the_global_batch(tmp_path, warm):
     or per rank), both compute the same gradient: equal loss and gradient norm at every step.
     (Weights are not compared: Adam's first steps are sign-like on lora_A's near-zero grads.)"""
     logs = {}
-    for name, layout in {"w1": ["distributed.nproc_per_node=1", "train.micro_batch_size=4", "train.grad_accum=1"],
-                         "w2": ["distributed.nproc_per_node=2", "train.micro_batch_size=1", "train.grad_accum=2"]}.items():
-        out, proc = _train(tmp_path, name, [*layout, "distributed.zero=2", "train.max_steps=3", "train.logging_steps=1"])
+    for name, layout in {
+        "w1": ["distributed.nproc_per_node=1", "train.micro_batch_size=4", "train.grad_accum=1"],
+        "w2": ["distributed.nproc_per_node=2", "train.micro_batch_size=1", "train.grad_accum=2"],
+    }.items():
+        out, proc = _train(
+            tmp_path, name, [*layout, "distributed.zero=2", "train.max_steps=3", "train.logging_steps=1"]
+        )
         assert proc.returncode == 0, proc.stderr[-5000:]
         history = json.loads((out / "trainer_state.json").read_text())["log_history"]
         logs[name] = [(e["loss"], e["grad_norm"]) for e in history if "grad_norm" in e]
@@ -165,7 +199,9 @@ def test_op_prebuild_is_skipped_only_while_its_record_is_current(tmp_path, warm)
     stamp = json.loads((cache / STAMP).read_text())
     copy = tmp_path / "copy"
     shutil.copytree(cache, copy, ignore=shutil.ignore_patterns("*.o"))
-    (copy / STAMP).write_text(json.dumps({**stamp, "libraries": [str(copy / Path(f).relative_to(cache)) for f in stamp["libraries"]]}))
+    (copy / STAMP).write_text(
+        json.dumps({**stamp, "libraries": [str(copy / Path(f).relative_to(cache)) for f in stamp["libraries"]]})
+    )
     assert already_built(["ShareMemCommBuilder"], str(copy))
     for library in copy.glob("*/*.so"):
         library.unlink()  # a cleaned cache

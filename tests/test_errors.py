@@ -47,8 +47,15 @@ def test_a_checkpoint_error_inside_consolidate_or_merge_is_one_line_and_exit_2(v
 @pytest.mark.multiproc
 def test_a_stage_data_error_in_the_worker_is_one_marked_line_and_exit_2(tmp_path, warm):
     # every example held out for evaluation: the sft stage refuses once the data is built, in every rank
-    proc = run_launch(["recipes/sft_tiny.yaml", "data.val_size=0.9999", f"output.dir={tmp_path / 'run'}",
-                       f"distributed.master_port={free_port()}"], timeout=900)
+    proc = run_launch(
+        [
+            "recipes/sft_tiny.yaml",
+            "data.val_size=0.9999",
+            f"output.dir={tmp_path / 'run'}",
+            f"distributed.master_port={free_port()}",
+        ],
+        timeout=900,
+    )
     assert proc.returncode != 0
     line = "[launcher] data error: data.val_size=0.9999 leaves no training examples out of "
     assert line in proc.stderr, proc.stderr[-3000:]

@@ -13,8 +13,16 @@ from tests.conftest import greedy, run_launch
 pytest.importorskip("jieba")
 TOKENS = 4
 ROWS = 4
-BASE = ["recipes/sft_tiny.yaml", "--dataset", "demo_dev", f"eval.max_new_tokens={TOKENS}", f"data.max_samples={ROWS}",
-        "eval.batch_size=3", "--adapter", ""]
+BASE = [
+    "recipes/sft_tiny.yaml",
+    "--dataset",
+    "demo_dev",
+    f"eval.max_new_tokens={TOKENS}",
+    f"data.max_samples={ROWS}",
+    "eval.batch_size=3",
+    "--adapter",
+    "",
+]
 
 
 def _reference(prediction: str, label: str) -> dict:
@@ -37,8 +45,12 @@ def _mean(pairs: list[tuple[str, str]]) -> dict:
     return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
 
 
-PAIRS = [("乘法表示几个相同的数相加", "乘法表示相同的数相加，所以结果是0。"),
-         ("The cat sat on the mat.", "A cat sat on a mat."), ("", "cold"), ("早上好", "早上好")]
+PAIRS = [
+    ("乘法表示几个相同的数相加", "乘法表示相同的数相加，所以结果是0。"),
+    ("The cat sat on the mat.", "A cat sat on a mat."),
+    ("", "cold"),
+    ("早上好", "早上好"),
+]
 
 
 @pytest.mark.multiproc
@@ -55,8 +67,9 @@ def test_predictions_and_metrics_on_the_dev_set_and_two_processes_equal_one(tmp_
     outputs = {}
     for nproc in (1, 2):
         out = tmp_path / f"p{nproc}"
-        proc = run_launch(["eval", *BASE, f"output.dir={tmp_path / 'run'}", "--nproc", str(nproc), "--out", str(out)],
-                          timeout=900)
+        proc = run_launch(
+            ["eval", *BASE, f"output.dir={tmp_path / 'run'}", "--nproc", str(nproc), "--out", str(out)], timeout=900
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
         outputs[nproc] = (rows, json.loads((out / "predict_results.json").read_text()))
@@ -69,8 +82,9 @@ def test_predictions_and_metrics_on_the_dev_set_and_two_processes_equal_one(tmp_
         assert results[f"predict_{name}"] == pytest.approx(value, abs=1e-9)
     assert results["predict_samples"] == ROWS and results["generated_tokens"] > 0
     assert outputs[2][0] == rows and outputs[2][1]["processes"] == 2
-    assert {k: v for k, v in outputs[2][1].items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")} == \
-           {k: v for k, v in results.items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")}
+    assert {
+        k: v for k, v in outputs[2][1].items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")
+    } == {k: v for k, v in results.items() if k.startswith("predict_bleu") or k.startswith("predict_rouge")}
 
 
 @pytest.mark.multiproc
@@ -90,16 +104,47 @@ def _scalars(out) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.multiproc
 def test_eval_generate_logs_the_scores_launch_eval_gives_the_same_checkpoint(tmp_path, warm):
     # oracle: `launch eval` of the checkpoint saved at that eval step, with the same eval settings
-    settings = ["data.eval_datasets=[demo_dev]", f"data.max_samples={ROWS}", "eval.max_new_tokens=8", "eval.batch_size=3"]
+    settings = [
+        "data.eval_datasets=[demo_dev]",
+        f"data.max_samples={ROWS}",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=3",
+    ]
     out = tmp_path / "run"
-    proc = run_launch(["recipes/sft_tiny.yaml", f"output.dir={out}", *settings, "train.eval_generate=true",
-                       "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2", "train.grad_accum=1",
-                       "train.logging_steps=1", "distributed.engine=ddp", "distributed.zero=0",
-                       "distributed.nproc_per_node=1"], timeout=900)
+    proc = run_launch(
+        [
+            "recipes/sft_tiny.yaml",
+            f"output.dir={out}",
+            *settings,
+            "train.eval_generate=true",
+            "train.max_steps=2",
+            "train.eval_steps=2",
+            "train.save_steps=2",
+            "train.grad_accum=1",
+            "train.logging_steps=1",
+            "distributed.engine=ddp",
+            "distributed.zero=0",
+            "distributed.nproc_per_node=1",
+        ],
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     scalars = _scalars(out)
-    proc = run_launch(["eval", "recipes/sft_tiny.yaml", f"output.dir={out}", *settings, "--adapter",
-                       str(out / "checkpoint-2"), "--nproc", "1", "--out", str(tmp_path / "eval")], timeout=600)
+    proc = run_launch(
+        [
+            "eval",
+            "recipes/sft_tiny.yaml",
+            f"output.dir={out}",
+            *settings,
+            "--adapter",
+            str(out / "checkpoint-2"),
+            "--nproc",
+            "1",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     oracle = json.loads((tmp_path / "eval" / "predict_results.json").read_text())
     assert oracle["predict_bleu-4"] > 0  # the replies share something with the labels: the scores are not trivial
@@ -110,7 +155,9 @@ def test_eval_generate_logs_the_scores_launch_eval_gives_the_same_checkpoint(tmp
 @pytest.mark.unit
 def test_eval_generate_needs_sft_with_eval_datasets():
     proc = run_launch(["plan", "recipes/sft_tiny.yaml", "train.eval_generate=true"], timeout=60)
-    assert proc.returncode == 2 and "train.eval_generate" in proc.stderr and "Fix: set data.eval_datasets" in proc.stderr
+    assert (
+        proc.returncode == 2 and "train.eval_generate" in proc.stderr and "Fix: set data.eval_datasets" in proc.stderr
+    )
 
 
 @pytest.mark.multiproc

@@ -16,21 +16,29 @@ import psutil
 import pytest
 
 from launcher.plan import node_plan_file
-from tests.conftest import ROOT, free_port, run_launch
+from tests.conftest import ROOT, free_port
 from tests.services import slurm, sshd  # noqa: F401  (fixtures)
 
 TINY = "recipes/sft_tiny.yaml"
 # a run that would train for hours: small steps, no scheduled checkpoint, a step logged each time
-ENDLESS = ["train.max_steps=100000", "train.save_steps=100000", "train.logging_steps=1", "data.cutoff_len=64",
-           "train.micro_batch_size=2", "train.grad_accum=1", "train.gradient_checkpointing=false",
-           "output.report_to=[none]"]
+ENDLESS = [
+    "train.max_steps=100000",
+    "train.save_steps=100000",
+    "train.logging_steps=1",
+    "data.cutoff_len=64",
+    "train.micro_batch_size=2",
+    "train.grad_accum=1",
+    "train.gradient_checkpointing=false",
+    "output.report_to=[none]",
+]
 STOP_BOUND = 10  # seconds: the issue's bound for both the kill -9 and the SIGTERM stop
 
 
 def _start(out: Path, log: Path, *overrides: str) -> subprocess.Popen:
     args = [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *ENDLESS, *overrides]
-    return subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT
+    )
 
 
 def _wait_for_steps(proc: subprocess.Popen | None, log: Path, steps: int = 2, timeout: float = 600) -> None:
@@ -55,8 +63,11 @@ def _survivors(tree: list[psutil.Process], out: Path, within: float, marks: tupl
     deadline = time.monotonic() + within
     while True:
         alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        alive += [p for p in psutil.process_iter() if p not in alive
-                  and any(mark in _cmdline(p) for mark in (str(out), *marks))]
+        alive += [
+            p
+            for p in psutil.process_iter()
+            if p not in alive and any(mark in _cmdline(p) for mark in (str(out), *marks))
+        ]
         if not alive or time.monotonic() >= deadline:
             return [f"{p.pid} {_cmdline(p)[:200]}" for p in alive if p.is_running()]
         time.sleep(0.2)
@@ -81,7 +92,9 @@ def _kill_launcher_and_check(proc: subprocess.Popen, out: Path, log: Path) -> No
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert not left, f"alive {STOP_BOUND} s after kill -9 of launch:\n" + "\n".join(left) + "\n" + log.read_text()[-3000:]
+    assert not left, (
+        f"alive {STOP_BOUND} s after kill -9 of launch:\n" + "\n".join(left) + "\n" + log.read_text()[-3000:]
+    )
 
 
 @pytest.mark.multiproc
@@ -128,16 +141,17 @@ def test_kill_9_of_launch_inside_a_slurm_job_leaves_no_process(slurm, tmp_path, 
     """`launch sbatch --submit`: the job's `launch` (the srun task) killed with -9, its engine and
     ranks must go too, whatever SLURM's process tracking does with the step."""
     out, script = tmp_path / "run", tmp_path / "job.sbatch"
-    proc = run_launch(["sbatch", TINY, f"output.dir={out}", f"distributed.master_port={free_port()}",
-                       "distributed.nproc_per_node=2", "slurm={nodes: 1, gpus_per_node: 0}", *ENDLESS,
-                       "--script", str(script), "--submit"], env=slurm.env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    job = proc.stdout.strip().splitlines()[-1]
+    job = slurm.submit_tiny(out, script, *ENDLESS)
     log = tmp_path / f"job-{job}.out"
     try:
         _wait_for_steps(None, log)
-        job_launch = [p for p in psutil.process_iter() if p.name().startswith("python")  # not srun's own line
-                      and "launcher.cli train" in _cmdline(p) and str(out) in _cmdline(p)]
+        job_launch = [
+            p
+            for p in psutil.process_iter()
+            if p.name().startswith("python")  # not srun's own line
+            and "launcher.cli train" in _cmdline(p)
+            and str(out) in _cmdline(p)
+        ]
         assert len(job_launch) == 1, [_cmdline(p)[:200] for p in job_launch]
         tree = job_launch[0].children(recursive=True)
         assert len([p for p in tree if "launcher.worker" in _cmdline(p)]) >= 2, [_cmdline(p)[:120] for p in tree]
@@ -175,13 +189,27 @@ def test_sigterm_stops_within_10_s_with_a_checkpoint_that_resumes(tmp_path, warm
     assert step >= 2 and f"stopped by SIGTERM: {checkpoints[0]}" in output, output[-4000:]
     assert not (out / "adapter_model.safetensors").exists(), "an interrupted run must not look finished"
 
-    resumed = subprocess.run([sys.executable, "-m", "launcher.cli", TINY, f"output.dir={out}",
-                              f"distributed.master_port={free_port()}", *ENDLESS, f"train.max_steps={step + 2}"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            TINY,
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            *ENDLESS,
+            f"train.max_steps={step + 2}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"[launch] resuming from {checkpoints[0]}" in resumed.stdout
-    assert "[train] step 1/" not in resumed.stdout and f"[train] step {step + 1}/{step + 2}" in resumed.stdout, \
+    assert "[train] step 1/" not in resumed.stdout and f"[train] step {step + 1}/{step + 2}" in resumed.stdout, (
         f"the second run continues after step {step}:\n{resumed.stdout[-3000:]}"
+    )
     logged = [json.loads(line)["step"] for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert logged == sorted(set(logged)) and logged[-1] == step + 2, logged
     assert (out / "adapter_model.safetensors").exists()

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.unit
 
 
 def _dry_run(wheels, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--wheels", str(wheels)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--dry-run", "--wheels", str(wheels)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _every_wheel(folder) -> None:

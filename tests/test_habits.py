@@ -19,8 +19,9 @@ TINY = "recipes/sft_tiny.yaml"
 @pytest.mark.unit
 def test_sbatch_without_a_slurm_section_takes_nodes_and_gpus_from_distributed(tmp_path):
     script = tmp_path / "job.sbatch"
-    proc = run_launch(["sbatch", TINY, "distributed.nnodes=2", "distributed.nproc_per_node=4", "--script", str(script)],
-                      timeout=60)
+    proc = run_launch(
+        ["sbatch", TINY, "distributed.nnodes=2", "distributed.nproc_per_node=4", "--script", str(script)], timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     text = script.read_text()
     assert "#SBATCH --nodes=2\n" in text and "#SBATCH --gpus-per-node=4\n" in text
@@ -45,8 +46,9 @@ def test_single_node_without_a_port_takes_a_free_one_when_29500_is_busy(tmp_path
         assert port != DEFAULT_MASTER_PORT
         run = run_launch([TINY, "distributed.engine=ddp", "train.max_steps=1", f"output.dir={tmp_path / 'run'}"])
         assert run.returncode == 0, run.stderr[-3000:]
-        explicit = run_launch([TINY, f"distributed.master_port={DEFAULT_MASTER_PORT}", f"output.dir={tmp_path / 'x'}"],
-                              timeout=60)
+        explicit = run_launch(
+            [TINY, f"distributed.master_port={DEFAULT_MASTER_PORT}", f"output.dir={tmp_path / 'x'}"], timeout=60
+        )
     assert explicit.returncode == 2 and "already in use" in explicit.stderr  # a port the user named is still checked
 
 

@@ -26,16 +26,43 @@ def _import(tmp_path: Path, name: str, source: Path | None = None) -> tuple[dict
 
 # LF config -> the recipe values it must give (stage/method names differ from LF's in places)
 EXPECTED = {
-    "llama3_lora_sft": {"stage": "sft", "method.name": "lora", "data.datasets": ["demo_sft", "demo_sharegpt"],
-                        "train.lr": 1e-4, "train.grad_accum": 8, "model.dtype": "bf16", "model.template": "qwen2",
-                        "distributed.engine": "ddp", "distributed.zero": 0, "train.eval_steps": 500,
-                        "eval.max_new_tokens": 64, "eval.do_sample": False, "eval.engine": "hf"},
-    "qlora_sft": {"method.name": "lora", "model.quantization.bits": 4, "method.variant": "dora",
-                  "method.target": ["q_proj", "v_proj"], "data.packing": "neat", "train.warmup_ratio": 0.1},
-    "freeze_sft": {"method.name": "freeze", "method.trainable_layers": 2, "distributed.zero": 2,
-                   "distributed.offload": "none", "data.train_on_prompt": True, "data.mask_history": True},
-    "full_sft": {"method.name": "full", "distributed.engine": "deepspeed", "distributed.zero": 3,
-                 "distributed.offload": "all"},
+    "llama3_lora_sft": {
+        "stage": "sft",
+        "method.name": "lora",
+        "data.datasets": ["demo_sft", "demo_sharegpt"],
+        "train.lr": 1e-4,
+        "train.grad_accum": 8,
+        "model.dtype": "bf16",
+        "model.template": "qwen2",
+        "distributed.engine": "ddp",
+        "distributed.zero": 0,
+        "train.eval_steps": 500,
+        "eval.max_new_tokens": 64,
+        "eval.do_sample": False,
+        "eval.engine": "hf",
+    },
+    "qlora_sft": {
+        "method.name": "lora",
+        "model.quantization.bits": 4,
+        "method.variant": "dora",
+        "method.target": ["q_proj", "v_proj"],
+        "data.packing": "neat",
+        "train.warmup_ratio": 0.1,
+    },
+    "freeze_sft": {
+        "method.name": "freeze",
+        "method.trainable_layers": 2,
+        "distributed.zero": 2,
+        "distributed.offload": "none",
+        "data.train_on_prompt": True,
+        "data.mask_history": True,
+    },
+    "full_sft": {
+        "method.name": "full",
+        "distributed.engine": "deepspeed",
+        "distributed.zero": 3,
+        "distributed.offload": "all",
+    },
     "lora_pt": {"stage": "pt", "train.lr": 5e-5, "train.micro_batch_size": 8, "model.dtype": "fp32"},
     "lora_rm": {"stage": "rm"},
     "lora_dpo": {"stage": "dpo", "train.pref_beta": 0.1, "train.pref_loss": "sigmoid"},
@@ -43,8 +70,12 @@ EXPECTED = {
     "lora_kto": {"stage": "kto", "train.kto_desirable_weight": 1.0, "train.micro_batch_size": 1},
     "lora_ppo": {"stage": "ppo", "train.reward_model": "saves/tiny/lora/rm", "train.max_new_tokens": 32},
 }
-UNMAPPED = {"llama3_lora_sft": ["save_only_model", "per_device_eval_batch_size"], "freeze_sft": ["lora_rank"],
-            "full_sft": ["use_unsloth"], "lora_ppo": ["reward_model_type"]}
+UNMAPPED = {
+    "llama3_lora_sft": ["save_only_model", "per_device_eval_batch_size"],
+    "freeze_sft": ["lora_rank"],
+    "full_sft": ["use_unsloth"],
+    "lora_ppo": ["reward_model_type"],
+}
 
 
 def _get(recipe: dict, dotted: str):
@@ -65,19 +96,28 @@ def test_every_lf_stage_and_method_imports_and_plans(tmp_path, name):
 
 
 def test_deepspeed_json_read_for_stage_and_offload(tmp_path):
-    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
+    (tmp_path / "ds.json").write_text(
+        json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
+    )
     lf = tmp_path / "lf.yaml"
-    lf.write_text(f"model_name_or_path: builtin:tiny-qwen2\nstage: sft\nfinetuning_type: full\ndataset: demo_sft\n"
-                  f"deepspeed: {tmp_path / 'ds.json'}\noutput_dir: {tmp_path / 'run'}\n")
+    lf.write_text(
+        f"model_name_or_path: builtin:tiny-qwen2\nstage: sft\nfinetuning_type: full\ndataset: demo_sft\n"
+        f"deepspeed: {tmp_path / 'ds.json'}\noutput_dir: {tmp_path / 'run'}\n"
+    )
     recipe, _, _ = _import(tmp_path, "ds", lf)
     assert recipe["distributed"] == {"engine": "deepspeed", "zero": 2, "offload": "optimizer"}
     assert run_launch(["plan", str(tmp_path / "ds.yaml")], timeout=60).returncode == 0
 
 
-@pytest.mark.parametrize("override, hint", [("train.learning_rate=1e-4", "train.lr"),
-                                            ("train.gradient_accumulation_steps=4", "train.grad_accum"),
-                                            ("bf16=true", "model.dtype"),
-                                            ("data.dataset=demo_sft", "data.datasets")])
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        ("train.learning_rate=1e-4", "train.lr"),
+        ("train.gradient_accumulation_steps=4", "train.grad_accum"),
+        ("bf16=true", "model.dtype"),
+        ("data.dataset=demo_sft", "data.datasets"),
+    ],
+)
 def test_lf_names_get_hints(override, hint):
     proc = run_launch(["plan", "recipes/sft_tiny.yaml", override], timeout=60)
     assert proc.returncode == 2

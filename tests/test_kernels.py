@@ -33,8 +33,9 @@ def _samples() -> list[dict]:
 
 def _model(attn: str):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32,
-                                                attn_implementation=attn)
+    return AutoModelForCausalLM.from_pretrained(
+        materialize("builtin:tiny-qwen2"), dtype=torch.float32, attn_implementation=attn
+    )
 
 
 def _trainer(model, tmp_path, attn: str, loss: str) -> KernelTrainer:
@@ -56,8 +57,12 @@ def unpacked_reference(model, samples: list[dict]) -> tuple[float, int, dict]:
     for sample in samples:
         batch = PaddingCollator(0)([sample])
         logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
-        loss = F.cross_entropy(logits, batch["labels"][0, 1:].to(logits.device), ignore_index=IGNORE_INDEX,
-                               reduction="sum") / trained
+        loss = (
+            F.cross_entropy(
+                logits, batch["labels"][0, 1:].to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            / trained
+        )
         loss.backward()
         total += loss.item()
     return total, trained, _grads(model)
@@ -91,7 +96,8 @@ def test_flex_padding_free_packing_gives_the_unpacked_loss(tmp_path):
     with torch.no_grad():
         for loss in ("plain", "chunked"):
             got = _trainer(model, tmp_path, "flex_attention", loss).compute_loss(
-                model, batch, num_items_in_batch=torch.tensor(trained))
+                model, batch, num_items_in_batch=torch.tensor(trained)
+            )
             assert abs(got.item() - expected) < 1e-5, (loss, got.item(), expected)
 
 
@@ -107,8 +113,9 @@ def test_padding_free_row_gives_the_unpacked_gradients(tmp_path):
     batch = PaddingCollator(0, "neat", padding_free=True)(pack_examples(samples, CUTOFF).rows)
     del batch["document_ids"]  # what flex_attention's block mask is built from; sdpa reads position_ids
     for loss in ("plain", "chunked"):
-        value = _trainer(model, tmp_path, "sdpa", loss).compute_loss(model, dict(batch),
-                                                                     num_items_in_batch=torch.tensor(trained))
+        value = _trainer(model, tmp_path, "sdpa", loss).compute_loss(
+            model, dict(batch), num_items_in_batch=torch.tensor(trained)
+        )
         value.backward()
         grads = _grads(model)
         assert abs(value.item() - expected) < 1e-5, (loss, value.item(), expected)
@@ -122,7 +129,9 @@ def test_chunked_loss_in_the_trainer_gives_the_plain_gradients(tmp_path):
     batch = PaddingCollator(0)(_samples())
     results = {}
     for loss in ("plain", "chunked"):
-        value = _trainer(model, tmp_path, "sdpa", loss).compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(97))
+        value = _trainer(model, tmp_path, "sdpa", loss).compute_loss(
+            model, dict(batch), num_items_in_batch=torch.tensor(97)
+        )
         value.backward()
         results[loss] = value.item(), _grads(model)
     assert abs(results["plain"][0] - results["chunked"][0]) < 1e-6
@@ -141,8 +150,12 @@ def test_chunked_loss_and_gradients_equal_full_logits():
     for num_items in (None, 1000):
         logits = head(hidden).float()[:, :-1]
         targets = labels[:, 1:]
-        plain = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                                reduction="mean" if num_items is None else "sum")
+        plain = F.cross_entropy(
+            logits.reshape(-1, vocab),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="mean" if num_items is None else "sum",
+        )
         plain = plain if num_items is None else plain / num_items
         plain_grads = torch.autograd.grad(plain, [hidden, head.weight])
         chunked = chunked_cross_entropy(hidden, head, labels, chunks=7, num_items_in_batch=num_items)
@@ -168,13 +181,22 @@ def test_plan_names_the_kernels_and_why(capsys):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("overrides, message", [
-    (["model.attn=flash_attention_2"], "model.attn = 'flash_attention_2' needs a CUDA GPU"),
-    (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
-    (["train.loss_kernel=liger"], "train.loss_kernel = 'liger' needs a CUDA GPU"),
-    (["stage=dpo", "data.datasets=[demo_pref]", "train.loss_kernel=chunked"], "train.loss_kernel = 'chunked' applies to stages pt/sft"),
-    (["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2", "train.compile=true"], "train.compile = true does not work with method.name: prefix"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.attn=flash_attention_2"], "model.attn = 'flash_attention_2' needs a CUDA GPU"),
+        (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
+        (["train.loss_kernel=liger"], "train.loss_kernel = 'liger' needs a CUDA GPU"),
+        (
+            ["stage=dpo", "data.datasets=[demo_pref]", "train.loss_kernel=chunked"],
+            "train.loss_kernel = 'chunked' applies to stages pt/sft",
+        ),
+        (
+            ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2", "train.compile=true"],
+            "train.compile = true does not work with method.name: prefix",
+        ),
+    ],
+)
 def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
     code, out = _plan(capsys, *overrides)
     assert code == 2 and message in out and "Fix:" in out, out
@@ -198,7 +220,9 @@ def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
         assert kernels["attn"] == "flex_attention" and kernels["padding_free"]
     if not installed("liger_kernel"):
         assert kernels["loss"] == "chunked"
-    assert kernel_plan(_recipe(), on_gpu=True, vocab_size=2048)["padding_free"] is False  # no packing: nothing to separate
+    assert (
+        kernel_plan(_recipe(), on_gpu=True, vocab_size=2048)["padding_free"] is False
+    )  # no packing: nothing to separate
     assert kernel_plan(_recipe(stage="dpo"), on_gpu=True, vocab_size=151_936)["loss"] == "plain"  # TRL owns its loss
 
 
@@ -213,8 +237,10 @@ def test_compiled_layers_match_eager_without_recompiling_per_length(tmp_path):
     model.gradient_checkpointing_enable({"use_reentrant": False})
     samples, padded, neat = _samples(), PaddingCollator(0), PaddingCollator(0, "neat")
     short = [sample for sample in samples if len(sample["input_ids"]) < 10]
-    batches = {"padded": (padded(samples[1:3]), padded(samples[:2])),
-               "neat": (neat(pack_examples(short, 16).rows), neat(pack_examples(samples, CUTOFF).rows))}
+    batches = {
+        "padded": (padded(samples[1:3]), padded(samples[:2])),
+        "neat": (neat(pack_examples(short, 16).rows), neat(pack_examples(samples, CUTOFF).rows)),
+    }
     for first, second in batches.values():
         assert first["input_ids"].shape[1] != second["input_ids"].shape[1]
     eager = {kind: [model(**dict(b)).loss.item() for b in pair] for kind, pair in batches.items()}

@@ -25,8 +25,13 @@ def _model(attn: str):
     from launcher.builtin import materialize
 
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.bfloat16,
-                                                attn_implementation=attn).cuda().train()
+    return (
+        AutoModelForCausalLM.from_pretrained(
+            materialize("builtin:tiny-qwen2"), dtype=torch.bfloat16, attn_implementation=attn
+        )
+        .cuda()
+        .train()
+    )
 
 
 def _close(got: float, expected: float, grads: dict, expected_grads: dict) -> None:
@@ -40,7 +45,9 @@ def _packed_loss(model, tmp_path, attn: str, loss: str) -> tuple[float, dict]:
     rows = pack_examples(_samples(), CUTOFF).rows
     batch = {k: v.cuda() for k, v in PaddingCollator(0, "neat", padding_free=True)(rows).items()}
     trained = sum(sum(label != -100 for label in s["labels"][1:]) for s in _samples())
-    value = _trainer(model, tmp_path, attn, loss).compute_loss(model, batch, num_items_in_batch=torch.tensor(trained).cuda())
+    value = _trainer(model, tmp_path, attn, loss).compute_loss(
+        model, batch, num_items_in_batch=torch.tensor(trained).cuda()
+    )
     value.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
@@ -77,7 +84,17 @@ def test_compiled_layers_match_eager_and_do_not_recompile_per_row_length(tmp_pat
 
 
 def test_nccl_zero3_lora_through_the_cli(tmp_path):
-    proc = run_launch(["recipes/sft_tiny.yaml", f"output.dir={tmp_path / 'run'}", f"distributed.master_port={free_port()}",
-                       "model.dtype=bf16", "data.packing=neat", "train.max_steps=3", "train.compile=true"], timeout=300)
+    proc = run_launch(
+        [
+            "recipes/sft_tiny.yaml",
+            f"output.dir={tmp_path / 'run'}",
+            f"distributed.master_port={free_port()}",
+            "model.dtype=bf16",
+            "data.packing=neat",
+            "train.max_steps=3",
+            "train.compile=true",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

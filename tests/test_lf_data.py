@@ -37,14 +37,18 @@ def test_one_comma_separated_string_names_each_dataset(tmp_path, capsys):
     path.write_text(yaml.safe_dump(recipe))
     code, out, both = launch_data(capsys, path, [], tmp_path / "both.jsonl")
     assert code == 0, out
-    alone = [launch_data(capsys, path, [f"data.datasets=[{name}]"], tmp_path / f"{name}.jsonl")[2]
-             for name in ("demo_sft", "demo_openai")]
+    alone = [
+        launch_data(capsys, path, [f"data.datasets=[{name}]"], tmp_path / f"{name}.jsonl")[2]
+        for name in ("demo_sft", "demo_openai")
+    ]
     assert both == alone[0] + alone[1] and alone[0] and alone[1]
     assert f"examples: {len(both)} " in out
 
 
-ROWS = [{"instruction": f"Say {word}.", "input": "", "output": f"{word.capitalize()}."}
-        for word in ("one", "two", "three", "four", "five")]
+ROWS = [
+    {"instruction": f"Say {word}.", "input": "", "output": f"{word.capitalize()}."}
+    for word in ("one", "two", "three", "four", "five")
+]
 
 
 def _parquet(path: Path, rows: list[dict]) -> None:
@@ -66,20 +70,30 @@ def _hub_copy(root: Path) -> None:
     _parquet(root / "hub_configs/other/train-00000-of-00001.parquet", ROWS[2:])
 
 
-@pytest.mark.parametrize("entry,rows", [
-    ({"file_name": "hub", "split": "train_sft"}, ROWS[:3]),
-    ({"file_name": "hub", "split": "test_sft"}, ROWS[3:]),
-    ({"file_name": "hub_configs", "subset": "main"}, ROWS[:2]),   # LF's default split "train" of one config
-])
+@pytest.mark.parametrize(
+    "entry,rows",
+    [
+        ({"file_name": "hub", "split": "train_sft"}, ROWS[:3]),
+        ({"file_name": "hub", "split": "test_sft"}, ROWS[3:]),
+        ({"file_name": "hub_configs", "subset": "main"}, ROWS[:2]),  # LF's default split "train" of one config
+    ],
+)
 def test_a_downloaded_hub_folder_reads_its_split(tmp_path, capsys, entry, rows):
     _hub_copy(tmp_path)
     (tmp_path / "dataset_info.json").write_text(json.dumps({"hub_set": entry}))
     plain = tmp_path / "plain.jsonl"
     plain.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    code, out, got = launch_data(capsys, "recipes/sft_tiny.yaml", [f"data.dataset_dir={tmp_path}",
-                                                                   "data.datasets=[hub_set]"], tmp_path / "hub.jsonl")
+    code, out, got = launch_data(
+        capsys,
+        "recipes/sft_tiny.yaml",
+        [f"data.dataset_dir={tmp_path}", "data.datasets=[hub_set]"],
+        tmp_path / "hub.jsonl",
+    )
     assert code == 0, out
-    assert got == launch_data(capsys, "recipes/sft_tiny.yaml", [f"data.datasets=[{plain}]"], tmp_path / "plain_dump.jsonl")[2]
+    assert (
+        got
+        == launch_data(capsys, "recipes/sft_tiny.yaml", [f"data.datasets=[{plain}]"], tmp_path / "plain_dump.jsonl")[2]
+    )
     assert f"examples: {len(rows)} " in out
 
 
@@ -87,8 +101,12 @@ def test_the_default_split_of_a_folder_split_by_file_names_is_named_not_mixed(tm
     # no file is named "train": reading train_sft and test_sft together would train on the test split
     _hub_copy(tmp_path)
     (tmp_path / "dataset_info.json").write_text(json.dumps({"hub_set": {"file_name": "hub"}}))
-    code, out, _ = launch_data(capsys, "recipes/sft_tiny.yaml", [f"data.dataset_dir={tmp_path}", "data.datasets=[hub_set]"],
-                               tmp_path / "dump.jsonl")
+    code, out, _ = launch_data(
+        capsys,
+        "recipes/sft_tiny.yaml",
+        [f"data.dataset_dir={tmp_path}", "data.datasets=[hub_set]"],
+        tmp_path / "dump.jsonl",
+    )
     assert code == 2 and "no files of split 'train'" in out and "test_sft, train_sft" in out and "Fix: set split" in out
 
 
@@ -127,4 +145,7 @@ def test_long_rows_are_cut_as_llama_factory_cuts_them_and_counted(stage, tmp_pat
         truncated += len(full["prompt_ids"]) + reply > CUT
     prompt_cut = sum(len(s["prompt_ids"]) < len(f["prompt_ids"]) for f, s in zip(whole, cut))
     assert 0 < prompt_cut and truncated < len(cut)  # prompts cut, rows left whole: the counts are not trivial
-    assert f"rows: {len(cut)}   truncated (longer than data.cutoff_len={CUT}): {truncated}   dropped (empty reply): 0" in out
+    assert (
+        f"rows: {len(cut)}   truncated (longer than data.cutoff_len={CUT}): {truncated}   dropped (empty reply): 0"
+        in out
+    )

@@ -53,9 +53,15 @@ def _meta_model(shape):
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     kind = Qwen2Config if shape.qkv_bias else LlamaConfig
-    config = kind(num_hidden_layers=shape.layers, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                  num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
-                  tie_word_embeddings=shape.tied)
+    config = kind(
+        num_hidden_layers=shape.layers,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        vocab_size=shape.vocab,
+        tie_word_embeddings=shape.tied,
+    )
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
@@ -72,21 +78,35 @@ def test_lora_all_on_a_qwen2_05b_shape_counts_like_peft():
 
     shape = KNOWN_SHAPES["Qwen/Qwen2-0.5B"]
     method = _recipe(QWEN, "method.rank=16")["method"]
-    peft_model = get_peft_model(_meta_model(shape), LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        _meta_model(shape), LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     assert parameter_counts(shape, method) == peft_model.get_nb_trainable_parameters()
 
 
 METHOD_CASES = {
     "lora all": [],
-    "lora dora, named targets, additional_target": ["method.variant=dora", "method.target=[q_proj,v_proj]",
-                                                    "method.additional_target=[embed_tokens]"],
+    "lora dora, named targets, additional_target": [
+        "method.variant=dora",
+        "method.target=[q_proj,v_proj]",
+        "method.additional_target=[embed_tokens]",
+    ],
     "freeze last 2": ["method.name=freeze", "method.trainable_layers=2"],
-    "freeze first 1 mlp + norm": ["method.name=freeze", "method.trainable_layers=-1", "method.trainable_modules=[mlp]",
-                                  "method.extra_modules=[norm,lm_head]"],
+    "freeze first 1 mlp + norm": [
+        "method.name=freeze",
+        "method.trainable_layers=-1",
+        "method.trainable_modules=[mlp]",
+        "method.extra_modules=[norm,lm_head]",
+    ],
     "full": ["method.name=full"],
     "prefix": ["method.name=prefix", "train.gradient_checkpointing=false", "distributed.zero=2"],
-    "prefix projection": ["method.name=prefix", "method.prefix_projection=true", "method.num_virtual_tokens=8",
-                          "train.gradient_checkpointing=false", "distributed.zero=2"],
+    "prefix projection": [
+        "method.name=prefix",
+        "method.prefix_projection=true",
+        "method.num_virtual_tokens=8",
+        "train.gradient_checkpointing=false",
+        "distributed.zero=2",
+    ],
 }
 
 
@@ -116,9 +136,9 @@ def test_zero_stages_partition_params_grads_and_optimizer_states():
     n = parameter_counts(shape, recipe["method"])[1]
     opts = {z: estimate_option(recipe, shape, z, "none", world, "cuda", "bf16") for z in range(4)}
     gib = lambda nbytes: nbytes / GIB  # noqa: E731
-    bucket = gib(2 * shape.hidden ** 2)                               # gradient reduce bucket (ZeRO-2/3)
-    live = gib(2 * (ZERO3_MAX_LIVE_PARAMETERS + 0.9 * shape.hidden ** 2))  # ZeRO-3 gathered params + prefetch
-    adam_tmp, grad_copy = gib(4 * n), gib(4 * n)                     # foreach sqrt; ZeRO's fp32 flat grads
+    bucket = gib(2 * shape.hidden**2)  # gradient reduce bucket (ZeRO-2/3)
+    live = gib(2 * (ZERO3_MAX_LIVE_PARAMETERS + 0.9 * shape.hidden**2))  # ZeRO-3 gathered params + prefetch
+    adam_tmp, grad_copy = gib(4 * n), gib(4 * n)  # foreach sqrt; ZeRO's fp32 flat grads
     assert opts[0].optimizer_gb == pytest.approx(gib(12 * n) + adam_tmp)
     assert opts[1].optimizer_gb == pytest.approx((gib(12 * n) + adam_tmp) / world)
     assert opts[0].grads_gb == pytest.approx(gib((2 + 4) * n))  # bf16 grads + DeepSpeed's fp32 accumulation
@@ -126,7 +146,9 @@ def test_zero_stages_partition_params_grads_and_optimizer_states():
     assert opts[2].grads_gb == pytest.approx(gib(2 * n) / world + bucket + grad_copy / world)
     assert opts[2].params_gb == pytest.approx(gib(2 * n))
     assert opts[3].params_gb == pytest.approx(gib(2 * n) / world + live)
-    states = opts[3].params_gb - live + opts[3].grads_gb - bucket + opts[3].optimizer_gb - (adam_tmp + grad_copy) / world
+    states = (
+        opts[3].params_gb - live + opts[3].grads_gb - bucket + opts[3].optimizer_gb - (adam_tmp + grad_copy) / world
+    )
     assert states == pytest.approx(gib(16 * n) / world)
     assert len({round(o.activations_gb, 9) for o in opts.values()}) == 1  # activations do not depend on ZeRO
     offloaded = estimate_option(recipe, shape, 3, "all", world, "cuda", "bf16")
@@ -146,8 +168,10 @@ def _gpu_estimate(recipe: dict, world: int, memory_gb: float) -> dict:
 
 def test_zero_auto_picks_the_least_partitioning_that_fits_a_7b_full_fine_tune():
     recipe = _recipe(QWEN, "method.name=full", drop_lora=True)
-    picks = {(world, gb): pick_auto(_gpu_estimate(recipe, world, gb)) for world, gb in ((8, 80), (8, 40), (8, 24), (1, 80))}
-    assert (picks[8, 80]["zero"], picks[8, 80]["offload"]) == (1, "none")       # 15 GB weights + 15 GB grads + 1/8 of Adam
+    picks = {
+        (world, gb): pick_auto(_gpu_estimate(recipe, world, gb)) for world, gb in ((8, 80), (8, 40), (8, 24), (1, 80))
+    }
+    assert (picks[8, 80]["zero"], picks[8, 80]["offload"]) == (1, "none")  # 15 GB weights + 15 GB grads + 1/8 of Adam
     assert (picks[8, 40]["zero"], picks[8, 40]["offload"]) == (3, "none")
     assert (picks[8, 24]["zero"], picks[8, 24]["offload"]) == (3, "optimizer")
     assert (picks[1, 80]["zero"], picks[1, 80]["offload"]) == (2, "optimizer")  # Adam alone is > 100 GiB: offload
@@ -163,8 +187,9 @@ def test_zero_auto_on_the_tiny_recipe_on_cpu_plans_zero_0():
 
 
 def test_options_the_recipe_refuses_are_marked_and_never_picked():
-    recipe = _recipe(TINY, "method.name=prefix", "train.gradient_checkpointing=false", "distributed.zero=auto",
-                     drop_lora=True)
+    recipe = _recipe(
+        TINY, "method.name=prefix", "train.gradient_checkpointing=false", "distributed.zero=auto", drop_lora=True
+    )
     plan = build_plan(recipe, cwd=str(ROOT))
     assert plan["recipe"]["distributed"]["zero"] == 0
     refused = {o["label"] for o in plan["memory"]["options"] if o["refused"]}
@@ -185,6 +210,13 @@ def test_launch_plan_prints_the_estimate_table_offline():
     trainable, total = parameter_counts(KNOWN_SHAPES["Qwen/Qwen2-7B"], load_recipe(QWEN)["method"])
     assert "table: Qwen/Qwen2-7B" in table and f"{total:,} total, {trainable:,} trainable" in table
     rows = [line for line in table.splitlines() if line.startswith("ZeRO-")]
-    assert [r.split("  ")[0].strip() for r in rows] == ["ZeRO-0", "ZeRO-1", "ZeRO-2", "ZeRO-3", "ZeRO-2 + offload optimizer",
-                                                         "ZeRO-3 + offload optimizer", "ZeRO-3 + offload all"]
+    assert [r.split("  ")[0].strip() for r in rows] == [
+        "ZeRO-0",
+        "ZeRO-1",
+        "ZeRO-2",
+        "ZeRO-3",
+        "ZeRO-2 + offload optimizer",
+        "ZeRO-3 + offload optimizer",
+        "ZeRO-3 + offload all",
+    ]
     assert rows[3].endswith("<- plan")  # the recipe's own ZeRO-3

@@ -19,8 +19,14 @@ from tests.test_e2e import TINY, _losses, _train
 
 STEPS = 4
 # one full batch per step: 8 examples = micro 4 x 2 ranks x grad_accum 1; constant data makes the loss comparable
-FAST = ["data.max_samples=8", "train.grad_accum=1", "train.warmup_ratio=0", f"train.max_steps={STEPS}",
-        f"train.save_steps={STEPS}", "train.logging_steps=1"]
+FAST = [
+    "data.max_samples=8",
+    "train.grad_accum=1",
+    "train.warmup_ratio=0",
+    f"train.max_steps={STEPS}",
+    f"train.save_steps={STEPS}",
+    "train.logging_steps=1",
+]
 DOC = ROOT / "docs" / "methods.md"
 IDS = torch.tensor([[5, 17, 300, 42, 1000, 7, 99, 2047]])
 
@@ -46,9 +52,12 @@ def _base(quantization: dict | None = None):
     extra = {}
     if quantization is not None:
         extra["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quantization["bits"] == 4, load_in_8bit=quantization["bits"] == 8,
-            bnb_4bit_quant_type=quantization["type"], bnb_4bit_use_double_quant=quantization["double_quant"],
-            bnb_4bit_compute_dtype=torch.float32)
+            load_in_4bit=quantization["bits"] == 4,
+            load_in_8bit=quantization["bits"] == 8,
+            bnb_4bit_quant_type=quantization["type"],
+            bnb_4bit_use_double_quant=quantization["double_quant"],
+            bnb_4bit_compute_dtype=torch.float32,
+        )
     return AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32, **extra)
 
 
@@ -76,8 +85,9 @@ def _check_model_dir(out: Path, trains: str) -> None:
     saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     expected = {name for name in base if re.search(trains, name)}
     changed = {name for name, p in saved.named_parameters() if not torch.equal(p, base[name])}
-    assert changed == expected, f"changed but not meant to: {sorted(changed - expected)}; " \
-                                f"meant to but unchanged: {sorted(expected - changed)}"
+    assert changed == expected, (
+        f"changed but not meant to: {sorted(changed - expected)}; meant to but unchanged: {sorted(expected - changed)}"
+    )
     weights = _trained_weights(out)
     assert set(weights) == expected, "DeepSpeed trained other parameters than the method selected"
     rebuilt = _base()
@@ -113,22 +123,33 @@ FULL_RUN = (3, "all")
 
 @pytest.mark.multiproc
 def test_full_under_zero3_with_offload_saves_a_loadable_model(tmp_path, warm):
-    out, stdout = _run(tmp_path, "full", ["method={name: full}", f"distributed.zero={FULL_RUN[0]}",
-                                          f"distributed.offload={FULL_RUN[1]}"])
+    out, stdout = _run(
+        tmp_path,
+        "full",
+        ["method={name: full}", f"distributed.zero={FULL_RUN[0]}", f"distributed.offload={FULL_RUN[1]}"],
+    )
     assert "trainable params: 1,263,744 / 1,263,744 (100.0000%)" in stdout
     _check_model_dir(out, trains=r".")
 
 
 FREEZE_CASES = [
-    (2, "{name: freeze, trainable_layers: -1, trainable_modules: [mlp], extra_modules: [embed_tokens]}",
-     r"^model\.(layers\.0\.mlp\.|embed_tokens\.)"),
-    (3, "{name: freeze, trainable_layers: 2, extra_modules: [norm, lm_head]}",
-     r"^(model\.layers\.[23]\.|model\.norm\.|lm_head\.)"),
+    (
+        2,
+        "{name: freeze, trainable_layers: -1, trainable_modules: [mlp], extra_modules: [embed_tokens]}",
+        r"^model\.(layers\.0\.mlp\.|embed_tokens\.)",
+    ),
+    (
+        3,
+        "{name: freeze, trainable_layers: 2, extra_modules: [norm, lm_head]}",
+        r"^(model\.layers\.[23]\.|model\.norm\.|lm_head\.)",
+    ),
 ]
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("zero,method,trains", FREEZE_CASES, ids=["zero2-first-layer-mlp+embed", "zero3-last-2-layers+norm+head"])
+@pytest.mark.parametrize(
+    "zero,method,trains", FREEZE_CASES, ids=["zero2-first-layer-mlp+embed", "zero3-last-2-layers+norm+head"]
+)
 def test_freeze_trains_exactly_the_selected_parameters(zero, method, trains, tmp_path, warm):
     out, stdout = _run(tmp_path, f"freeze{zero}", [f"method={method}", f"distributed.zero={zero}"])
     assert "[launcher] freeze: trainable parameters:" in stdout  # the report of exactly what trains
@@ -139,16 +160,20 @@ def test_freeze_trains_exactly_the_selected_parameters(zero, method, trains, tmp
 def test_freeze_more_layers_than_the_model_has_is_refused_before_training(tmp_path, warm):
     out, proc = _train(tmp_path, "freeze9", [*FAST, "method={name: freeze, trainable_layers: 9}"])
     assert proc.returncode == 2  # refused by the planner from the model's config: no rank started
-    assert ("method.trainable_layers = 9, but builtin:tiny-qwen2 has 4 decoder layers. "
-            "Fix: set method.trainable_layers between -4 and 4") in proc.stderr
+    assert (
+        "method.trainable_layers = 9, but builtin:tiny-qwen2 has 4 decoder layers. "
+        "Fix: set method.trainable_layers between -4 and 4"
+    ) in proc.stderr
     assert not (out / "logs").exists() and not (out / "trainer_state.json").exists()
 
 
 LORA_CASES = [
-    (3, ["method.variant=dora", "method.loraplus_ratio=4", "method.additional_target=[embed_tokens]"],
-     r"\.(lora_[AB]\.default|lora_magnitude_vector\.default|embed_tokens\.modules_to_save\.default)\.weight$"),
-    (2, ["method.variant=rslora", "method.target=[q_proj,v_proj]"],
-     r"\.(q_proj|v_proj)\.lora_[AB]\.default\.weight$"),
+    (
+        3,
+        ["method.variant=dora", "method.loraplus_ratio=4", "method.additional_target=[embed_tokens]"],
+        r"\.(lora_[AB]\.default|lora_magnitude_vector\.default|embed_tokens\.modules_to_save\.default)\.weight$",
+    ),
+    (2, ["method.variant=rslora", "method.target=[q_proj,v_proj]"], r"\.(q_proj|v_proj)\.lora_[AB]\.default\.weight$"),
 ]
 
 
@@ -161,8 +186,11 @@ def test_lora_variants(zero, overrides, trains, tmp_path, warm):
     assert config["use_dora"] == ("method.variant=dora" in overrides)
     assert config["use_rslora"] == ("method.variant=rslora" in overrides)
     if "method.loraplus_ratio=4" in overrides:  # DeepSpeed stepped the B matrices at 4 x lr
-        state = torch.load(out / f"checkpoint-{STEPS}" / f"global_step{STEPS}" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                           map_location="cpu", weights_only=False)
+        state = torch.load(
+            out / f"checkpoint-{STEPS}" / f"global_step{STEPS}" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            map_location="cpu",
+            weights_only=False,
+        )
         groups = state["optimizer_state_dict"]["optimizer_state_dict"]["param_groups"]
         lr = _recipe(out)["train"]["lr"]
         assert sorted({g["initial_lr"] for g in groups if g["params"]}) == pytest.approx([lr, 4 * lr])
@@ -177,7 +205,9 @@ def test_pissa_adapter_is_saved_as_plain_lora_over_the_original_base(tmp_path, w
     trained model (residual base + trained PiSSA weights from DeepSpeed's checkpoint) when loaded
     over the untouched original base. Tolerance: W_res + BA and W + B'A' round differently in fp32."""
     out, _ = _run(tmp_path, "pissa", ["method.variant=pissa", f"distributed.zero={PISSA_ZERO}"])
-    _check_adapter(out, trains=r"\.lora_[AB]\.default\.weight$", atol=2e-5)  # 1e-5: one logit in 16k was 1.04e-5 off on another CPU
+    _check_adapter(
+        out, trains=r"\.lora_[AB]\.default\.weight$", atol=2e-5
+    )  # 1e-5: one logit in 16k was 1.04e-5 off on another CPU
     config = json.loads((out / "adapter_config.json").read_text())
     recipe = _recipe(out)
     assert (config["r"], config["lora_alpha"]) == (2 * recipe["method"]["rank"], 2 * recipe["method"]["alpha"])
@@ -194,8 +224,9 @@ def test_loraplus_optimizer_puts_b_matrices_at_ratio_times_lr(tmp_path):
 
     recipe = load_recipe(ROOT / TINY, ["method.loraplus_ratio=16"])
     model = apply(_base(), recipe["method"], recipe)
-    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3,
-                                                          use_cpu=True, report_to=[]))
+    trainer = Trainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, use_cpu=True, report_to=[])
+    )
     trainer.optimizer_cls_and_kwargs = loraplus_optimizer(trainer, 16)
     lr_of = {id(p): g["lr"] for g in trainer.create_optimizer().param_groups for p in g["params"]}
     for name, param in model.named_parameters():
@@ -218,8 +249,15 @@ PREFIX_ZERO = 2
 
 @pytest.mark.multiproc
 def test_prefix_tuning_saves_and_reloads_as_an_adapter(tmp_path, warm):
-    out, _ = _run(tmp_path, "prefix", ["method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}",
-                                       "train.gradient_checkpointing=false", f"distributed.zero={PREFIX_ZERO}"])
+    out, _ = _run(
+        tmp_path,
+        "prefix",
+        [
+            "method={name: prefix, num_virtual_tokens: 4, prefix_projection: true}",
+            "train.gradient_checkpointing=false",
+            f"distributed.zero={PREFIX_ZERO}",
+        ],
+    )
     _check_adapter(out, trains=r"^prompt_encoder\.default\.")
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
 
@@ -236,16 +274,35 @@ ROWS = {
     "qlora 8-bit": ["model.quantization={bits: 8}"],
     "prefix": ["method={name: prefix}", "train.gradient_checkpointing=false"],
 }
-COLUMNS = [(0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
-           (3, "none"), (3, "optimizer"), (3, "all")]
+COLUMNS = [
+    (0, "none"),
+    (1, "none"),
+    (1, "optimizer"),
+    (2, "none"),
+    (2, "optimizer"),
+    (3, "none"),
+    (3, "optimizer"),
+    (3, "all"),
+]
 TESTED = {
-    ("full", *FULL_RUN), ("prefix", PREFIX_ZERO, "none"), ("lora pissa", PISSA_ZERO, "none"),
+    ("full", *FULL_RUN),
+    ("prefix", PREFIX_ZERO, "none"),
+    ("lora pissa", PISSA_ZERO, "none"),
     *{("freeze", zero, "none") for zero, _, _ in FREEZE_CASES},
     *{("lora (dora, rslora)", zero, "none") for zero, _, _ in LORA_CASES},
-    *{("lora + loraplus_ratio", zero, "none") for zero, overrides, _ in LORA_CASES
-      if any(o.startswith("method.loraplus_ratio") for o in overrides)},
-    *{(f"qlora {load_recipe(ROOT / TINY, [f'model.quantization={q}'])['model']['quantization']['bits']}-bit", zero, "none")
-      for zero, q in QLORA_CASES},
+    *{
+        ("lora + loraplus_ratio", zero, "none")
+        for zero, overrides, _ in LORA_CASES
+        if any(o.startswith("method.loraplus_ratio") for o in overrides)
+    },
+    *{
+        (
+            f"qlora {load_recipe(ROOT / TINY, [f'model.quantization={q}'])['model']['quantization']['bits']}-bit",
+            zero,
+            "none",
+        )
+        for zero, q in QLORA_CASES
+    },
 }
 START, END = "<!-- table: generated by `python -m tests.test_methods` -->", "<!-- end of table -->"
 
@@ -276,4 +333,4 @@ def test_docs_table_is_current():
 
 if __name__ == "__main__":
     text = DOC.read_text()
-    DOC.write_text(text[:text.index(START)] + methods_table() + text[text.index(END) + len(END):])
+    DOC.write_text(text[: text.index(START)] + methods_table() + text[text.index(END) + len(END) :])

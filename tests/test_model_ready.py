@@ -74,12 +74,18 @@ def test_an_uncached_hub_id_offline_is_refused_at_once_with_the_download_command
     out = tmp_path / "run"
     plan = run_launch(["plan", TINY, "model.path=nobody/uncached-model"], timeout=120, env=offline(cache))
     assert plan.returncode == 0, plan.stderr  # planning may happen anywhere; it says what training will need
-    assert "not in the local huggingface cache" in plan.stdout and "`launch download nobody/uncached-model`" in plan.stdout
+    assert (
+        "not in the local huggingface cache" in plan.stdout and "`launch download nobody/uncached-model`" in plan.stdout
+    )
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     train = run_launch([TINY, "model.path=nobody/uncached-model", f"output.dir={out}"], timeout=120, env=offline(cache))
     wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    _refused(train, "model.path = 'nobody/uncached-model' is not in the local hub cache", "HF_HUB_OFFLINE",
-             "Fix: run `launch download nobody/uncached-model`")
+    _refused(
+        train,
+        "model.path = 'nobody/uncached-model' is not in the local hub cache",
+        "HF_HUB_OFFLINE",
+        "Fix: run `launch download nobody/uncached-model`",
+    )
     assert not out.exists()  # before anything is written, let alone a rank started
     # the bound: refused in under 2 s, not ~100 s of ranks timing out; CPU time, so a loaded machine
     # does not fail it, and a wall-clock bound with margin that no rank start or network wait fits in
@@ -104,8 +110,13 @@ def test_a_cached_snapshot_without_its_tokenizer_is_refused_offline_naming_it(tm
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("remove,named", [("tokenizer.json", "a tokenizer (one of tokenizer.json"),
-                                          ("model.safetensors", "weights (*.safetensors or pytorch_model*.bin)")])
+@pytest.mark.parametrize(
+    "remove,named",
+    [
+        ("tokenizer.json", "a tokenizer (one of tokenizer.json"),
+        ("model.safetensors", "weights (*.safetensors or pytorch_model*.bin)"),
+    ],
+)
 def test_a_local_folder_without_a_file_every_rank_loads_is_refused_naming_it(tmp_path, warm, remove, named):
     from launcher.builtin import materialize
 
@@ -126,7 +137,10 @@ def test_a_sharded_local_folder_missing_a_shard_is_refused_naming_it(tmp_path, w
     folder = tmp_path / "model"
     shutil.copytree(materialize("builtin:tiny-qwen2"), folder)
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     proc = run_launch(["plan", TINY, f"model.path={folder}"], timeout=120)
     _refused(proc, "lacks model-00002-of-00002.safetensors (named by model.safetensors.index.json)")
@@ -135,8 +149,9 @@ def test_a_sharded_local_folder_missing_a_shard_is_refused_naming_it(tmp_path, w
 @pytest.mark.multiproc
 def test_modelscope_without_its_package_is_refused_with_the_fix(tmp_path):
     out = tmp_path / "run"
-    proc = run_launch([TINY, "model.path=qwen/Qwen2-0.5B", "model.hub=modelscope", f"output.dir={out}"], timeout=120,
-                      env=offline())
+    proc = run_launch(
+        [TINY, "model.path=qwen/Qwen2-0.5B", "model.hub=modelscope", f"output.dir={out}"], timeout=120, env=offline()
+    )
     _refused(proc, "model.hub = 'modelscope' needs the modelscope package", "Fix: pip install modelscope")
     assert not out.exists()
     proc = run_launch(["download", "qwen/Qwen2-0.5B", "--hub", "modelscope"], timeout=60, env=offline())
@@ -177,14 +192,40 @@ def test_a_cached_hub_id_trains_offline_under_a_users_deepspeed_json(tmp_path, w
     from tests.test_ds_user_config import recipe_without_zero, write_json
 
     cache, out = hub_cache(tmp_path), tmp_path / "run"
-    ds = write_json(tmp_path, {
-        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2},
-        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
-                                                          "warmup_num_steps": "auto", "total_num_steps": "auto"}}})
-    proc = run_launch([recipe_without_zero(tmp_path), f"model.path={HUB_ID}", f"distributed.deepspeed_config={ds}",
-                       f"output.dir={out}", f"distributed.master_port={free_port()}", "train.max_steps=2",
-                       "train.save_steps=2", "train.logging_steps=1"], timeout=600, env=offline(cache))
+    ds = write_json(
+        tmp_path,
+        {
+            "train_batch_size": "auto",
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"},
+            "zero_optimization": {"stage": 2},
+            "scheduler": {
+                "type": "WarmupDecayLR",
+                "params": {
+                    "warmup_min_lr": "auto",
+                    "warmup_max_lr": "auto",
+                    "warmup_num_steps": "auto",
+                    "total_num_steps": "auto",
+                },
+            },
+        },
+    )
+    proc = run_launch(
+        [
+            recipe_without_zero(tmp_path),
+            f"model.path={HUB_ID}",
+            f"distributed.deepspeed_config={ds}",
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            "train.max_steps=2",
+            "train.save_steps=2",
+            "train.logging_steps=1",
+        ],
+        timeout=600,
+        env=offline(cache),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["env"]["HF_HUB_OFFLINE"] == "1" and plan["deepspeed"]["zero_optimization"] == {"stage": 2}

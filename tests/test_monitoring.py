@@ -17,8 +17,16 @@ from tests.conftest import ROOT, free_port, run_launch
 TINY = "recipes/sft_tiny.yaml"
 # steps 1-4 train normally (eval at 2 and 4, checkpoint-4), the loss turns NaN on rank 1 from
 # step 5, and the run stops after max_bad_steps=2 at step 6 with a forced checkpoint-6
-RUN = ["train.max_steps=8", "data.cutoff_len=64", "data.max_samples=40", "train.logging_steps=1",
-       "train.save_steps=4", "data.val_size=0.2", "train.eval_steps=2", "train.max_bad_steps=2"]
+RUN = [
+    "train.max_steps=8",
+    "data.cutoff_len=64",
+    "data.max_samples=40",
+    "train.logging_steps=1",
+    "train.save_steps=4",
+    "data.val_size=0.2",
+    "train.eval_steps=2",
+    "train.max_bad_steps=2",
+]
 NAN = {"LAUNCHER_NAN_STEP": "5", "LAUNCHER_NAN_RANK": "1"}
 
 
@@ -60,7 +68,12 @@ def test_every_documented_tag_is_written_with_sane_values(stopped_run):
     for tag in ("train/mfu", "train/padding_efficiency"):
         assert all(0 < value <= 1 for _, value in scalars[tag]), (tag, scalars[tag])
     assert all(value > 0 for _, value in scalars["train/peak_memory_gib"])
-    for tag in ("train/tokens_per_second", "train/trained_tokens_per_second", "train/samples_per_second", "train/step_time"):
+    for tag in (
+        "train/tokens_per_second",
+        "train/trained_tokens_per_second",
+        "train/samples_per_second",
+        "train/step_time",
+    ):
         assert all(value > 0 for _, value in scalars[tag]), (tag, scalars[tag])
     trained = [v for _, v in scalars["train/trained_tokens_per_second"]]
     assert all(t < a for t, a in zip(trained, (v for _, v in scalars["train/tokens_per_second"])))
@@ -113,9 +126,13 @@ def test_rank_log_copy_of_a_terminal_progress_bar_keeps_lines_not_redraws():
     raw = screen.getvalue().encode()
     assert b"\x1b[" in raw and raw.count(b"\r") >= 3  # what the terminal got: redraws
     cleaner = _LogCleaner()
-    logged = b"".join(cleaner.feed(raw[i:i + 7]) for i in range(0, len(raw), 7)) + cleaner.flush()  # split anywhere
+    logged = b"".join(cleaner.feed(raw[i : i + 7]) for i in range(0, len(raw), 7)) + cleaner.flush()  # split anywhere
     lines = logged.decode().splitlines()
-    assert [line for line in lines if line.startswith("[train]")] == ["[train] step 1/3", "[train] step 2/3", "[train] step 3/3"]
+    assert [line for line in lines if line.startswith("[train]")] == [
+        "[train] step 1/3",
+        "[train] step 2/3",
+        "[train] step 3/3",
+    ]
     assert len(lines) == 4 and lines[-1].startswith("train ") and lines[-1].endswith("100% 0:00:00"), lines
     assert "\x1b" not in logged.decode() and "\r" not in logged.decode()
 
@@ -128,18 +145,23 @@ def test_nan_loss_stops_with_last_good_checkpoint_that_resumes(stopped_run):
     assert proc.returncode != 0, proc.stdout[-3000:]
     for step in (5, 6):
         assert f"[launcher] step {step}: loss or gradient norm is NaN/Inf, update skipped" in proc.stdout
-    assert re.search(r"stopped: loss or gradient norm NaN/Inf at 2 consecutive steps \(5-6; train.max_bad_steps=2\)\. "
-                     rf"{re.escape(str(out / 'checkpoint-6'))} holds the model and optimizer state of the last good step 4",
-                     proc.stderr), proc.stderr[-3000:]
+    assert re.search(
+        r"stopped: loss or gradient norm NaN/Inf at 2 consecutive steps \(5-6; train.max_bad_steps=2\)\. "
+        rf"{re.escape(str(out / 'checkpoint-6'))} holds the model and optimizer state of the last good step 4",
+        proc.stderr,
+    ), proc.stderr[-3000:]
     assert not (out / "adapter_model.safetensors").exists(), "a stopped run must not publish a final model"
-    report = proc.stderr.split("[launch] rank-0 failed first; its last lines", 1)  # printed last, after torchrun's summary
+    report = proc.stderr.split(
+        "[launch] rank-0 failed first; its last lines", 1
+    )  # printed last, after torchrun's summary
     assert len(report) == 2 and "[launcher] stopped: loss or gradient norm NaN/Inf" in report[1], proc.stderr[-3000:]
     # the bad updates were skipped: the stop's checkpoint holds exactly step 4's weights
     good, stopped = (load_file(out / f"checkpoint-{s}" / "adapter_model.safetensors") for s in (4, 6))
     assert good.keys() == stopped.keys()
     assert all(torch.equal(good[k], stopped[k]) and torch.isfinite(good[k]).all() for k in good)
-    resumed = run_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *RUN,
-                          "train.max_steps=7"], timeout=600)
+    resumed = run_launch(
+        [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *RUN, "train.max_steps=7"], timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "checkpoint-6" in resumed.stdout
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -171,16 +193,26 @@ def test_mfu_formula_matches_a_flop_count_of_the_tiny_model():
 
     path = materialize("builtin:tiny-qwen2")
     config = AutoConfig.from_pretrained(path)
-    h, inter, layers, heads, kv = (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                                   config.num_attention_heads, config.num_key_value_heads)
+    h, inter, layers, heads, kv = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+    )
     head_dim = h // heads
-    weights = layers * (h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * inter) + h * config.vocab_size
+    weights = (
+        layers * (h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * inter)
+        + h * config.vocab_size
+    )
     batch, n = 2, 24
     ids = torch.randint(3, config.vocab_size, (batch, n), generator=torch.Generator().manual_seed(0))
     tokens, pairs = batch * n, batch * n * n
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    assert _counted_flops(model, ids, backward=False) == pytest.approx(2 * weights * tokens + 4 * layers * heads * head_dim * pairs, rel=1e-3)
+    assert _counted_flops(model, ids, backward=False) == pytest.approx(
+        2 * weights * tokens + 4 * layers * heads * head_dim * pairs, rel=1e-3
+    )
     counts = model_flops(model)
     assert (counts.trained, counts.frozen) == (weights, 0)
     assert _counted_flops(model, ids, backward=True) == pytest.approx(counts.flops(tokens, pairs), rel=1e-3)
@@ -201,6 +233,11 @@ def test_gpu_peak_is_matched_by_whole_words_of_the_nvidia_smi_name():
 
     table = {parts: tflops * 1e12 for parts, tflops in GPU_BF16_PEAK_TFLOPS}
     assert gpu_peak_flops("NVIDIA L4") == table[("L4",)] != gpu_peak_flops("NVIDIA L40S") == table[("L40S",)]
-    assert gpu_peak_flops("NVIDIA H100 PCIe") == table[("H100", "PCIe")] < gpu_peak_flops("NVIDIA H100 80GB HBM3") == table[("H100",)]
+    assert (
+        gpu_peak_flops("NVIDIA H100 PCIe")
+        == table[("H100", "PCIe")]
+        < gpu_peak_flops("NVIDIA H100 80GB HBM3")
+        == table[("H100",)]
+    )
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == table[("A100",)]
     assert gpu_peak_flops("NVIDIA A10G") is None and gpu_peak_flops("Intel Arc A770") is None

@@ -28,14 +28,28 @@ from tests.services import slurm, sshd  # noqa: F401  (fixtures)
 
 TINY = "recipes/sft_tiny.yaml"
 # world 2 everywhere (2x1 or 1x2 processes), micro 2 x accum 1: global batch 4, 6 steps, checkpoint at 3
-SMALL = ["train.max_steps=6", "data.cutoff_len=64", "data.max_samples=32", "train.micro_batch_size=2",
-         "train.grad_accum=1", "train.save_steps=3", "train.logging_steps=1", "output.report_to=[none]"]
+SMALL = [
+    "train.max_steps=6",
+    "data.cutoff_len=64",
+    "data.max_samples=32",
+    "train.micro_batch_size=2",
+    "train.grad_accum=1",
+    "train.save_steps=3",
+    "train.logging_steps=1",
+    "output.report_to=[none]",
+]
 TWO_NODES = ["distributed.nnodes=2", "distributed.nproc_per_node=1"]
 
 
 def _popen_launch(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=ROOT,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _assert_same_adapter(out: Path, reference: Path) -> None:
@@ -64,7 +78,11 @@ def _rank_pid(plan_file: str, rank: int, timeout: float = 300) -> int:
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-                if b"launcher.worker" not in cmdline or plan_file.encode() not in cmdline or b"torch.distributed.run" in cmdline:
+                if (
+                    b"launcher.worker" not in cmdline
+                    or plan_file.encode() not in cmdline
+                    or b"torch.distributed.run" in cmdline
+                ):
                     continue
                 if f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
                     return int(proc.name)
@@ -86,8 +104,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 def reference(tmp_path_factory, warm):
     """The uninterrupted single-node run: 1 node x 2 processes, ZeRO-3 LoRA."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    proc = run_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}",
-                       "distributed.nproc_per_node=2", *SMALL])
+    proc = run_launch(
+        [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", "distributed.nproc_per_node=2", *SMALL]
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
@@ -96,8 +115,14 @@ def reference(tmp_path_factory, warm):
 def test_two_agents_with_node_ranks_equal_one_node(reference, tmp_path):
     """Way 1: the same `launch` on two "nodes" with --node-rank / NODE_RANK; c10d rendezvous on loopback."""
     out, port = tmp_path / "run", free_port()
-    args = [TINY, f"output.dir={out}", f"distributed.master_port={port}", "distributed.master_addr=127.0.0.1",
-            *TWO_NODES, *SMALL]
+    args = [
+        TINY,
+        f"output.dir={out}",
+        f"distributed.master_port={port}",
+        "distributed.master_addr=127.0.0.1",
+        *TWO_NODES,
+        *SMALL,
+    ]
     node1 = _popen_launch(args, tmp_path / "node1.log", env={"NODE_RANK": "1"})
     node0 = _popen_launch([*args, "--node-rank", "0"], tmp_path / "node0.log")
     codes = [node0.wait(timeout=600), node1.wait(timeout=600)]
@@ -115,8 +140,10 @@ def test_two_agents_with_node_ranks_equal_one_node(reference, tmp_path):
 
 def _node_files(checkpoint: Path) -> tuple[list[str], list[str]]:
     """(manifest names, ZeRO shard files) of a published checkpoint on one node's disk."""
-    return (sorted(p.name for p in checkpoint.glob("launcher-manifest-node*.json")),
-            sorted(p.name for p in (checkpoint / "global_step6").glob("zero_pp_rank_*")))
+    return (
+        sorted(p.name for p in checkpoint.glob("launcher-manifest-node*.json")),
+        sorted(p.name for p in (checkpoint / "global_step6").glob("zero_pp_rank_*")),
+    )
 
 
 @pytest.mark.multiproc
@@ -128,12 +155,34 @@ def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_pat
     out, disk1, port = tmp_path / "run", tmp_path / "node1-disk", free_port()
     out.mkdir()
     disk1.mkdir()
-    args = [TINY, f"output.dir={out}", f"distributed.master_port={port}", "distributed.master_addr=127.0.0.1",
-            *TWO_NODES, *SMALL, "train.save_total_limit=1"]
-    own_disk = ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh",
-                str(disk1), str(out), sys.executable, "-m", "launcher.cli"]
-    node1 = subprocess.Popen([*own_disk, *args, "--node-rank", "1"], cwd=ROOT, stdout=open(tmp_path / "node1.log", "w"),
-                             stderr=subprocess.STDOUT)
+    args = [
+        TINY,
+        f"output.dir={out}",
+        f"distributed.master_port={port}",
+        "distributed.master_addr=127.0.0.1",
+        *TWO_NODES,
+        *SMALL,
+        "train.save_total_limit=1",
+    ]
+    own_disk = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        'mount --bind "$1" "$2" && shift 2 && exec "$@"',
+        "sh",
+        str(disk1),
+        str(out),
+        sys.executable,
+        "-m",
+        "launcher.cli",
+    ]
+    node1 = subprocess.Popen(
+        [*own_disk, *args, "--node-rank", "1"],
+        cwd=ROOT,
+        stdout=open(tmp_path / "node1.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     node0 = _popen_launch([*args, "--node-rank", "0"], tmp_path / "node0.log")
     codes = [node0.wait(timeout=600), node1.wait(timeout=600)]
     logs = {k: (tmp_path / f"node{k}.log").read_text() for k in (0, 1)}
@@ -143,7 +192,10 @@ def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_pat
         assert not (disk / "tmp-checkpoints").exists()
         manifests, shards = _node_files(disk / "checkpoint-6")
         assert manifests == [f"launcher-manifest-node{rank}.json"]
-        assert shards == [f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"]
+        assert shards == [
+            f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
+            f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+        ]
     single = [TINY, "distributed.nproc_per_node=2", *SMALL]
     partial = run_launch([*single, f"output.dir={tmp_path / 'partial'}", f"train.resume={out / 'checkpoint-6'}"])
     assert partial.returncode == 2 and "node(s) [1] published theirs on their own disks" in partial.stderr
@@ -154,8 +206,14 @@ def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_pat
     consolidated = run_launch(["consolidate", str(gathered), "--out", str(tmp_path / "adapter")])
     assert consolidated.returncode == 0, consolidated.stderr[-3000:]
     _assert_same_adapter(tmp_path / "adapter", out)
-    resumed = run_launch([*single, f"output.dir={tmp_path / 'resumed'}", f"distributed.master_port={free_port()}",
-                          f"train.resume={gathered}"])
+    resumed = run_launch(
+        [
+            *single,
+            f"output.dir={tmp_path / 'resumed'}",
+            f"distributed.master_port={free_port()}",
+            f"train.resume={gathered}",
+        ]
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     _assert_same_adapter(tmp_path / "resumed", reference)
 
@@ -169,13 +227,27 @@ def _hostfile(tmp_path: Path, text: str) -> Path:
 @pytest.mark.services
 def test_hostfile_fan_out_over_ssh_equals_one_node(reference, sshd, tmp_path):
     """Way 2: `launch` on the first host starts node 1 on 127.0.0.2 through a real sshd."""
-    hosts = _hostfile(tmp_path, "# two loopback addresses of this machine\n127.0.0.1 slots=1\n127.0.0.2 slots=1  # node 1\n")
+    hosts = _hostfile(
+        tmp_path, "# two loopback addresses of this machine\n127.0.0.1 slots=1\n127.0.0.2 slots=1  # node 1\n"
+    )
     out = tmp_path / "run"
-    proc = run_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", f"distributed.hostfile={hosts}",
-                       "distributed.nnodes=2", "distributed.env_forward=[LAUNCHER_TEST_MARK]", *sshd.recipe_overrides(), *SMALL],
-                      env={"LAUNCHER_TEST_MARK": "forwarded"})
+    proc = run_launch(
+        [
+            TINY,
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            f"distributed.hostfile={hosts}",
+            "distributed.nnodes=2",
+            "distributed.env_forward=[LAUNCHER_TEST_MARK]",
+            *sshd.recipe_overrides(),
+            *SMALL,
+        ],
+        env={"LAUNCHER_TEST_MARK": "forwarded"},
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    assert "[127.0.0.2] " in proc.stdout and "[127.0.0.1] " in proc.stdout, "each node's output is prefixed with its host"
+    assert "[127.0.0.2] " in proc.stdout and "[127.0.0.1] " in proc.stdout, (
+        "each node's output is prefixed with its host"
+    )
     _assert_same_adapter(out, reference)
     assert _leftovers(_plan_paths(out, 2)) == ""
 
@@ -186,8 +258,17 @@ def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
     within 60 s, and no process of the run is left on either "host"."""
     hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
     out = tmp_path / "run"
-    args = [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", f"distributed.hostfile={hosts}",
-            "distributed.nnodes=2", *sshd.recipe_overrides(), *SMALL, "train.max_steps=500", "train.save_steps=2"]
+    args = [
+        TINY,
+        f"output.dir={out}",
+        f"distributed.master_port={free_port()}",
+        f"distributed.hostfile={hosts}",
+        "distributed.nnodes=2",
+        *sshd.recipe_overrides(),
+        *SMALL,
+        "train.max_steps=500",
+        "train.save_steps=2",
+    ]
     log = tmp_path / "launch.log"
     proc = _popen_launch(args, log)
     try:
@@ -212,8 +293,19 @@ def test_ctrl_c_stops_every_node(sshd, tmp_path, warm):
     """SIGINT to the launcher (Ctrl-C) once both nodes run their ranks: every node stops, nothing is left."""
     hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
     out = tmp_path / "run"
-    proc = _popen_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", f"distributed.hostfile={hosts}",
-                          "distributed.nnodes=2", *sshd.recipe_overrides(), *SMALL, "train.max_steps=500"], tmp_path / "launch.log")
+    proc = _popen_launch(
+        [
+            TINY,
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            f"distributed.hostfile={hosts}",
+            "distributed.nnodes=2",
+            *sshd.recipe_overrides(),
+            *SMALL,
+            "train.max_steps=500",
+        ],
+        tmp_path / "launch.log",
+    )
     try:
         for plan_file, rank in zip(_plan_paths(out, 2), (0, 1)):
             _rank_pid(plan_file, rank)
@@ -232,8 +324,17 @@ def test_elastic_restart_resumes_from_last_checkpoint(reference, tmp_path):
     auto continues from checkpoint-3, and the final adapter equals the uninterrupted run's."""
     out = tmp_path / "run"
     log = tmp_path / "launch.log"
-    proc = _popen_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", "distributed.max_restarts=1",
-                          "distributed.nproc_per_node=2", *SMALL], log)
+    proc = _popen_launch(
+        [
+            TINY,
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            "distributed.max_restarts=1",
+            "distributed.nproc_per_node=2",
+            *SMALL,
+        ],
+        log,
+    )
     checkpoint = out / "checkpoint-3" / "trainer_state.json"
     try:
         _wait_for(checkpoint, proc)
@@ -259,13 +360,8 @@ def test_sbatch_job_runs_on_a_real_slurm_cluster(reference, slurm, tmp_path):
     break an unquoted script; the job trains the same adapter and its log shows the run."""
     out = tmp_path / "we$ird dir; 'quoted'"
     script = tmp_path / "job.sbatch"
-    proc = run_launch(["sbatch", TINY, f"output.dir={out}", f"distributed.master_port={free_port()}",
-                       "distributed.nproc_per_node=2", "slurm={nodes: 1, gpus_per_node: 0}", *SMALL,
-                       "--script", str(script), "--submit"], env=slurm.env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    text = script.read_text()
-    assert "--gpus" not in text, "a CPU-only job must not ask for GPUs"
-    job = proc.stdout.strip().splitlines()[-1]
+    job = slurm.submit_tiny(out, script, *SMALL)
+    assert "--gpus" not in script.read_text(), "a CPU-only job must not ask for GPUs"
     state = slurm.wait_job(job, timeout=600)
     job_log = (tmp_path / f"job-{job}.out").read_text()
     assert state == "COMPLETED", job_log[-5000:]
@@ -277,9 +373,18 @@ def test_sbatch_job_runs_on_a_real_slurm_cluster(reference, slurm, tmp_path):
 def test_sbatch_script_is_valid_bash_and_quotes_hostile_values(tmp_path):
     hostile = "x'; touch /tmp/pwned; echo '$(id)"
     script = tmp_path / "job.sbatch"
-    code = launch_main(["sbatch", TINY, f"output.dir={tmp_path / hostile}", "train.lr=1e-4",
-                        "slurm={nodes: 2, gpus_per_node: 8, partition: gpu, account: proj-1, time: '1-00:00:00', "
-                        "extra: [--exclusive, '#SBATCH --mem=0']}", "--script", str(script)])
+    code = launch_main(
+        [
+            "sbatch",
+            TINY,
+            f"output.dir={tmp_path / hostile}",
+            "train.lr=1e-4",
+            "slurm={nodes: 2, gpus_per_node: 8, partition: gpu, account: proj-1, time: '1-00:00:00', "
+            "extra: [--exclusive, '#SBATCH --mem=0']}",
+            "--script",
+            str(script),
+        ]
+    )
     assert code == 0
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
@@ -295,12 +400,15 @@ def test_sbatch_script_is_valid_bash_and_quotes_hostile_values(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("slurm_section,problem", [
-    ("{partition: 'gpu;reboot'}", "slurm.partition"),
-    ("{time: '1 day'}", "slurm.time"),
-    ("{extra: ['--comment=$HOME']}", "slurm.extra"),
-    ("{extra: ['echo hi']}", "slurm.extra"),
-])
+@pytest.mark.parametrize(
+    "slurm_section,problem",
+    [
+        ("{partition: 'gpu;reboot'}", "slurm.partition"),
+        ("{time: '1 day'}", "slurm.time"),
+        ("{extra: ['--comment=$HOME']}", "slurm.extra"),
+        ("{extra: ['echo hi']}", "slurm.extra"),
+    ],
+)
 def test_sbatch_refuses_values_it_cannot_write_literally(slurm_section, problem, tmp_path, capsys):
     code = launch_main(["sbatch", TINY, f"slurm={slurm_section}", "--script", str(tmp_path / "job.sbatch")])
     assert code == 2 and problem in capsys.readouterr().err
@@ -308,21 +416,40 @@ def test_sbatch_refuses_values_it_cannot_write_literally(slurm_section, problem,
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text,extra,problem", [
-    ("127.0.0.1 slots=1\nnode2 slot=1\n", [], "hosts.txt:2: 'node2 slot=1' is not a hostfile line"),
-    ("127.0.0.1 slots=1\nnode2 slots=0\n", [], "hosts.txt:2: node2 slots=0"),
-    ("127.0.0.1 slots=1\nnode2;reboot slots=1\n", [], "hosts.txt:2: host 'node2;reboot' is not a plain host name"),
-    ("127.0.0.1 slots=1\n-oProxyCommand=x slots=1\n", [], "is not a plain host name"),
-    ("127.0.0.1 slots=1\n127.0.0.2 slots=1\n127.0.0.3 slots=1\n", [], "distributed.nnodes = 2 but distributed.hostfile"),
-    ("127.0.0.1 slots=1\n127.0.0.2 slots=2\n", [], "different slots"),
-    ("127.0.0.1 slots=1\n127.0.0.2 slots=1\n", ["--include", "127.0.0.1,node9"], "--include 127.0.0.1,node9: node9 not in the hostfile"),
-    ("127.0.0.1 slots=1\nno-such-host.invalid slots=1\n", [], "unknown host no-such-host.invalid"),
-])
+@pytest.mark.parametrize(
+    "text,extra,problem",
+    [
+        ("127.0.0.1 slots=1\nnode2 slot=1\n", [], "hosts.txt:2: 'node2 slot=1' is not a hostfile line"),
+        ("127.0.0.1 slots=1\nnode2 slots=0\n", [], "hosts.txt:2: node2 slots=0"),
+        ("127.0.0.1 slots=1\nnode2;reboot slots=1\n", [], "hosts.txt:2: host 'node2;reboot' is not a plain host name"),
+        ("127.0.0.1 slots=1\n-oProxyCommand=x slots=1\n", [], "is not a plain host name"),
+        (
+            "127.0.0.1 slots=1\n127.0.0.2 slots=1\n127.0.0.3 slots=1\n",
+            [],
+            "distributed.nnodes = 2 but distributed.hostfile",
+        ),
+        ("127.0.0.1 slots=1\n127.0.0.2 slots=2\n", [], "different slots"),
+        (
+            "127.0.0.1 slots=1\n127.0.0.2 slots=1\n",
+            ["--include", "127.0.0.1,node9"],
+            "--include 127.0.0.1,node9: node9 not in the hostfile",
+        ),
+        ("127.0.0.1 slots=1\nno-such-host.invalid slots=1\n", [], "unknown host no-such-host.invalid"),
+    ],
+)
 def test_bad_hostfiles_are_refused_before_launch(text, extra, problem, tmp_path, capsys):
     hosts = _hostfile(tmp_path, text)
     out = tmp_path / "run"
-    code = launch_main([TINY, f"output.dir={out}", f"distributed.hostfile={hosts}", "distributed.nnodes=2",
-                        f"distributed.master_port={free_port()}", *extra])
+    code = launch_main(
+        [
+            TINY,
+            f"output.dir={out}",
+            f"distributed.hostfile={hosts}",
+            "distributed.nnodes=2",
+            f"distributed.master_port={free_port()}",
+            *extra,
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert problem in err and err.count("\n") == 1, err
@@ -354,10 +481,17 @@ def test_manual_nodes_need_a_master_and_a_node_rank(tmp_path, capsys):
 @pytest.mark.unit
 def test_plan_prints_every_nodes_command(tmp_path, capsys):
     hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n127.0.0.3 slots=1\n")
-    assert launch_main(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--exclude", "127.0.0.2"]) == 0
+    assert (
+        launch_main(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--exclude", "127.0.0.2"])
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("node ")]
     assert len(lines) == 2
-    assert lines[0].startswith("node 0 on 127.0.0.1") and "--node-rank=0" in lines[0] and "--master-addr=127.0.0.1" in lines[0]
+    assert (
+        lines[0].startswith("node 0 on 127.0.0.1")
+        and "--node-rank=0" in lines[0]
+        and "--master-addr=127.0.0.1" in lines[0]
+    )
     assert lines[1].startswith("node 1 on 127.0.0.3") and "--node-rank=1" in lines[1] and "plan-node1.json" in lines[1]
 
 
@@ -371,9 +505,19 @@ def test_slurm_jobs_that_would_hang_are_refused():
     batch = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NODEID": "0"}
     with pytest.raises(RecipeError, match="srun --ntasks-per-node=1 launch RECIPE"):
         allocation(batch)
-    step = {**batch, "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NODEID": "1",
-            "SLURM_STEP_NODELIST": "n[1-2]"}
+    step = {
+        **batch,
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_NODES": "2",
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_NODEID": "1",
+        "SLURM_STEP_NODELIST": "n[1-2]",
+    }
     with pytest.raises(RecipeError, match="runs 4 tasks on 2 node"):
         allocation(step)
-    assert allocation({**step, "SLURM_STEP_NUM_TASKS": "2"}) == {"job_id": "7", "nnodes": 2, "node_rank": 1,
-                                                                 "nodelist": "n[1-2]"}
+    assert allocation({**step, "SLURM_STEP_NUM_TASKS": "2"}) == {
+        "job_id": "7",
+        "nnodes": 2,
+        "node_rank": 1,
+        "nodelist": "n[1-2]",
+    }

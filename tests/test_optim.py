@@ -24,21 +24,39 @@ LR, STEPS, WARMUP = 1e-3, 20, 0.2
 def _trainer(tmp_path, overrides: list[str], rows: list[dict] | None = None, callbacks=()) -> Trainer:
     from launcher.methods import apply_method
 
-    recipe = load_recipe(ROOT / TINY, ["distributed.engine=ddp", "distributed.zero=0", f"train.lr={LR}",
-                                       f"train.warmup_ratio={WARMUP}", f"output.dir={tmp_path}", *overrides])
+    recipe = load_recipe(
+        ROOT / TINY,
+        [
+            "distributed.engine=ddp",
+            "distributed.zero=0",
+            f"train.lr={LR}",
+            f"train.warmup_ratio={WARMUP}",
+            f"output.dir={tmp_path}",
+            *overrides,
+        ],
+    )
     plan = build_plan(recipe)
     plan["world"]["backend"] = None  # one process here, not started by torchrun: no process group to join
     model = apply_method(_base(), recipe)
-    return Trainer(model=model, args=training_arguments(plan), train_dataset=rows,
-                   data_collator=PaddingCollator(0, "none", mask_dtype=torch.float32),
-                   callbacks=list(callbacks))
+    return Trainer(
+        model=model,
+        args=training_arguments(plan),
+        train_dataset=rows,
+        data_collator=PaddingCollator(0, "none", mask_dtype=torch.float32),
+        callbacks=list(callbacks),
+    )
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("name,cls", [("adamw_torch", "torch.optim.adamw.AdamW"),
-                                      ("adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),  # optim_bits=8
-                                      ("paged_adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),
-                                      ("adafactor", "transformers.optimization.Adafactor")])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("adamw_torch", "torch.optim.adamw.AdamW"),
+        ("adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),  # optim_bits=8
+        ("paged_adamw_8bit", "bitsandbytes.optim.adamw.AdamW"),
+        ("adafactor", "transformers.optimization.Adafactor"),
+    ],
+)
 def test_train_optimizer_selects_that_optimizer_and_it_steps(name, cls, tmp_path):
     trainer = _trainer(tmp_path, [f"train.optimizer={name}", "method={name: full}"])
     optimizer = trainer.create_optimizer()
@@ -65,8 +83,11 @@ def _expected_lr(schedule: str, step: int) -> float:
     if step < warmup:
         return LR * step / warmup
     progress = (step - warmup) / (STEPS - warmup)
-    return {"constant_with_warmup": LR, "linear": LR * (1 - progress),
-            "cosine": LR * 0.5 * (1 + math.cos(math.pi * progress))}[schedule]
+    return {
+        "constant_with_warmup": LR,
+        "linear": LR * (1 - progress),
+        "cosine": LR * 0.5 * (1 + math.cos(math.pi * progress)),
+    }[schedule]
 
 
 @pytest.mark.unit
@@ -98,9 +119,17 @@ class _EmbeddingProbe(TrainerCallback):
 def test_neftune_adds_uniform_noise_of_alpha_over_sqrt_length_times_width(tmp_path):
     alpha, ids = 5.0, [1, 7, 42, 300, 1000, 5, 2]
     probe = _EmbeddingProbe()
-    trainer = _trainer(tmp_path, [f"train.neftune_alpha={alpha}", "train.max_steps=1", "train.grad_accum=1",
-                                  "train.gradient_checkpointing=false"],
-                       rows=[{"input_ids": ids, "labels": ids}], callbacks=[probe])
+    trainer = _trainer(
+        tmp_path,
+        [
+            f"train.neftune_alpha={alpha}",
+            "train.max_steps=1",
+            "train.grad_accum=1",
+            "train.gradient_checkpointing=false",
+        ],
+        rows=[{"input_ids": ids, "labels": ids}],
+        callbacks=[probe],
+    )
     trainer.train()
     token_ids, noisy = probe.seen[0]
     clean = trainer.model.get_input_embeddings().weight.detach()[token_ids]

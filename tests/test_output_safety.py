@@ -22,8 +22,11 @@ QUICK = ("train.max_steps=1", "train.save_steps=1000")
 
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every file under folder, by relative path, with its content hash."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _launch(*args: str, env: dict | None = None):
@@ -66,7 +69,9 @@ def test_builtin_models_materialized_folder_as_output_dir_is_refused(local_model
     materialized = cache / "builtin" / f"tiny-qwen2-{fingerprint('builtin:tiny-qwen2')}"
     shutil.copytree(local_model, materialized)
     before = _snapshot(materialized)
-    proc = _launch(TINY, f"output.dir={materialized}", "output.overwrite=true", *QUICK, env={"LAUNCHER_CACHE": str(cache)})
+    proc = _launch(
+        TINY, f"output.dir={materialized}", "output.overwrite=true", *QUICK, env={"LAUNCHER_CACHE": str(cache)}
+    )
     _refused(proc, "is model.path")
     assert _snapshot(materialized) == before
 
@@ -226,7 +231,9 @@ def test_data_dump_never_writes_over_the_recipe(tmp_path):
     shutil.copy(ROOT / TINY, recipe)
     before = recipe.read_bytes()
     for force in ([], ["--force"]):
-        proc = run_launch(["data", str(recipe), "data.dataset_dir=" + str(ROOT / "data"), "--dump", str(recipe), *force])
+        proc = run_launch(
+            ["data", str(recipe), "data.dataset_dir=" + str(ROOT / "data"), "--dump", str(recipe), *force]
+        )
         _refused(proc, "--dump", "the recipe", "not even with --force")
         assert recipe.read_bytes() == before
 

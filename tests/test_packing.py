@@ -39,7 +39,10 @@ def _samples(count: int, seed: int = 0) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(count):
-        prompt, answer = torch.randint(3, 9, (1,), generator=generator).item(), torch.randint(2, 12, (1,), generator=generator).item()
+        prompt, answer = (
+            torch.randint(3, 9, (1,), generator=generator).item(),
+            torch.randint(2, 12, (1,), generator=generator).item(),
+        )
         ids = torch.randint(3, 2000, (prompt + answer,), generator=generator).tolist()
         samples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
     return samples
@@ -57,8 +60,9 @@ def _token_losses(model, batch: dict) -> torch.Tensor:
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def model(request):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32,
-                                                attn_implementation=request.param).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        materialize("builtin:tiny-qwen2"), dtype=torch.float32, attn_implementation=request.param
+    ).eval()
 
 
 @pytest.mark.multiproc
@@ -124,7 +128,6 @@ def test_launch_data_reports_packing_efficiency(capsys):
     assert "packing (neat): 284 examples ->" in out and "efficiency" in out
 
 
-
 def _reference_best_fit_decreasing(lengths: list[int], capacity: int) -> list[int]:
     """Best-fit decreasing written plainly (every bin scanned per sample): the sorted bin loads."""
     loads: list[int] = []
@@ -143,8 +146,12 @@ def _reference_best_fit_decreasing(lengths: list[int], capacity: int) -> list[in
 def test_bulk_placement_is_best_fit_decreasing(seed):
     rng = random.Random(seed)
     capacity = rng.choice([16, 100, 2048])
-    lengths = [rng.choice([1, 2, 3, capacity // 3, capacity // 2, capacity]) if seed % 2 else
-               min(capacity, max(1, int(rng.lognormvariate(rng.uniform(1, 5), 1.0)))) for _ in range(400)]
+    lengths = [
+        rng.choice([1, 2, 3, capacity // 3, capacity // 2, capacity])
+        if seed % 2
+        else min(capacity, max(1, int(rng.lognormvariate(rng.uniform(1, 5), 1.0))))
+        for _ in range(400)
+    ]
     bins = pack_lengths(lengths, capacity)
     assert sorted(i for group in bins for i in group) == list(range(len(lengths)))
     assert all(group == sorted(group) for group in bins)

@@ -32,15 +32,31 @@ def cpu_only(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
-CASES = [(0, "none"), (1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
-         (3, "none"), (3, "optimizer"), (3, "all")]
+CASES = [
+    (0, "none"),
+    (1, "none"),
+    (1, "optimizer"),
+    (2, "none"),
+    (2, "optimizer"),
+    (3, "none"),
+    (3, "optimizer"),
+    (3, "all"),
+]
 
 
 @pytest.mark.parametrize("zero,offload", CASES)
 def test_deepspeed_config_per_stage_and_offload(zero, offload):
-    recipe = load_recipe(QWEN, [f"distributed.zero={zero}", f"distributed.offload={offload}",
-                                "train.micro_batch_size=3", "train.grad_accum=5", "train.max_grad_norm=0.7",
-                                "distributed.nproc_per_node=4"])
+    recipe = load_recipe(
+        QWEN,
+        [
+            f"distributed.zero={zero}",
+            f"distributed.offload={offload}",
+            "train.micro_batch_size=3",
+            "train.grad_accum=5",
+            "train.max_grad_norm=0.7",
+            "distributed.nproc_per_node=4",
+        ],
+    )
     ds = build_plan(recipe)["deepspeed"]
     assert _auto_values(ds) == [], "every auto must be resolved"
     assert ds["train_micro_batch_size_per_gpu"] == 3
@@ -82,9 +98,14 @@ def test_builtin_hidden_size_read_from_committed_config():
     assert ds["zero_optimization"]["reduce_bucket_size"] == config["hidden_size"] ** 2
 
 
-@pytest.mark.parametrize("launcher,needle", [("torchrun", "torch.distributed.run"),
-                                             ("accelerate", "accelerate.commands.launch"),
-                                             ("deepspeed", "deepspeed.launcher.runner")])
+@pytest.mark.parametrize(
+    "launcher,needle",
+    [
+        ("torchrun", "torch.distributed.run"),
+        ("accelerate", "accelerate.commands.launch"),
+        ("deepspeed", "deepspeed.launcher.runner"),
+    ],
+)
 def test_command_per_launcher(launcher, needle, tmp_path):
     plan = build_plan(load_recipe(TINY, [f"distributed.launcher={launcher}", f"output.dir={tmp_path}"]))
     argv = plan["nodes"][0]["argv"]
@@ -126,8 +147,12 @@ def _fake_nvidia_smi(tmp_path: Path, rows: list[str], monkeypatch) -> None:
 
 def test_bf16_on_a_pre_ampere_gpu_is_refused_with_the_fix(tmp_path, monkeypatch):
     _fake_nvidia_smi(tmp_path, ["Tesla T4, 7.5, 15360", "Tesla T4, 7.5, 15360"], monkeypatch)
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", QWEN, "model.dtype=bf16"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "plan", QWEN, "model.dtype=bf16"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert "compute capability 8.0" in proc.stderr and "Tesla T4 (compute 7.5)" in proc.stderr
     assert "Fix: model.dtype=fp16" in proc.stderr
@@ -146,15 +171,29 @@ def test_dtype_auto_follows_the_gpu_generation(tmp_path, monkeypatch):
 
 def test_a_pipeline_stage_plans_before_the_stage_it_reads_has_run(tmp_path):
     """`launch plan` lists a missing earlier-stage output as not there yet; training refuses it."""
-    inputs = [f"model.adapter={tmp_path / 'sft_qwen2'}", f"train.reward_model={tmp_path / 'rm_qwen2'}",
-              f"output.dir={tmp_path / 'ppo'}"]
-    planned = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", "recipes/ppo_qwen2.yaml", *inputs],
-                             capture_output=True, text=True, cwd=ROOT)
+    inputs = [
+        f"model.adapter={tmp_path / 'sft_qwen2'}",
+        f"train.reward_model={tmp_path / 'rm_qwen2'}",
+        f"output.dir={tmp_path / 'ppo'}",
+    ]
+    planned = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "plan", "recipes/ppo_qwen2.yaml", *inputs],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert planned.returncode == 0, planned.stderr
     notes = planned.stdout.split("# not there yet (training refuses until they are)\n")[1].split("\n\n")[0].splitlines()
-    assert notes == [f"model.adapter = '{tmp_path / 'sft_qwen2'}' does not exist yet: run the stage that writes it first",
-                     f"train.reward_model = '{tmp_path / 'rm_qwen2'}' does not exist yet: run the stage that writes it first"]
-    trained = subprocess.run([sys.executable, "-m", "launcher.cli", "recipes/ppo_qwen2.yaml", *inputs],
-                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert notes == [
+        f"model.adapter = '{tmp_path / 'sft_qwen2'}' does not exist yet: run the stage that writes it first",
+        f"train.reward_model = '{tmp_path / 'rm_qwen2'}' does not exist yet: run the stage that writes it first",
+    ]
+    trained = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "recipes/ppo_qwen2.yaml", *inputs],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert trained.returncode == 2 and "model.adapter" in trained.stderr and "no adapter_config.json" in trained.stderr
     assert not (tmp_path / "ppo").exists()

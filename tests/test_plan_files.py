@@ -24,8 +24,16 @@ TINY = "recipes/sft_tiny.yaml"
 def _node1(tmp_path: Path) -> tuple[list[str], dict, Path]:
     """argv and env of a node-1 `launch` whose temp dir is tmp_path/tmp, and where its plan copy goes."""
     out = (tmp_path / "run").resolve()
-    args = [TINY, f"output.dir={out}", "distributed.nnodes=2", "distributed.nproc_per_node=1",
-            "distributed.master_addr=127.0.0.1", f"distributed.master_port={free_port()}", "--node-rank", "1"]
+    args = [
+        TINY,
+        f"output.dir={out}",
+        "distributed.nnodes=2",
+        "distributed.nproc_per_node=1",
+        "distributed.master_addr=127.0.0.1",
+        f"distributed.master_port={free_port()}",
+        "--node-rank",
+        "1",
+    ]
     temp = tmp_path / "tmp"
     temp.mkdir()
     digest = hashlib.sha1(str(out).encode()).hexdigest()[:12]
@@ -36,8 +44,15 @@ def _node1(tmp_path: Path) -> tuple[list[str], dict, Path]:
 def _until_plan_written(args: list[str], env: dict) -> str:
     """Start node 1, read its output up to the line naming its plan copy (written by then), stop it.
     Node 0 never comes, so its rendezvous would only wait: the whole process group is stopped."""
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     guard = threading.Timer(120, os.killpg, (proc.pid, signal.SIGKILL))
     guard.start()
     seen = []
@@ -99,8 +114,14 @@ def test_a_plan_copy_folder_someone_else_could_enter_is_refused(tmp_path, plant)
 
 
 def _worker(plan: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher.worker", "--plan", str(plan)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.worker", "--plan", str(plan)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
 
 
 @pytest.mark.multiproc

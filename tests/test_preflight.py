@@ -58,6 +58,7 @@ def _planned(overrides: list[str], recipe: str = RECIPE) -> None:
 
 # ---- point 5: refused by the planner ------------------------------------------------------------
 
+
 @pytest.mark.multiproc
 def test_missing_local_model_path(tmp_path):
     _refused(tmp_path, [f"model.path={tmp_path / 'no-such-model'}"], "model.path = ", "no such directory", "Fix:")
@@ -71,8 +72,14 @@ def test_local_model_path_without_config(tmp_path):
 
 @pytest.mark.multiproc
 def test_lora_target_the_builtin_model_lacks(tmp_path):
-    _refused(tmp_path, ["method.target=[q_proj,qkv_proj]"], "method.target = ['q_proj', 'qkv_proj']",
-             "['qkv_proj']", "Fix: use names from", "'v_proj'")
+    _refused(
+        tmp_path,
+        ["method.target=[q_proj,qkv_proj]"],
+        "method.target = ['q_proj', 'qkv_proj']",
+        "['qkv_proj']",
+        "Fix: use names from",
+        "'v_proj'",
+    )
     _planned(["method.target=[q_proj,v_proj]"])
     _planned(["method.target=all"])
 
@@ -101,8 +108,12 @@ def test_freeze_modules_the_model_lacks(tmp_path):
 
 @pytest.mark.multiproc
 def test_dataset_of_another_kind_than_the_stage_reads(tmp_path):
-    _refused(tmp_path, ["data.datasets=[demo_pref]"], "data.datasets: dataset 'demo_pref' is a preference dataset",
-             "this stage needs an SFT dataset")
+    _refused(
+        tmp_path,
+        ["data.datasets=[demo_pref]"],
+        "data.datasets: dataset 'demo_pref' is a preference dataset",
+        "this stage needs an SFT dataset",
+    )
     _refused(tmp_path, ["data.eval_datasets=[demo_kto]"], "data.eval_datasets: dataset 'demo_kto' is a KTO dataset")
 
 
@@ -110,15 +121,24 @@ def test_dataset_of_another_kind_than_the_stage_reads(tmp_path):
 def test_dataset_whose_every_row_is_bad(tmp_path):
     rows = [{"question": "2 + 2?", "output": "4"}] * 3  # no instruction column: every row bad
     overrides = _dataset(tmp_path, {"file_name": "d.jsonl"}, _jsonl(rows))
-    _refused(tmp_path, [*overrides, "data.on_bad_row=skip"], "dataset 'd': every row is bad (3 skipped)",
-             "d.jsonl:1 row 0: missing or empty column 'instruction'")
+    _refused(
+        tmp_path,
+        [*overrides, "data.on_bad_row=skip"],
+        "dataset 'd': every row is bad (3 skipped)",
+        "d.jsonl:1 row 0: missing or empty column 'instruction'",
+    )
     _refused(tmp_path, overrides, "d.jsonl:1 row 0: missing or empty column 'instruction'")  # error: the first bad row
 
 
 @pytest.mark.multiproc
 def test_empty_dataset_file(tmp_path):
-    _refused(tmp_path, _dataset(tmp_path, {"file_name": "d.jsonl"}, b"\n\n"), "data.datasets = ['d']: no rows in",
-             "d.jsonl", "Fix:")
+    _refused(
+        tmp_path,
+        _dataset(tmp_path, {"file_name": "d.jsonl"}, b"\n\n"),
+        "data.datasets = ['d']: no rows in",
+        "d.jsonl",
+        "Fix:",
+    )
     (tmp_path / "g.jsonl").write_bytes(_jsonl(ROWS))  # beside a dataset with rows, an empty one trains as the run does
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     (tmp_path / "dataset_info.json").write_text(json.dumps({**info, "g": {"file_name": "g.jsonl"}}))
@@ -136,14 +156,17 @@ def test_launch_data_exits_2_when_the_stage_gets_no_rows():
 
 @pytest.mark.unit
 def test_planning_a_csv_dataset_imports_nothing_heavy():
-    code = ("import sys; from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
-            "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]'])); "
-            "heavy = {'torch', 'transformers', 'datasets', 'pandas', 'pyarrow', 'numpy'} & set(sys.modules); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
+        "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]'])); "
+        "heavy = {'torch', 'transformers', 'datasets', 'pandas', 'pyarrow', 'numpy'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 # ---- point 11: rows that do not fail their file ---------------------------------------------------
+
 
 @pytest.mark.multiproc
 def test_one_non_utf8_row_is_skipped_or_refused_by_line(tmp_path):
@@ -163,16 +186,20 @@ def test_one_non_utf8_row_is_skipped_or_refused_by_line(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name,content", [
-    ("d.json", json.dumps(ROWS).encode()),
-    ("d.jsonl", _jsonl(ROWS)),
-    ("d.csv", b"instruction,output\n2 + 2?,4\nCapital of France?,Paris\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("d.json", json.dumps(ROWS).encode()),
+        ("d.jsonl", _jsonl(ROWS)),
+        ("d.csv", b"instruction,output\n2 + 2?,4\nCapital of France?,Paris\n"),
+    ],
+)
 def test_a_byte_order_mark_is_accepted(tmp_path, name, content):
     _dataset(tmp_path, {"file_name": name}, b"\xef\xbb\xbf" + content)
     examples = load_examples(["d"], {"dataset_dir": str(tmp_path), "max_samples": None})
-    assert [e.messages for e in examples] == [[{"role": "user", "content": r["instruction"]},
-                                               {"role": "assistant", "content": r["output"]}] for r in ROWS]
+    assert [e.messages for e in examples] == [
+        [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}] for r in ROWS
+    ]
 
 
 def _conversation(*replies: str) -> dict:
@@ -188,19 +215,33 @@ def test_an_empty_assistant_turn_mid_conversation_trains_nothing(tmp_path, forma
     rows = [_conversation("first answer", "", "last answer"), _conversation("a", "")]  # the 2nd ends empty: bad
     entry = {"file_name": "d.jsonl", "formatting": formatting}
     if formatting == "openai":
-        rows = [{"messages": [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]}
-                              for t in row["conversations"]]} for row in rows]
+        rows = [
+            {
+                "messages": [
+                    {"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]}
+                    for t in row["conversations"]
+                ]
+            }
+            for row in rows
+        ]
     _dataset(tmp_path, entry, _jsonl(rows))
-    cfg = {"dataset_dir": str(tmp_path), "max_samples": None, "cutoff_len": 1024, "train_on_prompt": False,
-           "mask_history": False, "on_bad_row": "skip"}
+    cfg = {
+        "dataset_dir": str(tmp_path),
+        "max_samples": None,
+        "cutoff_len": 1024,
+        "train_on_prompt": False,
+        "mask_history": False,
+        "on_bad_row": "skip",
+    }
     bad = BadRows("skip")
     (example,) = load_examples(["d"], cfg, bad=bad)
     assert [m["content"] for m in example.messages if m["role"] == "assistant"] == ["first answer", "", "last answer"]
     assert len(bad.skipped) == 1 and "d.jsonl:2 row 1 message 4: empty assistant turn" in bad.skipped[0]
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_source_dir("builtin:tiny-qwen2"))
-    oracle = tokenizer.apply_chat_template(example.messages, tokenize=True, return_dict=True,
-                                           return_assistant_tokens_mask=True)
+    oracle = tokenizer.apply_chat_template(
+        example.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     mask = list(oracle["assistant_masks"])
     runs = [i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1])]  # one trained run per reply
     empty_run = runs[1]
@@ -225,8 +266,11 @@ def test_the_worker_applies_the_same_lora_target_rule_to_a_loaded_model(warm):
 
     recipe = load_recipe(RECIPE, ["method.target=[q_proj,qkv_proj]"])
     model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"))
-    with pytest.raises(MethodError, match=r"method.target = \['q_proj', 'qkv_proj'\]: the model has no linear or "
-                                          r"embedding module \['qkv_proj'\]"):
+    with pytest.raises(
+        MethodError,
+        match=r"method.target = \['q_proj', 'qkv_proj'\]: the model has no linear or "
+        r"embedding module \['qkv_proj'\]",
+    ):
         apply(model, recipe["method"], recipe)
 
 

@@ -40,7 +40,7 @@ def launch_commands() -> list[tuple[str, list[str], str | None]]:
             continue
         argv, redirect = words[1:], None
         if ">" in argv:
-            argv, redirect = argv[:argv.index(">")], argv[argv.index(">") + 1]
+            argv, redirect = argv[: argv.index(">")], argv[argv.index(">") + 1]
         verb = argv[0] if argv[0] in COMMANDS else "train"
         out.append((verb, argv[1:] if verb == argv[0] else argv, redirect))
     return out
@@ -91,8 +91,9 @@ def cpu_steps(recipe: dict) -> int:
     if train["max_steps"]:
         return train["max_steps"]
     info = json.loads((ROOT / data["dataset_dir"] / "dataset_info.json").read_text())
-    rows = sum(len(json.loads((ROOT / data["dataset_dir"] / info[name]["file_name"]).read_text()))
-               for name in data["datasets"])
+    rows = sum(
+        len(json.loads((ROOT / data["dataset_dir"] / info[name]["file_name"]).read_text())) for name in data["datasets"]
+    )
     rows = min(rows, data["max_samples"] or rows)
     batches = math.ceil(math.ceil(rows / CPU_PROCESSES) / train["micro_batch_size"])
     return int(train["epochs"] * (batches // train["grad_accum"]))
@@ -105,14 +106,15 @@ def check_paths(argv: list[str], flags: dict[str, list[str]]) -> None:
         if word.startswith("outputs/"):
             run = next((dir for dir in trained_runs() if word == dir or word.startswith(dir + "/")), None)
             assert run is not None, f"{word}: no README command trains a run into it"
-            rest = word[len(run):].strip("/")
+            rest = word[len(run) :].strip("/")
             if rest:
                 recipe = trained_runs()[run]
                 step = re.fullmatch(r"checkpoint-(\d+)", rest)
                 assert step, f"{word}: not a folder a run writes"
                 save, steps = recipe["train"]["save_steps"], cpu_steps(recipe)
-                assert int(step[1]) % save == 0 and int(step[1]) <= steps, \
+                assert int(step[1]) % save == 0 and int(step[1]) <= steps, (
                     f"{word}: the run saves every {save} steps and trains {steps}"
+                )
         elif word.endswith(FILE_SUFFIXES):
             assert (ROOT / word).is_file(), f"{word} does not exist"
     info = json.loads((ROOT / "data" / "dataset_info.json").read_text())

@@ -21,16 +21,16 @@ TINY = str(ROOT / "recipes" / "sft_tiny.yaml")
 
 # (overrides on the tiny recipe, text the message must contain)
 BAD_OVERRIDES = [
-    (["train.lrr=1e-4"], "train.lrr"),                      # unknown key
-    (["data.cuttoff_len=512"], "data.cutoff_len"),          # typo -> did you mean
-    (["train.cutoff_len=512"], "data.cutoff_len"),          # right key, wrong section
-    (["foo.bar=1"], "foo"),                                 # unknown section
-    (["train.lr=fast"], "train.lr"),                        # wrong type
-    (["train.lr=-1"], "train.lr"),                          # out of range
-    (["train.lr=.nan"], "train.lr"),                        # not finite
+    (["train.lrr=1e-4"], "train.lrr"),  # unknown key
+    (["data.cuttoff_len=512"], "data.cutoff_len"),  # typo -> did you mean
+    (["train.cutoff_len=512"], "data.cutoff_len"),  # right key, wrong section
+    (["foo.bar=1"], "foo"),  # unknown section
+    (["train.lr=fast"], "train.lr"),  # wrong type
+    (["train.lr=-1"], "train.lr"),  # out of range
+    (["train.lr=.nan"], "train.lr"),  # not finite
     (["train.epochs=0"], "train.epochs"),
     (["train.micro_batch_size=0"], "train.micro_batch_size"),
-    (["train.grad_accum=1.5"], "train.grad_accum"),         # float for int
+    (["train.grad_accum=1.5"], "train.grad_accum"),  # float for int
     (["train.gradient_checkpointing=maybe"], "train.gradient_checkpointing"),
     (["train.warmup_ratio=1.0"], "train.warmup_ratio"),
     (["train.scheduler=cosine_with_hats"], "train.scheduler"),
@@ -51,13 +51,13 @@ BAD_OVERRIDES = [
     (["model.quantization.bits=3"], "model.quantization.bits"),
     (["method={name: full}", "model.quantization={bits: 4}"], "model.quantization"),  # k-bit base only under LoRA
     (["method={name: freeze, trainable_layers: 0}"], "method.trainable_layers"),
-    (["method={name: prefix}"], "train.gradient_checkpointing"),                    # PEFT prefix tuning refuses it
+    (["method={name: prefix}"], "train.gradient_checkpointing"),  # PEFT prefix tuning refuses it
     (["method={name: prefix}", "train.gradient_checkpointing=false"], "distributed.zero"),  # saving hangs under ZeRO-3
     (["method.loraplus_ratio=4", "distributed.offload=optimizer"], "method.loraplus_ratio"),  # DS CPU Adam, no groups
     (["method.variant=pissa", "distributed.zero=3"], "method.variant"),  # SVD of partitioned weights
     (["method.variant=pissa", "distributed.zero=2", "model.quantization={bits: 4}"], "method.variant"),
     (["method.variant=pissa", "distributed.zero=2", "model.adapter=outputs/sft_tiny"], "method.variant"),
-    (["method.variant=pissa"], "method.variant"),                                   # not available yet
+    (["method.variant=pissa"], "method.variant"),  # not available yet
     (["distributed.zero=4"], "distributed.zero"),
     (["distributed.engine=horovod"], "distributed.engine"),
     (["distributed.launcher=mpirun"], "distributed.launcher"),
@@ -69,13 +69,13 @@ BAD_OVERRIDES = [
     (["distributed.master_port=70000"], "distributed.master_port"),
     (["distributed.nnodes=2"], "distributed.master_addr"),  # multi-node without node 0's address
     (["distributed.timeout_minutes=0"], "distributed.timeout_minutes"),
-    (["train.eval_steps=10"], "train.eval_steps"),          # eval without eval data
+    (["train.eval_steps=10"], "train.eval_steps"),  # eval without eval data
     (["output.report_to=[wandb]"], "output.report_to"),
-    (["model.dtype=fp16"], "model.dtype"),                  # fp16 on a machine without CUDA
+    (["model.dtype=fp16"], "model.dtype"),  # fp16 on a machine without CUDA
     (["stage=dpo", "train.simpo_gamma=1.0"], "train.simpo_gamma"),  # SimPO's margin with the sigmoid loss
-    (["train.pref_beta=0.1"], "train.pref_beta"),                   # a preference key with stage: sft
-    (["train.lr"], "train.lr"),                             # override without '='
-    (["data.datasets=[no_such_set]"], "data.datasets"),      # checked against dataset_info.json at plan time
+    (["train.pref_beta=0.1"], "train.pref_beta"),  # a preference key with stage: sft
+    (["train.lr"], "train.lr"),  # override without '='
+    (["data.datasets=[no_such_set]"], "data.datasets"),  # checked against dataset_info.json at plan time
 ]
 
 BAD_FILES = [
@@ -130,13 +130,15 @@ def test_bad_file_is_refused(text, needle, capsys, tmp_path, no_spawn):
 
 def test_error_names_file_and_line(capsys, tmp_path, no_spawn):
     recipe = tmp_path / "typo.yaml"
-    recipe.write_text(textwrap.dedent("""\
+    recipe.write_text(
+        textwrap.dedent("""\
         model:
           path: builtin:tiny-qwen2
         data:
           datasets: [demo_sft]
           cuttoff_len: 512
-        """))
+        """)
+    )
     code, err = _run_cli(capsys, ["plan", str(recipe)])
     assert code == 2
     assert f"{recipe}:5" in err and "data.cutoff_len" in err
@@ -149,8 +151,12 @@ def test_missing_recipe_file(capsys, no_spawn):
 
 def test_cli_exit_code_through_real_entry_point(tmp_path):
     """The installed console script exits 2 on a bad override and starts nothing."""
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", TINY, "distributed.zero=7",
-                           f"output.dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", TINY, "distributed.zero=7", f"output.dir={tmp_path / 'out'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "distributed.zero" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -169,7 +175,17 @@ def test_schema_is_json_and_covers_every_section(capsys):
 
     assert cli.main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert set(schema["properties"]) == {"model", "stage", "method", "data", "train", "eval", "distributed", "slurm", "output"}
+    assert set(schema["properties"]) == {
+        "model",
+        "stage",
+        "method",
+        "data",
+        "train",
+        "eval",
+        "distributed",
+        "slurm",
+        "output",
+    }
     zero = schema["properties"]["distributed"]["properties"]["zero"]["anyOf"]
     assert [alt["enum"] for alt in zero] == [[0, 1, 2, 3], ["auto"]]
 

@@ -37,13 +37,16 @@ def test_training_an_empty_recipe_starts_nothing(tmp_path):
 
 @pytest.mark.multiproc
 def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
-    recipe, proc = _plan(tmp_path, """\
+    recipe, proc = _plan(
+        tmp_path,
+        """\
         model:
           path: builtin:tiny-qwen2
         method:
           name: full
           name: lora
-        """)
+        """,
+    )
     assert proc.returncode == 2
     assert f"{recipe}:5: method.name is given twice (lines 4 and 5)" in proc.stderr, proc.stderr
 
@@ -56,22 +59,29 @@ def test_a_duplicate_key_inside_an_override_is_refused(tmp_path):
 
 @pytest.mark.multiproc
 def test_merge_keys_still_work_and_own_keys_win(tmp_path):
-    _, proc = _plan(tmp_path, """\
+    _, proc = _plan(
+        tmp_path,
+        """\
         model:
           <<: &base {path: builtin:tiny-qwen2, dtype: fp32, attn: eager}
           dtype: bf16
-        """)
+        """,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "  path: builtin:tiny-qwen2\n" in proc.stdout and "  dtype: bf16\n" in proc.stdout
     assert "  attn: eager\n" in proc.stdout
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("text,line", [
-    ("model: &m\n  path: builtin:tiny-qwen2\n  x: *m\n", 3),
-    ("model: &m\n  path: builtin:tiny-qwen2\n  <<: *m\n", 3),
-    ("model:\n  path: builtin:tiny-qwen2\ndata:\n  datasets: &d [demo_sft, *d]\n", 4),
-], ids=["alias", "merge", "list"])
+@pytest.mark.parametrize(
+    "text,line",
+    [
+        ("model: &m\n  path: builtin:tiny-qwen2\n  x: *m\n", 3),
+        ("model: &m\n  path: builtin:tiny-qwen2\n  <<: *m\n", 3),
+        ("model:\n  path: builtin:tiny-qwen2\ndata:\n  datasets: &d [demo_sft, *d]\n", 4),
+    ],
+    ids=["alias", "merge", "list"],
+)
 def test_a_recursive_anchor_is_exit_2_not_a_recursion_error(tmp_path, text, line):
     recipe, proc = _plan(tmp_path, text)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -98,8 +108,9 @@ def test_ipv6_literals_are_hostfile_hosts(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text", ["Node1 slots=1\nnode1 slots=1\n", "::1 slots=1\n0:0::1 slots=1\n"],
-                         ids=["case", "ipv6 spelling"])
+@pytest.mark.parametrize(
+    "text", ["Node1 slots=1\nnode1 slots=1\n", "::1 slots=1\n0:0::1 slots=1\n"], ids=["case", "ipv6 spelling"]
+)
 def test_two_spellings_of_one_host_are_a_duplicate(tmp_path, text):
     hosts = _hosts(tmp_path, text)
     proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2"], timeout=120, env=CPU)
@@ -110,8 +121,11 @@ def test_two_spellings_of_one_host_are_a_duplicate(tmp_path, text):
 @pytest.mark.unit
 def test_include_compares_host_names_case_insensitively(tmp_path):
     hosts = _hosts(tmp_path, "node1 slots=1\nnode2 slots=1\nnode3 slots=1\n")
-    proc = run_launch(["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--include", "NODE1,Node3"],
-                      timeout=120, env=CPU)
+    proc = run_launch(
+        ["plan", TINY, f"distributed.hostfile={hosts}", "distributed.nnodes=2", "--include", "NODE1,Node3"],
+        timeout=120,
+        env=CPU,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "node 0 on node1" in proc.stdout and "node 1 on node3" in proc.stdout
 

@@ -69,7 +69,9 @@ def test_launch_plan_plans_the_toy_stage_and_checks_its_dataset_kind(toy, capsys
     code, out = _plan(capsys)
     assert code == 0 and "stage: toy" in out
     code, out = _plan(capsys, "data.datasets=[demo_pref]")  # a preference dataset: the toy stage reads SFT ones
-    assert code == 2 and "dataset 'demo_pref' is a preference dataset" in out and "this stage needs an SFT dataset" in out
+    assert (
+        code == 2 and "dataset 'demo_pref' is a preference dataset" in out and "this stage needs an SFT dataset" in out
+    )
 
 
 def test_launch_data_and_the_worker_use_the_toy_stage_spec(toy, capsys):

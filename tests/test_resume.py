@@ -22,7 +22,6 @@ from tests.conftest import FULL_ZERO2_RUN, ROOT, SHORT_RUN, free_port, run_launc
 pytestmark = pytest.mark.multiproc
 
 
-
 def _launch_args(out: Path, *overrides: str) -> list[str]:
     return ["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides]
 
@@ -71,9 +70,13 @@ def test_sigkill_during_a_save_resumes_from_the_previous_complete_checkpoint(tmp
     out = tmp_path / "killed"
     args = [*FULL_ZERO2_RUN, "train.save_total_limit=1"]
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *_launch_args(out, *args)], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "LAUNCHER_STALL_SAVE_STEP": "6"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.cli", *_launch_args(out, *args)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "LAUNCHER_STALL_SAVE_STEP": "6"},
+        )
         staged = out / "tmp-checkpoints" / "checkpoint-6"
         deadline = time.monotonic() + 300
         while not (staged.is_dir() and any(staged.iterdir())) and proc.poll() is None:
@@ -96,8 +99,9 @@ def test_sigkill_during_a_save_resumes_from_the_previous_complete_checkpoint(tmp
 
 def test_resume_into_another_world_size_is_refused_at_launch(tmp_path, tiny_run):
     checkpoint = tiny_run(*FULL_ZERO2_RUN) / "checkpoint-6"
-    proc = run_launch(_launch_args(tmp_path / "one", *FULL_ZERO2_RUN, "distributed.nproc_per_node=1",
-                                   f"train.resume={checkpoint}"))
+    proc = run_launch(
+        _launch_args(tmp_path / "one", *FULL_ZERO2_RUN, "distributed.nproc_per_node=1", f"train.resume={checkpoint}")
+    )
     assert proc.returncode == 2
     assert "written by 2 ranks" in proc.stderr and "this plan has 1" in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "one").exists()

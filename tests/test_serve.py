@@ -33,7 +33,9 @@ def adapter(tmp_path_factory, warm):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     out = tmp_path_factory.mktemp("adapter") / "demo"
     peft.save_pretrained(out)
     return out
@@ -42,9 +44,25 @@ def adapter(tmp_path_factory, warm):
 def _start(*args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a server that logs a lot never blocks on it
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "serve", "--model", "builtin:tiny-qwen2",
-                             "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "serve",
+            "--model",
+            "builtin:tiny-qwen2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -71,8 +89,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(request, adapter):
-    proc, url = _start("--adapter", f"demo={adapter}", "--name", "tiny", "--api-key", "k1", "--max-tokens", "64",
-                       "--max-body-bytes", "4000")
+    proc, url = _start(
+        "--adapter",
+        f"demo={adapter}",
+        "--name",
+        "tiny",
+        "--api-key",
+        "k1",
+        "--max-tokens",
+        "64",
+        "--max-body-bytes",
+        "4000",
+    )
     request.addfinalizer(lambda: _stop(proc))
     return url
 
@@ -106,8 +134,9 @@ def test_completion_equals_greedy_generate_and_model_picks_the_adapter(server, a
 def test_streaming_equals_non_streaming(server):
     client = _client(server)
     whole = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=TOKENS, temperature=0)
-    chunks = list(client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=TOKENS, temperature=0,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=TOKENS, temperature=0, stream=True)
+    )
     assert len(chunks) > 2
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
@@ -119,17 +148,19 @@ def test_stop_string_cuts_the_answer(server, adapter):
     assert stop.strip(), full
     client = _client(server)
     for stream in (False, True):
-        reply = client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=16, temperature=0,
-                                               stop=[stop], stream=stream)
+        reply = client.chat.completions.create(
+            model="demo", messages=MESSAGES, max_tokens=16, temperature=0, stop=[stop], stream=stream
+        )
         text = "".join(c.choices[0].delta.content or "" for c in reply) if stream else reply.choices[0].message.content
-        assert text == full[:full.index(stop)]
+        assert text == full[: full.index(stop)]
 
 
 def test_a_client_gone_mid_stream_leaves_the_model_free(server, adapter):
     """Starlette cancels a stream whose client left; the next request must not wait behind it forever."""
     body = {"model": "demo", "messages": MESSAGES, "max_tokens": 64, "min_tokens": 64, "stream": True}
-    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60,
-                      headers={"Authorization": "Bearer k1"}) as answer:
+    with httpx.stream(
+        "POST", f"{server}/v1/chat/completions", json=body, timeout=60, headers={"Authorization": "Bearer k1"}
+    ) as answer:
         assert answer.status_code == 200
         assert next(answer.iter_lines()).startswith("data: ")  # streaming began; now the client hangs up
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="k1", max_retries=0, timeout=60)
@@ -138,16 +169,19 @@ def test_a_client_gone_mid_stream_leaves_the_model_free(server, adapter):
         assert reply.choices[0].message.content == greedy(MESSAGES, TOKENS, adapter)
 
 
-@pytest.mark.parametrize("headers, body, status, needle", [
-    ({}, {"model": "tiny", "messages": MESSAGES}, 401, "API key"),
-    ({"Authorization": "Bearer nope"}, {"model": "tiny", "messages": MESSAGES}, 401, "API key"),
-    (None, "not json", 400, "not JSON"),
-    (None, {"model": "tiny"}, 400, "messages"),
-    (None, {"model": "other", "messages": MESSAGES}, 404, "/v1/models"),
-    (None, {"model": "tiny", "messages": MESSAGES, "max_tokens": 65}, 400, "max_tokens"),
-    (None, {"model": "tiny", "messages": MESSAGES, "temperature": 5}, 400, "temperature"),
-    (None, {"model": "tiny", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "limit"),
-])
+@pytest.mark.parametrize(
+    "headers, body, status, needle",
+    [
+        ({}, {"model": "tiny", "messages": MESSAGES}, 401, "API key"),
+        ({"Authorization": "Bearer nope"}, {"model": "tiny", "messages": MESSAGES}, 401, "API key"),
+        (None, "not json", 400, "not JSON"),
+        (None, {"model": "tiny"}, 400, "messages"),
+        (None, {"model": "other", "messages": MESSAGES}, 404, "/v1/models"),
+        (None, {"model": "tiny", "messages": MESSAGES, "max_tokens": 65}, 400, "max_tokens"),
+        (None, {"model": "tiny", "messages": MESSAGES, "temperature": 5}, 400, "temperature"),
+        (None, {"model": "tiny", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "limit"),
+    ],
+)
 def test_bad_requests_are_clear_json_errors(server, headers, body, status, needle):
     headers = {"Authorization": "Bearer k1"} if headers is None else headers
     kwargs = {"content": body} if isinstance(body, str) else {"json": body}
@@ -157,8 +191,12 @@ def test_bad_requests_are_clear_json_errors(server, headers, body, status, needl
 
 
 def _post(url: str, key: str, **fields) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
-                      json={"model": "builtin:tiny-qwen2", "messages": MESSAGES, **fields})
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+        json={"model": "builtin:tiny-qwen2", "messages": MESSAGES, **fields},
+    )
 
 
 def test_rate_limit_requests_and_tokens_per_minute(limited):
@@ -174,8 +212,10 @@ def test_rate_limit_requests_and_tokens_per_minute(limited):
 def test_full_queue_answers_503(limited):
     """One generating, one queued (--max-queue 1): of four long requests at once, some are turned away."""
     answers: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda k=k: answers.append(_post(limited, k, max_tokens=200, min_tokens=200)))
-               for k in ("q1", "q2", "q3", "q4")]
+    threads = [
+        threading.Thread(target=lambda k=k: answers.append(_post(limited, k, max_tokens=200, min_tokens=200)))
+        for k in ("q1", "q2", "q3", "q4")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -187,8 +227,23 @@ def test_full_queue_answers_503(limited):
 
 
 def test_vllm_engine_prints_command_or_refuses_with_the_fix(adapter):
-    printed = run_launch(["serve", "--model", "Qwen/Qwen2-0.5B", "--adapter", f"demo={adapter}", "--engine", "vllm",
-                          "--print", "--port", "8001", "--api-key", "s3cret"], timeout=60)
+    printed = run_launch(
+        [
+            "serve",
+            "--model",
+            "Qwen/Qwen2-0.5B",
+            "--adapter",
+            f"demo={adapter}",
+            "--engine",
+            "vllm",
+            "--print",
+            "--port",
+            "8001",
+            "--api-key",
+            "s3cret",
+        ],
+        timeout=60,
+    )
     assert printed.returncode == 0, printed.stderr
     assert "s3cret" not in printed.stdout and printed.stdout.startswith("VLLM_API_KEY=<your key> ")  # not in argv
     assert "vllm serve Qwen/Qwen2-0.5B --host 127.0.0.1 --port 8001" in printed.stdout

@@ -26,6 +26,7 @@ TOLERANCE = 1e-6
 
 # ---- oracle: the stage's trainer loss == the formula on the same batch --------------------------
 
+
 def _trainer(recipe_file: str, overrides: list[str], tmp_path: Path):
     """The trainer our stage builds for a recipe (one process, no DeepSpeed, float64), its LoRA B
     matrices set to seeded random values so the policy differs from the reference (adapter disabled)."""
@@ -37,9 +38,18 @@ def _trainer(recipe_file: str, overrides: list[str], tmp_path: Path):
     from launcher.registry import TRAINERS as STAGES
     from launcher.worker import load_model, training_arguments
 
-    recipe = load_recipe(ROOT / recipe_file, ["distributed.engine=ddp", "distributed.zero=0", "distributed.nproc_per_node=1",
-                                              f"output.dir={tmp_path / 'out'}", "train.gradient_checkpointing=false",
-                                              "data.max_samples=8", *overrides])
+    recipe = load_recipe(
+        ROOT / recipe_file,
+        [
+            "distributed.engine=ddp",
+            "distributed.zero=0",
+            "distributed.nproc_per_node=1",
+            f"output.dir={tmp_path / 'out'}",
+            "train.gradient_checkpointing=false",
+            "data.max_samples=8",
+            *overrides,
+        ],
+    )
     plan = build_plan(recipe, cwd=str(ROOT))
     plan["world"]["backend"] = None  # this process alone: no process group
     model_dir = local_model_path(recipe["model"]["path"])
@@ -88,25 +98,37 @@ def _loss(trainer, batch) -> float:
 @pytest.mark.multiproc
 @pytest.mark.parametrize("loss,beta,ftx", [("sigmoid", 0.05, 0.0), ("ipo", 2.0, 0.0), ("hinge", 0.05, 0.5)])
 def test_dpo_losses_equal_the_formula(loss, beta, ftx, tmp_path):
-    trainer, train = _trainer("recipes/dpo_tiny.yaml", [f"train.pref_loss={loss}", f"train.pref_beta={beta}",
-                                                        f"train.pref_ftx={ftx}"], tmp_path)
+    trainer, train = _trainer(
+        "recipes/dpo_tiny.yaml",
+        [f"train.pref_loss={loss}", f"train.pref_beta={beta}", f"train.pref_ftx={ftx}"],
+        tmp_path,
+    )
     batch = _batch(trainer, 4)
     policy, reference, count = _policy_and_reference(trainer, batch)
     (pc, pr), (rc, rr), (nc, nr) = policy.chunk(2), reference.chunk(2), count.chunk(2)
     beta = train["pref_beta"]
     delta = (pc - rc) - (pr - rr)
-    expected = {"sigmoid": -F.logsigmoid(beta * delta),
-                "hinge": torch.relu(1 - beta * delta),
-                "ipo": ((pc - rc) / nc - (pr - rr) / nr - 1 / (2 * beta)) ** 2}[loss].mean()
+    expected = {
+        "sigmoid": -F.logsigmoid(beta * delta),
+        "hinge": torch.relu(1 - beta * delta),
+        "ipo": ((pc - rc) / nc - (pr - rr) / nr - 1 / (2 * beta)) ** 2,
+    }[loss].mean()
     expected = expected + ftx * (-pc.sum() / nc.sum())  # SFT term: mean NLL over the chosen tokens
     assert delta.abs().min() > 1e-3, "policy equals reference: the oracle would not see a wrong reference"
     assert _loss(trainer, batch) == pytest.approx(expected.item(), abs=TOLERANCE)
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("recipe,overrides", [("recipes/orpo_tiny.yaml", ["train.pref_beta=0.3"]),
-                                              ("recipes/dpo_tiny.yaml", ["train.pref_loss=simpo", "train.pref_beta=2.0",
-                                                                         "train.simpo_gamma=0.7", "train.pref_ftx=0.2"])])
+@pytest.mark.parametrize(
+    "recipe,overrides",
+    [
+        ("recipes/orpo_tiny.yaml", ["train.pref_beta=0.3"]),
+        (
+            "recipes/dpo_tiny.yaml",
+            ["train.pref_loss=simpo", "train.pref_beta=2.0", "train.simpo_gamma=0.7", "train.pref_ftx=0.2"],
+        ),
+    ],
+)
 def test_reference_free_losses_equal_the_formula(recipe, overrides, tmp_path):
     trainer, train = _trainer(recipe, overrides, tmp_path)
     batch = _batch(trainer, 4)
@@ -125,15 +147,20 @@ def test_reference_free_losses_equal_the_formula(recipe, overrides, tmp_path):
 
 @pytest.mark.multiproc
 def test_kto_loss_equals_the_formula(tmp_path):
-    trainer, train = _trainer("recipes/kto_tiny.yaml", ["train.pref_beta=0.05", "train.kto_desirable_weight=1.5",
-                                                        "train.kto_undesirable_weight=0.7"], tmp_path)
+    trainer, train = _trainer(
+        "recipes/kto_tiny.yaml",
+        ["train.pref_beta=0.05", "train.kto_desirable_weight=1.5", "train.kto_undesirable_weight=0.7"],
+        tmp_path,
+    )
     batch = _batch(trainer, 4)
     labels = batch["label"].bool()
     assert labels.any() and not labels.all(), "the batch needs desirable and undesirable replies"
     policy, reference, _ = _policy_and_reference(trainer, batch)
     kl_policy, _ = _logps(trainer.model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"])
     with trainer.model.disable_adapter():
-        kl_reference, _ = _logps(trainer.model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"])
+        kl_reference, _ = _logps(
+            trainer.model, batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"]
+        )
     beta = train["pref_beta"]
     kl = (kl_policy - kl_reference).mean().clamp(min=0)  # KTO eq. 7: z0 from mismatched (prompt, reply) pairs
     ratio = policy - reference
@@ -154,6 +181,7 @@ def test_kto_micro_batch_1_estimates_kl_from_the_neighbouring_row(tmp_path):
 
 
 # ---- data: the preference rows are the SFT encoding of the same conversation ---------------------
+
 
 @pytest.mark.unit
 def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
@@ -184,32 +212,40 @@ def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
     short = build_pair_data(["demo_pref"], {**cfg, "cutoff_len": cut}, tokenizer)
     longest = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in short.rows]
     assert len(short.rows) == len(pairs) and short.dropped == 0 and max(longest) <= cut
-    assert short.truncated == sum(1 for r in pairs if len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > cut)
+    assert short.truncated == sum(
+        1 for r in pairs if len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > cut
+    )
     # pt: documents joined with eos, cut into whole blocks, every token trained
     pt_cfg = load_recipe(ROOT / "recipes/pt_tiny.yaml")["data"]
     data = build_blocks(["demo_pt"], pt_cfg, tokenizer)
     texts = [json.loads(line)["text"] for line in (ROOT / "data/demo_pt.jsonl").read_text().splitlines()]
     stream = [t for text in texts for t in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]]
     assert [t for b in data.blocks for t in b["input_ids"]] == stream[: len(stream) - data.tail_tokens]
-    assert {len(b["input_ids"]) for b in data.blocks} == {pt_cfg["cutoff_len"]} and data.tail_tokens < pt_cfg["cutoff_len"]
+    assert {len(b["input_ids"]) for b in data.blocks} == {pt_cfg["cutoff_len"]} and data.tail_tokens < pt_cfg[
+        "cutoff_len"
+    ]
     assert all(b["labels"] == b["input_ids"] and IGNORE_INDEX not in b["labels"] for b in data.blocks)
     # a .txt corpus: one document per non-blank line; shorter than one block, it is one block
     (tmp_path / "corpus.txt").write_text("Bees make wax.\n\nDrones do not sting.\n", encoding="utf-8")
     small = build_blocks([str(tmp_path / "corpus.txt")], pt_cfg, tokenizer)
     eos = [tokenizer.eos_token_id]
     assert small.documents == 2 and [b["input_ids"] for b in small.blocks] == [
-        tokenizer("Bees make wax.")["input_ids"] + eos + tokenizer("Drones do not sting.")["input_ids"] + eos]
+        tokenizer("Bees make wax.")["input_ids"] + eos + tokenizer("Drones do not sting.")["input_ids"] + eos
+    ]
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("recipe,override,key", [
-    ("recipes/sft_tiny.yaml", "train.pref_beta=0.2", "train.pref_beta"),            # a dpo key with stage sft
-    ("recipes/kto_tiny.yaml", "train.pref_loss=ipo", "train.pref_loss"),            # a dpo key with stage kto
-    ("recipes/dpo_tiny.yaml", "train.kto_desirable_weight=2", "train.kto_desirable_weight"),
-    ("recipes/dpo_tiny.yaml", "train.simpo_gamma=1", "train.simpo_gamma"),          # SimPO margin on the sigmoid loss
-    ("recipes/dpo_tiny.yaml", "train.pref_loss=dpo", "train.pref_loss"),
-    ("recipes/dpo_tiny.yaml", "train.pref_beta=0", "train.pref_beta"),
-])
+@pytest.mark.parametrize(
+    "recipe,override,key",
+    [
+        ("recipes/sft_tiny.yaml", "train.pref_beta=0.2", "train.pref_beta"),  # a dpo key with stage sft
+        ("recipes/kto_tiny.yaml", "train.pref_loss=ipo", "train.pref_loss"),  # a dpo key with stage kto
+        ("recipes/dpo_tiny.yaml", "train.kto_desirable_weight=2", "train.kto_desirable_weight"),
+        ("recipes/dpo_tiny.yaml", "train.simpo_gamma=1", "train.simpo_gamma"),  # SimPO margin on the sigmoid loss
+        ("recipes/dpo_tiny.yaml", "train.pref_loss=dpo", "train.pref_loss"),
+        ("recipes/dpo_tiny.yaml", "train.pref_beta=0", "train.pref_beta"),
+    ],
+)
 def test_stage_keys_are_refused_where_they_do_not_apply(recipe, override, key):
     with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
         load_recipe(ROOT / recipe, [override])
@@ -233,7 +269,13 @@ def test_qwen2_recipes_plan_offline(stage):
 
 # ---- end to end: 2 processes through the real CLI ------------------------------------------------
 # Each step sees the same data (max_samples = one global batch), so each loss must fall.
-FAST = ["train.max_steps=4", "train.logging_steps=1", "train.save_steps=100", "train.warmup_ratio=0", "train.grad_accum=1"]
+FAST = [
+    "train.max_steps=4",
+    "train.logging_steps=1",
+    "train.save_steps=100",
+    "train.warmup_ratio=0",
+    "train.grad_accum=1",
+]
 REWARDS = {"train/rewards/chosen", "train/rewards/rejected", "train/rewards/accuracies", "train/rewards/margins"}
 
 
@@ -262,12 +304,15 @@ def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path,
 
     pt, _ = _stage(tmp_path, "recipes/pt_tiny.yaml", "pt", ["data.max_samples=5"])
     assert "train/loss" in _tensorboard_tags(pt)
-    sft, _ = _stage(tmp_path, "recipes/sft_tiny.yaml", "sft", [f"model.adapter={pt}", "distributed.zero=2",
-                                                                "data.max_samples=8"])
-    dpo, losses = _stage(tmp_path, "recipes/dpo_tiny.yaml", "dpo", [f"model.adapter={sft}", "distributed.zero=3",
-                                                                    "data.max_samples=4"])
-    assert losses[0] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-4), \
+    sft, _ = _stage(
+        tmp_path, "recipes/sft_tiny.yaml", "sft", [f"model.adapter={pt}", "distributed.zero=2", "data.max_samples=8"]
+    )
+    dpo, losses = _stage(
+        tmp_path, "recipes/dpo_tiny.yaml", "dpo", [f"model.adapter={sft}", "distributed.zero=3", "data.max_samples=4"]
+    )
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-4), (
         "policy and reference differ at step 1: the reference is not the SFT model"
+    )
     assert not (dpo / "ref").exists(), "TRL's frozen reference copy was saved beside the trained adapter"
     assert not [key for key in _lora(dpo) if ".ref." in key], "the reference copy was saved into the adapter"
     weights = [_lora(out) for out in (pt, sft, dpo)]
@@ -279,12 +324,18 @@ def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path,
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("stage,overrides,metrics", [
-    # KTO's replies are unpaired: no pairwise accuracy, but the KL estimate; micro batch 1, as LLaMA-Factory's examples
-    ("kto", ["distributed.zero=2", "data.max_samples=2", "train.micro_batch_size=1"],
-     REWARDS - {"train/rewards/accuracies"} | {"train/kl"}),
-    ("orpo", ["data.max_samples=4"], REWARDS),
-])
+@pytest.mark.parametrize(
+    "stage,overrides,metrics",
+    [
+        # KTO's replies are unpaired: no pairwise accuracy, but the KL estimate; micro batch 1, as LLaMA-Factory's examples
+        (
+            "kto",
+            ["distributed.zero=2", "data.max_samples=2", "train.micro_batch_size=1"],
+            REWARDS - {"train/rewards/accuracies"} | {"train/kl"},
+        ),
+        ("orpo", ["data.max_samples=4"], REWARDS),
+    ],
+)
 def test_preference_stage_runs_on_two_processes(stage, overrides, metrics, tmp_path, warm):
     from tests.test_e2e import _check_adapter, _tensorboard_tags
 

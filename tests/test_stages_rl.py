@@ -34,8 +34,17 @@ def test_reward_loss_is_minus_logsigmoid_of_the_score_difference(tmp_path):
     from launcher.stages.rm import build_trainer
     from launcher.worker import load_model
 
-    plan = _plan(tmp_path, RM_TINY, ["distributed.engine=ddp", "distributed.zero=0", "distributed.nproc_per_node=1",
-                                     "data.cutoff_len=64", "train.gradient_checkpointing=false"])
+    plan = _plan(
+        tmp_path,
+        RM_TINY,
+        [
+            "distributed.engine=ddp",
+            "distributed.zero=0",
+            "distributed.nproc_per_node=1",
+            "data.cutoff_len=64",
+            "train.gradient_checkpointing=false",
+        ],
+    )
     model_dir = materialize(plan["recipe"]["model"]["path"])
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], remove_unused_columns=False)
     torch.manual_seed(0)
@@ -78,9 +87,21 @@ def _scalar_tags(out: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def rm_run(tmp_path_factory, warm):
     out = tmp_path_factory.mktemp("rl") / "rm"
-    logs = _launch(RM_TINY, out, ["distributed.zero=2", "train.max_steps=6", "train.logging_steps=1",
-                                  f"data.max_samples={RM_PAIRS}", "data.cutoff_len=64", "train.micro_batch_size=4",
-                                  "train.grad_accum=1", "train.warmup_ratio=0", "train.scheduler=constant"])
+    logs = _launch(
+        RM_TINY,
+        out,
+        [
+            "distributed.zero=2",
+            "train.max_steps=6",
+            "train.logging_steps=1",
+            f"data.max_samples={RM_PAIRS}",
+            "data.cutoff_len=64",
+            "train.micro_batch_size=4",
+            "train.grad_accum=1",
+            "train.warmup_ratio=0",
+            "train.scheduler=constant",
+        ],
+    )
     return out, logs
 
 
@@ -102,10 +123,14 @@ def _reloaded_scores(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = scored_pairs(data_cfg["datasets"], data_cfg, tokenizer).rows
     assert len(pairs) == RM_PAIRS
     with torch.no_grad():
+
         def score(ids: list[int]) -> float:
             return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
-        return (torch.tensor([score(p["chosen_ids"]) for p in pairs]),
-                torch.tensor([score(p["rejected_ids"]) for p in pairs]))
+
+        return (
+            torch.tensor([score(p["chosen_ids"]) for p in pairs]),
+            torch.tensor([score(p["rejected_ids"]) for p in pairs]),
+        )
 
 
 @pytest.mark.multiproc
@@ -165,11 +190,22 @@ def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_pat
 
     rm_out, _ = rm_run
     start, out = _starting_adapter(tmp_path / "sft"), tmp_path / "ppo"
-    logs = _launch("recipes/ppo_tiny.yaml", out, [f"train.reward_model={rm_out}", f"model.adapter={start}",
-                                                  "distributed.zero=3", "train.max_steps=3", "train.logging_steps=1",
-                                                  "train.ppo_epochs=2", "train.save_steps=3",
-                                                  "data.max_samples=12", "train.micro_batch_size=2",
-                                                  "train.max_new_tokens=8"])
+    logs = _launch(
+        "recipes/ppo_tiny.yaml",
+        out,
+        [
+            f"train.reward_model={rm_out}",
+            f"model.adapter={start}",
+            "distributed.zero=3",
+            "train.max_steps=3",
+            "train.logging_steps=1",
+            "train.ppo_epochs=2",
+            "train.save_steps=3",
+            "data.max_samples=12",
+            "train.micro_batch_size=2",
+            "train.max_new_tokens=8",
+        ],
+    )
     assert len(logs) == 3
     metrics = ("ppo/kl", "ppo/score", "ppo/value_loss", "ppo/policy_loss", "ppo/clipfrac", "ppo/response_length")
     for entry in logs:
@@ -200,6 +236,7 @@ def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_pat
 
 # ---- refusals at load/plan time, and the Qwen2-7B recipes planning offline ---------------------------
 
+
 def _fake_rm_output(folder: Path, model_path: str) -> Path:
     """What `launch plan` reads of an rm run's output.dir: its plan.json and the saved adapter's config."""
     folder.mkdir(parents=True)
@@ -209,14 +246,17 @@ def _fake_rm_output(folder: Path, model_path: str) -> Path:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("overrides,reason", [
-    (["method={name: full}"], "stage: ppo needs method.name: lora, got full"),
-    (["method.variant=pissa", "distributed.zero=2"], "method.variant: pissa cannot run with stage: ppo"),
-    (["distributed.offload=all"], "distributed.offload: all cannot run with stage: ppo"),
-    (["data.val_size=0.1"], "stage: ppo has no evaluation pass"),
-    (["data.packing=greedy"], "data.packing: greedy cannot run with stage: ppo"),
-    (["train.reward_model=null"], "stage: ppo needs train.reward_model"),
-])
+@pytest.mark.parametrize(
+    "overrides,reason",
+    [
+        (["method={name: full}"], "stage: ppo needs method.name: lora, got full"),
+        (["method.variant=pissa", "distributed.zero=2"], "method.variant: pissa cannot run with stage: ppo"),
+        (["distributed.offload=all"], "distributed.offload: all cannot run with stage: ppo"),
+        (["data.val_size=0.1"], "stage: ppo has no evaluation pass"),
+        (["data.packing=greedy"], "data.packing: greedy cannot run with stage: ppo"),
+        (["train.reward_model=null"], "stage: ppo needs train.reward_model"),
+    ],
+)
 def test_ppo_refuses_combinations_that_cannot_run(overrides, reason):
     from launcher.recipe import RecipeError, load_recipe
 
@@ -240,7 +280,9 @@ def test_reward_model_must_be_a_finished_rm_run_on_the_same_base(tmp_path):
         _plan(tmp_path, "recipes/ppo_tiny.yaml", [f"train.reward_model={tmp_path / 'missing'}"])
     sft_run = tmp_path / "sft"
     sft_run.mkdir()
-    (sft_run / "plan.json").write_text(json.dumps({"recipe": {"stage": "sft", "model": {"path": "builtin:tiny-qwen2"}}}))
+    (sft_run / "plan.json").write_text(
+        json.dumps({"recipe": {"stage": "sft", "model": {"path": "builtin:tiny-qwen2"}}})
+    )
     with pytest.raises(RecipeError, match="not the output.dir of a stage: rm run"):
         _plan(tmp_path, "recipes/ppo_tiny.yaml", [f"train.reward_model={sft_run}"])
     other_base = _fake_rm_output(tmp_path / "rm_other", "Qwen/Qwen2-7B-Instruct")

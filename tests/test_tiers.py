@@ -15,9 +15,26 @@ pytestmark = pytest.mark.unit
 
 def _collect(tmp_path, body: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_probe.py").write_text("import pytest\n\n" + body)
-    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "tests.conftest",
-                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), str(tmp_path / "test_probe.py")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "tests.conftest",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(ROOT),
+            str(tmp_path / "test_probe.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_test_without_a_tier_fails_collection_by_name(tmp_path):

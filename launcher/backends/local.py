@@ -55,8 +55,9 @@ def prebuild_ops(plan: dict, env: dict[str, str]) -> None:
     ops = ops_for(plan)
     if ops and not already_built(ops, env["TORCH_EXTENSIONS_DIR"]):
         print(f"[launch] preparing DeepSpeed CPU ops {', '.join(ops)} (compiled once, cached)", flush=True)
-        subprocess.run([sys.executable, "-m", "launcher.backends.prebuild", *ops], env=env, check=True,
-                       preexec_fn=die_with_us())
+        subprocess.run(
+            [sys.executable, "-m", "launcher.backends.prebuild", *ops], env=env, check=True, preexec_fn=die_with_us()
+        )
 
 
 def run_node(plan: dict, node_rank: int) -> int:

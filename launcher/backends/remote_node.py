@@ -40,8 +40,11 @@ def main() -> int:
     try:
         write_plan(plan, plan_file)
         world = plan["world"]  # the first line a user sees from this host, prefixed with its name by node 0
-        print(f"[launch] node {node_rank} of {world['nnodes']} started, {world['nproc_per_node']} {world['device']} "
-              f"processes, rendezvous {world['master_addr']}:{world['master_port']}", flush=True)
+        print(
+            f"[launch] node {node_rank} of {world['nnodes']} started, {world['nproc_per_node']} {world['device']} "
+            f"processes, rendezvous {world['master_addr']}:{world['master_port']}",
+            flush=True,
+        )
         return run_node(plan, node_rank)
     except RecipeError as err:  # e.g. a plan copy folder another user planted
         print(f"launch: error: {err}", file=sys.stderr, flush=True)

@@ -26,11 +26,14 @@ TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE")
 def _first_host(nodelist: str) -> str:
     """The job's first host name, expanded by `scontrol show hostnames` (it owns SLURM's range syntax)."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=60, check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError) as err:
-        raise RecipeError(f"SLURM allocation: `scontrol show hostnames {nodelist}` failed ({err}). "
-                          "Fix: run inside the job with SLURM's tools on PATH, or set distributed.master_addr") from None
+        raise RecipeError(
+            f"SLURM allocation: `scontrol show hostnames {nodelist}` failed ({err}). "
+            "Fix: run inside the job with SLURM's tools on PATH, or set distributed.master_addr"
+        ) from None
     if not out:
         raise RecipeError(f"SLURM allocation: SLURM_JOB_NODELIST={nodelist!r} expands to no host")
     return out[0]
@@ -47,24 +50,34 @@ def allocation(env: dict[str, str] | None = None) -> dict | None:
     job = env["SLURM_JOB_ID"]
     if "SLURM_STEP_ID" not in env:  # the batch script (or salloc's shell), not an srun task
         if int(env["SLURM_NNODES"]) > 1:
-            raise RecipeError(f"SLURM job {job} has {env['SLURM_NNODES']} nodes but `launch` runs once, in the batch "
-                              "script: the other nodes would never join. Fix: `srun --ntasks-per-node=1 launch RECIPE ...`, "
-                              "or write the script with `launch sbatch`")
+            raise RecipeError(
+                f"SLURM job {job} has {env['SLURM_NNODES']} nodes but `launch` runs once, in the batch "
+                "script: the other nodes would never join. Fix: `srun --ntasks-per-node=1 launch RECIPE ...`, "
+                "or write the script with `launch sbatch`"
+            )
         return {"job_id": job, "nnodes": 1, "node_rank": 0, "nodelist": env.get("SLURM_JOB_NODELIST", "")}
     nnodes, tasks = int(env.get("SLURM_STEP_NUM_NODES", env["SLURM_NNODES"])), int(env.get("SLURM_STEP_NUM_TASKS", "1"))
     if tasks != nnodes:
-        raise RecipeError(f"SLURM step {job}.{env['SLURM_STEP_ID']} runs {tasks} tasks on {nnodes} node(s); `launch` "
-                          "starts every process of its node itself. Fix: srun --ntasks-per-node=1")
-    return {"job_id": job, "nnodes": nnodes, "node_rank": int(env.get("SLURM_NODEID", "0")),
-            "nodelist": env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")}
+        raise RecipeError(
+            f"SLURM step {job}.{env['SLURM_STEP_ID']} runs {tasks} tasks on {nnodes} node(s); `launch` "
+            "starts every process of its node itself. Fix: srun --ntasks-per-node=1"
+        )
+    return {
+        "job_id": job,
+        "nnodes": nnodes,
+        "node_rank": int(env.get("SLURM_NODEID", "0")),
+        "nodelist": env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", ""),
+    }
 
 
 def apply_allocation(recipe: dict, alloc: dict) -> None:
     """Take nnodes and (unless the recipe names one) the master address from the allocation."""
     dist = recipe["distributed"]
     if dist["nnodes"] not in (1, alloc["nnodes"]):
-        raise RecipeError(f"distributed.nnodes = {dist['nnodes']} but SLURM job {alloc['job_id']} has "
-                          f"{alloc['nnodes']} node(s). Fix: request {dist['nnodes']} nodes, or leave distributed.nnodes at 1")
+        raise RecipeError(
+            f"distributed.nnodes = {dist['nnodes']} but SLURM job {alloc['job_id']} has "
+            f"{alloc['nnodes']} node(s). Fix: request {dist['nnodes']} nodes, or leave distributed.nnodes at 1"
+        )
     dist["nnodes"] = alloc["nnodes"]
     if dist["master_addr"] is None and alloc["nnodes"] > 1:
         dist["master_addr"] = _first_host(alloc["nodelist"])
@@ -79,8 +92,10 @@ def _check(key: str, value: str, pattern: re.Pattern, fix: str) -> str:
 def _extra_line(item: str) -> str:
     option = item.strip().removeprefix("#SBATCH").strip()
     if not option.startswith("-") or any(c in option for c in "$`\n\r\\"):
-        raise RecipeError(f"slurm.extra: {item!r} is not a literal sbatch option (an option like --exclusive or "
-                          "--mem=0; sbatch expands no variables in #SBATCH lines). Fix: write the literal value")
+        raise RecipeError(
+            f"slurm.extra: {item!r} is not a literal sbatch option (an option like --exclusive or "
+            "--mem=0; sbatch expands no variables in #SBATCH lines). Fix: write the literal value"
+        )
     return option
 
 
@@ -96,12 +111,16 @@ def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path:
     """The sbatch script for a recipe; without a slurm section, nodes and GPUs come from distributed."""
     dist = recipe["distributed"]
     if dist["hostfile"] is not None:
-        raise RecipeError("distributed.hostfile and launch sbatch both choose the nodes. Fix: drop distributed.hostfile "
-                          "(SLURM allocates the nodes)")
+        raise RecipeError(
+            "distributed.hostfile and launch sbatch both choose the nodes. Fix: drop distributed.hostfile "
+            "(SLURM allocates the nodes)"
+        )
     slurm = recipe["slurm"] or slurm_from_distributed(dist)
     if dist["nnodes"] not in (1, slurm["nodes"]):
-        raise RecipeError(f"distributed.nnodes = {dist['nnodes']} but slurm.nodes = {slurm['nodes']}. "
-                          f"Fix: slurm.nodes={dist['nnodes']} (distributed.nnodes may stay 1: it follows the allocation)")
+        raise RecipeError(
+            f"distributed.nnodes = {dist['nnodes']} but slurm.nodes = {slurm['nodes']}. "
+            f"Fix: slurm.nodes={dist['nnodes']} (distributed.nnodes may stay 1: it follows the allocation)"
+        )
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(recipe_file).stem) or "launch"
     options = [f"--job-name={name}", f"--nodes={slurm['nodes']}", "--ntasks-per-node=1"]
     if slurm["gpus_per_node"] > 0:
@@ -110,12 +129,17 @@ def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path:
         options.append(f"--cpus-per-task={slurm['cpus_per_task']}")
     for key in ("partition", "account"):
         if slurm[key] is not None:
-            options.append(f"--{key}={_check(f'slurm.{key}', slurm[key], SAFE_WORD, f'use the {key} name sinfo/sacctmgr shows')}")
+            options.append(
+                f"--{key}={_check(f'slurm.{key}', slurm[key], SAFE_WORD, f'use the {key} name sinfo/sacctmgr shows')}"
+            )
     options.append(f"--time={_check('slurm.time', slurm['time'], TIME, 'write e.g. 24:00:00 or 2-00:00:00')}")
     options.append(f"--output={_check('job log', log_path, SAFE_PATH, 'pass --script PATH without spaces or quotes')}")
     options += [_extra_line(item) for item in slurm["extra"]]
-    port = dist["master_port"] if dist["master_port"] != "auto" else (
-        DEFAULT_MASTER_PORT if slurm["nodes"] > 1 else "a free port")
+    port = (
+        dist["master_port"]
+        if dist["master_port"] != "auto"
+        else (DEFAULT_MASTER_PORT if slurm["nodes"] > 1 else "a free port")
+    )
     launch = [sys.executable, "-m", "launcher.cli", "train", str(Path(recipe_file).resolve()), *overrides]
     master = ' "distributed.master_addr=${MASTER_ADDR}"' if dist["master_addr"] is None else ""
     lines = [
@@ -125,7 +149,7 @@ def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path:
         "set -eu",
         "# rendezvous: the job's first node, a fixed port (distributed.master_port)",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        f"echo \"[launch] SLURM job $SLURM_JOB_ID: $SLURM_NNODES node(s), master $MASTER_ADDR:{port}\"",
+        f'echo "[launch] SLURM job $SLURM_JOB_ID: $SLURM_NNODES node(s), master $MASTER_ADDR:{port}"',
         f"cd {shlex.quote(cwd)}",
         "# one task per node; each `launch` takes its node rank from SLURM_NODEID and starts that node's torchrun agent",
         f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {shlex.join(launch)}{master}",

@@ -38,8 +38,18 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def ssh_argv(dist: dict, host: str) -> list[str]:
     """ssh up to the host name: never prompts (BatchMode), gives up on a dead host, notices a dropped link."""
-    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
-            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+    argv = [
+        "ssh",
+        "-T",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={CONNECT_TIMEOUT}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+    ]
     if dist["ssh_port"] is not None:
         argv += ["-p", str(dist["ssh_port"])]
     return [*argv, *dist["ssh_options"], host]
@@ -54,8 +64,10 @@ def forwarded_env(dist: dict) -> dict[str, str]:
     """The values of distributed.env_forward in this shell (unset names are not sent)."""
     bad = [name for name in dist["env_forward"] if not ENV_NAME.fullmatch(name)]
     if bad:
-        raise RecipeError(f"distributed.env_forward: {listing(map(repr, bad))} is not an environment variable name. "
-                          "Fix: list names like NCCL_SOCKET_IFNAME (letters, digits, _)")
+        raise RecipeError(
+            f"distributed.env_forward: {listing(map(repr, bad))} is not an environment variable name. "
+            "Fix: list names like NCCL_SOCKET_IFNAME (letters, digits, _)"
+        )
     return {name: os.environ[name] for name in dist["env_forward"] if name in os.environ}
 
 
@@ -67,8 +79,13 @@ def _check_host(dist: dict, host: str) -> str | None:
         socket.getaddrinfo(real, None)
     except socket.gaierror as err:
         return f"unknown host {host}" + (f" (ssh config hostname {real})" if real != host else "") + f": {err.strerror}"
-    probe = subprocess.run([*ssh_argv(dist, host), "true"], capture_output=True, text=True,
-                           timeout=CONNECT_TIMEOUT + 20, stdin=subprocess.DEVNULL)
+    probe = subprocess.run(
+        [*ssh_argv(dist, host), "true"],
+        capture_output=True,
+        text=True,
+        timeout=CONNECT_TIMEOUT + 20,
+        stdin=subprocess.DEVNULL,
+    )
     if probe.returncode != 0:
         detail = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit code {probe.returncode}"
         return f"cannot ssh to {host}: {detail}"
@@ -83,9 +100,12 @@ def check_hosts(plan: dict) -> None:
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
         problems = [p for p in pool.map(lambda h: _check_host(dist, h), hosts) if p]
     if problems:
-        raise RecipeError(f"distributed.hostfile {dist['hostfile']}: " + listing(problems, sep="; ") +
-                          ". Fix: check the host names, distributed.ssh_port / ssh_options, and that "
-                          "`ssh HOST true` works from here without a password prompt")
+        raise RecipeError(
+            f"distributed.hostfile {dist['hostfile']}: "
+            + listing(problems, sep="; ")
+            + ". Fix: check the host names, distributed.ssh_port / ssh_options, and that "
+            "`ssh HOST true` works from here without a password prompt"
+        )
 
 
 @dataclass
@@ -111,14 +131,21 @@ def _start(plan: dict, runs: list[NodeRun]) -> None:
     """Start node 0 here and the others over ssh, appending each to runs as soon as it exists."""
     dist = plan["recipe"]["distributed"]
     env = {**os.environ, **plan["env"], **supervisor_env()}
-    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                 start_new_session=True)  # Ctrl-C reaches only us; we stop the nodes in order
-    runs.append(NodeRun(0, plan["nodes"][0]["host"], subprocess.Popen(plan["nodes"][0]["argv"], env=env,
-                                                                      preexec_fn=die_with_us(), **pipes)))
+    pipes = dict(
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True
+    )  # Ctrl-C reaches only us; we stop the nodes in order
+    runs.append(
+        NodeRun(
+            0,
+            plan["nodes"][0]["host"],
+            subprocess.Popen(plan["nodes"][0]["argv"], env=env, preexec_fn=die_with_us(), **pipes),
+        )
+    )
     header = {"plan": plan, "env": forwarded_env(dist)}
     for node in plan["nodes"][1:]:
-        proc = subprocess.Popen([*ssh_argv(dist, node["host"]), remote_command(os.getcwd())],
-                                stdin=subprocess.PIPE, **pipes)
+        proc = subprocess.Popen(
+            [*ssh_argv(dist, node["host"]), remote_command(os.getcwd())], stdin=subprocess.PIPE, **pipes
+        )
         runs.append(NodeRun(node["node_rank"], node["host"], proc))
         try:
             proc.stdin.write(json.dumps({**header, "node_rank": node["node_rank"]}) + "\n")
@@ -155,7 +182,9 @@ def _supervise(runs: list[NodeRun]) -> list[NodeRun]:
         failed += [r for r in runs if r not in failed and r.proc.poll() not in (None, 0)]
         if failed and settle_until is None:
             settle_until = time.monotonic() + SETTLE_SECONDS
-        if settle_until is not None and (time.monotonic() >= settle_until or all(r.proc.poll() is not None for r in runs)):
+        if settle_until is not None and (
+            time.monotonic() >= settle_until or all(r.proc.poll() is not None for r in runs)
+        ):
             return failed
         if all(r.proc.poll() == 0 for r in runs):
             return []
@@ -181,9 +210,16 @@ def run_hostfile(plan: dict) -> int:
         if failed:
             code = failed[0].proc.returncode
             for run in failed:
-                how = "could not be reached or lost its ssh link" if run.remote and run.proc.returncode == 255 else "failed"
-                print(f"[launch] node {run.node_rank} ({run.host}) {how} with exit code {run.proc.returncode}",
-                      file=sys.stderr, flush=True)
+                how = (
+                    "could not be reached or lost its ssh link"
+                    if run.remote and run.proc.returncode == 255
+                    else "failed"
+                )
+                print(
+                    f"[launch] node {run.node_rank} ({run.host}) {how} with exit code {run.proc.returncode}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             print("[launch] stopping the other nodes", file=sys.stderr, flush=True)
     except Interrupted as stop_signal:
         code = 128 + stop_signal.args[0]

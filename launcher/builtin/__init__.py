@@ -82,7 +82,7 @@ def builtin_name(path: str) -> str:
     """``"builtin:tiny-qwen2"`` -> ``"tiny-qwen2"``; ValueError for anything else."""
     if not is_builtin(path):
         raise ValueError(f"{path!r} is not a builtin model path (expected {BUILTIN_PREFIX}<name>)")
-    name = path[len(BUILTIN_PREFIX):]
+    name = path[len(BUILTIN_PREFIX) :]
     if name not in BUILTIN_MODELS:
         known = ", ".join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_MODELS))
         raise ValueError(f"unknown builtin model {path!r}; known builtin models: {known}")

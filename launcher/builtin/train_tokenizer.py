@@ -89,7 +89,7 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{{- '\\n</tools>\\n\\nTo call a function, reply with a JSON object holding its name and arguments "
     "inside <tool_call></tool_call> tags:\\n<tool_call>\\n"
-    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call>' -}}"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call>\' -}}'
     "{%- endif -%}"
     "{{- '<|im_end|>\\n' -}}"
     "{%- for message in loop_messages -%}"
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs = render_outputs(args.corpus, args.dataset)
     if args.check:
         stale = [
-            name for name, text in outputs.items()
+            name
+            for name, text in outputs.items()
             if not (args.out / name).exists() or (args.out / name).read_text(encoding="utf-8") != text
         ]
         if stale:

@@ -71,7 +71,9 @@ class AtomicCheckpoints(TrainerCallback):
 
     def install(self, trainer) -> None:
         if trainer.args.save_total_limit is not None:
-            raise ValueError("AtomicCheckpoints rotates checkpoints itself: leave TrainingArguments.save_total_limit unset")
+            raise ValueError(
+                "AtomicCheckpoints rotates checkpoints itself: leave TrainingArguments.save_total_limit unset"
+            )
         self.trainer = trainer
         stage_checkpoints(trainer, self._staging_dir)  # every checkpoint save asks this for its parent folder
         trainer.add_callback(self)

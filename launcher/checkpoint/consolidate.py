@@ -30,12 +30,23 @@ from launcher.checkpoint.staging import staged_output
 from launcher.errors import CheckpointError
 
 ADAPTER_NAME = "default"
-COPIED_FILES = (ADAPTER_CONFIG, "config.json", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+COPIED_FILES = (
+    ADAPTER_CONFIG,
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
 WINDOW_BYTES = 64 << 20  # reopen the rank files after reading this much: drops the mapped pages already used
 # classes DeepSpeed pickles into its optimizer files; none holds a tensor we need
-DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.utils.tensor_fragment.fragment_address",
-                     "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler")
+DEEPSPEED_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+)
 
 
 class ConsolidateError(CheckpointError):
@@ -57,8 +68,10 @@ def _load(path: Path, *keys: str) -> dict:
     state = load_torch(path, [(_Opaque, name) for name in DEEPSPEED_GLOBALS])
     missing = [key for key in keys if not isinstance(state, dict) or key not in state]
     if missing:
-        raise ConsolidateError(f"{path} holds no {missing[0]!r}: not the DeepSpeed file its name says. "
-                               "Fix: consolidate a complete checkpoint-<step> folder as the run wrote it")
+        raise ConsolidateError(
+            f"{path} holds no {missing[0]!r}: not the DeepSpeed file its name says. "
+            "Fix: consolidate a complete checkpoint-<step> folder as the run wrote it"
+        )
     return state
 
 
@@ -69,14 +82,19 @@ def _optimizer_state(path: Path) -> dict:
 def _rank_files(step_dir: Path, suffix: str, world: int | None = None) -> list[Path]:
     """Every rank's *zero_pp_rank_<r>_*<suffix> file, in rank order; with `world`, one per rank or
     ConsolidateError naming the missing ones."""
-    files = {int(m[1]): p for p in step_dir.glob(f"*zero_pp_rank_*{suffix}")
-             if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))}
+    files = {
+        int(m[1]): p
+        for p in step_dir.glob(f"*zero_pp_rank_*{suffix}")
+        if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))
+    }
     named = next(iter(files.values()), Path(f"zero_pp_rank_0_mp_rank_00{suffix}")).name  # a present rank's name
     missing = [re.sub(r"zero_pp_rank_\d+_", f"zero_pp_rank_{r}_", named) for r in range(world or 0) if r not in files]
     if world is not None and (missing or len(files) != world):
-        raise ConsolidateError(f"{step_dir} should hold {world} *{suffix} files, one per rank, and holds {len(files)}"
-                               f"{' (missing: ' + ', '.join(missing) + ')' if missing else ''}: the checkpoint is "
-                               "incomplete. Fix: copy the missing files, or consolidate another complete checkpoint")
+        raise ConsolidateError(
+            f"{step_dir} should hold {world} *{suffix} files, one per rank, and holds {len(files)}"
+            f"{' (missing: ' + ', '.join(missing) + ')' if missing else ''}: the checkpoint is "
+            "incomplete. Fix: copy the missing files, or consolidate another complete checkpoint"
+        )
     return [files[r] for r in sorted(files)]
 
 
@@ -88,8 +106,10 @@ def zero_tag(checkpoint: Path) -> str:
     else:
         tags = sorted(p.name for p in checkpoint.glob("global_step*") if p.is_dir())
         if not tags:
-            raise ConsolidateError(f"{checkpoint} holds no DeepSpeed ZeRO shards (no `latest` file, no global_step* "
-                                   "folder). Fix: pass an output.dir/checkpoint-<step> folder of a DeepSpeed run")
+            raise ConsolidateError(
+                f"{checkpoint} holds no DeepSpeed ZeRO shards (no `latest` file, no global_step* "
+                "folder). Fix: pass an output.dir/checkpoint-<step> folder of a DeepSpeed run"
+            )
         tag = tags[-1]
     if not (checkpoint / tag).is_dir():
         raise ConsolidateError(f"{checkpoint}/latest names {tag!r}, which is missing: the checkpoint is incomplete")
@@ -131,25 +151,38 @@ def read_layout(step_dir: Path) -> ZeroCheckpoint:
     """The layout of a global_step folder; tensors stay on disk (memory-mapped) until produced."""
     optim_files = _rank_files(step_dir, "_optim_states.pt")
     if not optim_files:
-        raise ConsolidateError(f"{step_dir} holds no *_optim_states.pt files: not a ZeRO checkpoint "
-                               "(or saved without optimizer state). Fix: consolidate a checkpoint of a ZeRO-1/2/3 run")
+        raise ConsolidateError(
+            f"{step_dir} holds no *_optim_states.pt files: not a ZeRO checkpoint "
+            "(or saved without optimizer state). Fix: consolidate a checkpoint of a ZeRO-1/2/3 run"
+        )
     first = _optimizer_state(optim_files[0])
     stage = 3 if "fp32_flat_groups" in first else 2
     count = first["partition_count"]
     world = max(count) if isinstance(count, list) else count
     optim_files = _rank_files(step_dir, "_optim_states.pt", world)
-    model_files = (_rank_files(step_dir, "_model_states.pt", world) if stage == 3
-                   else [step_dir / "mp_rank_00_model_states.pt"])
+    model_files = (
+        _rank_files(step_dir, "_model_states.pt", world) if stage == 3 else [step_dir / "mp_rank_00_model_states.pt"]
+    )
     models = [_load(path, "module", "buffer_names", "param_shapes", "shared_params") for path in model_files]
     head = models[0]
-    buffers = {k: v.float() if v.is_floating_point() else v.clone()
-               for k, v in head["module"].items() if k in head["buffer_names"]}
+    buffers = {
+        k: v.float() if v.is_floating_point() else v.clone()
+        for k, v in head["module"].items()
+        if k in head["buffer_names"]
+    }
     frozen_shapes = head.get("frozen_param_shapes") or {}
     frozen = {name: [m["frozen_param_fragments"][name] for m in models] for name in frozen_shapes}
     return ZeroCheckpoint(
-        stage=stage, world=world, param_shapes=head["param_shapes"], paddings=first.get("param_alignment_paddings"),
-        buffers=buffers, frozen=frozen, frozen_shapes=frozen_shapes, shared=dict(head["shared_params"]),
-        files=RankFiles(optim_files, "fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"))
+        stage=stage,
+        world=world,
+        param_shapes=head["param_shapes"],
+        paddings=first.get("param_alignment_paddings"),
+        buffers=buffers,
+        frozen=frozen,
+        frozen_shapes=frozen_shapes,
+        shared=dict(head["shared_params"]),
+        files=RankFiles(optim_files, "fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"),
+    )
 
 
 def _cut(pieces: list[torch.Tensor], start: int, length: int) -> list[torch.Tensor]:
@@ -200,8 +233,14 @@ def state_tensors(ckpt: ZeroCheckpoint, include_frozen: bool):
     if include_frozen:
         for name, shape in ckpt.frozen_shapes.items():
             fragments = ckpt.frozen[name]
-            entries.append((name, shape, fragments[0].dtype,  # as saved, like zero_to_fp32
-                            lambda f=fragments, s=shape: torch.cat(f)[:s.numel()].view(s)))
+            entries.append(
+                (
+                    name,
+                    shape,
+                    fragments[0].dtype,  # as saved, like zero_to_fp32
+                    lambda f=fragments, s=shape: torch.cat(f)[: s.numel()].view(s),
+                )
+            )
     entries += [(name, shape, torch.float32, produce) for name, shape, produce in trainable_tensors(ckpt)]
     by_name = {name: entry for name, *entry in entries}
     entries += [(alias, *by_name[name]) for alias, name in ckpt.shared.items() if name in by_name]
@@ -245,8 +284,11 @@ def _write(checkpoint: Path, ckpt: ZeroCheckpoint, adapter_config: dict | None, 
 
     if adapter_config is not None:  # adapters are small: gather, rename to PEFT's keys, save
         named = {name: produce() for name, _, produce in trainable_tensors(ckpt)}
-        value_head = {k.removeprefix(VALUE_HEAD_PREFIX): t.contiguous() for k, t in named.items()
-                      if k.startswith(VALUE_HEAD_PREFIX)}
+        value_head = {
+            k.removeprefix(VALUE_HEAD_PREFIX): t.contiguous()
+            for k, t in named.items()
+            if k.startswith(VALUE_HEAD_PREFIX)
+        }
         if value_head:  # a ppo run: the policy's adapter, and the value head in its own file, as its save writes them
             named = {k.removeprefix(POLICY_PREFIX): t for k, t in named.items() if k.startswith(POLICY_PREFIX)}
             save_file(value_head, str(out / VALUE_HEAD), metadata={"format": "pt"})

@@ -30,8 +30,10 @@ def read_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} cannot be read ({err}). Fix: restore the file") from None
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); the file is damaged or "
-                              "truncated. Fix: restore it from the run that wrote it") from None
+        raise CheckpointError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}); the file is damaged or "
+            "truncated. Fix: restore it from the run that wrote it"
+        ) from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object. Fix: restore the file")
     return value
@@ -48,14 +50,16 @@ def safetensors_header(path: Path) -> dict[str, dict]:
             head = f.read(8)
             length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
             if length is None or length > size - 8:
-                raise CheckpointError(f"{path} is not a safetensors file or is truncated ({size} bytes, "
-                                      f"too short for its header). {fix}")
+                raise CheckpointError(
+                    f"{path} is not a safetensors file or is truncated ({size} bytes, too short for its header). {fix}"
+                )
             header = json.loads(f.read(length))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing. {fix}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON): the file is damaged. "
-                              f"{fix}") from None
+        raise CheckpointError(
+            f"{path} is not a safetensors file (its header is not JSON): the file is damaged. {fix}"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object). {fix}")
     tensors = {name: info for name, info in header.items() if name != "__metadata__"}
@@ -64,8 +68,10 @@ def safetensors_header(path: Path) -> dict[str, dict]:
     except (TypeError, KeyError, IndexError):
         raise CheckpointError(f"{path} is not a safetensors file (a header entry lacks data_offsets). {fix}") from None
     if 8 + length + end != size:
-        raise CheckpointError(f"{path} is truncated or damaged: its header describes {8 + length + end} bytes and "
-                              f"the file holds {size}. {fix}")
+        raise CheckpointError(
+            f"{path} is truncated or damaged: its header describes {8 + length + end} bytes and "
+            f"the file holds {size}. {fix}"
+        )
     return tensors
 
 
@@ -80,8 +86,10 @@ def safetensors_files(folder: Path, prefix: str = "model") -> list[Path] | None:
         files = [folder / name for name in sorted(set(weight_map.values()))]
         missing = [p.name for p in files if not p.is_file()]
         if missing:
-            raise CheckpointError(f"{index} lists {len(files)} shards and {', '.join(missing)} is missing from "
-                                  f"{folder}: the model is incomplete. Fix: copy the missing shards")
+            raise CheckpointError(
+                f"{index} lists {len(files)} shards and {', '.join(missing)} is missing from "
+                f"{folder}: the model is incomplete. Fix: copy the missing shards"
+            )
     elif (folder / f"{prefix}.safetensors").is_file():
         files = [folder / f"{prefix}.safetensors"]
     else:
@@ -106,8 +114,10 @@ def adapter_config(adapter: Path) -> dict:
     """The config of a PEFT adapter folder, after checking that its weights file is whole."""
     adapter = Path(adapter)
     if not (adapter / ADAPTER_CONFIG).is_file():
-        raise CheckpointError(f"--adapter {adapter} has no {ADAPTER_CONFIG}: not a PEFT adapter folder. "
-                              "Fix: pass a run's output.dir or a `launch consolidate` output")
+        raise CheckpointError(
+            f"--adapter {adapter} has no {ADAPTER_CONFIG}: not a PEFT adapter folder. "
+            "Fix: pass a run's output.dir or a `launch consolidate` output"
+        )
     config = read_json(adapter / ADAPTER_CONFIG)
     safetensors_header(adapter / ADAPTER_WEIGHTS)
     return config
@@ -122,9 +132,12 @@ def load_torch(path: Path, safe_globals: list = ()):
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete. Fix: consolidate a complete "
-                              "checkpoint-<step> folder") from None
+        raise CheckpointError(
+            f"{path} is missing: the checkpoint is incomplete. Fix: consolidate a complete checkpoint-<step> folder"
+        ) from None
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
         reason = str(err).split(". ")[0][:120] or type(err).__name__  # torch's first sentence
-        raise CheckpointError(f"{path} is truncated or damaged: torch.load cannot read it ({reason}). "
-                              "Fix: restore the file, or consolidate an earlier complete checkpoint-<step>") from None
+        raise CheckpointError(
+            f"{path} is truncated or damaged: torch.load cannot read it ({reason}). "
+            "Fix: restore the file, or consolidate an earlier complete checkpoint-<step>"
+        ) from None

@@ -53,8 +53,9 @@ def sha256_all(paths: list[Path]) -> list[str]:
 
 def _files(checkpoint: Path) -> list[Path]:
     """Every file of the checkpoint except the manifests themselves, as relative paths."""
-    return sorted(p.relative_to(checkpoint) for p in checkpoint.rglob("*")
-                  if p.is_file() and not p.match(MANIFEST_GLOB))
+    return sorted(
+        p.relative_to(checkpoint) for p in checkpoint.rglob("*") if p.is_file() and not p.match(MANIFEST_GLOB)
+    )
 
 
 def write_manifest(checkpoint: Path, node_rank: int, nodes: list[int], run: dict) -> Path:
@@ -62,9 +63,15 @@ def write_manifest(checkpoint: Path, node_rank: int, nodes: list[int], run: dict
     files = _files(checkpoint)
     digests = sha256_all([checkpoint / rel for rel in files])
     manifest = {
-        "launcher": LAUNCHER, "version": _launcher_version(), "node_rank": node_rank, "nodes": nodes, "run": run,
-        "files": {str(rel): {"size": (checkpoint / rel).stat().st_size, "sha256": digest}
-                  for rel, digest in zip(files, digests)},
+        "launcher": LAUNCHER,
+        "version": _launcher_version(),
+        "node_rank": node_rank,
+        "nodes": nodes,
+        "run": run,
+        "files": {
+            str(rel): {"size": (checkpoint / rel).stat().st_size, "sha256": digest}
+            for rel, digest in zip(files, digests)
+        },
     }
     path = checkpoint / manifest_name(node_rank)
     tmp = path.with_suffix(".tmp")
@@ -81,7 +88,11 @@ def read_manifests(checkpoint: Path) -> list[dict]:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise CheckpointDamaged(f"{path} is not a readable manifest ({err})") from None
-        if not isinstance(manifest, dict) or manifest.get("launcher") != LAUNCHER or not isinstance(manifest.get("files"), dict):
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("launcher") != LAUNCHER
+            or not isinstance(manifest.get("files"), dict)
+        ):
             raise CheckpointDamaged(f"{path} is not a manifest written by {LAUNCHER}")
         manifests.append(manifest)
     return manifests
@@ -95,7 +106,8 @@ def verify(checkpoint: Path, manifests: list[dict], say=print) -> None:
         raise CheckpointDamaged(
             f"{checkpoint} holds the files of node(s) {sorted(covered)} only; node(s) {missing} published theirs on "
             f"their own disks ({', '.join(manifest_name(k) for k in missing)} missing). Fix: copy every node's "
-            f"output.dir/{checkpoint.name} into this folder (docs/multinode.md)")
+            f"output.dir/{checkpoint.name} into this folder (docs/multinode.md)"
+        )
     listed = {rel: entry for manifest in manifests for rel, entry in manifest["files"].items()}
     for rel in map(str, _files(checkpoint)):
         if rel not in listed:
@@ -111,4 +123,6 @@ def verify(checkpoint: Path, manifests: list[dict], say=print) -> None:
     digests = sha256_all([checkpoint / rel for rel in listed])
     for (rel, entry), digest in zip(listed.items(), digests):
         if digest != entry["sha256"]:
-            raise CheckpointDamaged(f"{checkpoint / rel} does not match its sha256 in the manifest (changed after the save)")
+            raise CheckpointDamaged(
+                f"{checkpoint / rel} does not match its sha256 in the manifest (changed after the save)"
+            )

@@ -48,11 +48,15 @@ def _pattern_value(patterns: dict, module: str, default):
 
 def _check_adapter(config: dict, adapter: Path) -> None:
     if config.get("peft_type") != "LORA":
-        raise MergeError(f"{adapter} is a {config.get('peft_type')} adapter: only LoRA-family adapters fold into the "
-                         "weights. Fix: use it unmerged (`launch chat --adapter`, PeftModel.from_pretrained)")
+        raise MergeError(
+            f"{adapter} is a {config.get('peft_type')} adapter: only LoRA-family adapters fold into the "
+            "weights. Fix: use it unmerged (`launch chat --adapter`, PeftModel.from_pretrained)"
+        )
     if str(config.get("init_lora_weights")).lower().startswith("pissa"):
-        raise MergeError(f"{adapter} is a PiSSA adapter still expressed over the residual base it trained on. Fix: merge "
-                         "the run's final adapter (output.dir), which the launcher converts to plain LoRA")
+        raise MergeError(
+            f"{adapter} is a PiSSA adapter still expressed over the residual base it trained on. Fix: merge "
+            "the run's final adapter (output.dir), which the launcher converts to plain LoRA"
+        )
     if config.get("lora_bias"):
         raise MergeError(f"{adapter} trains LoRA biases (lora_bias), which merge does not fold yet")
 
@@ -61,14 +65,18 @@ def _base_layout(base_dir: Path) -> dict[str, tuple[Path, torch.dtype, torch.Siz
     """name -> (file, stored dtype, shape) of every tensor of the base, from the safetensors headers."""
     files = safetensors_files(base_dir)
     if files is None:
-        raise MergeError(f"base {base_dir} has no model.safetensors(.index.json). Fix: pass a base saved as safetensors "
-                         "(AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir))")
+        raise MergeError(
+            f"base {base_dir} has no model.safetensors(.index.json). Fix: pass a base saved as safetensors "
+            "(AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir))"
+        )
     layout = {}
     for path in files:
         for name, info in safetensors_header(path).items():
             if info.get("dtype") not in STORED_DTYPES:
-                raise MergeError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which merge does not read. "
-                                 "Fix: pass a base stored in F32, F16 or BF16")
+                raise MergeError(
+                    f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which merge does not read. "
+                    "Fix: pass a base stored in F32, F16 or BF16"
+                )
             layout[name] = (path, STORED_DTYPES[info["dtype"]], torch.Size(info["shape"]))
     return layout
 
@@ -80,10 +88,14 @@ def _base_folder(base: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(base, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.py", "tokenizer*"]))
+        return Path(
+            snapshot_download(base, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.py", "tokenizer*"])
+        )
     except Exception as err:  # offline, unknown repo, no access: one line, not a hub traceback
-        raise MergeError(f"base {base!r} is neither a folder nor a reachable hub model ({type(err).__name__}). "
-                         "Fix: pass the base model's local folder") from None
+        raise MergeError(
+            f"base {base!r} is neither a folder nor a reachable hub model ({type(err).__name__}). "
+            "Fix: pass the base model's local folder"
+        ) from None
 
 
 def qlora_note(adapter: Path) -> str | None:
@@ -91,8 +103,10 @@ def qlora_note(adapter: Path) -> str | None:
     plan = run_plan(adapter)
     quant = plan["recipe"]["model"].get("quantization") if plan else None
     if quant:
-        return (f"adapter trained with QLoRA over a {quant['bits']}-bit base: merged into the full-precision "
-                "base, so the merged model is the adapter over the unquantized weights")
+        return (
+            f"adapter trained with QLoRA over a {quant['bits']}-bit base: merged into the full-precision "
+            "base, so the merged model is the adapter over the unquantized weights"
+        )
     return None
 
 
@@ -108,40 +122,55 @@ class LoraDeltas:
         for key, tensor in load_file(adapter / ADAPTER_WEIGHTS).items():
             name = key.removeprefix(PEFT_PREFIX)
             if match := LORA_KEY.match(name):
-                self.modules.setdefault(match["module"] + ".weight", {})[match["part"] or match["dora"]] = tensor.float()
+                self.modules.setdefault(match["module"] + ".weight", {})[match["part"] or match["dora"]] = (
+                    tensor.float()
+                )
             elif any(re.search(rf"(^|\.){re.escape(m)}\.[^.]+$", name) for m in config.get("modules_to_save") or ()):
                 self.replaced[name] = tensor  # a fully trained copy (additional_target) replaces the base tensor
             else:
-                raise MergeError(f"{adapter}: adapter tensor {key!r} is of a kind merge does not fold "
-                                 "(e.g. LoRA on embeddings). Fix: use the adapter unmerged")
+                raise MergeError(
+                    f"{adapter}: adapter tensor {key!r} is of a kind merge does not fold "
+                    "(e.g. LoRA on embeddings). Fix: use the adapter unmerged"
+                )
 
     def check_shapes(self, layout: dict[str, tuple[Path, torch.dtype, torch.Size]]) -> None:
         """Refuse an adapter whose tensors do not fit the base's (another model, or a damaged file)."""
         missing = sorted((set(self.modules) | set(self.replaced)) - set(layout))
         if missing:
-            raise MergeError(f"adapter {self.adapter} adapts weights the base does not have ({missing[:3]}...). "
-                             "Fix: pass the base model the adapter was trained on")
+            raise MergeError(
+                f"adapter {self.adapter} adapts weights the base does not have ({missing[:3]}...). "
+                "Fix: pass the base model the adapter was trained on"
+            )
         for name, parts in self.modules.items():
             path, _, shape = layout[name]
             if "lora_A" not in parts or "lora_B" not in parts:
-                raise MergeError(f"{self.adapter / ADAPTER_WEIGHTS}: {name} has only one of lora_A/lora_B: the "
-                                 "adapter is damaged. Fix: restore it")
+                raise MergeError(
+                    f"{self.adapter / ADAPTER_WEIGHTS}: {name} has only one of lora_A/lora_B: the "
+                    "adapter is damaged. Fix: restore it"
+                )
             out_features, rank = parts["lora_B"].shape
             expected = (out_features, parts["lora_A"].shape[-1])
             expected = expected[::-1] if self.config.get("fan_in_fan_out") else expected
             magnitude = parts.get("lora_magnitude_vector")
-            if rank != parts["lora_A"].shape[0] or tuple(shape) != expected or (
-                    magnitude is not None and magnitude.numel() != out_features):
-                raise MergeError(f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
-                                 f"{tuple(shape)} in the base, the adapter's update is {expected} (lora_A "
-                                 f"{tuple(parts['lora_A'].shape)}, lora_B {tuple(parts['lora_B'].shape)}). "
-                                 "Fix: pass the base model the adapter was trained on")
+            if (
+                rank != parts["lora_A"].shape[0]
+                or tuple(shape) != expected
+                or (magnitude is not None and magnitude.numel() != out_features)
+            ):
+                raise MergeError(
+                    f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
+                    f"{tuple(shape)} in the base, the adapter's update is {expected} (lora_A "
+                    f"{tuple(parts['lora_A'].shape)}, lora_B {tuple(parts['lora_B'].shape)}). "
+                    "Fix: pass the base model the adapter was trained on"
+                )
         for name, tensor in self.replaced.items():
             path, _, shape = layout[name]
             if tensor.shape != shape:
-                raise MergeError(f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
-                                 f"{tuple(shape)} in the base and {tuple(tensor.shape)} in the adapter. "
-                                 "Fix: pass the base model the adapter was trained on")
+                raise MergeError(
+                    f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
+                    f"{tuple(shape)} in the base and {tuple(tensor.shape)} in the adapter. "
+                    "Fix: pass the base model the adapter was trained on"
+                )
 
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """The merged fp32 value of base tensor `name`."""
@@ -153,7 +182,7 @@ class LoraDeltas:
         module = name.removesuffix(".weight")
         rank = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config["r"])
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
-        scaling = alpha / rank ** 0.5 if self.config.get("use_rslora") else alpha / rank
+        scaling = alpha / rank**0.5 if self.config.get("use_rslora") else alpha / rank
         fan_in_fan_out = self.config.get("fan_in_fan_out", False)
         delta = parts["lora_B"] @ parts["lora_A"] * scaling  # in the (out, in) orientation of B @ A
         oriented = delta.T if fan_in_fan_out else delta  # ... and in the stored weight's orientation
@@ -181,9 +210,11 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
     config = read_json(base_dir / "config.json")
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "quantized")
-        raise MergeError(f"base {base} is quantized ({method}): its weights are stored as packed low-bit blocks, and "
-                         "adding a LoRA update to them would either be rounded away or produce a model no loader reads. "
-                         "Fix: pass the full-precision base model the quantized one was made from")
+        raise MergeError(
+            f"base {base} is quantized ({method}): its weights are stored as packed low-bit blocks, and "
+            "adding a LoRA update to them would either be rounded away or produce a model no loader reads. "
+            "Fix: pass the full-precision base model the quantized one was made from"
+        )
     _check_adapter(lora_config, adapter)
     deltas = LoraDeltas(adapter, lora_config)
     layout = _base_layout(base_dir)
@@ -196,9 +227,15 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
             tensor = handle.get_tensor(name)
         return deltas.apply(name, tensor.float()).to(target) if floating else tensor
 
-    entries = [(name, shape, target if stored.is_floating_point else stored,
-                lambda p=path, n=name, f=stored.is_floating_point: produce(p, n, f))
-               for name, (path, stored, shape) in layout.items()]
+    entries = [
+        (
+            name,
+            shape,
+            target if stored.is_floating_point else stored,
+            lambda p=path, n=name, f=stored.is_floating_point: produce(p, n, f),
+        )
+        for name, (path, stored, shape) in layout.items()
+    ]
     config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     config.pop("torch_dtype", None)
     with staged_output(out) as stage:

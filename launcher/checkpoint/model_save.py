@@ -16,7 +16,9 @@ from launcher.compat import rank_save
 
 def save_from_live_tensors(trainer, plan: dict) -> None:
     """Replace trainer.save_model (also used for checkpoints) in DeepSpeed ZeRO-0/1/2 runs."""
-    if plan["deepspeed"] is None or plan["recipe"]["distributed"]["zero"] == 3:  # the user's JSON's stage too (ds_user_config)
+    if (
+        plan["deepspeed"] is None or plan["recipe"]["distributed"]["zero"] == 3
+    ):  # the user's JSON's stage too (ds_user_config)
         return
 
     def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -46,6 +46,9 @@ def zero_shard_ranks(checkpoint: str | Path) -> int | None:
     folders = [checkpoint / tag] if tag else sorted(checkpoint.glob("global_step*"))
     if not folders or not folders[-1].is_dir():
         return None
-    ranks = {int(m.group(1)) for p in folders[-1].glob("*optim_states.pt")
-             if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))}
+    ranks = {
+        int(m.group(1))
+        for p in folders[-1].glob("*optim_states.pt")
+        if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))
+    }
     return len(ranks) or None

@@ -27,9 +27,17 @@ def run_identity(plan: dict) -> dict:
     """What a checkpoint's manifest records about the run that wrote it."""
     recipe, world = plan["recipe"], plan["world"]
     method = recipe["method"]
-    return {"run_id": plan.get("run_id"), "model": recipe["model"]["path"], "stage": recipe["stage"],
-            "method": method["name"], "rank": method.get("rank"), "target": method.get("target"),
-            "world_size": world["world_size"], "nnodes": world["nnodes"], "nproc_per_node": world["nproc_per_node"]}
+    return {
+        "run_id": plan.get("run_id"),
+        "model": recipe["model"]["path"],
+        "stage": recipe["stage"],
+        "method": method["name"],
+        "rank": method.get("rank"),
+        "target": method.get("target"),
+        "world_size": world["world_size"],
+        "nnodes": world["nnodes"],
+        "nproc_per_node": world["nproc_per_node"],
+    }
 
 
 def _say(line: str) -> None:
@@ -45,20 +53,28 @@ def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
             "restores a ZeRO optimizer state only into the world size that saved it. Fix: resume with "
             f"{ranks} processes (distributed.nproc_per_node x nnodes = {ranks}), or `launch consolidate {checkpoint} "
             "--out DIR` and start a new run from DIR (model.path=DIR for a full run, model.adapter=DIR for a LoRA run; "
-            "the optimizer state restarts)")
+            "the optimizer state restarts)"
+        )
 
 
 def _refuse_other_recipe(checkpoint: Path, saved: dict, plan: dict) -> None:
     ours = run_identity(plan)
-    keys = {"model": "model.path", "stage": "stage", "method": "method.name", "rank": "method.rank",
-            "target": "method.target", "world_size": "distributed.nproc_per_node x nnodes"}
+    keys = {
+        "model": "model.path",
+        "stage": "stage",
+        "method": "method.name",
+        "rank": "method.rank",
+        "target": "method.target",
+        "world_size": "distributed.nproc_per_node x nnodes",
+    }
     for key in MATCHED:
         if key in saved and saved[key] != ours[key]:
             raise RecipeError(
                 f"train.resume: {checkpoint} was written with {keys[key]} = {saved[key]!r}, this recipe has "
                 f"{ours[key]!r}: its weights and optimizer state do not fit this run. Fix: {keys[key]}={saved[key]!r} "
                 "to continue that run, or start a new one (train.resume=none with another output.dir, or "
-                "output.overwrite=true)")
+                "output.overwrite=true)"
+            )
 
 
 def _untrusted(checkpoint: Path) -> RecipeError:
@@ -66,7 +82,8 @@ def _untrusted(checkpoint: Path) -> RecipeError:
         f"train.resume: {checkpoint} has no checksum manifest written by this launcher (launcher-manifest-node0.json), "
         "so nothing shows that its pickled files (*_model_states.pt, *_optim_states.pt, which resuming unpickles "
         "with code execution on every rank) are the ones a run saved. Fix: train.trust_checkpoint=true if you know "
-        "where this checkpoint comes from (docs/checkpoints.md), or start a new run")
+        "where this checkpoint comes from (docs/checkpoints.md), or start a new run"
+    )
 
 
 def check_checkpoint(checkpoint: Path, plan: dict) -> None:
@@ -86,13 +103,17 @@ def check_checkpoint(checkpoint: Path, plan: dict) -> None:
 def _explicit(resume: str, plan: dict) -> Path:
     checkpoint = Path(resume)
     if not (checkpoint / "trainer_state.json").is_file():
-        raise RecipeError(f"train.resume = {resume!r} is not a complete checkpoint (no trainer_state.json). "
-                          "Fix: point it at an output.dir/checkpoint-<step> folder, or use auto")
+        raise RecipeError(
+            f"train.resume = {resume!r} is not a complete checkpoint (no trainer_state.json). "
+            "Fix: point it at an output.dir/checkpoint-<step> folder, or use auto"
+        )
     try:
         check_checkpoint(checkpoint, plan)
     except CheckpointDamaged as err:
-        raise RecipeError(f"train.resume = {resume!r} is damaged: {err}. Fix: resume an intact checkpoint "
-                          "(train.resume=auto takes the newest intact one), or start a new run") from None
+        raise RecipeError(
+            f"train.resume = {resume!r} is damaged: {err}. Fix: resume an intact checkpoint "
+            "(train.resume=auto takes the newest intact one), or start a new run"
+        ) from None
     return checkpoint
 
 
@@ -108,13 +129,17 @@ def _newest_intact(plan: dict) -> Path | None:
             _say(f"[launch] train.resume=auto: {checkpoint.name} is damaged ({err}); trying the next older checkpoint")
             continue
         if damaged:
-            _say(f"[launch] train.resume=auto: {', '.join(damaged)} damaged; falling back to {checkpoint.name}, the newest "
-                 "intact checkpoint")
+            _say(
+                f"[launch] train.resume=auto: {', '.join(damaged)} damaged; falling back to {checkpoint.name}, the newest "
+                "intact checkpoint"
+            )
         return checkpoint
     if damaged:
-        raise RecipeError(f"train.resume=auto: every checkpoint in output.dir = {plan['output_dir']!r} is damaged "
-                          f"({', '.join(damaged)}; reasons above). Fix: output.overwrite=true to start again, or "
-                          "restore a checkpoint from a backup")
+        raise RecipeError(
+            f"train.resume=auto: every checkpoint in output.dir = {plan['output_dir']!r} is damaged "
+            f"({', '.join(damaged)}; reasons above). Fix: output.overwrite=true to start again, or "
+            "restore a checkpoint from a backup"
+        )
     return None
 
 
@@ -143,4 +168,3 @@ def restart_checkpoint(plan: dict) -> str | None:
         if manifests and plan.get("run_id") and manifests[0]["run"].get("run_id") == plan["run_id"]:
             return str(checkpoint)
     return plan.get("resume_from")
-

@@ -19,9 +19,18 @@ import torch
 
 from launcher.errors import CheckpointError
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-                      torch.uint8: "U8", torch.bool: "BOOL"}
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 Entry = tuple[str, torch.Size, torch.dtype, Callable[[], torch.Tensor]]  # name, shape, dtype, producer
 
@@ -46,7 +55,11 @@ def write_file(entries: list[Entry], path: Path) -> None:
     header, offset = {}, 0
     for name, shape, dtype, _ in entries:
         size = _nbytes(shape, dtype)
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -57,7 +70,9 @@ def write_file(entries: list[Entry], path: Path) -> None:
         for name, shape, dtype, produce in entries:
             tensor = produce()
             if tensor.shape != shape or tensor.dtype != dtype:
-                raise ValueError(f"{name}: produced {tuple(tensor.shape)} {tensor.dtype}, declared {tuple(shape)} {dtype}")
+                raise ValueError(
+                    f"{name}: produced {tuple(tensor.shape)} {tensor.dtype}, declared {tuple(shape)} {dtype}"
+                )
             f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
@@ -81,7 +96,9 @@ def write_shards(entries: Iterable[Entry], out: Path, max_shard_size: str | int,
     for name, shard in zip(names, shards):
         write_file(shard, out / name)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(_nbytes(e[1], e[2]) for s in shards for e in s)},
-                 "weight_map": {e[0]: name for name, s in zip(names, shards) for e in s}}
+        index = {
+            "metadata": {"total_size": sum(_nbytes(e[1], e[2]) for s in shards for e in s)},
+            "weight_map": {e[0]: name for name, s in zip(names, shards) for e in s},
+        }
         (out / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return [out / name for name in names]

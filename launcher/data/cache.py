@@ -106,6 +106,7 @@ def cache_key(stage: str, names: list[str], data_cfg: dict, tokenizer, settings:
 
 # ---- one entry on disk -----------------------------------------------------------------------------------
 
+
 def _write(folder: Path, data: Tokenized) -> None:
     """Arrays first, the manifest (with each file's size and sha256) last."""
     counts = {len(column) for column in data.columns.values()}
@@ -163,6 +164,7 @@ def _publish(entry: Path, data: Tokenized) -> None:
 
 # ---- who builds ------------------------------------------------------------------------------------------
 
+
 class _BuildLock:
     """An exclusive flock on `<entry>.lock`: the kernel releases it when its holder exits, even by a crash, so a
     dead builder never blocks the others. The file stays; it holds the current builder's host and pid."""
@@ -180,8 +182,10 @@ class _BuildLock:
             return False
         except OSError as err:
             os.close(fd)
-            raise DataError(f"data cache: cannot lock {self.path} ({err.strerror}): this file system has no file "
-                            "locks. Fix: set data.cache_dir to a local or lockable folder, or data.cache: false") from None
+            raise DataError(
+                f"data cache: cannot lock {self.path} ({err.strerror}): this file system has no file "
+                "locks. Fix: set data.cache_dir to a local or lockable folder, or data.cache: false"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode())
         self.fd = fd
@@ -240,17 +244,26 @@ def load_or_build(entry: Path, build: Callable[[], Tokenized], timeout_s: float,
             finally:
                 lock.release()
         if time.monotonic() > deadline:
-            raise DataError(f"data cache: waited {timeout_s:.0f} s for another process to build {entry} "
-                            f"(the builder holding {lock.path}: {lock.holder()}). Fix: check that process (is it "
-                            "stuck?), or set data.cache: false to tokenize in every process")
+            raise DataError(
+                f"data cache: waited {timeout_s:.0f} s for another process to build {entry} "
+                f"(the builder holding {lock.path}: {lock.holder()}). Fix: check that process (is it "
+                "stuck?), or set data.cache: false to tokenize in every process"
+            )
         if not announced:
             log.info("data cache: waiting for %s (being built by %s)", entry, lock.holder())
             announced = True
         time.sleep(poll_s)
 
 
-def cached(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-           build: Callable[[], Tokenized], timeout_s: float = WAIT_S) -> Tokenized:
+def cached(
+    stage: str,
+    names: list[str],
+    data_cfg: dict,
+    tokenizer,
+    settings: dict,
+    build: Callable[[], Tokenized],
+    timeout_s: float = WAIT_S,
+) -> Tokenized:
     """build()'s result through the cache (data.cache, data.cache_dir); `settings` holds what else the tokens
     depend on (template, stage options). With data.cache: false, build() runs in every process."""
     if not data_cfg.get("cache", True):
@@ -269,9 +282,18 @@ def _same(row: dict) -> dict:
     return row
 
 
-def cached_data(shape: type[Data], kind: str, names: list[str], data_cfg: dict, tokenizer, settings: dict,
-                build: Callable[[], Data], timeout_s: float = WAIT_S, store: Callable[[dict], dict] = _same,
-                load: Callable[[dict], dict] = _same) -> Data:
+def cached_data(
+    shape: type[Data],
+    kind: str,
+    names: list[str],
+    data_cfg: dict,
+    tokenizer,
+    settings: dict,
+    build: Callable[[], Data],
+    timeout_s: float = WAIT_S,
+    store: Callable[[dict], dict] = _same,
+    load: Callable[[dict], dict] = _same,
+) -> Data:
     """The one cache wrapper of every stage's data: build() through `cached`, under `kind`.
 
     build() returns a `shape` dataclass whose first field is the rows (every row a dict of the same
@@ -283,8 +305,10 @@ def cached_data(shape: type[Data], kind: str, names: list[str], data_cfg: dict, 
     def tokenized() -> Tokenized:
         data = build()
         rows = [store(row) for row in rows_of(data)]
-        return Tokenized({name: [row[name] for row in rows] for name in (rows[0] if rows else ())},
-                         {name: getattr(data, name) for name in count_fields})
+        return Tokenized(
+            {name: [row[name] for row in rows] for name in (rows[0] if rows else ())},
+            {name: getattr(data, name) for name in count_fields},
+        )
 
     got = cached(kind, names, data_cfg, tokenizer, settings, tokenized, timeout_s)
     rows = [load(dict(zip(got.columns, ids))) for ids in zip(*got.columns.values())]

@@ -23,16 +23,22 @@ class PaddingCollator:
                      sample separation on the device.
     """
 
-    def __init__(self, pad_token_id: int, packing: str = "none", padding_free: bool = False,
-                 mask_dtype: torch.dtype = torch.float32, pad_to_multiple_of: int = 8):
+    def __init__(
+        self,
+        pad_token_id: int,
+        packing: str = "none",
+        padding_free: bool = False,
+        mask_dtype: torch.dtype = torch.float32,
+        pad_to_multiple_of: int = 8,
+    ):
         self.pad_token_id = pad_token_id
         self.packing = packing
         self.padding_free = padding_free and packing == "neat"
         self.mask_dtype = mask_dtype
         self.multiple = pad_to_multiple_of
-        self.tokens = 0          # real (non-pad) tokens served so far on this rank
+        self.tokens = 0  # real (non-pad) tokens served so far on this rank
         self.trained_tokens = 0  # tokens with a label
-        self.slots = 0           # batch positions, padding included (padding efficiency = tokens / slots)
+        self.slots = 0  # batch positions, padding included (padding efficiency = tokens / slots)
         self.attention_pairs = 0  # sum of n^2 over the sequences that attend within themselves (MFU)
 
     def _pad(self, examples: list[dict], key: str, value: int, length: int) -> torch.Tensor:
@@ -52,11 +58,14 @@ class PaddingCollator:
             self.slots += sum(len(e["input_ids"]) for e in examples)
             return _concatenated(examples)
         self.slots += len(examples) * length
-        batch = {"input_ids": self._pad(examples, "input_ids", self.pad_token_id, length),
-                 "labels": self._pad(examples, "labels", IGNORE_INDEX, length)}
+        batch = {
+            "input_ids": self._pad(examples, "input_ids", self.pad_token_id, length),
+            "labels": self._pad(examples, "labels", IGNORE_INDEX, length),
+        }
         if self.packing != "neat":
             batch["attention_mask"] = torch.tensor(
-                [[1] * len(e["input_ids"]) + [0] * (length - len(e["input_ids"])) for e in examples], dtype=torch.long)
+                [[1] * len(e["input_ids"]) + [0] * (length - len(e["input_ids"])) for e in examples], dtype=torch.long
+            )
             return batch
         batch["position_ids"] = self._pad(examples, "position_ids", 0, length)
         # padding is segment 0: pads attend to pads only, so no row of the mask is empty
@@ -79,5 +88,12 @@ def _concatenated(rows: list[dict]) -> dict[str, torch.Tensor]:
         positions += row["position_ids"]
         documents += [offset + segment - 1 for segment in row["segment_ids"]]
         offset += max(row["segment_ids"])
-    return {name: torch.tensor([values], dtype=torch.long) for name, values in
-            (("input_ids", ids), ("labels", labels), ("position_ids", positions), ("document_ids", documents))}
+    return {
+        name: torch.tensor([values], dtype=torch.long)
+        for name, values in (
+            ("input_ids", ids),
+            ("labels", labels),
+            ("position_ids", positions),
+            ("document_ids", documents),
+        )
+    }

@@ -46,8 +46,10 @@ def _text(row: Row, spec: DatasetSpec, key: str, required: bool) -> str | None:
     if value is not None and not isinstance(value, str):
         raise DataError(f"{row.where}: column {spec.columns[key]!r} ({key}) must be text, got {type(value).__name__}")
     if required and not (value or "").strip():
-        raise DataError(f"{row.where}: missing or empty column {spec.columns[key]!r} ({key}). "
-                        f"Fix: fill it, or map columns.{key} in dataset_info.json to the right column")
+        raise DataError(
+            f"{row.where}: missing or empty column {spec.columns[key]!r} ({key}). "
+            f"Fix: fill it, or map columns.{key} in dataset_info.json to the right column"
+        )
     return value or None
 
 
@@ -60,7 +62,9 @@ def _tools(row: Row, spec: DatasetSpec) -> list[dict] | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise DataError(f"{row.where}: column {spec.columns['tools']!r} (tools) is not valid JSON: {err.msg}") from None
+            raise DataError(
+                f"{row.where}: column {spec.columns['tools']!r} (tools) is not valid JSON: {err.msg}"
+            ) from None
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
@@ -73,7 +77,9 @@ def _kto_tag(row: Row, spec: DatasetSpec) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"  # CSV cells are text
     if not isinstance(value, bool):
-        raise DataError(f"{row.where}: column {spec.columns['kto_tag']!r} (kto_tag) must be true or false, got {value!r}")
+        raise DataError(
+            f"{row.where}: column {spec.columns['kto_tag']!r} (kto_tag) must be true or false, got {value!r}"
+        )
     return value
 
 
@@ -82,7 +88,7 @@ def _tool_calls(calls: object, where: str) -> list[dict]:
     calls = calls if isinstance(calls, list) else [calls]
     calls = [c.get("function", c) if isinstance(c, dict) else c for c in calls]
     if not calls or not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "arguments" in c for c in calls):
-        raise DataError(f"{where}: a function call needs \"name\" (text) and \"arguments\", got {calls!r}")
+        raise DataError(f'{where}: a function call needs "name" (text) and "arguments", got {calls!r}')
     return [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
 
 
@@ -91,7 +97,9 @@ def _parse_calls(value: str, where: str) -> list[dict]:
     try:
         return _tool_calls(json.loads(value), where)
     except json.JSONDecodeError:
-        raise DataError(f"{where}: a function call must be JSON {{\"name\": ..., \"arguments\": {{...}}}}, got {value!r}") from None
+        raise DataError(
+            f'{where}: a function call must be JSON {{"name": ..., "arguments": {{...}}}}, got {value!r}'
+        ) from None
 
 
 def _check_order(messages: list[Message], where: str, ends_with: str) -> None:
@@ -102,8 +110,10 @@ def _check_order(messages: list[Message], where: str, ends_with: str) -> None:
     for index, message in enumerate(turns):
         expected = ("user", "tool") if index % 2 == 0 else ("assistant",)
         if message["role"] not in expected:
-            raise DataError(f"{where}: wrong role order: turn {index + 1} is {message['role']!r} but a "
-                            f"{' or '.join(expected)} turn belongs there (user/tool and assistant alternate, user first)")
+            raise DataError(
+                f"{where}: wrong role order: turn {index + 1} is {message['role']!r} but a "
+                f"{' or '.join(expected)} turn belongs there (user/tool and assistant alternate, user first)"
+            )
     last = "assistant" if len(turns) % 2 == 0 else "user"
     if last != ends_with:
         need = "an assistant turn to learn" if ends_with == "assistant" else "a user/tool turn (the prompt)"
@@ -118,6 +128,7 @@ def _assistant(content: str, calls: list[dict] | None = None) -> Message:
 
 
 # ---- alpaca ---------------------------------------------------------------------------------
+
 
 def _alpaca(row: Row, spec: DatasetSpec) -> Example:
     """instruction (+ "\\n" + input) -> user, output -> assistant; system and history [[user, assistant], ...] kept."""
@@ -146,17 +157,27 @@ def _alpaca(row: Row, spec: DatasetSpec) -> Example:
 
 # ---- sharegpt / openai ----------------------------------------------------------------------
 
+
 def _message(raw: object, spec: DatasetSpec, where: str) -> Message:
     """One sharegpt/openai message in internal form, its role read through the dataset's tags."""
     tags = spec.tags
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected an object with {tags['role_tag']!r} and {tags['content_tag']!r}, got {raw!r}")
+        raise DataError(
+            f"{where}: expected an object with {tags['role_tag']!r} and {tags['content_tag']!r}, got {raw!r}"
+        )
     role, content = raw.get(tags["role_tag"]), raw.get(tags["content_tag"])
-    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
-             tags["function_tag"]: "function", tags["system_tag"]: "system"}
+    roles = {
+        tags["user_tag"]: "user",
+        tags["assistant_tag"]: "assistant",
+        tags["observation_tag"]: "tool",
+        tags["function_tag"]: "function",
+        tags["system_tag"]: "system",
+    }
     if role not in roles:
-        raise DataError(f"{where}: unknown role {tags['role_tag']}={role!r}; known: {list(roles)}. "
-                        "Fix: map it with tags in dataset_info.json")
+        raise DataError(
+            f"{where}: unknown role {tags['role_tag']}={role!r}; known: {list(roles)}. "
+            "Fix: map it with tags in dataset_info.json"
+        )
     calls = raw.get("tool_calls")  # openai: tool calls live on the assistant message
     if content is None and calls:
         content = ""
@@ -182,8 +203,10 @@ def _require_reply(message: Message, where: str) -> None:
 def _sharegpt(row: Row, spec: DatasetSpec) -> Example:
     raw = _column(row, spec, "messages")
     if not isinstance(raw, list) or not raw:
-        raise DataError(f"{row.where}: missing or empty column {spec.columns['messages']!r} (the list of messages). "
-                        "Fix: map columns.messages in dataset_info.json")
+        raise DataError(
+            f"{row.where}: missing or empty column {spec.columns['messages']!r} (the list of messages). "
+            "Fix: map columns.messages in dataset_info.json"
+        )
     messages = [_message(item, spec, f"{row.where} message {index + 1}") for index, item in enumerate(raw)]
     _require_reply(messages[-1], f"{row.where} message {len(raw)}")  # LLaMA-Factory keeps blank earlier replies
     if messages[0]["role"] != "system":
@@ -205,7 +228,9 @@ def _candidate(row: Row, spec: DatasetSpec, key: str) -> Message:
     message = _message(_column(row, spec, key), spec, where)
     _require_reply(message, where)
     if message["role"] != "assistant":
-        raise DataError(f"{row.where}: column {spec.columns[key]!r} ({key}) must be an assistant turn, got {message['role']!r}")
+        raise DataError(
+            f"{row.where}: column {spec.columns[key]!r} ({key}) must be an assistant turn, got {message['role']!r}"
+        )
     return message
 
 
@@ -224,10 +249,14 @@ def to_example(row: Row, spec: DatasetSpec) -> Example:
 def to_text(row: Row, spec: DatasetSpec) -> str:
     """Pre-training text: columns.text, else columns.prompt as LLaMA-Factory maps it, else the `text` column."""
     prompt = spec.columns.get("prompt", "instruction")
-    name = spec.columns.get("text") or (prompt if prompt != "instruction" else "text")  # "instruction" is only the default
+    name = spec.columns.get("text") or (
+        prompt if prompt != "instruction" else "text"
+    )  # "instruction" is only the default
     value = row.data.get(name)
     if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{row.where}: missing or empty text column {name!r}. Fix: map columns.text in dataset_info.json")
+        raise DataError(
+            f"{row.where}: missing or empty text column {name!r}. Fix: map columns.text in dataset_info.json"
+        )
     return value
 
 

@@ -22,8 +22,8 @@ from launcher.data.tokenize import IGNORE_INDEX
 
 @dataclass
 class Packed:
-    rows: list[dict]     # input_ids, labels, position_ids, and segment_ids (1, 2, ... per sample)
-    efficiency: float    # real tokens / (rows x capacity)
+    rows: list[dict]  # input_ids, labels, position_ids, and segment_ids (1, 2, ... per sample)
+    efficiency: float  # real tokens / (rows x capacity)
 
 
 def pack_lengths(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -72,7 +72,7 @@ def _best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
                 if rest and not full:
                     targets, per_bin, taken, opened = [opened], rest, rest, opened + 1
                 free = capacity
-            bin_of[order[position:position + taken]] = np.repeat(targets, per_bin)
+            bin_of[order[position : position + taken]] = np.repeat(targets, per_bin)
             position += taken
             if not by_free[free]:
                 has_free &= ~(1 << free)
@@ -106,4 +106,3 @@ def _packed_row(examples: list[dict], group: list[int]) -> dict:
         row["position_ids"] += range(len(ids))
         row["segment_ids"] += [segment] * len(ids)
     return row
-

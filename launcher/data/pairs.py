@@ -31,9 +31,9 @@ NO_CUTOFF = 1 << 30  # encode whole; the cutoff is applied to prompt + reply bel
 @dataclass
 class PreferenceData:
     rows: list[dict]
-    dropped: int         # no reply token to train
-    skipped: int = 0     # bad rows skipped with data.on_bad_row: skip
-    truncated: int = 0   # prompt + reply longer than cutoff_len, cut by fit_lengths
+    dropped: int  # no reply token to train
+    skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
+    truncated: int = 0  # prompt + reply longer than cutoff_len, cut by fit_lengths
 
 
 def fit_lengths(prompt: int, reply: int, cutoff: int) -> tuple[int, int]:
@@ -56,7 +56,7 @@ def split_reply(tokenizer, messages: list[dict], tools, template: str) -> tuple[
     trained = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
     if not trained:  # an empty reply renders to nothing trainable
         return encoded.input_ids, []
-    return encoded.input_ids[: trained[0]], encoded.input_ids[trained[0]: trained[-1] + 1]
+    return encoded.input_ids[: trained[0]], encoded.input_ids[trained[0] : trained[-1] + 1]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -101,28 +101,49 @@ def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
     return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
-def pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
-              timeout_s: float = WAIT_S) -> PreferenceData:
+def pair_data(
+    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+) -> PreferenceData:
     """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    return cached_data(PreferenceData, "pair", names, data_cfg, tokenizer, {"template": template},
-                       lambda: build_pair_data(names, data_cfg, tokenizer, template), timeout_s)
+    return cached_data(
+        PreferenceData,
+        "pair",
+        names,
+        data_cfg,
+        tokenizer,
+        {"template": template},
+        lambda: build_pair_data(names, data_cfg, tokenizer, template),
+        timeout_s,
+    )
 
 
-def scored_pairs(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
-                 timeout_s: float = WAIT_S) -> PreferenceData:
+def scored_pairs(
+    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+) -> PreferenceData:
     """{"chosen_ids", "rejected_ids"} for a reward model: the prompt followed by each reply, through the reply's
     eos (the last token, where its head reads the score). The pairs come through the cache, shared with dpo and orpo."""
     data = pair_data(names, data_cfg, tokenizer, template, timeout_s)
-    data.rows = [{"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
-                 for r in data.rows]
+    data.rows = [
+        {"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
+        for r in data.rows
+    ]
     return data
 
 
-def kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE,
-             timeout_s: float = WAIT_S) -> PreferenceData:
+def kto_data(
+    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+) -> PreferenceData:
     """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py); the cache
     holds only id lists, so each label is stored as one token ([1] desirable, [0] not) and read back as TRL's bool."""
-    return cached_data(PreferenceData, "kto", names, data_cfg, tokenizer, {"template": template},
-                       lambda: build_kto_data(names, data_cfg, tokenizer, template), timeout_s,
-                       store=lambda row: {**row, "label": [int(row["label"])]},
-                       load=lambda row: {**row, "label": bool(row["label"][0])})
+    return cached_data(
+        PreferenceData,
+        "kto",
+        names,
+        data_cfg,
+        tokenizer,
+        {"template": template},
+        lambda: build_kto_data(names, data_cfg, tokenizer, template),
+        timeout_s,
+        store=lambda row: {**row, "label": [int(row["label"])]},
+        load=lambda row: {**row, "label": bool(row["label"][0])},
+    )

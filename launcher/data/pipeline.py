@@ -19,9 +19,9 @@ from launcher.defaults import TEMPLATE, WAIT_S
 
 @dataclass
 class SFTData:
-    examples: list[dict]   # {"input_ids": [...], "labels": [...]}
-    dropped: int           # examples left with no trainable token after cutoff
-    skipped: int = 0       # bad rows skipped with data.on_bad_row: skip
+    examples: list[dict]  # {"input_ids": [...], "labels": [...]}
+    dropped: int  # examples left with no trainable token after cutoff
+    skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
 
 
 def _converted(names: list[str], data_cfg: dict, bad: BadRows, convert, kind: str | None) -> list:
@@ -45,8 +45,9 @@ def load_texts(names: list[str], data_cfg: dict, bad: BadRows | None = None) -> 
 def _encode_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A worker's share: (ids end to end, labels end to end, lengths) as arrays, cheap to send back."""
     conversations, cfg, template = job
-    encoded = encode_conversations(_WORKER_TOKENIZER, conversations, cfg["cutoff_len"], cfg["train_on_prompt"],
-                                   cfg["mask_history"], template)
+    encoded = encode_conversations(
+        _WORKER_TOKENIZER, conversations, cfg["cutoff_len"], cfg["train_on_prompt"], cfg["mask_history"], template
+    )
     lengths = np.array([len(e.input_ids) for e in encoded], dtype=np.int64)
     ids = np.fromiter(chain.from_iterable(e.input_ids for e in encoded), dtype=np.int32, count=int(lengths.sum()))
     labels = np.fromiter(chain.from_iterable(e.labels for e in encoded), dtype=np.int32, count=int(lengths.sum()))
@@ -60,7 +61,7 @@ def _encode_parallel(tokenizer, conversations: list, cfg: dict, template: str, w
     """encode_conversations in `workers` forked processes, in order; each tokenizes with one thread."""
     global _WORKER_TOKENIZER
     size = -(-len(conversations) // (workers * 4))  # a few chunks per worker evens out long-tailed chunks
-    jobs = [(conversations[i:i + size], cfg, template) for i in range(0, len(conversations), size)]
+    jobs = [(conversations[i : i + size], cfg, template) for i in range(0, len(conversations), size)]
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the forked children run single-threaded, without warnings
     _WORKER_TOKENIZER = tokenizer
@@ -89,8 +90,14 @@ def encode_examples(examples: list[Example], data_cfg: dict, tokenizer, template
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         encoded = _encode_parallel(tokenizer, conversations, data_cfg, template, workers)
     else:
-        encoded = encode_conversations(tokenizer, conversations, data_cfg["cutoff_len"], data_cfg["train_on_prompt"],
-                                       data_cfg["mask_history"], template)
+        encoded = encode_conversations(
+            tokenizer,
+            conversations,
+            data_cfg["cutoff_len"],
+            data_cfg["train_on_prompt"],
+            data_cfg["mask_history"],
+            template,
+        )
     kept = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded if e.trainable]
     return SFTData(kept, len(encoded) - len(kept))
 
@@ -103,7 +110,17 @@ def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
     return data
 
 
-def sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S) -> SFTData:
+def sft_data(
+    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+) -> SFTData:
     """build_sft_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    return cached_data(SFTData, "sft", names, data_cfg, tokenizer, {"template": template},
-                       lambda: build_sft_data(names, data_cfg, tokenizer, template), timeout_s)
+    return cached_data(
+        SFTData,
+        "sft",
+        names,
+        data_cfg,
+        tokenizer,
+        {"template": template},
+        lambda: build_sft_data(names, data_cfg, tokenizer, template),
+        timeout_s,
+    )

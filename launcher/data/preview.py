@@ -60,19 +60,25 @@ def _labels_line(labels: list[int]) -> str:
 
 def format_example(tokenizer, index: int, example: dict) -> str:
     ids, labels = example["input_ids"], example["labels"]
-    text = "".join((OPEN if trained else "") + decode(tokenizer, ids[start:end]) + (CLOSE if trained else "")
-                   for trained, start, end in _runs(labels))
+    text = "".join(
+        (OPEN if trained else "") + decode(tokenizer, ids[start:end]) + (CLOSE if trained else "")
+        for trained, start, end in _runs(labels)
+    )
     trained = sum(label != IGNORE_INDEX for label in labels)
-    return (f"--- example {index}: {len(ids)} tokens, {trained} trained ---\n"
-            f"text (trained in {OPEN} {CLOSE}, the rest is masked):\n{text}\n"
-            f"input_ids: {ids}\nlabels:    {_labels_line(labels)}\n")
+    return (
+        f"--- example {index}: {len(ids)} tokens, {trained} trained ---\n"
+        f"text (trained in {OPEN} {CLOSE}, the rest is masked):\n{text}\n"
+        f"input_ids: {ids}\nlabels:    {_labels_line(labels)}\n"
+    )
 
 
 def format_row(noun: str, captions: dict[str, str], tokenizer, index: int, row: dict) -> str:
     """A non-sft row: each token-id column of `captions` decoded under its caption; a KTO row's label in the header."""
     tag = f": {'desirable' if row['label'] else 'undesirable'}" if "label" in row else ""
-    texts = "".join(f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
-                    for column, caption in captions.items())
+    texts = "".join(
+        f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
+        for column, caption in captions.items()
+    )
     return f"--- {noun} {index}{tag} ---\n{texts}"
 
 
@@ -83,8 +89,8 @@ def token_count(rows: list[dict]) -> int:
 
 @dataclass
 class StageRows:
-    rows: list[dict]   # as the stage's trainer reads them; what --dump writes
-    counts: str        # the report's closing lines
+    rows: list[dict]  # as the stage's trainer reads them; what --dump writes
+    counts: str  # the report's closing lines
 
 
 def _sft(recipe: dict, tokenizer) -> StageRows:
@@ -96,13 +102,17 @@ def _sft(recipe: dict, tokenizer) -> StageRows:
     tokens = token_count(data.examples)
     trained = sum(label != IGNORE_INDEX for e in data.examples for label in e["labels"])
     share = f"{100 * trained / tokens:.1f}%" if tokens else "-"
-    counts = (f"examples: {len(data.examples)}   dropped (no trainable token within data.cutoff_len="
-              f"{data_cfg['cutoff_len']}): {data.dropped}   bad rows skipped: {data.skipped}\n"
-              f"tokens: {tokens:,}   trained tokens: {trained:,} ({share})")
+    counts = (
+        f"examples: {len(data.examples)}   dropped (no trainable token within data.cutoff_len="
+        f"{data_cfg['cutoff_len']}): {data.dropped}   bad rows skipped: {data.skipped}\n"
+        f"tokens: {tokens:,}   trained tokens: {trained:,} ({share})"
+    )
     if data_cfg["packing"] != "none" and data.examples:
         packed = pack_examples(data.examples, data_cfg["cutoff_len"])
-        counts += (f"\npacking ({data_cfg['packing']}): {len(data.examples)} examples -> {len(packed.rows)} rows of "
-                   f"{data_cfg['cutoff_len']} tokens, efficiency {packed.efficiency:.2%} (real tokens / row capacity)")
+        counts += (
+            f"\npacking ({data_cfg['packing']}): {len(data.examples)} examples -> {len(packed.rows)} rows of "
+            f"{data_cfg['cutoff_len']} tokens, efficiency {packed.efficiency:.2%} (real tokens / row capacity)"
+        )
     return StageRows(rows, counts)
 
 
@@ -110,16 +120,22 @@ def _blocks(recipe: dict, tokenizer) -> StageRows:
     """cutoff_len blocks of EOS-joined documents (launcher/data/blocks.py)."""
     data_cfg = recipe["data"]
     data = block_data(data_cfg["datasets"], data_cfg, tokenizer)
-    return StageRows(data.blocks, (
-        f"documents: {data.documents}   blocks: {len(data.blocks)}   tokens: {token_count(data.blocks):,}   "
-        f"tail tokens dropped (after the last whole block of data.cutoff_len={data_cfg['cutoff_len']}): "
-        f"{data.tail_tokens}   bad rows skipped: {data.skipped}"))
+    return StageRows(
+        data.blocks,
+        (
+            f"documents: {data.documents}   blocks: {len(data.blocks)}   tokens: {token_count(data.blocks):,}   "
+            f"tail tokens dropped (after the last whole block of data.cutoff_len={data_cfg['cutoff_len']}): "
+            f"{data.tail_tokens}   bad rows skipped: {data.skipped}"
+        ),
+    )
 
 
 def _preference_counts(data: PreferenceData, data_cfg: dict) -> str:
-    return (f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={data_cfg['cutoff_len']}): "
-            f"{data.truncated}   dropped (empty reply): {data.dropped}   bad rows skipped: {data.skipped}   "
-            f"tokens: {token_count(data.rows):,}")
+    return (
+        f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={data_cfg['cutoff_len']}): "
+        f"{data.truncated}   dropped (empty reply): {data.dropped}   bad rows skipped: {data.skipped}   "
+        f"tokens: {token_count(data.rows):,}"
+    )
 
 
 def _preference(build: Callable[..., PreferenceData], recipe: dict, tokenizer) -> StageRows:
@@ -134,8 +150,10 @@ def _kto(recipe: dict, tokenizer) -> StageRows:
     data_cfg = recipe["data"]
     data = kto_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     desirable = sum(row["label"] for row in data.rows)
-    return StageRows(data.rows, f"{_preference_counts(data, data_cfg)}\n"
-                                f"desirable: {desirable}   undesirable: {len(data.rows) - desirable}")
+    return StageRows(
+        data.rows,
+        f"{_preference_counts(data, data_cfg)}\ndesirable: {desirable}   undesirable: {len(data.rows) - desirable}",
+    )
 
 
 def _prompts(recipe: dict, tokenizer) -> StageRows:
@@ -143,15 +161,18 @@ def _prompts(recipe: dict, tokenizer) -> StageRows:
     data_cfg = recipe["data"]
     rows, dropped = prompt_rows(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     # prompt_rows keeps no count of bad rows; with data.on_bad_row: skip each one is logged
-    return StageRows(rows, f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
-                           f"{dropped}   tokens: {token_count(rows):,}")
+    return StageRows(
+        rows,
+        f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
+        f"{dropped}   tokens: {token_count(rows):,}",
+    )
 
 
 @dataclass(frozen=True)
 class StageView:
-    noun: str                                    # what one row is, in the report
-    build: Callable[[dict, object], StageRows]   # (recipe, tokenizer) -> the stage's rows and counts
-    captions: dict[str, str] | None = None       # token-id column -> caption; None: sft's masked-text format
+    noun: str  # what one row is, in the report
+    build: Callable[[dict, object], StageRows]  # (recipe, tokenizer) -> the stage's rows and counts
+    captions: dict[str, str] | None = None  # token-id column -> caption; None: sft's masked-text format
 
     def show(self, tokenizer, index: int, row: dict) -> str:
         if self.captions is None:
@@ -165,8 +186,11 @@ VIEWS = {  # every row format a StageSpec.data names, with the builder the stage
     "blocks": StageView("block", _blocks, {"input_ids": "text, every token trained"}),
     "pairs": StageView("pair", partial(_preference, pair_data), PAIR),
     # a reward model scores each whole sequence at its last token: its rows are prompt + reply, unsplit
-    "scored_pairs": StageView("pair", partial(_preference, scored_pairs),
-                              {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"}),
+    "scored_pairs": StageView(
+        "pair",
+        partial(_preference, scored_pairs),
+        {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"},
+    ),
     "kto": StageView("example", _kto, {"prompt_ids": "prompt", "completion_ids": "completion"}),
     "prompts": StageView("prompt", _prompts, {"input_ids": "prompt"}),
 }
@@ -185,9 +209,11 @@ def preview(recipe: dict, count: int, dump_path: str | None) -> str:
     tokenizer = load_tokenizer(recipe["model"])
     data = view.build(recipe, tokenizer)
     if not data.rows:  # the run would stop here too: a non-zero exit, not an empty report
-        raise DataError(f"stage {recipe['stage']} gets no {view.noun}s from {recipe['data']['datasets']} "
-                        f"({data.counts.replace(chr(10), '; ')}). Fix: raise data.cutoff_len, or use datasets with "
-                        "rows the stage can train on")
+        raise DataError(
+            f"stage {recipe['stage']} gets no {view.noun}s from {recipe['data']['datasets']} "
+            f"({data.counts.replace(chr(10), '; ')}). Fix: raise data.cutoff_len, or use datasets with "
+            "rows the stage can train on"
+        )
     shown = [view.show(tokenizer, i, row) for i, row in enumerate(data.rows[:count])]
     report = "\n".join([*shown, data.counts])
     if dump_path:

@@ -38,25 +38,28 @@ def _json_array(path: Path, on_bad: OnBad) -> Iterator[Row]:
     decoder = json.JSONDecoder()
     spaces = " \t\r\n"
     position = len(text) - len(text.lstrip(spaces))
-    if text[position:position + 1] == "{":  # JSON Lines named .json: `datasets` (so LLaMA-Factory) reads these too
+    if text[position : position + 1] == "{":  # JSON Lines named .json: `datasets` (so LLaMA-Factory) reads these too
         yield from _jsonl(path, on_bad)
         return
-    if text[position:position + 1] != "[":
-        raise DataError(f"{path}:{_line(text, position)}: expected a JSON array of examples ([{{...}}, ...]) "
-                        "or one object per line")
+    if text[position : position + 1] != "[":
+        raise DataError(
+            f"{path}:{_line(text, position)}: expected a JSON array of examples ([{{...}}, ...]) or one object per line"
+        )
     position += 1
     first, index = True, 0
     line, counted = 1, 0  # line at `counted`, advanced incrementally (counting from 0 each row is quadratic)
     while True:
         while position < len(text) and text[position] in spaces:
             position += 1
-        if first and text[position:position + 1] == "]":
+        if first and text[position : position + 1] == "]":
             break
         first = False
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}. Fix: repair the file at that line") from None
+            raise DataError(
+                f"{path}:{err.lineno}: invalid JSON: {err.msg}. Fix: repair the file at that line"
+            ) from None
         line += text.count("\n", counted, position)
         counted = position
         row = Row(value, f"{path}:{line} row {index}")
@@ -68,9 +71,9 @@ def _json_array(path: Path, on_bad: OnBad) -> Iterator[Row]:
         position = end
         while position < len(text) and text[position] in spaces:
             position += 1
-        if text[position:position + 1] == ",":
+        if text[position : position + 1] == ",":
             position += 1
-        elif text[position:position + 1] == "]":
+        elif text[position : position + 1] == "]":
             break
         else:
             raise DataError(f"{path}:{_line(text, position)}: invalid JSON: expected ',' or ']' after an example")
@@ -83,8 +86,12 @@ def _lines(path: Path, on_bad: OnBad) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                on_bad(DataError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the line). "
-                                 "Fix: save the file as UTF-8, or set data.on_bad_row: skip"))
+                on_bad(
+                    DataError(
+                        f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the line). "
+                        "Fix: save the file as UTF-8, or set data.on_bad_row: skip"
+                    )
+                )
                 continue
             if line.strip():
                 yield number, line.rstrip("\r\n")
@@ -112,8 +119,12 @@ def _csv(path: Path, on_bad: OnBad) -> Iterator[Row]:
         for index, data in enumerate(reader):
             where = f"{path} row {index}"
             if None in data:  # more cells than the header names
-                on_bad(DataError(f"{where} (line {reader.line_num}): {len(reader.fieldnames) + len(data[None])} "
-                                 f"cells, the header has {len(reader.fieldnames)}. Fix: quote cells that hold commas"))
+                on_bad(
+                    DataError(
+                        f"{where} (line {reader.line_num}): {len(reader.fieldnames) + len(data[None])} "
+                        f"cells, the header has {len(reader.fieldnames)}. Fix: quote cells that hold commas"
+                    )
+                )
                 continue
             yield Row(data, where)
 
@@ -133,7 +144,11 @@ def _txt(path: Path, on_bad: OnBad) -> Iterator[Row]:
 
 
 READERS: dict[str, Callable[[Path, OnBad], Iterator[Row]]] = {
-    ".json": _json_array, ".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet, ".txt": _txt,
+    ".json": _json_array,
+    ".jsonl": _jsonl,
+    ".csv": _csv,
+    ".parquet": _parquet,
+    ".txt": _txt,
 }
 
 

@@ -18,19 +18,50 @@ FORMATS = ("alpaca", "sharegpt", "openai")
 FILE_TYPES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 
 # LLaMA-Factory's column names and their defaults per format (None: the column is optional and unset).
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "system": "system",
+    "history": "history",
+}
 COLUMN_DEFAULTS = {
     "alpaca": {**ALPACA_COLUMNS, "tools": "tools"},
     "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
     "openai": {"messages": "messages", "system": "system", "tools": "tools"},
 }
-COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "tools",
-               "chosen", "rejected", "kto_tag", "text")
+COLUMN_KEYS = (
+    "prompt",
+    "query",
+    "response",
+    "history",
+    "messages",
+    "system",
+    "tools",
+    "chosen",
+    "rejected",
+    "kto_tag",
+    "text",
+)
 TAG_DEFAULTS = {
-    "sharegpt": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"},
-    "openai": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-               "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"},
+    "sharegpt": {
+        "role_tag": "from",
+        "content_tag": "value",
+        "user_tag": "human",
+        "assistant_tag": "gpt",
+        "observation_tag": "observation",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+    "openai": {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
 }
 ENTRY_KEYS = ("file_name", "formatting", "ranking", "columns", "tags", "split", "num_samples", "folder", "subset")
 # Entry keys of LLaMA-Factory that fetch from a hub, a cloud bucket or a script: refused (no network here), each
@@ -67,8 +98,8 @@ class DatasetSpec:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     ranking: bool = False
-    split: str = "train"             # a split name or a slice of it, e.g. "train[:1000]", "train_sft[10%:20%]"
-    num_samples: int | None = None   # a seeded sample of this many rows (repeating rows when more than there are)
+    split: str = "train"  # a split name or a slice of it, e.g. "train[:1000]", "train_sft[10%:20%]"
+    num_samples: int | None = None  # a seeded sample of this many rows (repeating rows when more than there are)
 
     def split_range(self, count: int) -> range:
         """The row indices `split` selects out of `count` rows, as `datasets` computes them (percent: closest)."""
@@ -129,14 +160,18 @@ def _local_path(name: str, entry: dict, dataset_dir: Path, where: str) -> Path:
             continue
         value = entry[key]
         if not path.is_dir():
-            raise DataError(f"{where}: {key} selects a subfolder, so file_name must be a folder (a local copy of the "
-                            f"hub dataset); {path} is not one. Fix: point file_name at that folder, or remove {key}")
+            raise DataError(
+                f"{where}: {key} selects a subfolder, so file_name must be a folder (a local copy of the "
+                f"hub dataset); {path} is not one. Fix: point file_name at that folder, or remove {key}"
+            )
         if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
             raise DataError(f"{where}: {key} must be a subfolder name inside file_name, got {value!r}")
         if not (path / value).is_dir():
-            raise DataError(f"{where}: {key} {value!r} selects the subfolder {path / value}, which is not a folder. "
-                            f"Fix: put that {'configuration' if key == 'subset' else 'part'} of the dataset there, "
-                            f"or point file_name at its files and remove {key}")
+            raise DataError(
+                f"{where}: {key} {value!r} selects the subfolder {path / value}, which is not a folder. "
+                f"Fix: put that {'configuration' if key == 'subset' else 'part'} of the dataset there, "
+                f"or point file_name at its files and remove {key}"
+            )
         path = path / value
     return path
 
@@ -149,18 +184,26 @@ def _remote_refusal(name: str, entry: dict, dataset_dir: Path, where: str) -> No
     key = remote[0]
     local = dataset_dir / name
     fix = REMOTE_KEYS[key].format(value=entry[key], local=local)
-    raise DataError(f"{where}: {key} ({entry[key]!r}) needs the network or a loading script, and this launcher reads "
-                    f"local files only. Fix: {fix}, then replace {key} with \"file_name\": \"{name}\"")
+    raise DataError(
+        f"{where}: {key} ({entry[key]!r}) needs the network or a loading script, and this launcher reads "
+        f'local files only. Fix: {fix}, then replace {key} with "file_name": "{name}"'
+    )
 
 
 def _split_and_samples(entry: dict, where: str) -> tuple[str, int | None]:
     split, num_samples = entry.get("split", "train"), entry.get("num_samples")
     if not isinstance(split, str) or not SPLIT.fullmatch(split):
-        raise DataError(f"{where}: split {split!r} is not a split name, optionally sliced as in datasets "
-                        "(\"train\", \"train_sft\", \"train[:1000]\", \"train[10%:20%]\"). Fix: use such a split")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
-        raise DataError(f"{where}: num_samples must be a positive integer, got {num_samples!r}. "
-                        "Fix: set the number of rows to draw, or remove num_samples to use every row")
+        raise DataError(
+            f"{where}: split {split!r} is not a split name, optionally sliced as in datasets "
+            '("train", "train_sft", "train[:1000]", "train[10%:20%]"). Fix: use such a split'
+        )
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise DataError(
+            f"{where}: num_samples must be a positive integer, got {num_samples!r}. "
+            "Fix: set the number of rows to draw, or remove num_samples to use every row"
+        )
     return split, num_samples
 
 
@@ -176,7 +219,7 @@ def _entry_spec(name: str, entry: object, dataset_dir: Path) -> DatasetSpec:
             hint = f"did you mean {close[0]!r}?" if close else f"use only {list(ENTRY_KEYS)}"
             raise DataError(f"{where}: unknown key {key!r}. Fix: {hint}")
     if "file_name" not in entry:
-        raise DataError(f"{where}: no file_name. Fix: add \"file_name\": \"<file or folder in {dataset_dir}>\"")
+        raise DataError(f'{where}: no file_name. Fix: add "file_name": "<file or folder in {dataset_dir}>"')
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATS:
         raise DataError(f"{where}: formatting {formatting!r} is not one of {list(FORMATS)}")
@@ -185,25 +228,32 @@ def _entry_spec(name: str, entry: object, dataset_dir: Path) -> DatasetSpec:
         raise DataError(f"{where}: ranking must be true or false, got {ranking!r}")
     media = [key for key in MEDIA_COLUMNS if key in (entry.get("columns") or {})]
     if media:
-        raise DataError(f"{where}: columns.{media[0]}: multimodal data is not supported (this launcher trains on text). "
-                        f"Fix: remove columns.{media[0]}, or use a text-only copy of the dataset")
+        raise DataError(
+            f"{where}: columns.{media[0]}: multimodal data is not supported (this launcher trains on text). "
+            f"Fix: remove columns.{media[0]}, or use a text-only copy of the dataset"
+        )
     columns = _mapping(entry.get("columns"), COLUMN_KEYS, where, "columns")
     tags = _mapping(entry.get("tags"), tuple(TAG_DEFAULTS["sharegpt"]), where, "tags")
     if tags and formatting == "alpaca":
-        raise DataError(f"{where}: tags apply to sharegpt/openai messages, not to formatting alpaca. "
-                        "Fix: set \"formatting\": \"sharegpt\" or remove tags")
+        raise DataError(
+            f"{where}: tags apply to sharegpt/openai messages, not to formatting alpaca. "
+            'Fix: set "formatting": "sharegpt" or remove tags'
+        )
     if ranking and "kto_tag" in columns:
-        raise DataError(f"{where}: a dataset is either a preference set (ranking: true) or a KTO set (kto_tag), not both")
+        raise DataError(
+            f"{where}: a dataset is either a preference set (ranking: true) or a KTO set (kto_tag), not both"
+        )
     if ranking:
         columns = {"chosen": "chosen", "rejected": "rejected", **columns}
     split, num_samples = _split_and_samples(entry, where)
     path = _local_path(name, entry, dataset_dir, where)
     if SPLIT.fullmatch(split)["name"] != "train" and path.is_file():
-        raise DataError(f"{where}: split {split!r}: {path} is one file, which is the split \"train\". Fix: point "
-                        "file_name at the folder holding the split's files (a hub dataset's local copy), or put the "
-                        "rows of that split in their own file and register it as its own dataset")
-    return DatasetSpec(name, [path], formatting, columns, tags, ranking,
-                       split, num_samples)
+        raise DataError(
+            f'{where}: split {split!r}: {path} is one file, which is the split "train". Fix: point '
+            "file_name at the folder holding the split's files (a hub dataset's local copy), or put the "
+            "rows of that split in their own file and register it as its own dataset"
+        )
+    return DatasetSpec(name, [path], formatting, columns, tags, ranking, split, num_samples)
 
 
 def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
@@ -211,11 +261,18 @@ def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
     copy's README.md, scripts and licences are not rows), those named for the split when any are."""
     if path.is_file():
         if path.suffix not in FILE_TYPES:
-            raise DataError(f"dataset {name!r}: {path} has file type {path.suffix or '(none)'!r}; "
-                            f"supported: {', '.join(FILE_TYPES)}. Fix: convert it or rename it to its real type")
+            raise DataError(
+                f"dataset {name!r}: {path} has file type {path.suffix or '(none)'!r}; "
+                f"supported: {', '.join(FILE_TYPES)}. Fix: convert it or rename it to its real type"
+            )
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_TYPES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix in FILE_TYPES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise DataError(f"dataset {name!r}: folder {path} has no data files ({', '.join(FILE_TYPES)})")
     files = [p for p in files if p.name not in HUB_METADATA]
@@ -227,8 +284,10 @@ def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
     # no file is named for a split: the folder is the one split "train" (but never train_sft + test_sft together)
     if wanted == "train" and not any(SPLIT_WORD.match(name) for name in found):
         return files
-    raise DataError(f"dataset {name!r}: folder {path} has no files of split {wanted!r} (file names start with "
-                    f"{', '.join(found)}). Fix: set split to one of those in dataset_info.json")
+    raise DataError(
+        f"dataset {name!r}: folder {path} has no files of split {wanted!r} (file names start with "
+        f"{', '.join(found)}). Fix: set split to one of those in dataset_info.json"
+    )
 
 
 def dataset_source(name: str, dataset_dir: str | Path) -> Path:
@@ -249,10 +308,14 @@ def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
         if not Path(name).exists():
             close = difflib.get_close_matches(name, list(registry), n=1)
             hint = f"Did you mean {close[0]!r}? " if close else ""
-            known = ", ".join(list(registry)[:LISTED]) + (f", ... ({len(registry)} in all)" if len(registry) > LISTED else "")
-            raise DataError(f"{name!r} is neither a dataset in {dataset_dir / 'dataset_info.json'} "
-                            f"(registered: {known or 'none'}) nor an existing file. "
-                            f"{hint}Fix: register it there or give a file/folder path")
+            known = ", ".join(list(registry)[:LISTED]) + (
+                f", ... ({len(registry)} in all)" if len(registry) > LISTED else ""
+            )
+            raise DataError(
+                f"{name!r} is neither a dataset in {dataset_dir / 'dataset_info.json'} "
+                f"(registered: {known or 'none'}) nor an existing file. "
+                f"{hint}Fix: register it there or give a file/folder path"
+            )
     path = spec.files[0]
     if not path.exists():
         raise DataError(f"dataset {name!r}: file {path} does not exist. Fix: correct file_name in dataset_info.json")

@@ -16,9 +16,11 @@ from launcher.data.readers import Row, iter_file
 from launcher.data.registry import DatasetSpec, resolve_dataset
 from launcher.errors import DataError
 
-KIND_NEEDS = {"sft": "an SFT dataset (no ranking, no kto_tag)",
-              "preference": "a preference dataset (\"ranking\": true with chosen/rejected)",
-              "kto": "a KTO dataset (columns.kto_tag)"}
+KIND_NEEDS = {
+    "sft": "an SFT dataset (no ranking, no kto_tag)",
+    "preference": 'a preference dataset ("ranking": true with chosen/rejected)',
+    "kto": "a KTO dataset (columns.kto_tag)",
+}
 # The kinds prompts are taken from (launcher/data/prompts.py): an SFT row's context, a preference row's prompt
 PROMPT_KINDS = ("sft", "preference")
 
@@ -28,9 +30,11 @@ SAMPLE_SEED = 0  # num_samples draws the same rows on every run and rank
 def require_kind(name: str, spec: DatasetSpec, kinds: tuple[str, ...] | None) -> None:
     """Refuse a dataset whose kind (sft, preference, kto) the stage does not read."""
     if kinds is not None and spec.kind not in kinds:
-        raise DataError(f"dataset {name!r} is {KIND_NEEDS[spec.kind]}, but this stage needs "
-                        f"{' or '.join(KIND_NEEDS[k] for k in kinds)}. "
-                        "Fix: use another dataset or fix its entry in dataset_info.json")
+        raise DataError(
+            f"dataset {name!r} is {KIND_NEEDS[spec.kind]}, but this stage needs "
+            f"{' or '.join(KIND_NEEDS[k] for k in kinds)}. "
+            "Fix: use another dataset or fix its entry in dataset_info.json"
+        )
 
 
 def _sample(rows: list[Row], count: int) -> list[Row]:
@@ -53,8 +57,13 @@ def _rows(spec: DatasetSpec, data_cfg: dict, bad: BadRows) -> Iterator[Row]:
     return rows if data_cfg["max_samples"] is None else islice(rows, data_cfg["max_samples"])
 
 
-def dataset_items(name: str, data_cfg: dict, bad: BadRows, convert: Callable[[Row, DatasetSpec], object],
-                  kinds: tuple[str, ...] | None) -> Iterator:
+def dataset_items(
+    name: str,
+    data_cfg: dict,
+    bad: BadRows,
+    convert: Callable[[Row, DatasetSpec], object],
+    kinds: tuple[str, ...] | None,
+) -> Iterator:
     """convert(row, spec) of each usable row of one dataset; bad rows go to the policy. A dataset whose every
     row is bad is refused (once its rows are exhausted), naming the first; one with no rows yields nothing."""
     spec = resolve_dataset(name, data_cfg["dataset_dir"])
@@ -69,5 +78,7 @@ def dataset_items(name: str, data_cfg: dict, bad: BadRows, convert: Callable[[Ro
         good += 1
         yield item
     if good == 0 and len(bad.skipped) > skipped_before:
-        raise DataError(f"dataset {name!r}: every row is bad ({len(bad.skipped) - skipped_before} skipped), first: "
-                        f"{bad.skipped[skipped_before]}. Fix: check its columns/tags in dataset_info.json")
+        raise DataError(
+            f"dataset {name!r}: every row is bad ({len(bad.skipped) - skipped_before} skipped), first: "
+            f"{bad.skipped[skipped_before]}. Fix: check its columns/tags in dataset_info.json"
+        )

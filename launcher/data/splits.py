@@ -23,8 +23,9 @@ def split_validation(examples: list, val_size: float, seed: int) -> tuple[list, 
     return ([e for i, e in enumerate(examples) if i not in held_out], [examples[i] for i in sorted(held_out)])
 
 
-def train_and_eval(recipe: dict, build: Callable[[list[str]], Data],
-                   no_rows: Callable[[Data], str]) -> tuple[Data, list[dict], list[dict]]:
+def train_and_eval(
+    recipe: dict, build: Callable[[list[str]], Data], no_rows: Callable[[Data], str]
+) -> tuple[Data, list[dict], list[dict]]:
     """(data.datasets' data, its training rows, the evaluation rows): build(dataset names) gives a stage's data;
     with no rows it is refused with the message no_rows(data); evaluation comes from data.eval_datasets, else from a seeded
     data.val_size share held out of the training rows."""

@@ -41,11 +41,14 @@ def _json_lines(tools: list[dict]) -> str:
 
 def _qwen_tools(system: str, tools: list[dict]) -> str:
     # Qwen2.5's published tool prompt, so a model tuned here sees the format it was trained with.
-    return (system + "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-            + _json_lines(tools) + "\n</tools>\n\nFor each function call, return a json object with function name "
-            "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+    return (
+        system + "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+        + _json_lines(tools)
+        + "\n</tools>\n\nFor each function call, return a json object with function name "
+        "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
 
 
 # ChatGLM3 as THUDM publishes it: the chat format of chatglm3-6b's chat_template (tokenizer_config.json,
@@ -69,17 +72,25 @@ def _chatglm3_call(name: str, arguments: object) -> str:
         except json.JSONDecodeError:
             arguments = None
     if not isinstance(arguments, dict) or not all(isinstance(key, str) and key.isidentifier() for key in arguments):
-        raise DataError(f"template chatglm3: the arguments of a call to {name!r} must be a JSON object with "
-                        f"identifier keys (they become tool_call(key=value, ...)), got {arguments!r}")
-    call = ast.Call(func=ast.Name(id="tool_call"), args=[],
-                    keywords=[ast.keyword(arg=key, value=ast.Constant(value)) for key, value in arguments.items()])
+        raise DataError(
+            f"template chatglm3: the arguments of a call to {name!r} must be a JSON object with "
+            f"identifier keys (they become tool_call(key=value, ...)), got {arguments!r}"
+        )
+    call = ast.Call(
+        func=ast.Name(id="tool_call"),
+        args=[],
+        keywords=[ast.keyword(arg=key, value=ast.Constant(value)) for key, value in arguments.items()],
+    )
     return f"{name}\n ```python\n{ast.unparse(call)}\n```"
 
 
 def _generic_tools(system: str, tools: list[dict]) -> str:
     head = (system + "\n\n") if system else ""
-    return (head + 'You can call these tools. To call one, reply with {"name": <tool name>, "arguments": {...}}:'
-            + _json_lines(tools))
+    return (
+        head
+        + 'You can call these tools. To call one, reply with {"name": <tool name>, "arguments": {...}}:'
+        + _json_lines(tools)
+    )
 
 
 @dataclass(frozen=True)
@@ -89,23 +100,26 @@ class Template:
     name: str
     system: str
     user: str
-    generation: str                 # assistant header after a user/tool turn (the generation prompt); not trained
-    assistant: str                  # the trained part: {content} plus the end-of-turn marker
-    observation: str                # a tool result turn
+    generation: str  # assistant header after a user/tool turn (the generation prompt); not trained
+    assistant: str  # the trained part: {content} plus the end-of-turn marker
+    observation: str  # a tool result turn
     tool_call: Callable[[str, object], str]
     tools: Callable[[str, list[dict]], str]
     prefix: str = ""
     default_system: str = ""
-    reply: str = "{content}"        # how a text reply sits inside the assistant part
-    call_joiner: str = "\n"         # between a reply and its tool calls, and between calls
-    separator: str = ""             # after each assistant turn; not trained
+    reply: str = "{content}"  # how a text reply sits inside the assistant part
+    call_joiner: str = "\n"  # between a reply and its tool calls, and between calls
+    separator: str = ""  # after each assistant turn; not trained
     stop_roles: tuple[str, ...] = ()  # no per-turn eos: the next role token ends a reply (trained), eos the last
-    strip: bool = False             # the model's own template trims message content
+    strip: bool = False  # the model's own template trims message content
 
     def render(self, messages: list[dict], tools: list[dict] | None, eos: str) -> tuple[str, list[Span]]:
         """The conversation's text and the trained spans of its assistant turns."""
-        system, turns = (messages[0]["content"], messages[1:]) if messages and messages[0]["role"] == "system" \
+        system, turns = (
+            (messages[0]["content"], messages[1:])
+            if messages and messages[0]["role"] == "system"
             else (self.default_system, messages)
+        )
         if tools:
             system = self.tools(system, tools)
         text = self.prefix + (_fill(self.system, self._clean(system)) if system else "")
@@ -113,8 +127,10 @@ class Template:
         for message in turns:
             role, content = message["role"], self._clean(message.get("content") or "")
             if role == "assistant":
-                calls = [self.tool_call(c["function"]["name"], c["function"]["arguments"])
-                         for c in message.get("tool_calls") or []]
+                calls = [
+                    self.tool_call(c["function"]["name"], c["function"]["arguments"])
+                    for c in message.get("tool_calls") or []
+                ]
                 parts = ([_fill(self.reply, content)] if content or not calls else []) + calls
                 start = len(text)
                 text += _fill(self.assistant, self.call_joiner.join(parts), eos)
@@ -137,71 +153,77 @@ class Template:
         return content.strip() if self.strip else content
 
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (
-    Template(
-        name="qwen2",  # ChatML
-        system="<|im_start|>system\n{content}<|im_end|>\n",
-        default_system="You are a helpful assistant.",
-        user="<|im_start|>user\n{content}<|im_end|>\n",
-        observation="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
-        generation="<|im_start|>assistant\n",
-        assistant="{content}<|im_end|>",
-        separator="\n",
-        tool_call=lambda name, arguments: f"<tool_call>\n{_json_call(name, arguments)}\n</tool_call>",
-        tools=_qwen_tools,
-    ),
-    Template(
-        name="llama3",
-        prefix="<|begin_of_text|>",
-        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
-        generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
-        assistant="{content}<|eot_id|>",
-        tool_call=lambda name, arguments: _json_call(name, arguments, key="parameters"),
-        tools=_generic_tools,
-        strip=True,
-    ),
-    Template(
-        name="chatglm3",
-        prefix="[gMASK]sop",
-        system="<|system|>\n {content}",
-        user="<|user|>\n {content}",
-        observation="<|observation|>\n {content}",
-        generation="<|assistant|>",
-        reply="\n {content}",
-        call_joiner="<|assistant|>",  # each call is an assistant message of its own
-        assistant="{content}",
-        tool_call=_chatglm3_call,
-        tools=_chatglm3_tools,
-        stop_roles=("<|user|>", "<|observation|>"),
-    ),
-    Template(
-        name="alpaca",
-        system="{content}\n\n",
-        default_system="Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-        user="### Instruction:\n{content}\n\n",
-        observation="### Instruction:\n{content}\n\n",
-        generation="### Response:\n",
-        assistant="{content}{eos}",
-        separator="\n\n",
-        tool_call=_json_call,
-        tools=_generic_tools,
-    ),
-    Template(
-        name="empty",  # raw text: turns concatenated, eos after each reply
-        system="{content}",
-        user="{content}",
-        observation="{content}",
-        generation="",
-        assistant="{content}{eos}",
-        tool_call=_json_call,
-        tools=_generic_tools,
-    ),
-)}
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            name="qwen2",  # ChatML
+            system="<|im_start|>system\n{content}<|im_end|>\n",
+            default_system="You are a helpful assistant.",
+            user="<|im_start|>user\n{content}<|im_end|>\n",
+            observation="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+            generation="<|im_start|>assistant\n",
+            assistant="{content}<|im_end|>",
+            separator="\n",
+            tool_call=lambda name, arguments: f"<tool_call>\n{_json_call(name, arguments)}\n</tool_call>",
+            tools=_qwen_tools,
+        ),
+        Template(
+            name="llama3",
+            prefix="<|begin_of_text|>",
+            system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+            user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+            observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+            generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
+            assistant="{content}<|eot_id|>",
+            tool_call=lambda name, arguments: _json_call(name, arguments, key="parameters"),
+            tools=_generic_tools,
+            strip=True,
+        ),
+        Template(
+            name="chatglm3",
+            prefix="[gMASK]sop",
+            system="<|system|>\n {content}",
+            user="<|user|>\n {content}",
+            observation="<|observation|>\n {content}",
+            generation="<|assistant|>",
+            reply="\n {content}",
+            call_joiner="<|assistant|>",  # each call is an assistant message of its own
+            assistant="{content}",
+            tool_call=_chatglm3_call,
+            tools=_chatglm3_tools,
+            stop_roles=("<|user|>", "<|observation|>"),
+        ),
+        Template(
+            name="alpaca",
+            system="{content}\n\n",
+            default_system="Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+            user="### Instruction:\n{content}\n\n",
+            observation="### Instruction:\n{content}\n\n",
+            generation="### Response:\n",
+            assistant="{content}{eos}",
+            separator="\n\n",
+            tool_call=_json_call,
+            tools=_generic_tools,
+        ),
+        Template(
+            name="empty",  # raw text: turns concatenated, eos after each reply
+            system="{content}",
+            user="{content}",
+            observation="{content}",
+            generation="",
+            assistant="{content}{eos}",
+            tool_call=_json_call,
+            tools=_generic_tools,
+        ),
+    )
+}
 
 
-CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # beside tokenizer_config.json (transformers >= 4.43)
+CHAT_TEMPLATE_FILES = (
+    "chat_template.jinja",
+    "chat_template.json",
+)  # beside tokenizer_config.json (transformers >= 4.43)
 
 
 def template_refusal(model_dir: Path | None, stage: str, template: str) -> str | None:
@@ -221,6 +243,8 @@ def template_refusal(model_dir: Path | None, stage: str, template: str) -> str |
 
 
 def no_chat_template_message() -> str:
-    return ("model.template: auto uses the tokenizer's chat template, and this model's tokenizer has none (a base or "
-            f"pre-training checkpoint). Fix: set model.template to one of {', '.join(TEMPLATES)} (the format the "
-            "model should learn), or use stage: pt, which needs no template")
+    return (
+        "model.template: auto uses the tokenizer's chat template, and this model's tokenizer has none (a base or "
+        f"pre-training checkpoint). Fix: set model.template to one of {', '.join(TEMPLATES)} (the format the "
+        "model should learn), or use stage: pt, which needs no template"
+    )

@@ -43,7 +43,9 @@ class Encoded:
 
 
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def _prefix_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[Span]]:
@@ -57,14 +59,18 @@ def _prefix_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> 
         start = len(_render(tokenizer, messages[:index], tools, add_generation_prompt=True))
         prefix = _render(tokenizer, messages[: index + 1], tools)
         if not text.startswith(prefix) or start > len(prefix):
-            raise DataError("the chat template does not render conversations incrementally "
-                            "(a prefix of the conversation renders differently); use a registered model.template")
+            raise DataError(
+                "the chat template does not render conversations incrementally "
+                "(a prefix of the conversation renders differently); use a registered model.template"
+            )
         found = text.find(eos, start, len(prefix)) if eos else -1
         spans.append((start, found + len(eos) if found >= 0 else len(prefix)))
     return text, spans
 
 
-_MARK = re.compile("\ue000(\\d+)\ue001")  # a message index between private-use characters (in a marked render, only ours)
+_MARK = re.compile(
+    "\ue000(\\d+)\ue001"
+)  # a message index between private-use characters (in a marked render, only ours)
 _GENERATION_PROMPTS: dict[tuple, str | None] = {}
 
 
@@ -74,10 +80,15 @@ def _generation_prompt(tokenizer, key: tuple) -> str | None:
     if key not in _GENERATION_PROMPTS:
         probe = [{"role": "user", "content": "x"}]
         try:
-            bare, prompted = _render(tokenizer, probe, None), _render(tokenizer, probe, None, add_generation_prompt=True)
+            bare, prompted = (
+                _render(tokenizer, probe, None),
+                _render(tokenizer, probe, None, add_generation_prompt=True),
+            )
         except Exception:  # noqa: BLE001 -- a template that refuses the probe: prefix renders then
             bare, prompted = "", ""
-        _GENERATION_PROMPTS[key] = prompted[len(bare):] if prompted.startswith(bare) and len(prompted) > len(bare) else None
+        _GENERATION_PROMPTS[key] = (
+            prompted[len(bare) :] if prompted.startswith(bare) and len(prompted) > len(bare) else None
+        )
     return _GENERATION_PROMPTS[key]
 
 
@@ -131,8 +142,12 @@ def _marked_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> 
     if not prompt or not eos or any(not isinstance(m.get("content"), str) or not m["content"] for m in messages):
         return None  # empty contents (tool-call turns) change what templates render: not comparable
     text = _render(tokenizer, messages, tools)
-    key = (template, json.dumps([[{k: v for k, v in m.items() if k != "content"} for m in messages], tools],
-                                sort_keys=True, default=str))
+    key = (
+        template,
+        json.dumps(
+            [[{k: v for k, v in m.items() if k != "content"} for m in messages], tools], sort_keys=True, default=str
+        ),
+    )
     if key in _PIECES:
         spans = _PIECES[key] and _spans_from_pieces(prompt, eos, text, messages, _PIECES[key])
         if spans is not None:
@@ -177,7 +192,7 @@ def _trained_tokens(tokenizer, text: str, spans: list[Span]) -> tuple[list[int],
     bounds = [0, *(b for span in spans for b in span), len(text)]
     ids, trained = [], []
     for index in range(len(bounds) - 1):
-        piece = text[bounds[index]:bounds[index + 1]]
+        piece = text[bounds[index] : bounds[index + 1]]
         piece_ids = tokenizer.encode(piece, add_special_tokens=False) if piece else []
         ids += piece_ids
         trained += [index % 2 == 1] * len(piece_ids)
@@ -209,16 +224,23 @@ def _span_labels(encoding, ids: list[int], text_length: int, spans: list[Span]) 
     return labels
 
 
-def _encode_rendered(tokenizer, rendered: list[tuple[str, list[Span]]],
-                     train_on_prompt: bool) -> tuple[list[Encoded], list | None]:
+def _encode_rendered(
+    tokenizer, rendered: list[tuple[str, list[Span]]], train_on_prompt: bool
+) -> tuple[list[Encoded], list | None]:
     """Token ids and labels of rendered conversations: fast tokenizers in one batched call (spans to tokens by
     offsets), others piece by piece at span boundaries. Also the fast tokenizer's encodings (None for others)."""
     if not tokenizer.is_fast:
         out = []
         for text, spans in rendered:
             ids, trained = _trained_tokens(tokenizer, text, spans)
-            out.append(Encoded(ids, list(ids) if train_on_prompt else
-                               [token if flag else IGNORE_INDEX for token, flag in zip(ids, trained)]))
+            out.append(
+                Encoded(
+                    ids,
+                    list(ids)
+                    if train_on_prompt
+                    else [token if flag else IGNORE_INDEX for token, flag in zip(ids, trained)],
+                )
+            )
         return out, None
     if not rendered:
         return [], []
@@ -232,6 +254,7 @@ def _encode_rendered(tokenizer, rendered: list[tuple[str, list[Span]]],
 @dataclass
 class _Whole:
     """An over-long conversation's full text and tokenization: its shorter variants are spliced from it."""
+
     text: str
     ids: list[int]
     encoding: object  # the fast tokenizer's Encoding of text
@@ -246,8 +269,11 @@ class _Splicer:
     followed by those from r on. Only added tokens matched as written, eating no whitespace, qualify."""
 
     def __init__(self, tokenizer):
-        self.ids = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()
-                    if not (t.lstrip or t.rstrip or t.single_word or t.normalized)}
+        self.ids = {
+            t.content: i
+            for i, t in tokenizer.added_tokens_decoder.items()
+            if not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+        }
         by_length = sorted(self.ids, key=len, reverse=True)
         self.pattern = re.compile("|".join(map(re.escape, by_length))) if by_length else None
 
@@ -260,7 +286,7 @@ class _Splicer:
             h, token = match.start(), match.group()
             if text[:h] != full[:h]:
                 return None  # the shared head ended before this added token: no later one can start the splice
-            if not full.startswith(token, h + cut) or text[h:] != full[h + cut:]:
+            if not full.startswith(token, h + cut) or text[h:] != full[h + cut :]:
                 continue
             first, rest = self._token_at(whole, h, token), self._token_at(whole, h + cut, token)
             if first is None or rest is None:
@@ -287,12 +313,19 @@ def _without_oldest_rounds(messages: list[dict]) -> list[list[dict]]:
     return [head + messages[start:] for start in starts[1:]]
 
 
-def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[dict] | None]], cutoff_len: int,
-                         train_on_prompt: bool = False, mask_history: bool = False, template: str = TEMPLATE) -> list[Encoded]:
+def encode_conversations(
+    tokenizer,
+    conversations: list[tuple[list[dict], list[dict] | None]],
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    template: str = TEMPLATE,
+) -> list[Encoded]:
     """encode_conversation over many (messages, tools), the same results, faster: texts are tokenized in
     batched calls (a fast tokenizer spreads them over its threads), first all whole conversations, then, for
     those over cutoff_len, the conversations without their oldest round, then without two, ...; a variant
     that is a splice of its whole text at added tokens takes its tokens from the whole's (_Splicer)."""
+
     def trained_spans(items: list[tuple[list[dict], list[dict] | None]]) -> list[tuple[str, list[Span]]]:
         """Each conversation's text and the spans it trains (with mask_history, only the last reply's)."""
         out = [render(tokenizer, messages, tools, template) for messages, tools in items]
@@ -302,7 +335,11 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
         rendered = trained_spans(conversations)
         wholes, encodings = _encode_rendered(tokenizer, rendered, train_on_prompt)
         results = list(wholes)
-        shorter = {i: _without_oldest_rounds(conversations[i][0]) for i, e in enumerate(wholes) if len(e.input_ids) > cutoff_len}
+        shorter = {
+            i: _without_oldest_rounds(conversations[i][0])
+            for i, e in enumerate(wholes)
+            if len(e.input_ids) > cutoff_len
+        }
         sources = {i: _Whole(rendered[i][0], wholes[i].input_ids, encodings[i]) for i in shorter} if encodings else {}
         del rendered, encodings
         splice = _Splicer(tokenizer) if sources else None
@@ -319,8 +356,9 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
                 if spliced is not None:
                     encoded[index] = spliced
             unspliced = [i for i in variants if i not in encoded]
-            encoded.update(zip(unspliced, _encode_rendered(tokenizer, [variants[i] for i in unspliced],
-                                                           train_on_prompt)[0]))
+            encoded.update(
+                zip(unspliced, _encode_rendered(tokenizer, [variants[i] for i in unspliced], train_on_prompt)[0])
+            )
             for index, variant in encoded.items():
                 results[index] = variant
                 if len(variant.input_ids) <= cutoff_len:
@@ -329,8 +367,15 @@ def encode_conversations(tokenizer, conversations: list[tuple[list[dict], list[d
     return results
 
 
-def encode_conversation(tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
-                        mask_history: bool = False, template: str = TEMPLATE, tools: list[dict] | None = None) -> Encoded:
+def encode_conversation(
+    tokenizer,
+    messages: list[dict],
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    template: str = TEMPLATE,
+    tools: list[dict] | None = None,
+) -> Encoded:
     """input_ids and labels of one conversation, at most cutoff_len tokens.
 
     Too long: drop the oldest rounds (system kept) until it fits; if even the newest round

@@ -21,14 +21,17 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def _require_cuda_package(setting: str, on_gpu: bool, module: str, package: str, pip_name: str, why: str,
-                          cpu_fix: str, missing_fix: str) -> None:
+def _require_cuda_package(
+    setting: str, on_gpu: bool, module: str, package: str, pip_name: str, why: str, cpu_fix: str, missing_fix: str
+) -> None:
     """Refuse a CUDA-only kernel without a GPU, or without the optional package that provides it."""
     if not on_gpu:
         raise RecipeError(f"{setting} needs a CUDA GPU{why} and none is visible. Fix: {cpu_fix}")
     if not installed(module):
-        raise RecipeError(f"{setting} needs {package}, which is not installed. "
-                         f"Fix: pip install '.[gpu]' (or pip install {pip_name}), or {missing_fix}")
+        raise RecipeError(
+            f"{setting} needs {package}, which is not installed. "
+            f"Fix: pip install '.[gpu]' (or pip install {pip_name}), or {missing_fix}"
+        )
 
 
 def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
@@ -36,13 +39,23 @@ def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
     that cannot run here."""
     attn, neat = recipe["model"]["attn"], recipe["data"]["packing"] == "neat"
     if attn == "flash_attention_2":
-        _require_cuda_package("model.attn = 'flash_attention_2'", on_gpu, "flash_attn", "the flash-attn package",
-                              "flash-attn", "", "model.attn=auto (or sdpa / flex_attention)", "model.attn=auto")
+        _require_cuda_package(
+            "model.attn = 'flash_attention_2'",
+            on_gpu,
+            "flash_attn",
+            "the flash-attn package",
+            "flash-attn",
+            "",
+            "model.attn=auto (or sdpa / flex_attention)",
+            "model.attn=auto",
+        )
         return attn, "chosen in the recipe" + (": padding-free packed rows, varlen kernel" if neat else "")
     if attn == "flex_attention":
         if not on_gpu:  # torch raises "FlexAttention does not support backward on CPU" at the first step
-            raise RecipeError("model.attn = 'flex_attention' trains on CUDA only: torch has no flex_attention backward "
-                             "on CPU. Fix: model.attn=auto (on CPU: sdpa, neat packing with a dense per-row mask)")
+            raise RecipeError(
+                "model.attn = 'flex_attention' trains on CUDA only: torch has no flex_attention backward "
+                "on CPU. Fix: model.attn=auto (on CPU: sdpa, neat packing with a dense per-row mask)"
+            )
         return attn, "chosen in the recipe" + (": padding-free packed rows, block-sparse document mask" if neat else "")
     if attn in ("sdpa", "eager"):
         note = ": neat packing falls back to a dense L x L mask per row" if neat else ""
@@ -52,11 +65,15 @@ def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
         return "flash_attention_2", "auto: CUDA and flash-attn installed (varlen kernel, padding-free packing)"
     if neat:
         if on_gpu:
-            return "flex_attention", ("auto: neat packing on CUDA without flash-attn: torch's flex_attention keeps "
-                                      "samples apart with a block-sparse mask (installing flash-attn would use its "
-                                      "varlen kernel instead)")
-        return "sdpa", ("auto: neat packing on CPU keeps sdpa with a dense per-row mask (torch has no flex_attention "
-                        "backward on CPU; on CUDA auto packs padding-free rows)")
+            return "flex_attention", (
+                "auto: neat packing on CUDA without flash-attn: torch's flex_attention keeps "
+                "samples apart with a block-sparse mask (installing flash-attn would use its "
+                "varlen kernel instead)"
+            )
+        return "sdpa", (
+            "auto: neat packing on CPU keeps sdpa with a dense per-row mask (torch has no flex_attention "
+            "backward on CPU; on CUDA auto packs padding-free rows)"
+        )
     return "sdpa", "auto: sdpa" + ("" if not on_gpu else " (installing flash-attn would use flash_attention_2)")
 
 
@@ -71,15 +88,26 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
     own_loss = stage_spec(stage).lm_loss
     if kernel != "plain" and kernel != "auto" and not own_loss:
         loss_stages = "/".join(name for name in STAGES if stage_spec(name).lm_loss)
-        raise RecipeError(f"train.loss_kernel = {kernel!r} applies to stages {loss_stages}; stage {stage} "
-                         "computes its loss in TRL. Fix: train.loss_kernel=auto")
+        raise RecipeError(
+            f"train.loss_kernel = {kernel!r} applies to stages {loss_stages}; stage {stage} "
+            "computes its loss in TRL. Fix: train.loss_kernel=auto"
+        )
     if kernel != "plain" and kernel != "auto" and recipe["method"]["name"] == "prefix":
-        raise RecipeError(f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
-                         "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto")
+        raise RecipeError(
+            f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
+            "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto"
+        )
     if kernel == "liger":
-        _require_cuda_package("train.loss_kernel = 'liger'", on_gpu, "liger_kernel", "liger-kernel", "liger-kernel",
-                              " (its kernels are Triton)", "train.loss_kernel=chunked (pure torch, any device)",
-                              "train.loss_kernel=chunked")
+        _require_cuda_package(
+            "train.loss_kernel = 'liger'",
+            on_gpu,
+            "liger_kernel",
+            "liger-kernel",
+            "liger-kernel",
+            " (its kernels are Triton)",
+            "train.loss_kernel=chunked (pure torch, any device)",
+            "train.loss_kernel=chunked",
+        )
         return kernel, "chosen in the recipe: liger-kernel's fused linear cross-entropy"
     if kernel in ("plain", "chunked"):
         return kernel, "chosen in the recipe"
@@ -89,7 +117,10 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
         return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"
     if vocab_size is not None and vocab_size >= CHUNKED_MIN_VOCAB:
         hint = " (installing liger-kernel would fuse it on CUDA)" if on_gpu else ""
-        return "chunked", f"auto: vocabulary {vocab_size:,} >= {CHUNKED_MIN_VOCAB:,}: the logits are never materialised{hint}"
+        return (
+            "chunked",
+            f"auto: vocabulary {vocab_size:,} >= {CHUNKED_MIN_VOCAB:,}: the logits are never materialised{hint}",
+        )
     size = "unknown" if vocab_size is None else f"{vocab_size:,}"
     return "plain", f"auto: vocabulary {size} < {CHUNKED_MIN_VOCAB:,} (or unknown): full logits are cheap"
 
@@ -99,11 +130,15 @@ def compile_choice(recipe: dict, on_gpu: bool) -> tuple[bool, str]:
     if not recipe["train"]["compile"]:
         return False, "off (train.compile: true compiles each decoder layer)"
     if not on_gpu and shutil.which("c++") is None and shutil.which("g++") is None:
-        raise RecipeError("train.compile = true on CPU needs a C++ compiler (inductor builds its kernels with it) "
-                         "and none is on PATH. Fix: install g++, or train.compile=false")
+        raise RecipeError(
+            "train.compile = true on CPU needs a C++ compiler (inductor builds its kernels with it) "
+            "and none is on PATH. Fix: install g++, or train.compile=false"
+        )
     if recipe["method"]["name"] == "prefix":
-        raise RecipeError("train.compile = true does not work with method.name: prefix (PEFT feeds its virtual tokens "
-                         "as a growing cache, which recompiles every step). Fix: train.compile=false")
+        raise RecipeError(
+            "train.compile = true does not work with method.name: prefix (PEFT feeds its virtual tokens "
+            "as a growing cache, which recompiles every step). Fix: train.compile=false"
+        )
     return True, "on: each decoder layer compiled once (dynamic shapes, so packed rows of any length reuse it)"
 
 
@@ -112,8 +147,15 @@ def kernel_plan(recipe: dict, on_gpu: bool, vocab_size: int | None) -> dict:
     attn, attn_why = attention_choice(recipe, on_gpu)
     loss, loss_why = loss_choice(recipe, on_gpu, vocab_size)
     compiled, compile_why = compile_choice(recipe, on_gpu)
-    return {"attn": attn, "attn_reason": attn_why, "padding_free": padding_free(attn, recipe["data"]["packing"]),
-            "loss": loss, "loss_reason": loss_why, "compile": compiled, "compile_reason": compile_why}
+    return {
+        "attn": attn,
+        "attn_reason": attn_why,
+        "padding_free": padding_free(attn, recipe["data"]["packing"]),
+        "loss": loss,
+        "loss_reason": loss_why,
+        "compile": compiled,
+        "compile_reason": compile_why,
+    }
 
 
 def format_kernels(kernels: dict) -> list[str]:
@@ -122,9 +164,14 @@ def format_kernels(kernels: dict) -> list[str]:
     if kernels["padding_free"]:
         rows.append("packing: padding-free rows (one concatenated row per micro-batch, no L x L mask)")
     rows += [f"loss: {kernels['loss']} ({kernels['loss_reason']})", f"compile: {kernels['compile_reason']}"]
-    missing = [name for name, package in (("flash-attn", "flash_attn"), ("liger-kernel", "liger_kernel"))
-               if not installed(package)]
+    missing = [
+        name
+        for name, package in (("flash-attn", "flash_attn"), ("liger-kernel", "liger_kernel"))
+        if not installed(package)
+    ]
     if missing:
-        rows.append(f"not installed: {', '.join(missing)} (pip install '.[gpu]' on CUDA: flash-attn's varlen "
-                    "attention, liger's fused loss and RMSNorm/RoPE/SwiGLU; the torch-only path needs neither)")
+        rows.append(
+            f"not installed: {', '.join(missing)} (pip install '.[gpu]' on CUDA: flash-attn's varlen "
+            "attention, liger's fused loss and RMSNorm/RoPE/SwiGLU; the torch-only path needs neither)"
+        )
     return rows

@@ -53,16 +53,23 @@ def _summed_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, target
     return _InPlaceCrossEntropy.apply(lm_head(hidden).float(), targets)
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, chunks: int,
-                          num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    labels: torch.Tensor,
+    chunks: int,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
     """Causal-LM loss from the final hidden states (B, N, H) and labels (B, N) (unshifted, as
     the model takes them): hidden[t] predicts labels[t + 1]."""
     targets = labels[:, 1:].reshape(-1)
     hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
     trained = targets != IGNORE_INDEX  # untrained tokens (prompts, padding) need no logits at all
     hidden, targets = hidden[trained], targets[trained]
-    total = sum(checkpoint(_summed_cross_entropy, lm_head, part, goal, use_reentrant=False)
-                for part, goal in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks)))
+    total = sum(
+        checkpoint(_summed_cross_entropy, lm_head, part, goal, use_reentrant=False)
+        for part, goal in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks))
+    )
     if num_items_in_batch is None:
         return total / trained.sum().clamp(min=1)
     return total / num_items_in_batch
@@ -71,6 +78,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, labels
 def final_hidden_states(model, inputs: dict) -> torch.Tensor:
     """The decoder's output (after the final norm) through the model's own forward, so every
     wrapper (DDP, DeepSpeed, PEFT) sees a normal call; the LM head is applied to no token."""
-    outputs = model(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device),
-                    output_hidden_states=True, use_cache=False)
+    outputs = model(
+        **inputs,
+        logits_to_keep=torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device),
+        output_hidden_states=True,
+        use_cache=False,
+    )
     return outputs.hidden_states[-1]

@@ -40,3 +40,21 @@ class KernelTrainer(Trainer):
             # as Trainer.compute_loss does: the token count spans every rank, DDP averages the gradients
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return loss
+
+
+def lm_trainer(
+    plan: dict, args, model, tokenizer, callbacks: list, rows: list, eval_rows: list, collator
+) -> KernelTrainer:
+    """The pt/sft trainer over these rows: the plan's kernels, the chunked loss sized for a full micro-batch."""
+    recipe = plan["recipe"]
+    return KernelTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        eval_dataset=eval_rows or None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        kernels=plan["kernels"],
+        max_tokens=recipe["train"]["micro_batch_size"] * recipe["data"]["cutoff_len"],
+    )

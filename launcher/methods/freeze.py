@@ -19,8 +19,10 @@ def _decoder_layers(model: nn.Module) -> tuple[str, int]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return name, count
-    raise MethodError(f"method.name = freeze: no list of {count} decoder layers found in "
-                      f"{type(model).__name__}. Fix: use method.name: lora or full for this model")
+    raise MethodError(
+        f"method.name = freeze: no list of {count} decoder layers found in "
+        f"{type(model).__name__}. Fix: use method.name: lora or full for this model"
+    )
 
 
 def _summary(names: list[str]) -> list[str]:
@@ -28,7 +30,7 @@ def _summary(names: list[str]) -> list[str]:
     groups: dict[str, list[str]] = defaultdict(list)
     for name in names:
         match = re.search(r"\.(\d+)\.", name)
-        key = name if match is None else name[:match.start()] + ".{}." + name[match.end():]
+        key = name if match is None else name[: match.start()] + ".{}." + name[match.end() :]
         groups[key].append(match.group(1) if match else "")
     return [key.replace("{}", "{" + ",".join(idx) + "}") for key, idx in groups.items()]
 
@@ -47,6 +49,9 @@ def apply(model: nn.Module, method: dict, recipe: dict) -> nn.Module:
     for name, param in model.named_parameters():
         param.requires_grad_(name in chosen)
     if os.environ.get("RANK", "0") == "0":
-        print("[launcher] freeze: trainable parameters:\n  " + "\n  ".join(_summary(
-            [name for name in all_names if name in chosen])), flush=True)
+        print(
+            "[launcher] freeze: trainable parameters:\n  "
+            + "\n  ".join(_summary([name for name in all_names if name in chosen])),
+            flush=True,
+        )
     return model

@@ -28,11 +28,15 @@ def apply(model: nn.Module, method: dict, recipe: dict) -> PeftModel:
         # QLoRA: freezes the k-bit base, upcasts norms and the output head to fp32, and makes
         # the input embeddings require grads so checkpointed layers pass gradients to the adapter
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=recipe["train"]["gradient_checkpointing"],
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            model,
+            use_gradient_checkpointing=recipe["train"]["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     target = method["target"]
     if target != "all":  # the planner checked local and builtin models; a hub model is first seen here
-        shapes = {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}  # ZeRO-3: full shape
+        shapes = {
+            name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()
+        }  # ZeRO-3: full shape
         error = lora_targets_error("method.target", target, shapes)
         if error:
             raise MethodError(error)
@@ -71,8 +75,11 @@ def convert_pissa_to_lora(adapter_dir: str | Path, init_dir: str | Path) -> None
     save_file(trained, adapter_dir / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     config_file = adapter_dir / "adapter_config.json"
     config = json.loads(config_file.read_text())
-    config.update(r=2 * config["r"], lora_alpha=2 * config["lora_alpha"] if not config["use_rslora"]
-                  else math.sqrt(2) * config["lora_alpha"], init_lora_weights=True)
+    config.update(
+        r=2 * config["r"],
+        lora_alpha=2 * config["lora_alpha"] if not config["use_rslora"] else math.sqrt(2) * config["lora_alpha"],
+        init_lora_weights=True,
+    )
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -86,11 +93,16 @@ def loraplus_optimizer(trainer, ratio: float) -> tuple:
     the factory on both its plain and its DeepSpeed path (a ready optimizer would be dropped
     by deepspeed_init)."""
     optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
-    return _loraplus_factory, {**kwargs, "optimizer_cls": optimizer_cls, "loraplus_lr_ratio": ratio,
-                               "loraplus_weight_decay": trainer.args.weight_decay}
+    return _loraplus_factory, {
+        **kwargs,
+        "optimizer_cls": optimizer_cls,
+        "loraplus_lr_ratio": ratio,
+        "loraplus_weight_decay": trainer.args.weight_decay,
+    }
 
 
 # The worker's hooks (launcher/registry.py MethodSpec)
+
 
 def after_apply(model, plan: dict, rank: int) -> None:
     """PiSSA: save the initial adapter, to convert the trained one back to plain LoRA at the end."""

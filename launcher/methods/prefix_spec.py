@@ -6,12 +6,18 @@ from launcher.registry import MethodSpec, Refuse
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
     dist = r["distributed"]
     if r["train"]["gradient_checkpointing"]:
-        refuse("train.gradient_checkpointing", "train.gradient_checkpointing: true cannot run with method.name: prefix "
-                                               "(PEFT's prefix tuning does not work with gradient checkpointing). "
-                                               "Fix: set train.gradient_checkpointing: false")
+        refuse(
+            "train.gradient_checkpointing",
+            "train.gradient_checkpointing: true cannot run with method.name: prefix "
+            "(PEFT's prefix tuning does not work with gradient checkpointing). "
+            "Fix: set train.gradient_checkpointing: false",
+        )
     if dist["engine"] == "deepspeed" and dist["zero"] == 3:
-        refuse("distributed.zero", "distributed.zero: 3 cannot save method.name: prefix (PEFT computes the saved prefix "
-                                   "on rank 0 alone from ZeRO-3-partitioned weights, which hangs). Fix: set distributed.zero: 2")
+        refuse(
+            "distributed.zero",
+            "distributed.zero: 3 cannot save method.name: prefix (PEFT computes the saved prefix "
+            "on rank 0 alone from ZeRO-3-partitioned weights, which hangs). Fix: set distributed.zero: 2",
+        )
 
 
 SPEC = MethodSpec(adapter="launcher.methods.prefix", check=check)

@@ -37,7 +37,7 @@ GPU_BF16_PEAK_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("H200",), 989.0),
     (("H100", "PCIe"), 756.0),
     (("H100", "NVL"), 835.0),
-    (("H100",), 989.0),   # SXM (nvidia-smi: "NVIDIA H100 80GB HBM3")
+    (("H100",), 989.0),  # SXM (nvidia-smi: "NVIDIA H100 80GB HBM3")
     (("H800", "PCIe"), 756.0),
     (("H800",), 989.0),
     (("H20",), 148.0),
@@ -51,7 +51,7 @@ GPU_BF16_PEAK_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("RTX", "A6000"), 155.0),
     (("RTX", "4090"), 165.0),
     (("RTX", "3090"), 71.0),
-    (("V100",), 125.0),   # no bf16: its fp16 tensor peak
+    (("V100",), 125.0),  # no bf16: its fp16 tensor peak
 )
 PEAK_ENV = "LAUNCHER_PEAK_TFLOPS"  # overrides the table (or the CPU measurement), per device
 
@@ -60,9 +60,9 @@ PEAK_ENV = "LAUNCHER_PEAK_TFLOPS"  # overrides the table (or the CPU measurement
 class ModelFlops:
     """The counts F needs; `flops(tokens, attention_pairs)` is the model FLOPs of that work."""
 
-    trained: int         # weights of trained linear layers (LoRA A/B, or all of them for full)
-    frozen: int          # weights of frozen linear layers
-    layers: int          # decoder layers
+    trained: int  # weights of trained linear layers (LoRA A/B, or all of them for full)
+    frozen: int  # weights of frozen linear layers
+    layers: int  # decoder layers
     attention_width: int  # heads x head_dim
 
     def flops(self, tokens: float, attention_pairs: float) -> float:

@@ -96,9 +96,11 @@ class BadStepGuard(TrainerCallback):
         self.bad_steps.append(state.global_step)
         if self.rank == 0:
             outcome = "update APPLIED (DeepSpeed ZeRO-0 in fp32)" if self.damaged else "update skipped"
-            print(f"[launcher] step {state.global_step}: loss or gradient norm is NaN/Inf, {outcome} "
-                  f"({len(self.bad_steps)} consecutive bad steps, stop at train.max_bad_steps={self.max_bad_steps})",
-                  flush=True)
+            print(
+                f"[launcher] step {state.global_step}: loss or gradient norm is NaN/Inf, {outcome} "
+                f"({len(self.bad_steps)} consecutive bad steps, stop at train.max_bad_steps={self.max_bad_steps})",
+                flush=True,
+            )
         if self.damaged:
             control.should_training_stop = True  # no save: the weights already took the bad update
         elif len(self.bad_steps) >= self.max_bad_steps:
@@ -116,11 +118,17 @@ class BadStepGuard(TrainerCallback):
             from launcher.checkpoint.paths import latest_checkpoint
 
             latest = latest_checkpoint(self.trainer.args.output_dir)
-            where = ("DeepSpeed applied the bad update (ZeRO-0 in fp32 does not skip non-finite steps), so nothing "
-                     f"was saved: the last good state is {latest or 'not saved (no checkpoint yet)'}")
+            where = (
+                "DeepSpeed applied the bad update (ZeRO-0 in fp32 does not skip non-finite steps), so nothing "
+                f"was saved: the last good state is {latest or 'not saved (no checkpoint yet)'}"
+            )
         else:
-            where = (f"{self.stopped_at} holds the model and optimizer state of the last good step "
-                     f"{self.last_good_step} (the bad updates were skipped)")
-        return (f"stopped: loss or gradient norm NaN/Inf at {len(self.bad_steps)} consecutive steps ({steps}; "
-                f"train.max_bad_steps={self.max_bad_steps}). {where}. Fix: lower train.lr or train.max_grad_norm, "
-                "check the data near these steps, or train in bf16/fp32 instead of fp16; then resume (train.resume=auto)")
+            where = (
+                f"{self.stopped_at} holds the model and optimizer state of the last good step "
+                f"{self.last_good_step} (the bad updates were skipped)"
+            )
+        return (
+            f"stopped: loss or gradient norm NaN/Inf at {len(self.bad_steps)} consecutive steps ({steps}; "
+            f"train.max_bad_steps={self.max_bad_steps}). {where}. Fix: lower train.lr or train.max_grad_norm, "
+            "check the data near these steps, or train in bf16/fp32 instead of fp16; then resume (train.resume=auto)"
+        )

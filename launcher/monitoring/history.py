@@ -14,8 +14,18 @@ from transformers import TrainerCallback
 
 from launcher.checkpoint.paths import LOG_FILE, PLOT_FILE
 
-TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens_per_second",
-              "samples_per_second", "step_time", "mfu", "padding_efficiency", "peak_memory_gib")
+TRAIN_KEYS = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "trained_tokens_per_second",
+    "samples_per_second",
+    "step_time",
+    "mfu",
+    "padding_efficiency",
+    "peak_memory_gib",
+)
 
 
 def elapsed_and_eta(state, started: tuple[float, int]) -> tuple[float, float | None]:
@@ -47,8 +57,12 @@ class HistoryCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs or not ("loss" in logs or "eval_loss" in logs):
             return
         elapsed, eta = elapsed_and_eta(state, self.started)
-        record = {"step": state.global_step, "total_steps": state.max_steps, "epoch": state.epoch,
-                  "percentage": round(100 * state.global_step / max(state.max_steps, 1), 2)}
+        record = {
+            "step": state.global_step,
+            "total_steps": state.max_steps,
+            "epoch": state.epoch,
+            "percentage": round(100 * state.global_step / max(state.max_steps, 1), 2),
+        }
         keys = TRAIN_KEYS if "loss" in logs else [k for k in logs if k.startswith("eval_")]
         record.update({key: logs[key] for key in keys if key in logs})
         record.update(elapsed=round(elapsed, 3), eta=None if eta is None else round(eta, 3))

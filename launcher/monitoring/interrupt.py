@@ -55,5 +55,7 @@ class StopOnSignal(TrainerCallback):
             self.stopped_at = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
 
     def message(self) -> str:
-        return (f"stopped by SIGTERM: {self.stopped_at} holds the state to resume from; "
-                "run the same recipe again to continue (train.resume=auto)")
+        return (
+            f"stopped by SIGTERM: {self.stopped_at} holds the state to resume from; "
+            "run the same recipe again to continue (train.resume=auto)"
+        )

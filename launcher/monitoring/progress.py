@@ -54,10 +54,20 @@ class ProgressCallback(TrainerCallback):
             TimeRemainingColumn,
         )
 
-        console = Console(force_terminal=True, width=self.width)  # stdout is the rank-log pipe, the user sees a terminal
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                                 refresh_per_second=2)
+        console = Console(
+            force_terminal=True, width=self.width
+        )  # stdout is the rank-log pipe, the user sees a terminal
+        self.progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            refresh_per_second=2,
+        )
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
         self.progress.start()
 
@@ -72,8 +82,10 @@ class ProgressCallback(TrainerCallback):
             self.progress.update(self.task, stats=train_line(logs))
         elapsed, eta = elapsed_and_eta(state, self.started)
         if "loss" in logs:
-            line = (f"[train] step {state.global_step}/{state.max_steps} | {train_line(logs)} | "
-                    f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}")
+            line = (
+                f"[train] step {state.global_step}/{state.max_steps} | {train_line(logs)} | "
+                f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}"
+            )
         else:
             line = f"[eval] step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f}"
         if self.progress is not None:

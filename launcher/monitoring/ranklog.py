@@ -47,9 +47,13 @@ def start_rank_log(output_dir: str | Path, rank: int) -> bool:
     show_stdout = "1" if rank == 0 else "0"
     # The tee inherits the original fds 1 and 2 and the pipes' read ends. Its own session keeps
     # Ctrl-C and the launcher's group kill off it: it ends at EOF, once every writer is gone.
-    subprocess.Popen([sys.executable, "-m", "launcher.monitoring.ranklog", str(path), show_stdout],
-                     stdin=subprocess.DEVNULL, pass_fds=(out_read, err_read), start_new_session=True,
-                     env={**os.environ, "LAUNCHER_TEE_FDS": f"{out_read},{err_read}"})
+    subprocess.Popen(
+        [sys.executable, "-m", "launcher.monitoring.ranklog", str(path), show_stdout],
+        stdin=subprocess.DEVNULL,
+        pass_fds=(out_read, err_read),
+        start_new_session=True,
+        env={**os.environ, "LAUNCHER_TEE_FDS": f"{out_read},{err_read}"},
+    )
     os.close(out_read)
     os.close(err_read)
     sys.stdout.flush()
@@ -71,7 +75,7 @@ class _LogCleaner:
         self.pending += data
         *lines, self.pending = self.pending.split(b"\n")
         if b"\r" in self.pending:  # a bar redrawing in place: only its latest state can survive
-            self.pending = self.pending[self.pending.rindex(b"\r"):]
+            self.pending = self.pending[self.pending.rindex(b"\r") :]
         return b"".join(self._clean(line) + b"\n" for line in lines)
 
     def flush(self) -> bytes:
@@ -82,7 +86,7 @@ class _LogCleaner:
     @staticmethod
     def _clean(line: bytes) -> bytes:
         line = CONTROL.sub(b"", line.rstrip(b"\r"))
-        return line[line.rfind(b"\r") + 1:]
+        return line[line.rfind(b"\r") + 1 :]
 
 
 def _tee(path: str, show_stdout: bool) -> None:
@@ -113,7 +117,7 @@ def _run_text(path: Path) -> str:
     """The last run's part of a rank log."""
     data = path.read_bytes()
     start = data.rfind(RUN_HEADER)
-    return data[max(start, 0):].decode("utf-8", errors="replace")
+    return data[max(start, 0) :].decode("utf-8", errors="replace")
 
 
 def failure_report(output_dir: str | Path, since: float) -> str | None:

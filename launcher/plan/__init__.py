@@ -21,6 +21,21 @@ from launcher.plan.format import format_plan
 from launcher.plan.inputs import STAGE_INPUTS
 from launcher.plan.precision import resolve_dtype
 
-__all__ = ["CPU_PROCESSES", "CPU_PROCESSES_PER_CORE", "DS_CONFIG_DIR", "PLAN_VERSION", "STAGE_INPUTS", "build_plan",
-           "deepspeed_config", "detect_gpus", "format_plan", "host_memory_gb", "master_port", "model_hidden_size",
-           "node_plan_file", "resolve_dtype", "torch_extensions_dir", "write_plan"]
+__all__ = [
+    "CPU_PROCESSES",
+    "CPU_PROCESSES_PER_CORE",
+    "DS_CONFIG_DIR",
+    "PLAN_VERSION",
+    "STAGE_INPUTS",
+    "build_plan",
+    "deepspeed_config",
+    "detect_gpus",
+    "format_plan",
+    "host_memory_gb",
+    "master_port",
+    "model_hidden_size",
+    "node_plan_file",
+    "resolve_dtype",
+    "torch_extensions_dir",
+    "write_plan",
+]

@@ -26,32 +26,75 @@ def _node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> lis
     """The command that starts every rank of one node with the chosen launcher."""
     dist = recipe["distributed"]
     worker = ["-m", "launcher.worker", "--plan", plan_file]
-    common = dict(nnodes=world["nnodes"], nproc=world["nproc_per_node"], rank=node_rank,
-                  addr=world["master_addr"], port=world["master_port"])
+    common = dict(
+        nnodes=world["nnodes"],
+        nproc=world["nproc_per_node"],
+        rank=node_rank,
+        addr=world["master_addr"],
+        port=world["master_port"],
+    )
     python = sys.executable
     if dist["launcher"] == "torchrun":
-        return [python, "-m", "torch.distributed.run", f"--nnodes={common['nnodes']}",
-                f"--nproc-per-node={common['nproc']}", f"--node-rank={node_rank}",
-                f"--master-addr={common['addr']}", f"--master-port={common['port']}",
-                f"--max-restarts={dist['max_restarts']}", *worker]
+        return [
+            python,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={common['nnodes']}",
+            f"--nproc-per-node={common['nproc']}",
+            f"--node-rank={node_rank}",
+            f"--master-addr={common['addr']}",
+            f"--master-port={common['port']}",
+            f"--max-restarts={dist['max_restarts']}",
+            *worker,
+        ]
     if dist["launcher"] == "accelerate":
         # --multi_gpu selects accelerate's torchrun-based launcher; on CPU the worker's
         # TrainingArguments(use_cpu=True) picks gloo (accelerate's --cpu mode wants mpirun).
-        return [python, "-m", "accelerate.commands.launch", "--multi_gpu",
-                f"--num_processes={world['world_size']}", f"--num_machines={common['nnodes']}",
-                f"--machine_rank={node_rank}", f"--main_process_ip={common['addr']}",
-                f"--main_process_port={common['port']}", f"--max_restarts={dist['max_restarts']}",
-                "--mixed_precision=no", "--dynamo_backend=no", *worker]
+        return [
+            python,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            f"--num_processes={world['world_size']}",
+            f"--num_machines={common['nnodes']}",
+            f"--machine_rank={node_rank}",
+            f"--main_process_ip={common['addr']}",
+            f"--main_process_port={common['port']}",
+            f"--max_restarts={dist['max_restarts']}",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+            *worker,
+        ]
     if common["nnodes"] > 1:
         # DeepSpeed's runner wants a hostfile for several nodes and fans out itself; with one
         # command per node (ours) its per-node launcher takes the world as base64 JSON instead,
         # as the runner's own --no_ssh mode does. Host names are only labels there.
         world_info = {f"node{k}": list(range(common["nproc"])) for k in range(common["nnodes"])}
         encoded = base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode()
-        return [python, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={encoded}", f"--node_rank={node_rank}",
-                f"--master_addr={common['addr']}", f"--master_port={common['port']}", "--no_local_rank", "--module",
-                *worker[1:]]
+        return [
+            python,
+            "-u",
+            "-m",
+            "deepspeed.launcher.launch",
+            f"--world_info={encoded}",
+            f"--node_rank={node_rank}",
+            f"--master_addr={common['addr']}",
+            f"--master_port={common['port']}",
+            "--no_local_rank",
+            "--module",
+            *worker[1:],
+        ]
     # deepspeed launcher, one node; hostfile fan-out is the ssh backend's job
-    return [python, "-m", "deepspeed.launcher.runner", f"--num_nodes={common['nnodes']}",
-            f"--num_gpus={common['nproc']}", f"--node_rank={node_rank}", f"--master_addr={common['addr']}",
-            f"--master_port={common['port']}", "--no_local_rank", "--module", *worker[1:]]
+    return [
+        python,
+        "-m",
+        "deepspeed.launcher.runner",
+        f"--num_nodes={common['nnodes']}",
+        f"--num_gpus={common['nproc']}",
+        f"--node_rank={node_rank}",
+        f"--master_addr={common['addr']}",
+        f"--master_port={common['port']}",
+        "--no_local_rank",
+        "--module",
+        *worker[1:],
+    ]

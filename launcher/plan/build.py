@@ -22,8 +22,14 @@ from launcher.preflight import model_source
 PLAN_VERSION = 1
 
 
-def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = None,
-               include: str | None = None, exclude: str | None = None, allow_pending: bool = False) -> dict:
+def build_plan(
+    recipe: dict,
+    recipe_file: str | None = None,
+    cwd: str | None = None,
+    include: str | None = None,
+    exclude: str | None = None,
+    allow_pending: bool = False,
+) -> dict:
     """Resolve a validated recipe into a plan (a plain JSON-serialisable dict).
 
     include / exclude: comma-separated hostfile hosts to keep or drop (`--include`, `--exclude`).
@@ -49,14 +55,18 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         hosts = hostfile_hosts(dist, Path(cwd or os.getcwd(), dist["hostfile"]), include, exclude)
         nproc = hosts[0].slots
     elif include or exclude:
-        raise RecipeError("--include/--exclude select hostfile hosts, but distributed.hostfile is not set. "
-                          "Fix: set distributed.hostfile, or drop the option")
+        raise RecipeError(
+            "--include/--exclude select hostfile hosts, but distributed.hostfile is not set. "
+            "Fix: set distributed.hostfile, or drop the option"
+        )
     nnodes = dist["nnodes"] if dist["nnodes"] is not None else len(hosts)  # None: the hostfile's hosts
     recipe = {**recipe, "distributed": {**dist, "nnodes": nnodes}}
     master_addr = dist["master_addr"] or (hosts[0].name if hosts else None)
     if nnodes > 1 and master_addr is None:
-        raise RecipeError(f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
-                          "a distributed.hostfile, or a SLURM allocation. Fix: set distributed.master_addr: <node-0 address>")
+        raise RecipeError(
+            f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
+            "a distributed.hostfile, or a SLURM allocation. Fix: set distributed.master_addr: <node-0 address>"
+        )
     world = {
         "nnodes": nnodes,
         "nproc_per_node": nproc,
@@ -93,6 +103,13 @@ def build_plan(recipe: dict, recipe_file: str | None = None, cwd: str | None = N
         "env": _environment(recipe, nproc, on_gpu),
         "output_dir": output_dir,
         "plan_file": plan_file,
-        "nodes": [{"node_rank": k, "host": hosts[k].name if hosts else None, "plan_file": node_plan_file(output_dir, k),
-                   "argv": _node_argv(recipe, world, k, node_plan_file(output_dir, k))} for k in range(nnodes)],
+        "nodes": [
+            {
+                "node_rank": k,
+                "host": hosts[k].name if hosts else None,
+                "plan_file": node_plan_file(output_dir, k),
+                "argv": _node_argv(recipe, world, k, node_plan_file(output_dir, k)),
+            }
+            for k in range(nnodes)
+        ],
     }

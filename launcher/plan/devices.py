@@ -27,15 +27,24 @@ def detect_gpus() -> dict:
     if smi is None:
         return none
     try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return none
     rows = [[field.strip() for field in line.split(",")] for line in out.splitlines() if line.strip()]
     if visible is not None:
         rows = rows[: len([v for v in visible.split(",") if v.strip()])]
-    return {"count": len(rows), "names": [r[0] for r in rows],
-            "compute_caps": [_number(r[1]) for r in rows], "memory_gb": [_number(r[2]) / 1024 for r in rows]}
+    return {
+        "count": len(rows),
+        "names": [r[0] for r in rows],
+        "compute_caps": [_number(r[1]) for r in rows],
+        "memory_gb": [_number(r[2]) / 1024 for r in rows],
+    }
 
 
 def _number(text: str) -> float:
@@ -51,7 +60,7 @@ def host_memory_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024 ** 2
+                return int(line.split()[1]) / 1024**2
     except OSError:
         pass
     return None
@@ -62,13 +71,17 @@ def _check_nproc(nproc: int, gpus: dict) -> None:
     few per core still plan a world size (tests, a cluster's layout), far more only time-slice."""
     if gpus["count"]:
         if nproc > gpus["count"]:
-            raise RecipeError(f"distributed.nproc_per_node = {nproc}, but only {gpus['count']} GPU(s) are visible. "
-                              f"Fix: distributed.nproc_per_node=auto or <= {gpus['count']}")
+            raise RecipeError(
+                f"distributed.nproc_per_node = {nproc}, but only {gpus['count']} GPU(s) are visible. "
+                f"Fix: distributed.nproc_per_node=auto or <= {gpus['count']}"
+            )
         return
     cores = os.cpu_count() or 1
     most = CPU_PROCESSES_PER_CORE * max(cores, CPU_PROCESSES)
     if nproc > most:
-        raise RecipeError(f"distributed.nproc_per_node = {nproc}, but no GPU is visible and this machine has {cores} CPU "
-                          f"core(s): that many CPU processes only time-slice, each collective waiting for the slowest. "
-                          f"Fix: distributed.nproc_per_node=auto ({CPU_PROCESSES} CPU processes) or <= {most}, "
-                          "or run where the GPUs are")
+        raise RecipeError(
+            f"distributed.nproc_per_node = {nproc}, but no GPU is visible and this machine has {cores} CPU "
+            f"core(s): that many CPU processes only time-slice, each collective waiting for the slowest. "
+            f"Fix: distributed.nproc_per_node=auto ({CPU_PROCESSES} CPU processes) or <= {most}, "
+            "or run where the GPUs are"
+        )

@@ -16,16 +16,22 @@ def format_plan(plan: dict) -> str:
     import yaml
 
     world = plan["world"]
-    lines = ["# recipe (resolved)", yaml.safe_dump(plan["recipe"], sort_keys=False).rstrip(), "",
-             "# world",
-             f"nodes: {world['nnodes']} x {world['nproc_per_node']} processes = world size {world['world_size']} "
-             f"on {world['device']} ({world['backend']})" + (f": {', '.join(world['gpus'])}" if world["gpus"] else ""),
-             f"rendezvous: {world['master_addr']}:{world['master_port']}",
-             f"precision: {plan['dtype']}",
-             f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
-             f"x world {world['world_size']} = global {plan['batch']['global_batch_size']}",
-             f"output: {plan['output_dir']}", format_model_source(plan["model"]), "",
-             describe(plan) if plan["deepspeed"] else "# deepspeed: off (plain DDP)"]
+    lines = [
+        "# recipe (resolved)",
+        yaml.safe_dump(plan["recipe"], sort_keys=False).rstrip(),
+        "",
+        "# world",
+        f"nodes: {world['nnodes']} x {world['nproc_per_node']} processes = world size {world['world_size']} "
+        f"on {world['device']} ({world['backend']})" + (f": {', '.join(world['gpus'])}" if world["gpus"] else ""),
+        f"rendezvous: {world['master_addr']}:{world['master_port']}",
+        f"precision: {plan['dtype']}",
+        f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
+        f"x world {world['world_size']} = global {plan['batch']['global_batch_size']}",
+        f"output: {plan['output_dir']}",
+        format_model_source(plan["model"]),
+        "",
+        describe(plan) if plan["deepspeed"] else "# deepspeed: off (plain DDP)",
+    ]
     if plan["deepspeed"]:
         lines.append(json.dumps(plan["deepspeed"], indent=2))
     dist = plan["recipe"]["distributed"]
@@ -40,7 +46,10 @@ def format_plan(plan: dict) -> str:
     lines += ["", "# environment"] + [f"{k}={shlex.quote(v)}" for k, v in plan["env"].items()]
     lines += ["", "# command per node"]
     for node in plan["nodes"]:
-        host = f" on {node['host']}" + (" (this machine, the others over ssh)" if node["node_rank"] == 0 else " (ssh)") \
-            if node.get("host") else ""
+        host = (
+            f" on {node['host']}" + (" (this machine, the others over ssh)" if node["node_rank"] == 0 else " (ssh)")
+            if node.get("host")
+            else ""
+        )
         lines.append(f"node {node['node_rank']}{host}: {shlex.join(node['argv'])}")
     return "\n".join(lines)

@@ -25,8 +25,10 @@ def _check_adapter(recipe: dict) -> None:
     """model.adapter is a saved PEFT adapter (an earlier stage's output.dir), not found only inside the ranks."""
     adapter = recipe["model"]["adapter"]
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise RecipeError(f"model.adapter = {adapter!r}: no adapter_config.json there. Fix: point it at the output.dir "
-                          "of a finished LoRA run (it holds adapter_config.json + adapter_model.safetensors)")
+        raise RecipeError(
+            f"model.adapter = {adapter!r}: no adapter_config.json there. Fix: point it at the output.dir "
+            "of a finished LoRA run (it holds adapter_config.json + adapter_model.safetensors)"
+        )
 
 
 def _check_reward_model(recipe: dict) -> None:
@@ -36,21 +38,29 @@ def _check_reward_model(recipe: dict) -> None:
         return
     folder = Path(where)
     if not folder.is_dir():
-        raise RecipeError(f"train.reward_model = {where!r}: no such directory. Fix: run a stage: rm recipe first "
-                          "(e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir")
+        raise RecipeError(
+            f"train.reward_model = {where!r}: no such directory. Fix: run a stage: rm recipe first "
+            "(e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir"
+        )
     try:
         rm_recipe = json.loads((folder / "plan.json").read_text())["recipe"]
     except (OSError, ValueError, KeyError):
         rm_recipe = None
     if rm_recipe is None or rm_recipe.get("stage") != "rm":
-        raise RecipeError(f"train.reward_model = {where!r} is not the output.dir of a stage: rm run (no plan.json with "
-                          "stage: rm). Fix: point it at a reward model run's output.dir")
+        raise RecipeError(
+            f"train.reward_model = {where!r} is not the output.dir of a stage: rm run (no plan.json with "
+            "stage: rm). Fix: point it at a reward model run's output.dir"
+        )
     if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
-        raise RecipeError(f"train.reward_model = {where!r}: the rm run saved no model there (unfinished?). "
-                          "Fix: let it finish, or `launch consolidate` its last checkpoint into that folder")
+        raise RecipeError(
+            f"train.reward_model = {where!r}: the rm run saved no model there (unfinished?). "
+            "Fix: let it finish, or `launch consolidate` its last checkpoint into that folder"
+        )
     if (folder / "adapter_config.json").is_file() and rm_recipe["model"]["path"] != recipe["model"]["path"]:
-        raise RecipeError(f"train.reward_model = {where!r} is an adapter over {rm_recipe['model']['path']}, but "
-                          f"model.path is {recipe['model']['path']}. Fix: train the reward model on the same model.path")
+        raise RecipeError(
+            f"train.reward_model = {where!r} is an adapter over {rm_recipe['model']['path']}, but "
+            f"model.path is {recipe['model']['path']}. Fix: train the reward model on the same model.path"
+        )
 
 
 # Folders a recipe reads that an earlier pipeline stage writes, and their checks.
@@ -68,5 +78,7 @@ def _check_stage_inputs(recipe: dict, allow_pending: bool) -> list[str]:
         except RecipeError:
             if not allow_pending or Path(recipe[section][key]).exists():
                 raise
-            pending.append(f"{section}.{key} = {recipe[section][key]!r} does not exist yet: run the stage that writes it first")
+            pending.append(
+                f"{section}.{key} = {recipe[section][key]!r} does not exist yet: run the stage that writes it first"
+            )
     return pending

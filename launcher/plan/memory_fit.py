@@ -27,16 +27,28 @@ def _memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dic
     def refusal(zero: int, offload: str) -> str | None:
         return combination_error({**recipe, "distributed": {**dist, "zero": zero, "offload": offload}})
 
-    memory = estimate_memory(recipe, world["world_size"], world["device"], dtype, memory_gb, source, refusal,
-                             host_per_process if world["device"] == "cuda" else None)
+    memory = estimate_memory(
+        recipe,
+        world["world_size"],
+        world["device"],
+        dtype,
+        memory_gb,
+        source,
+        refusal,
+        host_per_process if world["device"] == "cuda" else None,
+    )
     if dist["zero"] != "auto":
         return recipe, memory
     if "shape" not in memory:
-        raise RecipeError(f"distributed.zero: auto needs the model's shape, and {recipe['model']['path']} has "
-                          f"{memory['shape_source']}. Fix: set distributed.zero: 0-3, or model.path to a local model dir")
+        raise RecipeError(
+            f"distributed.zero: auto needs the model's shape, and {recipe['model']['path']} has "
+            f"{memory['shape_source']}. Fix: set distributed.zero: 0-3, or model.path to a local model dir"
+        )
     if memory_gb is None:
-        raise RecipeError("distributed.zero: auto needs the device memory, which could not be detected. "
-                          "Fix: set distributed.device_memory_gb (GiB per device)")
+        raise RecipeError(
+            "distributed.zero: auto needs the device memory, which could not be detected. "
+            "Fix: set distributed.device_memory_gb (GiB per device)"
+        )
     chosen = pick_auto(memory)
     if chosen is None:
         smallest = min((o for o in memory["options"] if not o["refused"]), key=lambda o: o["total_gb"])
@@ -45,6 +57,7 @@ def _memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dic
             f"in {memory_gb:.1f} GiB per device; the smallest option, {smallest['label']}, needs about "
             f"{smallest['total_gb']:.1f} GiB (see `launch plan`). Fix: more devices (distributed.nproc_per_node, "
             "distributed.nnodes), a smaller train.micro_batch_size or data.cutoff_len, "
-            "train.gradient_checkpointing: true, or method.name: lora / model.quantization")
+            "train.gradient_checkpointing: true, or method.name: lora / model.quantization"
+        )
     memory["auto"] = {"zero": chosen["zero"], "offload": chosen["offload"]}
     return {**recipe, "distributed": {**dist, "zero": chosen["zero"], "offload": chosen["offload"]}}, memory

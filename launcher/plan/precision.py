@@ -23,11 +23,15 @@ def _check_device(recipe: dict, gpus: dict) -> None:
         # bf16 needs Ampere (compute capability 8.0) or newer; older GPUs emulate it or fail in kernels
         old = [f"{name} (compute {cap:.1f})" for name, cap in zip(gpus["names"], gpus["compute_caps"]) if 0 < cap < 8.0]
         if dtype == "bf16" and old:
-            raise RecipeError(f"model.dtype = 'bf16' needs compute capability 8.0+ (Ampere or newer); visible: "
-                              f"{', '.join(old)}. Fix: model.dtype=fp16 (loss scaling on) or fp32")
+            raise RecipeError(
+                f"model.dtype = 'bf16' needs compute capability 8.0+ (Ampere or newer); visible: "
+                f"{', '.join(old)}. Fix: model.dtype=fp16 (loss scaling on) or fp32"
+            )
         return
     if dtype == "fp16":
-        raise RecipeError("model.dtype = 'fp16' needs a CUDA GPU and none is visible. Fix: model.dtype=bf16 or fp32 on CPU")
+        raise RecipeError(
+            "model.dtype = 'fp16' needs a CUDA GPU and none is visible. Fix: model.dtype=bf16 or fp32 on CPU"
+        )
 
 
 def _kernel_plan(recipe: dict, on_gpu: bool) -> dict:

@@ -27,8 +27,15 @@ def dpo_config(args: TrainingArguments, train: dict) -> DPOConfig:
     losses, weights = [train["pref_loss"]], [1.0]
     if train["pref_ftx"] > 0:
         losses, weights = losses + ["sft"], weights + [train["pref_ftx"]]
-    return trl_config(args, DPOConfig, max_length=None, disable_dropout=False, beta=train["pref_beta"],
-                      loss_type=losses, loss_weights=weights)
+    return trl_config(
+        args,
+        DPOConfig,
+        max_length=None,
+        disable_dropout=False,
+        beta=train["pref_beta"],
+        loss_type=losses,
+        loss_weights=weights,
+    )
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list):
@@ -38,8 +45,13 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
         return orpo.build_trainer(plan, args, model, tokenizer, callbacks)
     train_data, eval_data, summary = preference_data(plan, tokenizer, partial(pair_data, timeout_s=wait_s(recipe)))
     trainer = PretokenizedDPOTrainer(
-        model=model, args=dpo_config(args, recipe["train"]), train_dataset=train_data, eval_dataset=eval_data,
-        processing_class=tokenizer, callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)))
+        model=model,
+        args=dpo_config(args, recipe["train"]),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
+    )
     reference_is_base(trainer, recipe)
     return trainer, summary

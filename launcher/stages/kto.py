@@ -54,12 +54,24 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     recipe = plan["recipe"]
     train = recipe["train"]
     train_data, eval_data, summary = preference_data(plan, tokenizer, partial(kto_data, timeout_s=wait_s(recipe)))
-    config = trl_config(args, KTOConfig, max_length=None, disable_dropout=False, beta=train["pref_beta"],
-                        desirable_weight=train["kto_desirable_weight"], undesirable_weight=train["kto_undesirable_weight"],
-                        train_sampling_strategy="sequential")
+    config = trl_config(
+        args,
+        KTOConfig,
+        max_length=None,
+        disable_dropout=False,
+        beta=train["pref_beta"],
+        desirable_weight=train["kto_desirable_weight"],
+        undesirable_weight=train["kto_undesirable_weight"],
+        train_sampling_strategy="sequential",
+    )
     trainer = PretokenizedKTOTrainer(
-        model=model, args=config, train_dataset=train_data, eval_dataset=eval_data, processing_class=tokenizer,
+        model=model,
+        args=config,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
         callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForUnpairedPreference(pad_token_id=tokenizer.pad_token_id)))
+        data_collator=CountingCollator(DataCollatorForUnpairedPreference(pad_token_id=tokenizer.pad_token_id)),
+    )
     reference_is_base(trainer, recipe)
     return trainer, summary

@@ -48,7 +48,9 @@ class ReferenceFreeTrainer(Trainer):
     def pair_losses(self, chosen_avg: torch.Tensor, rejected_avg: torch.Tensor):
         """(per-pair losses to minimise, chosen rewards, rejected rewards) from TRL's loss functions."""
         if self.loss_type == "orpo":
-            ratio_losses, chosen_rewards, rejected_rewards, _, _ = ORPOTrainer.odds_ratio_loss(self, chosen_avg, rejected_avg)
+            ratio_losses, chosen_rewards, rejected_rewards, _, _ = ORPOTrainer.odds_ratio_loss(
+                self, chosen_avg, rejected_avg
+            )
             return -ratio_losses, chosen_rewards, rejected_rewards
         return CPOTrainer.cpo_loss(self, chosen_avg, rejected_avg)
 
@@ -56,10 +58,15 @@ class ReferenceFreeTrainer(Trainer):
         mode = "train" if model.training else "eval"
         completion = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion == 0, -100)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                        fused_lm_head=True, use_cache=False)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=labels,
+            fused_lm_head=True,
+            use_cache=False,
+        )
         shifted = completion[:, 1:]
-        per_token = outputs.log_probs[:, -shifted.size(1):]
+        per_token = outputs.log_probs[:, -shifted.size(1) :]
         sums, counts = per_token.sum(1), shifted.sum(1).clamp(min=1)
         chosen_avg, rejected_avg = (sums / counts).chunk(2)
         losses, chosen_rewards, rejected_rewards = self.pair_losses(chosen_avg, rejected_avg)
@@ -96,7 +103,16 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     loss = "orpo" if recipe["stage"] == "orpo" else train["pref_loss"]
     train_data, eval_data, summary = preference_data(plan, tokenizer, partial(pair_data, timeout_s=wait_s(recipe)))
     trainer = ReferenceFreeTrainer(
-        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, processing_class=tokenizer,
-        callbacks=callbacks, data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
-        loss=loss, beta=train["pref_beta"], gamma=train.get("simpo_gamma", 0.0), ftx=train.get("pref_ftx", 0.0))
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
+        loss=loss,
+        beta=train["pref_beta"],
+        gamma=train.get("simpo_gamma", 0.0),
+        ftx=train.get("pref_ftx", 0.0),
+    )
     return trainer, summary

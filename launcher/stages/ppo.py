@@ -31,8 +31,8 @@ from launcher.compat import TrainerHooks
 from launcher.data.prompts import prompt_rows
 from launcher.errors import DataError
 
-GAMMA, LAMBDA = 1.0, 0.95   # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
-REFERENCE = "ref"           # the frozen copy of a starting adapter
+GAMMA, LAMBDA = 1.0, 0.95  # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
+REFERENCE = "ref"  # the frozen copy of a starting adapter
 
 
 class PolicyWithValue(nn.Module):
@@ -55,8 +55,13 @@ class PolicyWithValue(nn.Module):
             return getattr(super().__getattr__("policy"), name)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                          output_hidden_states=True, use_cache=False)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions(attention_mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
         return out.logits, self.v_head(out.hidden_states[-1]).squeeze(-1)
 
 
@@ -79,9 +84,12 @@ class PromptCollator:
         self.tokens += sum(lengths)
         self.slots += longest * len(examples)
         self.attention_pairs += sum(n * n for n in lengths)
-        return {"input_ids": torch.tensor([[self.pad_token_id] * (longest - len(e["input_ids"])) + e["input_ids"]
-                                           for e in examples]),
-                "attention_mask": torch.tensor([[0] * (longest - n) + [1] * n for n in lengths])}
+        return {
+            "input_ids": torch.tensor(
+                [[self.pad_token_id] * (longest - len(e["input_ids"])) + e["input_ids"] for e in examples]
+            ),
+            "attention_mask": torch.tensor([[0] * (longest - n) + [1] * n for n in lengths]),
+        }
 
 
 def rollout_counts(prompt_mask: torch.Tensor, mask: torch.Tensor) -> list[int]:
@@ -101,7 +109,9 @@ def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def advantages_and_returns(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over each reply's tokens (values past the reply's end count as 0); returns = advantages + values."""
     values = values * mask
     advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
@@ -126,8 +136,9 @@ class PPOTrainer(TrainerHooks, Trainer):
     steps (TRL's RepeatSampler); the first computes the rollouts, the next K - 1 train on the stored
     ones, whose old log-probs stay fixed while the policy moves, so the ratio clip takes effect."""
 
-    def __init__(self, *args, reward_model: nn.Module, generation: GenerationConfig, ppo: dict, reference: str | None,
-                 **kwargs):
+    def __init__(
+        self, *args, reward_model: nn.Module, generation: GenerationConfig, ppo: dict, reference: str | None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.generation = generation
         self.ppo = ppo
@@ -145,8 +156,13 @@ class PPOTrainer(TrainerHooks, Trainer):
             return super().train_sampler(train_dataset)
         args = self.args
         global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        return RepeatSampler(train_dataset or self.train_dataset, mini_repeat_count=1, batch_size=global_batch,
-                             repeat_count=self.ppo["epochs"], seed=args.seed)
+        return RepeatSampler(
+            train_dataset or self.train_dataset,
+            mini_repeat_count=1,
+            batch_size=global_batch,
+            repeat_count=self.ppo["epochs"],
+            seed=args.seed,
+        )
 
     def _rollout_for_step(self, model, inputs: dict) -> dict:
         """A fresh rollout on the first of every ppo["epochs"] steps (or after a resume), else the stored one."""
@@ -165,21 +181,32 @@ class PPOTrainer(TrainerHooks, Trainer):
         unwrapped = self.accelerator.unwrap_model(model)
         was_training = unwrapped.training
         unwrapped.eval()
-        with unwrap_model_for_generation(model, self.accelerator,
-                                         gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs) as gen:
-            sequences = gen.policy.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=self.generation)
+        with unwrap_model_for_generation(
+            model, self.accelerator, gradient_checkpointing_kwargs=self.args.activation_checkpointing_kwargs
+        ) as gen:
+            sequences = gen.policy.generate(
+                input_ids=prompts, attention_mask=prompt_mask, generation_config=self.generation
+            )
         unwrapped.train(was_training)
-        replies = sequences[:, prompts.shape[1]:]
+        replies = sequences[:, prompts.shape[1] :]
         mask = torch.cat([prompt_mask, reply_mask(replies, self.generation.eos_token_id)], dim=1)
         sequences = torch.where(mask.bool(), sequences, self.generation.pad_token_id)
         logits, values = model(input_ids=sequences, attention_mask=mask)
         with use_adapter(unwrapped.policy, self.reference):
             ref_logits, _ = model(input_ids=sequences, attention_mask=mask)
-        scores = self.reward_model(input_ids=sequences, attention_mask=mask,
-                                   position_ids=positions(mask)).logits[:, 0].float()
+        scores = (
+            self.reward_model(input_ids=sequences, attention_mask=mask, position_ids=positions(mask))
+            .logits[:, 0]
+            .float()
+        )
         start = prompts.shape[1] - 1  # logits at position t predict token t + 1
-        rollout = {"sequences": sequences, "mask": mask, "reply_mask": mask[:, prompts.shape[1]:].float(),
-                   "logprobs": self._logprobs(logits, sequences, start), "values": values[:, start:-1].float()}
+        rollout = {
+            "sequences": sequences,
+            "mask": mask,
+            "reply_mask": mask[:, prompts.shape[1] :].float(),
+            "logprobs": self._logprobs(logits, sequences, start),
+            "values": values[:, start:-1].float(),
+        }
         ref_logprobs = self._logprobs(ref_logits, sequences, start)
         kl = (rollout["logprobs"] - ref_logprobs) * rollout["reply_mask"]
         rewards = -self.ppo["kl_coef"] * kl
@@ -187,17 +214,24 @@ class PPOTrainer(TrainerHooks, Trainer):
         rewards[torch.arange(len(last)), last] += scores
         advantages, rollout["returns"] = advantages_and_returns(rewards, rollout["values"], rollout["reply_mask"])
         rollout["advantages"] = whiten(advantages, rollout["reply_mask"])
-        if hasattr(self.data_collator, "add"):  # the worker's consumed-token counter (launcher.callbacks.ConsumedCounts)
+        if hasattr(
+            self.data_collator, "add"
+        ):  # the worker's consumed-token counter (launcher.callbacks.ConsumedCounts)
             self.data_collator.add(rollout_counts(prompt_mask, mask))
         rollout["prompts"] = prompts
-        rollout["metrics"] = {"score": scores.mean(), "kl": kl.sum(1).mean(),
-                              "non_score_reward": rewards.sum(1).mean() - scores.mean(),
-                              "response_length": rollout["reply_mask"].sum(1).mean()}
+        rollout["metrics"] = {
+            "score": scores.mean(),
+            "kl": kl.sum(1).mean(),
+            "non_score_reward": rewards.sum(1).mean() - scores.mean(),
+            "response_length": rollout["reply_mask"].sum(1).mean(),
+        }
         return rollout
 
     def _logprobs(self, logits: torch.Tensor, sequences: torch.Tensor, start: int) -> torch.Tensor:
         """Log-probabilities of the reply tokens under the sampling temperature."""
-        return selective_log_softmax(logits[:, start:-1].float() / self.generation.temperature, sequences[:, start + 1:])
+        return selective_log_softmax(
+            logits[:, start:-1].float() / self.generation.temperature, sequences[:, start + 1 :]
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rollout = self._rollout_for_step(model, inputs)
@@ -208,10 +242,14 @@ class PPOTrainer(TrainerHooks, Trainer):
         policy_loss = masked_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)), mask)
         values = values[:, start:-1].float()
         clipped = rollout["values"] + (values - rollout["values"]).clamp(-clip, clip)
-        value_loss = 0.5 * masked_mean(torch.max((values - rollout["returns"]) ** 2,
-                                                 (clipped - rollout["returns"]) ** 2), mask)
-        self._record(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(),
-                     clipfrac=masked_mean(((ratio - 1).abs() > clip).float(), mask))
+        value_loss = 0.5 * masked_mean(
+            torch.max((values - rollout["returns"]) ** 2, (clipped - rollout["returns"]) ** 2), mask
+        )
+        self._record(
+            policy_loss=policy_loss.detach(),
+            value_loss=value_loss.detach(),
+            clipfrac=masked_mean(((ratio - 1).abs() > clip).float(), mask),
+        )
         loss = policy_loss + self.ppo["vf_coef"] * value_loss
         return (loss, logits) if return_outputs else loss
 
@@ -223,7 +261,9 @@ class PPOTrainer(TrainerHooks, Trainer):
         """Adds the PPO metrics since the last log, averaged over steps and ranks (every rank logs together)."""
         if self._metrics:
             names = sorted(self._metrics)
-            local = torch.tensor([sum(self._metrics[n]) / len(self._metrics[n]) for n in names], device=self.args.device)
+            local = torch.tensor(
+                [sum(self._metrics[n]) / len(self._metrics[n]) for n in names], device=self.args.device
+            )
             logs.update(zip(names, self.accelerator.reduce(local, reduction="mean").tolist()))
             self._metrics.clear()
         super().log(logs, start_time)
@@ -246,8 +286,11 @@ class PPOTrainer(TrainerHooks, Trainer):
         state_dict = model.state_dict() if state_dict is None else state_dict
         policy = {k.removeprefix(POLICY_PREFIX): v for k, v in state_dict.items() if k.startswith(POLICY_PREFIX)}
         model.policy.save_pretrained(output_dir, state_dict=policy, selected_adapters=["default"])
-        value = {k.removeprefix(VALUE_HEAD_PREFIX): v.contiguous() for k, v in state_dict.items()
-                 if k.startswith(VALUE_HEAD_PREFIX)}
+        value = {
+            k.removeprefix(VALUE_HEAD_PREFIX): v.contiguous()
+            for k, v in state_dict.items()
+            if k.startswith(VALUE_HEAD_PREFIX)
+        }
         save_file(value, output_dir / VALUE_HEAD)
         torch.save(self.args, output_dir / "training_args.bin")
 
@@ -283,25 +326,51 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     data_cfg, train = recipe["data"], recipe["train"]
     rows, dropped = prompt_rows(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     if not rows:
-        raise DataError(f"no prompts left in {data_cfg['datasets']} ({dropped} dropped: the prompt alone fills "
-                        f"data.cutoff_len={data_cfg['cutoff_len']}). Fix: raise data.cutoff_len")
+        raise DataError(
+            f"no prompts left in {data_cfg['datasets']} ({dropped} dropped: the prompt alone fills "
+            f"data.cutoff_len={data_cfg['cutoff_len']}). Fix: raise data.cutoff_len"
+        )
     reference = None
     if recipe["model"]["adapter"] is not None:  # the starting adapter is the reference policy: keep a frozen copy
         model.load_adapter(recipe["model"]["adapter"], adapter_name=REFERENCE, is_trainable=False)
         model.set_adapter("default")
         reference = REFERENCE
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    reward_model = load_reward_model(train["reward_model"], local_model_path(recipe["model"]["path"]), recipe, dtype, args)
+    reward_model = load_reward_model(
+        train["reward_model"], local_model_path(recipe["model"]["path"]), recipe, dtype, args
+    )
     reward_model.config.pad_token_id = tokenizer.pad_token_id
     generation = GenerationConfig(
-        max_new_tokens=train["max_new_tokens"], do_sample=True, temperature=train["temperature"],
-        top_k=train["top_k"], top_p=train["top_p"], eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        max_new_tokens=train["max_new_tokens"],
+        do_sample=True,
+        temperature=train["temperature"],
+        top_k=train["top_k"],
+        top_p=train["top_p"],
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
     trainer = PPOTrainer(
-        model=PolicyWithValue(model), args=args, train_dataset=rows, data_collator=PromptCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer, callbacks=callbacks, reward_model=reward_model, generation=generation,
-        ppo={"kl_coef": train["kl_coef"], "clip": train["ppo_clip"], "vf_coef": train["vf_coef"],
-             "epochs": train["ppo_epochs"]}, reference=reference)
-    summary = {"examples": len(rows), "eval_examples": 0, "dropped": dropped,
-               "tokens": sum(len(r["input_ids"]) for r in rows)}
+        model=PolicyWithValue(model),
+        args=args,
+        train_dataset=rows,
+        data_collator=PromptCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        reward_model=reward_model,
+        generation=generation,
+        ppo={
+            "kl_coef": train["kl_coef"],
+            "clip": train["ppo_clip"],
+            "vf_coef": train["vf_coef"],
+            "epochs": train["ppo_epochs"],
+        },
+        reference=reference,
+    )
+    summary = {
+        "examples": len(rows),
+        "eval_examples": 0,
+        "dropped": dropped,
+        "tokens": sum(len(r["input_ids"]) for r in rows),
+    }
     return trainer, summary

@@ -10,24 +10,38 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
     method, dist, data = r["method"]["name"], r["distributed"], r["data"]
     refuse_packing(r, refuse)
     if method != "lora":
-        refuse("method.name", f"stage: ppo needs method.name: lora, got {method} (policy, value head and reference share "
-                              "one model: the reference is the policy with its adapter disabled, so no second full copy "
-                              "is held). Fix: set method.name: lora")
+        refuse(
+            "method.name",
+            f"stage: ppo needs method.name: lora, got {method} (policy, value head and reference share "
+            "one model: the reference is the policy with its adapter disabled, so no second full copy "
+            "is held). Fix: set method.name: lora",
+        )
     if r["method"].get("variant") == "pissa":
-        refuse("method.variant", "method.variant: pissa cannot run with stage: ppo (the KL reference is the policy with "
-                                 "its adapter disabled, which under PiSSA is the residual base, not the model). "
-                                 "Fix: set method.variant: lora")
+        refuse(
+            "method.variant",
+            "method.variant: pissa cannot run with stage: ppo (the KL reference is the policy with "
+            "its adapter disabled, which under PiSSA is the residual base, not the model). "
+            "Fix: set method.variant: lora",
+        )
     if r["train"]["reward_model"] is None:
-        refuse("train.reward_model", "stage: ppo needs train.reward_model, the output.dir of a stage: rm run. "
-                                     "Fix: train one (e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir")
+        refuse(
+            "train.reward_model",
+            "stage: ppo needs train.reward_model, the output.dir of a stage: rm run. "
+            "Fix: train one (e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir",
+        )
     if dist["offload"] == "all":
-        refuse("distributed.offload", "distributed.offload: all cannot run with stage: ppo (every rollout gathers the whole "
-                                      "policy onto each device to generate, which undoes parameter offload). "
-                                      "Fix: set distributed.offload: optimizer or none")
+        refuse(
+            "distributed.offload",
+            "distributed.offload: all cannot run with stage: ppo (every rollout gathers the whole "
+            "policy onto each device to generate, which undoes parameter offload). "
+            "Fix: set distributed.offload: optimizer or none",
+        )
     if data["eval_datasets"] or data["val_size"] > 0:
-        refuse("data.eval_datasets" if data["eval_datasets"] else "data.val_size",
-               "stage: ppo has no evaluation pass (its progress is the reward model's score, logged as ppo/score). "
-               "Fix: remove data.eval_datasets and data.val_size")
+        refuse(
+            "data.eval_datasets" if data["eval_datasets"] else "data.val_size",
+            "stage: ppo has no evaluation pass (its progress is the reward model's score, logged as ppo/score). "
+            "Fix: remove data.eval_datasets and data.val_size",
+        )
 
 
 SPEC = StageSpec(kinds=PROMPT_KINDS, data="prompts", trainer="launcher.stages.ppo:build_trainer", check=check)

@@ -33,7 +33,12 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     train_score_head(model)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
     trainer = RewardTrainer(
-        model=model, args=trl_config(args, RewardConfig, max_length=None, disable_dropout=False),
-        train_dataset=train_data, eval_dataset=eval_data, processing_class=tokenizer, callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)))
+        model=model,
+        args=trl_config(args, RewardConfig, max_length=None, disable_dropout=False),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
+    )
     return trainer, summary

@@ -11,7 +11,7 @@ from launcher.data.pipeline import sft_data
 from launcher.data.splits import train_and_eval
 from launcher.dtypes import torch_dtype
 from launcher.eval_generate import install as install_generate_metrics
-from launcher.kernels.trainer import KernelTrainer
+from launcher.kernels.trainer import lm_trainer
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
@@ -19,19 +19,30 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     recipe = plan["recipe"]
     data_cfg, template = recipe["data"], recipe["model"]["template"]
     train, rows, eval_rows = train_and_eval(
-        recipe, lambda names: sft_data(names, data_cfg, tokenizer, template, wait_s(recipe)),
-        lambda data: (f"no trainable examples in {data_cfg['datasets']} ({data.dropped} dropped with no "
-                      f"answer token within data.cutoff_len={data_cfg['cutoff_len']})"))
-    summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
-               "skipped_bad_rows": train.skipped, "tokens": sum(len(e["input_ids"]) for e in rows)}
+        recipe,
+        lambda names: sft_data(names, data_cfg, tokenizer, template, wait_s(recipe)),
+        lambda data: (
+            f"no trainable examples in {data_cfg['datasets']} ({data.dropped} dropped with no "
+            f"answer token within data.cutoff_len={data_cfg['cutoff_len']})"
+        ),
+    )
+    summary = {
+        "examples": len(rows),
+        "eval_examples": len(eval_rows),
+        "dropped": train.dropped,
+        "skipped_bad_rows": train.skipped,
+        "tokens": sum(len(e["input_ids"]) for e in rows),
+    }
     if data_cfg["packing"] != "none":
         packed = pack_examples(rows, data_cfg["cutoff_len"])
         rows, summary["packed_rows"], summary["packing_efficiency"] = packed.rows, len(packed.rows), packed.efficiency
         eval_rows = pack_examples(eval_rows, data_cfg["cutoff_len"]).rows if eval_rows else []
-    collator = PaddingCollator(tokenizer.pad_token_id, data_cfg["packing"], plan["kernels"]["padding_free"],
-                               mask_dtype=torch_dtype(plan["dtype"]))
-    trainer = KernelTrainer(model=model, args=args, train_dataset=rows, eval_dataset=eval_rows or None,
-                            data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
-                            kernels=plan["kernels"], max_tokens=recipe["train"]["micro_batch_size"] * data_cfg["cutoff_len"])
+    collator = PaddingCollator(
+        tokenizer.pad_token_id,
+        data_cfg["packing"],
+        plan["kernels"]["padding_free"],
+        mask_dtype=torch_dtype(plan["dtype"]),
+    )
+    trainer = lm_trainer(plan, args, model, tokenizer, callbacks, rows, eval_rows, collator)
     install_generate_metrics(trainer, recipe)
     return trainer, summary

@@ -34,11 +34,18 @@ def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | No
     recipe = plan["recipe"]
     data_cfg, template = recipe["data"], recipe["model"]["template"]
     train, rows, eval_rows = train_and_eval(
-        recipe, lambda names: build(names, data_cfg, tokenizer, template),
-        lambda data: f"no usable examples in {data_cfg['datasets']} ({data.dropped} dropped: empty reply)")
-    summary = {"examples": len(rows), "eval_examples": len(eval_rows), "dropped": train.dropped,
-               "truncated": train.truncated, "skipped_bad_rows": train.skipped,
-               "tokens": sum(len(v) for row in rows for k, v in row.items() if k.endswith("_ids"))}
+        recipe,
+        lambda names: build(names, data_cfg, tokenizer, template),
+        lambda data: f"no usable examples in {data_cfg['datasets']} ({data.dropped} dropped: empty reply)",
+    )
+    summary = {
+        "examples": len(rows),
+        "eval_examples": len(eval_rows),
+        "dropped": train.dropped,
+        "truncated": train.truncated,
+        "skipped_bad_rows": train.skipped,
+        "tokens": sum(len(v) for row in rows for k, v in row.items() if k.endswith("_ids")),
+    }
     return Dataset.from_list(rows), (Dataset.from_list(eval_rows) if eval_rows else None), summary
 
 
