@@ -26,7 +26,8 @@ demo: install
 test: install lint
 	# sshd, SLURM and munge for the services tier: installed here (as root, when missing), never in a fixture
 	.ci/services.sh
-	$(PY) -m pytest -q tests
+	# two workers: much of a tiny run is waiting (rendezvous, startup, a child's exit), and the other fills it
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 # the unit tier: no training ranks, no DeepSpeed, no services (pyproject.toml's markers, one per test)
 test-fast: install

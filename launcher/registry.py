@@ -33,6 +33,8 @@ class StageSpec:
     head: the model it loads: LM_HEAD (causal LM) or SCORE_HEAD (one score on its last token, a reward model)
     lm_loss: its trainer computes the causal-LM loss itself (launcher/kernels/trainer.py), so
         train.loss_kernel applies to it
+    imports_datasets: its trainer needs the datasets library (TRL's do); the others' ranks never import it
+        (launcher/lean_imports.py)
     check: its cross-key rules, check(resolved recipe, origins, refuse)
     """
 
@@ -41,6 +43,7 @@ class StageSpec:
     trainer: str
     head: str = LM_HEAD
     lm_loss: bool = False
+    imports_datasets: bool = True
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
 
 

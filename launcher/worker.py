@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     try:
         plan = json.loads(read_own(parsed.plan))  # not our plan (RecipeError): run nothing from it
+        from launcher.lean_imports import skip_unused_libraries
+
+        skip_unused_libraries(plan["recipe"])
         from launcher.monitoring.ranklog import start_rank_log
 
         width = shutil.get_terminal_size((0, 0)).columns or None  # before stdout becomes the rank-log pipe

@@ -3,9 +3,11 @@ once-per-session warm-up of DeepSpeed's CPU ops and the builtin model."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pty
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,20 +70,35 @@ class Terminal:
         os.close(self.primary)
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every process of this test session sees: under pytest-xdist each worker has its own
+    basetemp, and their common parent belongs to this session alone."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
-def warm():
+def warm(tmp_path_factory):
     """Compile DeepSpeed's CPU ops and build the builtin model once per test session."""
+    from filelock import FileLock
+
     from launcher.plan import torch_extensions_dir
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
-    subprocess.run(
-        [sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"], check=True, env=env, timeout=600
-    )
-    subprocess.run(
-        [sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
-        check=True,
-        timeout=300,
-    )
+    with FileLock(
+        shared_dir(tmp_path_factory) / "warm.lock", timeout=900
+    ):  # one xdist worker compiles, the other waits
+        subprocess.run(
+            [sys.executable, "-m", "launcher.backends.prebuild", "ShareMemCommBuilder"],
+            check=True,
+            env=env,
+            timeout=600,
+        )
+        subprocess.run(
+            [sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
+            check=True,
+            timeout=300,
+        )
 
 
 # 6 steps, checkpoints at 3 and 6; LoRA under ZeRO-3 and full fine-tuning under ZeRO-2 are each
@@ -96,18 +113,24 @@ FULL_ZERO2_RUN = ("method={name: full}", "distributed.zero=2", "model.template=a
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, warm):
     """`tiny_run(*overrides)`: output.dir of a finished recipes/sft_tiny.yaml run with these overrides,
-    run once per session, so tests in several files can check the same run (resume, consolidate)."""
-    finished: dict[tuple, Path] = {}
+    run once per session (across xdist workers too), so tests in several files can check the same run."""
+    from filelock import FileLock
+
+    runs = shared_dir(tmp_path_factory) / "tiny_runs"
+    runs.mkdir(exist_ok=True)
 
     def run(*overrides: str) -> Path:
-        if overrides not in finished:
-            out = tmp_path_factory.mktemp("tiny_run") / "run"
-            proc = run_launch(
-                ["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides]
-            )
-            assert proc.returncode == 0, proc.stderr[-5000:]
-            finished[overrides] = out
-        return finished[overrides]
+        name = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:16]
+        out, done = runs / name, runs / f"{name}.done"
+        with FileLock(runs / f"{name}.lock", timeout=900):  # another worker may be training this very run
+            if not done.exists():
+                shutil.rmtree(out, ignore_errors=True)  # a failed attempt of another worker
+                proc = run_launch(
+                    ["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides]
+                )
+                assert proc.returncode == 0, proc.stderr[-5000:]
+                done.touch()
+        return out
 
     return run
 
@@ -170,6 +193,11 @@ def pytest_collection_modifyitems(config, items):
             f"tests need exactly one tier mark of {', '.join(TIERS)} "
             f"(pytestmark or @pytest.mark.<tier>): {'; '.join(untiered)}"
         )
+    # `make test` runs under pytest-xdist --dist loadgroup: a file's tests stay on one worker (its module
+    # fixtures run once), and every file with a services test shares one, so one sshd and one SLURM run
+    service_files = {item.path for item in items if "services" in item.keywords}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("services" if item.path in service_files else item.path.name))
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:  # torch is imported only to skip gpu tests (a `-m unit` collection of a torch-free file stays light)
         return

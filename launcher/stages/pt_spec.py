@@ -2,4 +2,6 @@
 
 from launcher.registry import StageSpec
 
-SPEC = StageSpec(kinds=None, data="blocks", trainer="launcher.stages.pt:build_trainer", lm_loss=True)
+SPEC = StageSpec(
+    kinds=None, data="blocks", trainer="launcher.stages.pt:build_trainer", lm_loss=True, imports_datasets=False
+)

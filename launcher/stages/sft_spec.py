@@ -2,4 +2,6 @@
 
 from launcher.registry import StageSpec
 
-SPEC = StageSpec(kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer", lm_loss=True)
+SPEC = StageSpec(
+    kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer", lm_loss=True, imports_datasets=False
+)
