@@ -4,6 +4,7 @@ its training prompts with the answers the data taught, and the untuned base does
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,26 +21,19 @@ def test_demo_prints_before_and_after_and_the_tuned_answers_match(tmp_path, warm
     assert proc.returncode == 0, proc.stderr[-4000:]
     recipe = tmp_path / "demo.yaml"  # the demo reads output.dir from its recipe
     recipe.write_text((ROOT / "recipes" / "demo_tiny.yaml").read_text().replace("outputs/demo_tiny", str(out)))
-    code = (
-        "import json, sys; from launcher.demo import before_and_after; from launcher.recipe import load_recipe; "
-        "print(json.dumps(before_and_after(load_recipe(sys.argv[1]), 3)))"
-    )
-    rows = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", code, str(recipe)], cwd=ROOT, check=True, capture_output=True, text=True, timeout=300
-        ).stdout
-    )
-    assert len(rows) == 3
-    for row in rows:
-        assert row["after_match"] >= 0.9, row
-        assert row["before_match"] < 0.5, row
     shown = subprocess.run(
-        [sys.executable, "-m", "launcher.demo", str(recipe), "--prompts", "1"],
+        [sys.executable, "-m", "launcher.demo", str(recipe), "--prompts", "3"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert shown.returncode == 0, shown.stderr[-3000:]
-    assert "before tuning" in shown.stdout and "after tuning" in shown.stdout
-    assert rows[0]["taught"] in shown.stdout
+    # per prompt: the answer the data taught, then the base's and the tuned model's with their match to it
+    taught = re.findall(r"taught by the data : (.*)", shown.stdout)
+    before = [int(m) for m in re.findall(r"before tuning +: .*\((\d+)% match\)", shown.stdout)]
+    after = [int(m) for m in re.findall(r"after tuning +: .*\((\d+)% match\)", shown.stdout)]
+    assert len(taught) == len(before) == len(after) == 3, shown.stdout
+    assert all(match >= 90 for match in after) and all(match < 50 for match in before), shown.stdout
+    answers = [row["output"] for row in json.loads((ROOT / "data" / "demo_sft.json").read_text())]
+    assert taught == answers[:3]

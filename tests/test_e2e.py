@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import free_port, run_launch
+from tests.conftest import SHORT_RUN, free_port, run_launch
 
 pytestmark = pytest.mark.multiproc
 
@@ -100,21 +100,20 @@ def test_lora_sft_two_processes(zero, packing, tmp_path, warm):
     assert (out / "checkpoint-8" / "trainer_state.json").is_file()
 
 
-def test_each_launcher_runs_the_tiny_recipe_with_the_same_result(tmp_path, warm):
+def test_each_launcher_runs_the_tiny_recipe_with_the_same_result(tmp_path, tiny_run):
     """torchrun, accelerate and the deepspeed launcher start the same worker from the same
     plan: each run succeeds, saves a loadable adapter, and logs identical losses."""
-    losses = {}
-    for launcher in ("torchrun", "accelerate", "deepspeed"):
-        out, proc = _train(
-            tmp_path,
-            launcher,
-            [f"distributed.launcher={launcher}", "train.max_steps=3", "train.logging_steps=1", "distributed.zero=2"],
-        )
+    run = ("distributed.zero=2", *SHORT_RUN)
+    outs = {"torchrun": tiny_run(*run)}  # the recipe's launcher; its run is the resume test's reference too
+    for launcher in ("accelerate", "deepspeed"):
+        outs[launcher], proc = _train(tmp_path, launcher, [f"distributed.launcher={launcher}", *run])
         assert proc.returncode == 0, f"{launcher}:\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
+    losses = {}
+    for launcher, out in outs.items():
         assert json.loads((out / "plan.json").read_text())["recipe"]["distributed"]["launcher"] == launcher
         losses[launcher] = _losses(out)
         _check_adapter(out)
-    assert len(losses["torchrun"]) == 3
+    assert len(losses["torchrun"]) == 6
     assert losses["accelerate"] == pytest.approx(losses["torchrun"], rel=1e-5)
     assert losses["deepspeed"] == pytest.approx(losses["torchrun"], rel=1e-5)
 
