@@ -145,10 +145,11 @@ def iter_corpus(corpus_dir: Path, dataset: Path) -> Iterator[str]:
             yield from (t for t in turn if t)
 
 
-def qwen2_style_bpe():
-    """An untrained byte-level BPE `tokenizers.Tokenizer` with Qwen2's normalizer, pre-tokenizer and decoder."""
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+def build_tokenizer(corpus_dir: Path, dataset: Path) -> str:
+    """Train and return the tokenizer.json text (deterministic)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
 
     tokenizer = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
@@ -159,15 +160,6 @@ def qwen2_style_bpe():
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    return tokenizer
-
-
-def build_tokenizer(corpus_dir: Path, dataset: Path) -> str:
-    """Train and return the tokenizer.json text (deterministic)."""
-    from tokenizers import pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer
-
-    tokenizer = qwen2_style_bpe()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = BpeTrainer(
         vocab_size=VOCAB_SIZE,
