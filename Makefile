@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	# deepspeed's setup.py imports torch: build it against the torch above, not an isolated copy
 	$(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.17,<0.20"
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	# DeepSpeed JIT-compiles its CPU ops (shm comm, CPU Adam) on first use: done once here on a machine without CUDA
+	$(PY) -m launcher.backends.prebuild --cpu-machine
 	touch $@
 
 demo: install
@@ -26,8 +28,8 @@ demo: install
 test: install lint
 	# sshd, SLURM and munge for the services tier: installed here (as root, when missing), never in a fixture
 	.ci/services.sh
-	# two workers: much of a tiny run is waiting (rendezvous, startup, a child's exit), and the other fills it
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
+	# two workers, a file to each at a time (its module fixtures run once): docs/architecture.md
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # the unit tier: no training ranks, no DeepSpeed, no services (pyproject.toml's markers, one per test)
 test-fast: install

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import peak  # noqa: E402
 from bench.overhead import free_port, machine, versions, write_section  # noqa: E402
-from bench.peak import Runs, alternate, bench_args, load_dir, make_model, measure, parameter_count, ratios, table_row  # noqa: E402
 
 SECTION = "## Consolidation"
 TRAIN = [
@@ -38,9 +38,7 @@ TRAIN = [
 def train(model: Path, zero: int, work: Path) -> Path:
     out = work / f"zero{zero}"
     argv = [
-        sys.executable,
-        "-m",
-        "launcher.cli",
+        *peak.LAUNCH,
         "recipes/sft_tiny.yaml",
         f"model.path={model}",
         f"output.dir={out}",
@@ -48,7 +46,7 @@ def train(model: Path, zero: int, work: Path) -> Path:
         f"distributed.master_port={free_port()}",
         *TRAIN,
     ]
-    wall, _ = measure(argv, work / f"train{zero}.log")
+    wall, _ = peak.measure(argv, work / f"train{zero}.log")
     print(f"trained ZeRO-{zero} in {wall:.0f} s", flush=True)
     return out / "checkpoint-1"
 
@@ -63,9 +61,7 @@ def commands(checkpoint: Path, out: Path) -> dict[str, list[str]]:
             "--safe_serialization",
         ],
         "launch consolidate": [
-            sys.executable,
-            "-m",
-            "launcher.cli",
+            *peak.LAUNCH,
             "consolidate",
             str(checkpoint),
             "--out",
@@ -74,24 +70,17 @@ def commands(checkpoint: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
-def same_tensors(a: Path, b: Path) -> bool:
-    import torch
-
-    left, right = load_dir(a), load_dir(b)
-    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
-def bench(zero: int, checkpoint: Path, repeats: int, work: Path) -> Runs:
-    results: Runs = {}
+def bench(zero: int, checkpoint: Path, repeats: int, work: Path) -> peak.Runs:
+    results: peak.Runs = {}
     for repeat in range(repeats):
         out = work / f"z{zero}-r{repeat}"
-        alternate(commands(checkpoint, out), repeat, work, results, label=f"ZeRO-{zero} ")
-        if not same_tensors(out / "ds", out / "ours"):
+        peak.alternate(commands(checkpoint, out), repeat, work, results, label=f"ZeRO-{zero} ")
+        if not peak.same_tensor_dirs(out / "ds", out / "ours"):
             raise SystemExit(f"ZeRO-{zero}: outputs differ")
     return results
 
 
-def render(rows: dict[int, Runs], params: int, repeats: int) -> str:
+def render(rows: dict[int, peak.Runs], params: int, repeats: int) -> str:
     lines = [
         SECTION,
         "",
@@ -111,8 +100,8 @@ def render(rows: dict[int, Runs], params: int, repeats: int) -> str:
     ]
     summary = []
     for zero, results in rows.items():
-        lines += [table_row(f"{zero} | {name}", runs) for name, runs in results.items()]
-        memory, time_ratio = ratios(results["launch consolidate"], results["zero_to_fp32"])
+        lines += [peak.table_row(f"{zero} | {name}", runs) for name, runs in results.items()]
+        memory, time_ratio = peak.ratios(results["launch consolidate"], results["zero_to_fp32"])
         met = "meets" if memory <= 0.5 and time_ratio <= 1.0 else "misses"
         summary.append(
             f"- ZeRO-{zero}: peak RSS ratio **{memory:.2f}x**, time ratio **{time_ratio:.2f}x**: {met} the target."
@@ -121,12 +110,12 @@ def render(rows: dict[int, Runs], params: int, repeats: int) -> str:
 
 
 def main() -> None:
-    args = bench_args(__doc__)
+    args = peak.bench_args(__doc__)
     with tempfile.TemporaryDirectory(prefix="bench-consolidate-") as tmp:
         work = Path(tmp)
-        model = make_model(work / "model")
+        model = peak.make_model(work / "model")
         rows = {zero: bench(zero, train(model, zero, work), args.repeats, work) for zero in (2, 3)}
-        section = render(rows, parameter_count(model), args.repeats)
+        section = render(rows, peak.parameter_count(model), args.repeats)
     print(section)
     write_section(Path(args.out), section, SECTION)
 

@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: make the repo's `launcher` importable without installing it
 
-from launcher.builtin.train_tokenizer import CHAT_TEMPLATE, SPLIT_PATTERN  # noqa: E402
+from launcher.builtin.train_tokenizer import CHAT_TEMPLATE, qwen2_style_bpe  # noqa: E402
 from launcher.data.formats import Example  # noqa: E402
 from launcher.data.packing import pack_examples, pack_lengths  # noqa: E402
 from launcher.data.pipeline import encode_examples  # noqa: E402
@@ -88,21 +88,12 @@ def conversations(count: int, seed: int) -> list[list[dict]]:
 
 def train_tokenizer(sample: list[str], folder: Path):
     """A 32k byte-level BPE with Qwen2's pipeline and the builtin ChatML template, as a transformers tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
+    from tokenizers import pre_tokenizers
     from tokenizers.trainers import BpeTrainer
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    backend = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
+    backend = qwen2_style_bpe()
     trainer = BpeTrainer(
         vocab_size=VOCAB,
         min_frequency=2,

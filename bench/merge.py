@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import peak  # noqa: E402
 from bench.overhead import machine, versions, write_section  # noqa: E402
-from bench.peak import Runs, alternate, bench_args, load_dir, make_model, parameter_count, ratios, table_row  # noqa: E402
 
 SECTION = "## Merge"
 PEFT_MERGE = """
@@ -56,9 +56,7 @@ def commands(model: Path, adapter: Path, out: Path) -> dict[str, list[str]]:
     return {
         "PEFT merge_and_unload": [sys.executable, "-c", PEFT_MERGE, str(model), str(adapter), str(out / "peft")],
         "launch merge": [
-            sys.executable,
-            "-m",
-            "launcher.cli",
+            *peak.LAUNCH,
             "merge",
             "--base",
             str(model),
@@ -70,14 +68,7 @@ def commands(model: Path, adapter: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
-def close_tensors(a: Path, b: Path) -> bool:
-    import torch
-
-    left, right = load_dir(a), load_dir(b)
-    return left.keys() == right.keys() and all(torch.allclose(left[k], right[k], rtol=0, atol=1e-6) for k in left)
-
-
-def render(results: Runs, params: int, repeats: int) -> str:
+def render(results: peak.Runs, params: int, repeats: int) -> str:
     lines = [
         SECTION,
         "",
@@ -93,25 +84,25 @@ def render(results: Runs, params: int, repeats: int) -> str:
         "| command | wall s (median, range) | peak RSS MB (median, range) |",
         "|---|---|---|",
     ]
-    lines += [table_row(name, runs) for name, runs in results.items()]
-    memory, time_ratio = ratios(results["launch merge"], results["PEFT merge_and_unload"])
+    lines += [peak.table_row(name, runs) for name, runs in results.items()]
+    memory, time_ratio = peak.ratios(results["launch merge"], results["PEFT merge_and_unload"])
     lines += ["", f"Peak RSS ratio (launch merge / PEFT) **{memory:.2f}x**, time ratio **{time_ratio:.2f}x**."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    args = bench_args(__doc__)
+    args = peak.bench_args(__doc__)
     with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
         work = Path(tmp)
-        model = make_model(work / "model")
+        model = peak.make_model(work / "model")
         adapter = make_adapter(model, work / "adapter")
-        results: Runs = {}
+        results: peak.Runs = {}
         for repeat in range(args.repeats):
             out = work / f"r{repeat}"
-            alternate(commands(model, adapter, out), repeat, work, results)
-            if not close_tensors(out / "peft", out / "ours"):
+            peak.alternate(commands(model, adapter, out), repeat, work, results)
+            if not peak.same_tensor_dirs(out / "peft", out / "ours", atol=1e-6):
                 raise SystemExit("the two merged models differ")
-        section = render(results, parameter_count(model), args.repeats)
+        section = render(results, peak.parameter_count(model), args.repeats)
     print(section)
     write_section(Path(args.out), section, SECTION)
 

@@ -85,11 +85,22 @@ def measure(argv: list[str], log: Path, env: dict[str, str] | None = None) -> tu
     return wall, int(peak.split("=")[1]) / 1024  # Linux reports KiB
 
 
+LAUNCH = (sys.executable, "-m", "launcher.cli")  # the `launch` command, run by this very interpreter
+
+
 def load_dir(folder: Path) -> dict:
     """Every tensor of the safetensors files in `folder`."""
     from safetensors.torch import load_file
 
     return {k: v for path in sorted(folder.glob("*.safetensors")) for k, v in load_file(path).items()}
+
+
+def same_tensor_dirs(a: Path, b: Path, atol: float = 0.0) -> bool:
+    """The two folders' safetensors hold the same names, and tensors equal within atol (0: bit for bit)."""
+    import torch
+
+    left, right = load_dir(a), load_dir(b)
+    return left.keys() == right.keys() and all(torch.allclose(left[k], right[k], rtol=0, atol=atol) for k in left)
 
 
 Runs = dict[str, list[tuple[float, float]]]  # command name -> (wall s, peak RSS MB) per repetition

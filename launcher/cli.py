@@ -17,8 +17,12 @@ from launcher.errors import DataError, LauncherError, RecipeError
 from launcher.recipe import load_recipe
 
 
+def _parser(verb: str, help_text: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"launch {verb}", description=help_text)
+
+
 def _recipe_parser(verb: str, help_text: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"launch {verb}", description=help_text)
+    parser = _parser(verb, help_text)
     parser.add_argument("recipe", help="path of the YAML recipe")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=2e-5")
     return parser
@@ -202,7 +206,7 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_schema(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch schema", description="print the recipe's JSON schema")
+    parser = _parser("schema", "print the recipe's JSON schema")
     parser.add_argument("--markdown", action="store_true", help="the key reference as Markdown (docs/recipe.md)")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -217,7 +221,7 @@ def cmd_schema(argv: list[str]) -> int:
 
 
 def cmd_chat(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch chat", description="generate with a base model (+ adapter)")
+    parser = _parser("chat", "generate with a base model (+ adapter)")
     parser.add_argument("--model", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
     parser.add_argument("--adapter", default=None, help="PEFT adapter dir (a run's output.dir)")
     parser.add_argument(
@@ -279,9 +283,7 @@ def cmd_chat(argv: list[str]) -> int:
 
 
 def cmd_consolidate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="launch consolidate", description="ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU"
-    )
+    parser = _parser("consolidate", "ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
     parser.add_argument("checkpoint", help="output.dir/checkpoint-<step> of a DeepSpeed run")
     parser.add_argument("--out", required=True, help="new folder for the adapter or model")
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
@@ -294,7 +296,7 @@ def cmd_consolidate(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch merge", description="fold a LoRA adapter into its base model")
+    parser = _parser("merge", "fold a LoRA adapter into its base model")
     parser.add_argument("--base", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
     parser.add_argument("--adapter", required=True, help="PEFT adapter dir")
     parser.add_argument("--out", required=True, help="new folder for the merged model")
@@ -311,7 +313,7 @@ def cmd_merge(argv: list[str]) -> int:
 
 
 def cmd_import_lf(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch import-lf", description="a LLaMA-Factory training YAML as a recipe")
+    parser = _parser("import-lf", "a LLaMA-Factory training YAML as a recipe")
     parser.add_argument("lf_yaml", help="LLaMA-Factory YAML (llamafactory-cli train's argument file)")
     parser.add_argument(
         "--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)"
@@ -336,9 +338,7 @@ def cmd_import_lf(argv: list[str]) -> int:
 def cmd_serve(argv: list[str]) -> int:
     import os
 
-    parser = argparse.ArgumentParser(
-        prog="launch serve", description="OpenAI-compatible HTTP API over a model (+ LoRA adapters)"
-    )
+    parser = _parser("serve", "OpenAI-compatible HTTP API over a model (+ LoRA adapters)")
     parser.add_argument(
         "--model", required=True, help="base model: hub id, local dir (a merged model) or builtin:tiny-qwen2"
     )
@@ -423,9 +423,7 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_download(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="launch download", description="fetch a model into the local hub cache, for offline runs"
-    )
+    parser = _parser("download", "fetch a model into the local hub cache, for offline runs")
     parser.add_argument("model", help="hub id (e.g. Qwen/Qwen2-7B-Instruct), or a recipe whose model.path to fetch")
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     parser.add_argument(

@@ -10,9 +10,9 @@ mismatch inside every rank. Torch-free.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from launcher.errors import RecipeError
+from launcher.json_object import read_json_object
 
 KEY = "distributed.deepspeed_config"
 # "auto" values the HF Trainer fills once it knows the number of training steps (trainer_config_finalize)
@@ -33,27 +33,11 @@ RECIPE_FIELDS = {
 
 def read(path: str) -> dict:
     """The JSON object in path; an unreadable or invalid file is refused naming it (and the line)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise RecipeError(
-            f"{KEY} = {path!r}: cannot read it ({why}). Fix: point it at a DeepSpeed JSON file "
-            "(relative paths start at the current folder)"
-        ) from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RecipeError(
-            f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}), named by {KEY}. "
-            "Fix: correct the JSON there (no comments or trailing commas)"
-        ) from None
-    if not isinstance(config, dict):
-        raise RecipeError(
-            f"{path}: a DeepSpeed config is a JSON object, this is a {type(config).__name__} ({KEY}). "
-            'Fix: {"zero_optimization": {"stage": 2}, ...}'
-        )
-    return config
+    fix = (
+        'point it at a DeepSpeed JSON object, e.g. {"zero_optimization": {"stage": 2}}, with no comments or '
+        "trailing commas (relative paths start at the current folder)"
+    )
+    return read_json_object(path, RecipeError, fix, named_by=KEY)
 
 
 def zero_and_offload(config: dict) -> tuple[int | str, str]:

@@ -3,6 +3,7 @@ once-per-session warm-up of DeepSpeed's CPU ops and the builtin model."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import pty
@@ -135,6 +136,22 @@ def tiny_run(tmp_path_factory, warm):
     return run
 
 
+def imported_after(code: str, modules: tuple[str, ...], timeout: float = 120) -> list[str]:
+    """Which of `modules` a fresh interpreter holds after running `code` in the repo root: the check that
+    a light path (planning, a registry lookup) stays free of heavy libraries."""
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in {modules!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ast.literal_eval(proc.stdout.splitlines()[-1])
+
+
+def wait_timed(proc: subprocess.Popen, timeout: float) -> tuple[int, float]:
+    """proc's exit code, and the seconds from this call until it exited (a stop's latency)."""
+    start = time.monotonic()
+    code = proc.wait(timeout=timeout)
+    return code, time.monotonic() - start
+
+
 def greedy_ids(
     prompt_ids: list[int], tokens: int, model: str | Path | None = None, adapter: str | Path | None = None
 ) -> str:
@@ -193,11 +210,6 @@ def pytest_collection_modifyitems(config, items):
             f"tests need exactly one tier mark of {', '.join(TIERS)} "
             f"(pytestmark or @pytest.mark.<tier>): {'; '.join(untiered)}"
         )
-    # `make test` runs under pytest-xdist --dist loadgroup: a file's tests stay on one worker (its module
-    # fixtures run once), and every file with a services test shares one, so one sshd and one SLURM run
-    service_files = {item.path for item in items if "services" in item.keywords}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("services" if item.path in service_files else item.path.name))
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:  # torch is imported only to skip gpu tests (a `-m unit` collection of a torch-free file stays light)
         return

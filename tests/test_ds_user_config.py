@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT, run_launch
 from tests.test_model_ready import _refused as refused
 
-TINY = "recipes/sft_tiny.yaml"  # sets distributed.zero: 3 and model.dtype: fp32; 2 CPU processes
+TINY = "recipes/sft_tiny.yaml"  # sets distributed.zero: 2 and model.dtype: fp32; 2 CPU processes
 
 FULL_AUTO = {
     "train_batch_size": "auto",
@@ -118,7 +118,7 @@ def test_auto_values_are_filled_from_the_recipe_and_explicit_ones_kept(tmp_path)
 @pytest.mark.unit
 def test_a_stage_auto_is_the_recipes_zero(tmp_path):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": "auto"}})
-    proc = run_launch(["plan", TINY, f"distributed.deepspeed_config={ds}"], timeout=120)
+    proc = run_launch(["plan", TINY, "distributed.zero=3", f"distributed.deepspeed_config={ds}"], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert plan_deepspeed(proc.stdout)[1]["zero_optimization"] == {"stage": 3}
 
@@ -128,19 +128,19 @@ def test_a_stage_auto_is_the_recipes_zero(tmp_path):
     "zero_optimization,overrides,needles",
     [
         (
-            {"stage": 3},
-            ["distributed.zero=2"],
-            ("distributed.zero = 2, but", "zero_optimization.stage: 3", "Fix: drop distributed.zero from the recipe"),
+            {"stage": 2},
+            ["distributed.zero=3"],
+            ("distributed.zero = 3, but", "zero_optimization.stage: 2", "Fix: drop distributed.zero from the recipe"),
         ),
-        ({"stage": 2}, [], (f"{TINY}:", "distributed.zero = 3, but", "zero_optimization.stage: 2")),
+        ({"stage": 3}, [], (f"{TINY}:", "distributed.zero = 2, but", "zero_optimization.stage: 3")),
         (
-            {"stage": 3},
+            {"stage": 2},
             ["distributed.offload=optimizer"],
             ("distributed.offload = 'optimizer', but", "offload sections: 'none'"),
         ),
         (
             {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}},
-            ["distributed.offload=none"],
+            ["distributed.zero=3", "distributed.offload=none"],
             ("distributed.offload = 'none', but", "'all'"),
         ),
     ],
@@ -162,7 +162,7 @@ def test_recipe_zero_or_offload_against_the_jsons_is_refused(tmp_path, zero_opti
     ],
 )
 def test_an_explicit_value_against_the_recipe_is_refused_naming_both(tmp_path, field, value, recipe_key, ours):
-    ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3}, field: value})
+    ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 2}, field: value})
     shown = field if not isinstance(value, dict) else f"{field}.enabled"
     theirs = json.dumps(value if not isinstance(value, dict) else value["enabled"])
     _refused(
@@ -175,7 +175,7 @@ def test_an_explicit_value_against_the_recipe_is_refused_naming_both(tmp_path, f
 
 @pytest.mark.multiproc
 def test_training_refuses_a_contradiction_before_anything_starts(tmp_path):
-    ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3}, "gradient_accumulation_steps": 4})
+    ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4})
     out = tmp_path / "run"
     proc = run_launch([TINY, f"distributed.deepspeed_config={ds}", f"output.dir={out}"], timeout=120)
     assert proc.returncode == 2 and "gradient_accumulation_steps = 4" in proc.stderr, proc.stderr[-2000:]
@@ -193,22 +193,22 @@ def test_a_broken_or_missing_json_is_refused_naming_the_file_and_line(tmp_path):
     )
     _refused(
         [TINY, f"distributed.deepspeed_config={tmp_path / 'none.json'}"],
-        f"distributed.deepspeed_config = '{tmp_path / 'none.json'}': cannot read it (No such file or directory)",
+        f"{tmp_path / 'none.json'} (named by distributed.deepspeed_config): cannot read it (No such file or directory)",
     )
     listing = write_json(tmp_path, [1, 2], "list.json")
-    _refused([TINY, f"distributed.deepspeed_config={listing}"], "a DeepSpeed config is a JSON object, this is a list")
+    _refused([TINY, f"distributed.deepspeed_config={listing}"], "holds a JSON list, not an object")
 
 
 @pytest.mark.unit
 def test_an_auto_nothing_fills_and_the_ddp_engine_are_refused(tmp_path):
     ds = write_json(tmp_path, {**FULL_AUTO, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}})
     _refused(
-        [TINY, f"distributed.deepspeed_config={ds}"],
+        [TINY, "distributed.zero=3", f"distributed.deepspeed_config={ds}"],
         'zero_optimization.sub_group_size is "auto"',
         "Fix: write a value there",
     )
     _refused(
-        [TINY, f"distributed.deepspeed_config={ds}", "distributed.engine=ddp"],
+        [TINY, "distributed.zero=3", f"distributed.deepspeed_config={ds}", "distributed.engine=ddp"],
         "distributed.engine = 'ddp' with distributed.deepspeed_config",
         "Fix: distributed.engine: deepspeed",
     )

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from launcher.plan import node_plan_file
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_timed
 from tests.services import slurm, sshd  # noqa: F401  (fixtures)
 
 TINY = "recipes/sft_tiny.yaml"
@@ -173,9 +173,7 @@ def test_sigterm_stops_within_10_s_with_a_checkpoint_that_resumes(tmp_path, warm
         _wait_for_steps(proc, log)
         tree = _tree(proc, out)
         proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        code = proc.wait(timeout=60)
-        took = time.monotonic() - sent
+        code, took = wait_timed(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()

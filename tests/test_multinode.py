@@ -23,12 +23,14 @@ from safetensors.torch import load_file
 from launcher.checkpoint.manifest import read_manifests
 from launcher.cli import main as launch_main
 from launcher.plan import node_plan_file
-from tests.conftest import ROOT, free_port, run_launch
+from tests.conftest import ROOT, free_port, run_launch, wait_timed
 from tests.services import slurm, sshd  # noqa: F401  (fixtures)
 
 TINY = "recipes/sft_tiny.yaml"
-# world 2 everywhere (2x1 or 1x2 processes), micro 2 x accum 1: global batch 4, 6 steps, checkpoint at 3
+# world 2 everywhere (2x1 or 1x2 processes), micro 2 x accum 1: global batch 4, 6 steps, checkpoint at 3;
+# ZeRO-3, where every rank writes its own model shard: what a node without a shared disk has to publish
 SMALL = [
+    "distributed.zero=3",
     "train.max_steps=6",
     "data.cutoff_len=64",
     "data.max_samples=32",
@@ -252,13 +254,10 @@ def test_hostfile_fan_out_over_ssh_equals_one_node(reference, sshd, tmp_path):
     assert _leftovers(_plan_paths(out, 2)) == ""
 
 
-@pytest.mark.services
-def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
-    """SIGKILL the rank on the ssh-started node mid-run: the launcher names the node, exits non-zero
-    within 60 s, and no process of the run is left on either "host"."""
+def _long_run_on_two_ssh_nodes(tmp_path: Path, sshd, out: Path, *overrides: str) -> list[str]:
+    """launch arguments of a 500-step run into `out` on two loopback "hosts", node 1 started through sshd."""
     hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
-    out = tmp_path / "run"
-    args = [
+    return [
         TINY,
         f"output.dir={out}",
         f"distributed.master_port={free_port()}",
@@ -267,17 +266,23 @@ def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
         *sshd.recipe_overrides(),
         *SMALL,
         "train.max_steps=500",
-        "train.save_steps=2",
+        *overrides,
     ]
+
+
+@pytest.mark.services
+def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
+    """SIGKILL the rank on the ssh-started node mid-run: the launcher names the node, exits non-zero
+    within 60 s, and no process of the run is left on either "host"."""
+    out = tmp_path / "run"
+    args = _long_run_on_two_ssh_nodes(tmp_path, sshd, out, "train.save_steps=2")
     log = tmp_path / "launch.log"
     proc = _popen_launch(args, log)
     try:
         _wait_for(out / "checkpoint-2" / "trainer_state.json", proc)  # training is under way
         remote_plan = _plan_paths(out, 2)[1]
         os.kill(_rank_pid(remote_plan, rank=1), signal.SIGKILL)
-        killed = time.monotonic()
-        code = proc.wait(timeout=120)
-        took = time.monotonic() - killed
+        code, took = wait_timed(proc, 120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -291,21 +296,8 @@ def test_killed_remote_node_stops_every_node(sshd, tmp_path, warm):
 @pytest.mark.services
 def test_ctrl_c_stops_every_node(sshd, tmp_path, warm):
     """SIGINT to the launcher (Ctrl-C) once both nodes run their ranks: every node stops, nothing is left."""
-    hosts = _hostfile(tmp_path, "127.0.0.1 slots=1\n127.0.0.2 slots=1\n")
     out = tmp_path / "run"
-    proc = _popen_launch(
-        [
-            TINY,
-            f"output.dir={out}",
-            f"distributed.master_port={free_port()}",
-            f"distributed.hostfile={hosts}",
-            "distributed.nnodes=2",
-            *sshd.recipe_overrides(),
-            *SMALL,
-            "train.max_steps=500",
-        ],
-        tmp_path / "launch.log",
-    )
+    proc = _popen_launch(_long_run_on_two_ssh_nodes(tmp_path, sshd, out), tmp_path / "launch.log")
     try:
         for plan_file, rank in zip(_plan_paths(out, 2), (0, 1)):
             _rank_pid(plan_file, rank)

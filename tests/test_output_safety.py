@@ -41,6 +41,13 @@ def _refused(proc, *words: str) -> None:
         assert word in message, message
 
 
+def _refused_untouched(folder: Path, words: tuple[str, ...], *args: str, env: dict | None = None) -> None:
+    """launch with args is refused naming each of words, and every file under folder is as it was."""
+    before = _snapshot(folder)
+    _refused(_launch(*args, env=env), *words)
+    assert _snapshot(folder) == before
+
+
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory) -> Path:
     """A local HF model folder (config.json, weights, tokenizer): a copy of the builtin model."""
@@ -54,10 +61,8 @@ def local_model(tmp_path_factory) -> Path:
 
 @pytest.mark.multiproc
 def test_local_model_folder_as_output_dir_is_refused(local_model):
-    before = _snapshot(local_model)
-    proc = _launch(TINY, f"model.path={local_model}", f"output.dir={local_model}", "output.overwrite=true", *QUICK)
-    _refused(proc, "is model.path", "Fix:")
-    assert _snapshot(local_model) == before
+    args = (f"model.path={local_model}", f"output.dir={local_model}", "output.overwrite=true", *QUICK)
+    _refused_untouched(local_model, ("is model.path", "Fix:"), TINY, *args)
 
 
 @pytest.mark.multiproc
@@ -68,12 +73,8 @@ def test_builtin_models_materialized_folder_as_output_dir_is_refused(local_model
     cache = tmp_path / "cache"
     materialized = cache / "builtin" / f"tiny-qwen2-{fingerprint('builtin:tiny-qwen2')}"
     shutil.copytree(local_model, materialized)
-    before = _snapshot(materialized)
-    proc = _launch(
-        TINY, f"output.dir={materialized}", "output.overwrite=true", *QUICK, env={"LAUNCHER_CACHE": str(cache)}
-    )
-    _refused(proc, "is model.path")
-    assert _snapshot(materialized) == before
+    args = (f"output.dir={materialized}", "output.overwrite=true", *QUICK)
+    _refused_untouched(materialized, ("is model.path",), TINY, *args, env={"LAUNCHER_CACHE": str(cache)})
 
 
 @pytest.mark.multiproc
@@ -89,10 +90,8 @@ def test_output_dir_holding_model_path_is_refused(local_model, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(local_model, project / "model")
     (project / "plan.json").write_text("{}")
-    before = _snapshot(project)
-    proc = _launch(TINY, f"model.path={project / 'model'}", f"output.dir={project}", "output.overwrite=true", *QUICK)
-    _refused(proc, "contains model.path")
-    assert _snapshot(project) == before
+    args = (f"model.path={project / 'model'}", f"output.dir={project}", "output.overwrite=true", *QUICK)
+    _refused_untouched(project, ("contains model.path",), TINY, *args)
 
 
 @pytest.mark.multiproc
@@ -101,11 +100,9 @@ def test_dataset_folder_as_or_around_output_dir_is_refused(tmp_path, inside):
     folder = tmp_path / "rows"
     folder.mkdir()
     shutil.copy(ROOT / "data" / "demo_sft.json", folder / "train.json")
-    before = _snapshot(folder)
     out = folder / "run" if inside else folder
-    proc = _launch(TINY, f"data.datasets=[{folder}]", f"output.dir={out}", "output.overwrite=true", *QUICK)
-    _refused(proc, "data.datasets", "lies inside" if inside else "is data.datasets")
-    assert _snapshot(folder) == before
+    args = (f"data.datasets=[{folder}]", f"output.dir={out}", "output.overwrite=true", *QUICK)
+    _refused_untouched(folder, ("data.datasets", "lies inside" if inside else "is data.datasets"), TINY, *args)
 
 
 @pytest.mark.multiproc
@@ -115,10 +112,8 @@ def test_adapter_being_continued_as_output_dir_is_refused(tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / ".launcher-run").write_text('{"version": 1}')
-    before = _snapshot(adapter)
-    proc = _launch(TINY, f"model.adapter={adapter}", f"output.dir={adapter}", "output.overwrite=true", *QUICK)
-    _refused(proc, "is model.adapter")
-    assert _snapshot(adapter) == before
+    args = (f"model.adapter={adapter}", f"output.dir={adapter}", "output.overwrite=true", *QUICK)
+    _refused_untouched(adapter, ("is model.adapter",), TINY, *args)
 
 
 @pytest.mark.multiproc

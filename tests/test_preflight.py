@@ -8,8 +8,6 @@ the labels of a conversation with an empty assistant turn."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from launcher.data.bad_rows import BadRows
 from launcher.data.pipeline import build_sft_data, load_examples
 from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
-from tests.conftest import ROOT, run_launch
+from tests.conftest import imported_after, run_launch
 
 RECIPE = "recipes/sft_tiny.yaml"
 ROWS = [{"instruction": "2 + 2?", "output": "4"}, {"instruction": "Capital of France?", "output": "Paris"}]
@@ -157,12 +155,10 @@ def test_launch_data_exits_2_when_the_stage_gets_no_rows():
 @pytest.mark.unit
 def test_planning_a_csv_dataset_imports_nothing_heavy():
     code = (
-        "import sys; from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
-        "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]'])); "
-        "heavy = {'torch', 'transformers', 'datasets', 'pandas', 'pyarrow', 'numpy'} & set(sys.modules); "
-        "assert not heavy, heavy"
+        "from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
+        "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]']))"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    assert imported_after(code, ("torch", "transformers", "datasets", "pandas", "pyarrow", "numpy")) == []
 
 
 # ---- point 11: rows that do not fail their file ---------------------------------------------------

@@ -52,12 +52,14 @@ BAD_OVERRIDES = [
     (["method={name: full}", "model.quantization={bits: 4}"], "model.quantization"),  # k-bit base only under LoRA
     (["method={name: freeze, trainable_layers: 0}"], "method.trainable_layers"),
     (["method={name: prefix}"], "train.gradient_checkpointing"),  # PEFT prefix tuning refuses it
-    (["method={name: prefix}", "train.gradient_checkpointing=false"], "distributed.zero"),  # saving hangs under ZeRO-3
+    (
+        ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=3"],
+        "distributed.zero",
+    ),  # saving hangs under ZeRO-3
     (["method.loraplus_ratio=4", "distributed.offload=optimizer"], "method.loraplus_ratio"),  # DS CPU Adam, no groups
     (["method.variant=pissa", "distributed.zero=3"], "method.variant"),  # SVD of partitioned weights
     (["method.variant=pissa", "distributed.zero=2", "model.quantization={bits: 4}"], "method.variant"),
     (["method.variant=pissa", "distributed.zero=2", "model.adapter=outputs/sft_tiny"], "method.variant"),
-    (["method.variant=pissa"], "method.variant"),  # not available yet
     (["distributed.zero=4"], "distributed.zero"),
     (["distributed.engine=horovod"], "distributed.engine"),
     (["distributed.launcher=mpirun"], "distributed.launcher"),

@@ -41,9 +41,10 @@ def _assert_same_run(resumed: Path, straight: Path, weights: str) -> None:
         assert torch.allclose(got[key], value, atol=1e-6), key
 
 
-@pytest.mark.parametrize("zero,method", [(2, "lora"), (3, "lora"), (3, "full")])
+@pytest.mark.parametrize("zero,method", [(3, "lora"), (3, "full")])
 def test_resumed_run_equals_uninterrupted_run(zero, method, tmp_path, tiny_run):
-    # full fine-tuning under ZeRO-2 is the SIGKILL-during-save test below
+    # ZeRO-2 resumes in the SIGKILL-during-save test below (full fine-tuning): the optimizer states are
+    # sharded under both stages, the weights only under ZeRO-3
     run = (f"distributed.zero={zero}", *SHORT_RUN, *(["method={name: full}"] if method == "full" else []))
     straight = tiny_run(*run)
     out = tmp_path / "resumed"

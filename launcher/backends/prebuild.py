@@ -4,6 +4,7 @@ On CPU, DeepSpeed compiles its shared-memory comm op (and CPU Adam for ZeRO-Offl
 use. Two ranks compiling the same extension at once can abort (seen here: SIGABRT on a cold
 cache), and compiling is about a minute; doing it here once makes every later run start fast.
 Usage: python -m launcher.backends.prebuild ShareMemCommBuilder [CPUAdamBuilder ...]
+       python -m launcher.backends.prebuild --cpu-machine   (`make install`: every CPU op, on a machine without CUDA)
 """
 
 from __future__ import annotations
@@ -61,5 +62,29 @@ def main(names: list[str]) -> None:
     (Path(folder) / STAMP).write_text(json.dumps({"ops": ops, "versions": _versions(), "libraries": libraries}))
 
 
+CPU_OPS = ["ShareMemCommBuilder", "CPUAdamBuilder"]
+
+
+def prebuild_cpu_machine() -> None:
+    """At install: where torch sees no CUDA device, build every CPU op a run may load into the cache
+    runs use, so no first run (or test) waits a minute and a half for the compiler."""
+    import torch
+
+    if torch.cuda.is_available():
+        print("[prebuild] a CUDA device is visible: DeepSpeed's CPU ops are not needed here", flush=True)
+        return
+    from launcher.plan.env import torch_extensions_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir())
+    os.environ["DS_ACCELERATOR"] = "cpu"  # read when deepspeed is first imported, below
+    if already_built(CPU_OPS, os.environ["TORCH_EXTENSIONS_DIR"]):
+        return
+    print(f"[prebuild] compiling DeepSpeed's CPU ops {', '.join(CPU_OPS)} (about 2 minutes, once)", flush=True)
+    main(CPU_OPS)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--cpu-machine"]:
+        prebuild_cpu_machine()
+    else:
+        main(sys.argv[1:])

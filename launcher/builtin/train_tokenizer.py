@@ -145,11 +145,10 @@ def iter_corpus(corpus_dir: Path, dataset: Path) -> Iterator[str]:
             yield from (t for t in turn if t)
 
 
-def build_tokenizer(corpus_dir: Path, dataset: Path) -> str:
-    """Train and return the tokenizer.json text (deterministic)."""
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+def qwen2_style_bpe():
+    """An untrained byte-level BPE `tokenizers.Tokenizer` with Qwen2's normalizer, pre-tokenizer and decoder."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
 
     tokenizer = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
@@ -160,6 +159,15 @@ def build_tokenizer(corpus_dir: Path, dataset: Path) -> str:
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def build_tokenizer(corpus_dir: Path, dataset: Path) -> str:
+    """Train and return the tokenizer.json text (deterministic)."""
+    from tokenizers import pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+
+    tokenizer = qwen2_style_bpe()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = BpeTrainer(
         vocab_size=VOCAB_SIZE,

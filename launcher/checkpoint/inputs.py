@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 from launcher.errors import CheckpointError
+from launcher.json_object import read_json_object
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -23,20 +24,7 @@ INDEX_SUFFIX = ".safetensors.index.json"
 
 def read_json(path: Path) -> dict:
     """The JSON object in `path`; missing, unreadable or not a JSON object: CheckpointError."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing. Fix: restore it, or pass a complete folder") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} cannot be read ({err}). Fix: restore the file") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(
-            f"{path}:{err.lineno}: not valid JSON ({err.msg}); the file is damaged or "
-            "truncated. Fix: restore it from the run that wrote it"
-        ) from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object. Fix: restore the file")
-    return value
+    return read_json_object(path, CheckpointError, "restore it from the run that wrote it, or pass a complete folder")
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:

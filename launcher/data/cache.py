@@ -255,24 +255,6 @@ def load_or_build(entry: Path, build: Callable[[], Tokenized], timeout_s: float,
         time.sleep(poll_s)
 
 
-def cached(
-    stage: str,
-    names: list[str],
-    data_cfg: dict,
-    tokenizer,
-    settings: dict,
-    build: Callable[[], Tokenized],
-    timeout_s: float = WAIT_S,
-) -> Tokenized:
-    """build()'s result through the cache (data.cache, data.cache_dir); `settings` holds what else the tokens
-    depend on (template, stage options). With data.cache: false, build() runs in every process."""
-    if not data_cfg.get("cache", True):
-        return build()
-    root = Path(data_cfg.get("cache_dir") or default_cache_dir()).expanduser()
-    key = cache_key(stage, names, data_cfg, tokenizer, settings)
-    return load_or_build(root / f"{stage}-{key[:32]}", build, timeout_s)
-
-
 def rows_of(data) -> list[dict]:
     """The rows of a stage's data (SFTData, BlockData, PreferenceData, ...): by convention its first field."""
     return getattr(data, fields(data)[0].name)
@@ -294,7 +276,8 @@ def cached_data(
     store: Callable[[dict], dict] = _same,
     load: Callable[[dict], dict] = _same,
 ) -> Data:
-    """The one cache wrapper of every stage's data: build() through `cached`, under `kind`.
+    """The one cache wrapper of every stage's data: build()'s result through the cache (data.cache,
+    data.cache_dir) under `kind`; `settings` holds what else the tokens depend on (template, stage options).
 
     build() returns a `shape` dataclass whose first field is the rows (every row a dict of the same
     token-id columns) and whose other fields are its counts; an entry holds store(row) per row (id
@@ -310,7 +293,12 @@ def cached_data(
             {name: getattr(data, name) for name in count_fields},
         )
 
-    got = cached(kind, names, data_cfg, tokenizer, settings, tokenized, timeout_s)
+    if data_cfg.get("cache", True):
+        root = Path(data_cfg.get("cache_dir") or default_cache_dir()).expanduser()
+        key = cache_key(kind, names, data_cfg, tokenizer, settings)
+        got = load_or_build(root / f"{kind}-{key[:32]}", tokenized, timeout_s)
+    else:  # data.cache: false: every process builds its own
+        got = tokenized()
     rows = [load(dict(zip(got.columns, ids))) for ids in zip(*got.columns.values())]
     return shape(**{rows_field: rows}, **got.meta)
 
@@ -318,3 +306,29 @@ def cached_data(
 def wait_s(recipe: dict) -> float:
     """How long a rank waits for another to build an entry: the run's distributed.timeout_minutes."""
     return recipe["distributed"]["timeout_minutes"] * 60
+
+
+def templated_data(
+    shape: type[Data],
+    kind: str,
+    build: Callable[..., Data],
+    names: list[str],
+    data_cfg: dict,
+    tokenizer,
+    template: str,
+    timeout_s: float = WAIT_S,
+    **codec: Callable[[dict], dict],
+) -> Data:
+    """cached_data of build(names, data_cfg, tokenizer, template): the template is part of the entry's key;
+    codec is cached_data's store/load."""
+    return cached_data(
+        shape,
+        kind,
+        names,
+        data_cfg,
+        tokenizer,
+        {"template": template},
+        lambda: build(names, data_cfg, tokenizer, template),
+        timeout_s,
+        **codec,
+    )

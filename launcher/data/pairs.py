@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import cached_data
+from launcher.data.cache import templated_data
 from launcher.data.pipeline import load_examples
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
 from launcher.defaults import TEMPLATE, WAIT_S
@@ -105,16 +105,7 @@ def pair_data(
     names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
 ) -> PreferenceData:
     """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    return cached_data(
-        PreferenceData,
-        "pair",
-        names,
-        data_cfg,
-        tokenizer,
-        {"template": template},
-        lambda: build_pair_data(names, data_cfg, tokenizer, template),
-        timeout_s,
-    )
+    return templated_data(PreferenceData, "pair", build_pair_data, names, data_cfg, tokenizer, template, timeout_s)
 
 
 def scored_pairs(
@@ -135,14 +126,14 @@ def kto_data(
 ) -> PreferenceData:
     """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py); the cache
     holds only id lists, so each label is stored as one token ([1] desirable, [0] not) and read back as TRL's bool."""
-    return cached_data(
+    return templated_data(
         PreferenceData,
         "kto",
+        build_kto_data,
         names,
         data_cfg,
         tokenizer,
-        {"template": template},
-        lambda: build_kto_data(names, data_cfg, tokenizer, template),
+        template,
         timeout_s,
         store=lambda row: {**row, "label": [int(row["label"])]},
         load=lambda row: {**row, "label": bool(row["label"][0])},

@@ -10,7 +10,7 @@ from itertools import chain
 import numpy as np
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import cached_data
+from launcher.data.cache import templated_data
 from launcher.data.formats import Example, to_example, to_text
 from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
@@ -114,13 +114,4 @@ def sft_data(
     names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
 ) -> SFTData:
     """build_sft_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
-    return cached_data(
-        SFTData,
-        "sft",
-        names,
-        data_cfg,
-        tokenizer,
-        {"template": template},
-        lambda: build_sft_data(names, data_cfg, tokenizer, template),
-        timeout_s,
-    )
+    return templated_data(SFTData, "sft", build_sft_data, names, data_cfg, tokenizer, template, timeout_s)

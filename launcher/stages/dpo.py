@@ -4,18 +4,15 @@ with train.pref_beta and an optional SFT term (train.pref_ftx). The reference-fr
 
 from __future__ import annotations
 
-from functools import partial
-
 from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from launcher.compat import PreparedRows, TrainedAdapterOnly
-from launcher.data.cache import wait_s
 from launcher.data.pairs import pair_data
 from launcher.stages import orpo
 from launcher.stages.trl_config import trl_config
-from launcher.stages.trl_glue import CountingCollator, preference_data, reference_is_base
+from launcher.stages.trl_glue import preference_trainer, reference_is_base
 
 
 class PretokenizedDPOTrainer(PreparedRows, TrainedAdapterOnly, DPOTrainer):
@@ -43,15 +40,9 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     recipe = plan["recipe"]
     if recipe["train"]["pref_loss"] in orpo.REFERENCE_FREE:
         return orpo.build_trainer(plan, args, model, tokenizer, callbacks)
-    train_data, eval_data, summary = preference_data(plan, tokenizer, partial(pair_data, timeout_s=wait_s(recipe)))
-    trainer = PretokenizedDPOTrainer(
-        model=model,
-        args=dpo_config(args, recipe["train"]),
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
+    config = dpo_config(args, recipe["train"])
+    trainer, summary = preference_trainer(
+        PretokenizedDPOTrainer, DataCollatorForPreference, pair_data, plan, config, model, tokenizer, callbacks
     )
     reference_is_base(trainer, recipe)
     return trainer, summary

@@ -3,17 +3,14 @@ train.pref_beta and train.kto_desirable_weight / kto_undesirable_weight."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from transformers import TrainingArguments
 from trl import KTOConfig, KTOTrainer
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
 from launcher.compat import PreparedRows, TrainedAdapterOnly, set_train_batch_size
-from launcher.data.cache import wait_s
 from launcher.data.pairs import kto_data
 from launcher.stages.trl_config import trl_config
-from launcher.stages.trl_glue import CountingCollator, preference_data, reference_is_base
+from launcher.stages.trl_glue import preference_trainer, reference_is_base
 
 KL_RUN = 2  # fewest rows a KL completion is rotated among: with one, a row would be paired with itself
 
@@ -53,7 +50,6 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     """The KTO trainer (reference as in DPO: adapter disabled, or a frozen copy of a continued adapter) and its data summary."""
     recipe = plan["recipe"]
     train = recipe["train"]
-    train_data, eval_data, summary = preference_data(plan, tokenizer, partial(kto_data, timeout_s=wait_s(recipe)))
     config = trl_config(
         args,
         KTOConfig,
@@ -64,14 +60,8 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
         undesirable_weight=train["kto_undesirable_weight"],
         train_sampling_strategy="sequential",
     )
-    trainer = PretokenizedKTOTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForUnpairedPreference(pad_token_id=tokenizer.pad_token_id)),
+    trainer, summary = preference_trainer(
+        PretokenizedKTOTrainer, DataCollatorForUnpairedPreference, kto_data, plan, config, model, tokenizer, callbacks
     )
     reference_is_base(trainer, recipe)
     return trainer, summary

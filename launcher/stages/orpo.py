@@ -11,7 +11,6 @@ collates them with TRL's DPO collator.
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import partial
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -20,9 +19,8 @@ from trl.experimental.orpo import ORPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
-from launcher.data.cache import wait_s
 from launcher.data.pairs import pair_data
-from launcher.stages.trl_glue import CountingCollator, preference_data
+from launcher.stages.trl_glue import preference_trainer
 
 REFERENCE_FREE = ("orpo", "simpo")
 
@@ -101,18 +99,17 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     recipe = plan["recipe"]
     train = recipe["train"]
     loss = "orpo" if recipe["stage"] == "orpo" else train["pref_loss"]
-    train_data, eval_data, summary = preference_data(plan, tokenizer, partial(pair_data, timeout_s=wait_s(recipe)))
-    trainer = ReferenceFreeTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
+    return preference_trainer(
+        ReferenceFreeTrainer,
+        DataCollatorForPreference,
+        pair_data,
+        plan,
+        args,
+        model,
+        tokenizer,
+        callbacks,
         loss=loss,
         beta=train["pref_beta"],
         gamma=train.get("simpo_gamma", 0.0),
         ftx=train.get("pref_ftx", 0.0),
     )
-    return trainer, summary

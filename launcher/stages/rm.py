@@ -5,16 +5,13 @@ keeps the score head in modules_to_save, so the saved adapter holds it and reloa
 
 from __future__ import annotations
 
-from functools import partial
-
 from transformers import TrainingArguments
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from launcher.data.cache import wait_s
 from launcher.data.pairs import scored_pairs
 from launcher.stages.trl_config import trl_config
-from launcher.stages.trl_glue import CountingCollator, preference_data
+from launcher.stages.trl_glue import preference_trainer
 
 SCORE_HEAD = "score"  # the head transformers' *ForSequenceClassification models put on the last token
 
@@ -28,17 +25,9 @@ def train_score_head(model) -> None:
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[RewardTrainer, dict]:
     """TRL's RewardTrainer over the recipe's preference pairs, and a summary of its data."""
-    build = partial(scored_pairs, timeout_s=wait_s(plan["recipe"]))
-    train_data, eval_data, summary = preference_data(plan, tokenizer, build)
     train_score_head(model)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token
-    trainer = RewardTrainer(
-        model=model,
-        args=trl_config(args, RewardConfig, max_length=None, disable_dropout=False),
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        data_collator=CountingCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)),
+    config = trl_config(args, RewardConfig, max_length=None, disable_dropout=False)
+    return preference_trainer(
+        RewardTrainer, DataCollatorForPreference, scored_pairs, plan, config, model, tokenizer, callbacks
     )
-    return trainer, summary

@@ -3,9 +3,12 @@ datasets, TRL's collators with the throughput logger's counters, the reference m
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from datasets import Dataset
 
+from launcher.data.cache import wait_s
 from launcher.data.splits import train_and_eval
 
 
@@ -47,6 +50,26 @@ def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | No
         "tokens": sum(len(v) for row in rows for k, v in row.items() if k.endswith("_ids")),
     }
     return Dataset.from_list(rows), (Dataset.from_list(eval_rows) if eval_rows else None), summary
+
+
+def preference_trainer(
+    trainer_class, collator_class, build, plan: dict, args, model, tokenizer, callbacks: list, **extra
+):
+    """trainer_class over the rows build(names, data_cfg, tokenizer, template, timeout_s=...) makes, collated
+    by TRL's collator_class with our counters; extra keyword arguments go to trainer_class. Returns it and the
+    data summary."""
+    train_data, eval_data, summary = preference_data(plan, tokenizer, partial(build, timeout_s=wait_s(plan["recipe"])))
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        data_collator=CountingCollator(collator_class(pad_token_id=tokenizer.pad_token_id)),
+        **extra,
+    )
+    return trainer, summary
 
 
 def reference_is_base(trainer, recipe: dict) -> None:
