@@ -122,6 +122,10 @@ def resume_checkpoint(plan: dict, rank: int) -> tuple[str | None, dict]:
 def run(plan: dict, terminal: bool = False, width: int | None = None) -> None:
     """One rank's run: load the model, build the callbacks, train and save."""
     rank = int(os.environ.get("RANK", "0"))
+    if not (terminal and rank == 0):  # a redrawn bar (transformers' "Loading weights") is noise in a log or pipe
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     args, model, tokenizer = load(plan, rank)
     stop, callbacks, tensorboard, writer = make_callbacks(plan, rank)
     train_and_save(plan, args, model, tokenizer, rank, stop, callbacks, tensorboard, writer, terminal, width)

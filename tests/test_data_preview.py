@@ -79,7 +79,7 @@ def preference_counts(data: PreferenceData) -> str:
     )
 
 
-def build(builder: Callable[..., PreferenceData], recipe: dict, tokenizer) -> PreferenceData:
+def build(builder: Callable, recipe: dict, tokenizer):
     cfg = recipe["data"]
     return builder(cfg["datasets"], cfg, tokenizer, recipe["model"]["template"])
 
@@ -103,14 +103,13 @@ def kto_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
 
 
 def ppo_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
-    from launcher.data.prompts import prompt_rows
+    from launcher.data.prompts import build_prompt_data
 
-    cfg = recipe["data"]
-    rows, dropped = prompt_rows(cfg["datasets"], cfg, tokenizer, recipe["model"]["template"])
-    assert dropped > 0  # the count under test is not zero
-    return rows, (
-        f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={CUTOFF}): {dropped}   "
-        f"tokens: {tokens(rows):,}"
+    data = build(build_prompt_data, recipe, tokenizer)
+    assert data.dropped > 0 and data.skipped == 1  # the counts under test are not zero
+    return data.rows, (
+        f"prompts: {len(data.rows)}   dropped (the prompt fills data.cutoff_len={CUTOFF}): {data.dropped}   "
+        f"bad rows skipped: 1   tokens: {tokens(data.rows):,}"
     )
 
 
@@ -136,7 +135,8 @@ CASES = {
         SHORT,
     ),
     "kto": Case("demo_kto", "example", {"prompt_ids": "prompt", "completion_ids": "completion"}, kto_oracle, SHORT),
-    "ppo": Case("demo_sft", "prompt", {"input_ids": "prompt"}, ppo_oracle, SHORT),
+    # every row read (ppo_tiny's max_samples would stop before the bad last one)
+    "ppo": Case("demo_sft", "prompt", {"input_ids": "prompt"}, ppo_oracle, [*SHORT, "data.max_samples=null"]),
 }
 
 

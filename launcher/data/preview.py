@@ -17,7 +17,7 @@ from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
 from launcher.data.pairs import PreferenceData, kto_data, pair_data, scored_pairs
 from launcher.data.pipeline import sft_data
-from launcher.data.prompts import prompt_rows
+from launcher.data.prompts import prompt_data
 from launcher.data.tokenize import IGNORE_INDEX
 from launcher.errors import DataError
 from launcher.registry import stage_spec
@@ -159,12 +159,11 @@ def _kto(recipe: dict, tokenizer) -> StageRows:
 def _prompts(recipe: dict, tokenizer) -> StageRows:
     """The prompts replies are sampled for (launcher/data/prompts.py)."""
     data_cfg = recipe["data"]
-    rows, dropped = prompt_rows(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
-    # prompt_rows keeps no count of bad rows; with data.on_bad_row: skip each one is logged
+    data = prompt_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     return StageRows(
-        rows,
-        f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
-        f"{dropped}   tokens: {token_count(rows):,}",
+        data.rows,
+        f"prompts: {len(data.rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
+        f"{data.dropped}   bad rows skipped: {data.skipped}   tokens: {token_count(data.rows):,}",
     )
 
 

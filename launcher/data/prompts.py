@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from launcher.data.bad_rows import BadRows
+from launcher.data.cache import templated_data
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import load_examples
 from launcher.data.registry import resolve_dataset
 from launcher.data.rows import PROMPT_KINDS, require_kind
+from launcher.defaults import WAIT_S
 
 
-def prompt_rows(names: list[str], data_cfg: dict, tokenizer, template: str) -> tuple[list[dict], int]:
-    """{"input_ids"}: each example's conversation up to its last reply, with the generation prompt.
-    SFT datasets give their last user turn's context; preference datasets their prompt. A prompt
-    that fills data.cutoff_len leaves no room to reply: dropped and counted."""
+@dataclass
+class PromptData:
+    rows: list[dict]  # {"input_ids": the prompt, with the generation prompt}
+    dropped: int  # prompts that fill data.cutoff_len, leaving no room to reply
+    skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
+
+
+def build_prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str) -> PromptData:
+    """Each example's conversation up to its last reply, with the generation prompt. SFT datasets give
+    their last user turn's context; preference datasets their prompt. A prompt that fills
+    data.cutoff_len leaves no room to reply: dropped and counted."""
     specs = {name: resolve_dataset(name, data_cfg["dataset_dir"]) for name in names}
     for name, spec in specs.items():
         require_kind(name, spec, PROMPT_KINDS)
-    kinds = {name: spec.kind for name, spec in specs.items()}
+    bad = BadRows.of(data_cfg)
     rows, dropped = [], 0
     for kind in PROMPT_KINDS:
-        named = [n for n in names if kinds[n] == kind]
-        for example in load_examples(named, data_cfg, kind) if named else []:
+        named = [n for n in names if specs[n].kind == kind]
+        for example in load_examples(named, data_cfg, kind, bad) if named else []:
             messages = example.messages if kind == "sft" else example.messages + [example.chosen]
             prompt, _ = split_reply(tokenizer, messages, example.tools, template)
             if len(prompt) >= data_cfg["cutoff_len"]:
                 dropped += 1
                 continue
             rows.append({"input_ids": prompt})
-    return rows, dropped
+    return PromptData(rows, dropped, len(bad.skipped))
+
+
+def prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str, timeout_s: float = WAIT_S) -> PromptData:
+    """build_prompt_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
+    return templated_data(PromptData, "prompt", build_prompt_data, names, data_cfg, tokenizer, template, timeout_s)

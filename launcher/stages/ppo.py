@@ -28,8 +28,9 @@ from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.compat import TrainerHooks
-from launcher.data.prompts import prompt_rows
-from launcher.errors import DataError
+from launcher.data.cache import wait_s
+from launcher.data.prompts import prompt_data
+from launcher.data.splits import train_and_eval
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"  # the frozen copy of a starting adapter
@@ -324,12 +325,15 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
 
     recipe = plan["recipe"]
     data_cfg, train = recipe["data"], recipe["train"]
-    rows, dropped = prompt_rows(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
-    if not rows:
-        raise DataError(
-            f"no prompts left in {data_cfg['datasets']} ({dropped} dropped: the prompt alone fills "
+    # no evaluation rows: the spec refuses data.eval_datasets and data.val_size
+    prompts, rows, _ = train_and_eval(
+        recipe,
+        lambda names: prompt_data(names, data_cfg, tokenizer, recipe["model"]["template"], wait_s(recipe)),
+        lambda data: (
+            f"no prompts left in {data_cfg['datasets']} ({data.dropped} dropped: the prompt alone fills "
             f"data.cutoff_len={data_cfg['cutoff_len']}). Fix: raise data.cutoff_len"
-        )
+        ),
+    )
     reference = None
     if recipe["model"]["adapter"] is not None:  # the starting adapter is the reference policy: keep a frozen copy
         model.load_adapter(recipe["model"]["adapter"], adapter_name=REFERENCE, is_trainable=False)
@@ -370,7 +374,8 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
     summary = {
         "examples": len(rows),
         "eval_examples": 0,
-        "dropped": dropped,
+        "dropped": prompts.dropped,
+        "skipped_bad_rows": prompts.skipped,
         "tokens": sum(len(r["input_ids"]) for r in rows),
     }
     return trainer, summary
