@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.checkpoint.inputs import adapter_config, read_json, run_plan, safetensors_files
+from launcher.compat import bnb_cpu_kernel_where_it_fits
 from launcher.data.templates import TEMPLATES
 from launcher.defaults import TEMPLATE
 from launcher.dtypes import torch_dtype
@@ -147,6 +148,8 @@ def load_for_chat(
         device_map="cuda" if on_gpu else None,
         quantization_config=_quantization(load_in, weights),
     )  # straight onto the GPU, no CPU copy first
+    if load_in == "4bit":
+        bnb_cpu_kernel_where_it_fits(model)
     if adapter:
         from peft import PeftModel
 

@@ -77,3 +77,20 @@ class TrainedAdapterOnly(TrainerHooks):
             return super().save_files(output_dir, state_dict)
         finally:
             del model.save_pretrained  # back to the class's method
+
+
+BNB_CPU_BLOCK_N = 32  # bitsandbytes' _convert_weight_packed_for_cpu packs out_features in blocks of 32
+
+
+def bnb_cpu_kernel_where_it_fits(model) -> None:
+    """bitsandbytes (0.50) repacks a Linear4bit's weight for its AVX512-BF16 CPU kernel on the first no-grad
+    forward, where the CPU has that instruction set (Linear4bit.support_avx512bf16_for_cpu). The repack assumes
+    in_features a multiple of the quantization block and out_features of 32, and otherwise fails with a reshape
+    error (the embedded model's 352-wide MLP). Layers of other shapes keep bitsandbytes' dequantizing path."""
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            block = module.weight.quant_state.blocksize
+            if module.in_features % block or module.out_features % BNB_CPU_BLOCK_N:
+                module.support_avx512bf16_for_cpu = False

@@ -96,6 +96,10 @@ def load_model(plan: dict, model_dir: str):
         trust_remote_code=recipe["model"]["trust_remote_code"],
         **extra,
     )
+    if quant is not None and quant["bits"] == 4:  # evaluation runs no-grad forwards on it
+        from launcher.compat import bnb_cpu_kernel_where_it_fits
+
+        bnb_cpu_kernel_where_it_fits(model)
     if plan["kernels"]["loss"] == "liger":
         from launcher.kernels.compile import apply_liger
 

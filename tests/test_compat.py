@@ -103,3 +103,26 @@ def test_no_other_module_touches_a_private_hook():
         if PRIVATE.search(line)
     ]
     assert offenders == []
+
+
+def test_bnb_cpu_kernel_is_kept_off_the_4bit_layers_it_cannot_repack():
+    """On a CPU with AVX512-BF16, bitsandbytes repacks each Linear4bit for its CPU kernel at the first no-grad
+    forward; a 352-wide input (the embedded model's MLP) fails there. The flag is forced on, as such a CPU sets it."""
+    import bitsandbytes as bnb
+    import torch
+
+    def four_bit(inputs: int, outputs: int):
+        layer = bnb.nn.Linear4bit(inputs, outputs, bias=False, compute_dtype=torch.float32).to("cpu").eval()
+        layer.support_avx512bf16_for_cpu = True
+        return layer
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 352)
+    with pytest.raises(RuntimeError, match="is invalid for input of size"), torch.no_grad():
+        four_bit(352, 128)(x)  # the library's own failure, which the hook exists for
+    narrow, fitting = four_bit(352, 128), four_bit(128, 384)
+    compat.bnb_cpu_kernel_where_it_fits(torch.nn.Sequential(narrow, fitting))
+    assert not narrow.support_avx512bf16_for_cpu and fitting.support_avx512bf16_for_cpu
+    with torch.no_grad():
+        expected = x @ bnb.functional.dequantize_4bit(narrow.weight.data, narrow.weight.quant_state).T
+        assert torch.allclose(narrow(x), expected, atol=1e-5)

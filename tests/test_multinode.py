@@ -102,6 +102,16 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_rank():
+    """Two "nodes" of one rank on this machine would each take all its cores, the single-node reference's two
+    ranks half each: other matmul kernels, other rounding, which Adam amplifies where gradients are near zero.
+    Every run here gets one thread per rank (the plan takes the shell's OMP_NUM_THREADS)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, warm):
     """The uninterrupted single-node run: 1 node x 2 processes, ZeRO-3 LoRA."""

@@ -92,6 +92,14 @@ def test_world_on_cpu_is_two_gloo_processes():
     assert plan["batch"]["global_batch_size"] == 4 * 2 * 2
 
 
+def test_cpu_threads_per_rank_share_the_cores_unless_the_shell_sets_them(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    shared = str(max(1, (os.cpu_count() or 1) // 2))
+    assert build_plan(load_recipe(TINY, ["distributed.nproc_per_node=2"]))["env"]["OMP_NUM_THREADS"] == shared
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert build_plan(load_recipe(TINY, ["distributed.nproc_per_node=2"]))["env"]["OMP_NUM_THREADS"] == "3"
+
+
 def test_builtin_hidden_size_read_from_committed_config():
     config = json.loads((ROOT / "launcher/builtin/tiny_qwen2/config.json").read_text())
     ds = build_plan(load_recipe(TINY))["deepspeed"]

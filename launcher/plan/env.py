@@ -34,5 +34,6 @@ def _environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
         env["DS_ACCELERATOR"] = "cpu"
         env["TORCH_EXTENSIONS_DIR"] = torch_extensions_dir()
         env["CUDA_VISIBLE_DEVICES"] = ""
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        # the launching shell's OMP_NUM_THREADS where set; else the node's cores shared among its ranks
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
     return env
