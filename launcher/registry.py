@@ -5,15 +5,18 @@ data` and the worker all look a stage or method up here. A spec module defines S
 or MethodSpec); the part that builds the trainer or adapter is named by a "module:function"
 string and imported only when a run needs it, so the planner stays torch-free.
 
-Adding a stage: its spec module (which names its trainer) and one line in STAGES.
+Adding a stage: its spec module (which names its trainer and declares its own recipe keys) and one
+line in STAGES.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from launcher.keys import Key
 
 LM_HEAD, SCORE_HEAD = "lm", "score"  # StageSpec.head: the causal LM, or one score per sequence (a reward model)
 Refuse = Callable[[str, str], None]  # refuse(dotted key, message): raises the recipe error at that key's origin
@@ -27,7 +30,7 @@ def no_check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
 class StageSpec:
     """What the launcher knows about a stage before torch is imported.
 
-    kinds: dataset kinds it reads (launcher/data/rows.py KIND_NEEDS); None: the text of any dataset's rows
+    kinds: dataset kinds it reads (launcher/data/kinds.py KIND_NEEDS); None: the text of any dataset's rows
     data: its row format in launcher/data/formats_registry (what `launch data` shows and the trainer reads)
     trainer: "module:function" building (trainer, data summary) from (plan, args, model, tokenizer, callbacks)
     head: the model it loads: LM_HEAD (causal LM) or SCORE_HEAD (one score on its last token, a reward model)
@@ -36,6 +39,7 @@ class StageSpec:
     imports_datasets: its trainer needs the datasets library (TRL's do); the others' ranks never import it
         (launcher/lean_imports.py)
     check: its cross-key rules, check(resolved recipe, origins, refuse)
+    keys: the train.* keys only this stage reads; the schema makes each valid only under the stages declaring it
     """
 
     kinds: tuple[str, ...] | None
@@ -45,6 +49,7 @@ class StageSpec:
     lm_loss: bool = False
     imports_datasets: bool = True
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
+    keys: Mapping[str, Key] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,12 @@ class MethodSpec:
 
     adapter: the module with apply(model, method_cfg, recipe) -> model, and optional hooks the
     worker calls: after_apply(model, plan, rank), prepare_trainer(trainer, recipe), after_save(plan).
+    keys: the method.* keys only this method reads (valid only under method.name: it, as the schema says)
     """
 
     adapter: str
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
+    keys: Mapping[str, Key] = field(default_factory=dict)
 
 
 STAGES: dict[str, str] = {

@@ -6,43 +6,12 @@ the two can never disagree. No torch import here (the planner must stay fast).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from launcher import registry
 from launcher.data.templates import TEMPLATES as REGISTERED_TEMPLATES
-
-
-@dataclass(frozen=True)
-class Key:
-    """One recipe key.
-
-    kind: int | float | bool | str | str_list | section
-    literals: extra string values accepted besides the kind (e.g. "auto" for an int key)
-    only_for: (selector key, allowed values): the key is only valid when the selector
-        (a dotted key, e.g. "method.name") has one of these values; its default applies only then.
-    aliases: other names accepted for a choice, resolved to it at load (e.g. LLaMA-Factory's).
-    guess: offer the closest choice by spelling for a value that is none of them (off where a
-        near name is a different thing, e.g. the llama2 template is not llama3's format).
-    commas: a str_list given as one string "a,b" means [a, b].
-    """
-
-    kind: str
-    default: Any = None
-    doc: str = ""
-    choices: tuple = ()
-    low: float | None = None
-    high: float | None = None
-    low_inclusive: bool = True
-    high_inclusive: bool = True
-    nullable: bool = False
-    literals: tuple = ()
-    only_for: tuple[str, tuple] | None = None
-    fields: dict[str, "Key"] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)
-    guess: bool = True
-    commas: bool = False  # str_list: one string is split at commas (LLaMA-Factory's `dataset: a,b`)
-
+from launcher.keys import Key
 
 DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
 # the registries' names, as live views: a stage or method registered later is a valid choice too
@@ -52,14 +21,20 @@ TEMPLATES = ("auto", *REGISTERED_TEMPLATES)
 # LLaMA-Factory's template names that render the same format as one of ours (its llama3, chatglm3,
 # alpaca and empty are ours by name already); its other names are formats we do not register
 TEMPLATE_ALIASES = {"qwen": "qwen2"}
-LORA = ("method.name", ("lora",))
-FREEZE = ("method.name", ("freeze",))
-PREFIX = ("method.name", ("prefix",))
-PREFERENCE = ("stage", ("dpo", "kto", "orpo"))
-DPO = ("stage", ("dpo",))
-KTO = ("stage", ("kto",))
-PPO = ("stage", ("ppo",))
-PREF_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
+
+
+def spec_keys(selector: str, names: Mapping[str, str], spec_of: Callable[[str], object]) -> dict[str, Key]:
+    """The keys the registered specs declare (StageSpec.keys, MethodSpec.keys), each valid only where `selector`
+    names a spec that declares it; a key several specs share (train.pref_beta) is one Key object."""
+    keys: dict[str, Key] = {}
+    owners: dict[str, list[str]] = {}
+    for name in names:
+        for key_name, key in spec_of(name).keys.items():
+            if keys.setdefault(key_name, key) is not key:
+                raise ValueError(f"{selector} {name} declares its own {key_name}; share the other spec's Key instead")
+            owners.setdefault(key_name, []).append(name)
+    return {key_name: replace(key, only_for=(selector, tuple(owners[key_name]))) for key_name, key in keys.items()}
+
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
@@ -120,48 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "fine-tuning method; qlora = lora over a 4-bit base (model.quantization's defaults)",
             choices=METHODS,
         ),
-        "rank": Key("int", 8, "LoRA rank", low=1, only_for=LORA),
-        "alpha": Key("float", 16, "LoRA alpha (scaling = alpha / rank)", low=0, low_inclusive=False, only_for=LORA),
-        "dropout": Key("float", 0.0, "LoRA dropout", low=0, high=1, high_inclusive=False, only_for=LORA),
-        "target": Key(
-            "str_list",
-            "all",
-            "modules to adapt: all linear layers except the output head, or a list of names",
-            literals=("all",),
-            only_for=LORA,
-        ),
-        "variant": Key("str", "lora", "LoRA variant", choices=("lora", "dora", "rslora", "pissa"), only_for=LORA),
-        "loraplus_ratio": Key(
-            "float",
-            None,
-            "LoRA+ learning-rate multiplier for the B matrices",
-            nullable=True,
-            low=0,
-            low_inclusive=False,
-            only_for=LORA,
-        ),
-        "additional_target": Key(
-            "str_list",
-            None,
-            "modules trained fully beside the adapter (e.g. embed_tokens)",
-            nullable=True,
-            only_for=LORA,
-        ),
-        "trainable_layers": Key("int", 2, "+N trains the last N decoder layers, -N the first N", only_for=FREEZE),
-        "trainable_modules": Key(
-            "str_list", "all", "modules inside the trainable layers", literals=("all",), only_for=FREEZE
-        ),
-        "extra_modules": Key(
-            "str_list",
-            None,
-            "modules outside the layers to train (embed_tokens, lm_head, norm)",
-            nullable=True,
-            only_for=FREEZE,
-        ),
-        "num_virtual_tokens": Key("int", 16, "prefix length", low=1, only_for=PREFIX),
-        "prefix_projection": Key(
-            "bool", False, "reparameterise the prefix through an MLP (P-tuning v2 style)", only_for=PREFIX
-        ),
+        **spec_keys("method.name", registry.METHODS, registry.method_spec),
     },
     "data": {
         "datasets": Key(
@@ -255,76 +189,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "(its pickles run code when loaded: only one you know the origin of; "
             "docs/checkpoints.md)",
         ),
-        "pref_beta": Key(
-            "float",
-            0.1,
-            "preference temperature: beta of DPO/IPO/hinge/SimPO/KTO, lambda (odds-ratio weight) of ORPO",
-            low=0,
-            low_inclusive=False,
-            only_for=PREFERENCE,
-        ),
-        "pref_loss": Key(
-            "str",
-            "sigmoid",
-            "DPO loss: sigmoid (DPO), ipo, hinge (SLiC), simpo (reference-free, length-normalised), "
-            "orpo (same as stage: orpo)",
-            choices=PREF_LOSSES,
-            only_for=DPO,
-        ),
-        "pref_ftx": Key(
-            "float", 0.0, "weight of an SFT (NLL on the chosen reply) term added to the DPO loss", low=0, only_for=DPO
-        ),
-        "simpo_gamma": Key(
-            "float", 0.5, "SimPO target reward margin (only with pref_loss: simpo)", low=0, only_for=DPO
-        ),
-        "kto_desirable_weight": Key(
-            "float",
-            1.0,
-            "KTO weight of the desirable (kto_tag: true) examples' loss",
-            low=0,
-            low_inclusive=False,
-            only_for=KTO,
-        ),
-        "kto_undesirable_weight": Key(
-            "float",
-            1.0,
-            "KTO weight of the undesirable (kto_tag: false) examples' loss",
-            low=0,
-            low_inclusive=False,
-            only_for=KTO,
-        ),
-        "reward_model": Key(
-            "str",
-            None,
-            "PPO rewards: the output.dir of a stage: rm run on the same model.path",
-            nullable=True,
-            only_for=PPO,
-        ),
-        "max_new_tokens": Key("int", 128, "PPO generation: longest sampled reply", low=1, only_for=PPO),
-        "temperature": Key(
-            "float", 1.0, "PPO generation: sampling temperature", low=0, low_inclusive=False, only_for=PPO
-        ),
-        "top_k": Key("int", 0, "PPO generation: sample among the k likeliest tokens (0 = all)", low=0, only_for=PPO),
-        "top_p": Key(
-            "float", 1.0, "PPO generation: nucleus sampling mass", low=0, high=1, low_inclusive=False, only_for=PPO
-        ),
-        "kl_coef": Key("float", 0.05, "PPO: per-token KL penalty against the reference policy", low=0, only_for=PPO),
-        "ppo_clip": Key(
-            "float",
-            0.2,
-            "PPO: clip range of the policy ratio and of the value update",
-            low=0,
-            low_inclusive=False,
-            only_for=PPO,
-        ),
-        "vf_coef": Key("float", 0.1, "PPO: weight of the value loss", low=0, only_for=PPO),
-        "ppo_epochs": Key(
-            "int",
-            1,
-            "PPO: optimizer steps trained on each rollout (the prompts' batch is replayed)",
-            low=1,
-            only_for=PPO,
-        ),
+        **spec_keys("stage", registry.STAGES, registry.stage_spec),
     },
     "eval": {
         "max_new_tokens": Key("int", 128, "`launch eval`: longest generated reply", low=1),

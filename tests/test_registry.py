@@ -6,6 +6,9 @@ and its trainer is what the worker would build. No other file of the launcher kn
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -78,3 +81,48 @@ def test_launch_data_and_the_worker_use_the_toy_stage_spec(toy, capsys):
     assert main(["data", str(RECIPE), "stage=toy", "--preview", "1"]) == 0
     assert "--- example 0:" in capsys.readouterr().out  # its spec's row format: sft examples
     assert registry.TRAINERS["toy"](None, None, None, None, []) == ("toy trainer", {})
+
+
+TOY_WITH_A_KEY = """
+from launcher.keys import Key
+from launcher.registry import StageSpec
+
+SPEC = StageSpec(
+    kinds=("sft",),
+    data="sft",
+    trainer="toy_stage:build_trainer",
+    keys={"toy_weight": Key("float", 1.0, "the toy stage's own knob", low=0)},
+)
+"""
+# the registry line in place before the schema is read, as an edit of launcher/registry.py puts it
+RECIPE_WITH_TOY = f"""
+import sys
+from launcher import registry
+registry.STAGES["toy"] = "toy_stage"
+from launcher.recipe import RecipeError, load_recipe
+print(load_recipe({str(RECIPE)!r}, ["stage=toy", "train.toy_weight=2.5"])["train"]["toy_weight"])
+print(load_recipe({str(RECIPE)!r}, ["stage=toy"])["train"]["toy_weight"])
+for overrides in (["stage=toy", "train.toy_weight=-1"], ["train.toy_weight=2"]):
+    try:
+        load_recipe({str(RECIPE)!r}, overrides)
+    except RecipeError as err:
+        print(str(err).splitlines()[0])
+"""
+
+
+def test_a_stage_declares_its_own_recipe_keys_in_its_spec(tmp_path):
+    """The toy stage's key is a recipe key with its default, range and stage, from its spec alone."""
+    (tmp_path / "toy_stage.py").write_text(textwrap.dedent(TOY_WITH_A_KEY))
+    proc = subprocess.run(
+        [sys.executable, "-c", RECIPE_WITH_TOY],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weight, default, too_low, other_stage = proc.stdout.splitlines()
+    assert (weight, default) == ("2.5", "1.0")
+    assert "train.toy_weight" in too_low and ">= 0" in too_low
+    assert "train.toy_weight" in other_stage and "stage: toy" in other_stage

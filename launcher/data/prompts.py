@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import templated_data
+from launcher.data.kinds import PROMPT_KINDS
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import load_examples
 from launcher.data.registry import resolve_dataset
-from launcher.data.rows import PROMPT_KINDS, require_kind
+from launcher.data.rows import require_kind
 from launcher.defaults import WAIT_S
 
 

@@ -12,17 +12,10 @@ from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
 from launcher.data.bad_rows import BadRows
+from launcher.data.kinds import KIND_NEEDS
 from launcher.data.readers import Row, iter_file
 from launcher.data.registry import DatasetSpec, resolve_dataset
 from launcher.errors import DataError
-
-KIND_NEEDS = {
-    "sft": "an SFT dataset (no ranking, no kto_tag)",
-    "preference": 'a preference dataset ("ranking": true with chosen/rejected)',
-    "kto": "a KTO dataset (columns.kto_tag)",
-}
-# The kinds prompts are taken from (launcher/data/prompts.py): an SFT row's context, a preference row's prompt
-PROMPT_KINDS = ("sft", "preference")
 
 SAMPLE_SEED = 0  # num_samples draws the same rows on every run and rank
 

@@ -1,5 +1,6 @@
 """Method lora: a PEFT LoRA adapter (variants DoRA, rsLoRA, PiSSA; LoRA+; over a k-bit base, QLoRA)."""
 
+from launcher.keys import Key
 from launcher.registry import MethodSpec, Refuse
 
 
@@ -35,4 +36,32 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
-SPEC = MethodSpec(adapter="launcher.methods.lora", check=check)
+KEYS = {  # method.*
+    "rank": Key("int", 8, "LoRA rank", low=1),
+    "alpha": Key("float", 16, "LoRA alpha (scaling = alpha / rank)", low=0, low_inclusive=False),
+    "dropout": Key("float", 0.0, "LoRA dropout", low=0, high=1, high_inclusive=False),
+    "target": Key(
+        "str_list",
+        "all",
+        "modules to adapt: all linear layers except the output head, or a list of names",
+        literals=("all",),
+    ),
+    "variant": Key("str", "lora", "LoRA variant", choices=("lora", "dora", "rslora", "pissa")),
+    "loraplus_ratio": Key(
+        "float",
+        None,
+        "LoRA+ learning-rate multiplier for the B matrices",
+        nullable=True,
+        low=0,
+        low_inclusive=False,
+    ),
+    "additional_target": Key(
+        "str_list",
+        None,
+        "modules trained fully beside the adapter (e.g. embed_tokens)",
+        nullable=True,
+    ),
+}
+
+
+SPEC = MethodSpec(adapter="launcher.methods.lora", check=check, keys=KEYS)

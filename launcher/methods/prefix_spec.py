@@ -1,5 +1,6 @@
 """Method prefix: trainable key/value prefixes in every layer (PEFT prefix tuning / P-tuning v2)."""
 
+from launcher.keys import Key
 from launcher.registry import MethodSpec, Refuse
 
 
@@ -20,4 +21,10 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
-SPEC = MethodSpec(adapter="launcher.methods.prefix", check=check)
+KEYS = {  # method.*
+    "num_virtual_tokens": Key("int", 16, "prefix length", low=1),
+    "prefix_projection": Key("bool", False, "reparameterise the prefix through an MLP (P-tuning v2 style)"),
+}
+
+
+SPEC = MethodSpec(adapter="launcher.methods.prefix", check=check, keys=KEYS)

@@ -1,5 +1,6 @@
 """Stage dpo: DPO and its pairwise variants (train.pref_loss) on preference pairs."""
 
+from launcher.keys import Key
 from launcher.registry import Refuse, StageSpec
 
 
@@ -20,4 +21,29 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
-SPEC = StageSpec(kinds=("preference",), data="pairs", trainer="launcher.stages.dpo:build_trainer", check=check)
+PREF_LOSSES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")
+# train.pref_beta: every preference stage's temperature (dpo, kto, orpo declare it)
+PREF_BETA = Key(
+    "float",
+    0.1,
+    "preference temperature: beta of DPO/IPO/hinge/SimPO/KTO, lambda (odds-ratio weight) of ORPO",
+    low=0,
+    low_inclusive=False,
+)
+KEYS = {  # train.*
+    "pref_beta": PREF_BETA,
+    "pref_loss": Key(
+        "str",
+        "sigmoid",
+        "DPO loss: sigmoid (DPO), ipo, hinge (SLiC), simpo (reference-free, length-normalised), "
+        "orpo (same as stage: orpo)",
+        choices=PREF_LOSSES,
+    ),
+    "pref_ftx": Key("float", 0.0, "weight of an SFT (NLL on the chosen reply) term added to the DPO loss", low=0),
+    "simpo_gamma": Key("float", 0.5, "SimPO target reward margin (only with pref_loss: simpo)", low=0),
+}
+
+
+SPEC = StageSpec(
+    kinds=("preference",), data="pairs", trainer="launcher.stages.dpo:build_trainer", check=check, keys=KEYS
+)

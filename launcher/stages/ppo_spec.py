@@ -1,6 +1,7 @@
 """Stage ppo (RLHF): a LoRA policy samples replies to prompts, scored by an rm run's model."""
 
-from launcher.data.rows import PROMPT_KINDS
+from launcher.data.kinds import PROMPT_KINDS
+from launcher.keys import Key
 from launcher.registry import Refuse, StageSpec
 from launcher.stages.rm_spec import refuse_packing
 
@@ -44,4 +45,35 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
-SPEC = StageSpec(kinds=PROMPT_KINDS, data="prompts", trainer="launcher.stages.ppo:build_trainer", check=check)
+KEYS = {  # train.*
+    "reward_model": Key(
+        "str",
+        None,
+        "PPO rewards: the output.dir of a stage: rm run on the same model.path",
+        nullable=True,
+    ),
+    "max_new_tokens": Key("int", 128, "PPO generation: longest sampled reply", low=1),
+    "temperature": Key("float", 1.0, "PPO generation: sampling temperature", low=0, low_inclusive=False),
+    "top_k": Key("int", 0, "PPO generation: sample among the k likeliest tokens (0 = all)", low=0),
+    "top_p": Key("float", 1.0, "PPO generation: nucleus sampling mass", low=0, high=1, low_inclusive=False),
+    "kl_coef": Key("float", 0.05, "PPO: per-token KL penalty against the reference policy", low=0),
+    "ppo_clip": Key(
+        "float",
+        0.2,
+        "PPO: clip range of the policy ratio and of the value update",
+        low=0,
+        low_inclusive=False,
+    ),
+    "vf_coef": Key("float", 0.1, "PPO: weight of the value loss", low=0),
+    "ppo_epochs": Key(
+        "int",
+        1,
+        "PPO: optimizer steps trained on each rollout (the prompts' batch is replayed)",
+        low=1,
+    ),
+}
+
+
+SPEC = StageSpec(
+    kinds=PROMPT_KINDS, data="prompts", trainer="launcher.stages.ppo:build_trainer", check=check, keys=KEYS
+)
