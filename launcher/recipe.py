@@ -16,7 +16,7 @@ import yaml
 
 from launcher.errors import RecipeError
 from launcher.recipe_yaml import YamlRefusal, load_yaml_text
-from launcher.registry import method_spec, stage_spec
+from launcher.registry import method_spec, methods_with, stage_spec
 from launcher.schema import SCHEMA, Key, all_keys
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
@@ -284,19 +284,21 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             )
     method, dist = r["method"]["name"], r["distributed"]
     method_spec(method).check(r, origins, refuse)
-    if r["model"]["adapter"] is not None and method != "lora":
+    if r["model"]["adapter"] is not None and not method_spec(method).continues_adapter:
+        able = " or ".join(methods_with("continues_adapter"))
         refuse(
             "model.adapter",
-            f"model.adapter continues a LoRA adapter, so it needs method.name: lora (got "
-            f"{method}). Fix: set method.name: lora, or `launch merge` the adapter and "
+            f"model.adapter continues a LoRA adapter, so it needs method.name: {able} (got "
+            f"{method}). Fix: set method.name: {able}, or `launch merge` the adapter and "
             "set model.path to the merged dir",
         )
     stage_spec(r["stage"]).check(r, origins, refuse)
-    if r["model"]["quantization"] is not None and method != "lora":
+    if r["model"]["quantization"] is not None and not method_spec(method).kbit_base:
+        able = " or ".join(methods_with("kbit_base"))
         refuse(
             "model.quantization",
-            f"model.quantization (QLoRA) needs method.name: lora, got method.name: {method}. "
-            "Fix: set method.name: lora or remove model.quantization",
+            f"model.quantization (QLoRA) needs method.name: {able}, got method.name: {method}. "
+            f"Fix: set method.name: {able} or remove model.quantization",
         )
     if dist["engine"] == "ddp" and dist["zero"] != 0:
         refuse(

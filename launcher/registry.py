@@ -59,11 +59,20 @@ class MethodSpec:
     adapter: the module with apply(model, method_cfg, recipe) -> model, and optional hooks the
     worker calls: after_apply(model, plan, rank), prepare_trainer(trainer, recipe), after_save(plan).
     keys: the method.* keys only this method reads (valid only under method.name: it, as the schema says)
+    continues_adapter: it can train a saved adapter further (model.adapter)
+    kbit_base: it trains over a k-bit quantized base (model.quantization, QLoRA)
     """
 
     adapter: str
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
     keys: Mapping[str, Key] = field(default_factory=dict)
+    continues_adapter: bool = False
+    kbit_base: bool = False
+
+
+def methods_with(feature: str) -> list[str]:
+    """The registered methods whose spec has `feature` (a MethodSpec flag), in registry order."""
+    return [name for name in METHODS if getattr(method_spec(name), feature)]
 
 
 STAGES: dict[str, str] = {

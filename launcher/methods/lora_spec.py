@@ -64,4 +64,4 @@ KEYS = {  # method.*
 }
 
 
-SPEC = MethodSpec(adapter="launcher.methods.lora", check=check, keys=KEYS)
+SPEC = MethodSpec(adapter="launcher.methods.lora", check=check, keys=KEYS, continues_adapter=True, kbit_base=True)
