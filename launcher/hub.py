@@ -21,6 +21,15 @@ WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # formats no rank reads (TensorFlow, Flax, ONNX, GGUF, the original checkpoints some repos carry beside the HF ones)
 DOWNLOAD_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "*.gguf", "*.tflite", "original/*", "*.pth"]
+PYTORCH_BIN_WEIGHTS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+def download_ignore(repo_files: list[str]) -> list[str]:
+    """What a download skips of a repo with these files: DOWNLOAD_IGNORE, and the PyTorch .bin weights where
+    safetensors ones stand beside them (transformers loads those; many repos carry both, twice the bytes)."""
+    if any(name.endswith(".safetensors") for name in repo_files):
+        return [*DOWNLOAD_IGNORE, *PYTORCH_BIN_WEIGHTS]
+    return DOWNLOAD_IGNORE
 
 
 def missing_files(folder: Path) -> list[str]:
@@ -126,7 +135,7 @@ def download(
                 f"ModelScope could not fetch {model!r}: {err}. Fix: check the model id and the "
                 f"network, then run `{download_command(model, hub, revision)}`"
             ) from None
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -136,7 +145,10 @@ def download(
     )
 
     try:
-        return Path(snapshot_download(model, revision=revision, cache_dir=cache_dir, ignore_patterns=DOWNLOAD_IGNORE))
+        files = HfApi().list_repo_files(model, revision=revision)
+        return Path(
+            snapshot_download(model, revision=revision, cache_dir=cache_dir, ignore_patterns=download_ignore(files))
+        )
     except GatedRepoError:
         why = "is gated: accept its licence on huggingface.co and log in (`hf auth login`), then run"
     except RevisionNotFoundError:

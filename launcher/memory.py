@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
+from launcher.module_names import matches
 
 GIB = 1024**3
 # Fixed per-process cost outside the model's tensors. GPU: CUDA context, kernels and allocator
@@ -171,18 +172,13 @@ def base_tensors(shape: Shape) -> list[Tensor]:
     return [t for i in range(shape.layers) for t in _layer_tensors(shape, i)] + outer
 
 
-def _matches(name: str, modules: list[str]) -> bool:
-    """A module name matches whole dotted segments of a parameter name (as methods/freeze.py)."""
-    return any(f".{m}." in f".{name}" for m in modules)
-
-
 def _freeze_trainable(shape: Shape, base: list[Tensor], method: dict) -> list[Tensor]:
     n = max(-shape.layers, min(shape.layers, method["trainable_layers"]))
     layers = range(shape.layers - n, shape.layers) if n > 0 else range(-n)
     prefixes = tuple(_layer_prefix(shape, i) for i in layers)
     modules, extra = method["trainable_modules"], method["extra_modules"] or []
-    chosen = [t for t in base if t.name.startswith(prefixes) and (modules == "all" or _matches(t.name, modules))]
-    return chosen + [t for t in base if ".layers." not in t.name and _matches(t.name, extra)]
+    chosen = [t for t in base if t.name.startswith(prefixes) and (modules == "all" or matches(t.name, modules))]
+    return chosen + [t for t in base if ".layers." not in t.name and matches(t.name, extra)]
 
 
 def _lora_tensors(base: list[Tensor], method: dict) -> list[Tensor]:
@@ -200,7 +196,7 @@ def _lora_tensors(base: list[Tensor], method: dict) -> list[Tensor]:
         if method["variant"] == "dora":
             out.append(Tensor(module + ".lora_magnitude_vector", t.rows))
     extra = method["additional_target"] or []
-    return out + [Tensor(t.name + ".modules_to_save", t.rows, t.cols) for t in base if _matches(t.name, extra)]
+    return out + [Tensor(t.name + ".modules_to_save", t.rows, t.cols) for t in base if matches(t.name, extra)]
 
 
 def _prefix_tensors(shape: Shape, method: dict) -> list[Tensor]:

@@ -175,6 +175,33 @@ def test_download_refusals_come_before_any_network_use(tmp_path):
     assert proc.returncode == 2 and "invalid choice: 'gitee'" in proc.stderr
 
 
+@pytest.mark.unit
+def test_download_skips_pytorch_bin_weights_where_the_repo_has_safetensors():
+    """Kept files as huggingface_hub's own filter (the one snapshot_download applies) sees the patterns."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from launcher.hub import download_ignore
+
+    def kept(files: list[str]) -> set[str]:
+        return set(filter_repo_objects(files, ignore_patterns=download_ignore(files)))
+
+    common = ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+    both = [
+        *common,
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+        "model.gguf",
+        "original/consolidated.00.pth",
+    ]
+    assert kept(both) == {*common, *both[4:7]}
+    bin_only = [*common, "pytorch_model.bin", "training_args.bin"]
+    assert kept(bin_only) == set(bin_only)  # the .bin weights are all it has
+
+
 @pytest.mark.multiproc
 def test_download_of_a_builtin_or_a_recipe_on_it_has_nothing_to_fetch():
     for target in ("builtin:tiny-qwen2", TINY):
