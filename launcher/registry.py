@@ -61,6 +61,8 @@ class MethodSpec:
     keys: the method.* keys only this method reads (valid only under method.name: it, as the schema says)
     continues_adapter: it can train a saved adapter further (model.adapter)
     kbit_base: it trains over a k-bit quantized base (model.quantization, QLoRA)
+    virtual_tokens: PEFT's forward feeds it virtual tokens (prefix tuning): a fused loss bypasses them and
+        compiled layers recompile as they grow, so train.loss_kernel keeps the plain loss and train.compile is refused
     """
 
     adapter: str
@@ -68,6 +70,7 @@ class MethodSpec:
     keys: Mapping[str, Key] = field(default_factory=dict)
     continues_adapter: bool = False
     kbit_base: bool = False
+    virtual_tokens: bool = False
 
 
 def methods_with(feature: str) -> list[str]:

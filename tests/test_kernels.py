@@ -195,6 +195,11 @@ def test_plan_names_the_kernels_and_why(capsys):
             ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2", "train.compile=true"],
             "train.compile = true does not work with method.name: prefix",
         ),
+        (
+            ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2"]
+            + ["train.loss_kernel=chunked"],
+            "train.loss_kernel = 'chunked' does not work with method.name: prefix",
+        ),
     ],
 )
 def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
@@ -224,6 +229,8 @@ def test_auto_on_cuda_packs_padding_free_and_fuses_what_is_installed():
         kernel_plan(_recipe(), on_gpu=True, vocab_size=2048)["padding_free"] is False
     )  # no packing: nothing to separate
     assert kernel_plan(_recipe(stage="dpo"), on_gpu=True, vocab_size=151_936)["loss"] == "plain"  # TRL owns its loss
+    prefix = _recipe(method={"name": "prefix"}, train={"gradient_checkpointing": False}, distributed={"zero": 2})
+    assert kernel_plan(prefix, on_gpu=True, vocab_size=151_936)["loss"] == "plain"  # PEFT's forward adds the prefix
 
 
 @pytest.mark.multiproc

@@ -10,7 +10,7 @@ import importlib.util
 import shutil
 
 from launcher.errors import RecipeError
-from launcher.registry import STAGES, stage_spec
+from launcher.registry import STAGES, method_spec, stage_spec
 
 # the chunked loss pays off once the logits dominate memory (the HF reference materialises them in fp32)
 CHUNKED_MIN_VOCAB = 32_000
@@ -84,7 +84,7 @@ def padding_free(attn: str, packing: str) -> bool:
 
 def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
     """(plain | chunked | liger, why). Raises RecipeError for a kernel that cannot run here."""
-    kernel, stage = recipe["train"]["loss_kernel"], recipe["stage"]
+    kernel, stage, method = recipe["train"]["loss_kernel"], recipe["stage"], recipe["method"]["name"]
     own_loss = stage_spec(stage).lm_loss
     if kernel != "plain" and kernel != "auto" and not own_loss:
         loss_stages = "/".join(name for name in STAGES if stage_spec(name).lm_loss)
@@ -92,9 +92,9 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
             f"train.loss_kernel = {kernel!r} applies to stages {loss_stages}; stage {stage} "
             "computes its loss in TRL. Fix: train.loss_kernel=auto"
         )
-    if kernel != "plain" and kernel != "auto" and recipe["method"]["name"] == "prefix":
+    if kernel != "plain" and kernel != "auto" and method_spec(method).virtual_tokens:
         raise RecipeError(
-            f"train.loss_kernel = {kernel!r} does not work with method.name: prefix (its virtual tokens "
+            f"train.loss_kernel = {kernel!r} does not work with method.name: {method} (its virtual tokens "
             "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto"
         )
     if kernel == "liger":
@@ -111,8 +111,8 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
         return kernel, "chosen in the recipe: liger-kernel's fused linear cross-entropy"
     if kernel in ("plain", "chunked"):
         return kernel, "chosen in the recipe"
-    if not own_loss or recipe["method"]["name"] == "prefix":
-        return "plain", f"auto: stage {stage} / method {recipe['method']['name']} keeps its own loss"
+    if not own_loss or method_spec(method).virtual_tokens:
+        return "plain", f"auto: stage {stage} / method {method} keeps its own loss"
     if on_gpu and installed("liger_kernel"):
         return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"
     if vocab_size is not None and vocab_size >= CHUNKED_MIN_VOCAB:
@@ -134,9 +134,10 @@ def compile_choice(recipe: dict, on_gpu: bool) -> tuple[bool, str]:
             "train.compile = true on CPU needs a C++ compiler (inductor builds its kernels with it) "
             "and none is on PATH. Fix: install g++, or train.compile=false"
         )
-    if recipe["method"]["name"] == "prefix":
+    method = recipe["method"]["name"]
+    if method_spec(method).virtual_tokens:
         raise RecipeError(
-            "train.compile = true does not work with method.name: prefix (PEFT feeds its virtual tokens "
+            f"train.compile = true does not work with method.name: {method} (PEFT feeds its virtual tokens "
             "as a growing cache, which recompiles every step). Fix: train.compile=false"
         )
     return True, "on: each decoder layer compiled once (dynamic shapes, so packed rows of any length reuse it)"

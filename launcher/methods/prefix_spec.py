@@ -27,4 +27,4 @@ KEYS = {  # method.*
 }
 
 
-SPEC = MethodSpec(adapter="launcher.methods.prefix", check=check, keys=KEYS)
+SPEC = MethodSpec(adapter="launcher.methods.prefix", check=check, keys=KEYS, virtual_tokens=True)
