@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.builtin import builtin_config_path, is_builtin
-from launcher.module_names import matches
+from launcher.registry import method_spec
 
 GIB = 1024**3
 # Fixed per-process cost outside the model's tensors. GPU: CUDA context, kernels and allocator
@@ -121,13 +121,13 @@ class Tensor:
         return self.rows * self.cols
 
 
-def _layer_prefix(shape: Shape, i: int) -> str:
+def layer_prefix(shape: Shape, i: int) -> str:
     return f"transformer.encoder.layers.{i}." if shape.family == "chatglm" else f"model.layers.{i}."
 
 
 def _layer_tensors(shape: Shape, i: int) -> list[Tensor]:
     h, inter, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
-    p = _layer_prefix(shape, i)
+    p = layer_prefix(shape, i)
     if shape.family == "chatglm":
         out = [
             Tensor(p + "input_layernorm.weight", h),
@@ -172,60 +172,9 @@ def base_tensors(shape: Shape) -> list[Tensor]:
     return [t for i in range(shape.layers) for t in _layer_tensors(shape, i)] + outer
 
 
-def _freeze_trainable(shape: Shape, base: list[Tensor], method: dict) -> list[Tensor]:
-    n = max(-shape.layers, min(shape.layers, method["trainable_layers"]))
-    layers = range(shape.layers - n, shape.layers) if n > 0 else range(-n)
-    prefixes = tuple(_layer_prefix(shape, i) for i in layers)
-    modules, extra = method["trainable_modules"], method["extra_modules"] or []
-    chosen = [t for t in base if t.name.startswith(prefixes) and (modules == "all" or matches(t.name, modules))]
-    return chosen + [t for t in base if ".layers." not in t.name and matches(t.name, extra)]
-
-
-def _lora_tensors(base: list[Tensor], method: dict) -> list[Tensor]:
-    """Adapter tensors PEFT adds: A (r x in) and B (out x r) per targeted linear layer,
-    DoRA's magnitude vector, and full copies of `additional_target` modules."""
-    r, target = method["rank"], method["target"]
-    out = []
-    for t in base:
-        module = t.name.rsplit(".", 1)[0]
-        # PEFT matches a target name against the end of the module's dotted name
-        named = target != "all" and t.cols > 1 and any(module == m or module.endswith("." + m) for m in target)
-        if not (t.linear if target == "all" else named) or not t.name.endswith(".weight"):
-            continue
-        out += [Tensor(module + ".lora_A.weight", r, t.cols), Tensor(module + ".lora_B.weight", t.rows, r)]
-        if method["variant"] == "dora":
-            out.append(Tensor(module + ".lora_magnitude_vector", t.rows))
-    extra = method["additional_target"] or []
-    return out + [Tensor(t.name + ".modules_to_save", t.rows, t.cols) for t in base if matches(t.name, extra)]
-
-
-def _prefix_tensors(shape: Shape, method: dict) -> list[Tensor]:
-    """PEFT's PrefixEncoder: token_dim = head_dim x kv heads; a key and a value per layer."""
-    tokens, dim, flat = method["num_virtual_tokens"], shape.kv_dim, 2 * shape.layers * shape.kv_dim
-    if not method["prefix_projection"]:
-        return [Tensor("prefix_encoder.embedding.weight", tokens, flat)]
-    return [
-        Tensor("prefix_encoder.embedding.weight", tokens, dim),
-        Tensor("prefix_encoder.transform.0.weight", dim, dim),
-        Tensor("prefix_encoder.transform.0.bias", dim),
-        Tensor("prefix_encoder.transform.2.weight", flat, dim),
-        Tensor("prefix_encoder.transform.2.bias", flat),
-    ]
-
-
 def parameter_split(shape: Shape, method: dict) -> tuple[list[Tensor], list[Tensor]]:
-    """(frozen, trainable) tensors of the model the method makes ready to train."""
-    base = base_tensors(shape)
-    name = method["name"]
-    if name == "full":
-        return [], base
-    if name == "freeze":
-        trainable = _freeze_trainable(shape, base, method)
-        chosen = {t.name for t in trainable}
-        return [t for t in base if t.name not in chosen], trainable
-    if name == "lora":
-        return base, _lora_tensors(base, method)
-    return base, _prefix_tensors(shape, method)
+    """(frozen, trainable) tensors of the model the method makes ready to train (its spec's `split`)."""
+    return method_spec(method["name"]).split(shape, base_tensors(shape), method)
 
 
 def parameter_counts(shape: Shape, method: dict) -> tuple[int, int]:

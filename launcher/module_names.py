@@ -87,6 +87,14 @@ def freeze_error(method: dict, prefix: str, count: int, names: list[str], model_
     return missing_modules_error("method.extra_modules", method["extra_modules"] or [], outside)
 
 
+def model_layer_count(model_path: str) -> int | None:
+    """num_hidden_layers (or num_layers) of a builtin model or a local folder's config.json."""
+    config_file = builtin_config_path(model_path) if is_builtin(model_path) else Path(model_path) / "config.json"
+    config = json.loads(config_file.read_text())
+    text = config.get("text_config") or config  # multimodal configs nest the language model's
+    return text.get("num_hidden_layers") or text.get("num_layers")
+
+
 def layer_list(names: list[str], count: int) -> str | None:
     """The dotted prefix of the list of `count` numbered decoder layers among parameter names (model.layers)."""
     found: dict[str, set[int]] = {}

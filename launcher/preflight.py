@@ -10,10 +10,9 @@ or refuses offline with the `launch download` command. docs/models.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from launcher.builtin import builtin_config_path, is_builtin
+from launcher.builtin import is_builtin
 from launcher.data.bad_rows import BadRows
 from launcher.data.formats import to_example, to_text
 from launcher.data.registry import resolve_dataset
@@ -21,8 +20,8 @@ from launcher.data.rows import dataset_items
 from launcher.data.templates import template_refusal
 from launcher.errors import DataError, RecipeError
 from launcher.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
-from launcher.module_names import freeze_error, layer_list, lora_targets_error, missing_modules_error, parameter_shapes
-from launcher.registry import stage_spec
+from launcher.module_names import parameter_shapes
+from launcher.registry import method_spec, stage_spec
 
 
 def _is_local(path: str) -> bool:
@@ -135,36 +134,15 @@ def check_template(recipe: dict) -> None:
         raise RecipeError(refusal)
 
 
-def _config(path: str) -> dict:
-    return json.loads((builtin_config_path(path) if is_builtin(path) else Path(path) / "config.json").read_text())
-
-
-def _layer_count(config: dict) -> int | None:
-    text = config.get("text_config") or config  # multimodal configs nest the language model's
-    return text.get("num_hidden_layers") or text.get("num_layers")
-
-
 def check_method_modules(recipe: dict) -> None:
-    """LoRA targets / modules to save and freeze's layers and modules exist in the model (read from its
-    weight headers, or the builtin's config), as the worker would find once it had loaded the model."""
+    """The method's keys that name modules or layers (LoRA targets, freeze's layers and modules) fit the model,
+    read from its weight headers or the builtin's config, as the worker would find once it had loaded it."""
     path, method = recipe["model"]["path"], recipe["method"]
-    if method["name"] not in ("lora", "freeze") or not (is_builtin(path) or Path(path).is_dir()):
+    model_check = method_spec(method["name"]).model_check
+    if model_check is None or not (is_builtin(path) or Path(path).is_dir()):
         return
     shapes = parameter_shapes(path)
-    if shapes is None:
-        return
-    names = list(shapes)
-    error = None
-    if method["name"] == "lora":
-        if method["target"] != "all":
-            error = lora_targets_error("method.target", method["target"], shapes)
-        if error is None and method["additional_target"]:
-            error = missing_modules_error("method.additional_target", method["additional_target"], names)
-    else:
-        count = _layer_count(_config(path))
-        prefix = layer_list(names, count) if count else None
-        if prefix is not None:
-            error = freeze_error(method, prefix, count, names, path)
+    error = None if shapes is None else model_check(method, shapes, path)
     if error:
         raise RecipeError(error)
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.keys import Key
+
+if TYPE_CHECKING:
+    from launcher.memory import Shape, Tensor
 
 LM_HEAD, SCORE_HEAD = "lm", "score"  # StageSpec.head: the causal LM, or one score per sequence (a reward model)
 Refuse = Callable[[str, str], None]  # refuse(dotted key, message): raises the recipe error at that key's origin
@@ -58,6 +61,10 @@ class MethodSpec:
 
     adapter: the module with apply(model, method_cfg, recipe) -> model, and optional hooks the
     worker calls: after_apply(model, plan, rank), prepare_trainer(trainer, recipe), after_save(plan).
+    split: split(shape, base tensors, method section) -> (frozen, trainable) tensors, as the memory planner
+        counts them (launcher/memory.py): which base tensors train, which the method adds
+    model_check: model_check(method section, the model's parameter shapes, model.path) -> a refusal or None,
+        for method keys naming modules or layers the model lacks (`launch plan`, before any rank loads it)
     keys: the method.* keys only this method reads (valid only under method.name: it, as the schema says)
     continues_adapter: it can train a saved adapter further (model.adapter)
     kbit_base: it trains over a k-bit quantized base (model.quantization, QLoRA)
@@ -66,7 +73,9 @@ class MethodSpec:
     """
 
     adapter: str
+    split: Callable[[Shape, list[Tensor], dict], tuple[list[Tensor], list[Tensor]]]
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
+    model_check: Callable[[dict, dict[str, list[int]], str], str | None] | None = None
     keys: Mapping[str, Key] = field(default_factory=dict)
     continues_adapter: bool = False
     kbit_base: bool = False

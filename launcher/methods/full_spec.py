@@ -1,5 +1,12 @@
 """Method full: every parameter trains."""
 
+from launcher.memory import Shape, Tensor
 from launcher.registry import MethodSpec
 
-SPEC = MethodSpec(adapter="launcher.methods.full")
+
+def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """Nothing frozen, every base tensor trains."""
+    return [], base
+
+
+SPEC = MethodSpec(adapter="launcher.methods.full", split=split)

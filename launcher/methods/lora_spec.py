@@ -1,6 +1,8 @@
 """Method lora: a PEFT LoRA adapter (variants DoRA, rsLoRA, PiSSA; LoRA+; over a k-bit base, QLoRA)."""
 
 from launcher.keys import Key
+from launcher.memory import Shape, Tensor
+from launcher.module_names import lora_targets_error, matches, missing_modules_error
 from launcher.registry import MethodSpec, Refuse
 
 
@@ -64,4 +66,38 @@ KEYS = {  # method.*
 }
 
 
-SPEC = MethodSpec(adapter="launcher.methods.lora", check=check, keys=KEYS, continues_adapter=True, kbit_base=True)
+def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """The base is frozen; trained are the adapter tensors PEFT adds: A (r x in) and B (out x r) per targeted
+    linear layer, DoRA's magnitude vector, and full copies of `additional_target` modules."""
+    r, target = method["rank"], method["target"]
+    out = []
+    for t in base:
+        module = t.name.rsplit(".", 1)[0]
+        # PEFT matches a target name against the end of the module's dotted name
+        named = target != "all" and t.cols > 1 and any(module == m or module.endswith("." + m) for m in target)
+        if not (t.linear if target == "all" else named) or not t.name.endswith(".weight"):
+            continue
+        out += [Tensor(module + ".lora_A.weight", r, t.cols), Tensor(module + ".lora_B.weight", t.rows, r)]
+        if method["variant"] == "dora":
+            out.append(Tensor(module + ".lora_magnitude_vector", t.rows))
+    extra = method["additional_target"] or []
+    return base, out + [Tensor(t.name + ".modules_to_save", t.rows, t.cols) for t in base if matches(t.name, extra)]
+
+
+def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> str | None:
+    """Targets no linear or embedding module of the model has; modules to save it lacks."""
+    error = None if method["target"] == "all" else lora_targets_error("method.target", method["target"], shapes)
+    if error is None and method["additional_target"]:
+        error = missing_modules_error("method.additional_target", method["additional_target"], list(shapes))
+    return error
+
+
+SPEC = MethodSpec(
+    adapter="launcher.methods.lora",
+    split=split,
+    check=check,
+    model_check=model_check,
+    keys=KEYS,
+    continues_adapter=True,
+    kbit_base=True,
+)

@@ -1,6 +1,7 @@
 """Method prefix: trainable key/value prefixes in every layer (PEFT prefix tuning / P-tuning v2)."""
 
 from launcher.keys import Key
+from launcher.memory import Shape, Tensor
 from launcher.registry import MethodSpec, Refuse
 
 
@@ -27,4 +28,18 @@ KEYS = {  # method.*
 }
 
 
-SPEC = MethodSpec(adapter="launcher.methods.prefix", check=check, keys=KEYS, virtual_tokens=True)
+def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+    """The base is frozen; trained is PEFT's PrefixEncoder: token_dim = head_dim x kv heads; a key and a value per layer."""
+    tokens, dim, flat = method["num_virtual_tokens"], shape.kv_dim, 2 * shape.layers * shape.kv_dim
+    if not method["prefix_projection"]:
+        return base, [Tensor("prefix_encoder.embedding.weight", tokens, flat)]
+    return base, [
+        Tensor("prefix_encoder.embedding.weight", tokens, dim),
+        Tensor("prefix_encoder.transform.0.weight", dim, dim),
+        Tensor("prefix_encoder.transform.0.bias", dim),
+        Tensor("prefix_encoder.transform.2.weight", flat, dim),
+        Tensor("prefix_encoder.transform.2.bias", flat),
+    ]
+
+
+SPEC = MethodSpec(adapter="launcher.methods.prefix", split=split, check=check, keys=KEYS, virtual_tokens=True)
