@@ -220,6 +220,14 @@ def cmd_schema(argv: list[str]) -> int:
     return 0
 
 
+def _weights_arguments(parser: argparse.ArgumentParser, dtype_auto: str) -> None:
+    """--dtype and --load-in: how chat and serve load the model's weights (chat.load_for_chat)."""
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"), help=dtype_auto)
+    parser.add_argument(
+        "--load-in", default=None, choices=("4bit", "8bit"), help="quantize the linear layers (bitsandbytes)"
+    )
+
+
 def cmd_chat(argv: list[str]) -> int:
     parser = _parser("chat", "generate with a base model (+ adapter)")
     parser.add_argument("--model", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
@@ -242,20 +250,12 @@ def cmd_chat(argv: list[str]) -> int:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        help="auto: the adapter's training dtype (its plan.json), else bf16 on a GPU, fp32 on CPU",
-    )
+    _weights_arguments(parser, "auto: the adapter's training dtype (its plan.json), else bf16 on a GPU, fp32 on CPU")
     parser.add_argument(
         "--template",
         default=None,
         help="chat template (default: the one the run trained with, "
         "from its plan.json; a plain model folder: its tokenizer's)",
-    )
-    parser.add_argument(
-        "--load-in", default=None, choices=("4bit", "8bit"), help="quantize the linear layers (bitsandbytes)"
     )
     args = parser.parse_args(argv)
     from launcher.chat import Sampling, chat
@@ -368,6 +368,7 @@ def cmd_serve(argv: list[str]) -> int:
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf: this process; vllm: `vllm serve`")
     parser.add_argument("--print", action="store_true", help="with --engine vllm: print the command, run nothing")
     parser.add_argument("--trust-remote-code", action="store_true")
+    _weights_arguments(parser, "auto: bf16 on a GPU, fp32 on CPU (with --engine hf)")
     args = parser.parse_args(argv)
     from launcher.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
 
@@ -386,10 +387,16 @@ def cmd_serve(argv: list[str]) -> int:
     if args.engine == "vllm":
         from launcher.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
 
+        if args.load_in:
+            raise ServeError(
+                f"--load-in {args.load_in} quantizes with bitsandbytes in this process (--engine hf). "
+                "Fix: leave it out, or serve a quantized checkpoint with vLLM's own --quantization"
+            )
         model = local_model_path(args.model)
-        return run_vllm(vllm_command(model, adapters, args.host, args.port, name), keys, args.print)
+        return run_vllm(vllm_command(model, adapters, args.host, args.port, name, args.dtype), keys, args.print)
     limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
-    serve(Engine(args.model, adapters, name, args.trust_remote_code), limits, set(keys), args.host, args.port)
+    engine = Engine(args.model, adapters, name, args.trust_remote_code, args.dtype, args.load_in)
+    serve(engine, limits, set(keys), args.host, args.port)
     return 0
 
 

@@ -196,8 +196,16 @@ def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
 class Engine:
     """The model, its adapters and generation; each call runs in a worker thread under the Gate."""
 
-    def __init__(self, model_path: str, adapters: dict[str, str], base_name: str, trust_remote_code: bool = False):
-        model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code)
+    def __init__(
+        self,
+        model_path: str,
+        adapters: dict[str, str],
+        base_name: str,
+        trust_remote_code: bool = False,
+        dtype: str = "auto",
+        load_in: str | None = None,
+    ):
+        model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code, dtype, load_in)
         if adapters:
             from peft import PeftModel
 
@@ -393,9 +401,16 @@ async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, ge
     yield "data: [DONE]\n\n"
 
 
-def vllm_command(model: str, adapters: dict[str, str], host: str, port: int, base_name: str) -> list[str]:
+VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def vllm_command(
+    model: str, adapters: dict[str, str], host: str, port: int, base_name: str, dtype: str = "auto"
+) -> list[str]:
     """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API."""
     argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", base_name]
+    if dtype != "auto":
+        argv += ["--dtype", VLLM_DTYPES[dtype]]
     if adapters:
         ranks = [json.loads((Path(p) / "adapter_config.json").read_text()).get("r", 8) for p in adapters.values()]
         argv += [

@@ -248,11 +248,33 @@ def test_vllm_engine_prints_command_or_refuses_with_the_fix(adapter):
     assert "s3cret" not in printed.stdout and printed.stdout.startswith("VLLM_API_KEY=<your key> ")  # not in argv
     assert "vllm serve Qwen/Qwen2-0.5B --host 127.0.0.1 --port 8001" in printed.stdout
     assert f"--enable-lora --max-lora-rank 4 --lora-modules demo={adapter}" in printed.stdout
+    vllm = ["serve", "--model", "Qwen/Qwen2-0.5B", "--engine", "vllm", "--print"]
+    in_bf16 = run_launch([*vllm, "--dtype", "bf16"], timeout=60)
+    assert in_bf16.returncode == 0 and "--dtype bfloat16" in in_bf16.stdout, in_bf16.stderr
+    quantized = run_launch([*vllm, "--load-in", "4bit"], timeout=60)
+    assert quantized.returncode == 2 and "--quantization" in quantized.stderr
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
         refused = run_launch(["serve", "--model", "Qwen/Qwen2-0.5B", "--engine", "vllm"], timeout=60)
         assert refused.returncode == 2 and "pip install vllm" in refused.stderr
+
+
+def test_load_in_4bit_serves_what_chat_answers_over_the_same_4bit_model():
+    """--dtype and --load-in reach the served model: its greedy answer is `launch chat`'s load_for_chat + reply
+    over the same 4-bit quantization, and the server says how it loaded the weights."""
+    from launcher.chat import Sampling, load_for_chat, reply
+
+    proc, url = _start("--dtype", "fp32", "--load-in", "4bit")
+    try:
+        served = _client(url).chat.completions.create(
+            model="builtin:tiny-qwen2", messages=MESSAGES, max_tokens=TOKENS, temperature=0
+        )
+    finally:
+        _stop(proc)
+    model, tokenizer = load_for_chat("builtin:tiny-qwen2", None, dtype="fp32", load_in="4bit")
+    assert served.choices[0].message.content == reply(model, tokenizer, MESSAGES, Sampling(TOKENS))
+    assert served.choices[0].message.content != greedy(MESSAGES, TOKENS)  # the unquantized model answers otherwise
 
 
 def test_adapter_without_config_is_refused(tmp_path):
