@@ -121,13 +121,18 @@ class Tensor:
         return self.rows * self.cols
 
 
-def layer_prefix(shape: Shape, i: int) -> str:
-    return f"transformer.encoder.layers.{i}." if shape.family == "chatglm" else f"model.layers.{i}."
+def layer_list_name(shape: Shape) -> str:
+    """The dotted name of the decoder-layer list its parameter names start with."""
+    return "transformer.encoder.layers" if shape.family == "chatglm" else "model.layers"
+
+
+def _layer_prefix(shape: Shape, i: int) -> str:
+    return f"{layer_list_name(shape)}.{i}."
 
 
 def _layer_tensors(shape: Shape, i: int) -> list[Tensor]:
     h, inter, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
-    p = layer_prefix(shape, i)
+    p = _layer_prefix(shape, i)
     if shape.family == "chatglm":
         out = [
             Tensor(p + "input_layernorm.weight", h),

@@ -71,6 +71,15 @@ def freeze_groups(prefix: str, count: int, trainable_layers: int, names: list[st
     return [x for x in names if x.startswith(starts)], [x for x in names if not x.startswith(prefix + ".")]
 
 
+def freeze_trainable(method: dict, prefix: str, count: int, names: list[str]) -> set[str]:
+    """The parameter names method freeze trains: trainable_modules (or all) of the chosen layers of the decoder-layer
+    list `prefix` of `count` layers, and extra_modules outside that list."""
+    layer_names, outside = freeze_groups(prefix, count, method["trainable_layers"], names)
+    modules, extra = method["trainable_modules"], method["extra_modules"] or []
+    chosen = {name for name in layer_names if modules == "all" or matches(name, modules)}
+    return chosen | {name for name in outside if matches(name, extra)}
+
+
 def freeze_error(method: dict, prefix: str, count: int, names: list[str], model_path: str) -> str | None:
     """The refusal for freeze keys this model cannot satisfy (layers beyond its count, modules it lacks), or None."""
     n = method["trainable_layers"]

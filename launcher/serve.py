@@ -401,7 +401,7 @@ async def _stream(engine: Engine, chat: ChatRequest, head: dict, event: list, ge
     yield "data: [DONE]\n\n"
 
 
-VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype auto: vLLM's own default
 
 
 def vllm_command(

@@ -10,7 +10,7 @@ from collections import defaultdict
 from torch import nn
 
 from launcher.errors import MethodError
-from launcher.module_names import freeze_error, freeze_groups, matches
+from launcher.module_names import freeze_error, freeze_trainable
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str, int]:
@@ -42,10 +42,7 @@ def apply(model: nn.Module, method: dict, recipe: dict) -> nn.Module:
     error = freeze_error(method, prefix, count, all_names, recipe["model"]["path"])
     if error:
         raise MethodError(error)
-    layer_names, outside = freeze_groups(prefix, count, method["trainable_layers"], all_names)
-    modules, extra = method["trainable_modules"], method["extra_modules"] or []
-    chosen = {name for name in layer_names if modules == "all" or matches(name, modules)}
-    chosen |= {name for name in outside if matches(name, extra)}
+    chosen = freeze_trainable(method, prefix, count, all_names)
     for name, param in model.named_parameters():
         param.requires_grad_(name in chosen)
     if os.environ.get("RANK", "0") == "0":

@@ -1,8 +1,8 @@
 """Method freeze: the last (or first) N decoder layers train, the rest stays frozen."""
 
 from launcher.keys import Key
-from launcher.memory import Shape, Tensor, layer_prefix
-from launcher.module_names import freeze_error, layer_list, matches, model_layer_count
+from launcher.memory import Shape, Tensor, layer_list_name
+from launcher.module_names import freeze_error, freeze_trainable, layer_list, model_layer_count
 from launcher.registry import MethodSpec, Refuse
 
 
@@ -27,15 +27,9 @@ KEYS = {  # method.*
 
 
 def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
-    """The chosen layers' tensors (of trainable_modules) and the extra modules train; the rest is frozen."""
-    n = max(-shape.layers, min(shape.layers, method["trainable_layers"]))
-    layers = range(shape.layers - n, shape.layers) if n > 0 else range(-n)
-    prefixes = tuple(layer_prefix(shape, i) for i in layers)
-    modules, extra = method["trainable_modules"], method["extra_modules"] or []
-    chosen = [t for t in base if t.name.startswith(prefixes) and (modules == "all" or matches(t.name, modules))]
-    trainable = chosen + [t for t in base if ".layers." not in t.name and matches(t.name, extra)]
-    names = {t.name for t in trainable}
-    return [t for t in base if t.name not in names], trainable
+    """What methods/freeze.py trains of the loaded model (module_names.freeze_trainable); the rest is frozen."""
+    chosen = freeze_trainable(method, layer_list_name(shape), shape.layers, [t.name for t in base])
+    return [t for t in base if t.name not in chosen], [t for t in base if t.name in chosen]
 
 
 def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> str | None:
