@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/launch recipes/demo_tiny.yaml output.overwrite=true
 	# training prompts answered before and after tuning, beside the answers the data taught
-	$(PY) -m launcher.demo recipes/demo_tiny.yaml
+	$(PY) -m launcher.infer.demo recipes/demo_tiny.yaml
 
 test: install lint
 	# sshd, SLURM and munge for the services tier: installed here (as root, when missing), never in a fixture

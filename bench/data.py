@@ -32,10 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: make the repo's `launcher` importable without installing it
 
-from launcher.builtin.train_tokenizer import CHAT_TEMPLATE, qwen2_style_bpe  # noqa: E402
 from launcher.data.formats import Example  # noqa: E402
 from launcher.data.packing import pack_examples, pack_lengths  # noqa: E402
 from launcher.data.pipeline import encode_examples  # noqa: E402
+from launcher.model.builtin.train_tokenizer import CHAT_TEMPLATE, qwen2_style_bpe  # noqa: E402
 
 SECTION = "## Data preprocessing"
 CUTOFF = 2048

@@ -39,7 +39,7 @@ from launcher.kernels.choice import kernel_plan  # noqa: E402
 from launcher.kernels.compile import apply_liger, compile_layers  # noqa: E402
 from launcher.kernels.trainer import KernelTrainer  # noqa: E402
 from launcher.monitoring.flops import device_peak_flops, model_flops  # noqa: E402
-from launcher.recipe import resolve  # noqa: E402
+from launcher.recipe.load import resolve  # noqa: E402
 
 SECTION = "## GPU throughput"
 ROW = 4096

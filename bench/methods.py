@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))  # run as a file: the repo's `launcher` without in
 
 from overhead import base_env, free_port, machine, versions, write_section  # noqa: E402
 
-from launcher.memory import GIB, OVERHEAD_GB  # noqa: E402
 from launcher.plan import build_plan  # noqa: E402
-from launcher.recipe import RecipeError, load_recipe  # noqa: E402
+from launcher.plan.memory import GIB, OVERHEAD_GB  # noqa: E402
+from launcher.recipe.load import RecipeError, load_recipe  # noqa: E402
 
 TINY = "recipes/sft_tiny.yaml"
 SECTION = "## Methods: memory estimate vs measured"
@@ -100,7 +100,7 @@ def make_model(name: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from launcher.builtin import builtin_source_dir, default_cache_dir
+    from launcher.model.builtin import builtin_source_dir, default_cache_dir
 
     folder = default_cache_dir().parent / "bench" / name
     if (folder / "model.safetensors").is_file():
@@ -380,7 +380,7 @@ def main() -> None:
     args = parser.parse_args()
     out_file = args.out.resolve()
     os.chdir(ROOT)
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     materialize("builtin:tiny-qwen2")
     with tempfile.TemporaryDirectory(prefix="launcher-bench-methods-") as tmp:

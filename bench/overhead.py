@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: make the repo's `launcher` importable without installing it
 
-from launcher.builtin import materialize  # noqa: E402
+from launcher.model.builtin import materialize  # noqa: E402
 from launcher.plan import build_plan  # noqa: E402
-from launcher.recipe import load_recipe  # noqa: E402
+from launcher.recipe.load import load_recipe  # noqa: E402
 
 TINY = "recipes/sft_tiny.yaml"
 QWEN2 = "recipes/sft_qwen2.yaml"

@@ -30,7 +30,7 @@ def make_model(folder: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     if (folder / "config.json").is_file():
         return folder

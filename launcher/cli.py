@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from launcher import quiet
 from launcher.errors import DataError, LauncherError, RecipeError
-from launcher.recipe import load_recipe
+from launcher.recipe.load import load_recipe
+from launcher.util import quiet
 
 
 def _parser(verb: str, help_text: str) -> argparse.ArgumentParser:
@@ -53,8 +53,8 @@ def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> di
 def _check_output_dir(plan: dict) -> bool:
     """Refuse to mix a new run into an old one unless resuming or told to overwrite; True: the
     previous run is to be replaced (by start_run, once every other check has passed). Deletes nothing."""
+    from launcher.backends.output_dir import check_apart, require_run_dir
     from launcher.checkpoint.resume import prepare_resume
-    from launcher.output_dir import check_apart, require_run_dir
 
     out = Path(plan["output_dir"])
     recipe = plan["recipe"]
@@ -97,11 +97,11 @@ def cmd_train(argv: list[str]) -> int:
     _add_host_filters(parser)
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.local import run_node
-    from launcher.nodes import preflight, this_node_rank
-    from launcher.output_dir import start_run
+    from launcher.backends.nodes import preflight, this_node_rank
+    from launcher.backends.output_dir import start_run
     from launcher.plan import write_plan
-    from launcher.planfile import discard_plan_copy
-    from launcher.preflight import ensure_model
+    from launcher.plan.preflight import ensure_model
+    from launcher.plan.store import discard_plan_copy
 
     plan = _plan_from_args(args)
     if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
@@ -159,7 +159,7 @@ def cmd_sbatch(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="replace the script if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.slurm import batch_script, submit
-    from launcher.output_file import check_output_file
+    from launcher.util.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
     script = check_output_file(
@@ -194,9 +194,9 @@ def cmd_data(argv: list[str]) -> int:
     )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+    from launcher.backends.output_dir import run_inputs
     from launcher.data.preview import preview
-    from launcher.output_dir import run_inputs
-    from launcher.output_file import check_output_file
+    from launcher.util.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dump:
@@ -210,11 +210,11 @@ def cmd_schema(argv: list[str]) -> int:
     parser.add_argument("--markdown", action="store_true", help="the key reference as Markdown (docs/recipe.md)")
     args = parser.parse_args(argv)
     if args.markdown:
-        from launcher.schema_doc import recipe_reference
+        from launcher.recipe.schema_doc import recipe_reference
 
         print(recipe_reference(), end="")
         return 0
-    from launcher.schema import json_schema
+    from launcher.recipe.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
     return 0
@@ -258,9 +258,9 @@ def cmd_chat(argv: list[str]) -> int:
         "from its plan.json; a plain model folder: its tokenizer's)",
     )
     args = parser.parse_args(argv)
-    from launcher.chat import Sampling, chat
-    from launcher.output_dir import model_folder
-    from launcher.output_file import check_output_file
+    from launcher.backends.output_dir import model_folder
+    from launcher.infer.chat import Sampling, chat
+    from launcher.util.output_file import check_output_file
 
     if args.output:
         inputs = [("--input", args.input), ("--model", model_folder(args.model)), ("--adapter", args.adapter)]
@@ -319,7 +319,7 @@ def cmd_import_lf(argv: list[str]) -> int:
         "--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)"
     )
     args = parser.parse_args(argv)
-    from launcher.import_lf import import_lf, read_lf, render
+    from launcher.recipe.import_lf import import_lf, read_lf, render
 
     source = Path(args.lf_yaml)
     recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
@@ -370,7 +370,7 @@ def cmd_serve(argv: list[str]) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     _weights_arguments(parser, "auto: bf16 on a GPU, fp32 on CPU (with --engine hf)")
     args = parser.parse_args(argv)
-    from launcher.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
+    from launcher.infer.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
 
     keys = args.api_key + [k for k in os.environ.get("LAUNCH_API_KEYS", "").split(",") if k]
     for flag, value in (
@@ -385,7 +385,7 @@ def cmd_serve(argv: list[str]) -> int:
     adapters = parse_adapters(args.adapter)
     name = args.name or args.model
     if args.engine == "vllm":
-        from launcher.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
+        from launcher.model.builtin import local_model_path  # vLLM reads a folder or a hub id, not builtin:
 
         if args.load_in:
             raise ServeError(
@@ -416,7 +416,7 @@ def cmd_eval(argv: list[str]) -> int:
         "--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)"
     )
     args = parser.parse_intermixed_args(argv)
-    from launcher.evaluate import evaluate
+    from launcher.infer.evaluate import evaluate
 
     recipe = load_recipe(args.recipe, args.overrides)
     nproc = args.nproc
@@ -443,9 +443,13 @@ def cmd_download(argv: list[str]) -> int:
         help="default: the recipe's model.hub, else huggingface",
     )
     args = parser.parse_args(argv)
-    from launcher.hub import fetch
+    from launcher.model.hub import fetch
 
-    print(fetch(args.model, args.hub, args.revision, args.cache_dir), flush=True)
+    target, hub = args.model, args.hub
+    if target.endswith((".yaml", ".yml")) and Path(target).is_file():  # a recipe: its model.path and model.hub
+        model = load_recipe(target)["model"]
+        target, hub = model["path"], hub or model["hub"]
+    print(fetch(target, hub, args.revision, args.cache_dir), flush=True)
     return 0
 
 

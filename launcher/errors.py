@@ -46,6 +46,38 @@ class CheckpointError(LauncherError):
     kind = "checkpoint"
 
 
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint whose files do not match its manifest (or are missing, or unlisted)."""
+
+
+class ConsolidateError(CheckpointError):
+    """A checkpoint that cannot be consolidated; the message says why and what to do."""
+
+
+class MergeError(CheckpointError):
+    """An adapter or base that cannot be merged; the message says why and what to do."""
+
+
+class ChatError(LauncherError):
+    """Bad chat input (a malformed row, sampling flags without --do-sample); the message names it."""
+
+
+class EvalError(LauncherError):
+    """Bad eval input (no eval data, no model); the message names the fix."""
+
+
+class ServeError(LauncherError):
+    """Bad serve arguments (an adapter that is not one, a missing vLLM); the message names the fix."""
+
+
+class LFImportError(LauncherError):
+    """An LF file that cannot be read at all; the message names it and the fix."""
+
+
+class MetricsUnavailable(LauncherError):
+    """A scoring library that is not installed; the message names the pip extra."""
+
+
 def worker_error_line(err: LauncherError) -> str:
     return f"{TAG} {err.kind} error: {err}"
 
@@ -61,3 +93,11 @@ class RunStopped(Exception):
     """A run that stopped early with its state saved; `code` is the worker's exit code."""
 
     code: int
+
+
+def listing(items, limit: int = 8, sep: str = ", ") -> str:
+    """'a, b, c' for a message, capped: a hostfile of 500 hosts or a section's every key would
+    bury the one line that says what is wrong."""
+    items = [str(i) for i in items]
+    shown = sep.join(items[:limit])
+    return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")

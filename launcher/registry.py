@@ -16,10 +16,40 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from launcher.keys import Key
-
 if TYPE_CHECKING:
-    from launcher.memory import Shape, Tensor
+    from launcher.model.shape import Shape, Tensor
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key.
+
+    kind: int | float | bool | str | str_list | section
+    literals: extra string values accepted besides the kind (e.g. "auto" for an int key)
+    only_for: (selector key, allowed values): the key is only valid when the selector
+        (a dotted key, e.g. "method.name") has one of these values; its default applies only then.
+    aliases: other names accepted for a choice, resolved to it at load (e.g. LLaMA-Factory's).
+    guess: offer the closest choice by spelling for a value that is none of them (off where a
+        near name is a different thing, e.g. the llama2 template is not llama3's format).
+    commas: a str_list given as one string "a,b" means [a, b].
+    """
+
+    kind: str
+    default: Any = None
+    doc: str = ""
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    nullable: bool = False
+    literals: tuple = ()
+    only_for: tuple[str, tuple] | None = None
+    fields: dict[str, "Key"] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    guess: bool = True
+    commas: bool = False  # str_list: one string is split at commas (LLaMA-Factory's `dataset: a,b`)
+
 
 LM_HEAD, SCORE_HEAD = "lm", "score"  # StageSpec.head: the causal LM, or one score per sequence (a reward model)
 Refuse = Callable[[str, str], None]  # refuse(dotted key, message): raises the recipe error at that key's origin
@@ -40,7 +70,7 @@ class StageSpec:
     lm_loss: its trainer computes the causal-LM loss itself (launcher/kernels/trainer.py), so
         train.loss_kernel applies to it
     imports_datasets: its trainer needs the datasets library (TRL's do); the others' ranks never import it
-        (launcher/lean_imports.py)
+        (launcher/worker/lean_imports.py)
     check: its cross-key rules, check(resolved recipe, origins, refuse)
     keys: the train.* keys only this stage reads; the schema makes each valid only under the stages declaring it
     """
@@ -62,7 +92,7 @@ class MethodSpec:
     adapter: the module with apply(model, method_cfg, recipe) -> model, and optional hooks the
     worker calls: after_apply(model, plan, rank), prepare_trainer(trainer, recipe), after_save(plan).
     split: split(shape, base tensors, method section) -> (frozen, trainable) tensors, as the memory planner
-        counts them (launcher/memory.py): which base tensors train, which the method adds
+        counts them (launcher/plan/memory.py): which base tensors train, which the method adds
     model_check: model_check(method section, the model's parameter shapes, model.path) -> a refusal or None,
         for method keys naming modules or layers the model lacks (`launch plan`, before any rank loads it)
     keys: the method.* keys only this method reads (valid only under method.name: it, as the schema says)

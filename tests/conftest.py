@@ -96,7 +96,7 @@ def warm(tmp_path_factory):
             timeout=600,
         )
         subprocess.run(
-            [sys.executable, "-c", "from launcher.builtin import materialize; materialize('builtin:tiny-qwen2')"],
+            [sys.executable, "-c", "from launcher.model.builtin import materialize; materialize('builtin:tiny-qwen2')"],
             check=True,
             timeout=300,
         )
@@ -160,7 +160,7 @@ def greedy_ids(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     folder = model or materialize("builtin:tiny-qwen2")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -185,7 +185,7 @@ def greedy(messages: list[dict], tokens: int, adapter: str | Path | None = None)
     """greedy_ids over apply_chat_template (the tokenizer's own template) on the builtin model (+ a PEFT adapter)."""
     from transformers import AutoTokenizer
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     folder = materialize("builtin:tiny-qwen2")
     ids = AutoTokenizer.from_pretrained(folder).apply_chat_template(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import builtin
+from launcher.model import builtin
 from tests.conftest import imported_after
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def built(tmp_path_factory) -> str:
 
 @pytest.mark.unit
 def test_module_imports_no_torch():
-    code = "import launcher.builtin as b; p = b.builtin_config_path('builtin:tiny-qwen2'); assert p.is_file(), p"
+    code = "import launcher.model.builtin as b; p = b.builtin_config_path('builtin:tiny-qwen2'); assert p.is_file(), p"
     assert imported_after(code, ("torch", "transformers", "tokenizers")) == []
 
 
@@ -114,7 +114,7 @@ def test_config_matches_tokenizer(tokenizer):
 
 
 _CHILD = (
-    "import sys; from launcher.builtin import materialize; "
+    "import sys; from launcher.model.builtin import materialize; "
     "print('DIR=' + materialize('builtin:tiny-qwen2', sys.argv[1]))"
 )
 
@@ -352,7 +352,7 @@ def test_chat_template_assistant_mask(tokenizer):
 
 @pytest.mark.unit
 def test_tokenizer_files_are_current():
-    from launcher.builtin import train_tokenizer
+    from launcher.model.builtin import train_tokenizer
 
     assert train_tokenizer.main(["--check"]) == 0
 

@@ -50,7 +50,7 @@ def test_batch_prediction_from_openai_and_alpaca_rows(tmp_path, warm):
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(warm, capsys):
-    from launcher.chat import Sampling, chat
+    from launcher.infer.chat import Sampling, chat
 
     def answer(sampling: Sampling) -> str:
         chat("builtin:tiny-qwen2", None, ["Tell me a story"], sampling)

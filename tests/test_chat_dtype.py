@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from launcher.chat import load_for_chat
+from launcher.infer.chat import load_for_chat
 from tests.conftest import LORA_ZERO3_RUN, run_launch
 
 pytestmark = pytest.mark.multiproc

@@ -37,8 +37,8 @@ def alpaca_run(tiny_run) -> Path:
 def test_a_runs_recorded_template_renders_the_training_prompt(alpaca_run, tiny_run, warm):
     from transformers import AutoTokenizer
 
-    from launcher.builtin import materialize
-    from launcher.chat import chat_template, encode_prompt
+    from launcher.infer.chat import chat_template, encode_prompt
+    from launcher.model.builtin import materialize
 
     messages = [{"role": "user", "content": PROMPT}]
     template, source = chat_template(str(alpaca_run), None)
@@ -102,7 +102,7 @@ def test_interactive_mode_streams_each_reply_of_a_conversation(alpaca_run):
 def test_load_in_4bit_and_8bit_quantize_and_generate_on_cpu(tiny_run):
     import bitsandbytes as bnb
 
-    from launcher.chat import Sampling, load_for_chat, reply
+    from launcher.infer.chat import Sampling, load_for_chat, reply
 
     for load_in, layer in (("4bit", bnb.nn.Linear4bit), ("8bit", bnb.nn.Linear8bitLt)):
         model, tokenizer = load_for_chat("builtin:tiny-qwen2", str(tiny_run(*LORA_ZERO3_RUN)), load_in=load_in)

@@ -129,7 +129,7 @@ def test_consolidate_refuses_a_folder_without_shards(tmp_path):
 
 
 def _base_dir() -> Path:
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     return Path(materialize("builtin:tiny-qwen2"))
 

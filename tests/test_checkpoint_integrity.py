@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.builtin import materialize
 from launcher.checkpoint.manifest import read_manifests, verify
+from launcher.model.builtin import materialize
 from tests.conftest import LORA_ZERO3_RUN, free_port, run_launch
 from tests.test_resume import _assert_same_run
 

@@ -44,7 +44,7 @@ def sources(tiny_run, tmp_path_factory) -> dict[str, Path]:
     re-saved in shards, and a base of another shape (same names, a narrower MLP)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     root = tmp_path_factory.mktemp("sources")
     lora_run, full_run = tiny_run(*LORA_ZERO3_RUN), tiny_run(*FULL_ZERO2_RUN)

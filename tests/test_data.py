@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from launcher.builtin import materialize
+from launcher.data.datasets import ALPACA_COLUMNS, DataError, resolve_dataset
 from launcher.data.formats import alpaca_to_messages
 from launcher.data.pipeline import build_sft_data
-from launcher.data.registry import ALPACA_COLUMNS, DataError, resolve_dataset
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations
+from launcher.model.builtin import materialize
 
 pytestmark = pytest.mark.unit
 

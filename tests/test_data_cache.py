@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from launcher.builtin import builtin_source_dir
 from launcher.data.cache import MANIFEST, Tokenized, _BuildLock, cache_key, load_or_build
+from launcher.data.datasets import DataError
 from launcher.data.pipeline import build_sft_data, sft_data
-from launcher.data.registry import DataError
+from launcher.model.builtin import builtin_source_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

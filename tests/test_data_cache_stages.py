@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from launcher.builtin import builtin_source_dir
 from launcher.data.blocks import block_data, build_blocks
 from launcher.data.cache import MANIFEST, cache_key
 from launcher.data.pairs import build_kto_data, build_pair_data, kto_data, pair_data
 from launcher.data.pipeline import sft_data
-from launcher.recipe import load_recipe
+from launcher.model.builtin import builtin_source_dir
+from launcher.recipe.load import load_recipe
 
 pytestmark = pytest.mark.unit
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from launcher.data.datasets import DataError, resolve_dataset
 from launcher.data.formats import to_text
 from launcher.data.pipeline import load_examples, load_texts
 from launcher.data.readers import Row
-from launcher.data.registry import DataError, resolve_dataset
-from launcher.recipe import RecipeError, load_recipe
+from launcher.recipe.load import RecipeError, load_recipe
 from tests.conftest import imported_after
 
 pytestmark = pytest.mark.unit
@@ -291,7 +291,7 @@ def test_registry_mistakes_name_the_entry_and_the_fix(tmp_path, entry, message):
 
 
 def test_plan_time_resolution_imports_nothing_heavy():
-    code = "import launcher.plan; from launcher.data.registry import resolve_dataset; resolve_dataset('demo_law_csv', 'data')"
+    code = "import launcher.plan; from launcher.data.datasets import resolve_dataset; resolve_dataset('demo_law_csv', 'data')"
     assert imported_after(code, ("torch", "transformers", "datasets", "pandas", "pyarrow")) == []
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from launcher.builtin import builtin_source_dir
 from launcher.cli import main
 from launcher.data.blocks import build_blocks
 from launcher.data.pairs import PreferenceData, build_kto_data, build_pair_data
-from launcher.recipe import load_recipe
+from launcher.model.builtin import builtin_source_dir
+from launcher.recipe.load import load_recipe
+from launcher.recipe.schema import STAGES as SCHEMA_STAGES
 from launcher.registry import STAGES
-from launcher.schema import STAGES as SCHEMA_STAGES
 
 pytestmark = pytest.mark.unit
 

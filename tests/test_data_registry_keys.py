@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.data.datasets import DataError, resolve_dataset
 from launcher.data.pipeline import load_examples
-from launcher.data.registry import DataError, resolve_dataset
 
 pytestmark = pytest.mark.unit
 

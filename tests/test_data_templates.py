@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from launcher.builtin import builtin_source_dir
 from launcher.cli import main
+from launcher.data.datasets import DataError
 from launcher.data.pipeline import build_sft_data
-from launcher.data.registry import DataError
 from launcher.data.templates import TEMPLATES
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations, render
+from launcher.model.builtin import builtin_source_dir
 
 pytestmark = pytest.mark.unit
 

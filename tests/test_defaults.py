@@ -1,5 +1,5 @@
 """Defaults in one place (issue 18): a recipe default that library functions fall back on is
-read from the schema (launcher/defaults.py), and the dtype names map to torch in one helper."""
+read from the schema (launcher/data/defaults.py), and the dtype names map to torch in one helper."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from launcher.schema import SCHEMA
+from launcher.recipe.schema import SCHEMA
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -18,7 +18,7 @@ RESTATED = [
     (r"timeout_s: float = \d", None),  # the data-cache wait: defaults.WAIT_S
     (r"template: str = \"auto\"", None),  # model.template: defaults.TEMPLATE
     (r"\"on_bad_row\", \"error\"", None),  # data.on_bad_row: BadRows.of
-    (r"\"bf16\": torch\.bfloat16", "launcher/dtypes.py"),  # dtypes.torch_dtype
+    (r"\"bf16\": torch\.bfloat16", "launcher/model/dtypes.py"),  # dtypes.torch_dtype
 ]
 
 
@@ -31,7 +31,9 @@ def test_no_call_site_restates_a_default(pattern, home):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
         if re.search(pattern, line)
     ]
-    assert not found, f"{pattern} restated at {found}; take it from launcher/defaults.py or launcher/dtypes.py"
+    assert not found, (
+        f"{pattern} restated at {found}; take it from launcher/data/defaults.py or launcher/model/dtypes.py"
+    )
 
 
 def test_the_fallbacks_are_the_schemas_defaults():
@@ -48,7 +50,7 @@ def test_the_fallbacks_are_the_schemas_defaults():
 def test_torch_dtype_maps_the_recipes_dtype_names():
     import torch
 
-    from launcher.dtypes import torch_dtype
+    from launcher.model.dtypes import torch_dtype
 
     assert [torch_dtype(name) for name in ("bf16", "fp16", "fp32")] == [torch.bfloat16, torch.float16, torch.float32]
     with pytest.raises(KeyError):

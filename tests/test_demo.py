@@ -22,7 +22,7 @@ def test_demo_prints_before_and_after_and_the_tuned_answers_match(tmp_path, warm
     recipe = tmp_path / "demo.yaml"  # the demo reads output.dir from its recipe
     recipe.write_text((ROOT / "recipes" / "demo_tiny.yaml").read_text().replace("outputs/demo_tiny", str(out)))
     shown = subprocess.run(
-        [sys.executable, "-m", "launcher.demo", str(recipe), "--prompts", "3"],
+        [sys.executable, "-m", "launcher.infer.demo", str(recipe), "--prompts", "3"],
         cwd=ROOT,
         capture_output=True,
         text=True,

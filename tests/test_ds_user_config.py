@@ -101,7 +101,7 @@ def test_auto_values_are_filled_from_the_recipe_and_explicit_ones_kept(tmp_path)
         "warmup_num_steps": "auto",
         "total_num_steps": "auto",
     }  # step counts: the Trainer's, at run time
-    hidden = json.loads((ROOT / "launcher/builtin/tiny_qwen2/config.json").read_text())["hidden_size"]
+    hidden = json.loads((ROOT / "launcher/model/builtin/tiny_qwen2/config.json").read_text())["hidden_size"]
     assert config["zero_optimization"] == {
         "stage": 2,
         "overlap_comm": False,

@@ -39,7 +39,7 @@ def _check_adapter(out: Path) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     weights = load_file(out / "adapter_model.safetensors")
     lora_b = {k: v for k, v in weights.items() if "lora_B" in k}

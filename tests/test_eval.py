@@ -55,7 +55,7 @@ PAIRS = [
 
 @pytest.mark.multiproc
 def test_metrics_equal_the_reference_packages():
-    from launcher.metrics import similarity
+    from launcher.infer.metrics import similarity
 
     ours = similarity([p for p, _ in PAIRS], [l for _, l in PAIRS])
     assert ours == pytest.approx(_mean(PAIRS), abs=1e-9)

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from launcher.recipe import load_recipe
-from launcher.schema import DEFAULT_MASTER_PORT
+from launcher.recipe.load import load_recipe
+from launcher.recipe.schema import DEFAULT_MASTER_PORT
 from tests.conftest import ROOT, run_launch
 
 TINY = "recipes/sft_tiny.yaml"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_launch
 
-from launcher.import_lf import mapping_table
+from launcher.recipe.import_lf import mapping_table
 
 pytestmark = pytest.mark.unit
 

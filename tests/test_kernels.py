@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from launcher import cli
-from launcher.builtin import materialize
 from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
 from launcher.data.tokenize import IGNORE_INDEX
 from launcher.kernels.loss import chunked_cross_entropy
 from launcher.kernels.trainer import KernelTrainer
+from launcher.model.builtin import materialize
 
 CUTOFF = 64
 
@@ -208,7 +208,7 @@ def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
 
 
 def _recipe(**sections) -> dict:
-    from launcher.recipe import resolve
+    from launcher.recipe.load import resolve
 
     return resolve({"model": {"path": "builtin:tiny-qwen2"}, **sections}, {})
 

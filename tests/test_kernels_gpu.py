@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gpu
 def _model(attn: str):
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     torch.manual_seed(0)
     return (

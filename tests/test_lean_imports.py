@@ -1,4 +1,4 @@
-"""A rank imports bitsandbytes and datasets only when its plan uses them (launcher/lean_imports.py),
+"""A rank imports bitsandbytes and datasets only when its plan uses them (launcher/worker/lean_imports.py),
 and transformers' Trainer and peft still load without them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from launcher.lean_imports import unused_libraries
-from launcher.recipe import load_recipe
+from launcher.recipe.load import load_recipe
+from launcher.worker.lean_imports import unused_libraries
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -30,7 +30,7 @@ def test_only_the_libraries_a_plan_uses_are_left_importable(recipe, overrides, u
 
 def test_a_lean_rank_still_builds_a_lora_trainer():
     code = (
-        "import sys; from launcher.lean_imports import skip_unused_libraries; from launcher.recipe import load_recipe; "
+        "import sys; from launcher.worker.lean_imports import skip_unused_libraries; from launcher.recipe.load import load_recipe; "
         "skip_unused_libraries(load_recipe('recipes/sft_tiny.yaml')); "
         "import peft, transformers; from transformers import Trainer; from peft import LoraConfig; "
         "from transformers.utils import is_datasets_available, is_bitsandbytes_available; "

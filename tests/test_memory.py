@@ -1,4 +1,4 @@
-"""Memory planner (launcher/memory.py): parameter counts against the real models (transformers
+"""Memory planner (launcher/plan/memory.py): parameter counts against the real models (transformers
 on the meta device, the launcher's own methods and PEFT on the tiny model), ZeRO partitioning
 arithmetic, `distributed.zero: auto`, and the table `launch plan` prints. No training here; the
 estimate is compared with measured runs in bench/methods.py."""
@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 from conftest import run_launch
 
-from launcher.builtin import builtin_config_path
-from launcher.memory import (
+from launcher.model.builtin import builtin_config_path
+from launcher.model.shape import KNOWN_SHAPES, shape_from_config
+from launcher.plan import build_plan
+from launcher.plan.memory import (
     GIB,
-    KNOWN_SHAPES,
     ZERO3_MAX_LIVE_PARAMETERS,
     estimate,
     estimate_option,
     parameter_counts,
     pick_auto,
-    shape_from_config,
 )
-from launcher.plan import build_plan
-from launcher.recipe import load_recipe
+from launcher.recipe.load import load_recipe
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +38,7 @@ def cpu_only(monkeypatch):
 
 def _recipe(path: str, *overrides: str, drop_lora: bool = False) -> dict:
     """A resolved recipe; drop_lora removes the recipe's own lora keys so another method can be set."""
-    from launcher.recipe import apply_overrides, read_yaml, resolve
+    from launcher.recipe.load import apply_overrides, read_yaml, resolve
 
     raw, origins = read_yaml(path)
     if drop_lora:
@@ -116,8 +115,8 @@ def test_method_counts_equal_the_launchers_own_methods_on_the_tiny_model(case):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import local_model_path
     from launcher.methods import apply_method, count_parameters
+    from launcher.model.builtin import local_model_path
 
     overrides = METHOD_CASES[case]
     recipe = _recipe(TINY, *overrides, drop_lora=any(o.startswith("method.name=") for o in overrides))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.recipe import RecipeError, load_recipe
+from launcher.recipe.load import RecipeError, load_recipe
 from tests.conftest import ROOT
 from tests.test_e2e import TINY, _losses, _train
 
@@ -47,7 +47,7 @@ def _base(quantization: dict | None = None):
     """A fresh base model (fp32), k-bit quantized like the worker does when asked."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     extra = {}
     if quantization is not None:
@@ -220,7 +220,7 @@ def test_loraplus_optimizer_puts_b_matrices_at_ratio_times_lr(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from launcher.methods.lora import apply, loraplus_optimizer
-    from launcher.recipe import load_recipe
+    from launcher.recipe.load import load_recipe
 
     recipe = load_recipe(ROOT / TINY, ["method.loraplus_ratio=16"])
     model = apply(_base(), recipe["method"], recipe)

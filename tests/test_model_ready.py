@@ -27,7 +27,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def hub_cache(root: Path, repo_id: str = HUB_ID, skip: tuple[str, ...] = ()) -> Path:
     """A huggingface_hub cache under root holding the builtin model as repo_id; returns the cache folder."""
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     repo = root / "hub" / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / COMMIT
@@ -118,7 +118,7 @@ def test_a_cached_snapshot_without_its_tokenizer_is_refused_offline_naming_it(tm
     ],
 )
 def test_a_local_folder_without_a_file_every_rank_loads_is_refused_naming_it(tmp_path, warm, remove, named):
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     folder = tmp_path / "model"
     shutil.copytree(materialize("builtin:tiny-qwen2"), folder)
@@ -132,7 +132,7 @@ def test_a_local_folder_without_a_file_every_rank_loads_is_refused_naming_it(tmp
 
 @pytest.mark.multiproc
 def test_a_sharded_local_folder_missing_a_shard_is_refused_naming_it(tmp_path, warm):
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     folder = tmp_path / "model"
     shutil.copytree(materialize("builtin:tiny-qwen2"), folder)
@@ -180,7 +180,7 @@ def test_download_skips_pytorch_bin_weights_where_the_repo_has_safetensors():
     """Kept files as huggingface_hub's own filter (the one snapshot_download applies) sees the patterns."""
     from huggingface_hub.utils import filter_repo_objects
 
-    from launcher.hub import download_ignore
+    from launcher.model.hub import download_ignore
 
     def kept(files: list[str]) -> set[str]:
         return set(filter_repo_objects(files, ignore_patterns=download_ignore(files)))

@@ -188,7 +188,7 @@ def test_mfu_formula_matches_a_flop_count_of_the_tiny_model():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
     from launcher.monitoring.flops import model_flops
 
     path = materialize("builtin:tiny-qwen2")

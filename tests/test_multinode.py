@@ -502,7 +502,7 @@ def test_slurm_jobs_that_would_hang_are_refused():
     """`launch` once in the batch script of a 2-node job, or srun with several tasks per node: the
     nodes would never all join. The environment is what SLURM sets in each case."""
     from launcher.backends.slurm import allocation
-    from launcher.recipe import RecipeError
+    from launcher.recipe.load import RecipeError
 
     batch = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NODEID": "0"}
     with pytest.raises(RecipeError, match="srun --ntasks-per-node=1 launch RECIPE"):

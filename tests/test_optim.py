@@ -12,8 +12,8 @@ from transformers import Trainer, TrainerCallback
 
 from launcher.data.collate import PaddingCollator
 from launcher.plan import build_plan
-from launcher.recipe import load_recipe
-from launcher.worker import training_arguments
+from launcher.recipe.load import load_recipe
+from launcher.worker.main import training_arguments
 from tests.conftest import ROOT
 from tests.test_e2e import TINY
 from tests.test_methods import _base

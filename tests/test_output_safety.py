@@ -51,7 +51,7 @@ def _refused_untouched(folder: Path, words: tuple[str, ...], *args: str, env: di
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory) -> Path:
     """A local HF model folder (config.json, weights, tokenizer): a copy of the builtin model."""
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     folder = tmp_path_factory.mktemp("hf") / "tiny-model"
     shutil.copytree(materialize("builtin:tiny-qwen2"), folder)
@@ -68,7 +68,7 @@ def test_local_model_folder_as_output_dir_is_refused(local_model):
 @pytest.mark.multiproc
 def test_builtin_models_materialized_folder_as_output_dir_is_refused(local_model, tmp_path):
     """model.path=builtin:tiny-qwen2 is read from its materialized folder: that folder is an input too."""
-    from launcher.builtin import fingerprint
+    from launcher.model.builtin import fingerprint
 
     cache = tmp_path / "cache"
     materialized = cache / "builtin" / f"tiny-qwen2-{fingerprint('builtin:tiny-qwen2')}"

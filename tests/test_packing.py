@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from launcher.builtin import materialize
 from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples, pack_lengths
 from launcher.data.tokenize import IGNORE_INDEX
+from launcher.model.builtin import materialize
 
 
 def _long_tailed_lengths(count: int, capacity: int, seed: int = 0) -> list[int]:

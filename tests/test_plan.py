@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from launcher.plan import build_plan
-from launcher.recipe import load_recipe
+from launcher.recipe.load import load_recipe
 
 pytestmark = pytest.mark.unit
 
@@ -101,7 +101,7 @@ def test_cpu_threads_per_rank_share_the_cores_unless_the_shell_sets_them(monkeyp
 
 
 def test_builtin_hidden_size_read_from_committed_config():
-    config = json.loads((ROOT / "launcher/builtin/tiny_qwen2/config.json").read_text())
+    config = json.loads((ROOT / "launcher/model/builtin/tiny_qwen2/config.json").read_text())
     ds = build_plan(load_recipe(TINY))["deepspeed"]
     assert ds["zero_optimization"]["reduce_bucket_size"] == config["hidden_size"] ** 2
 

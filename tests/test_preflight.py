@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from launcher.builtin import builtin_source_dir
 from launcher.data.bad_rows import BadRows
+from launcher.data.datasets import DataError
 from launcher.data.pipeline import build_sft_data, load_examples
-from launcher.data.registry import DataError
 from launcher.data.tokenize import IGNORE_INDEX
+from launcher.model.builtin import builtin_source_dir
 from tests.conftest import imported_after, run_launch
 
 RECIPE = "recipes/sft_tiny.yaml"
@@ -84,7 +84,7 @@ def test_lora_target_the_builtin_model_lacks(tmp_path):
 
 @pytest.mark.multiproc
 def test_lora_target_read_from_a_local_models_safetensors_header(tmp_path, warm):
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     model = materialize("builtin:tiny-qwen2")  # a real model folder with model.safetensors
     _refused(tmp_path, [f"model.path={model}", "method.target=[self_attn.q_proj,mlp]"], "['mlp']")  # mlp: no linear
@@ -155,7 +155,7 @@ def test_launch_data_exits_2_when_the_stage_gets_no_rows():
 @pytest.mark.unit
 def test_planning_a_csv_dataset_imports_nothing_heavy():
     code = (
-        "from launcher.plan import build_plan; from launcher.recipe import load_recipe; "
+        "from launcher.plan import build_plan; from launcher.recipe.load import load_recipe; "
         "build_plan(load_recipe('recipes/sft_tiny.yaml', ['data.datasets=[demo_law_csv]']))"
     )
     assert imported_after(code, ("torch", "transformers", "datasets", "pandas", "pyarrow", "numpy")) == []
@@ -255,10 +255,10 @@ def test_the_worker_applies_the_same_lora_target_rule_to_a_loaded_model(warm):
     # a hub model is only seen by the worker: lora.apply refuses with the planner's message, not PEFT's traceback
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import materialize
     from launcher.errors import MethodError
     from launcher.methods.lora import apply
-    from launcher.recipe import load_recipe
+    from launcher.model.builtin import materialize
+    from launcher.recipe.load import load_recipe
 
     recipe = load_recipe(RECIPE, ["method.target=[q_proj,qkv_proj]"])
     model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"))

@@ -1,5 +1,5 @@
 """A run prints no dependency message a user cannot act on, and every other warning still prints
-(launcher/quiet.py is the one place that filters)."""
+(launcher/util/quiet.py is the one place that filters)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from launcher import quiet
+from launcher.util import quiet
 from tests.conftest import LORA_ZERO3_RUN
 
 

@@ -74,7 +74,7 @@ def split_args(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
 
 def trained_runs() -> dict[str, dict]:
     """output.dir -> the resolved recipe of each run the README starts (`launch RECIPE ...`)."""
-    from launcher.recipe import load_recipe
+    from launcher.recipe.load import load_recipe
 
     runs = {}
     for verb, argv, _ in COMMANDS:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
-from launcher.recipe import load_recipe
+from launcher.recipe.load import load_recipe
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,7 @@ import pytest
 
 from launcher import registry
 from launcher.cli import main
-from launcher.recipe import RecipeError, load_recipe
+from launcher.recipe.load import RecipeError, load_recipe
 
 pytestmark = pytest.mark.unit
 
@@ -84,7 +84,7 @@ def test_launch_data_and_the_worker_use_the_toy_stage_spec(toy, capsys):
 
 
 TOY_WITH_A_KEY = """
-from launcher.keys import Key
+from launcher.registry import Key
 from launcher.registry import StageSpec
 
 SPEC = StageSpec(
@@ -99,7 +99,7 @@ RECIPE_WITH_TOY = f"""
 import sys
 from launcher import registry
 registry.STAGES["toy"] = "toy_stage"
-from launcher.recipe import RecipeError, load_recipe
+from launcher.recipe.load import RecipeError, load_recipe
 print(load_recipe({str(RECIPE)!r}, ["stage=toy", "train.toy_weight=2.5"])["train"]["toy_weight"])
 print(load_recipe({str(RECIPE)!r}, ["stage=toy"])["train"]["toy_weight"])
 for overrides in (["stage=toy", "train.toy_weight=-1"], ["train.toy_weight=2"]):

@@ -1,12 +1,12 @@
 """docs/recipe.md is the schema's own rendering: a key added, removed or changed in
-launcher/schema.py without regenerating the file fails here."""
+launcher/recipe/schema.py without regenerating the file fails here."""
 
 from __future__ import annotations
 
 import pytest
 
-from launcher.schema import all_keys
-from launcher.schema_doc import recipe_reference
+from launcher.recipe.schema import all_keys
+from launcher.recipe.schema_doc import recipe_reference
 from tests.conftest import ROOT, run_launch
 
 pytestmark = pytest.mark.unit

@@ -29,7 +29,7 @@ def adapter(tmp_path_factory, warm):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32)
@@ -263,7 +263,7 @@ def test_vllm_engine_prints_command_or_refuses_with_the_fix(adapter):
 def test_load_in_4bit_serves_what_chat_answers_over_the_same_4bit_model():
     """--dtype and --load-in reach the served model: its greedy answer is `launch chat`'s load_for_chat + reply
     over the same 4-bit quantization, and the server says how it loaded the weights."""
-    from launcher.chat import Sampling, load_for_chat, reply
+    from launcher.infer.chat import Sampling, load_for_chat, reply
 
     proc, url = _start("--dtype", "fp32", "--load-in", "4bit")
     try:

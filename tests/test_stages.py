@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launcher.recipe import RecipeError, load_recipe
+from launcher.recipe.load import RecipeError, load_recipe
 from tests.conftest import ROOT, free_port, run_launch
 
 TOLERANCE = 1e-6
@@ -32,11 +32,11 @@ def _trainer(recipe_file: str, overrides: list[str], tmp_path: Path):
     matrices set to seeded random values so the policy differs from the reference (adapter disabled)."""
     from transformers import AutoTokenizer
 
-    from launcher.builtin import local_model_path
     from launcher.methods import apply_method
+    from launcher.model.builtin import local_model_path
     from launcher.plan import build_plan
     from launcher.registry import TRAINERS as STAGES
-    from launcher.worker import load_model, training_arguments
+    from launcher.worker.main import load_model, training_arguments
 
     recipe = load_recipe(
         ROOT / recipe_file,
@@ -187,11 +187,11 @@ def test_kto_micro_batch_1_estimates_kl_from_the_neighbouring_row(tmp_path):
 def test_pairs_and_blocks_are_tokenized_like_sft(tmp_path):
     from transformers import AutoTokenizer
 
-    from launcher.builtin import local_model_path
     from launcher.data.blocks import build_blocks
     from launcher.data.pairs import build_kto_data, build_pair_data
     from launcher.data.pipeline import load_examples
     from launcher.data.tokenize import IGNORE_INDEX
+    from launcher.model.builtin import local_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(local_model_path("builtin:tiny-qwen2"))
     cfg = load_recipe(ROOT / "recipes/dpo_tiny.yaml")["data"]

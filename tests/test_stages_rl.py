@@ -18,7 +18,7 @@ RM_TINY = "recipes/rm_tiny.yaml"
 
 def _plan(tmp_path: Path, recipe: str, overrides: list[str]) -> dict:
     from launcher.plan import build_plan
-    from launcher.recipe import load_recipe
+    from launcher.recipe.load import load_recipe
 
     return build_plan(load_recipe(recipe, [f"output.dir={tmp_path / 'out'}", *overrides]))
 
@@ -29,10 +29,10 @@ def test_reward_loss_is_minus_logsigmoid_of_the_score_difference(tmp_path):
     -logsigmoid(r_chosen - r_rejected) averaged over pairs, r read from the score head."""
     from transformers import AutoTokenizer, TrainingArguments
 
-    from launcher.builtin import materialize
     from launcher.methods import apply_method
+    from launcher.model.builtin import materialize
     from launcher.stages.rm import build_trainer
-    from launcher.worker import load_model
+    from launcher.worker.main import load_model
 
     plan = _plan(
         tmp_path,
@@ -110,8 +110,8 @@ def _reloaded_scores(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from launcher.builtin import materialize
     from launcher.data.pairs import scored_pairs
+    from launcher.model.builtin import materialize
 
     plan = json.loads((out / "plan.json").read_text())
     base_dir = materialize(plan["recipe"]["model"]["path"])
@@ -155,7 +155,7 @@ def _starting_adapter(folder: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32)
@@ -172,7 +172,7 @@ def _logits(adapter: Path | None) -> torch.Tensor:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     model = AutoModelForCausalLM.from_pretrained(materialize("builtin:tiny-qwen2"), dtype=torch.float32)
     if adapter is not None:
@@ -220,7 +220,7 @@ def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_pat
     base, started, trained = _logits(None), _logits(start), _logits(out)
     assert not torch.allclose(base, started), "the starting adapter should differ from the base"
     assert not torch.allclose(started, trained), "the saved policy adapter holds no PPO update"
-    from launcher.builtin import materialize
+    from launcher.model.builtin import materialize
 
     hidden = json.loads((Path(materialize("builtin:tiny-qwen2")) / "config.json").read_text())["hidden_size"]
     value_head = load_file(out / "value_head.safetensors")  # initialised to zero: trained values only
@@ -258,7 +258,7 @@ def _fake_rm_output(folder: Path, model_path: str) -> Path:
     ],
 )
 def test_ppo_refuses_combinations_that_cannot_run(overrides, reason):
-    from launcher.recipe import RecipeError, load_recipe
+    from launcher.recipe.load import RecipeError, load_recipe
 
     with pytest.raises(RecipeError, match=rf"{reason}.*Fix:"):
         load_recipe("recipes/ppo_tiny.yaml", overrides)
@@ -266,7 +266,7 @@ def test_ppo_refuses_combinations_that_cannot_run(overrides, reason):
 
 @pytest.mark.unit
 def test_rm_refuses_prefix_tuning():
-    from launcher.recipe import RecipeError, load_recipe
+    from launcher.recipe.load import RecipeError, load_recipe
 
     with pytest.raises(RecipeError, match=r"method.name: prefix cannot train stage: rm.*Fix:"):
         load_recipe(RM_TINY, ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=2"])
@@ -274,7 +274,7 @@ def test_rm_refuses_prefix_tuning():
 
 @pytest.mark.unit
 def test_reward_model_must_be_a_finished_rm_run_on_the_same_base(tmp_path):
-    from launcher.recipe import RecipeError
+    from launcher.recipe.load import RecipeError
 
     with pytest.raises(RecipeError, match="no such directory.*Fix: run a stage: rm recipe first"):
         _plan(tmp_path, "recipes/ppo_tiny.yaml", [f"train.reward_model={tmp_path / 'missing'}"])

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from launcher.builtin import materialize
+from launcher.model.builtin import materialize
 from tests.conftest import run_launch
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from launcher.errors import RecipeError
-from launcher.schema import DEFAULT_MASTER_PORT, SCHEMA
+from launcher.recipe.schema import DEFAULT_MASTER_PORT, SCHEMA
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_.,+-]+")  # partition, account, job name
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+%-]+")  # #SBATCH --output: sbatch splits on spaces, expands no quotes

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from launcher.backends.lifeline import die_with_us, supervisor_env
 from launcher.backends.local import GRACE_SECONDS, Interrupted, interrupt, prebuild_ops, stop_group
 from launcher.backends.proctree import become_subreaper, kill_descendants
-from launcher.errors import RecipeError
-from launcher.recipe import listing
+from launcher.errors import RecipeError, listing
 
 CONNECT_TIMEOUT = 10  # seconds for ssh to reach a host
 POLL_SECONDS = 0.2

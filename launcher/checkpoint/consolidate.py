@@ -27,7 +27,7 @@ from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_tor
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.checkpoint.safetensors_stream import parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
-from launcher.errors import CheckpointError
+from launcher.errors import ConsolidateError
 
 ADAPTER_NAME = "default"
 COPIED_FILES = (
@@ -47,10 +47,6 @@ DEEPSPEED_GLOBALS = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
 )
-
-
-class ConsolidateError(CheckpointError):
-    """A checkpoint that cannot be consolidated; the message says why and what to do."""
 
 
 class _Opaque:

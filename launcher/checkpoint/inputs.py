@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 
 from launcher.errors import CheckpointError
-from launcher.json_object import read_json_object
+from launcher.util.json_object import read_json_object
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"

@@ -15,15 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from launcher.errors import CheckpointError
+from launcher.errors import CheckpointDamaged
 
 LAUNCHER = "llm-launcher"  # the `launcher` field: who wrote the manifest
 MANIFEST_GLOB = "launcher-manifest-node*.json"
 CHUNK = 8 << 20
-
-
-class CheckpointDamaged(CheckpointError):
-    """A checkpoint whose files do not match its manifest (or are missing, or unlisted)."""
 
 
 def manifest_name(node_rank: int) -> str:

@@ -26,16 +26,12 @@ from launcher.checkpoint.inputs import (
 )
 from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
-from launcher.dtypes import torch_dtype
-from launcher.errors import CheckpointError
+from launcher.errors import MergeError
+from launcher.model.dtypes import torch_dtype
 
 PEFT_PREFIX = "base_model.model."
 STORED_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
 LORA_KEY = re.compile(r"^(?P<module>.+)\.(?:(?P<part>lora_A|lora_B)\.weight|(?P<dora>lora_magnitude_vector))$")
-
-
-class MergeError(CheckpointError):
-    """An adapter or base that cannot be merged; the message says why and what to do."""
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -201,7 +197,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
-    from launcher.builtin import local_model_path
+    from launcher.model.builtin import local_model_path
 
     adapter = Path(adapter)
     lora_config = adapter_config(adapter)

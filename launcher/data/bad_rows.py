@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from launcher.defaults import ON_BAD_ROW
+from launcher.data.defaults import ON_BAD_ROW
 from launcher.errors import DataError
 
 log = logging.getLogger("launcher.data")

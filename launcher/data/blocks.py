@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import cached_data
+from launcher.data.defaults import WAIT_S
 from launcher.data.pipeline import load_texts
-from launcher.defaults import WAIT_S
 from launcher.errors import DataError
 
 

@@ -35,8 +35,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from launcher.data.registry import resolve_dataset
-from launcher.defaults import WAIT_S
+from launcher.data.datasets import resolve_dataset
+from launcher.data.defaults import WAIT_S
 from launcher.errors import DataError
 
 log = logging.getLogger("launcher.data")
@@ -57,7 +57,7 @@ class Tokenized:
 
 def default_cache_dir() -> Path:
     """`$LAUNCHER_CACHE/data` if LAUNCHER_CACHE is set, else ~/.cache/llm-launcher/data."""
-    from launcher.builtin import default_cache_dir as builtin_cache
+    from launcher.model.builtin import default_cache_dir as builtin_cache
 
     return builtin_cache().parent / "data"
 

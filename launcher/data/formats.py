@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from launcher.data.datasets import DatasetSpec
 from launcher.data.readers import Row
-from launcher.data.registry import DatasetSpec
 from launcher.errors import DataError
 
 Message = dict

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import templated_data
+from launcher.data.defaults import TEMPLATE, WAIT_S
 from launcher.data.pipeline import load_examples
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation
-from launcher.defaults import TEMPLATE, WAIT_S
 
 NO_CUTOFF = 1 << 30  # encode whole; the cutoff is applied to prompt + reply below
 

@@ -11,10 +11,10 @@ import numpy as np
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import templated_data
+from launcher.data.defaults import TEMPLATE, WAIT_S
 from launcher.data.formats import Example, to_example, to_text
 from launcher.data.rows import dataset_items
 from launcher.data.tokenize import Encoded, encode_conversations
-from launcher.defaults import TEMPLATE, WAIT_S
 
 
 @dataclass

@@ -29,7 +29,7 @@ def load_tokenizer(model_cfg: dict):
     """The recipe's tokenizer; a builtin model's committed tokenizer needs no weights built."""
     from transformers import AutoTokenizer
 
-    from launcher.builtin import builtin_source_dir, is_builtin
+    from launcher.model.builtin import builtin_source_dir, is_builtin
 
     path = builtin_source_dir(model_cfg["path"]) if is_builtin(model_cfg["path"]) else model_cfg["path"]
     return AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg["trust_remote_code"])

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import templated_data
+from launcher.data.datasets import resolve_dataset
+from launcher.data.defaults import WAIT_S
 from launcher.data.kinds import PROMPT_KINDS
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import load_examples
-from launcher.data.registry import resolve_dataset
 from launcher.data.rows import require_kind
-from launcher.defaults import WAIT_S
 
 
 @dataclass

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
 from launcher.data.bad_rows import BadRows
+from launcher.data.datasets import DatasetSpec, resolve_dataset
 from launcher.data.kinds import KIND_NEEDS
 from launcher.data.readers import Row, iter_file
-from launcher.data.registry import DatasetSpec, resolve_dataset
 from launcher.errors import DataError
 
 SAMPLE_SEED = 0  # num_samples draws the same rows on every run and rank

@@ -20,10 +20,10 @@ import json
 import re
 from dataclasses import dataclass
 
+from launcher.data.defaults import TEMPLATE
 from launcher.data.formats import is_reply
 from launcher.data.gc_pause import gc_paused
 from launcher.data.templates import TEMPLATES, Span, no_chat_template_message
-from launcher.defaults import TEMPLATE
 from launcher.errors import DataError
 
 IGNORE_INDEX = -100

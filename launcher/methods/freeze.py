@@ -10,7 +10,7 @@ from collections import defaultdict
 from torch import nn
 
 from launcher.errors import MethodError
-from launcher.module_names import freeze_error, freeze_trainable
+from launcher.model.module_names import freeze_error, freeze_trainable
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str, int]:

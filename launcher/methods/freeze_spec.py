@@ -1,9 +1,8 @@
 """Method freeze: the last (or first) N decoder layers train, the rest stays frozen."""
 
-from launcher.keys import Key
-from launcher.memory import Shape, Tensor, layer_list_name
-from launcher.module_names import freeze_error, freeze_trainable, layer_list, model_layer_count
-from launcher.registry import MethodSpec, Refuse
+from launcher.model.module_names import freeze_error, freeze_trainable, layer_list, model_layer_count
+from launcher.model.shape import Shape, Tensor, layer_list_name
+from launcher.registry import Key, MethodSpec, Refuse
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:

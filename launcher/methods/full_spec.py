@@ -1,6 +1,6 @@
 """Method full: every parameter trains."""
 
-from launcher.memory import Shape, Tensor
+from launcher.model.shape import Shape, Tensor
 from launcher.registry import MethodSpec
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from launcher.checkpoint.paths import PISSA_INIT_DIR
 from launcher.errors import MethodError
-from launcher.module_names import lora_targets_error
+from launcher.model.module_names import lora_targets_error
 from launcher.registry import SCORE_HEAD, stage_spec
 
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to

@@ -1,9 +1,8 @@
 """Method lora: a PEFT LoRA adapter (variants DoRA, rsLoRA, PiSSA; LoRA+; over a k-bit base, QLoRA)."""
 
-from launcher.keys import Key
-from launcher.memory import Shape, Tensor
-from launcher.module_names import lora_targets_error, matches, missing_modules_error
-from launcher.registry import MethodSpec, Refuse
+from launcher.model.module_names import lora_targets_error, matches, missing_modules_error
+from launcher.model.shape import Shape, Tensor
+from launcher.registry import Key, MethodSpec, Refuse
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:

@@ -1,8 +1,7 @@
 """Method prefix: trainable key/value prefixes in every layer (PEFT prefix tuning / P-tuning v2)."""
 
-from launcher.keys import Key
-from launcher.memory import Shape, Tensor
-from launcher.registry import MethodSpec, Refuse
+from launcher.model.shape import Shape, Tensor
+from launcher.registry import Key, MethodSpec, Refuse
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:

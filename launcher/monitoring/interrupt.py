@@ -22,8 +22,8 @@ import signal
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from launcher.callbacks import all_reduce
 from launcher.errors import RunStopped
+from launcher.monitoring.throughput import all_reduce
 
 
 class StoppedBySignal(RunStopped):

@@ -7,7 +7,7 @@ import json
 import socket
 import sys
 
-from launcher.schema import DEFAULT_MASTER_PORT
+from launcher.recipe.schema import DEFAULT_MASTER_PORT
 
 
 def master_port(port: int | str, nnodes: int) -> int:

@@ -7,17 +7,17 @@ import os
 from pathlib import Path
 
 from launcher.errors import RecipeError
-from launcher.memory import fit_refusal
 from launcher.plan.argv import _node_argv, master_port
 from launcher.plan.deepspeed import deepspeed_config
 from launcher.plan.devices import CPU_PROCESSES, _check_nproc, detect_gpus
 from launcher.plan.env import _environment
 from launcher.plan.files import node_plan_file
 from launcher.plan.inputs import _check_datasets, _check_stage_inputs
+from launcher.plan.memory import fit_refusal
 from launcher.plan.memory_fit import _memory_plan
 from launcher.plan.precision import _check_device, _kernel_plan, resolve_dtype
-from launcher.preflight import check as check_preflight
-from launcher.preflight import model_source
+from launcher.plan.preflight import check as check_preflight
+from launcher.plan.preflight import model_source
 
 PLAN_VERSION = 1
 
@@ -50,7 +50,7 @@ def build_plan(
         _check_nproc(nproc, gpus)
     hosts = None
     if dist["hostfile"] is not None:
-        from launcher.hostfile import hostfile_hosts
+        from launcher.plan.hostfile import hostfile_hosts
 
         hosts = hostfile_hosts(dist, Path(cwd or os.getcwd(), dist["hostfile"]), include, exclude)
         nproc = hosts[0].slots

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launcher.builtin import builtin_config_path, is_builtin
-from launcher.ds_user_config import RUNTIME_AUTO, user_template
-from launcher.memory import model_shape
+from launcher.model.builtin import builtin_config_path, is_builtin
+from launcher.model.shape import model_shape
+from launcher.recipe.ds_user_config import RUNTIME_AUTO, user_template
 
 DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"  # package data: a wheel carries it
 

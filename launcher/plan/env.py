@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from launcher.builtin import is_builtin
+from launcher.model.builtin import is_builtin
 
 
 def torch_extensions_dir() -> str:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from launcher.planfile import plan_copies_dir, private_dir, write_new
+from launcher.plan.store import plan_copies_dir, private_dir, write_new
 
 
 def node_plan_file(output_dir: str, node_rank: int) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import shlex
 
-from launcher.ds_user_config import describe
 from launcher.kernels.choice import format_kernels
-from launcher.memory import format_memory
-from launcher.preflight import format_model_source
+from launcher.plan.memory import format_memory
+from launcher.plan.preflight import format_model_source
+from launcher.recipe.ds_user_config import describe
 
 
 def format_plan(plan: dict) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launcher.data.registry import resolve_dataset
+from launcher.data.datasets import resolve_dataset
 from launcher.errors import DataError, RecipeError
 
 

@@ -1,12 +1,12 @@
-"""The memory estimate of a plan and `distributed.zero: auto` resolved by it (launcher/memory.py estimates)."""
+"""The memory estimate of a plan and `distributed.zero: auto` resolved by it (launcher/plan/memory.py estimates)."""
 
 from __future__ import annotations
 
 from launcher.errors import RecipeError
-from launcher.memory import estimate as estimate_memory
-from launcher.memory import pick_auto
 from launcher.plan.devices import host_memory_gb
-from launcher.recipe import combination_error
+from launcher.plan.memory import estimate as estimate_memory
+from launcher.plan.memory import pick_auto
+from launcher.recipe.load import combination_error
 
 
 def _memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dict, dict]:

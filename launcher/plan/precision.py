@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from launcher.errors import RecipeError
 from launcher.kernels.choice import kernel_plan
-from launcher.memory import model_shape
+from launcher.model.shape import model_shape
 
 
 def resolve_dtype(dtype: str, gpus: dict) -> str:

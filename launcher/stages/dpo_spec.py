@@ -1,7 +1,6 @@
 """Stage dpo: DPO and its pairwise variants (train.pref_loss) on preference pairs."""
 
-from launcher.keys import Key
-from launcher.registry import Refuse, StageSpec
+from launcher.registry import Key, Refuse, StageSpec
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:

@@ -1,7 +1,6 @@
 """Stage kto: unpaired replies tagged desirable or not."""
 
-from launcher.keys import Key
-from launcher.registry import StageSpec
+from launcher.registry import Key, StageSpec
 from launcher.stages.dpo_spec import PREF_BETA
 
 KEYS = {  # train.*

@@ -217,7 +217,7 @@ class PPOTrainer(TrainerHooks, Trainer):
         rollout["advantages"] = whiten(advantages, rollout["reply_mask"])
         if hasattr(
             self.data_collator, "add"
-        ):  # the worker's consumed-token counter (launcher.callbacks.ConsumedCounts)
+        ):  # the worker's consumed-token counter (launcher.monitoring.throughput.ConsumedCounts)
             self.data_collator.add(rollout_counts(prompt_mask, mask))
         rollout["prompts"] = prompts
         rollout["metrics"] = {
@@ -321,7 +321,7 @@ def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[PPOTrainer, dict]:
     """The PPO trainer over the recipe's prompts, rewarded by train.reward_model, and a summary of its data."""
-    from launcher.builtin import local_model_path
+    from launcher.model.builtin import local_model_path
 
     recipe = plan["recipe"]
     data_cfg, train = recipe["data"], recipe["train"]

@@ -1,8 +1,7 @@
 """Stage ppo (RLHF): a LoRA policy samples replies to prompts, scored by an rm run's model."""
 
 from launcher.data.kinds import PROMPT_KINDS
-from launcher.keys import Key
-from launcher.registry import Refuse, StageSpec
+from launcher.registry import Key, Refuse, StageSpec
 from launcher.stages.rm_spec import refuse_packing
 
 

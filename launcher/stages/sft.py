@@ -9,9 +9,9 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
 from launcher.data.pipeline import sft_data
 from launcher.data.splits import train_and_eval
-from launcher.dtypes import torch_dtype
-from launcher.eval_generate import install as install_generate_metrics
+from launcher.infer.eval_callback import install as install_generate_metrics
 from launcher.kernels.trainer import lm_trainer
+from launcher.model.dtypes import torch_dtype
 
 
 def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:

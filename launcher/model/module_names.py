@@ -13,7 +13,7 @@ import re
 import struct
 from pathlib import Path
 
-from launcher.builtin import builtin_config_path, is_builtin
+from launcher.model.builtin import builtin_config_path, is_builtin
 
 HEADER_LIMIT = 100 * 1024 * 1024  # a header larger than this is no safetensors file
 
@@ -31,7 +31,7 @@ def parameter_shapes(model_path: str) -> dict[str, list[int]] | None:
     """Parameter name -> shape of a builtin model or a local folder of safetensors; None where unknown
     without loading (a hub id, .bin weights, an architecture the planner does not know)."""
     if is_builtin(model_path):
-        from launcher.memory import base_tensors, shape_from_config
+        from launcher.model.shape import base_tensors, shape_from_config
 
         shape = shape_from_config(json.loads(builtin_config_path(model_path).read_text()))
         return {t.name: [t.rows, t.cols] if t.cols > 1 else [t.rows] for t in base_tensors(shape)}

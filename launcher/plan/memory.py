@@ -10,11 +10,9 @@ bench/methods.py (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from launcher.builtin import builtin_config_path, is_builtin
+from launcher.model.shape import Shape, Tensor, base_tensors, model_shape
 from launcher.registry import method_spec
 
 GIB = 1024**3
@@ -28,153 +26,6 @@ OVERHEAD_GB = {"cuda": 1.0, "cpu": 0.39}
 # stage3_max_live_parameters of ds_configs/zero3*.json (tests/test_memory.py keeps them equal)
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 AUTO_ORDER = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"))
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What the planner needs of a decoder-only transformer."""
-
-    family: str  # "llama" (Llama, Qwen2, Mistral naming) or "chatglm"
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool  # output head shares the input embedding
-    qkv_bias: bool
-    head_dim: int = 0  # 0: hidden // heads
-
-    @property
-    def kv_dim(self) -> int:
-        return (self.head_dim or self.hidden // self.heads) * self.kv_heads
-
-    @property
-    def q_dim(self) -> int:
-        return (self.head_dim or self.hidden // self.heads) * self.heads
-
-
-# Shapes of common hub models (from their config.json), so `launch plan` answers offline.
-KNOWN_SHAPES = {
-    "Qwen/Qwen2-0.5B": Shape("llama", 24, 896, 4864, 14, 2, 151936, True, True),
-    "Qwen/Qwen2-1.5B": Shape("llama", 28, 1536, 8960, 12, 2, 151936, True, True),
-    "Qwen/Qwen2-7B": Shape("llama", 28, 3584, 18944, 28, 4, 152064, False, True),
-    "Qwen/Qwen2-72B": Shape("llama", 80, 8192, 29568, 64, 8, 152064, False, True),
-    "meta-llama/Meta-Llama-3-8B": Shape("llama", 32, 4096, 14336, 32, 8, 128256, False, False),
-    "meta-llama/Meta-Llama-3-70B": Shape("llama", 80, 8192, 28672, 64, 8, 128256, False, False),
-    "THUDM/chatglm3-6b": Shape("chatglm", 28, 4096, 13696, 32, 2, 65024, False, True),
-}
-
-
-def shape_from_config(config: dict) -> Shape | None:
-    """The Shape of a config.json, or None for a layout the planner does not know."""
-    if config.get("model_type") == "chatglm":
-        return Shape(
-            "chatglm",
-            config["num_layers"],
-            config["hidden_size"],
-            config["ffn_hidden_size"],
-            config["num_attention_heads"],
-            config.get("multi_query_group_num", config["num_attention_heads"]),
-            config["padded_vocab_size"],
-            False,
-            config.get("add_qkv_bias", False),
-            config.get("kv_channels", 0),
-        )
-    needed = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
-    if not all(isinstance(config.get(k), int) for k in needed):
-        return None
-    return Shape(
-        "llama",
-        config["num_hidden_layers"],
-        config["hidden_size"],
-        config["intermediate_size"],
-        config["num_attention_heads"],
-        config.get("num_key_value_heads") or config["num_attention_heads"],
-        config["vocab_size"],
-        bool(config.get("tie_word_embeddings", False)),
-        config.get("model_type") == "qwen2" or bool(config.get("attention_bias", False)),
-        config.get("head_dim") or 0,
-    )
-
-
-def model_shape(model_path: str) -> tuple[Shape | None, str]:
-    """(shape, where it came from): builtin or local config.json first, then the table."""
-    config_file = builtin_config_path(model_path) if is_builtin(model_path) else Path(model_path) / "config.json"
-    if config_file.is_file():
-        return shape_from_config(json.loads(config_file.read_text())), str(config_file)
-    for name, shape in KNOWN_SHAPES.items():
-        if model_path.startswith(name):
-            return shape, f"table: {name}"
-    return None, "unknown (no local config.json, not in the table of known models)"
-
-
-@dataclass(frozen=True)
-class Tensor:
-    name: str  # dotted parameter name, as the model names it
-    rows: int
-    cols: int = 1
-    linear: bool = False  # a decoder-layer linear weight: LoRA target, quantized by bitsandbytes
-
-    @property
-    def numel(self) -> int:
-        return self.rows * self.cols
-
-
-def layer_list_name(shape: Shape) -> str:
-    """The dotted name of the decoder-layer list its parameter names start with."""
-    return "transformer.encoder.layers" if shape.family == "chatglm" else "model.layers"
-
-
-def _layer_prefix(shape: Shape, i: int) -> str:
-    return f"{layer_list_name(shape)}.{i}."
-
-
-def _layer_tensors(shape: Shape, i: int) -> list[Tensor]:
-    h, inter, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
-    p = _layer_prefix(shape, i)
-    if shape.family == "chatglm":
-        out = [
-            Tensor(p + "input_layernorm.weight", h),
-            Tensor(p + "self_attention.query_key_value.weight", q + 2 * kv, h, True),
-            Tensor(p + "self_attention.dense.weight", h, q, True),
-            Tensor(p + "post_attention_layernorm.weight", h),
-            Tensor(p + "mlp.dense_h_to_4h.weight", 2 * inter, h, True),
-            Tensor(p + "mlp.dense_4h_to_h.weight", h, inter, True),
-        ]
-        if shape.qkv_bias:
-            out.append(Tensor(p + "self_attention.query_key_value.bias", q + 2 * kv))
-        return out
-    out = [Tensor(p + "input_layernorm.weight", h), Tensor(p + "post_attention_layernorm.weight", h)]
-    for name, rows, cols in (
-        ("self_attn.q_proj", q, h),
-        ("self_attn.k_proj", kv, h),
-        ("self_attn.v_proj", kv, h),
-        ("self_attn.o_proj", h, q),
-        ("mlp.gate_proj", inter, h),
-        ("mlp.up_proj", inter, h),
-        ("mlp.down_proj", h, inter),
-    ):
-        out.append(Tensor(p + name + ".weight", rows, cols, True))
-        if shape.qkv_bias and name[-6:] in ("q_proj", "k_proj", "v_proj"):
-            out.append(Tensor(p + name + ".bias", rows))
-    return out
-
-
-def base_tensors(shape: Shape) -> list[Tensor]:
-    """Every parameter tensor of the base model (tied output head counted once)."""
-    h, v = shape.hidden, shape.vocab
-    if shape.family == "chatglm":
-        outer = [
-            Tensor("transformer.embedding.word_embeddings.weight", v, h),
-            Tensor("transformer.encoder.final_layernorm.weight", h),
-            Tensor("transformer.output_layer.weight", v, h),
-        ]
-    else:
-        outer = [Tensor("model.embed_tokens.weight", v, h), Tensor("model.norm.weight", h)]
-        if not shape.tied:
-            outer.append(Tensor("lm_head.weight", v, h))
-    return [t for i in range(shape.layers) for t in _layer_tensors(shape, i)] + outer
 
 
 def parameter_split(shape: Shape, method: dict) -> tuple[list[Tensor], list[Tensor]]:

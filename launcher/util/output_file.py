@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.errors import RecipeError
-from launcher.output_dir import overlap
+from launcher.util.paths import overlap
 
 
 def check_output_file(option: str, path: str, inputs: list[tuple[str, str | Path]], force: bool) -> Path:

@@ -2,12 +2,12 @@
 
 Usage (from the repository root)::
 
-    python -m launcher.builtin.train_tokenizer            # rewrite the tokenizer files
-    python -m launcher.builtin.train_tokenizer --check    # exit 1 if they are stale
+    python -m launcher.model.builtin.train_tokenizer            # rewrite the tokenizer files
+    python -m launcher.model.builtin.train_tokenizer --check    # exit 1 if they are stale
 
-Inputs: every ``*.txt`` file in ``launcher/builtin/corpus/`` (sorted by name) plus the text
+Inputs: every ``*.txt`` file in ``launcher/model/builtin/corpus/`` (sorted by name) plus the text
 of ``data/demo_sft.json`` (instruction, input, output, system, history). Outputs:
-``launcher/builtin/tiny_qwen2/tokenizer.json`` and ``tokenizer_config.json``. Training is
+``launcher/model/builtin/tiny_qwen2/tokenizer.json`` and ``tokenizer_config.json``. Training is
 deterministic: the same inputs give byte-identical files (``--check`` relies on that).
 
 Design notes
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parents[1]
+REPO_ROOT = PACKAGE_DIR.parents[2]
 CORPUS_DIR = PACKAGE_DIR / "corpus"
 DEFAULT_DATASET = REPO_ROOT / "data" / "demo_sft.json"
 OUT_DIR = PACKAGE_DIR / "tiny_qwen2"
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.out / name).exists() or (args.out / name).read_text(encoding="utf-8") != text
         ]
         if stale:
-            print(f"stale: {', '.join(stale)}; run python -m launcher.builtin.train_tokenizer", file=sys.stderr)
+            print(f"stale: {', '.join(stale)}; run python -m launcher.model.builtin.train_tokenizer", file=sys.stderr)
             return 1
         print("tokenizer files are up to date")
         return 0

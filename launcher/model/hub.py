@@ -163,15 +163,11 @@ def download(
 
 
 def fetch(target: str, hub: str | None, revision: str | None, cache_dir: str | None) -> str:
-    """`launch download TARGET`: TARGET is a hub id or a recipe (its model.path and model.hub; --hub wins).
-    Refusals (bad arguments, offline, no modelscope package) come before any network use. Returns what to print."""
-    from launcher.builtin import is_builtin
+    """`launch download TARGET`: TARGET is a hub id or a local folder (the CLI reads a recipe's model.path and
+    model.hub). Refusals (bad arguments, offline, no modelscope package) come before any network use. Returns
+    what to print."""
+    from launcher.model.builtin import is_builtin
 
-    if target.endswith((".yaml", ".yml")) and Path(target).is_file():
-        from launcher.recipe import load_recipe
-
-        model = load_recipe(target)["model"]
-        target, hub = model["path"], hub or model["hub"]
     hub = hub or "huggingface"
     if is_builtin(target):
         return f"[launch] {target} is embedded in the launcher: nothing to download"

@@ -1,7 +1,7 @@
 """The end of `make demo`: a few training prompts answered by the base model and by the tuned one,
 beside the answer the data taught, so a reader sees what the run learned.
 
-    python -m launcher.demo recipes/demo_tiny.yaml [--prompts 3]
+    python -m launcher.infer.demo recipes/demo_tiny.yaml [--prompts 3]
 
 The recipe's own model, data and output.dir are used; the adapter is switched off for the
 "before" answer (PEFT's disable_adapter), so both come from one loaded model.
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from launcher.errors import RecipeError
-from launcher.recipe import load_recipe
+from launcher.recipe.load import load_recipe
 
 
 def similarity(answer: str, reference: str) -> float:
@@ -25,8 +25,8 @@ def similarity(answer: str, reference: str) -> float:
 
 def before_and_after(recipe: dict, count: int) -> list[dict]:
     """For the first `count` training examples: prompt, taught answer, base answer, tuned answer."""
-    from launcher.chat import Sampling, load_for_chat, reply
     from launcher.data.pipeline import load_examples
+    from launcher.infer.chat import Sampling, load_for_chat, reply
 
     examples = load_examples(recipe["data"]["datasets"], recipe["data"])[:count]
     model, tokenizer = load_for_chat(recipe["model"]["path"], recipe["output"]["dir"])
@@ -51,7 +51,7 @@ def before_and_after(recipe: dict, count: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m launcher.infer.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="the recipe the demo trained (its output.dir holds the adapter)")
     parser.add_argument("--prompts", type=int, default=3, help="training prompts to show")
     args = parser.parse_args(argv)

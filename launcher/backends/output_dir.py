@@ -15,10 +15,11 @@ import shutil
 import time
 from pathlib import Path
 
-from launcher.builtin import builtin_name, default_cache_dir, fingerprint, is_builtin
 from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
-from launcher.data.registry import dataset_source
+from launcher.data.datasets import dataset_source
 from launcher.errors import RecipeError
+from launcher.model.builtin import builtin_name, default_cache_dir, fingerprint, is_builtin
+from launcher.util.paths import overlap
 
 MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
 MARKER_VERSION = 1
@@ -107,15 +108,6 @@ def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
     for key in ("datasets", "eval_datasets"):
         inputs += [(f"data.{key}", dataset_source(name, data["dataset_dir"])) for name in data[key]]
     return inputs
-
-
-def overlap(a: Path, b: Path) -> str | None:
-    """How folder a stands to path b: 'is', 'contains', 'lies inside', or None."""
-    if a == b:
-        return "is"
-    if a in b.parents:
-        return "contains"
-    return "lies inside" if b in a.parents else None
 
 
 def check_apart(recipe: dict, output_dir: str) -> None:

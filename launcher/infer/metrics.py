@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from launcher.errors import LauncherError
+from launcher.errors import MetricsUnavailable
 
 NAMES = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
-
-
-class MetricsUnavailable(LauncherError):
-    """A scoring library that is not installed; the message names the pip extra."""
 
 
 def _libraries():

@@ -14,24 +14,16 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import RecipeError
-from launcher.recipe_yaml import YamlRefusal, load_yaml_text
+from launcher.errors import RecipeError, listing
+from launcher.recipe.schema import SCHEMA, Key, all_keys
+from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.registry import method_spec, methods_with, stage_spec
-from launcher.schema import SCHEMA, Key, all_keys
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
 # failing inside a worker after the processes have started.
 NOT_YET: dict[str, set] = {}
 
 FLAT = all_keys()
-
-
-def listing(items, limit: int = 8, sep: str = ", ") -> str:
-    """'a, b, c' for a message, capped: a hostfile of 500 hosts or a section's every key would
-    bury the one line that says what is wrong."""
-    items = [str(i) for i in items]
-    shown = sep.join(items[:limit])
-    return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _where(origins: dict[str, str], key: str) -> str:
@@ -114,7 +106,7 @@ def _suggest(key: str) -> str:
     same_leaf = [k for k in FLAT if k.rsplit(".", 1)[-1] == leaf]
     if same_leaf:
         return f" Did you mean {same_leaf[0]}? ({leaf} belongs in {same_leaf[0].rsplit('.', 1)[0]})"
-    from launcher.import_lf import lf_hint
+    from launcher.recipe.import_lf import lf_hint
 
     if lf_hint(leaf):  # a LLaMA-Factory argument name
         return (
@@ -389,7 +381,9 @@ def _expand_shorthands(raw: dict, origins: dict[str, str]) -> None:
 
 def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
     """Defaults that follow from another key the user set: plain DDP means ZeRO off; one node without a hostfile."""
-    from launcher.ds_user_config import adopt_zero  # a user's DeepSpeed JSON decides ZeRO where the recipe does not
+    from launcher.recipe.ds_user_config import (
+        adopt_zero,  # a user's DeepSpeed JSON decides ZeRO where the recipe does not
+    )
 
     for line in adopt_zero(resolved, origins, lambda key: _where(origins, key)):
         _note(line)

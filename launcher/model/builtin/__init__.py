@@ -15,7 +15,7 @@ planner can call :func:`is_builtin` and :func:`builtin_config_path`.
 Cache layout::
 
     $LAUNCHER_CACHE/builtin/<name>-<fingerprint>/      (if LAUNCHER_CACHE is set)
-    ~/.cache/llm-launcher/builtin/<name>-<fingerprint>/ (otherwise)
+    ~/.cache/llm-launcher/model/builtin/<name>-<fingerprint>/ (otherwise)
 
 ``<fingerprint>`` is the first 12 hex digits of a SHA-256 over :data:`BUILD_VERSION`, the
 seed, the model name and the bytes of every committed file of the model, so editing the
@@ -113,7 +113,7 @@ def fingerprint(path: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$LAUNCHER_CACHE/builtin`` if LAUNCHER_CACHE is set, else ``~/.cache/llm-launcher/builtin``."""
+    """``$LAUNCHER_CACHE/builtin`` if LAUNCHER_CACHE is set, else ``~/.cache/llm-launcher/model/builtin``."""
     root = os.environ.get("LAUNCHER_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "llm-launcher"
     return base / "builtin"

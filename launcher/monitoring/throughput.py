@@ -199,7 +199,7 @@ def install_monitoring(trainer, plan: dict, rank: int, terminal: bool, width: in
     guard, which the worker asks whether the run was stopped."""
     from transformers import PrinterCallback
 
-    from launcher.dtypes import torch_dtype
+    from launcher.model.dtypes import torch_dtype
     from launcher.monitoring.flops import model_flops
     from launcher.monitoring.health import BadStepGuard
     from launcher.monitoring.history import HistoryCallback

@@ -14,15 +14,11 @@ from pathlib import Path
 
 from launcher.checkpoint.inputs import adapter_config, read_json, run_plan, safetensors_files
 from launcher.compat import bnb_cpu_kernel_where_it_fits
+from launcher.data.defaults import TEMPLATE
 from launcher.data.templates import TEMPLATES
-from launcher.defaults import TEMPLATE
-from launcher.dtypes import torch_dtype
-from launcher.errors import CheckpointError, LauncherError
-from launcher.schema import TEMPLATE_ALIASES
-
-
-class ChatError(LauncherError):
-    """Bad chat input (a malformed row, sampling flags without --do-sample); the message names it."""
+from launcher.errors import ChatError, CheckpointError
+from launcher.model.dtypes import torch_dtype
+from launcher.recipe.schema import TEMPLATE_ALIASES
 
 
 @dataclass
@@ -129,7 +125,7 @@ def load_for_chat(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launcher.builtin import local_model_path
+    from launcher.model.builtin import local_model_path
 
     model_dir = local_model_path(model_path)
     if adapter:

@@ -15,14 +15,10 @@ from typing import Any, Callable
 
 import yaml
 
-from launcher.errors import LauncherError
-from launcher.schema import SCHEMA, TEMPLATES, all_keys
+from launcher.errors import LFImportError
+from launcher.recipe.schema import SCHEMA, TEMPLATES, all_keys
 
 FLAT_KEYS = all_keys()
-
-
-class LFImportError(LauncherError):
-    """An LF file that cannot be read at all; the message names it and the fix."""
 
 
 Setter = Callable[[Any, dict], dict]  # (LF value, whole LF config) -> {dotted recipe key: value}
@@ -166,7 +162,7 @@ def _deepspeed(value: Any, lf: dict, base: Path | None = None) -> dict:
     if base is not None and not path.is_absolute():
         path = base / path
     if path.is_file():
-        from launcher.ds_user_config import zero_and_offload
+        from launcher.recipe.ds_user_config import zero_and_offload
 
         try:
             stage, offload = zero_and_offload(json.loads(path.read_text()))

@@ -18,12 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.chat import Sampling, chat_template, encode_prompt, load_for_chat
-from launcher.errors import LauncherError
-
-
-class ServeError(LauncherError):
-    """Bad serve arguments (an adapter that is not one, a missing vLLM); the message names the fix."""
+from launcher.errors import ServeError
+from launcher.infer.chat import Sampling, chat_template, encode_prompt, load_for_chat
 
 
 @dataclass

@@ -18,11 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher.errors import LauncherError
-
-
-class EvalError(LauncherError):
-    """Bad eval input (no eval data, no model); the message names the fix."""
+from launcher.errors import EvalError
 
 
 @dataclass
@@ -35,7 +31,7 @@ class Job:
 
 
 def generation_sampling(generation: dict):
-    from launcher.chat import Sampling
+    from launcher.infer.chat import Sampling
 
     sample = generation["do_sample"]
     return Sampling(
@@ -51,11 +47,11 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
     """(replies, tokens generated, seconds generating) for these prompts, in their order."""
     from transformers import set_seed
 
-    from launcher.chat import chat_template, load_for_chat, reply_batch
+    from launcher.infer.chat import chat_template, load_for_chat, reply_batch
 
     template = chat_template(job.model, job.adapter)[0]  # prompts rendered as the run trained
     if job.generation["engine"] == "vllm":
-        from launcher.eval_vllm import predict_vllm
+        from launcher.infer.eval_vllm import predict_vllm
 
         started = time.perf_counter()  # vLLM's engine start counts: it is part of generating with it
         replies, tokens = predict_vllm(
@@ -104,7 +100,10 @@ def _run_shards(
             env["CUDA_VISIBLE_DEVICES"] = visible[rank % len(visible)] if visible else str(rank)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "launcher.evaluate", str(shard)], env=env, stderr=subprocess.PIPE, text=True
+                [sys.executable, "-m", "launcher.infer.evaluate", str(shard)],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         )
     deadline = time.monotonic() + timeout_s
@@ -134,8 +133,8 @@ def evaluate(
     recipe: dict, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None, processes: int
 ) -> dict:
     """Predict every eval row, score it; returns predict_results.json's content."""
-    from launcher.eval_vllm import choose_engine
-    from launcher.metrics import similarity
+    from launcher.infer.eval_vllm import choose_engine
+    from launcher.infer.metrics import similarity
 
     engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
     datasets = datasets or recipe["data"]["eval_datasets"]

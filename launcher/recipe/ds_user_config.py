@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from launcher.errors import RecipeError
-from launcher.json_object import read_json_object
+from launcher.util.json_object import read_json_object
 
 KEY = "distributed.deepspeed_config"
 # "auto" values the HF Trainer fills once it knows the number of training steps (trainer_config_finalize)

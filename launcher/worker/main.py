@@ -14,9 +14,9 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launcher import quiet
-from launcher.elastic import isolate_restart_attempt
 from launcher.registry import SCORE_HEAD, TRAINERS, stage_spec
+from launcher.util import quiet
+from launcher.worker.elastic import isolate_restart_attempt
 
 
 def training_arguments(plan: dict):
@@ -70,7 +70,7 @@ def training_arguments(plan: dict):
 def load_model(plan: dict, model_dir: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from launcher.dtypes import torch_dtype
+    from launcher.model.dtypes import torch_dtype
 
     recipe = plan["recipe"]
     dtype = torch_dtype(plan["dtype"])
@@ -139,8 +139,8 @@ def load(plan: dict, rank: int) -> tuple:
     """(TrainingArguments, the model with its method applied, the tokenizer): the process group is up after it."""
     from transformers import AutoTokenizer, set_seed
 
-    from launcher.builtin import local_model_path
     from launcher.methods import apply_method, call_hook, count_parameters
+    from launcher.model.builtin import local_model_path
 
     recipe = plan["recipe"]
     # before DeepSpeed is configured: builds on one device; model_dir: a ModelScope download (preflight.ensure_model)
@@ -186,8 +186,8 @@ def make_callbacks(plan: dict, rank: int) -> tuple:
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    from launcher.callbacks import FaultInjectionCallback
     from launcher.monitoring.interrupt import StopOnSignal
+    from launcher.monitoring.throughput import FaultInjectionCallback
 
     recipe = plan["recipe"]
     stop = StopOnSignal(rank)  # SIGTERM: checkpoint at the next step end, then leave
@@ -215,9 +215,9 @@ def train_and_save(
     width: int | None,
 ) -> None:
     """The stage's trainer over the callbacks, checkpoints, training, then the final model in output.dir."""
-    from launcher.callbacks import install_monitoring
     from launcher.methods import call_hook
     from launcher.monitoring.interrupt import StoppedBySignal
+    from launcher.monitoring.throughput import install_monitoring
 
     recipe = plan["recipe"]
     trainer, summary = TRAINERS[recipe["stage"]](plan, args, model, tokenizer, callbacks)
@@ -264,7 +264,7 @@ def train_and_save(
         print(f"[launcher] saved to {plan['output_dir']}", flush=True)
 
 
-quiet.install()  # known-harmless dependency messages (launcher/quiet.py), before anything logs them
+quiet.install()  # known-harmless dependency messages (launcher/util/quiet.py), before anything logs them
 
 
 @record
@@ -273,12 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", required=True, help="plan.json written by `launch`")
     parsed = parser.parse_args(argv)
     from launcher.errors import TAG, LauncherError, RunStopped, worker_error_line
-    from launcher.planfile import read_own
+    from launcher.plan.store import read_own
 
     code = 0
     try:
         plan = json.loads(read_own(parsed.plan))  # not our plan (RecipeError): run nothing from it
-        from launcher.lean_imports import skip_unused_libraries
+        from launcher.worker.lean_imports import skip_unused_libraries
 
         skip_unused_libraries(plan["recipe"])
         from launcher.monitoring.ranklog import start_rank_log

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from launcher import registry
+from launcher.data.defaults import ON_BAD_ROW, TEMPLATE, TIMEOUT_MINUTES
 from launcher.data.templates import TEMPLATES as REGISTERED_TEMPLATES
-from launcher.keys import Key
+from launcher.registry import Key
 
 DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
 # the registries' names, as live views: a stage or method registered later is a valid choice too
@@ -42,7 +43,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "path": Key("str", None, "a hub id, a local model dir, or builtin:tiny-qwen2 (the small embedded test model)"),
         "template": Key(
             "str",
-            "auto",
+            TEMPLATE,
             "chat template: auto = the tokenizer's chat_template (right for any model that ships "
             "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
             choices=TEMPLATES,
@@ -116,7 +117,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_samples": Key("int", None, "use at most this many examples per dataset", nullable=True, low=1),
         "on_bad_row": Key(
             "str",
-            "error",
+            ON_BAD_ROW,
             "a malformed row (bad JSON, missing column, wrong role order): error names it, skip drops it and counts it in the log",
             choices=("error", "skip"),
         ),
@@ -264,7 +265,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             high=65535,
         ),
         "max_restarts": Key("int", 0, "torchrun restarts of the whole worker group", low=0),
-        "timeout_minutes": Key("int", 30, "timeout of every collective and rendezvous", low=1),
+        "timeout_minutes": Key("int", TIMEOUT_MINUTES, "timeout of every collective and rendezvous", low=1),
         "env_forward": Key(
             "str_list",
             [],

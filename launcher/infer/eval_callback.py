@@ -3,7 +3,7 @@ with the model being trained and log `launch eval`'s BLEU-4 / ROUGE (metrics.py)
 eval/rouge-1, eval/rouge-2, eval/rouge-l.
 
 The prompts, the generation settings (the recipe's eval section) and the batched generation are
-launcher/evaluate.py's, so a checkpoint saved at an eval step scores the same under `launch eval`
+launcher/infer/evaluate.py's, so a checkpoint saved at an eval step scores the same under `launch eval`
 (greedy decoding; sampling draws from the training run's random state). Every rank generates the
 whole eval set: under ZeRO-3 each forward needs every rank (transformers' generate syncs them), and
 all ranks then log the same numbers, which TensorBoard's callback writes on rank 0 only.
@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 class GenerateMetrics(TrainerCallback):
     def __init__(self, trainer, recipe: dict):
-        from launcher.evaluate import generation_sampling, load_prompts
+        from launcher.infer.evaluate import generation_sampling, load_prompts
 
         self.trainer, self.generation, self.template = trainer, recipe["eval"], recipe["model"]["template"]
         self.sampling = generation_sampling(recipe["eval"])
@@ -24,8 +24,8 @@ class GenerateMetrics(TrainerCallback):
         self.prompts, self.labels = [messages for messages, _ in rows], [label for _, label in rows]
 
     def on_evaluate(self, args, state, control, **kwargs):
-        from launcher.chat import reply_batch
-        from launcher.metrics import similarity
+        from launcher.infer.chat import reply_batch
+        from launcher.infer.metrics import similarity
 
         model, tokenizer = self.trainer.model, self.trainer.processing_class
         training, padding_side = model.training, tokenizer.padding_side

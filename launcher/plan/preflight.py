@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.builtin import is_builtin
 from launcher.data.bad_rows import BadRows
+from launcher.data.datasets import resolve_dataset
 from launcher.data.formats import to_example, to_text
-from launcher.data.registry import resolve_dataset
 from launcher.data.rows import dataset_items
 from launcher.data.templates import template_refusal
 from launcher.errors import DataError, RecipeError
-from launcher.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
-from launcher.module_names import parameter_shapes
+from launcher.model.builtin import is_builtin
+from launcher.model.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
+from launcher.model.module_names import parameter_shapes
 from launcher.registry import method_spec, stage_spec
 
 

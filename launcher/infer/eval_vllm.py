@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launcher.defaults import TEMPLATE
-from launcher.evaluate import EvalError
+from launcher.data.defaults import TEMPLATE
+from launcher.errors import EvalError
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
@@ -58,8 +58,8 @@ def predict_vllm(
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from launcher.builtin import is_builtin, local_model_path
-    from launcher.chat import prompt_text
+    from launcher.infer.chat import prompt_text
+    from launcher.model.builtin import is_builtin, local_model_path
 
     path = local_model_path(model_path) if is_builtin(model_path) else model_path
     lora = {"enable_lora": True, "max_lora_rank": _max_lora_rank(adapter), "max_loras": 1} if adapter else {}

@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import RecipeError
-from launcher.recipe import listing
+from launcher.errors import RecipeError, listing
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 SLOTS = re.compile(r"slots=(\d+)")

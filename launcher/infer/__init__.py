@@ -1,0 +1,1 @@
+"""After training: chat, serve, eval/predict, the eval-generate callback, metrics, the demo."""
