@@ -1,4 +1,4 @@
-"""The registries: every stage and method name, mapped to the torch-free module that specifies it.
+"""The registries: every stage, method and engine name, mapped to the torch-free module that specifies it.
 
 This is the single source of the names: the schema's choices, `launch plan`'s checks, `launch
 data` and the worker all look a stage or method up here. A spec module defines SPEC (a StageSpec
@@ -6,7 +6,7 @@ or MethodSpec); the part that builds the trainer or adapter is named by a "modul
 string and imported only when a run needs it, so the planner stays torch-free.
 
 Adding a stage: its spec module (which names its trainer and declares its own recipe keys) and one
-line in STAGES.
+line in STAGES; a method or an engine likewise (METHODS, ENGINES).
 """
 
 from __future__ import annotations
@@ -112,6 +112,34 @@ class MethodSpec:
     virtual_tokens: bool = False
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """A training engine (how the ranks shard and step): what the planner, the methods and the worker ask of it.
+
+    config: config(recipe, world_size, dtype, on_gpu) -> the engine's config for plan.json (plan["deepspeed"]),
+        or None for an engine that needs none
+    memory_options: memory_options(distributed section) -> the (zero stage, offload) options the memory table
+        shows and `distributed.zero: auto` chooses from
+    master_weights: its optimizer keeps an fp32 master copy of what trains (the memory planner counts it)
+    shards_parameters: shards_parameters(distributed section) -> whether each rank holds only part of every
+        weight (ZeRO-3): methods that need whole weights at load or save ask this
+    live_tensor_save: live_tensor_save(distributed section) -> whether rank 0 saves from the live tensors
+        (launcher/checkpoint/model_save.py) instead of the Trainer's gathered copy
+    trainer_args: trainer_args(plan) -> its TrainingArguments keywords
+    after_process_group: "module:function" the worker calls with the plan once the process group is up, or None
+    check: its cross-key rules over the distributed.* keys, check(resolved recipe, origins, refuse)
+    """
+
+    config: Callable[[dict, int, str, bool], dict | None]
+    memory_options: Callable[[dict], list[tuple[Any, str]]]
+    trainer_args: Callable[[dict], dict]
+    master_weights: bool = False
+    shards_parameters: Callable[[dict], bool] = lambda dist: False
+    live_tensor_save: Callable[[dict], bool] = lambda dist: False
+    after_process_group: str | None = None
+    check: Callable[[dict, dict[str, str], Refuse], None] = no_check
+
+
 def methods_with(feature: str) -> list[str]:
     """The registered methods whose spec has `feature` (a MethodSpec flag), in registry order."""
     return [name for name in METHODS if getattr(method_spec(name), feature)]
@@ -134,6 +162,12 @@ METHODS: dict[str, str] = {
 }
 
 
+ENGINES: dict[str, str] = {
+    "deepspeed": "launcher.engines.deepspeed_spec",
+    "ddp": "launcher.engines.ddp_spec",
+}
+
+
 def stage_spec(name: str) -> StageSpec:
     """The spec of a registered stage (the recipe's schema admits only those)."""
     return importlib.import_module(STAGES[name]).SPEC
@@ -142,6 +176,11 @@ def stage_spec(name: str) -> StageSpec:
 def method_spec(name: str) -> MethodSpec:
     """The spec of a registered method."""
     return importlib.import_module(METHODS[name]).SPEC
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The spec of a registered engine."""
+    return importlib.import_module(ENGINES[name]).SPEC
 
 
 def resolve(target: str) -> Any:

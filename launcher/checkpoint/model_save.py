@@ -12,13 +12,13 @@ Trainer's path (its parameters must be gathered)."""
 from __future__ import annotations
 
 from launcher.compat import rank_save
+from launcher.registry import engine_spec
 
 
 def save_from_live_tensors(trainer, plan: dict) -> None:
-    """Replace trainer.save_model (also used for checkpoints) in DeepSpeed ZeRO-0/1/2 runs."""
-    if (
-        plan["deepspeed"] is None or plan["recipe"]["distributed"]["zero"] == 3
-    ):  # the user's JSON's stage too (ds_user_config)
+    """Replace trainer.save_model (also used for checkpoints) where the engine keeps whole weights on rank 0."""
+    dist = plan["recipe"]["distributed"]  # zero: the user's DeepSpeed JSON's stage too (ds_user_config)
+    if not engine_spec(dist["engine"]).live_tensor_save(dist):
         return
 
     def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -2,13 +2,13 @@
 
 from launcher.model.module_names import lora_targets_error, matches, missing_modules_error
 from launcher.model.shape import Shape, Tensor
-from launcher.registry import Key, MethodSpec, Refuse
+from launcher.registry import Key, MethodSpec, Refuse, engine_spec
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
     method, dist = r["method"], r["distributed"]
     if method["variant"] == "pissa":
-        if dist["engine"] == "deepspeed" and dist["zero"] == 3:
+        if engine_spec(dist["engine"]).shards_parameters(dist):
             refuse(
                 "method.variant",
                 "method.variant: pissa cannot run with distributed.zero: 3 (PiSSA initialises the adapter "

@@ -1,7 +1,7 @@
 """Method prefix: trainable key/value prefixes in every layer (PEFT prefix tuning / P-tuning v2)."""
 
 from launcher.model.shape import Shape, Tensor
-from launcher.registry import Key, MethodSpec, Refuse
+from launcher.registry import Key, MethodSpec, Refuse, engine_spec
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
@@ -13,7 +13,7 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
             "(PEFT's prefix tuning does not work with gradient checkpointing). "
             "Fix: set train.gradient_checkpointing: false",
         )
-    if dist["engine"] == "deepspeed" and dist["zero"] == 3:
+    if engine_spec(dist["engine"]).shards_parameters(dist):
         refuse(
             "distributed.zero",
             "distributed.zero: 3 cannot save method.name: prefix (PEFT computes the saved prefix "

@@ -11,9 +11,9 @@ argv (rendezvous port, launcher command per node), inputs (datasets and earlier 
 outputs), memory_fit (distributed.zero: auto), files (plan.json per node), format (`launch plan`).
 """
 
+from launcher.engines.deepspeed_config import DS_CONFIG_DIR, deepspeed_config, model_hidden_size
 from launcher.plan.argv import master_port
 from launcher.plan.build import PLAN_VERSION, build_plan
-from launcher.plan.deepspeed import DS_CONFIG_DIR, deepspeed_config, model_hidden_size
 from launcher.plan.devices import CPU_PROCESSES, CPU_PROCESSES_PER_CORE, detect_gpus, host_memory_gb
 from launcher.plan.env import torch_extensions_dir
 from launcher.plan.files import node_plan_file, write_plan

@@ -22,79 +22,69 @@ def master_port(port: int | str, nnodes: int) -> int:
         return sock.getsockname()[1]
 
 
-def _node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> list[str]:
-    """The command that starts every rank of one node with the chosen launcher."""
-    dist = recipe["distributed"]
-    worker = ["-m", "launcher.worker", "--plan", plan_file]
-    common = dict(
-        nnodes=world["nnodes"],
-        nproc=world["nproc_per_node"],
-        rank=node_rank,
-        addr=world["master_addr"],
-        port=world["master_port"],
-    )
-    python = sys.executable
-    if dist["launcher"] == "torchrun":
-        return [
-            python,
-            "-m",
-            "torch.distributed.run",
-            f"--nnodes={common['nnodes']}",
-            f"--nproc-per-node={common['nproc']}",
-            f"--node-rank={node_rank}",
-            f"--master-addr={common['addr']}",
-            f"--master-port={common['port']}",
-            f"--max-restarts={dist['max_restarts']}",
-            *worker,
-        ]
-    if dist["launcher"] == "accelerate":
-        # --multi_gpu selects accelerate's torchrun-based launcher; on CPU the worker's
-        # TrainingArguments(use_cpu=True) picks gloo (accelerate's --cpu mode wants mpirun).
-        return [
-            python,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            f"--num_processes={world['world_size']}",
-            f"--num_machines={common['nnodes']}",
-            f"--machine_rank={node_rank}",
-            f"--main_process_ip={common['addr']}",
-            f"--main_process_port={common['port']}",
-            f"--max_restarts={dist['max_restarts']}",
-            "--mixed_precision=no",
-            "--dynamo_backend=no",
-            *worker,
-        ]
-    if common["nnodes"] > 1:
+def _torchrun(dist: dict, world: dict, node_rank: int, worker: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={world['nnodes']}",
+        f"--nproc-per-node={world['nproc_per_node']}",
+        f"--node-rank={node_rank}",
+        f"--master-addr={world['master_addr']}",
+        f"--master-port={world['master_port']}",
+        f"--max-restarts={dist['max_restarts']}",
+        *worker,
+    ]
+
+
+def _accelerate(dist: dict, world: dict, node_rank: int, worker: list[str]) -> list[str]:
+    # --multi_gpu selects accelerate's torchrun-based launcher; on CPU the worker's
+    # TrainingArguments(use_cpu=True) picks gloo (accelerate's --cpu mode wants mpirun).
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        f"--num_processes={world['world_size']}",
+        f"--num_machines={world['nnodes']}",
+        f"--machine_rank={node_rank}",
+        f"--main_process_ip={world['master_addr']}",
+        f"--main_process_port={world['master_port']}",
+        f"--max_restarts={dist['max_restarts']}",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        *worker,
+    ]
+
+
+def _deepspeed(dist: dict, world: dict, node_rank: int, worker: list[str]) -> list[str]:
+    rendezvous = [
+        f"--node_rank={node_rank}",
+        f"--master_addr={world['master_addr']}",
+        f"--master_port={world['master_port']}",
+    ]
+    if world["nnodes"] > 1:
         # DeepSpeed's runner wants a hostfile for several nodes and fans out itself; with one
         # command per node (ours) its per-node launcher takes the world as base64 JSON instead,
         # as the runner's own --no_ssh mode does. Host names are only labels there.
-        world_info = {f"node{k}": list(range(common["nproc"])) for k in range(common["nnodes"])}
+        world_info = {f"node{k}": list(range(world["nproc_per_node"])) for k in range(world["nnodes"])}
         encoded = base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode()
-        return [
-            python,
-            "-u",
+        start = ["-u", "-m", "deepspeed.launcher.launch", f"--world_info={encoded}"]
+    else:  # one node; hostfile fan-out is the ssh backend's job
+        start = [
             "-m",
-            "deepspeed.launcher.launch",
-            f"--world_info={encoded}",
-            f"--node_rank={node_rank}",
-            f"--master_addr={common['addr']}",
-            f"--master_port={common['port']}",
-            "--no_local_rank",
-            "--module",
-            *worker[1:],
+            "deepspeed.launcher.runner",
+            f"--num_nodes={world['nnodes']}",
+            f"--num_gpus={world['nproc_per_node']}",
         ]
-    # deepspeed launcher, one node; hostfile fan-out is the ssh backend's job
-    return [
-        python,
-        "-m",
-        "deepspeed.launcher.runner",
-        f"--num_nodes={common['nnodes']}",
-        f"--num_gpus={common['nproc']}",
-        f"--node_rank={node_rank}",
-        f"--master_addr={common['addr']}",
-        f"--master_port={common['port']}",
-        "--no_local_rank",
-        "--module",
-        *worker[1:],
-    ]
+    return [sys.executable, *start, *rendezvous, "--no_local_rank", "--module", *worker[1:]]
+
+
+# distributed.launcher -> the command that starts every rank of one node with it
+LAUNCHERS = {"torchrun": _torchrun, "accelerate": _accelerate, "deepspeed": _deepspeed}
+
+
+def node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> list[str]:
+    """The command that starts every rank of one node with the chosen launcher."""
+    dist = recipe["distributed"]
+    return LAUNCHERS[dist["launcher"]](dist, world, node_rank, ["-m", "launcher.worker", "--plan", plan_file])

@@ -7,17 +7,17 @@ import os
 from pathlib import Path
 
 from launcher.errors import RecipeError
-from launcher.plan.argv import _node_argv, master_port
-from launcher.plan.deepspeed import deepspeed_config
-from launcher.plan.devices import CPU_PROCESSES, _check_nproc, detect_gpus
-from launcher.plan.env import _environment
+from launcher.plan.argv import master_port, node_argv
+from launcher.plan.devices import CPU_PROCESSES, check_nproc, detect_gpus
+from launcher.plan.env import environment
 from launcher.plan.files import node_plan_file
-from launcher.plan.inputs import _check_datasets, _check_stage_inputs
+from launcher.plan.inputs import check_datasets, check_stage_inputs
 from launcher.plan.memory import fit_refusal
-from launcher.plan.memory_fit import _memory_plan
-from launcher.plan.precision import _check_device, _kernel_plan, resolve_dtype
+from launcher.plan.memory_fit import memory_plan
+from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
+from launcher.registry import engine_spec
 
 PLAN_VERSION = 1
 
@@ -35,19 +35,19 @@ def build_plan(
     include / exclude: comma-separated hostfile hosts to keep or drop (`--include`, `--exclude`).
     allow_pending: earlier stages' outputs may be missing (listed in plan["pending"])."""
     dist = recipe["distributed"]
-    _check_datasets(recipe)
+    check_datasets(recipe)
     check_preflight(recipe)  # model files, template, method modules, datasets' first rows: here, not on every rank
-    pending = _check_stage_inputs(recipe, allow_pending)
+    pending = check_stage_inputs(recipe, allow_pending)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
-    _check_device(recipe, gpus)
-    kernels = _kernel_plan(recipe, on_gpu)
+    check_device(recipe, gpus)
+    kernels = plan_kernels(recipe, on_gpu)
     dtype = resolve_dtype(recipe["model"]["dtype"], gpus)
     if dist["nproc_per_node"] == "auto":
         nproc = gpus["count"] if on_gpu else CPU_PROCESSES
     else:
         nproc = dist["nproc_per_node"]
-        _check_nproc(nproc, gpus)
+        check_nproc(nproc, gpus)
     hosts = None
     if dist["hostfile"] is not None:
         from launcher.plan.hostfile import hostfile_hosts
@@ -77,7 +77,7 @@ def build_plan(
         "master_addr": master_addr or "127.0.0.1",
         "master_port": master_port(dist["master_port"], nnodes),
     }
-    recipe, memory = _memory_plan(recipe, world, gpus, dtype)
+    recipe, memory = memory_plan(recipe, world, gpus, dtype)
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
     # made on another machine than the cluster's)
     memory["refusal"] = fit_refusal(memory, recipe)
@@ -97,10 +97,10 @@ def build_plan(
             "grad_accum": train["grad_accum"],
             "global_batch_size": train["micro_batch_size"] * train["grad_accum"] * world["world_size"],
         },
-        "deepspeed": deepspeed_config(recipe, world["world_size"], dtype, on_gpu),
+        "deepspeed": engine_spec(recipe["distributed"]["engine"]).config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
-        "env": _environment(recipe, nproc, on_gpu),
+        "env": environment(recipe, nproc, on_gpu),
         "output_dir": output_dir,
         "plan_file": plan_file,
         "nodes": [
@@ -108,7 +108,7 @@ def build_plan(
                 "node_rank": k,
                 "host": hosts[k].name if hosts else None,
                 "plan_file": node_plan_file(output_dir, k),
-                "argv": _node_argv(recipe, world, k, node_plan_file(output_dir, k)),
+                "argv": node_argv(recipe, world, k, node_plan_file(output_dir, k)),
             }
             for k in range(nnodes)
         ],

@@ -66,7 +66,7 @@ def host_memory_gb() -> float | None:
     return None
 
 
-def _check_nproc(nproc: int, gpus: dict) -> None:
+def check_nproc(nproc: int, gpus: dict) -> None:
     """An explicit distributed.nproc_per_node must fit this node: one process per GPU; on CPU a
     few per core still plan a world size (tests, a cluster's layout), far more only time-slice."""
     if gpus["count"]:

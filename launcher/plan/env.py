@@ -19,7 +19,7 @@ def torch_extensions_dir() -> str:
     return str(Path.home() / ".cache" / "torch_extensions" / f"launcher-{tag}")
 
 
-def _environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
+def environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
     env = {
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",

@@ -10,7 +10,7 @@ from launcher.data.datasets import resolve_dataset
 from launcher.errors import DataError, RecipeError
 
 
-def _check_datasets(recipe: dict) -> None:
+def check_datasets(recipe: dict) -> None:
     """Every named dataset resolves to existing files now, not inside the ranks later."""
     data = recipe["data"]
     for key in ("datasets", "eval_datasets"):
@@ -67,7 +67,7 @@ def _check_reward_model(recipe: dict) -> None:
 STAGE_INPUTS = (("model", "adapter", _check_adapter), ("train", "reward_model", _check_reward_model))
 
 
-def _check_stage_inputs(recipe: dict, allow_pending: bool) -> list[str]:
+def check_stage_inputs(recipe: dict, allow_pending: bool) -> list[str]:
     """Check the earlier stages' outputs the recipe names. With allow_pending (`launch plan`,
     `launch sbatch`), a folder that does not exist yet is a note, not a refusal, so a whole
     pt -> sft -> dpo pipeline plans before its first stage has run; training refuses it."""

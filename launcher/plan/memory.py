@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.model.shape import Shape, Tensor, base_tensors, model_shape
-from launcher.registry import method_spec
+from launcher.registry import engine_spec, method_spec
 
 GIB = 1024**3
 # Fixed per-process cost outside the model's tensors. GPU: CUDA context, kernels and allocator
@@ -21,11 +21,8 @@ GIB = 1024**3
 # tokenized data and the Trainer (anonymous RSS of a rank of the tiny recipe less its
 # tensors, measured by bench/methods.py).
 OVERHEAD_GB = {"cuda": 1.0, "cpu": 0.39}
-# The options `distributed.zero: auto` tries, fastest first: less partitioning means less
-# communication, and offloading moves the optimizer step (then the parameters) to the CPU.
 # stage3_max_live_parameters of ds_configs/zero3*.json (tests/test_memory.py keeps them equal)
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
-AUTO_ORDER = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"))
 
 
 def parameter_split(shape: Shape, method: dict) -> tuple[list[Tensor], list[Tensor]]:
@@ -113,7 +110,7 @@ def estimate_option(
     else:
         frozen_bytes = elem * sum(t.numel for t in frozen)
     n_train = sum(t.numel for t in trainable)
-    deepspeed = dist["engine"] == "deepspeed"
+    deepspeed = engine_spec(dist["engine"]).master_weights
     # DeepSpeed's ZeRO optimizers and its bf16 optimizer keep an fp32 master copy of what trains
     master = 4 * n_train if deepspeed and (zero > 0 or elem == 2) else 0
     states = master + _optimizer_bytes(trainable, train["optimizer"])
@@ -157,15 +154,6 @@ def estimate_option(
     return opt
 
 
-def options_for(recipe: dict) -> list[tuple[int, str]]:
-    """The ZeRO stage / offload alternatives the table shows: all for DeepSpeed, DDP alone otherwise."""
-    dist = recipe["distributed"]
-    if dist["engine"] != "deepspeed":
-        return [(0, "none")]
-    own = (dist["zero"], dist["offload"])
-    return list(AUTO_ORDER) + ([own] if dist["zero"] != "auto" and own not in AUTO_ORDER else [])
-
-
 def estimate(
     recipe: dict,
     world_size: int,
@@ -194,7 +182,7 @@ def estimate(
         return out
     trainable, total = parameter_counts(shape, recipe["method"])
     out.update(shape=shape.__dict__, params_total=total, params_trainable=trainable)
-    for zero, offload in options_for(recipe):
+    for zero, offload in engine_spec(recipe["distributed"]["engine"]).memory_options(recipe["distributed"]):
         opt = estimate_option(recipe, shape, zero, offload, world_size, device, dtype)
         opt.refused = refusal(zero, offload)
         if device_memory_gb is not None and opt.refused is None:
@@ -204,7 +192,7 @@ def estimate(
 
 
 def pick_auto(memory: dict) -> dict | None:
-    """The first option in AUTO_ORDER that is allowed and fits, or None."""
+    """The first option in the engine's order (memory_options) that is allowed and fits, or None."""
     return next((o for o in memory["options"] if o["fits"]), None)
 
 

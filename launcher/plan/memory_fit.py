@@ -9,7 +9,7 @@ from launcher.plan.memory import pick_auto
 from launcher.recipe.load import combination_error
 
 
-def _memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dict, dict]:
+def memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dict, dict]:
     """(recipe with distributed.zero: auto resolved, the memory estimate). Device memory:
     distributed.device_memory_gb, else the smallest visible GPU's (nvidia-smi), else on CPU
     the host RAM shared by the node's processes."""

@@ -16,7 +16,7 @@ def resolve_dtype(dtype: str, gpus: dict) -> str:
     return "bf16" if all(cap == 0 or cap >= 8.0 for cap in gpus["compute_caps"]) else "fp16"
 
 
-def _check_device(recipe: dict, gpus: dict) -> None:
+def check_device(recipe: dict, gpus: dict) -> None:
     """Refuse precisions and kernels the visible hardware cannot run."""
     dtype = recipe["model"]["dtype"]
     if gpus["count"]:
@@ -34,7 +34,7 @@ def _check_device(recipe: dict, gpus: dict) -> None:
         )
 
 
-def _kernel_plan(recipe: dict, on_gpu: bool) -> dict:
+def plan_kernels(recipe: dict, on_gpu: bool) -> dict:
     """Attention / loss kernel and compile choice (launcher/kernels/choice.py), refusals as RecipeError."""
     shape, _ = model_shape(recipe["model"]["path"])
     return kernel_plan(recipe, on_gpu, shape.vocab if shape else None)

@@ -1,7 +1,7 @@
 """A user's own DeepSpeed JSON (`distributed.deepspeed_config`), as LLaMA-Factory and the HF Trainer take one.
 
 Its ZeRO stage and offload become the recipe's distributed.zero / distributed.offload where the recipe does not
-set them (recipe.py, at load); plan/deepspeed.py fills its "auto" values from the recipe exactly as it fills the bundled
+set them (recipe.py, at load); engines/deepspeed_config.py fills its "auto" values from the recipe exactly as it fills the bundled
 ds_configs/ templates, except the scheduler's step counts, which only the Trainer knows (it fills them at run
 time). An explicit JSON value that contradicts the recipe is refused naming both: the Trainer would refuse the
 mismatch inside every rank. Torch-free.
@@ -95,8 +95,8 @@ def _walk(node, path: str = ""):
 
 
 def user_template(path: str, values: dict) -> dict:
-    """The user's JSON as plan/deepspeed.py's template: every explicit value that restates a recipe key must equal the
-    recipe's (values: what plan/deepspeed.py fills "auto" with), and every "auto" must be one the recipe or the Trainer fills."""
+    """The user's JSON as engines/deepspeed_config.py's template: every explicit value that restates a recipe key must equal the
+    recipe's (values: what engines/deepspeed_config.py fills "auto" with), and every "auto" must be one the recipe or the Trainer fills."""
     config = read(path)
     for field, value in _walk(config):
         if value == "auto":

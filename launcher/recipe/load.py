@@ -17,7 +17,7 @@ import yaml
 from launcher.errors import RecipeError, listing
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
-from launcher.registry import method_spec, methods_with, stage_spec
+from launcher.registry import engine_spec, method_spec, methods_with, stage_spec
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
 # failing inside a worker after the processes have started.
@@ -292,38 +292,7 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             f"model.quantization (QLoRA) needs method.name: {able}, got method.name: {method}. "
             f"Fix: set method.name: {able} or remove model.quantization",
         )
-    if dist["engine"] == "ddp" and dist["zero"] != 0:
-        refuse(
-            "distributed.zero",
-            f"distributed.zero: {dist['zero']} needs distributed.engine: deepspeed (got ddp). "
-            "Fix: set distributed.engine: deepspeed, or distributed.zero: 0 for plain DDP",
-        )
-    if dist["zero"] == "auto" and dist["offload"] != "none":
-        refuse(
-            "distributed.offload",
-            f"distributed.offload: {dist['offload']} is chosen by distributed.zero: auto. "
-            "Fix: remove distributed.offload, or set distributed.zero to a stage 0-3",
-        )
-    if dist["offload"] != "none":
-        if dist["engine"] != "deepspeed" or dist["zero"] == 0:
-            refuse(
-                "distributed.offload",
-                f"distributed.offload: {dist['offload']} needs DeepSpeed ZeRO 1-3 "
-                f"(got engine {dist['engine']}, zero {dist['zero']}). Fix: set distributed.zero: 2 or 3",
-            )
-        if dist["offload"] == "all" and dist["zero"] != 3:
-            refuse(
-                "distributed.offload",
-                f"distributed.offload: all (parameters too) needs distributed.zero: 3, got {dist['zero']}. "
-                "Fix: set distributed.zero: 3, or distributed.offload: optimizer",
-            )
-        if r["train"]["optimizer"] != "adamw_torch":
-            refuse(
-                "train.optimizer",
-                f"train.optimizer: {r['train']['optimizer']} cannot run with distributed.offload: "
-                f"{dist['offload']} (ZeRO-Offload steps with DeepSpeed's CPU Adam). "
-                "Fix: set train.optimizer: adamw_torch or distributed.offload: none",
-            )
+    engine_spec(dist["engine"]).check(r, origins, refuse)
     # nnodes > 1 without master_addr is refused by the planner: in a SLURM job (launch sbatch) the
     # allocation names the master
     if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:

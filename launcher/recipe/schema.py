@@ -18,6 +18,7 @@ DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (t
 # the registries' names, as live views: a stage or method registered later is a valid choice too
 STAGES = registry.STAGES.keys()
 METHODS = registry.METHODS.keys()
+ENGINES = registry.ENGINES.keys()
 TEMPLATES = ("auto", *REGISTERED_TEMPLATES)
 # LLaMA-Factory's template names that render the same format as one of ours (its llama3, chatglm3,
 # alpaca and empty are ours by name already); its other names are formats we do not register
@@ -211,7 +212,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "distributed": {
-        "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=("deepspeed", "ddp")),
+        "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=ENGINES),
         "zero": Key(
             "int",
             3,

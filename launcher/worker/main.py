@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from launcher.registry import SCORE_HEAD, TRAINERS, stage_spec
+from launcher.registry import SCORE_HEAD, TRAINERS, engine_spec, resolve, stage_spec
 from launcher.util import quiet
 from launcher.worker.elastic import isolate_restart_attempt
 
@@ -54,7 +54,7 @@ def training_arguments(plan: dict):
         per_device_eval_batch_size=train["micro_batch_size"],
         bf16=plan["dtype"] == "bf16",
         fp16=plan["dtype"] == "fp16",
-        deepspeed=plan["deepspeed"],
+        **engine_spec(dist["engine"]).trainer_args(plan),
         ddp_timeout=dist["timeout_minutes"] * 60,
         ddp_backend=plan["world"]["backend"],
         use_cpu=on_cpu,
@@ -148,10 +148,9 @@ def load(plan: dict, rank: int) -> tuple:
     isolate_restart_attempt(plan)  # torchrun restarts (distributed.max_restarts): fresh rendezvous keys
     args = training_arguments(plan)  # must precede model loading (ZeRO-3 zero.Init)
     _ = args.device  # sets up the process group now, so zero.Init sees the real world size
-    if plan["deepspeed"] is not None and plan["world"]["device"] == "cpu":
-        import deepspeed  # on CPU accelerate sets up plain gloo; DeepSpeed's comm layer must wrap it too
-
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    engine = engine_spec(recipe["distributed"]["engine"])
+    if engine.after_process_group:  # e.g. DeepSpeed's comm layer over the gloo group accelerate made on CPU
+        resolve(engine.after_process_group)(plan)
     set_seed(recipe["train"]["seed"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe["model"]["trust_remote_code"])
     if tokenizer.pad_token_id is None:

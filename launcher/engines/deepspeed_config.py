@@ -39,11 +39,9 @@ def _fill_auto(node, values: dict, path: str = ""):
     return node
 
 
-def deepspeed_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) -> dict | None:
-    """The resolved DeepSpeed config for the recipe, or None for plain DDP."""
+def deepspeed_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) -> dict:
+    """The resolved DeepSpeed config for the recipe."""
     dist, train = recipe["distributed"], recipe["train"]
-    if dist["engine"] != "deepspeed":
-        return None
     hidden = model_hidden_size(recipe["model"]["path"])
     values = {
         "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * world_size,
