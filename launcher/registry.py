@@ -73,6 +73,8 @@ class StageSpec:
         (launcher/worker/lean_imports.py)
     check: its cross-key rules, check(resolved recipe, origins, refuse)
     keys: the train.* keys only this stage reads; the schema makes each valid only under the stages declaring it
+    inputs: (section, key, check(recipe)) for each folder an earlier stage writes that this stage reads (its
+        train.* key): `launch plan` checks it before launch, or notes it pending where it does not exist yet
     """
 
     kinds: tuple[str, ...] | None
@@ -83,6 +85,7 @@ class StageSpec:
     imports_datasets: bool = True
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
     keys: Mapping[str, Key] = field(default_factory=dict)
+    inputs: tuple[tuple[str, str, Callable[[dict], None]], ...] = ()
 
 
 @dataclass(frozen=True)

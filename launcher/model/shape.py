@@ -4,6 +4,7 @@ models, without loading it (torch-free): what the memory planner and the module-
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,30 +102,8 @@ class Tensor:
         return self.rows * self.cols
 
 
-def layer_list_name(shape: Shape) -> str:
-    """The dotted name of the decoder-layer list its parameter names start with."""
-    return "transformer.encoder.layers" if shape.family == "chatglm" else "model.layers"
-
-
-def _layer_prefix(shape: Shape, i: int) -> str:
-    return f"{layer_list_name(shape)}.{i}."
-
-
-def _layer_tensors(shape: Shape, i: int) -> list[Tensor]:
+def _llama_layer(shape: Shape, p: str) -> list[Tensor]:
     h, inter, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
-    p = _layer_prefix(shape, i)
-    if shape.family == "chatglm":
-        out = [
-            Tensor(p + "input_layernorm.weight", h),
-            Tensor(p + "self_attention.query_key_value.weight", q + 2 * kv, h, True),
-            Tensor(p + "self_attention.dense.weight", h, q, True),
-            Tensor(p + "post_attention_layernorm.weight", h),
-            Tensor(p + "mlp.dense_h_to_4h.weight", 2 * inter, h, True),
-            Tensor(p + "mlp.dense_4h_to_h.weight", h, inter, True),
-        ]
-        if shape.qkv_bias:
-            out.append(Tensor(p + "self_attention.query_key_value.bias", q + 2 * kv))
-        return out
     out = [Tensor(p + "input_layernorm.weight", h), Tensor(p + "post_attention_layernorm.weight", h)]
     for name, rows, cols in (
         ("self_attn.q_proj", q, h),
@@ -141,17 +120,57 @@ def _layer_tensors(shape: Shape, i: int) -> list[Tensor]:
     return out
 
 
+def _llama_outer(shape: Shape) -> list[Tensor]:
+    h, v = shape.hidden, shape.vocab
+    head = [] if shape.tied else [Tensor("lm_head.weight", v, h)]
+    return [Tensor("model.embed_tokens.weight", v, h), Tensor("model.norm.weight", h), *head]
+
+
+def _chatglm_layer(shape: Shape, p: str) -> list[Tensor]:
+    h, inter, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
+    bias = [Tensor(p + "self_attention.query_key_value.bias", q + 2 * kv)] if shape.qkv_bias else []
+    return [
+        Tensor(p + "input_layernorm.weight", h),
+        Tensor(p + "self_attention.query_key_value.weight", q + 2 * kv, h, True),
+        Tensor(p + "self_attention.dense.weight", h, q, True),
+        Tensor(p + "post_attention_layernorm.weight", h),
+        Tensor(p + "mlp.dense_h_to_4h.weight", 2 * inter, h, True),
+        Tensor(p + "mlp.dense_4h_to_h.weight", h, inter, True),
+        *bias,
+    ]
+
+
+def _chatglm_outer(shape: Shape) -> list[Tensor]:
+    h, v = shape.hidden, shape.vocab
+    return [
+        Tensor("transformer.embedding.word_embeddings.weight", v, h),
+        Tensor("transformer.encoder.final_layernorm.weight", h),
+        Tensor("transformer.output_layer.weight", v, h),  # never tied
+    ]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a family names its parameters: the decoder-layer list, one layer's tensors, the rest."""
+
+    layer_list: str  # dotted name of the decoder-layer list
+    layer: Callable[[Shape, str], list[Tensor]]  # (shape, "<layer_list>.<i>.") -> that layer's tensors
+    outer: Callable[[Shape], list[Tensor]]  # embeddings, final norm, output head (tied head counted once)
+
+
+LAYOUTS = {  # Shape.family -> its parameter layout
+    "llama": Layout("model.layers", _llama_layer, _llama_outer),
+    "chatglm": Layout("transformer.encoder.layers", _chatglm_layer, _chatglm_outer),
+}
+
+
+def layer_list_name(shape: Shape) -> str:
+    """The dotted name of the decoder-layer list its parameter names start with."""
+    return LAYOUTS[shape.family].layer_list
+
+
 def base_tensors(shape: Shape) -> list[Tensor]:
     """Every parameter tensor of the base model (tied output head counted once)."""
-    h, v = shape.hidden, shape.vocab
-    if shape.family == "chatglm":
-        outer = [
-            Tensor("transformer.embedding.word_embeddings.weight", v, h),
-            Tensor("transformer.encoder.final_layernorm.weight", h),
-            Tensor("transformer.output_layer.weight", v, h),
-        ]
-    else:
-        outer = [Tensor("model.embed_tokens.weight", v, h), Tensor("model.norm.weight", h)]
-        if not shape.tied:
-            outer.append(Tensor("lm_head.weight", v, h))
-    return [t for i in range(shape.layers) for t in _layer_tensors(shape, i)] + outer
+    layout = LAYOUTS[shape.family]
+    layers = [t for i in range(shape.layers) for t in layout.layer(shape, f"{layout.layer_list}.{i}.")]
+    return layers + layout.outer(shape)

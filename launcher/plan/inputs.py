@@ -1,13 +1,13 @@
 """The files a recipe reads, checked at plan time: its datasets, and the outputs of earlier pipeline stages
-(model.adapter, train.reward_model)."""
+(model.adapter, and each stage's own StageSpec.inputs such as ppo's train.reward_model)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from launcher.data.datasets import resolve_dataset
 from launcher.errors import DataError, RecipeError
+from launcher.registry import stage_spec
 
 
 def check_datasets(recipe: dict) -> None:
@@ -31,40 +31,9 @@ def _check_adapter(recipe: dict) -> None:
         )
 
 
-def _check_reward_model(recipe: dict) -> None:
-    """PPO's train.reward_model is a finished stage: rm run (its plan.json and saved model) on the same base."""
-    where = recipe["train"].get("reward_model")
-    if where is None:
-        return
-    folder = Path(where)
-    if not folder.is_dir():
-        raise RecipeError(
-            f"train.reward_model = {where!r}: no such directory. Fix: run a stage: rm recipe first "
-            "(e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir"
-        )
-    try:
-        rm_recipe = json.loads((folder / "plan.json").read_text())["recipe"]
-    except (OSError, ValueError, KeyError):
-        rm_recipe = None
-    if rm_recipe is None or rm_recipe.get("stage") != "rm":
-        raise RecipeError(
-            f"train.reward_model = {where!r} is not the output.dir of a stage: rm run (no plan.json with "
-            "stage: rm). Fix: point it at a reward model run's output.dir"
-        )
-    if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
-        raise RecipeError(
-            f"train.reward_model = {where!r}: the rm run saved no model there (unfinished?). "
-            "Fix: let it finish, or `launch consolidate` its last checkpoint into that folder"
-        )
-    if (folder / "adapter_config.json").is_file() and rm_recipe["model"]["path"] != recipe["model"]["path"]:
-        raise RecipeError(
-            f"train.reward_model = {where!r} is an adapter over {rm_recipe['model']['path']}, but "
-            f"model.path is {recipe['model']['path']}. Fix: train the reward model on the same model.path"
-        )
-
-
-# Folders a recipe reads that an earlier pipeline stage writes, and their checks.
-STAGE_INPUTS = (("model", "adapter", _check_adapter), ("train", "reward_model", _check_reward_model))
+# Folders any recipe may read that an earlier pipeline stage writes, and their checks; a stage adds its own
+# (StageSpec.inputs, e.g. ppo's train.reward_model).
+STAGE_INPUTS = (("model", "adapter", _check_adapter),)
 
 
 def check_stage_inputs(recipe: dict, allow_pending: bool) -> list[str]:
@@ -72,7 +41,7 @@ def check_stage_inputs(recipe: dict, allow_pending: bool) -> list[str]:
     `launch sbatch`), a folder that does not exist yet is a note, not a refusal, so a whole
     pt -> sft -> dpo pipeline plans before its first stage has run; training refuses it."""
     pending = []
-    for section, key, check in STAGE_INPUTS:
+    for section, key, check in (*STAGE_INPUTS, *stage_spec(recipe["stage"]).inputs):
         try:
             check(recipe)
         except RecipeError:

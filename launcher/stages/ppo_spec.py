@@ -1,6 +1,10 @@
 """Stage ppo (RLHF): a LoRA policy samples replies to prompts, scored by an rm run's model."""
 
+import json
+from pathlib import Path
+
 from launcher.data.kinds import PROMPT_KINDS
+from launcher.errors import RecipeError
 from launcher.registry import Key, Refuse, StageSpec
 from launcher.stages.rm_spec import refuse_packing
 
@@ -44,6 +48,38 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
+def check_reward_model(recipe: dict) -> None:
+    """PPO's train.reward_model is a finished stage: rm run (its plan.json and saved model) on the same base."""
+    where = recipe["train"].get("reward_model")
+    if where is None:
+        return
+    folder = Path(where)
+    if not folder.is_dir():
+        raise RecipeError(
+            f"train.reward_model = {where!r}: no such directory. Fix: run a stage: rm recipe first "
+            "(e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir"
+        )
+    try:
+        rm_recipe = json.loads((folder / "plan.json").read_text())["recipe"]
+    except (OSError, ValueError, KeyError):
+        rm_recipe = None
+    if rm_recipe is None or rm_recipe.get("stage") != "rm":
+        raise RecipeError(
+            f"train.reward_model = {where!r} is not the output.dir of a stage: rm run (no plan.json with "
+            "stage: rm). Fix: point it at a reward model run's output.dir"
+        )
+    if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
+        raise RecipeError(
+            f"train.reward_model = {where!r}: the rm run saved no model there (unfinished?). "
+            "Fix: let it finish, or `launch consolidate` its last checkpoint into that folder"
+        )
+    if (folder / "adapter_config.json").is_file() and rm_recipe["model"]["path"] != recipe["model"]["path"]:
+        raise RecipeError(
+            f"train.reward_model = {where!r} is an adapter over {rm_recipe['model']['path']}, but "
+            f"model.path is {recipe['model']['path']}. Fix: train the reward model on the same model.path"
+        )
+
+
 KEYS = {  # train.*
     "reward_model": Key(
         "str",
@@ -74,5 +110,10 @@ KEYS = {  # train.*
 
 
 SPEC = StageSpec(
-    kinds=PROMPT_KINDS, data="prompts", trainer="launcher.stages.ppo:build_trainer", check=check, keys=KEYS
+    kinds=PROMPT_KINDS,
+    data="prompts",
+    trainer="launcher.stages.ppo:build_trainer",
+    check=check,
+    keys=KEYS,
+    inputs=(("train", "reward_model", check_reward_model),),
 )
