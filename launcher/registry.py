@@ -64,7 +64,8 @@ class StageSpec:
     """What the launcher knows about a stage before torch is imported.
 
     kinds: dataset kinds it reads (launcher/data/kinds.py KIND_NEEDS); None: the text of any dataset's rows
-    data: its row format in launcher/data/formats_registry (what `launch data` shows and the trainer reads)
+    rows: "module:NAME" of its row format (a StageView of launcher/data/preview.py: what `launch data` shows,
+        built by the builder the trainer reads its rows through)
     trainer: "module:function" building (trainer, data summary) from (plan, args, model, tokenizer, callbacks)
     head: the model it loads: LM_HEAD (causal LM) or SCORE_HEAD (one score on its last token, a reward model)
     lm_loss: its trainer computes the causal-LM loss itself (launcher/kernels/trainer.py), so
@@ -78,7 +79,7 @@ class StageSpec:
     """
 
     kinds: tuple[str, ...] | None
-    data: str
+    rows: str
     trainer: str
     head: str = LM_HEAD
     lm_loss: bool = False

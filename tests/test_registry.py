@@ -37,7 +37,7 @@ def build_trainer(plan, args, model, tokenizer, callbacks):
     return "toy trainer", {}
 
 
-SPEC = StageSpec(kinds=("sft",), data="sft", trainer="toy_stage:build_trainer", check=check)
+SPEC = StageSpec(kinds=("sft",), rows="launcher.data.preview:SFT_ROWS", trainer="toy_stage:build_trainer", check=check)
 '''
 
 
@@ -89,7 +89,7 @@ from launcher.registry import StageSpec
 
 SPEC = StageSpec(
     kinds=("sft",),
-    data="sft",
+    rows="launcher.data.preview:SFT_ROWS",
     trainer="toy_stage:build_trainer",
     keys={"toy_weight": Key("float", 1.0, "the toy stage's own knob", low=0)},
 )

@@ -1,6 +1,6 @@
 """`launch data RECIPE --preview N [--dump FILE]`: the processed rows a run of the recipe's stage would train on.
 
-Each stage's rows come from the builder its trainer uses (the row format its spec names,
+Each stage's rows come from the builder its trainer uses (the row format its spec's `rows` names,
 launcher/registry.py), so the preview and the dump show exactly what a run reads; only the
 tokenizer is loaded."""
 
@@ -20,7 +20,7 @@ from launcher.data.pipeline import sft_data
 from launcher.data.prompts import prompt_data
 from launcher.data.tokenize import IGNORE_INDEX
 from launcher.errors import DataError
-from launcher.registry import stage_spec
+from launcher.registry import resolve, stage_spec
 
 OPEN, CLOSE = "⟦", "⟧"  # around trained text; everything outside is masked (label -100)
 
@@ -180,19 +180,18 @@ class StageView:
 
 
 PAIR = {"prompt_ids": "prompt", "chosen_ids": "chosen", "rejected_ids": "rejected"}
-VIEWS = {  # every row format a StageSpec.data names, with the builder the stage's trainer calls
-    "sft": StageView("example", _sft),
-    "blocks": StageView("block", _blocks, {"input_ids": "text, every token trained"}),
-    "pairs": StageView("pair", partial(_preference, pair_data), PAIR),
-    # a reward model scores each whole sequence at its last token: its rows are prompt + reply, unsplit
-    "scored_pairs": StageView(
-        "pair",
-        partial(_preference, scored_pairs),
-        {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"},
-    ),
-    "kto": StageView("example", _kto, {"prompt_ids": "prompt", "completion_ids": "completion"}),
-    "prompts": StageView("prompt", _prompts, {"input_ids": "prompt"}),
-}
+# The row formats a StageSpec.rows names ("launcher.data.preview:<NAME>"), each with the builder its trainer calls.
+SFT_ROWS = StageView("example", _sft)
+BLOCK_ROWS = StageView("block", _blocks, {"input_ids": "text, every token trained"})
+PAIR_ROWS = StageView("pair", partial(_preference, pair_data), PAIR)
+# a reward model scores each whole sequence at its last token: its rows are prompt + reply, unsplit
+SCORED_PAIR_ROWS = StageView(
+    "pair",
+    partial(_preference, scored_pairs),
+    {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"},
+)
+KTO_ROWS = StageView("example", _kto, {"prompt_ids": "prompt", "completion_ids": "completion"})
+PROMPT_ROWS = StageView("prompt", _prompts, {"input_ids": "prompt"})
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
@@ -204,7 +203,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def preview(recipe: dict, count: int, dump_path: str | None) -> str:
     """The report `launch data` prints; writes the dump when asked."""
-    view = VIEWS[stage_spec(recipe["stage"]).data]
+    view = resolve(stage_spec(recipe["stage"]).rows)
     tokenizer = load_tokenizer(recipe["model"])
     data = view.build(recipe, tokenizer)
     if not data.rows:  # the run would stop here too: a non-zero exit, not an empty report

@@ -44,5 +44,9 @@ KEYS = {  # train.*
 
 
 SPEC = StageSpec(
-    kinds=("preference",), data="pairs", trainer="launcher.stages.dpo:build_trainer", check=check, keys=KEYS
+    kinds=("preference",),
+    rows="launcher.data.preview:PAIR_ROWS",
+    trainer="launcher.stages.dpo:build_trainer",
+    check=check,
+    keys=KEYS,
 )

@@ -22,4 +22,6 @@ KEYS = {  # train.*
 }
 
 
-SPEC = StageSpec(kinds=("kto",), data="kto", trainer="launcher.stages.kto:build_trainer", keys=KEYS)
+SPEC = StageSpec(
+    kinds=("kto",), rows="launcher.data.preview:KTO_ROWS", trainer="launcher.stages.kto:build_trainer", keys=KEYS
+)

@@ -5,7 +5,7 @@ from launcher.stages.dpo_spec import PREF_BETA
 
 SPEC = StageSpec(
     kinds=("preference",),
-    data="pairs",
+    rows="launcher.data.preview:PAIR_ROWS",
     trainer="launcher.stages.orpo:build_trainer",
     keys={"pref_beta": PREF_BETA},
 )

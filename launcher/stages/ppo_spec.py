@@ -111,7 +111,7 @@ KEYS = {  # train.*
 
 SPEC = StageSpec(
     kinds=PROMPT_KINDS,
-    data="prompts",
+    rows="launcher.data.preview:PROMPT_ROWS",
     trainer="launcher.stages.ppo:build_trainer",
     check=check,
     keys=KEYS,

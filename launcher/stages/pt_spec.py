@@ -3,5 +3,9 @@
 from launcher.registry import StageSpec
 
 SPEC = StageSpec(
-    kinds=None, data="blocks", trainer="launcher.stages.pt:build_trainer", lm_loss=True, imports_datasets=False
+    kinds=None,
+    rows="launcher.data.preview:BLOCK_ROWS",
+    trainer="launcher.stages.pt:build_trainer",
+    lm_loss=True,
+    imports_datasets=False,
 )

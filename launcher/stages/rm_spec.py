@@ -25,5 +25,9 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
 
 
 SPEC = StageSpec(
-    kinds=("preference",), data="scored_pairs", trainer="launcher.stages.rm:build_trainer", head=SCORE_HEAD, check=check
+    kinds=("preference",),
+    rows="launcher.data.preview:SCORED_PAIR_ROWS",
+    trainer="launcher.stages.rm:build_trainer",
+    head=SCORE_HEAD,
+    check=check,
 )

@@ -3,5 +3,9 @@
 from launcher.registry import StageSpec
 
 SPEC = StageSpec(
-    kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer", lm_loss=True, imports_datasets=False
+    kinds=("sft",),
+    rows="launcher.data.preview:SFT_ROWS",
+    trainer="launcher.stages.sft:build_trainer",
+    lm_loss=True,
+    imports_datasets=False,
 )
