@@ -74,9 +74,9 @@ def test_names_and_errors():
 @pytest.mark.unit
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path))
-    assert builtin.default_cache_dir() == tmp_path / "builtin"
+    assert builtin.builtin_cache_dir() == tmp_path / "builtin"
     monkeypatch.delenv("LAUNCHER_CACHE")
-    assert builtin.default_cache_dir() == Path.home() / ".cache" / "llm-launcher" / "builtin"
+    assert builtin.builtin_cache_dir() == Path.home() / ".cache" / "llm-launcher" / "builtin"
 
 
 @pytest.mark.unit

@@ -68,7 +68,7 @@ def require_free_port(port: int) -> None:
             ) from None
 
 
-def preflight(plan: dict, node_rank: int) -> None:
+def check_before_launch(plan: dict, node_rank: int) -> None:
     """Refuse before launch what would otherwise fail or hang inside the ranks."""
     if node_rank != 0:
         return

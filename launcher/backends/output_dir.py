@@ -18,7 +18,7 @@ from pathlib import Path
 from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
 from launcher.data.datasets import dataset_source
 from launcher.errors import RecipeError
-from launcher.model.builtin import builtin_name, default_cache_dir, fingerprint, is_builtin
+from launcher.model.builtin import builtin_cache_dir, builtin_name, fingerprint, is_builtin
 from launcher.util.paths import overlap
 
 MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
@@ -84,7 +84,7 @@ def model_folder(path: str) -> Path:
     """The folder model.path is read from: a builtin's materialized folder, a local folder, or the hub cache."""
     if is_builtin(path):
         try:
-            return default_cache_dir() / f"{builtin_name(path)}-{fingerprint(path)}"
+            return builtin_cache_dir() / f"{builtin_name(path)}-{fingerprint(path)}"
         except ValueError:  # an unknown builtin name: reported by whatever loads the model
             return Path(path)
     return Path(path) if Path(path).exists() else _hub_cache_folder(path)

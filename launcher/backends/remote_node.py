@@ -17,7 +17,7 @@ import threading
 
 from launcher.backends.proctree import become_subreaper, kill_descendants
 from launcher.errors import RecipeError
-from launcher.plan.store import discard_plan_copy
+from launcher.plan.files import discard_plan_copy
 
 
 def _stop_on_eof() -> None:

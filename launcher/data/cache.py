@@ -55,11 +55,11 @@ class Tokenized:
     meta: dict = field(default_factory=dict)  # JSON-serialisable, e.g. dropped and skipped counts
 
 
-def default_cache_dir() -> Path:
+def data_cache_dir() -> Path:
     """`$LAUNCHER_CACHE/data` if LAUNCHER_CACHE is set, else ~/.cache/llm-launcher/data."""
-    from launcher.model.builtin import default_cache_dir as builtin_cache
+    from launcher.model.builtin import builtin_cache_dir
 
-    return builtin_cache().parent / "data"
+    return builtin_cache_dir().parent / "data"
 
 
 def _sha256_file(path: Path) -> str:
@@ -294,7 +294,7 @@ def cached_data(
         )
 
     if data_cfg.get("cache", True):
-        root = Path(data_cfg.get("cache_dir") or default_cache_dir()).expanduser()
+        root = Path(data_cfg.get("cache_dir") or data_cache_dir()).expanduser()
         key = cache_key(kind, names, data_cfg, tokenizer, settings)
         got = load_or_build(root / f"{kind}-{key[:32]}", tokenized, timeout_s)
     else:  # data.cache: false: every process builds its own

@@ -1,12 +1,112 @@
-"""Where each node reads its plan, and writing it there."""
+"""Where each node reads its plan, and writing it there safely.
+
+Plan files on disk, safe against other local users. Torch-free.
+
+A node > 0 keeps its plan copy under the temp dir, where anyone can create names. So the copy
+goes into a folder of this user's alone (mode 0700, checked, never followed through a link),
+every plan is written to a fresh exclusive temp file and renamed over the target (a planted
+symlink is replaced, never written through), and the worker reads a plan only if this user
+owns it and nobody else can write it.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
+import tempfile
 from pathlib import Path
 
-from launcher.plan.store import plan_copies_dir, private_dir, write_new
+from launcher.errors import RecipeError
+
+
+def plan_copies_dir() -> Path:
+    """The per-user folder of node-local plan copies: <tmp>/launcher-plans-<uid>."""
+    return Path(tempfile.gettempdir()) / f"launcher-plans-{os.getuid()}"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why path is not a real folder of ours that nobody else can enter, or None."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return "is a symlink" if stat.S_ISLNK(info.st_mode) else "is not a folder"
+    if info.st_uid != os.getuid():
+        return f"belongs to uid {info.st_uid}, not to you (uid {os.getuid()})"
+    if info.st_mode & 0o077:
+        return f"has mode {stat.S_IMODE(info.st_mode):o}, open to other users"
+    return None
+
+
+def private_dir(path: Path) -> Path:
+    """Create path (mode 0700) or accept it only as a real folder of ours that nobody else can enter."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    problem = folder_problem(path)
+    if problem is None:
+        return path
+    raise RecipeError(
+        f"plan copy folder {path} {problem}; another user could read or swap this node's plan. "
+        f"Fix: remove it (`rm -rf {path}`) and launch again; it is recreated private (mode 700)"
+    )
+
+
+def write_new(path: str | Path, text: str, mode: int = 0o644) -> None:
+    """Write text to path atomically: a fresh exclusive file in the same folder, renamed over path,
+    so an existing symlink at path is replaced, not followed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL, 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            os.fchmod(out.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_own(path: str | Path) -> str:
+    """The text of a plan file this user owns and nobody else may write; RecipeError otherwise.
+    Opened without following a final symlink, and checked on the opened file itself."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        problem = "is a symlink" if err.errno == errno.ELOOP else err.strerror
+        raise RecipeError(
+            f"--plan {path} {problem}. Fix: start the worker through `launch`, which writes the plan"
+        ) from None
+    with os.fdopen(fd, encoding="utf-8") as plan:
+        info = os.fstat(plan.fileno())
+        if info.st_uid != os.getuid():
+            problem = f"belongs to uid {info.st_uid}, not to you (uid {os.getuid()})"
+        elif info.st_mode & 0o022:
+            problem = f"has mode {stat.S_IMODE(info.st_mode):o}: other users can write it"
+        else:
+            return plan.read()
+    raise RecipeError(
+        f"--plan {path} {problem}, so it may not be the plan you launched; refusing to run it. "
+        f"Fix: launch again (it rewrites the plan), or `chmod go-w {path}` if it is yours"
+    )
+
+
+def discard_plan_copy(path: str) -> None:
+    """Remove a node-local plan copy (node > 0) and its folder once the node is done; folders
+    that are not this user's private ones (write_plan refused them) are left alone."""
+    copy = Path(path)
+    try:
+        if folder_problem(copy.parent.parent) or folder_problem(copy.parent):
+            return
+    except FileNotFoundError:
+        return
+    copy.unlink(missing_ok=True)
+    try:
+        copy.parent.rmdir()
+    except OSError:  # not empty, or already gone
+        pass
 
 
 def node_plan_file(output_dir: str, node_rank: int) -> str:

@@ -13,13 +13,13 @@ from launcher.data.pairs import scored_pairs
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import preference_trainer
 
-SCORE_HEAD = "score"  # the head transformers' *ForSequenceClassification models put on the last token
+SCORE_MODULE = "score"  # the head transformers' *ForSequenceClassification models put on the last token
 
 
 def train_score_head(model) -> None:
     """The head is new: it is always trained (freeze tuning would leave it frozen at its random init)."""
     for name, param in model.named_parameters():
-        if f".{SCORE_HEAD}." in f".{name}" and "original_module" not in name:
+        if f".{SCORE_MODULE}." in f".{name}" and "original_module" not in name:
             param.requires_grad_(True)
 
 

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", required=True, help="plan.json written by `launch`")
     parsed = parser.parse_args(argv)
     from launcher.errors import TAG, LauncherError, RunStopped, worker_error_line
-    from launcher.plan.store import read_own
+    from launcher.plan.files import read_own
 
     code = 0
     try:

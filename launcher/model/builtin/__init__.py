@@ -15,7 +15,7 @@ planner can call :func:`is_builtin` and :func:`builtin_config_path`.
 Cache layout::
 
     $LAUNCHER_CACHE/builtin/<name>-<fingerprint>/      (if LAUNCHER_CACHE is set)
-    ~/.cache/llm-launcher/model/builtin/<name>-<fingerprint>/ (otherwise)
+    ~/.cache/llm-launcher/builtin/<name>-<fingerprint>/ (otherwise)
 
 ``<fingerprint>`` is the first 12 hex digits of a SHA-256 over :data:`BUILD_VERSION`, the
 seed, the model name and the bytes of every committed file of the model, so editing the
@@ -43,7 +43,7 @@ __all__ = [
     "builtin_source_dir",
     "builtin_config_path",
     "fingerprint",
-    "default_cache_dir",
+    "builtin_cache_dir",
     "materialize",
     "local_model_path",
 ]
@@ -112,8 +112,8 @@ def fingerprint(path: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def default_cache_dir() -> Path:
-    """``$LAUNCHER_CACHE/builtin`` if LAUNCHER_CACHE is set, else ``~/.cache/llm-launcher/model/builtin``."""
+def builtin_cache_dir() -> Path:
+    """``$LAUNCHER_CACHE/builtin`` if LAUNCHER_CACHE is set, else ``~/.cache/llm-launcher/builtin``."""
     root = os.environ.get("LAUNCHER_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "llm-launcher"
     return base / "builtin"
@@ -128,13 +128,13 @@ def materialize(path: str, cache_dir: str | None = None) -> str:
     and ``AutoTokenizer.from_pretrained`` load offline, building it on first use.
 
     ``cache_dir`` is the folder that holds the ``<name>-<fingerprint>`` folders (default:
-    :func:`default_cache_dir`). Safe to call from several processes at once: each builds
+    :func:`builtin_cache_dir`). Safe to call from several processes at once: each builds
     into its own temporary sibling folder and renames it into place; a process that loses
     the race discards its copy and uses the winner's (the weights are identical anyway).
     The caller's torch RNG state is left untouched.
     """
     name = builtin_name(path)  # ValueError for unknown names, before anything is imported
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else builtin_cache_dir()
     target = root / f"{name}-{fingerprint(path)}"
     if _is_complete(target):
         return str(target)
