@@ -51,21 +51,30 @@ def this_node_rank(cli_rank: int | None, plan: dict) -> int:
     return rank
 
 
-def require_free_port(port: int) -> None:
-    """Node 0 hosts the rendezvous store on master_port: refuse a port another process listens on now,
-    rather than hang or fail in the ranks. SO_REUSEADDR, as the store uses: a TIME_WAIT left by a
-    finished run does not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def port_taken(port: int, host: str = "") -> str | None:
+    """Why `port` on `host` cannot be listened on now (the OS's reason), or None when it can. SO_REUSEADDR, as
+    the rendezvous store and uvicorn use: a TIME_WAIT left by a finished run does not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("", port))
+            sock.bind((host, port))
             sock.listen(1)
         except OSError as err:
-            raise RecipeError(
-                f"distributed.master_port = {port} is already in use on this machine (node 0): {err.strerror}. "
-                f"Fix: pick a free port, e.g. distributed.master_port={port + 1}, or stop the process "
-                f"holding it (`ss -ltnp 'sport = :{port}'`)"
-            ) from None
+            return err.strerror or str(err)
+    return None
+
+
+def require_free_port(port: int) -> None:
+    """Node 0 hosts the rendezvous store on master_port: refuse a port another process listens on now,
+    rather than hang or fail in the ranks."""
+    why = port_taken(port)
+    if why:
+        raise RecipeError(
+            f"distributed.master_port = {port} is already in use on this machine (node 0): {why}. "
+            f"Fix: pick a free port, e.g. distributed.master_port={port + 1}, or stop the process "
+            f"holding it (`ss -ltnp 'sport = :{port}'`)"
+        )
 
 
 def preflight(plan: dict, node_rank: int) -> None:
