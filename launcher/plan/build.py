@@ -18,6 +18,7 @@ from launcher.plan.memory_fit import _memory_plan
 from launcher.plan.precision import _check_device, _kernel_plan, resolve_dtype
 from launcher.preflight import check as check_preflight
 from launcher.preflight import model_source
+from launcher.registry import method_spec
 
 PLAN_VERSION = 1
 
@@ -88,6 +89,7 @@ def build_plan(
         "version": PLAN_VERSION,
         "recipe_file": recipe_file,
         "pending": pending,
+        "notes": method_spec(recipe["method"]["name"]).notes(recipe),
         "recipe": copy.deepcopy(recipe),
         "model": model_source(recipe),
         "world": world,

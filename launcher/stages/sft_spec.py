@@ -3,5 +3,10 @@
 from launcher.registry import StageSpec
 
 SPEC = StageSpec(
-    kinds=("sft",), data="sft", trainer="launcher.stages.sft:build_trainer", lm_loss=True, imports_datasets=False
+    kinds=("sft",),
+    data="sft",
+    trainer="launcher.stages.sft:build_trainer",
+    lm_loss=True,
+    imports_datasets=False,
+    packs=True,
 )
