@@ -365,23 +365,39 @@ def cmd_serve(argv: list[str]) -> int:
         "--max-tokens", type=int, default=512, help="largest max_tokens a request may ask (the default)"
     )
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="longest prompt a request may send, in tokens; longer ones get 400 (default: the model's context)",
+    )
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="hf: this process; vllm: `vllm serve`")
     parser.add_argument("--print", action="store_true", help="with --engine vllm: print the command, run nothing")
     parser.add_argument("--trust-remote-code", action="store_true")
     _weights_arguments(parser, "auto: bf16 on a GPU, fp32 on CPU (with --engine hf)")
     args = parser.parse_args(argv)
-    from launcher.infer.serve import Engine, Limits, ServeError, parse_adapters, run_vllm, serve, vllm_command
+    from launcher.infer.serve import (
+        Engine,
+        Limits,
+        ServeError,
+        parse_adapters,
+        require_listenable,
+        run_vllm,
+        serve,
+        vllm_command,
+    )
 
     keys = args.api_key + [k for k in os.environ.get("LAUNCH_API_KEYS", "").split(",") if k]
     for flag, value in (
         ("--rpm", args.rpm),
         ("--tpm", args.tpm),
         ("--max-tokens", args.max_tokens),
-        ("--port", args.port),
         ("--max-body-bytes", args.max_body_bytes),
+        ("--max-prompt-tokens", args.max_prompt_tokens),
     ):
         if value is not None and value < 1:
             raise ServeError(f"{flag} {value}: must be >= 1")
+    require_listenable(args.host, args.port)
     adapters = parse_adapters(args.adapter)
     name = args.name or args.model
     if args.engine == "vllm":
@@ -394,8 +410,15 @@ def cmd_serve(argv: list[str]) -> int:
             )
         model = local_model_path(args.model)
         return run_vllm(vllm_command(model, adapters, args.host, args.port, name, args.dtype), keys, args.print)
-    limits = Limits(args.max_tokens, args.max_body_bytes, max(0, args.max_queue), args.rpm, args.tpm)
     engine = Engine(args.model, adapters, name, args.trust_remote_code, args.dtype, args.load_in)
+    limits = Limits(
+        args.max_tokens,
+        args.max_body_bytes,
+        max(0, args.max_queue),
+        args.rpm,
+        args.tpm,
+        engine.prompt_limit(args.max_prompt_tokens),
+    )
     serve(engine, limits, set(keys), args.host, args.port)
     return 0
 

@@ -72,6 +72,7 @@ class StageSpec:
         train.loss_kernel applies to it
     imports_datasets: its trainer needs the datasets library (TRL's do); the others' ranks never import it
         (launcher/worker/lean_imports.py)
+    packs: its rows are packed as data.packing says (any other stage refuses data.packing: it would train unpacked)
     check: its cross-key rules, check(resolved recipe, origins, refuse)
     keys: the train.* keys only this stage reads; the schema makes each valid only under the stages declaring it
     inputs: (section, key, check(recipe)) for each folder an earlier stage writes that this stage reads (its
@@ -84,6 +85,7 @@ class StageSpec:
     head: str = LM_HEAD
     lm_loss: bool = False
     imports_datasets: bool = True
+    packs: bool = False
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
     keys: Mapping[str, Key] = field(default_factory=dict)
     inputs: tuple[tuple[str, str, Callable[[dict], None]], ...] = ()
@@ -104,6 +106,8 @@ class MethodSpec:
     kbit_base: it trains over a k-bit quantized base (model.quantization, QLoRA)
     virtual_tokens: PEFT's forward feeds it virtual tokens (prefix tuning): a fused loss bypasses them and
         compiled layers recompile as they grow, so train.loss_kernel keeps the plain loss and train.compile is refused
+    notes: notes(resolved recipe) -> lines `launch plan` prints under "# notes": what is verified of a combination
+        it allows, and what is not
     """
 
     adapter: str
@@ -114,6 +118,7 @@ class MethodSpec:
     continues_adapter: bool = False
     kbit_base: bool = False
     virtual_tokens: bool = False
+    notes: Callable[[dict], list[str]] = lambda recipe: []
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,11 @@ class EngineSpec:
 def methods_with(feature: str) -> list[str]:
     """The registered methods whose spec has `feature` (a MethodSpec flag), in registry order."""
     return [name for name in METHODS if getattr(method_spec(name), feature)]
+
+
+def stages_with(feature: str) -> list[str]:
+    """The registered stages whose spec has `feature` (a StageSpec flag), in registry order."""
+    return [name for name in STAGES if getattr(stage_spec(name), feature)]
 
 
 STAGES: dict[str, str] = {

@@ -93,6 +93,19 @@ def test_no_eval_data_is_refused(tmp_path):
     assert proc.returncode == 2 and "data.eval_datasets" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.multiproc
+def test_an_empty_dev_set_is_refused_before_any_process_starts(tmp_path):
+    """As `launch train` refuses datasets without a row; it used to start the shards and fail in the scoring."""
+    empty = tmp_path / "dev.jsonl"
+    empty.write_text("")
+    out = tmp_path / "run"
+    args = ["recipes/sft_tiny.yaml", f"output.dir={out}", "--adapter", "", "--dataset", str(empty), "--nproc", "2"]
+    proc = run_launch(["eval", *args], timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"--dataset = ['{empty}']: no rows in {empty}" in proc.stderr and "nothing to evaluate. Fix:" in proc.stderr
+    assert "[chat]" not in proc.stderr and not out.exists()  # no model loaded, no shard folder written
+
+
 def _scalars(out) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -3,7 +3,8 @@
 No network: the hub is a local HF cache in tmp_path laid out as huggingface_hub lays it out (blobs, snapshots
 of symlinks, refs/main), holding the builtin model under a hub id, with HF_HUB_CACHE pointing at it. An uncached
 id offline is refused at once with the `launch download` command; a local folder that lacks a file is refused
-naming it. `launch download` itself is tested for its refusals and argument checks only (no fake hub server)."""
+naming it. `launch download` itself is tested for its refusals and argument checks, and against hubs that cannot be
+reached: real loopback endpoints that stall or refuse, and a name that does not resolve."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -173,6 +176,30 @@ def test_download_refusals_come_before_any_network_use(tmp_path):
         _refused(run_launch(["download", *args], timeout=60, env=offline()), *needles)
     proc = run_launch(["download", "--hub", "gitee", "Qwen/Qwen2-0.5B"], timeout=60, env=offline())
     assert proc.returncode == 2 and "invalid choice: 'gitee'" in proc.stderr
+
+
+@pytest.mark.multiproc
+def test_download_from_an_unreachable_hub_ends_in_bounded_time_with_the_fix(tmp_path):
+    """A hub that accepts and never answers (it hung forever), one that refuses, one whose name does not resolve:
+    each is exit 2 naming the endpoint and the fix, well within the timeouts and huggingface_hub's retries."""
+    with socket.socket() as stalled, socket.socket() as closed:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(16)  # the kernel accepts connections; nobody ever reads or answers
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        endpoints = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in (stalled, closed)]
+        endpoints.append("http://nonexistent.invalid")
+
+        def attempt(endpoint: str) -> tuple[subprocess.CompletedProcess, float]:
+            env = {"HF_ENDPOINT": endpoint, "HF_HUB_DOWNLOAD_TIMEOUT": "2", "HF_HUB_CACHE": str(tmp_path / "hub")}
+            start = time.monotonic()
+            return run_launch(["download", "Qwen/Qwen2-0.5B"], timeout=120, env=env), time.monotonic() - start
+
+        with ThreadPoolExecutor(len(endpoints)) as pool:  # each mostly waits out the retries: run them together
+            results = list(pool.map(attempt, endpoints))
+    for endpoint, (proc, seconds) in zip(endpoints, results):
+        message = _refused(proc, f"the hub {endpoint} cannot be reached", "HF_HUB_DOWNLOAD_TIMEOUT (now 2 s)")
+        assert "`launch download Qwen/Qwen2-0.5B`" in message
+        assert seconds < 60, (endpoint, seconds)
 
 
 @pytest.mark.unit

@@ -205,3 +205,24 @@ def test_a_pipeline_stage_plans_before_the_stage_it_reads_has_run(tmp_path):
     )
     assert trained.returncode == 2 and "model.adapter" in trained.stderr and "no adapter_config.json" in trained.stderr
     assert not (tmp_path / "ppo").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, noted",
+    [
+        (["model.quantization={bits: 4}", "distributed.zero=3"], True),
+        (["model.quantization={bits: 4}", "distributed.zero=2"], False),
+        (["model.quantization={bits: 8}", "distributed.zero=3"], False),
+        (["distributed.zero=3"], False),
+    ],
+    ids=["zero3-4bit", "zero2-4bit", "zero3-8bit", "zero3-no-quantization"],
+)
+def test_zero3_with_4bit_qlora_gets_a_note_of_what_is_verified(overrides, noted):
+    from launcher.plan import format_plan
+
+    text = format_plan(build_plan(load_recipe(TINY, overrides)))
+    assert ("# notes" in text) == noted
+    if noted:
+        note = text.split("# notes\n", 1)[1].splitlines()[0]
+        assert note.startswith("ZeRO-3 + 4-bit QLoRA: verified on CPU here")
+        assert "bnb_4bit_quant_storage matches the compute dtype" in note and "not run or measured on GPU" in note

@@ -183,3 +183,29 @@ def test_more_cpu_processes_than_cores_are_refused(tmp_path):
     proc = run_launch(["plan", TINY, "distributed.nproc_per_node=4096"], timeout=120, env=CPU)
     assert proc.returncode == 2
     assert "distributed.nproc_per_node = 4096, but no GPU is visible" in proc.stderr and "Fix:" in proc.stderr
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["data.packing=neat", "stage=dpo"], ["data.packing: neat has no effect in stage: dpo", "only stage: sft"]),
+        (["data.packing=greedy", "stage=pt"], ["data.packing: greedy has no effect in stage: pt"]),
+        (["data.packing=neat", "stage=rm"], ["data.packing: neat has no effect in stage: rm"]),
+        (["method.target=[]"], ["method.target: [] adapts no module", "method.target: [q_proj, v_proj]"]),
+        (
+            ["data.mask_history=true", "data.train_on_prompt=true"],
+            ["data.mask_history (train on the last reply only) contradicts data.train_on_prompt", "remove one"],
+        ),
+    ],
+    ids=["packing-dpo", "packing-pt", "packing-rm", "empty-target", "mask-history-and-train-on-prompt"],
+)
+def test_settings_a_run_would_ignore_or_cannot_honour_are_refused_at_plan(overrides, needles):
+    """Each used to start ranks that trained unpacked, exited 1 on both ranks, or trained on every token. The
+    message names the refused key's own override (the first)."""
+    proc = run_launch(["plan", "recipes/sft_tiny.yaml", *overrides], timeout=120, env=CPU)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    message = proc.stderr.strip()
+    assert message.count("\n") == 0 and f"override {overrides[0]}" in message and "Fix:" in message, message
+    for needle in needles:
+        assert needle in message, message

@@ -4,11 +4,13 @@ transformers' own generate over apply_chat_template, with and without the LoRA a
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from typing import IO, NamedTuple
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.multiproc
 openai = pytest.importorskip("openai")
 MESSAGES = [{"role": "user", "content": "Tell me about the weather"}]
 TOKENS = 8
+MAX_PROMPT = 200  # the served fixture's --max-prompt-tokens
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,17 @@ def adapter(tmp_path_factory, warm):
     return out
 
 
-def _start(*args: str) -> tuple[subprocess.Popen, str]:
+class Server(NamedTuple):
+    proc: subprocess.Popen
+    url: str
+    log: IO[str]  # the server's stdout and stderr
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+
+def _start(*args: str) -> Server:
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a server that logs a lot never blocks on it
     proc = subprocess.Popen(
@@ -71,7 +84,7 @@ def _start(*args: str) -> tuple[subprocess.Popen, str]:
             raise AssertionError(f"server exited: {log.read()[-5000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
+                return Server(proc, url, log)
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
@@ -88,8 +101,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(request, adapter):
-    proc, url = _start(
+def served(request, adapter) -> Server:
+    running = _start(
         "--adapter",
         f"demo={adapter}",
         "--name",
@@ -100,17 +113,40 @@ def server(request, adapter):
         "64",
         "--max-body-bytes",
         "4000",
+        "--max-prompt-tokens",
+        str(MAX_PROMPT),
     )
-    request.addfinalizer(lambda: _stop(proc))
-    return url
+    request.addfinalizer(lambda: _stop(running.proc))
+    return running
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    return served.url
 
 
 @pytest.fixture(scope="module")
 def limited(request, warm):
-    keys = [arg for k in ("req", "tok", "q1", "q2", "q3", "q4") for arg in ("--api-key", k)]
-    proc, url = _start(*keys, "--rpm", "3", "--tpm", "150", "--max-queue", "1", "--max-tokens", "200")
-    request.addfinalizer(lambda: _stop(proc))
-    return url
+    keys = [arg for k in ("req", "tok", "q1", "q2", "q3", "q4", "long") for arg in ("--api-key", k)]
+    running = _start(*keys, "--rpm", "3", "--tpm", "150", "--max-queue", "1", "--max-tokens", "200")
+    request.addfinalizer(lambda: _stop(running.proc))
+    return running.url
+
+
+@pytest.fixture(scope="module")
+def misfit(tmp_path_factory, warm):
+    """A LoRA adapter on the MLP of a base of another shape (the builtin's config, half its MLP width)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from launcher.model.builtin import materialize
+
+    config = AutoConfig.from_pretrained(materialize("builtin:tiny-qwen2"))
+    config.intermediate_size //= 2
+    peft = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(r=4, target_modules=["gate_proj"]))
+    out = tmp_path_factory.mktemp("misfit") / "narrow"
+    peft.save_pretrained(out)
+    return out
 
 
 def _client(url: str, key: str = "k1"):
@@ -265,7 +301,7 @@ def test_load_in_4bit_serves_what_chat_answers_over_the_same_4bit_model():
     over the same 4-bit quantization, and the server says how it loaded the weights."""
     from launcher.infer.chat import Sampling, load_for_chat, reply
 
-    proc, url = _start("--dtype", "fp32", "--load-in", "4bit")
+    proc, url, _ = _start("--dtype", "fp32", "--load-in", "4bit")
     try:
         served = _client(url).chat.completions.create(
             model="builtin:tiny-qwen2", messages=MESSAGES, max_tokens=TOKENS, temperature=0
@@ -280,3 +316,76 @@ def test_load_in_4bit_serves_what_chat_answers_over_the_same_4bit_model():
 def test_adapter_without_config_is_refused(tmp_path):
     proc = run_launch(["serve", "--model", "builtin:tiny-qwen2", "--adapter", str(tmp_path)], timeout=60)
     assert proc.returncode == 2 and "adapter_config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _prompt_tokens(messages: list[dict]) -> int:
+    """The oracle: the prompt's length under the tokenizer's own chat template (what the base model is served with)."""
+    from transformers import AutoTokenizer
+
+    from launcher.model.builtin import materialize
+
+    tokenizer = AutoTokenizer.from_pretrained(materialize("builtin:tiny-qwen2"))
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+
+def test_a_prompt_over_the_limit_is_a_400_before_generation(server, limited):
+    """--max-prompt-tokens, and without it the model's context (2048 for the builtin): the prompt is refused
+    before it reaches the generation queue, with an OpenAI-shaped error naming the lengths."""
+    for url, key, name, words, limit in (
+        (server, "k1", "tiny", 300, f"this server's --max-prompt-tokens of {MAX_PROMPT}"),
+        (limited, "long", "builtin:tiny-qwen2", 3000, "the model's context (max_position_embeddings) of 2048"),
+    ):
+        messages = [{"role": "user", "content": "x " * words}]
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": name, "messages": messages, "max_tokens": 1},
+            timeout=60,
+        )
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == "messages"
+        assert f"the prompt is {_prompt_tokens(messages)} tokens, above {limit}" in error["message"]
+
+
+def test_a_client_gone_mid_body_leaves_no_traceback(served, adapter):
+    """Content-Length promises more than the client sends before it closes: the server logs nothing alarming
+    and answers the next request."""
+    port = int(served.url.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(head.encode() + b'{"model": "tiny", "messages": [')
+        time.sleep(0.5)  # the server is reading the body now
+    reply = _client(served.url).chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=TOKENS, temperature=0
+    )
+    assert reply.choices[0].message.content == greedy(MESSAGES, TOKENS, adapter)
+    log = served.output()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
+
+
+MISFIT = "model.layers.0.mlp.gate_proj.weight is (352, 128) in the base, the adapter's output side is 176"
+
+
+def test_a_port_nobody_can_listen_on_and_a_misfit_adapter_are_refused_before_loading(misfit):
+    """Exit 2 with the fix, and the model was never loaded (no load line, no weights progress)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cases = [
+            (["serve", "--port", "70000"], "--port 70000: not a TCP port. Fix: a port in 1..65535"),
+            (["serve", "--port", str(port)], f"--port {port}: cannot listen there (Address already in use). Fix:"),
+            (["serve", "--adapter", str(misfit)], MISFIT),
+            (["chat", "--adapter", str(misfit), "--prompt", "hi"], MISFIT),
+        ]
+        for args, needle in cases:
+            proc = run_launch([*args, "--model", "builtin:tiny-qwen2"], timeout=120)
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            assert "[chat]" not in proc.stderr and "Loading weights" not in proc.stderr
+    assert f"adapter {misfit} does not fit the model builtin:tiny-qwen2" in proc.stderr
+    assert "Fix: pass the base model the adapter was trained on" in proc.stderr

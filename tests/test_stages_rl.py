@@ -253,7 +253,7 @@ def _fake_rm_output(folder: Path, model_path: str) -> Path:
         (["method.variant=pissa", "distributed.zero=2"], "method.variant: pissa cannot run with stage: ppo"),
         (["distributed.offload=all"], "distributed.offload: all cannot run with stage: ppo"),
         (["data.val_size=0.1"], "stage: ppo has no evaluation pass"),
-        (["data.packing=greedy"], "data.packing: greedy cannot run with stage: ppo"),
+        (["data.packing=greedy"], "data.packing: greedy has no effect in stage: ppo"),
         (["train.reward_model=null"], "stage: ppo needs train.reward_model"),
     ],
 )

@@ -7,10 +7,10 @@ else 0. A hostfile run is started once, on its first host (node 0), which starts
 from __future__ import annotations
 
 import os
-import socket
 
 from launcher.backends.slurm import allocation
 from launcher.errors import RecipeError
+from launcher.util.net import port_taken
 
 
 def this_node_rank(cli_rank: int | None, plan: dict) -> int:
@@ -53,19 +53,14 @@ def this_node_rank(cli_rank: int | None, plan: dict) -> int:
 
 def require_free_port(port: int) -> None:
     """Node 0 hosts the rendezvous store on master_port: refuse a port another process listens on now,
-    rather than hang or fail in the ranks. SO_REUSEADDR, as the store uses: a TIME_WAIT left by a
-    finished run does not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("", port))
-            sock.listen(1)
-        except OSError as err:
-            raise RecipeError(
-                f"distributed.master_port = {port} is already in use on this machine (node 0): {err.strerror}. "
-                f"Fix: pick a free port, e.g. distributed.master_port={port + 1}, or stop the process "
-                f"holding it (`ss -ltnp 'sport = :{port}'`)"
-            ) from None
+    rather than hang or fail in the ranks."""
+    why = port_taken(port)
+    if why:
+        raise RecipeError(
+            f"distributed.master_port = {port} is already in use on this machine (node 0): {why}. "
+            f"Fix: pick a free port, e.g. distributed.master_port={port + 1}, or stop the process "
+            f"holding it (`ss -ltnp 'sport = :{port}'`)"
+        )
 
 
 def check_before_launch(plan: dict, node_rank: int) -> None:

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.checkpoint.inputs import adapter_config, read_json, run_plan, safetensors_files
+from launcher.checkpoint.adapter_fit import adapter_fit_error
+from launcher.checkpoint.inputs import read_json, run_plan, safetensors_files
 from launcher.compat import bnb_cpu_kernel_where_it_fits
 from launcher.data.defaults import TEMPLATE
 from launcher.data.templates import TEMPLATES
@@ -112,6 +113,31 @@ def _quantization(load_in: str | None, compute_dtype):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
+def require_adapter_fits(model_path: str, adapter: str) -> None:
+    """Refuse, before the base is loaded, an adapter trained on a base of another shape (damaged files too)."""
+    refusal = adapter_fit_error(model_path, adapter)
+    if refusal:
+        raise CheckpointError(refusal)
+
+
+def attach_adapter(model, adapter: str, model_path: str, name: str = "default"):
+    """`model` with the PEFT adapter loaded as `name` (the first makes it a PeftModel). Shapes that
+    require_adapter_fits could not check (a hub base) are refused here, as PEFT's load_state_dict finds them."""
+    from peft import PeftModel
+
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(adapter, adapter_name=name)
+            return model
+        return PeftModel.from_pretrained(model, adapter, adapter_name=name)
+    except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise CheckpointError(
+            f"adapter {adapter} does not fit the model {model_path}: {detail.rstrip('.')}. "
+            "Fix: pass the base model the adapter was trained on"
+        ) from None
+
+
 def load_for_chat(
     model_path: str,
     adapter: str | None = None,
@@ -127,9 +153,9 @@ def load_for_chat(
 
     from launcher.model.builtin import local_model_path
 
-    model_dir = local_model_path(model_path)
     if adapter:
-        adapter_config(adapter)
+        require_adapter_fits(model_path, adapter)
+    model_dir = local_model_path(model_path)
     if Path(model_dir).is_dir():
         read_json(Path(model_dir) / "config.json")
         safetensors_files(Path(model_dir))
@@ -147,18 +173,7 @@ def load_for_chat(
     if load_in == "4bit":
         bnb_cpu_kernel_where_it_fits(model)
     if adapter:
-        from peft import PeftModel
-
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
-            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)).rstrip(
-                "."
-            )
-            raise CheckpointError(
-                f"adapter {adapter} does not fit the model {model_path}: {detail}. "
-                "Fix: pass the base model the adapter was trained on"
-            ) from None
+        model = attach_adapter(model, adapter, model_path)
     quantized = f", linear layers {load_in}" if load_in else ""
     print(
         f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype}{quantized} on {model.device}",

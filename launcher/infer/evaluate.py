@@ -137,6 +137,7 @@ def evaluate(
     from launcher.infer.metrics import similarity
 
     engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
+    key = "--dataset" if datasets else "data.eval_datasets"
     datasets = datasets or recipe["data"]["eval_datasets"]
     if not datasets:
         raise EvalError(
@@ -145,6 +146,10 @@ def evaluate(
         )
     out = out or Path(recipe["output"]["dir"]) / "eval"
     rows = load_prompts(recipe, datasets)
+    if not rows:  # as `launch train` refuses data.datasets without a row
+        from launcher.plan.preflight import no_rows_error
+
+        raise EvalError(no_rows_error(key, datasets, recipe["data"], "evaluate"))
     job = Job(
         model or recipe["model"]["path"],
         adapter if adapter is not None else _default_adapter(recipe),

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import ServeError
-from launcher.infer.chat import Sampling, chat_template, encode_prompt, load_for_chat
+from launcher.infer.chat import (
+    Sampling,
+    attach_adapter,
+    chat_template,
+    encode_prompt,
+    load_for_chat,
+    require_adapter_fits,
+)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class Limits:
     max_queue: int = 8  # requests waiting while one generates; more are refused with 503
     rpm: int | None = None  # requests per minute per API key
     tpm: int | None = None  # prompt + completion tokens per minute per API key
+    max_prompt_tokens: tuple[int, str] | None = None  # (longest prompt, whose limit it is: flag or model context)
 
 
 class ApiError(Exception):
@@ -59,6 +67,20 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
             raise ServeError(f"--adapter {spec}: the name {name!r} is taken. Fix: name it, --adapter NAME=PATH")
         adapters[name] = path
     return adapters
+
+
+def require_listenable(host: str, port: int) -> None:
+    """Refuse, before the model loads, a port no server can listen on: out of range, or taken now."""
+    from launcher.util.net import port_taken
+
+    if not 1 <= port <= 65535:
+        raise ServeError(f"--port {port}: not a TCP port. Fix: a port in 1..65535, e.g. --port 8000")
+    why = port_taken(port, host)
+    if why:
+        raise ServeError(
+            f"--host {host} --port {port}: cannot listen there ({why}). Fix: pick a free port, e.g. "
+            f"--port {port % 65535 + 1}, or stop the process holding it (`ss -ltnp 'sport = :{port}'`)"
+        )
 
 
 class RateLimit:
@@ -201,15 +223,12 @@ class Engine:
         dtype: str = "auto",
         load_in: str | None = None,
     ):
+        for path in adapters.values():  # before the base loads: it may take minutes
+            require_adapter_fits(model_path, path)
         model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code, dtype, load_in)
-        if adapters:
-            from peft import PeftModel
-
-            first, *rest = adapters.items()
-            model = PeftModel.from_pretrained(model, first[1], adapter_name=first[0])
-            for name, path in rest:
-                model.load_adapter(path, adapter_name=name)
-            model.eval()
+        for name, path in adapters.items():
+            model = attach_adapter(model, path, model_path, name)
+        model.eval()
         self.model, self.adapters, self.base_name = model, adapters, base_name
         # each served model renders prompts as its run trained (chat.chat_template): the base's, each adapter's
         self.templates = {
@@ -232,13 +251,35 @@ class Engine:
             kwargs.update(stop_strings=request.stop, tokenizer=self.tokenizer)
         return kwargs
 
-    def generate(self, request: ChatRequest, streamer=None) -> tuple[list[int], int]:
-        """(completion token ids, prompt tokens); tokens go to `streamer` as they come when one is given."""
+    def prompt_limit(self, requested: int | None) -> tuple[int, str] | None:
+        """The longest prompt a request may send and whose limit it is: --max-prompt-tokens, never above the
+        model's context (max_position_embeddings)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if requested is not None and (context is None or requested <= context):
+            return requested, "this server's --max-prompt-tokens"
+        return (context, "the model's context (max_position_embeddings)") if context else None
+
+    def encode(self, request: ChatRequest, limit: tuple[int, str] | None):
+        """The request's prompt, tokenized as its model trained; one longer than `limit` is a 400, before it
+        can hold the generation slot."""
+        inputs = encode_prompt(self.tokenizer, request.messages, self.templates[request.model])
+        length = inputs["input_ids"].shape[1]
+        if limit is not None and length > limit[0]:
+            raise ApiError(
+                400,
+                f"the prompt is {length} tokens, above {limit[1]} of {limit[0]}. Fix: shorten the messages",
+                param="messages",
+            )
+        return inputs
+
+    def generate(self, request: ChatRequest, inputs, streamer=None) -> tuple[list[int], int]:
+        """(completion token ids, prompt tokens) for the encoded prompt `inputs`; tokens go to `streamer` as they
+        come when one is given."""
         import contextlib
 
         import torch
 
-        inputs = encode_prompt(self.tokenizer, request.messages, self.templates[request.model]).to(self.model.device)
+        inputs = inputs.to(self.model.device)
         if request.model in self.adapters:
             self.model.set_adapter(request.model)
             context = contextlib.nullcontext()
@@ -269,6 +310,7 @@ def _error(err: ApiError):
 def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="llm-launcher serve")
     rate, gate = RateLimit(limits.rpm, limits.tpm), Gate(limits.max_queue)
@@ -287,10 +329,13 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise ApiError(413, f"request body of {declared} bytes is above the limit {limits.max_body_bytes}")
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_body_bytes:
-                raise ApiError(413, f"request body is above the limit {limits.max_body_bytes} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_body_bytes:
+                    raise ApiError(413, f"request body is above the limit {limits.max_body_bytes} bytes")
+        except ClientDisconnect:  # it left mid-body: nobody to answer, nothing to log
+            raise ApiError(400, "the client closed the connection before sending the whole body") from None
         return body
 
     @app.exception_handler(ApiError)
@@ -322,6 +367,7 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
     async def completions(request: Request):
         key = authorize(request)
         chat = parse_request(await read_body(request), limits, engine.names)
+        inputs = engine.encode(chat, limits.max_prompt_tokens)
         event = rate.admit(key)
         await gate.enter()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": chat.model}
@@ -329,11 +375,11 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
             from transformers import TextIteratorStreamer
 
             streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-            generation = _generate(engine, chat, gate, streamer)
+            generation = _generate(engine, chat, inputs, gate, streamer)
             return StreamingResponse(
                 _stream(engine, chat, head, event, generation, streamer), media_type="text/event-stream"
             )
-        ids, prompt = await asyncio.shield(_generate(engine, chat, gate))
+        ids, prompt = await asyncio.shield(_generate(engine, chat, inputs, gate))
         event[1] = prompt + len(ids)
         text, reason = engine.finish(ids, chat)
         return {
@@ -346,7 +392,7 @@ def build_app(engine: Engine, limits: Limits, api_keys: set[str]):
     return app
 
 
-def _generate(engine: Engine, chat: ChatRequest, gate: Gate, streamer=None) -> asyncio.Future:
+def _generate(engine: Engine, chat: ChatRequest, inputs, gate: Gate, streamer=None) -> asyncio.Future:
     """engine.generate in a worker thread that holds the gate until generate returns.
 
     The gate is released by the thread's end, not by the request's code: a client that goes away
@@ -354,7 +400,7 @@ def _generate(engine: Engine, chat: ChatRequest, gate: Gate, streamer=None) -> a
     every await in its finally too), and a release there would be skipped, or come while the model
     still generates. Callers await the future through asyncio.shield for the same reason."""
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(None, engine.generate, chat, streamer)
+    future = loop.run_in_executor(None, engine.generate, chat, inputs, streamer)
 
     def done(finished: asyncio.Future) -> None:
         gate.leave()
@@ -452,7 +498,8 @@ def serve(engine: Engine, limits: Limits, api_keys: set[str], host: str, port: i
         )
     print(
         f"[serve] {', '.join(engine.names)} on http://{host}:{port}/v1 (queue {limits.max_queue}, "
-        f"max_tokens {limits.max_tokens}, rpm {limits.rpm}, tpm {limits.tpm})",
+        f"max_tokens {limits.max_tokens}, prompt tokens {limits.max_prompt_tokens and limits.max_prompt_tokens[0]}, "
+        f"rpm {limits.rpm}, tpm {limits.tpm})",
         flush=True,
     )
     uvicorn.run(build_app(engine, limits, api_keys), host=host, port=port, log_level="warning")

@@ -28,6 +28,12 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
                 "re-quantized, so the saved adapter could not reproduce the trained model over the "
                 "original base). Fix: remove model.quantization, or method.variant: lora",
             )
+    if method["target"] == []:
+        refuse(
+            "method.target",
+            "method.target: [] adapts no module, so LoRA would have nothing to train. "
+            "Fix: name modules, e.g. method.target: [q_proj, v_proj], or method.target: all",
+        )
     if method["loraplus_ratio"] is not None and dist["offload"] != "none":
         refuse(
             "method.loraplus_ratio",
@@ -91,6 +97,19 @@ def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> 
     return error
 
 
+def notes(r: dict) -> list[str]:
+    """ZeRO-3 over a 4-bit base: what tests/test_methods.py verifies, and what no test here can."""
+    quant, dist = r["model"]["quantization"], r["distributed"]
+    if quant is None or quant["bits"] != 4 or dist["engine"] != "deepspeed" or dist["zero"] != 3:
+        return []
+    return [
+        "ZeRO-3 + 4-bit QLoRA: verified on CPU here (2 processes: it trains, and the adapter reloads over the "
+        "quantized base with the trained model's logits; docs/methods.md). On GPU, ZeRO-3 partitions 4-bit "
+        "weights only when bitsandbytes' bnb_4bit_quant_storage matches the compute dtype, which the launcher "
+        "does not set: not run or measured on GPU."
+    ]
+
+
 SPEC = MethodSpec(
     adapter="launcher.methods.lora",
     split=split,
@@ -99,4 +118,5 @@ SPEC = MethodSpec(
     keys=KEYS,
     continues_adapter=True,
     kbit_base=True,
+    notes=notes,
 )

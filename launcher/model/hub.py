@@ -105,6 +105,41 @@ def modelscope_missing(hub_key: str) -> str | None:
     )
 
 
+def _fill_timeouts(request) -> None:
+    """A request hook: the connect/read/write/pool limits a request left unset become HF_HUB_DOWNLOAD_TIMEOUT."""
+    from huggingface_hub import constants
+
+    limits = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {
+        kind: constants.HF_HUB_DOWNLOAD_TIMEOUT if limits.get(kind) is None else limits[kind]
+        for kind in ("connect", "read", "write", "pool")
+    }
+
+
+def bound_hub_requests() -> None:
+    """Every request of huggingface_hub's shared HTTP session gives up after HF_HUB_DOWNLOAD_TIMEOUT seconds
+    without a connection or data. huggingface_hub sends its listing and repo-info requests with no timeout at
+    all, so a hub that accepts and never answers (a dead proxy, a firewall that drops) hung `launch download`
+    forever. With the hub's 5 retries a dead hub fails in about 6 x the timeout + 23 s of backoff."""
+    from huggingface_hub import get_session
+
+    hooks = get_session().event_hooks
+    if _fill_timeouts not in hooks["request"]:
+        get_session().event_hooks = {**hooks, "request": [*hooks["request"], _fill_timeouts]}
+
+
+def unreachable_hub(model: str, hub: str, revision: str | None, err: Exception) -> str:
+    """The refusal for a hub that refused the connection, did not resolve, or did not answer in time."""
+    from huggingface_hub import constants
+
+    return (
+        f"{model!r} could not be fetched: the hub {constants.ENDPOINT} cannot be reached ({type(err).__name__}: "
+        f"{err or 'no answer'}). Fix: check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; a slow link: raise "
+        f"HF_HUB_DOWNLOAD_TIMEOUT (now {constants.HF_HUB_DOWNLOAD_TIMEOUT} s); then run "
+        f"`{download_command(model, hub, revision)}`"
+    )
+
+
 def download(
     model: str,
     hub: str = "huggingface",
@@ -135,7 +170,8 @@ def download(
                 f"ModelScope could not fetch {model!r}: {err}. Fix: check the model id and the "
                 f"network, then run `{download_command(model, hub, revision)}`"
             ) from None
-    from huggingface_hub import HfApi, snapshot_download
+    from httpx2 import TransportError  # huggingface_hub's HTTP client: refused, DNS, timeouts
+    from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -144,11 +180,20 @@ def download(
         RevisionNotFoundError,
     )
 
+    bound_hub_requests()
     try:
         files = HfApi().list_repo_files(model, revision=revision)
         return Path(
-            snapshot_download(model, revision=revision, cache_dir=cache_dir, ignore_patterns=download_ignore(files))
+            snapshot_download(
+                model,
+                revision=revision,
+                cache_dir=cache_dir,
+                ignore_patterns=download_ignore(files),
+                etag_timeout=constants.HF_HUB_ETAG_TIMEOUT,
+            )
         )
+    except TransportError as err:
+        raise RecipeError(unreachable_hub(model, hub, revision, err)) from None
     except GatedRepoError:
         why = "is gated: accept its licence on huggingface.co and log in (`hf auth login`), then run"
     except RevisionNotFoundError:

@@ -17,7 +17,7 @@ from launcher.plan.memory_fit import memory_plan
 from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
-from launcher.registry import engine_spec
+from launcher.registry import engine_spec, method_spec
 
 PLAN_VERSION = 1
 
@@ -88,6 +88,7 @@ def build_plan(
         "version": PLAN_VERSION,
         "recipe_file": recipe_file,
         "pending": pending,
+        "notes": method_spec(recipe["method"]["name"]).notes(recipe),
         "recipe": copy.deepcopy(recipe),
         "model": model_source(recipe),
         "world": world,

@@ -41,6 +41,8 @@ def format_plan(plan: dict) -> str:
         lines.append("distributed.zero: auto chose the first option that fits, in the order listed")
     if plan["memory"].get("refusal"):
         lines.append(f"training refuses this plan: {plan['memory']['refusal']}")
+    if plan.get("notes"):
+        lines += ["", "# notes"] + plan["notes"]
     if plan.get("pending"):
         lines += ["", "# not there yet (training refuses until they are)"] + plan["pending"]
     lines += ["", "# environment"] + [f"{k}={shlex.quote(v)}" for k, v in plan["env"].items()]

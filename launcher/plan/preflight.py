@@ -162,11 +162,16 @@ def check_datasets_yield_rows(recipe: dict) -> None:
             except DataError as err:
                 raise RecipeError(f"data.{key}: {err}") from None
         if key == "datasets" and not found:
-            files = [str(f) for name in data[key] for f in resolve_dataset(name, data["dataset_dir"]).files]
-            raise RecipeError(
-                f"data.datasets = {data[key]}: no rows in {', '.join(files)} (or in the split they "
-                "select), nothing to train on. Fix: fill the files, or name datasets that have rows"
-            )
+            raise RecipeError(no_rows_error("data.datasets", data[key], data, "train on"))
+
+
+def no_rows_error(key: str, names: list[str], data: dict, purpose: str) -> str:
+    """The refusal for datasets that hold no row: `launch train` for data.datasets, `launch eval` for its own."""
+    files = [str(f) for name in names for f in resolve_dataset(name, data["dataset_dir"]).files]
+    return (
+        f"{key} = {names}: no rows in {', '.join(files)} (or in the split they select), nothing to {purpose}. "
+        "Fix: fill the files, or name datasets that have rows"
+    )
 
 
 def check(recipe: dict) -> None:

@@ -17,7 +17,7 @@ import yaml
 from launcher.errors import RecipeError, listing
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
-from launcher.registry import engine_spec, method_spec, methods_with, stage_spec
+from launcher.registry import engine_spec, method_spec, methods_with, stage_spec, stages_with
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
 # failing inside a worker after the processes have started.
@@ -285,6 +285,19 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             "set model.path to the merged dir",
         )
     stage_spec(r["stage"]).check(r, origins, refuse)
+    if r["data"]["packing"] != "none" and not stage_spec(r["stage"]).packs:
+        able = " or ".join(stages_with("packs"))
+        refuse(
+            "data.packing",
+            f"data.packing: {r['data']['packing']} has no effect in stage: {r['stage']} (only stage: {able} packs "
+            "its rows; the others train one sequence per row, pt its cutoff_len blocks). Fix: set data.packing: none",
+        )
+    if r["data"]["mask_history"] and r["data"]["train_on_prompt"]:
+        refuse(
+            "data.mask_history",
+            "data.mask_history (train on the last reply only) contradicts data.train_on_prompt (train on every "
+            "token, prompts included): together every token would be trained. Fix: remove one of them",
+        )
     if r["model"]["quantization"] is not None and not method_spec(method).kbit_base:
         able = " or ".join(methods_with("kbit_base"))
         refuse(

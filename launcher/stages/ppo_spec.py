@@ -6,13 +6,11 @@ from pathlib import Path
 from launcher.data.kinds import PROMPT_KINDS
 from launcher.errors import RecipeError
 from launcher.registry import Key, Refuse, StageSpec
-from launcher.stages.rm_spec import refuse_packing
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
     """Combinations that cannot work (docs/stages.md)."""
     method, dist, data = r["method"]["name"], r["distributed"], r["data"]
-    refuse_packing(r, refuse)
     if method != "lora":
         refuse(
             "method.name",

@@ -3,19 +3,7 @@
 from launcher.registry import SCORE_HEAD, Refuse, StageSpec
 
 
-def refuse_packing(r: dict, refuse: Refuse) -> None:
-    """rm and ppo give each sequence its own score or reply: packed rows would mix them."""
-    packing = r["data"]["packing"]
-    if packing != "none":
-        refuse(
-            "data.packing",
-            f"data.packing: {packing} cannot run with stage: {r['stage']} (each sequence gets its "
-            "own score or reply; packed rows would mix them). Fix: set data.packing: none",
-        )
-
-
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    refuse_packing(r, refuse)
     if r["method"]["name"] == "prefix":
         refuse(
             "method.name",

@@ -8,4 +8,5 @@ SPEC = StageSpec(
     trainer="launcher.stages.sft:build_trainer",
     lm_loss=True,
     imports_datasets=False,
+    packs=True,
 )

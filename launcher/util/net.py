@@ -1,0 +1,19 @@
+"""Whether a port can be listened on: the one probe the rendezvous and `launch serve` checks share."""
+
+from __future__ import annotations
+
+import socket
+
+
+def port_taken(port: int, host: str = "") -> str | None:
+    """Why `port` on `host` cannot be listened on now (the OS's reason), or None when it can. SO_REUSEADDR, as
+    the rendezvous store and uvicorn use: a TIME_WAIT left by a finished run does not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1)
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
