@@ -97,6 +97,7 @@ def cmd_train(argv: list[str]) -> int:
     _add_host_filters(parser)
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.local import run_node
+    from launcher.checkpoint.resume import RunComplete
     from launcher.nodes import preflight, this_node_rank
     from launcher.output_dir import start_run
     from launcher.plan import write_plan
@@ -107,7 +108,11 @@ def cmd_train(argv: list[str]) -> int:
     if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
         raise RecipeError(plan["memory"]["refusal"])
     node_rank = this_node_rank(args.node_rank, plan)
-    replace = _check_output_dir(plan) if node_rank == 0 else False
+    try:
+        replace = _check_output_dir(plan) if node_rank == 0 else False
+    except RunComplete as done:  # a finished run started again: nothing to train, nothing written
+        print(f"[launch] {done}", flush=True)
+        return 0
     preflight(plan, node_rank)  # port, hosts: before any process starts
     ensure_model(plan)  # a hub id: in the cache, fetched now by this process, or refused offline
     if node_rank == 0:  # every check passed: only now is a previous run replaced and plan.json written
