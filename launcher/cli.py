@@ -99,6 +99,7 @@ def cmd_train(argv: list[str]) -> int:
     from launcher.backends.local import run_node
     from launcher.backends.nodes import check_before_launch, this_node_rank
     from launcher.backends.output_dir import start_run
+    from launcher.checkpoint.resume import RunComplete
     from launcher.plan import write_plan
     from launcher.plan.files import discard_plan_copy
     from launcher.plan.preflight import ensure_model
@@ -107,7 +108,11 @@ def cmd_train(argv: list[str]) -> int:
     if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
         raise RecipeError(plan["memory"]["refusal"])
     node_rank = this_node_rank(args.node_rank, plan)
-    replace = _check_output_dir(plan) if node_rank == 0 else False
+    try:
+        replace = _check_output_dir(plan) if node_rank == 0 else False
+    except RunComplete as done:  # a finished run started again: nothing to train, nothing written
+        print(f"[launch] {done}", flush=True)
+        return 0
     check_before_launch(plan, node_rank)  # port, hosts: before any process starts
     ensure_model(plan)  # a hub id: in the cache, fetched now by this process, or refused offline
     if node_rank == 0:  # every check passed: only now is a previous run replaced and plan.json written

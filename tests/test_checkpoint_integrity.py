@@ -1,11 +1,13 @@
 """Resume loads only intact checkpoints this launcher wrote, of this recipe: a damaged newest
 checkpoint is named (train.resume: <dir>) or skipped for the newest intact one (auto), a checkpoint
-of another recipe is refused, and a planted malicious pickle never runs, unless the recipe says
-train.trust_checkpoint: true for a checkpoint without a launcher manifest. Every refusal comes
-from `launch` before any rank starts. Copies of the session's ZeRO-3 LoRA run are damaged."""
+of another recipe, ZeRO stage, offload or engine is refused, and a planted malicious pickle never
+runs, even under a manifest recomputed over it, unless the recipe says train.trust_checkpoint: true.
+Every refusal comes from `launch` before any rank starts or any file is written. Copies of the
+session's ZeRO-3 LoRA run are damaged; the session's real checkpoints of every kind pass the pickle check."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,9 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.checkpoint.manifest import read_manifests, verify
+from launcher.checkpoint.manifest import read_manifests, verify, write_manifest
+from launcher.checkpoint.pickle_check import foreign_class, resume_pickles
+from launcher.checkpoint.resume import check_checkpoint
+from launcher.errors import RecipeError
 from launcher.model.builtin import materialize
-from tests.conftest import LORA_ZERO3_RUN, free_port, run_launch
+from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN, free_port, run_launch
 from tests.test_resume import _assert_same_run
 
 pytestmark = pytest.mark.multiproc
@@ -102,22 +107,86 @@ def test_auto_skips_a_planted_pickle_for_the_newest_intact_checkpoint(run_copy, 
 
 
 @pytest.mark.parametrize(
-    "override,key",
+    "overrides,key",
     [
-        ("method.rank=4", "method.rank"),
-        ("method.target=[q_proj]", "method.target"),
-        ("method={name: full}", "method.name"),
-        ("model.path", "model.path"),
+        (("method.rank=4",), "method.rank"),
+        (("method.target=[q_proj]",), "method.target"),
+        (("method={name: full}",), "method.name"),
+        (("model.path",), "model.path"),
+        # what DeepSpeed would trip on inside the ranks: another ZeRO stage, offload or engine
+        (("distributed.zero=2",), "distributed.zero = 3"),
+        (("distributed.offload=optimizer",), "distributed.offload = 'none'"),
+        (("distributed.engine=ddp", "distributed.zero=0"), "distributed.engine = 'deepspeed'"),
     ],
 )
-def test_checkpoint_of_another_recipe_is_refused_before_launch(run_copy, override, key):
-    if override == "model.path":  # another model folder (the same weights, as a local dir)
-        override = f"model.path={materialize('builtin:tiny-qwen2')}"
-    before = _listing(run_copy)
-    proc = _launch(run_copy, override)
+def test_checkpoint_of_another_recipe_is_refused_before_launch(run_copy, overrides, key):
+    if overrides == ("model.path",):  # another model folder (the same weights, as a local dir)
+        overrides = (f"model.path={materialize('builtin:tiny-qwen2')}",)
+    before, plan_json = _listing(run_copy), (run_copy / "plan.json").read_bytes()
+    proc = _launch(run_copy, *overrides)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{run_copy / STEP6} was written with {key}" in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and _listing(run_copy) == before
+    assert (run_copy / "plan.json").read_bytes() == plan_json, "a refused launch rewrote plan.json"
+
+
+def _plan(run: Path, **train) -> dict:
+    """The plan the run was started with (its output.dir/plan.json), train.* keys replaced."""
+    plan = json.loads((run / "plan.json").read_text())
+    plan["recipe"]["train"].update(train)
+    return plan
+
+
+def test_manifest_of_an_older_launcher_without_the_engine_keys_still_resumes(run_copy):
+    """Manifests written before the engine, ZeRO stage and offload were recorded are not checked for them."""
+    checkpoint = run_copy / STEP6
+    plan = _plan(run_copy)
+    plan["recipe"]["distributed"]["zero"] = 2
+    with pytest.raises(RecipeError, match="was written with distributed.zero = 3"):
+        check_checkpoint(checkpoint, plan)
+    path = checkpoint / "launcher-manifest-node0.json"
+    manifest = json.loads(path.read_text())
+    for key in ("engine", "zero", "offload", "max_steps", "epochs"):
+        del manifest["run"][key]
+    path.write_text(json.dumps(manifest))
+    check_checkpoint(checkpoint, plan)
+
+
+@pytest.mark.parametrize("planted", [MODEL_STATES, OPTIM_STATES], ids=["model_states", "optim_states"])
+def test_planted_pickle_under_a_recomputed_manifest_is_refused_naming_file_and_class(run_copy, tmp_path, planted):
+    """Whoever can write the run folder plants a pickle and rewrites the manifest with the launcher's own
+    writer: the manifest matches, and the check of what the pickles name refuses it before any rank starts."""
+    checkpoint, marker = run_copy / STEP6, tmp_path / "pwned"
+    _plant(run_copy / planted, marker)
+    write_manifest(checkpoint, 0, [0], read_manifests(checkpoint)[0]["run"])
+    verify(checkpoint, read_manifests(checkpoint), say=lambda line: None)  # the forgery is intact
+    before = _listing(run_copy)
+    proc = _launch(run_copy)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{run_copy / planted} pickles posix.system" in proc.stderr
+    assert "train.trust_checkpoint=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists(), "the planted pickle ran"
+    assert _listing(run_copy) == before
+    check_checkpoint(checkpoint, _plan(run_copy, trust_checkpoint=True))  # the explicit way out passes the check
+    assert not marker.exists()
+
+
+# the session's runs (conftest's tiny_run), each shared with the files named: LoRA and full, ZeRO-2 and -3
+SESSION_RUNS = {
+    "lora-zero3": LORA_ZERO3_RUN,  # this file, test_checkpoint.py, test_chat_*.py
+    "full-zero2": FULL_ZERO2_RUN,  # test_resume.py, test_checkpoint.py, test_damaged_inputs.py
+    "lora-zero2": ("distributed.zero=2", *SHORT_RUN),  # test_e2e.py
+    "full-zero3": ("distributed.zero=3", *SHORT_RUN, "method={name: full}"),  # test_resume.py
+}
+
+
+@pytest.mark.parametrize("run", SESSION_RUNS.values(), ids=SESSION_RUNS.keys())
+def test_real_checkpoints_pass_the_pickle_check(tiny_run, run):
+    for checkpoint in sorted(tiny_run(*run).glob("checkpoint-*")):
+        files = {str(path.relative_to(checkpoint)): foreign_class(path) for path in resume_pickles(checkpoint)}
+        assert files == dict.fromkeys(files), files
+        names = " ".join(files)
+        assert "optim_states.pt" in names and "model_states.pt" in names and "rng_state_1.pth" in names
 
 
 def test_checkpoint_without_a_launcher_manifest_needs_trust(run_copy, tmp_path):
@@ -134,6 +203,6 @@ def test_checkpoint_without_a_launcher_manifest_needs_trust(run_copy, tmp_path):
     assert not marker.exists() and not fresh.exists()
 
     trusted = _launch(fresh, f"train.resume={checkpoint}", "train.trust_checkpoint=true")
-    assert "resuming" in trusted.stdout and "unverified" in trusted.stdout
+    assert "resuming" in trusted.stdout and "no launcher manifest: unverified" in trusted.stdout
     assert marker.exists(), "with trust the checkpoint is loaded as before (the planted pickle runs)"
     assert trusted.returncode != 0

@@ -130,6 +130,11 @@ def test_full_under_zero3_with_offload_saves_a_loadable_model(tmp_path, warm):
     )
     assert "trainable params: 1,263,744 / 1,263,744 (100.0000%)" in stdout
     _check_model_dir(out, trains=r".")
+    # resume's pickle check (launcher/checkpoint/pickle_check.py) passes the offloaded checkpoint
+    from launcher.checkpoint.pickle_check import foreign_class, resume_pickles
+
+    pickles = resume_pickles(out / f"checkpoint-{STEPS}")
+    assert len(pickles) >= 4 and all(foreign_class(path) is None for path in pickles), pickles
 
 
 FREEZE_CASES = [

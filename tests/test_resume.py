@@ -1,12 +1,15 @@
 """Exact resume: a run that crashes (or is SIGKILLed in the middle of a save) and is started
 again with train.resume: auto reaches the same loss at every later step and the same final
 weights as an uninterrupted run (CPU, fp32). Checkpoints appear only when complete, rotation
-keeps the newest complete one, and a resume into another world size is refused at launch."""
+keeps the newest complete one, and a resume into another world size is refused at launch. A finished
+run started again is complete and changes nothing; a resumed run never steps past its last step."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FULL_ZERO2_RUN, ROOT, SHORT_RUN, free_port, run_launch
+from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, ROOT, SHORT_RUN, free_port, run_launch
 
 pytestmark = pytest.mark.multiproc
 
@@ -106,3 +109,57 @@ def test_resume_into_another_world_size_is_refused_at_launch(tmp_path, tiny_run)
     assert proc.returncode == 2
     assert "written by 2 ranks" in proc.stderr and "this plan has 1" in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "one").exists()
+
+
+def _finished_copy(tiny_run, tmp_path: Path) -> Path:
+    """A copy of the session's finished 6-step ZeRO-3 LoRA run (checkpoints 3 and 6, the final save)."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run(*LORA_ZERO3_RUN), out)
+    return out
+
+
+def _files(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under folder: its content hash and mtime."""
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_a_finished_run_started_again_is_complete_and_changes_nothing(tmp_path, tiny_run):
+    """The old launch resumed checkpoint-6 and trained a step 7 of 6 into the final adapter."""
+    out = _finished_copy(tiny_run, tmp_path)
+    before = _files(out)
+    proc = run_launch(_launch_args(out, *LORA_ZERO3_RUN))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "already complete" in proc.stdout and "checkpoint-6, both at step 6" in proc.stdout
+    assert _files(out) == before
+
+
+def test_a_checkpoint_past_the_recipes_last_step_is_refused(tmp_path, tiny_run):
+    out = _finished_copy(tiny_run, tmp_path)
+    before = _files(out)
+    proc = run_launch(_launch_args(out, *LORA_ZERO3_RUN, "train.max_steps=4"))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "checkpoint-6 is at step 6, past the last step of this recipe (train.max_steps = 4)" in proc.stderr
+    assert "Fix: train.max_steps above 6" in proc.stderr and "Traceback" not in proc.stderr
+    assert _files(out) == before
+
+
+def test_a_run_that_crashed_after_its_last_checkpoint_finishes_without_another_step(tmp_path, tiny_run):
+    """checkpoint-6 published, then the final save crashed: the relaunch saves checkpoint-6's weights as the
+    final adapter and trains nothing (the Trainer alone would take a step 7 of 6)."""
+    straight = tiny_run(*LORA_ZERO3_RUN)
+    out = _finished_copy(tiny_run, tmp_path)
+    for name in ("trainer_state.json", "adapter_model.safetensors"):  # the final save had not happened
+        (out / name).unlink()
+    proc = run_launch(_launch_args(out, *LORA_ZERO3_RUN))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "resumed at step 6, the run's last (of 6): no step trained" in proc.stdout
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and max(entry["step"] for entry in state["log_history"]) == 6
+    expected, got = load_file(straight / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(got[key], value) for key, value in expected.items())
+    again = run_launch(_launch_args(out, *LORA_ZERO3_RUN))
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]

@@ -1,5 +1,5 @@
-"""Trainer callbacks: throughput, MFU, padding efficiency and memory scalars; the fault-injection
-hook the crash test uses."""
+"""Trainer callbacks: throughput, MFU, padding efficiency and memory scalars; the guard that no resumed
+run steps past its end; the fault-injection hook the crash test uses."""
 
 from __future__ import annotations
 
@@ -190,6 +190,21 @@ class FaultInjectionCallback(TrainerCallback):
             raise RuntimeError(
                 f"injected failure on rank {self.rank} at step {state.global_step} "
                 f"(LAUNCHER_FAIL_RANK) at unix time {time.time():.3f}"
+            )
+
+
+class RunAtItsEnd(Exception):
+    """Raised where the Trainer would step past its last step (NoStepPastTheEnd)."""
+
+
+class NoStepPastTheEnd(TrainerCallback):
+    """Resumed from a checkpoint at its last step, the Trainer still takes one more step (its loop asks whether
+    to stop only after a step): stop it before that step, on every rank alike (they share the state)."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise RunAtItsEnd(
+                f"resumed at step {state.global_step}, the run's last (of {state.max_steps}): no step trained"
             )
 
 

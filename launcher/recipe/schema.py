@@ -187,9 +187,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "trust_checkpoint": Key(
             "bool",
             False,
-            "resume a checkpoint that has no checksum manifest written by this launcher "
-            "(its pickles run code when loaded: only one you know the origin of; "
-            "docs/checkpoints.md)",
+            "resume a checkpoint without the checks of what it may run: one that has no checksum manifest "
+            "written by this launcher, or whose pickles name classes no checkpoint of this launcher holds "
+            "(loading runs what they name: only one you know the origin of; docs/checkpoints.md)",
         ),
         **spec_keys("stage", registry.STAGES, registry.stage_spec),
     },

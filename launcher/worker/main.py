@@ -186,11 +186,11 @@ def make_callbacks(plan: dict, rank: int) -> tuple:
     from transformers.integrations import TensorBoardCallback
 
     from launcher.monitoring.interrupt import StopOnSignal
-    from launcher.monitoring.throughput import FaultInjectionCallback
+    from launcher.monitoring.throughput import FaultInjectionCallback, NoStepPastTheEnd
 
     recipe = plan["recipe"]
     stop = StopOnSignal(rank)  # SIGTERM: checkpoint at the next step end, then leave
-    callbacks = [FaultInjectionCallback(rank), stop]
+    callbacks = [FaultInjectionCallback(rank), stop, NoStepPastTheEnd()]
     if rank == 0 and "tensorboard" in recipe["output"]["report_to"]:
         writer = SummaryWriter(log_dir=str(Path(plan["output_dir"]) / "runs"))
         writer.add_text("plan", "```\n" + json.dumps(plan, indent=2) + "\n```")
@@ -216,7 +216,7 @@ def train_and_save(
     """The stage's trainer over the callbacks, checkpoints, training, then the final model in output.dir."""
     from launcher.methods import call_hook
     from launcher.monitoring.interrupt import StoppedBySignal
-    from launcher.monitoring.throughput import install_monitoring
+    from launcher.monitoring.throughput import RunAtItsEnd, install_monitoring
 
     recipe = plan["recipe"]
     trainer, summary = TRAINERS[recipe["stage"]](plan, args, model, tokenizer, callbacks)
@@ -246,7 +246,12 @@ def train_and_save(
             )
             if tensorboard is not None:  # fixed for the run: one point, at step 0
                 writer.add_scalar("data/packing_efficiency", summary["packing_efficiency"], 0)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except RunAtItsEnd as end:  # a checkpoint at the run's last step (the final save crashed): its weights are final
+        trainer.callback_handler.on_train_end(args, trainer.state, trainer.control)
+        if rank == 0:
+            print(f"[launcher] {end}; saving the final model", flush=True)
     if guard.stopped:
         from launcher.monitoring.health import TrainingStopped
 
@@ -257,9 +262,9 @@ def train_and_save(
         plan["output_dir"]
     )  # gathers ZeRO-3 shards; PEFT saves only the adapter; no copies (model_save.py)
     if trainer.is_world_process_zero():
-        trainer.save_state()
         tokenizer.save_pretrained(plan["output_dir"])
         call_hook(recipe, "after_save", plan)
+        trainer.save_state()  # last: output.dir/trainer_state.json marks a complete final save (checkpoint/resume.py)
         print(f"[launcher] saved to {plan['output_dir']}", flush=True)
 
 
