@@ -12,7 +12,7 @@ line in STAGES; a method or an engine likewise (METHODS, ENGINES).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ class Key:
     kind: str
     default: Any = None
     doc: str = ""
-    choices: tuple = ()
+    choices: Collection = ()  # a tuple, or a registry's live view of names
     low: float | None = None
     high: float | None = None
     low_inclusive: bool = True

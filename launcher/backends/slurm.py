@@ -13,10 +13,11 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from launcher.errors import RecipeError
-from launcher.recipe.schema import DEFAULT_MASTER_PORT, SCHEMA
+from launcher.recipe.schema import DEFAULT_MASTER_PORT, SLURM
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_.,+-]+")  # partition, account, job name
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+%-]+")  # #SBATCH --output: sbatch splits on spaces, expands no quotes
@@ -39,7 +40,7 @@ def _first_host(nodelist: str) -> str:
     return out[0]
 
 
-def allocation(env: dict[str, str] | None = None) -> dict | None:
+def allocation(env: Mapping[str, str] | None = None) -> dict | None:
     """nnodes, this node's rank and the job id inside a SLURM job, else None.
 
     In an srun step the step's nodes count (srun may use part of the job); in the batch script
@@ -102,7 +103,7 @@ def _extra_line(item: str) -> str:
 def slurm_from_distributed(dist: dict) -> dict:
     """The slurm section a recipe without one gets: distributed.nnodes nodes, distributed.nproc_per_node GPUs
     per node (auto: the schema's default), the cluster's default partition and account."""
-    defaults = {name: key.default for name, key in SCHEMA["slurm"].fields.items()}
+    defaults = {name: key.default for name, key in SLURM.fields.items()}
     gpus = dist["nproc_per_node"] if isinstance(dist["nproc_per_node"], int) else defaults["gpus_per_node"]
     return {**defaults, "nodes": dist["nnodes"], "gpus_per_node": gpus}
 

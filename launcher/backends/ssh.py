@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.backends.lifeline import die_with_us, supervisor_env
 from launcher.backends.local import GRACE_SECONDS, Interrupted, interrupt, prebuild_ops, stop_group
@@ -120,6 +121,7 @@ class NodeRun:
 
 def _stream(run: NodeRun, lock: threading.Lock) -> None:
     """Copy a node's output to ours, each line prefixed with its host."""
+    assert run.proc.stdout is not None  # started with stdout=PIPE
     for line in iter(run.proc.stdout.readline, ""):
         with lock:
             sys.stdout.write(f"[{run.host}] {line}" if line.endswith("\n") else f"[{run.host}] {line}\n")
@@ -130,7 +132,7 @@ def _start(plan: dict, runs: list[NodeRun]) -> None:
     """Start node 0 here and the others over ssh, appending each to runs as soon as it exists."""
     dist = plan["recipe"]["distributed"]
     env = {**os.environ, **plan["env"], **supervisor_env()}
-    pipes = dict(
+    pipes: dict[str, Any] = dict(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True
     )  # Ctrl-C reaches only us; we stop the nodes in order
     runs.append(
@@ -146,6 +148,7 @@ def _start(plan: dict, runs: list[NodeRun]) -> None:
             [*ssh_argv(dist, node["host"]), remote_command(os.getcwd())], stdin=subprocess.PIPE, **pipes
         )
         runs.append(NodeRun(node["node_rank"], node["host"], proc))
+        assert proc.stdin is not None  # started with stdin=PIPE
         try:
             proc.stdin.write(json.dumps({**header, "node_rank": node["node_rank"]}) + "\n")
             proc.stdin.flush()

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -39,8 +39,11 @@ from launcher.data.datasets import resolve_dataset
 from launcher.data.defaults import WAIT_S
 from launcher.errors import DataError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger("launcher.data")
-Data = TypeVar("Data")  # a stage's data: a dataclass of its rows (first field) and counts
+Data = TypeVar("Data", bound="DataclassInstance")  # a stage's data: a dataclass of its rows (first field) and counts
 FORMAT = 1  # bump when the layout of an entry changes
 MANIFEST = "manifest.json"
 # data.* keys that do not change the tokens of a dataset (which datasets, and how the cache itself works)

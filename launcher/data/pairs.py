@@ -71,6 +71,7 @@ def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str =
     bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "preference", bad):
+        assert example.chosen is not None and example.rejected is not None  # a preference row has both
         prompt_c, chosen = split_reply(tokenizer, example.messages + [example.chosen], example.tools, template)
         prompt_r, rejected = split_reply(tokenizer, example.messages + [example.rejected], example.tools, template)
         # the prompt renders the same before both replies; if a template made the two differ, the shared part is the

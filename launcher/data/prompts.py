@@ -33,7 +33,10 @@ def build_prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str
     for kind in PROMPT_KINDS:
         named = [n for n in names if specs[n].kind == kind]
         for example in load_examples(named, data_cfg, kind, bad) if named else []:
-            messages = example.messages if kind == "sft" else example.messages + [example.chosen]
+            messages = example.messages
+            if kind != "sft":
+                assert example.chosen is not None  # a preference row has its chosen reply
+                messages = [*messages, example.chosen]
             prompt, _ = split_reply(tokenizer, messages, example.tools, template)
             if len(prompt) >= data_cfg["cutoff_len"]:
                 dropped += 1

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from launcher.errors import EvalError
 
@@ -172,7 +173,7 @@ def evaluate(
     with open(out / "generated_predictions.jsonl", "w", encoding="utf-8") as file:
         for prompt, label, reply in zip(prompts, labels, replies):
             file.write(json.dumps({"prompt": prompt, "label": label, "prediction": reply}, ensure_ascii=False) + "\n")
-    results = {f"predict_{name}": value for name, value in similarity(replies, labels).items()}
+    results: dict[str, Any] = {f"predict_{name}": value for name, value in similarity(replies, labels).items()}
     results.update(
         predict_samples=len(rows),
         predict_runtime=round(runtime, 4),

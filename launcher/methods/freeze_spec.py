@@ -35,7 +35,7 @@ def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> 
     """Layers beyond the model's count, modules its layers (or the rest of it) lack."""
     names, count = list(shapes), model_layer_count(model_path)
     prefix = layer_list(names, count) if count else None
-    return None if prefix is None else freeze_error(method, prefix, count, names, model_path)
+    return None if prefix is None or count is None else freeze_error(method, prefix, count, names, model_path)
 
 
 SPEC = MethodSpec(adapter="launcher.methods.freeze", split=split, check=check, model_check=model_check, keys=KEYS)

@@ -34,6 +34,8 @@ def parameter_shapes(model_path: str) -> dict[str, list[int]] | None:
         from launcher.model.shape import base_tensors, shape_from_config
 
         shape = shape_from_config(json.loads(builtin_config_path(model_path).read_text()))
+        if shape is None:  # a builtin of a layout the planner does not know
+            return None
         return {t.name: [t.rows, t.cols] if t.cols > 1 else [t.rows] for t in base_tensors(shape)}
     files = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
     shapes: dict[str, list[int]] = {}

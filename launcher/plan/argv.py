@@ -14,7 +14,7 @@ def master_port(port: int | str, nnodes: int) -> int:
     """distributed.master_port: auto is a port free now on a single node (as torchrun --standalone picks one),
     the fixed default on several nodes, which must agree on it without talking first."""
     if port != "auto":
-        return port
+        return int(port)
     if nnodes > 1:
         return DEFAULT_MASTER_PORT
     with socket.socket() as sock:

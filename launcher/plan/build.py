@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
 from launcher.plan.argv import master_port, node_argv
@@ -18,6 +19,9 @@ from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
 from launcher.registry import engine_spec
+
+if TYPE_CHECKING:
+    from launcher.plan.hostfile import Host
 
 PLAN_VERSION = 1
 
@@ -48,7 +52,7 @@ def build_plan(
     else:
         nproc = dist["nproc_per_node"]
         check_nproc(nproc, gpus)
-    hosts = None
+    hosts: list[Host] = []  # none without a hostfile
     if dist["hostfile"] is not None:
         from launcher.plan.hostfile import hostfile_hosts
 

@@ -22,12 +22,12 @@ def node_plan_file(output_dir: str, node_rank: int) -> str:
 def write_plan(plan: dict, path: str | None = None) -> str:
     """Write the plan atomically (default: output.dir/plan.json), never through a link; a node's
     own copy (any other path) goes into folders private to this user. Returns its path."""
-    path = Path(path or plan["plan_file"])
-    if str(path) == plan["plan_file"]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_new(path, json.dumps(plan, indent=2) + "\n")
+    target = Path(path or plan["plan_file"])
+    if str(target) == plan["plan_file"]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_new(target, json.dumps(plan, indent=2) + "\n")
     else:
-        private_dir(path.parent.parent)
-        private_dir(path.parent)
-        write_new(path, json.dumps(plan, indent=2) + "\n", mode=0o600)
-    return str(path)
+        private_dir(target.parent.parent)
+        private_dir(target.parent)
+        write_new(target, json.dumps(plan, indent=2) + "\n", mode=0o600)
+    return str(target)

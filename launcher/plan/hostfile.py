@@ -80,7 +80,7 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     return hosts
 
 
-def _names(option: str, text: str, hosts: list[Host]) -> set[str]:
+def _names(option: str, text: str, hosts: list[Host]) -> set[str | None]:
     """The host_key of each comma-separated name, every one a host of the hostfile."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     known = {host_key(h.name) for h in hosts}
@@ -112,9 +112,9 @@ def hostfile_hosts(dist: dict, path: Path, include: str | None, exclude: str | N
     """The recipe's hostfile hosts after the filters, checked against the other distributed keys."""
     hosts = select_hosts(parse_hostfile(path), include, exclude)
     if len({h.slots for h in hosts}) > 1:
-        slots = listing(f"{h.name} slots={h.slots}" for h in hosts)
+        each = listing(f"{h.name} slots={h.slots}" for h in hosts)
         raise RecipeError(
-            f"distributed.hostfile: hosts have different slots ({slots}); every node starts the same "
+            f"distributed.hostfile: hosts have different slots ({each}); every node starts the same "
             "number of processes. Fix: give every host the same slots, or --exclude the odd ones"
         )
     slots = hosts[0].slots

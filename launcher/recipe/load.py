@@ -154,7 +154,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
                 "expected a whole number" + allowed,
                 f"write e.g. {key}: {spec.default if isinstance(spec.default, int) else 1}",
             )
-        out = value
+        out: Any = value
     elif kind == "float":
         if isinstance(value, bool):
             raise fail("expected a number", f"write e.g. {key}: {spec.default}")
@@ -203,12 +203,12 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
 
 
 def _selector(raw: dict, selector: str) -> Any:
-    if "." not in selector:  # a top-level key, e.g. stage
-        value = raw.get(selector)
-        return value if value is not None else SCHEMA[selector].default
-    section, name = selector.split(".")
-    value = (raw.get(section) or {}).get(name)
-    return value if value is not None else SCHEMA[section][name].default
+    section, _, name = selector.rpartition(".")  # section "": a top-level key, e.g. stage
+    value = (raw.get(section) or {}).get(name) if section else raw.get(name)
+    if value is not None:
+        return value
+    spec = SCHEMA[section or name]
+    return (spec[name] if isinstance(spec, dict) else spec).default
 
 
 def _validate_section(
@@ -228,7 +228,7 @@ def _validate_section(
         if name not in schema:
             dotted = f"{prefix}{name}"
             raise RecipeError(f"{_where(origins, dotted)}: unknown key {dotted}.{_suggest(dotted)}")
-    resolved = {}
+    resolved: dict[str, Any] = {}
     for name, spec in schema.items():
         dotted = f"{prefix}{name}"
         if spec.only_for is not None:
@@ -375,7 +375,8 @@ def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
 def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> dict:
     """Validate a raw recipe mapping and return it fully resolved (every key present)."""
     _expand_shorthands(raw, origins)
-    resolved, dropped = {}, {}
+    resolved: dict[str, Any] = {}
+    dropped: dict[str, list[str]] = {}
     for name in raw:
         if name not in SCHEMA:
             raise RecipeError(f"{_where(origins, name)}: unknown section {name}.{_suggest(name)}")

@@ -39,7 +39,7 @@ class ReferenceFreeTrainer(Trainer):
         self.loss_type, self.beta, self.simpo_gamma = loss, beta, gamma
         self.ftx = 1.0 if loss == "orpo" else ftx  # ORPO's loss holds the NLL term with weight 1
         self.alpha, self.label_smoothing = 0.0, 0.0  # CPOTrainer.cpo_loss: no AlphaPO transform, no label smoothing
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, defaultdict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_fused_lm_head(unwrapped)  # per-token log-probs without materialising the logits
 

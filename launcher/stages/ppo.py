@@ -281,19 +281,19 @@ class PPOTrainer(TrainerHooks, Trainer):
         """The policy as a PEFT adapter (loads with PeftModel.from_pretrained) and the value head beside it."""
         if not self.args.should_save:  # Trainer calls this on every rank; under ZeRO-3 the others hold only shards
             return
-        output_dir = Path(output_dir or self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         state_dict = model.state_dict() if state_dict is None else state_dict
         policy = {k.removeprefix(POLICY_PREFIX): v for k, v in state_dict.items() if k.startswith(POLICY_PREFIX)}
-        model.policy.save_pretrained(output_dir, state_dict=policy, selected_adapters=["default"])
+        model.policy.save_pretrained(folder, state_dict=policy, selected_adapters=["default"])
         value = {
             k.removeprefix(VALUE_HEAD_PREFIX): v.contiguous()
             for k, v in state_dict.items()
             if k.startswith(VALUE_HEAD_PREFIX)
         }
-        save_file(value, output_dir / VALUE_HEAD)
-        torch.save(self.args, output_dir / "training_args.bin")
+        save_file(value, folder / VALUE_HEAD)
+        torch.save(self.args, folder / "training_args.bin")
 
 
 def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch.dtype, args: TrainingArguments):

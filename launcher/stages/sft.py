@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import Trainer, TrainingArguments
 
 from launcher.data.cache import wait_s
@@ -26,7 +28,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
             f"answer token within data.cutoff_len={data_cfg['cutoff_len']})"
         ),
     )
-    summary = {
+    summary: dict[str, Any] = {
         "examples": len(rows),
         "eval_examples": len(eval_rows),
         "dropped": train.dropped,
