@@ -103,9 +103,9 @@ class MethodSpec:
     """
 
     adapter: str
-    split: Callable[[Shape, list[Tensor], dict], tuple[list[Tensor], list[Tensor]]]
+    split: Callable[[Shape, list[Tensor], Mapping[str, Any]], tuple[list[Tensor], list[Tensor]]]
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
-    model_check: Callable[[dict, dict[str, list[int]], str], str | None] | None = None
+    model_check: Callable[[Mapping[str, Any], dict[str, list[int]], str], str | None] | None = None
     keys: Mapping[str, Key] = field(default_factory=dict)
     continues_adapter: bool = False
     kbit_base: bool = False
@@ -130,12 +130,12 @@ class EngineSpec:
     check: its cross-key rules over the distributed.* keys, check(resolved recipe, origins, refuse)
     """
 
-    config: Callable[[dict, int, str, bool], dict | None]
-    memory_options: Callable[[dict], list[tuple[Any, str]]]
-    trainer_args: Callable[[dict], dict]
+    config: Callable[[Mapping[str, Any], int, str, bool], dict | None]
+    memory_options: Callable[[Mapping[str, Any]], list[tuple[Any, str]]]
+    trainer_args: Callable[[Mapping[str, Any]], dict]
     master_weights: bool = False
-    shards_parameters: Callable[[dict], bool] = lambda dist: False
-    live_tensor_save: Callable[[dict], bool] = lambda dist: False
+    shards_parameters: Callable[[Mapping[str, Any]], bool] = lambda dist: False
+    live_tensor_save: Callable[[Mapping[str, Any]], bool] = lambda dist: False
     after_process_group: str | None = None
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from launcher.backends.slurm import allocation
 from launcher.errors import RecipeError
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
-def this_node_rank(cli_rank: int | None, plan: dict) -> int:
+
+def this_node_rank(cli_rank: int | None, plan: Plan) -> int:
     nnodes, hostfile = plan["world"]["nnodes"], plan["recipe"]["distributed"]["hostfile"]
     env_rank = os.environ.get("NODE_RANK")
     slurm = allocation() if hostfile is None else None
@@ -68,7 +72,7 @@ def require_free_port(port: int) -> None:
             ) from None
 
 
-def preflight(plan: dict, node_rank: int) -> None:
+def preflight(plan: Plan, node_rank: int) -> None:
     """Refuse before launch what would otherwise fail or hang inside the ranks."""
     if node_rank != 0:
         return

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.checkpoint.manifest import CheckpointDamaged, read_manifests, verify
 from launcher.checkpoint.paths import complete_checkpoints, zero_shard_ranks
 from launcher.errors import RecipeError
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+
 MATCHED = ("model", "stage", "method", "rank", "target", "world_size")  # what must equal the recipe's
 
 
-def run_identity(plan: dict) -> dict:
+def run_identity(plan: Plan) -> dict:
     """What a checkpoint's manifest records about the run that wrote it."""
     recipe, world = plan["recipe"], plan["world"]
     method = recipe["method"]
@@ -44,7 +48,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
+def _refuse_world_change(checkpoint: Path, plan: Plan) -> None:
     """ZeRO shards hold 1/world of the optimizer state each; DeepSpeed cannot reload them into another world size."""
     ranks, world = zero_shard_ranks(checkpoint), plan["world"]["world_size"]
     if ranks is not None and ranks != world:
@@ -57,7 +61,7 @@ def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
         )
 
 
-def _refuse_other_recipe(checkpoint: Path, saved: dict, plan: dict) -> None:
+def _refuse_other_recipe(checkpoint: Path, saved: dict, plan: Plan) -> None:
     ours = run_identity(plan)
     keys = {
         "model": "model.path",
@@ -86,7 +90,7 @@ def _untrusted(checkpoint: Path) -> RecipeError:
     )
 
 
-def check_checkpoint(checkpoint: Path, plan: dict) -> None:
+def check_checkpoint(checkpoint: Path, plan: Plan) -> None:
     """Refuse (RecipeError) a checkpoint that is untrusted or of another recipe; CheckpointDamaged if damaged."""
     manifests = read_manifests(checkpoint)
     if manifests:
@@ -100,7 +104,7 @@ def check_checkpoint(checkpoint: Path, plan: dict) -> None:
         _refuse_other_recipe(checkpoint, manifests[0]["run"], plan)
 
 
-def _explicit(resume: str, plan: dict) -> Path:
+def _explicit(resume: str, plan: Plan) -> Path:
     checkpoint = Path(resume)
     if not (checkpoint / "trainer_state.json").is_file():
         raise RecipeError(
@@ -117,7 +121,7 @@ def _explicit(resume: str, plan: dict) -> Path:
     return checkpoint
 
 
-def _newest_intact(plan: dict) -> Path | None:
+def _newest_intact(plan: Plan) -> Path | None:
     """Newest first; a damaged one is reported and skipped; untrusted or other-recipe ones stop the search."""
     checkpoints = [path for _, path in reversed(complete_checkpoints(plan["output_dir"]))]
     damaged = []
@@ -143,7 +147,7 @@ def _newest_intact(plan: dict) -> Path | None:
     return None
 
 
-def prepare_resume(plan: dict) -> Path | None:
+def prepare_resume(plan: Plan) -> Path | None:
     """Choose and check the checkpoint this run resumes (None: a fresh run) and record it in the plan.
 
     Call before output.dir is touched: a refusal leaves everything as it was."""
@@ -157,7 +161,7 @@ def prepare_resume(plan: dict) -> Path | None:
     return checkpoint
 
 
-def restart_checkpoint(plan: dict) -> str | None:
+def restart_checkpoint(plan: Plan) -> str | None:
     """After an elastic restart: the newest checkpoint this run published (its manifest's run_id), else the
     one `launch` verified. Sizes and hashes were checked when it was written, moments ago."""
     for _, checkpoint in reversed(complete_checkpoints(plan["output_dir"])):

@@ -27,11 +27,11 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
         return _sha256_dir(Path(folder))
 
 
-def cache_key(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict) -> str:
+def cache_key(stage: str, names: list[str], data_cfg: Mapping[str, Any], tokenizer, settings: dict) -> str:
     """The hash naming a cache entry; any change to what the tokens depend on changes it."""
     datasets = []
     for name in names:
@@ -271,7 +271,7 @@ def cached_data(
     shape: type[Data],
     kind: str,
     names: list[str],
-    data_cfg: dict,
+    data_cfg: Mapping[str, Any],
     tokenizer,
     settings: dict,
     build: Callable[[], Data],
@@ -306,7 +306,7 @@ def cached_data(
     return shape(**{rows_field: rows}, **got.meta)
 
 
-def wait_s(recipe: dict) -> float:
+def wait_s(recipe: Mapping[str, Any]) -> float:
     """How long a rank waits for another to build an entry: the run's distributed.timeout_minutes."""
     return recipe["distributed"]["timeout_minutes"] * 60
 
@@ -316,7 +316,7 @@ def templated_data(
     kind: str,
     build: Callable[..., Data],
     names: list[str],
-    data_cfg: dict,
+    data_cfg: Mapping[str, Any],
     tokenizer,
     template: str,
     timeout_s: float = WAIT_S,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from launcher.engines.deepspeed_config import deepspeed_config
 from launcher.registry import EngineSpec, Refuse
 
@@ -41,13 +44,13 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
-def memory_options(dist: dict) -> list[tuple]:
+def memory_options(dist: Mapping[str, Any]) -> list[tuple]:
     """Every stage/offload pair `zero: auto` may pick, and the recipe's own where it is none of them."""
     own = (dist["zero"], dist["offload"])
     return list(AUTO_ORDER) + ([own] if dist["zero"] != "auto" and own not in AUTO_ORDER else [])
 
 
-def trainer_args(plan: dict) -> dict:
+def trainer_args(plan: Mapping[str, Any]) -> dict:
     return {"deepspeed": plan["deepspeed"]}
 
 

@@ -1,5 +1,8 @@
 """Method lora: a PEFT LoRA adapter (variants DoRA, rsLoRA, PiSSA; LoRA+; over a k-bit base, QLoRA)."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from launcher.model.module_names import lora_targets_error, matches, missing_modules_error
 from launcher.model.shape import Shape, Tensor
 from launcher.registry import Key, MethodSpec, Refuse, engine_spec
@@ -65,7 +68,7 @@ KEYS = {  # method.*
 }
 
 
-def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+def split(shape: Shape, base: list[Tensor], method: Mapping[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
     """The base is frozen; trained are the adapter tensors PEFT adds: A (r x in) and B (out x r) per targeted
     linear layer, DoRA's magnitude vector, and full copies of `additional_target` modules."""
     r, target = method["rank"], method["target"]
@@ -83,7 +86,7 @@ def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor],
     return base, out + [Tensor(t.name + ".modules_to_save", t.rows, t.cols) for t in base if matches(t.name, extra)]
 
 
-def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> str | None:
+def model_check(method: Mapping[str, Any], shapes: dict[str, list[int]], model_path: str) -> str | None:
     """Targets no linear or embedding module of the model has; modules to save it lacks."""
     error = None if method["target"] == "all" else lora_targets_error("method.target", method["target"], shapes)
     if error is None and method["additional_target"]:

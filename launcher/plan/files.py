@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.plan.store import plan_copies_dir, private_dir, write_new
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 
 def node_plan_file(output_dir: str, node_rank: int) -> str:
@@ -19,7 +23,7 @@ def node_plan_file(output_dir: str, node_rank: int) -> str:
     return str(plan_copies_dir() / digest / f"plan-node{node_rank}.json")
 
 
-def write_plan(plan: dict, path: str | None = None) -> str:
+def write_plan(plan: Plan, path: str | None = None) -> str:
     """Write the plan atomically (default: output.dir/plan.json), never through a link; a node's
     own copy (any other path) goes into folders private to this user. Returns its path."""
     target = Path(path or plan["plan_file"])

@@ -13,8 +13,12 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError, listing
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import DistributedSection
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 SLOTS = re.compile(r"slots=(\d+)")
@@ -108,7 +112,7 @@ def select_hosts(hosts: list[Host], include: str | None = None, exclude: str | N
     return hosts
 
 
-def hostfile_hosts(dist: dict, path: Path, include: str | None, exclude: str | None) -> list[Host]:
+def hostfile_hosts(dist: DistributedSection, path: Path, include: str | None, exclude: str | None) -> list[Host]:
     """The recipe's hostfile hosts after the filters, checked against the other distributed keys."""
     hosts = select_hosts(parse_hostfile(path), include, exclude)
     if len({h.slots for h in hosts}) > 1:

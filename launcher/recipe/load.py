@@ -10,7 +10,7 @@ import copy
 import difflib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -18,6 +18,9 @@ from launcher.errors import RecipeError, listing
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.registry import engine_spec, method_spec, methods_with, stage_spec
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
 # failing inside a worker after the processes have started.
@@ -372,7 +375,7 @@ def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
         dist["nnodes"] = 1
 
 
-def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> dict:
+def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> Recipe:
     """Validate a raw recipe mapping and return it fully resolved (every key present)."""
     _expand_shorthands(raw, origins)
     resolved: dict[str, Any] = {}
@@ -396,10 +399,17 @@ def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/r
         _note(f"{switch} (override): dropped the recipe's {', '.join(keys)}, which only apply to another choice")
     _implied_defaults(resolved, origins)
     _check_combinations(resolved, origins)
-    return resolved
+    return cast("Recipe", resolved)  # every key of the schema, each checked against its Key above
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+def output_folder(recipe: Recipe) -> str:
+    """output.dir as resolve left it: null in the recipe is outputs/<recipe name>."""
+    folder = recipe["output"]["dir"]
+    assert folder is not None, "resolve fills output.dir"
+    return folder
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, validate and resolve a recipe file. Raises RecipeError."""
     raw, origins = read_yaml(path)
     raw = apply_overrides(raw, list(overrides or []), origins)

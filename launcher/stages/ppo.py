@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import set_peft_model_state_dict
@@ -31,6 +32,10 @@ from launcher.compat import TrainerHooks
 from launcher.data.cache import wait_s
 from launcher.data.prompts import prompt_data
 from launcher.data.splits import train_and_eval
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+    from launcher.recipe.types import Recipe
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"  # the frozen copy of a starting adapter
@@ -296,7 +301,7 @@ class PPOTrainer(TrainerHooks, Trainer):
         torch.save(self.args, folder / "training_args.bin")
 
 
-def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch.dtype, args: TrainingArguments):
+def load_reward_model(reward_dir: str, base_dir: str, recipe: Recipe, dtype: torch.dtype, args: TrainingArguments):
     """The `rm` run's model: its base with the adapter (+ score head) merged, or its full model dir.
 
     Loaded whole on each rank, outside ZeRO-3's load-time partitioning (an adapter cannot be merged into
@@ -319,7 +324,7 @@ def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch
     return model.requires_grad_(False).eval()
 
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[PPOTrainer, dict]:
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[PPOTrainer, dict]:
     """The PPO trainer over the recipe's prompts, rewarded by train.reward_model, and a summary of its data."""
     from launcher.model.builtin import local_model_path
 
@@ -340,9 +345,9 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
         model.set_adapter("default")
         reference = REFERENCE
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    reward_model = load_reward_model(
-        train["reward_model"], local_model_path(recipe["model"]["path"]), recipe, dtype, args
-    )
+    reward_dir = train["reward_model"]
+    assert reward_dir is not None, "ppo_spec.check requires train.reward_model"
+    reward_model = load_reward_model(reward_dir, local_model_path(recipe["model"]["path"]), recipe, dtype, args)
     reward_model.config.pad_token_id = tokenizer.pad_token_id
     generation = GenerationConfig(
         max_new_tokens=train["max_new_tokens"],
