@@ -1,5 +1,5 @@
 # Two entry points: `make demo` and `make test`. Each installs what it needs into .venv.
-# Also: `make test-fast` (the unit tier, under 2 minutes) and `make lint` (ruff check; `make test` runs it first).
+# Also: `make test-fast` (the unit tier, under 2 minutes) and `make lint` (ruff and mypy; `make test` runs it first).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
@@ -35,11 +35,13 @@ test: install lint
 test-fast: install
 	$(PY) -m pytest -q -m unit tests
 
-# ruff's lint rules and its formatter, both configured in pyproject.toml (`ruff format .` fixes the second)
+# ruff's lint rules and its formatter, then mypy over launcher/, all configured in pyproject.toml
+# (`ruff format .` fixes the second)
 lint: install
-	$(PY) -m pip install --quiet "ruff>=0.17,<0.18"
+	$(PY) -m pip install --quiet "ruff>=0.17,<0.18" "mypy>=2.4,<3"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/overhead.py

@@ -11,10 +11,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import DataError, LauncherError, RecipeError
-from launcher.recipe.load import load_recipe
+from launcher.recipe.load import load_recipe, output_folder
 from launcher.util import quiet
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 
 def _parser(verb: str, help_text: str) -> argparse.ArgumentParser:
@@ -33,7 +37,7 @@ def _add_host_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", default=None, metavar="H1,H2", help="leave out these hostfile hosts")
 
 
-def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> dict:
+def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> Plan:
     from launcher.backends.slurm import allocation, apply_allocation
     from launcher.plan import build_plan
 
@@ -50,7 +54,7 @@ def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> di
     )
 
 
-def _check_output_dir(plan: dict) -> bool:
+def _check_output_dir(plan: Plan) -> bool:
     """Refuse to mix a new run into an old one unless resuming or told to overwrite; True: the
     previous run is to be replaced (by start_run, once every other check has passed). Deletes nothing."""
     from launcher.backends.output_dir import check_apart, require_run_dir
@@ -169,7 +173,7 @@ def cmd_sbatch(argv: list[str]) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     script = check_output_file(
         "--script",
-        args.script or f"{recipe['output']['dir'].rstrip('/')}.sbatch",
+        args.script or f"{output_folder(recipe).rstrip('/')}.sbatch",
         [("the recipe", args.recipe)],
         args.force,
     )
@@ -213,11 +217,19 @@ def cmd_data(argv: list[str]) -> int:
 def cmd_schema(argv: list[str]) -> int:
     parser = _parser("schema", "print the recipe's JSON schema")
     parser.add_argument("--markdown", action="store_true", help="the key reference as Markdown (docs/recipe.md)")
+    parser.add_argument(
+        "--typeddict", action="store_true", help="the recipe's TypedDicts as Python (launcher/recipe/types.py)"
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         from launcher.recipe.schema_doc import recipe_reference
 
         print(recipe_reference(), end="")
+        return 0
+    if args.typeddict:
+        from launcher.recipe.schema_types import recipe_typeddicts
+
+        print(recipe_typeddicts(), end="")
         return 0
     from launcher.recipe.schema import json_schema
 

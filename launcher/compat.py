@@ -10,7 +10,12 @@ No library import at module level: launcher/checkpoint imports this beside the w
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # the mixins below are read as parts of a Trainer (their super() is the Trainer)
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
 
 
 def stage_checkpoints(trainer, parent_of: Callable) -> None:
@@ -40,7 +45,7 @@ class PreparedRows:
         return dataset
 
 
-class TrainerHooks:
+class TrainerHooks(_TrainerBase):
     """Trainer's private sampler / resume / save hooks, routed to public methods a subclass overrides
     (stages/ppo.py); each default is Trainer's own."""
 

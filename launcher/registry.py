@@ -12,7 +12,7 @@ line in STAGES; a method or an engine likewise (METHODS, ENGINES).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ class Key:
     kind: str
     default: Any = None
     doc: str = ""
-    choices: tuple = ()
+    choices: Collection = ()  # a tuple, or a registry's live view of names
     low: float | None = None
     high: float | None = None
     low_inclusive: bool = True
@@ -52,6 +52,8 @@ class Key:
 
 
 LM_HEAD, SCORE_HEAD = "lm", "score"  # StageSpec.head: the causal LM, or one score per sequence (a reward model)
+# (section, key, check(recipe)): a folder an earlier stage writes that a recipe reads, and its check
+StageInput = tuple[str, str, Callable[[Mapping[str, Any]], None]]
 Refuse = Callable[[str, str], None]  # refuse(dotted key, message): raises the recipe error at that key's origin
 
 
@@ -88,7 +90,7 @@ class StageSpec:
     packs: bool = False
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
     keys: Mapping[str, Key] = field(default_factory=dict)
-    inputs: tuple[tuple[str, str, Callable[[dict], None]], ...] = ()
+    inputs: tuple[StageInput, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,14 @@ class MethodSpec:
     """
 
     adapter: str
-    split: Callable[[Shape, list[Tensor], dict], tuple[list[Tensor], list[Tensor]]]
+    split: Callable[[Shape, list[Tensor], Mapping[str, Any]], tuple[list[Tensor], list[Tensor]]]
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
-    model_check: Callable[[dict, dict[str, list[int]], str], str | None] | None = None
+    model_check: Callable[[Mapping[str, Any], dict[str, list[int]], str], str | None] | None = None
     keys: Mapping[str, Key] = field(default_factory=dict)
     continues_adapter: bool = False
     kbit_base: bool = False
     virtual_tokens: bool = False
-    notes: Callable[[dict], list[str]] = lambda recipe: []
+    notes: Callable[[Mapping[str, Any]], list[str]] = lambda recipe: []
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,12 @@ class EngineSpec:
     check: its cross-key rules over the distributed.* keys, check(resolved recipe, origins, refuse)
     """
 
-    config: Callable[[dict, int, str, bool], dict | None]
-    memory_options: Callable[[dict], list[tuple[Any, str]]]
-    trainer_args: Callable[[dict], dict]
+    config: Callable[[Mapping[str, Any], int, str, bool], dict | None]
+    memory_options: Callable[[Mapping[str, Any]], list[tuple[Any, str]]]
+    trainer_args: Callable[[Mapping[str, Any]], dict]
     master_weights: bool = False
-    shards_parameters: Callable[[dict], bool] = lambda dist: False
-    live_tensor_save: Callable[[dict], bool] = lambda dist: False
+    shards_parameters: Callable[[Mapping[str, Any]], bool] = lambda dist: False
+    live_tensor_save: Callable[[Mapping[str, Any]], bool] = lambda dist: False
     after_process_group: str | None = None
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
 

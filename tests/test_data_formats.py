@@ -231,6 +231,15 @@ def test_folder_of_mixed_files_and_max_samples(tmp_path):
     assert len(load_examples(["set"], {**cfg, "max_samples": 3})) == 3
 
 
+def test_folder_file_named_without_a_leading_word_is_the_train_split(tmp_path):
+    """A file name that starts with no split word ("-rows.jsonl") names no split: the folder is "train"."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    _jsonl(folder / "-rows.jsonl", ALPACA_ROWS)
+    cfg = _registry(tmp_path, {"set": {"file_name": "set"}})
+    assert [e.messages for e in load_examples(["set"], cfg)] == ALPACA_MESSAGES
+
+
 def test_parquet_keeps_nested_sharegpt_conversations(tmp_path):
     import pandas as pd
 

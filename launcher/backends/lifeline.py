@@ -28,6 +28,7 @@ from pathlib import Path
 SUPERVISOR_ENV = "LAUNCHER_SUPERVISOR"
 POLL_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
 try:  # resolved now: after fork, in a threaded parent, dlsym could wait on a lock a vanished thread holds
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):

@@ -15,8 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from launcher.backends.lifeline import die_with_us, supervisor_env
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 GRACE_SECONDS = 20  # for the ranks' last step and checkpoint after SIGTERM
 
@@ -48,7 +52,7 @@ def stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def prebuild_ops(plan: dict, env: dict[str, str]) -> None:
+def prebuild_ops(plan: Plan, env: dict[str, str]) -> None:
     """Compile DeepSpeed's CPU ops in one process before the ranks race to do it."""
     from launcher.backends.prebuild import already_built, ops_for
 
@@ -60,7 +64,7 @@ def prebuild_ops(plan: dict, env: dict[str, str]) -> None:
         )
 
 
-def run_node(plan: dict, node_rank: int) -> int:
+def run_node(plan: Plan, node_rank: int) -> int:
     """Start node `node_rank`'s command with the plan's environment; return its exit code."""
     argv = plan["nodes"][node_rank]["argv"]
     env = {**os.environ, **plan["env"], **supervisor_env()}

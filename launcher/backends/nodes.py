@@ -7,13 +7,17 @@ else 0. A hostfile run is started once, on its first host (node 0), which starts
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from launcher.backends.slurm import allocation
 from launcher.errors import RecipeError
 from launcher.util.net import port_taken
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
-def this_node_rank(cli_rank: int | None, plan: dict) -> int:
+
+def this_node_rank(cli_rank: int | None, plan: Plan) -> int:
     nnodes, hostfile = plan["world"]["nnodes"], plan["recipe"]["distributed"]["hostfile"]
     env_rank = os.environ.get("NODE_RANK")
     slurm = allocation() if hostfile is None else None
@@ -63,7 +67,7 @@ def require_free_port(port: int) -> None:
         )
 
 
-def check_before_launch(plan: dict, node_rank: int) -> None:
+def check_before_launch(plan: Plan, node_rank: int) -> None:
     """Refuse before launch what would otherwise fail or hang inside the ranks."""
     if node_rank != 0:
         return

@@ -14,12 +14,16 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
 from launcher.data.datasets import dataset_source
 from launcher.errors import RecipeError
 from launcher.model.builtin import builtin_cache_dir, builtin_name, fingerprint, is_builtin
 from launcher.util.paths import overlap
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
 MARKER_VERSION = 1
@@ -90,7 +94,7 @@ def model_folder(path: str) -> Path:
     return Path(path) if Path(path).exists() else _hub_cache_folder(path)
 
 
-def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
+def run_inputs(recipe: Recipe) -> list[tuple[str, Path]]:
     """(recipe key, path) of everything a run reads; the datasets are already known to resolve."""
     inputs = [("model.path", model_folder(recipe["model"]["path"]))]
     inputs += [
@@ -110,7 +114,7 @@ def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
     return inputs
 
 
-def check_apart(recipe: dict, output_dir: str) -> None:
+def check_apart(recipe: Recipe, output_dir: str) -> None:
     """Refuse an output.dir that is, contains or lies inside something the run reads, or that is or
     contains the current folder, the home folder or /: a run writes there and overwrite deletes there."""
     out = Path(output_dir).resolve()  # a symlink is judged by its target

@@ -14,11 +14,15 @@ import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 STAMP = "launcher-prebuilt.json"  # in TORCH_EXTENSIONS_DIR: which ops were built, against which versions
 
 
-def ops_for(plan: dict) -> list[str]:
+def ops_for(plan: Plan) -> list[str]:
     """The DeepSpeed op builders a CPU run of this plan will load."""
     if plan["world"]["device"] != "cpu" or plan["deepspeed"] is None:
         return []

@@ -13,10 +13,15 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
-from launcher.recipe.schema import DEFAULT_MASTER_PORT, SCHEMA
+from launcher.recipe.schema import DEFAULT_MASTER_PORT, SLURM
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import DistributedSection, Recipe
 
 SAFE_WORD = re.compile(r"[A-Za-z0-9_.,+-]+")  # partition, account, job name
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+%-]+")  # #SBATCH --output: sbatch splits on spaces, expands no quotes
@@ -39,7 +44,7 @@ def _first_host(nodelist: str) -> str:
     return out[0]
 
 
-def allocation(env: dict[str, str] | None = None) -> dict | None:
+def allocation(env: Mapping[str, str] | None = None) -> dict | None:
     """nnodes, this node's rank and the job id inside a SLURM job, else None.
 
     In an srun step the step's nodes count (srun may use part of the job); in the batch script
@@ -70,7 +75,7 @@ def allocation(env: dict[str, str] | None = None) -> dict | None:
     }
 
 
-def apply_allocation(recipe: dict, alloc: dict) -> None:
+def apply_allocation(recipe: Recipe, alloc: dict) -> None:
     """Take nnodes and (unless the recipe names one) the master address from the allocation."""
     dist = recipe["distributed"]
     if dist["nnodes"] not in (1, alloc["nnodes"]):
@@ -99,15 +104,15 @@ def _extra_line(item: str) -> str:
     return option
 
 
-def slurm_from_distributed(dist: dict) -> dict:
+def slurm_from_distributed(dist: DistributedSection) -> dict:
     """The slurm section a recipe without one gets: distributed.nnodes nodes, distributed.nproc_per_node GPUs
     per node (auto: the schema's default), the cluster's default partition and account."""
-    defaults = {name: key.default for name, key in SCHEMA["slurm"].fields.items()}
+    defaults = {name: key.default for name, key in SLURM.fields.items()}
     gpus = dist["nproc_per_node"] if isinstance(dist["nproc_per_node"], int) else defaults["gpus_per_node"]
     return {**defaults, "nodes": dist["nnodes"], "gpus_per_node": gpus}
 
 
-def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path: str, cwd: str) -> str:
+def batch_script(recipe: Recipe, recipe_file: str, overrides: list[str], log_path: str, cwd: str) -> str:
     """The sbatch script for a recipe; without a slurm section, nodes and GPUs come from distributed."""
     dist = recipe["distributed"]
     if dist["hostfile"] is not None:
@@ -127,10 +132,10 @@ def batch_script(recipe: dict, recipe_file: str, overrides: list[str], log_path:
         options.append(f"--gpus-per-node={slurm['gpus_per_node']}")
     if slurm["cpus_per_task"] is not None:
         options.append(f"--cpus-per-task={slurm['cpus_per_task']}")
-    for key in ("partition", "account"):
-        if slurm[key] is not None:
+    for key, value in (("partition", slurm["partition"]), ("account", slurm["account"])):
+        if value is not None:
             options.append(
-                f"--{key}={_check(f'slurm.{key}', slurm[key], SAFE_WORD, f'use the {key} name sinfo/sacctmgr shows')}"
+                f"--{key}={_check(f'slurm.{key}', value, SAFE_WORD, f'use the {key} name sinfo/sacctmgr shows')}"
             )
     options.append(f"--time={_check('slurm.time', slurm['time'], TIME, 'write e.g. 24:00:00 or 2-00:00:00')}")
     options.append(f"--output={_check('job log', log_path, SAFE_PATH, 'pass --script PATH without spaces or quotes')}")

@@ -23,11 +23,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from launcher.backends.lifeline import die_with_us, supervisor_env
 from launcher.backends.local import GRACE_SECONDS, Interrupted, interrupt, prebuild_ops, stop_group
 from launcher.backends.proctree import become_subreaper, kill_descendants
 from launcher.errors import RecipeError, listing
+
+if TYPE_CHECKING:
+    from launcher.plan.types import NodeCommand, Plan
+    from launcher.recipe.types import DistributedSection
 
 CONNECT_TIMEOUT = 10  # seconds for ssh to reach a host
 POLL_SECONDS = 0.2
@@ -35,7 +40,7 @@ SETTLE_SECONDS = 5  # after a first node failure, to see which others fail with 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def ssh_argv(dist: dict, host: str) -> list[str]:
+def ssh_argv(dist: DistributedSection, host: str) -> list[str]:
     """ssh up to the host name: never prompts (BatchMode), gives up on a dead host, notices a dropped link."""
     argv = [
         "ssh",
@@ -59,7 +64,7 @@ def remote_command(cwd: str) -> str:
     return f"cd {shlex.quote(cwd)} && exec {shlex.quote(sys.executable)} -m launcher.backends.remote_node"
 
 
-def forwarded_env(dist: dict) -> dict[str, str]:
+def forwarded_env(dist: DistributedSection) -> dict[str, str]:
     """The values of distributed.env_forward in this shell (unset names are not sent)."""
     bad = [name for name in dist["env_forward"] if not ENV_NAME.fullmatch(name)]
     if bad:
@@ -70,7 +75,7 @@ def forwarded_env(dist: dict) -> dict[str, str]:
     return {name: os.environ[name] for name in dist["env_forward"] if name in os.environ}
 
 
-def _check_host(dist: dict, host: str) -> str | None:
+def _check_host(dist: DistributedSection, host: str) -> str | None:
     """Why the host cannot be used, or None: its name must resolve and ssh must log in without a prompt."""
     config = subprocess.run([*ssh_argv(dist, host)[:-1], "-G", host], capture_output=True, text=True, timeout=30)
     real = next((line.split(None, 1)[1] for line in config.stdout.splitlines() if line.startswith("hostname ")), host)
@@ -91,7 +96,7 @@ def _check_host(dist: dict, host: str) -> str | None:
     return None
 
 
-def check_hosts(plan: dict) -> None:
+def check_hosts(plan: Plan) -> None:
     """Before anything starts: every remote host resolves and accepts ssh (in parallel)."""
     dist = plan["recipe"]["distributed"]
     forwarded_env(dist)  # refuses bad names now
@@ -120,32 +125,40 @@ class NodeRun:
 
 def _stream(run: NodeRun, lock: threading.Lock) -> None:
     """Copy a node's output to ours, each line prefixed with its host."""
+    assert run.proc.stdout is not None  # started with stdout=PIPE
     for line in iter(run.proc.stdout.readline, ""):
         with lock:
             sys.stdout.write(f"[{run.host}] {line}" if line.endswith("\n") else f"[{run.host}] {line}\n")
             sys.stdout.flush()
 
 
-def _start(plan: dict, runs: list[NodeRun]) -> None:
+def _host(node: NodeCommand) -> str:
+    """The host of a hostfile plan's node (build_plan names one for every node of such a plan)."""
+    assert node["host"] is not None, f"node {node['node_rank']} of a hostfile plan has no host"
+    return node["host"]
+
+
+def _start(plan: Plan, runs: list[NodeRun]) -> None:
     """Start node 0 here and the others over ssh, appending each to runs as soon as it exists."""
     dist = plan["recipe"]["distributed"]
     env = {**os.environ, **plan["env"], **supervisor_env()}
-    pipes = dict(
+    pipes: dict[str, Any] = dict(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True
     )  # Ctrl-C reaches only us; we stop the nodes in order
     runs.append(
         NodeRun(
             0,
-            plan["nodes"][0]["host"],
+            _host(plan["nodes"][0]),
             subprocess.Popen(plan["nodes"][0]["argv"], env=env, preexec_fn=die_with_us(), **pipes),
         )
     )
     header = {"plan": plan, "env": forwarded_env(dist)}
     for node in plan["nodes"][1:]:
         proc = subprocess.Popen(
-            [*ssh_argv(dist, node["host"]), remote_command(os.getcwd())], stdin=subprocess.PIPE, **pipes
+            [*ssh_argv(dist, _host(node)), remote_command(os.getcwd())], stdin=subprocess.PIPE, **pipes
         )
-        runs.append(NodeRun(node["node_rank"], node["host"], proc))
+        runs.append(NodeRun(node["node_rank"], _host(node), proc))
+        assert proc.stdin is not None  # started with stdin=PIPE
         try:
             proc.stdin.write(json.dumps({**header, "node_rank": node["node_rank"]}) + "\n")
             proc.stdin.flush()
@@ -190,7 +203,7 @@ def _supervise(runs: list[NodeRun]) -> list[NodeRun]:
         time.sleep(POLL_SECONDS)
 
 
-def run_hostfile(plan: dict) -> int:
+def run_hostfile(plan: Plan) -> int:
     """Start every node of a hostfile plan (hosts already checked), supervise them, stop all when one
     fails; return the exit code."""
     become_subreaper()

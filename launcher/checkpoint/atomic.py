@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 from transformers import TrainerCallback
@@ -67,7 +68,7 @@ class AtomicCheckpoints(TrainerCallback):
         self.node, self.local_rank = divmod(rank, run["nproc_per_node"])
         self.nodes: list[int] = []  # the nodes whose files this node publishes; empty: another node does
         self.stall_step = int(os.environ.get(STALL_ENV, "-1"))
-        self.trainer = None
+        self.trainer: Any = None  # the transformers Trainer, set by install()
 
     def install(self, trainer) -> None:
         if trainer.args.save_total_limit is not None:

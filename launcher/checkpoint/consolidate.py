@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -116,7 +118,8 @@ class RankFiles:
     """Each rank's optimizer file, memory-mapped, reopened every WINDOW_BYTES read."""
 
     def __init__(self, paths: list[Path], key: str):
-        self.paths, self.key, self.read, self.groups = paths, key, 0, None
+        self.paths, self.key, self.read = paths, key, 0
+        self.groups: list[list[torch.Tensor]] | None = None
 
     def flat_groups(self, nbytes: int) -> list[list[torch.Tensor]]:
         """Per rank, the fp32 flat partitions of every param group; `nbytes` are about to be read."""
@@ -201,12 +204,12 @@ def trainable_tensors(ckpt: ZeroCheckpoint):
             numel = shape.numel()
             part = math.ceil(numel / ckpt.world)
 
-            def produce(offset=offset, part=part, numel=numel, shape=shape):
+            def gather(offset=offset, part=part, numel=numel, shape=shape):
                 ranks = ckpt.files.flat_groups(4 * part * ckpt.world)
                 pieces = [s for groups in ranks for s in _cut(groups, offset, part)]
                 return torch.cat(pieces)[:numel].view(shape)
 
-            yield name, shape, produce
+            yield name, shape, gather
             offset += part
         return
     for group, shapes in enumerate(ckpt.param_shapes):
@@ -222,10 +225,22 @@ def trainable_tensors(ckpt: ZeroCheckpoint):
             offset += numel + (ckpt.paddings[group][index] if ckpt.paddings else 0)
 
 
+def _held(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The producer of a tensor the checkpoint holds whole (a buffer)."""
+    return lambda: tensor
+
+
+def _joined(fragments: list[torch.Tensor], shape: torch.Size) -> Callable[[], torch.Tensor]:
+    """The producer of a frozen parameter from its saved fragments."""
+    return lambda: torch.cat(fragments)[: shape.numel()].view(shape)
+
+
 def state_tensors(ckpt: ZeroCheckpoint, include_frozen: bool):
     """(name, shape, dtype, producer) of everything zero_to_fp32 would return: buffers, frozen
     params (if asked), trainable params, then shared-param aliases."""
-    entries = [(name, t.shape, t.dtype, lambda t=t: t) for name, t in ckpt.buffers.items()]
+    entries: list[tuple[str, Any, Any, Callable[[], torch.Tensor]]] = [
+        (name, t.shape, t.dtype, _held(t)) for name, t in ckpt.buffers.items()
+    ]
     if include_frozen:
         for name, shape in ckpt.frozen_shapes.items():
             fragments = ckpt.frozen[name]
@@ -234,7 +249,7 @@ def state_tensors(ckpt: ZeroCheckpoint, include_frozen: bool):
                     name,
                     shape,
                     fragments[0].dtype,  # as saved, like zero_to_fp32
-                    lambda f=fragments, s=shape: torch.cat(f)[: s.numel()].view(s),
+                    _joined(fragments, shape),
                 )
             )
     entries += [(name, shape, torch.float32, produce) for name, shape, produce in trainable_tensors(ckpt)]

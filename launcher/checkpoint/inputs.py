@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from launcher.errors import CheckpointError
@@ -98,7 +99,7 @@ def run_plan(folder: str | Path) -> dict | None:
     return None
 
 
-def adapter_config(adapter: Path) -> dict:
+def adapter_config(adapter: str | Path) -> dict:
     """The config of a PEFT adapter folder, after checking that its weights file is whole."""
     adapter = Path(adapter)
     if not (adapter / ADAPTER_CONFIG).is_file():
@@ -111,7 +112,7 @@ def adapter_config(adapter: Path) -> dict:
     return config
 
 
-def load_torch(path: Path, safe_globals: list = ()):
+def load_torch(path: Path, safe_globals: Sequence = ()):
     """torch.load(weights_only=True, memory-mapped) of a checkpoint file; missing, truncated or not
     a torch file: CheckpointError."""
     import torch

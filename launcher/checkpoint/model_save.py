@@ -11,11 +11,16 @@ Trainer's path (its parameters must be gathered)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from launcher.compat import rank_save
 from launcher.registry import engine_spec
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
-def save_from_live_tensors(trainer, plan: dict) -> None:
+
+def save_from_live_tensors(trainer, plan: Plan) -> None:
     """Replace trainer.save_model (also used for checkpoints) where the engine keeps whole weights on rank 0."""
     dist = plan["recipe"]["distributed"]  # zero: the user's DeepSpeed JSON's stage too (ds_user_config)
     if not engine_spec(dist["engine"]).live_tensor_save(dist):

@@ -19,11 +19,15 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.checkpoint.manifest import CheckpointDamaged, read_manifests, verify
 from launcher.checkpoint.paths import complete_checkpoints, zero_shard_ranks
 from launcher.checkpoint.pickle_check import foreign_class, resume_pickles
 from launcher.errors import CheckpointError, RecipeError
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 # what must equal the recipe's: the manifest's key -> the recipe's; a manifest written before a key was
 # recorded is not checked for it
@@ -48,7 +52,7 @@ class RunComplete(Exception):
     """The run is at its last step and its final save is there: nothing to do (`launch` exits 0)."""
 
 
-def run_identity(plan: dict) -> dict:
+def run_identity(plan: Plan) -> dict:
     """What a checkpoint's manifest records about the run that wrote it."""
     recipe, world = plan["recipe"], plan["world"]
     method, dist, train = recipe["method"], recipe["distributed"], recipe["train"]
@@ -74,7 +78,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
+def _refuse_world_change(checkpoint: Path, plan: Plan) -> None:
     """ZeRO shards hold 1/world of the optimizer state each; DeepSpeed cannot reload them into another world size."""
     ranks, world = zero_shard_ranks(checkpoint), plan["world"]["world_size"]
     if ranks is not None and ranks != world:
@@ -87,7 +91,7 @@ def _refuse_world_change(checkpoint: Path, plan: dict) -> None:
         )
 
 
-def _refuse_other_recipe(checkpoint: Path, saved: dict, plan: dict) -> None:
+def _refuse_other_recipe(checkpoint: Path, saved: dict, plan: Plan) -> None:
     ours = run_identity(plan)
     for key in MATCHED:
         if key in saved and saved[key] != ours[key]:
@@ -122,7 +126,7 @@ def _untrusted(checkpoint: Path) -> RecipeError:
     )
 
 
-def check_checkpoint(checkpoint: Path, plan: dict) -> None:
+def check_checkpoint(checkpoint: Path, plan: Plan) -> None:
     """Refuse (RecipeError) a checkpoint that is untrusted, pickles a class no checkpoint holds, or is of another
     recipe, ZeRO stage, offload or engine; CheckpointDamaged if damaged."""
     manifests, trusted = read_manifests(checkpoint), plan["recipe"]["train"]["trust_checkpoint"]
@@ -142,7 +146,7 @@ def check_checkpoint(checkpoint: Path, plan: dict) -> None:
         _refuse_other_recipe(checkpoint, manifests[0]["run"], plan)
 
 
-def _explicit(resume: str, plan: dict) -> Path:
+def _explicit(resume: str, plan: Plan) -> Path:
     checkpoint = Path(resume)
     if not (checkpoint / "trainer_state.json").is_file():
         raise RecipeError(
@@ -159,7 +163,7 @@ def _explicit(resume: str, plan: dict) -> Path:
     return checkpoint
 
 
-def _newest_intact(plan: dict) -> Path | None:
+def _newest_intact(plan: Plan) -> Path | None:
     """Newest first; a damaged one is reported and skipped; untrusted or other-recipe ones stop the search."""
     checkpoints = [path for _, path in reversed(complete_checkpoints(plan["output_dir"]))]
     damaged = []
@@ -194,7 +198,7 @@ def _trainer_state(folder: Path) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def _run_end(state: dict, saved: dict, plan: dict) -> tuple[int | None, str]:
+def _run_end(state: dict, saved: dict, plan: Plan) -> tuple[int | None, str]:
     """The last step of this recipe's run, where it is known before the data is read, and what sets it:
     train.max_steps, or with epochs the end the checkpoint's run computed, if its epochs and max_steps were these."""
     train = plan["recipe"]["train"]
@@ -206,7 +210,7 @@ def _run_end(state: dict, saved: dict, plan: dict) -> tuple[int | None, str]:
     return None, ""
 
 
-def _check_end(checkpoint: Path, plan: dict) -> None:
+def _check_end(checkpoint: Path, plan: Plan) -> None:
     """A checkpoint past the run's last step is refused; at it, with the final save there, the run is complete."""
     state, manifests = _trainer_state(checkpoint), read_manifests(checkpoint)
     step = state.get("global_step")
@@ -228,7 +232,7 @@ def _check_end(checkpoint: Path, plan: dict) -> None:
         )
 
 
-def prepare_resume(plan: dict) -> Path | None:
+def prepare_resume(plan: Plan) -> Path | None:
     """Choose and check the checkpoint this run resumes (None: a fresh run) and record it in the plan.
 
     Call before output.dir is touched: a refusal (or RunComplete) leaves everything as it was."""
@@ -244,7 +248,7 @@ def prepare_resume(plan: dict) -> Path | None:
     return checkpoint
 
 
-def restart_checkpoint(plan: dict) -> str | None:
+def restart_checkpoint(plan: Plan) -> str | None:
     """After an elastic restart: the newest checkpoint this run published (its manifest's run_id), else the
     one `launch` verified. Sizes and hashes were checked when it was written, moments ago."""
     for _, checkpoint in reversed(complete_checkpoints(plan["output_dir"])):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from launcher.data.defaults import ON_BAD_ROW
 from launcher.errors import DataError
@@ -21,7 +23,7 @@ class BadRows:
         self.skipped: list[str] = []
 
     @classmethod
-    def of(cls, data_cfg: dict) -> BadRows:
+    def of(cls, data_cfg: Mapping[str, Any]) -> BadRows:
         """The data section's data.on_bad_row (the schema's default where a partial section has none)."""
         return cls(data_cfg.get("on_bad_row", ON_BAD_ROW))
 

@@ -10,7 +10,9 @@ the input ids only, the labels are copied from them on load.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import cached_data
@@ -27,7 +29,7 @@ class BlockData:
     skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
 
 
-def build_blocks(names: list[str], data_cfg: dict, tokenizer) -> BlockData:
+def build_blocks(names: list[str], data_cfg: Mapping[str, Any], tokenizer) -> BlockData:
     """The named text datasets as cutoff_len-token blocks of EOS-separated documents."""
     if tokenizer.eos_token_id is None:
         raise DataError(
@@ -46,7 +48,7 @@ def build_blocks(names: list[str], data_cfg: dict, tokenizer) -> BlockData:
     )
 
 
-def block_data(names: list[str], data_cfg: dict, tokenizer, timeout_s: float = WAIT_S) -> BlockData:
+def block_data(names: list[str], data_cfg: Mapping[str, Any], tokenizer, timeout_s: float = WAIT_S) -> BlockData:
     """build_blocks through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return cached_data(
         BlockData,

@@ -27,11 +27,11 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -39,8 +39,11 @@ from launcher.data.datasets import resolve_dataset
 from launcher.data.defaults import WAIT_S
 from launcher.errors import DataError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger("launcher.data")
-Data = TypeVar("Data")  # a stage's data: a dataclass of its rows (first field) and counts
+Data = TypeVar("Data", bound="DataclassInstance")  # a stage's data: a dataclass of its rows (first field) and counts
 FORMAT = 1  # bump when the layout of an entry changes
 MANIFEST = "manifest.json"
 # data.* keys that do not change the tokens of a dataset (which datasets, and how the cache itself works)
@@ -85,7 +88,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
         return _sha256_dir(Path(folder))
 
 
-def cache_key(stage: str, names: list[str], data_cfg: dict, tokenizer, settings: dict) -> str:
+def cache_key(stage: str, names: list[str], data_cfg: Mapping[str, Any], tokenizer, settings: dict) -> str:
     """The hash naming a cache entry; any change to what the tokens depend on changes it."""
     datasets = []
     for name in names:
@@ -268,7 +271,7 @@ def cached_data(
     shape: type[Data],
     kind: str,
     names: list[str],
-    data_cfg: dict,
+    data_cfg: Mapping[str, Any],
     tokenizer,
     settings: dict,
     build: Callable[[], Data],
@@ -303,7 +306,7 @@ def cached_data(
     return shape(**{rows_field: rows}, **got.meta)
 
 
-def wait_s(recipe: dict) -> float:
+def wait_s(recipe: Mapping[str, Any]) -> float:
     """How long a rank waits for another to build an entry: the run's distributed.timeout_minutes."""
     return recipe["distributed"]["timeout_minutes"] * 60
 
@@ -313,7 +316,7 @@ def templated_data(
     kind: str,
     build: Callable[..., Data],
     names: list[str],
-    data_cfg: dict,
+    data_cfg: Mapping[str, Any],
     tokenizer,
     template: str,
     timeout_s: float = WAIT_S,

@@ -103,7 +103,7 @@ class DatasetSpec:
 
     def split_range(self, count: int) -> range:
         """The row indices `split` selects out of `count` rows, as `datasets` computes them (percent: closest)."""
-        match = SPLIT.fullmatch(self.split)
+        match = split_parts(self.split)
 
         def bound(text: str | None, default: int) -> int:
             if text is None:
@@ -190,6 +190,19 @@ def _remote_refusal(name: str, entry: dict, dataset_dir: Path, where: str) -> No
     )
 
 
+def split_parts(split: str) -> re.Match[str]:
+    """A split _split_and_samples accepted, as its name, start and stop."""
+    match = SPLIT.fullmatch(split)
+    assert match is not None, f"split {split!r} passed _split_and_samples"
+    return match
+
+
+def _split_of_file(file_name: str) -> str:
+    """The split a file is named for: its leading word ("" for a name that starts with none)."""
+    match = SPLIT_OF_FILE.match(file_name)
+    return match[0] if match else ""
+
+
 def _split_and_samples(entry: dict, where: str) -> tuple[str, int | None]:
     split, num_samples = entry.get("split", "train"), entry.get("num_samples")
     if not isinstance(split, str) or not SPLIT.fullmatch(split):
@@ -247,7 +260,7 @@ def _entry_spec(name: str, entry: object, dataset_dir: Path) -> DatasetSpec:
         columns = {"chosen": "chosen", "rejected": "rejected", **columns}
     split, num_samples = _split_and_samples(entry, where)
     path = _local_path(name, entry, dataset_dir, where)
-    if SPLIT.fullmatch(split)["name"] != "train" and path.is_file():
+    if split_parts(split)["name"] != "train" and path.is_file():
         raise DataError(
             f'{where}: split {split!r}: {path} is one file, which is the split "train". Fix: point '
             "file_name at the folder holding the split's files (a hub dataset's local copy), or put the "
@@ -276,11 +289,11 @@ def _data_files(path: Path, name: str, split: str = "train") -> list[Path]:
     if not files:
         raise DataError(f"dataset {name!r}: folder {path} has no data files ({', '.join(FILE_TYPES)})")
     files = [p for p in files if p.name not in HUB_METADATA]
-    wanted = SPLIT.fullmatch(split)["name"]
-    named = [p for p in files if SPLIT_OF_FILE.match(p.name)[0] == wanted]
+    wanted = split_parts(split)["name"]
+    named = [p for p in files if _split_of_file(p.name) == wanted]
     if named:
         return named
-    found = sorted({SPLIT_OF_FILE.match(p.name)[0] for p in files})
+    found = sorted({_split_of_file(p.name) for p in files})
     # no file is named for a split: the folder is the one split "train" (but never train_sft + test_sft together)
     if wanted == "train" and not any(SPLIT_WORD.match(name) for name in found):
         return files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from launcher.data.datasets import DatasetSpec
 from launcher.data.readers import Row
@@ -41,6 +42,10 @@ def _column(row: Row, spec: DatasetSpec, key: str):
     return row.data.get(name) if name else None
 
 
+@overload
+def _text(row: Row, spec: DatasetSpec, key: str, required: Literal[True]) -> str: ...
+@overload
+def _text(row: Row, spec: DatasetSpec, key: str, required: Literal[False]) -> str | None: ...
 def _text(row: Row, spec: DatasetSpec, key: str, required: bool) -> str | None:
     value = _column(row, spec, key)
     if value is not None and not isinstance(value, str):
@@ -85,11 +90,11 @@ def _kto_tag(row: Row, spec: DatasetSpec) -> bool:
 
 def _tool_calls(calls: object, where: str) -> list[dict]:
     """Tool calls in internal form, from {"name", "arguments"} objects or openai's {"function": {...}} ones."""
-    calls = calls if isinstance(calls, list) else [calls]
-    calls = [c.get("function", c) if isinstance(c, dict) else c for c in calls]
-    if not calls or not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "arguments" in c for c in calls):
-        raise DataError(f'{where}: a function call needs "name" (text) and "arguments", got {calls!r}')
-    return [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]
+    listed: list = calls if isinstance(calls, list) else [calls]
+    items = [c.get("function", c) if isinstance(c, dict) else c for c in listed]
+    if not items or not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "arguments" in c for c in items):
+        raise DataError(f'{where}: a function call needs "name" (text) and "arguments", got {items!r}')
+    return [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in items]
 
 
 def _parse_calls(value: str, where: str) -> list[dict]:
@@ -121,7 +126,7 @@ def _check_order(messages: list[Message], where: str, ends_with: str) -> None:
 
 
 def _assistant(content: str, calls: list[dict] | None = None) -> Message:
-    message = {"role": "assistant", "content": content}
+    message: Message = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = calls
     return message

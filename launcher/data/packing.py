@@ -96,7 +96,7 @@ def pack_examples(examples: list[dict], capacity: int) -> Packed:
 
 def _packed_row(examples: list[dict], group: list[int]) -> dict:
     """One row: the group's samples back to back, each with its own positions and segment id."""
-    row = {"input_ids": [], "labels": [], "position_ids": [], "segment_ids": []}
+    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": [], "segment_ids": []}
     for segment, index in enumerate(group, start=1):
         ids, labels = examples[index]["input_ids"], list(examples[index]["labels"])
         if segment > 1:

@@ -17,7 +17,9 @@ the kinds "pair" (dpo, orpo and rm share its entries) and "kto".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import templated_data
@@ -66,11 +68,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> PreferenceData:
+def build_pair_data(
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE
+) -> PreferenceData:
     """{"prompt_ids", "chosen_ids", "rejected_ids"} per preference example."""
     bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
     for example in load_examples(names, data_cfg, "preference", bad):
+        assert example.chosen is not None and example.rejected is not None  # a preference row has both
         prompt_c, chosen = split_reply(tokenizer, example.messages + [example.chosen], example.tools, template)
         prompt_r, rejected = split_reply(tokenizer, example.messages + [example.rejected], example.tools, template)
         # the prompt renders the same before both replies; if a template made the two differ, the shared part is the
@@ -86,7 +91,9 @@ def build_pair_data(names: list[str], data_cfg: dict, tokenizer, template: str =
     return PreferenceData(rows, dropped, len(bad.skipped), truncated)
 
 
-def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> PreferenceData:
+def build_kto_data(
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE
+) -> PreferenceData:
     """{"prompt_ids", "completion_ids", "label"} per KTO example (label = kto_tag: desirable)."""
     bad = BadRows.of(data_cfg)
     cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
@@ -102,14 +109,14 @@ def build_kto_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
 
 
 def pair_data(
-    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
 ) -> PreferenceData:
     """build_pair_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return templated_data(PreferenceData, "pair", build_pair_data, names, data_cfg, tokenizer, template, timeout_s)
 
 
 def scored_pairs(
-    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
 ) -> PreferenceData:
     """{"chosen_ids", "rejected_ids"} for a reward model: the prompt followed by each reply, through the reply's
     eos (the last token, where its head reads the score). The pairs come through the cache, shared with dpo and orpo."""
@@ -122,7 +129,7 @@ def scored_pairs(
 
 
 def kto_data(
-    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
 ) -> PreferenceData:
     """build_kto_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py); the cache
     holds only id lists, so each label is stored as one token ([1] desirable, [0] not) and read back as TRL's bool."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -24,19 +26,21 @@ class SFTData:
     skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
 
 
-def _converted(names: list[str], data_cfg: dict, bad: BadRows, convert, kind: str | None) -> list:
+def _converted(names: list[str], data_cfg: Mapping[str, Any], bad: BadRows, convert, kind: str | None) -> list:
     """convert(row, spec) over every row of the named datasets; bad rows go to the policy."""
     kinds = None if kind is None else (kind,)
     return [item for name in names for item in dataset_items(name, data_cfg, bad, convert, kinds)]
 
 
-def load_examples(names: list[str], data_cfg: dict, kind: str = "sft", bad: BadRows | None = None) -> list[Example]:
+def load_examples(
+    names: list[str], data_cfg: Mapping[str, Any], kind: str = "sft", bad: BadRows | None = None
+) -> list[Example]:
     """Validated examples of one kind (sft | preference | kto) from the named datasets, max_samples per dataset."""
     bad = bad or BadRows.of(data_cfg)
     return _converted(names, data_cfg, bad, to_example, kind)
 
 
-def load_texts(names: list[str], data_cfg: dict, bad: BadRows | None = None) -> list[str]:
+def load_texts(names: list[str], data_cfg: Mapping[str, Any], bad: BadRows | None = None) -> list[str]:
     """Pre-training documents (the text column) of the named datasets."""
     bad = bad or BadRows.of(data_cfg)
     return _converted(names, data_cfg, bad, to_text, kind=None)
@@ -57,7 +61,9 @@ def _encode_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _WORKER_TOKENIZER = None  # set in the parent before forking workers: they inherit it instead of unpickling it
 
 
-def _encode_parallel(tokenizer, conversations: list, cfg: dict, template: str, workers: int) -> list[Encoded]:
+def _encode_parallel(
+    tokenizer, conversations: list, cfg: Mapping[str, Any], template: str, workers: int
+) -> list[Encoded]:
     """encode_conversations in `workers` forked processes, in order; each tokenizes with one thread."""
     global _WORKER_TOKENIZER
     size = -(-len(conversations) // (workers * 4))  # a few chunks per worker evens out long-tailed chunks
@@ -82,7 +88,9 @@ def _encode_parallel(tokenizer, conversations: list, cfg: dict, template: str, w
     return out
 
 
-def encode_examples(examples: list[Example], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> SFTData:
+def encode_examples(
+    examples: list[Example], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE
+) -> SFTData:
     """Token ids and labels of SFT examples (data.cutoff_len, train_on_prompt, mask_history, num_workers);
     those left with no trainable token are dropped and counted."""
     conversations = [(e.messages, e.tools) for e in examples]
@@ -102,7 +110,7 @@ def encode_examples(examples: list[Example], data_cfg: dict, tokenizer, template
     return SFTData(kept, len(encoded) - len(kept))
 
 
-def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE) -> SFTData:
+def build_sft_data(names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE) -> SFTData:
     """Tokenized, masked examples of the named datasets; those with no trainable token are dropped and counted."""
     bad = BadRows.of(data_cfg)
     data = encode_examples(load_examples(names, data_cfg, "sft", bad), data_cfg, tokenizer, template)
@@ -111,7 +119,7 @@ def build_sft_data(names: list[str], data_cfg: dict, tokenizer, template: str = 
 
 
 def sft_data(
-    names: list[str], data_cfg: dict, tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE, timeout_s: float = WAIT_S
 ) -> SFTData:
     """build_sft_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return templated_data(SFTData, "sft", build_sft_data, names, data_cfg, tokenizer, template, timeout_s)

@@ -7,11 +7,12 @@ tokenizer is loaded."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
@@ -93,7 +94,7 @@ class StageRows:
     counts: str  # the report's closing lines
 
 
-def _sft(recipe: dict, tokenizer) -> StageRows:
+def _sft(recipe: Mapping[str, Any], tokenizer) -> StageRows:
     """Examples through the tokenized-data cache, as the sft worker reads them; packing reported, not applied."""
     data_cfg = recipe["data"]
     data = sft_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
@@ -116,7 +117,7 @@ def _sft(recipe: dict, tokenizer) -> StageRows:
     return StageRows(rows, counts)
 
 
-def _blocks(recipe: dict, tokenizer) -> StageRows:
+def _blocks(recipe: Mapping[str, Any], tokenizer) -> StageRows:
     """cutoff_len blocks of EOS-joined documents (launcher/data/blocks.py)."""
     data_cfg = recipe["data"]
     data = block_data(data_cfg["datasets"], data_cfg, tokenizer)
@@ -130,7 +131,7 @@ def _blocks(recipe: dict, tokenizer) -> StageRows:
     )
 
 
-def _preference_counts(data: PreferenceData, data_cfg: dict) -> str:
+def _preference_counts(data: PreferenceData, data_cfg: Mapping[str, Any]) -> str:
     return (
         f"rows: {len(data.rows)}   truncated (longer than data.cutoff_len={data_cfg['cutoff_len']}): "
         f"{data.truncated}   dropped (empty reply): {data.dropped}   bad rows skipped: {data.skipped}   "
@@ -138,14 +139,14 @@ def _preference_counts(data: PreferenceData, data_cfg: dict) -> str:
     )
 
 
-def _preference(build: Callable[..., PreferenceData], recipe: dict, tokenizer) -> StageRows:
+def _preference(build: Callable[..., PreferenceData], recipe: Mapping[str, Any], tokenizer) -> StageRows:
     """Pairs: build(names, data_cfg, tokenizer, template), the builder the stage's trainer calls."""
     data_cfg = recipe["data"]
     data = build(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     return StageRows(data.rows, _preference_counts(data, data_cfg))
 
 
-def _kto(recipe: dict, tokenizer) -> StageRows:
+def _kto(recipe: Mapping[str, Any], tokenizer) -> StageRows:
     """Unpaired replies (launcher/data/pairs.py kto_data), counted by label."""
     data_cfg = recipe["data"]
     data = kto_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
@@ -156,7 +157,7 @@ def _kto(recipe: dict, tokenizer) -> StageRows:
     )
 
 
-def _prompts(recipe: dict, tokenizer) -> StageRows:
+def _prompts(recipe: Mapping[str, Any], tokenizer) -> StageRows:
     """The prompts replies are sampled for (launcher/data/prompts.py)."""
     data_cfg = recipe["data"]
     data = prompt_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
@@ -170,7 +171,7 @@ def _prompts(recipe: dict, tokenizer) -> StageRows:
 @dataclass(frozen=True)
 class StageView:
     noun: str  # what one row is, in the report
-    build: Callable[[dict, object], StageRows]  # (recipe, tokenizer) -> the stage's rows and counts
+    build: Callable[[Mapping[str, Any], object], StageRows]  # (recipe, tokenizer) -> the stage's rows and counts
     captions: dict[str, str] | None = None  # token-id column -> caption; None: sft's masked-text format
 
     def show(self, tokenizer, index: int, row: dict) -> str:
@@ -201,7 +202,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def preview(recipe: dict, count: int, dump_path: str | None) -> str:
+def preview(recipe: Mapping[str, Any], count: int, dump_path: str | None) -> str:
     """The report `launch data` prints; writes the dump when asked."""
     view = resolve(stage_spec(recipe["stage"]).rows)
     tokenizer = load_tokenizer(recipe["model"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.cache import templated_data
@@ -21,7 +23,7 @@ class PromptData:
     skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
 
 
-def build_prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str) -> PromptData:
+def build_prompt_data(names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str) -> PromptData:
     """Each example's conversation up to its last reply, with the generation prompt. SFT datasets give
     their last user turn's context; preference datasets their prompt. A prompt that fills
     data.cutoff_len leaves no room to reply: dropped and counted."""
@@ -33,7 +35,10 @@ def build_prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str
     for kind in PROMPT_KINDS:
         named = [n for n in names if specs[n].kind == kind]
         for example in load_examples(named, data_cfg, kind, bad) if named else []:
-            messages = example.messages if kind == "sft" else example.messages + [example.chosen]
+            messages = example.messages
+            if kind != "sft":
+                assert example.chosen is not None  # a preference row has its chosen reply
+                messages = [*messages, example.chosen]
             prompt, _ = split_reply(tokenizer, messages, example.tools, template)
             if len(prompt) >= data_cfg["cutoff_len"]:
                 dropped += 1
@@ -42,6 +47,8 @@ def build_prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str
     return PromptData(rows, dropped, len(bad.skipped))
 
 
-def prompt_data(names: list[str], data_cfg: dict, tokenizer, template: str, timeout_s: float = WAIT_S) -> PromptData:
+def prompt_data(
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str, timeout_s: float = WAIT_S
+) -> PromptData:
     """build_prompt_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return templated_data(PromptData, "prompt", build_prompt_data, names, data_cfg, tokenizer, template, timeout_s)

@@ -119,10 +119,11 @@ def _csv(path: Path, on_bad: OnBad) -> Iterator[Row]:
         for index, data in enumerate(reader):
             where = f"{path} row {index}"
             if None in data:  # more cells than the header names
+                header = reader.fieldnames or ()  # read with the first row
                 on_bad(
                     DataError(
-                        f"{where} (line {reader.line_num}): {len(reader.fieldnames) + len(data[None])} "
-                        f"cells, the header has {len(reader.fieldnames)}. Fix: quote cells that hold commas"
+                        f"{where} (line {reader.line_num}): {len(header) + len(data[None])} "
+                        f"cells, the header has {len(header)}. Fix: quote cells that hold commas"
                     )
                 )
                 continue

@@ -8,8 +8,9 @@ refused by `launch plan` with the message the worker would print.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from itertools import chain, islice
+from typing import Any
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.datasets import DatasetSpec, resolve_dataset
@@ -39,7 +40,7 @@ def _sample(rows: list[Row], count: int) -> list[Row]:
     return [rows[i] for i in sorted(picked)]
 
 
-def _rows(spec: DatasetSpec, data_cfg: dict, bad: BadRows) -> Iterator[Row]:
+def _rows(spec: DatasetSpec, data_cfg: Mapping[str, Any], bad: BadRows) -> Iterator[Row]:
     """The dataset's rows: its split slice, then num_samples (the registry's), then max_samples (the recipe's).
     Lazy where no slice or sample needs the row count."""
     rows: Iterator[Row] = chain.from_iterable(iter_file(path, bad) for path in spec.files)
@@ -52,7 +53,7 @@ def _rows(spec: DatasetSpec, data_cfg: dict, bad: BadRows) -> Iterator[Row]:
 
 def dataset_items(
     name: str,
-    data_cfg: dict,
+    data_cfg: Mapping[str, Any],
     bad: BadRows,
     convert: Callable[[Row, DatasetSpec], object],
     kinds: tuple[str, ...] | None,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from launcher.data.cache import rows_of
 from launcher.errors import DataError
@@ -24,7 +24,7 @@ def split_validation(examples: list, val_size: float, seed: int) -> tuple[list, 
 
 
 def train_and_eval(
-    recipe: dict, build: Callable[[list[str]], Data], no_rows: Callable[[Data], str]
+    recipe: Mapping[str, Any], build: Callable[[list[str]], Data], no_rows: Callable[[Data], str]
 ) -> tuple[Data, list[dict], list[dict]]:
     """(data.datasets' data, its training rows, the evaluation rows): build(dataset names) gives a stage's data;
     with no rows it is refused with the message no_rows(data); evaluation comes from data.eval_datasets, else from a seeded

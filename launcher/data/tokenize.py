@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.data.defaults import TEMPLATE
 from launcher.data.formats import is_reply
@@ -149,13 +150,14 @@ def _marked_spans(tokenizer, messages: list[dict], tools: list[dict] | None) -> 
         ),
     )
     if key in _PIECES:
-        spans = _PIECES[key] and _spans_from_pieces(prompt, eos, text, messages, _PIECES[key])
+        cached = _PIECES[key]
+        spans = None if cached is None else _spans_from_pieces(prompt, eos, text, messages, cached)
         if spans is not None:
             return text, spans
     if len(_PIECES) >= _PIECES_LIMIT:
         _PIECES.clear()
     pieces = _PIECES[key] = _marked_pieces(tokenizer, messages, tools)
-    spans = pieces and _spans_from_pieces(prompt, eos, text, messages, pieces)
+    spans = None if pieces is None else _spans_from_pieces(prompt, eos, text, messages, pieces)
     return None if spans is None else (text, spans)
 
 
@@ -190,7 +192,8 @@ def _trained_by_offsets(offsets: list[tuple[int, int]], spans: list[Span]) -> li
 def _trained_tokens(tokenizer, text: str, spans: list[Span]) -> tuple[list[int], list[bool]]:
     """Token ids of the text and whether each token starts inside a span (tokenizers without offsets)."""
     bounds = [0, *(b for span in spans for b in span), len(text)]
-    ids, trained = [], []
+    ids: list[int] = []
+    trained: list[bool] = []
     for index in range(len(bounds) - 1):
         piece = text[bounds[index] : bounds[index + 1]]
         piece_ids = tokenizer.encode(piece, add_special_tokens=False) if piece else []
@@ -257,7 +260,7 @@ class _Whole:
 
     text: str
     ids: list[int]
-    encoding: object  # the fast tokenizer's Encoding of text
+    encoding: Any  # the fast tokenizer's Encoding of text (tokenizers ships no types)
 
 
 class _Splicer:
@@ -352,7 +355,7 @@ def encode_conversations(
             variants = dict(zip(shorter, trained_spans([(shorter[i][step], conversations[i][1]) for i in shorter])))
             encoded = {}
             for index, (text, spans) in variants.items():
-                spliced = splice and splice(sources[index], text, spans, train_on_prompt)
+                spliced = splice(sources[index], text, spans, train_on_prompt) if splice else None
                 if spliced is not None:
                     encoded[index] = spliced
             unspliced = [i for i in variants if i not in encoded]

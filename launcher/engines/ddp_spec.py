@@ -5,8 +5,8 @@ from __future__ import annotations
 from launcher.registry import EngineSpec, Refuse
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    dist = r["distributed"]
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
+    dist = recipe["distributed"]
     if dist["zero"] != 0:
         refuse(
             "distributed.zero",

@@ -4,7 +4,9 @@ filled from the recipe and the model's width."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from launcher.model.builtin import builtin_config_path, is_builtin
 from launcher.model.shape import model_shape
@@ -39,7 +41,7 @@ def _fill_auto(node, values: dict, path: str = ""):
     return node
 
 
-def deepspeed_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) -> dict:
+def deepspeed_config(recipe: Mapping[str, Any], world_size: int, dtype: str, on_gpu: bool) -> dict:
     """The resolved DeepSpeed config for the recipe."""
     dist, train = recipe["distributed"], recipe["train"]
     hidden = model_hidden_size(recipe["model"]["path"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from launcher.engines.deepspeed_config import deepspeed_config
 from launcher.registry import EngineSpec, Refuse
 
@@ -10,8 +13,8 @@ from launcher.registry import EngineSpec, Refuse
 AUTO_ORDER = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"))
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    dist = r["distributed"]
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
+    dist = recipe["distributed"]
     if dist["zero"] == "auto" and dist["offload"] != "none":
         refuse(
             "distributed.offload",
@@ -32,22 +35,22 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
             f"distributed.offload: all (parameters too) needs distributed.zero: 3, got {dist['zero']}. "
             "Fix: set distributed.zero: 3, or distributed.offload: optimizer",
         )
-    if r["train"]["optimizer"] != "adamw_torch":
+    if recipe["train"]["optimizer"] != "adamw_torch":
         refuse(
             "train.optimizer",
-            f"train.optimizer: {r['train']['optimizer']} cannot run with distributed.offload: "
+            f"train.optimizer: {recipe['train']['optimizer']} cannot run with distributed.offload: "
             f"{dist['offload']} (ZeRO-Offload steps with DeepSpeed's CPU Adam). "
             "Fix: set train.optimizer: adamw_torch or distributed.offload: none",
         )
 
 
-def memory_options(dist: dict) -> list[tuple]:
+def memory_options(dist: Mapping[str, Any]) -> list[tuple]:
     """Every stage/offload pair `zero: auto` may pick, and the recipe's own where it is none of them."""
     own = (dist["zero"], dist["offload"])
     return list(AUTO_ORDER) + ([own] if dist["zero"] != "auto" and own not in AUTO_ORDER else [])
 
 
-def trainer_args(plan: dict) -> dict:
+def trainer_args(plan: Mapping[str, Any]) -> dict:
     return {"deepspeed": plan["deepspeed"]}
 
 

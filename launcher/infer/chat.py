@@ -11,6 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from launcher.checkpoint.adapter_fit import adapter_fit_error
 from launcher.checkpoint.inputs import read_json, run_plan, safetensors_files
@@ -43,7 +44,7 @@ class Sampling:
             )
 
     def generate_kwargs(self) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:
             kwargs.update(
                 {
@@ -347,7 +348,7 @@ def chat(
         from transformers import set_seed
 
         set_seed(sampling.seed)
-    if requests is not None:
+    if requests is not None and output_file is not None:  # given together (checked above)
         predict_file(model, tokenizer, requests, Path(output_file), sampling, template)
         print(f"[chat] {len(requests)} predictions -> {output_file}", flush=True)
     elif prompts:

@@ -13,9 +13,13 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
-from launcher.recipe.load import load_recipe
+from launcher.recipe.load import load_recipe, output_folder
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 
 def similarity(answer: str, reference: str) -> float:
@@ -23,7 +27,7 @@ def similarity(answer: str, reference: str) -> float:
     return difflib.SequenceMatcher(None, answer.strip(), reference.strip()).ratio()
 
 
-def before_and_after(recipe: dict, count: int) -> list[dict]:
+def before_and_after(recipe: Recipe, count: int) -> list[dict]:
     """For the first `count` training examples: prompt, taught answer, base answer, tuned answer."""
     from launcher.data.pipeline import load_examples
     from launcher.infer.chat import Sampling, load_for_chat, reply
@@ -60,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
-    if not (Path(recipe["output"]["dir"]) / "adapter_config.json").is_file():
+    if not (Path(output_folder(recipe)) / "adapter_config.json").is_file():
         print(
-            f"demo: error: {recipe['output']['dir']} holds no trained adapter. Fix: run `launch {args.recipe}` first",
+            f"demo: error: {output_folder(recipe)} holds no trained adapter. Fix: run `launch {args.recipe}` first",
             file=sys.stderr,
         )
         return 2

@@ -11,11 +11,16 @@ all ranks then log the same numbers, which TensorBoard's callback writes on rank
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 
 class GenerateMetrics(TrainerCallback):
-    def __init__(self, trainer, recipe: dict):
+    def __init__(self, trainer, recipe: Recipe):
         from launcher.infer.evaluate import generation_sampling, load_prompts
 
         self.trainer, self.generation, self.template = trainer, recipe["eval"], recipe["model"]["template"]
@@ -47,7 +52,7 @@ class GenerateMetrics(TrainerCallback):
             )
 
 
-def install(trainer, recipe: dict) -> None:
+def install(trainer, recipe: Recipe) -> None:
     """Add the callback when the recipe asks for it (train.eval_generate)."""
     if recipe["train"]["eval_generate"]:
         trainer.add_callback(GenerateMetrics(trainer, recipe))

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.data.defaults import TEMPLATE
 from launcher.errors import EvalError
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import EvalSection
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
@@ -48,7 +52,7 @@ def predict_vllm(
     model_path: str,
     adapter: str | None,
     trust_remote_code: bool,
-    generation: dict,
+    generation: EvalSection,
     seed: int,
     conversations: list[list[dict]],
     template: str = TEMPLATE,

@@ -17,8 +17,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import EvalError
+from launcher.recipe.load import output_folder
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import EvalSection, Recipe
 
 
 @dataclass
@@ -26,11 +31,11 @@ class Job:
     model: str
     adapter: str | None
     trust_remote_code: bool
-    generation: dict  # the recipe's eval section
+    generation: EvalSection
     seed: int
 
 
-def generation_sampling(generation: dict):
+def generation_sampling(generation: EvalSection):
     from launcher.infer.chat import Sampling
 
     sample = generation["do_sample"]
@@ -67,7 +72,7 @@ def predict_shard(job: Job, conversations: list[list[dict]]) -> tuple[list[str],
     return replies, tokens, time.perf_counter() - started
 
 
-def load_prompts(recipe: dict, datasets: list[str]) -> list[tuple[list[dict], str]]:
+def load_prompts(recipe: Recipe, datasets: list[str]) -> list[tuple[list[dict], str]]:
     """(conversation up to the last assistant turn, that turn as the label) per eval row."""
     from launcher.data.pipeline import load_examples
     from launcher.errors import DataError
@@ -79,8 +84,8 @@ def load_prompts(recipe: dict, datasets: list[str]) -> list[tuple[list[dict], st
     return [(example.messages[:-1], example.messages[-1]["content"]) for example in examples]
 
 
-def _default_adapter(recipe: dict) -> str | None:
-    out = Path(recipe["output"]["dir"])
+def _default_adapter(recipe: Recipe) -> str | None:
+    out = Path(output_folder(recipe))
     return str(out) if (out / "adapter_config.json").is_file() else recipe["model"]["adapter"]
 
 
@@ -130,7 +135,7 @@ def _run_shards(
 
 
 def evaluate(
-    recipe: dict, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None, processes: int
+    recipe: Recipe, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None, processes: int
 ) -> dict:
     """Predict every eval row, score it; returns predict_results.json's content."""
     from launcher.infer.eval_vllm import choose_engine
@@ -144,7 +149,7 @@ def evaluate(
             "no eval data: data.eval_datasets is empty. Fix: set data.eval_datasets (e.g. [demo_dev]) "
             "or pass --dataset NAME"
         )
-    out = out or Path(recipe["output"]["dir"]) / "eval"
+    out = out or Path(output_folder(recipe)) / "eval"
     rows = load_prompts(recipe, datasets)
     if not rows:  # as `launch train` refuses data.datasets without a row
         from launcher.plan.preflight import no_rows_error
@@ -177,7 +182,7 @@ def evaluate(
     with open(out / "generated_predictions.jsonl", "w", encoding="utf-8") as file:
         for prompt, label, reply in zip(prompts, labels, replies):
             file.write(json.dumps({"prompt": prompt, "label": label, "prediction": reply}, ensure_ascii=False) + "\n")
-    results = {f"predict_{name}": value for name, value in similarity(replies, labels).items()}
+    results: dict[str, Any] = {f"predict_{name}": value for name, value in similarity(replies, labels).items()}
     results.update(
         predict_samples=len(rows),
         predict_runtime=round(runtime, 4),

@@ -8,9 +8,26 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from typing import TYPE_CHECKING, TypedDict
 
 from launcher.errors import RecipeError
 from launcher.registry import STAGES, method_spec, stage_spec
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
+
+
+class Kernels(TypedDict):
+    """plan["kernels"]: the attention and loss kernels and the compile choice, each with its reason."""
+
+    attn: str
+    attn_reason: str
+    padding_free: bool
+    loss: str
+    loss_reason: str
+    compile: bool
+    compile_reason: str
+
 
 # the chunked loss pays off once the logits dominate memory (the HF reference materialises them in fp32)
 CHUNKED_MIN_VOCAB = 32_000
@@ -34,7 +51,7 @@ def _require_cuda_package(
         )
 
 
-def attention_choice(recipe: dict, on_gpu: bool) -> tuple[str, str]:
+def attention_choice(recipe: Recipe, on_gpu: bool) -> tuple[str, str]:
     """(attn_implementation, why). Raises RecipeError (the message names the fix) for a kernel
     that cannot run here."""
     attn, neat = recipe["model"]["attn"], recipe["data"]["packing"] == "neat"
@@ -82,7 +99,7 @@ def padding_free(attn: str, packing: str) -> bool:
     return packing == "neat" and attn in ("flex_attention", "flash_attention_2")
 
 
-def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
+def loss_choice(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
     """(plain | chunked | liger, why). Raises RecipeError for a kernel that cannot run here."""
     kernel, stage, method = recipe["train"]["loss_kernel"], recipe["stage"], recipe["method"]["name"]
     own_loss = stage_spec(stage).lm_loss
@@ -125,7 +142,7 @@ def loss_choice(recipe: dict, on_gpu: bool, vocab_size: int | None) -> tuple[str
     return "plain", f"auto: vocabulary {size} < {CHUNKED_MIN_VOCAB:,} (or unknown): full logits are cheap"
 
 
-def compile_choice(recipe: dict, on_gpu: bool) -> tuple[bool, str]:
+def compile_choice(recipe: Recipe, on_gpu: bool) -> tuple[bool, str]:
     """(compile?, why). Raises RecipeError where torch.compile cannot work."""
     if not recipe["train"]["compile"]:
         return False, "off (train.compile: true compiles each decoder layer)"
@@ -143,7 +160,7 @@ def compile_choice(recipe: dict, on_gpu: bool) -> tuple[bool, str]:
     return True, "on: each decoder layer compiled once (dynamic shapes, so packed rows of any length reuse it)"
 
 
-def kernel_plan(recipe: dict, on_gpu: bool, vocab_size: int | None) -> dict:
+def kernel_plan(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> Kernels:
     """The plan's `kernels` entry; raises RecipeError with the fix for a choice that cannot work."""
     attn, attn_why = attention_choice(recipe, on_gpu)
     loss, loss_why = loss_choice(recipe, on_gpu, vocab_size)
@@ -159,7 +176,7 @@ def kernel_plan(recipe: dict, on_gpu: bool, vocab_size: int | None) -> dict:
     }
 
 
-def format_kernels(kernels: dict) -> list[str]:
+def format_kernels(kernels: Kernels) -> list[str]:
     """The plan's kernel lines, for `launch plan`."""
     rows = [f"attention: {kernels['attn']} ({kernels['attn_reason']})"]
     if kernels["padding_free"]:

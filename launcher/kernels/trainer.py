@@ -5,6 +5,9 @@ Trainer's own loss."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from transformers import Trainer
 
 from launcher.kernels.attention import packed_attention_inputs
@@ -43,7 +46,7 @@ class KernelTrainer(Trainer):
 
 
 def lm_trainer(
-    plan: dict, args, model, tokenizer, callbacks: list, rows: list, eval_rows: list, collator
+    plan: Mapping[str, Any], args, model, tokenizer, callbacks: list, rows: list, eval_rows: list, collator
 ) -> KernelTrainer:
     """The pt/sft trainer over these rows: the plan's kernels, the chunked loss sized for a full micro-batch."""
     recipe = plan["recipe"]

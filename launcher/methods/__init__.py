@@ -5,22 +5,26 @@ plus optional worker hooks, see registry.MethodSpec). Nothing heavy is imported 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from launcher.registry import method_spec
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 __all__ = ["apply_method", "call_hook", "count_parameters"]
 
 
-def _adapter(recipe: dict):
+def _adapter(recipe: Recipe):
     return importlib.import_module(method_spec(recipe["method"]["name"]).adapter)
 
 
-def apply_method(model, recipe: dict):
+def apply_method(model, recipe: Recipe):
     """Make the model trainable with the recipe's method."""
     return _adapter(recipe).apply(model, recipe["method"], recipe)
 
 
-def call_hook(recipe: dict, hook: str, *args) -> None:
+def call_hook(recipe: Recipe, hook: str, *args) -> None:
     """The recipe's method's worker hook (after_apply, prepare_trainer, after_save), where it defines one."""
     function = getattr(_adapter(recipe), hook, None)
     if function is not None:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from launcher.errors import MethodError
 from launcher.model.module_names import freeze_error, freeze_trainable
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import MethodSection, Recipe
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str, int]:
@@ -35,7 +39,7 @@ def _summary(names: list[str]) -> list[str]:
     return [key.replace("{}", "{" + ",".join(idx) + "}") for key, idx in groups.items()]
 
 
-def apply(model: nn.Module, method: dict, recipe: dict) -> nn.Module:
+def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> nn.Module:
     """Freeze all parameters, then unfreeze the selected layers' modules and the extra modules."""
     prefix, count = _decoder_layers(model)
     all_names = [name for name, _ in model.named_parameters()]

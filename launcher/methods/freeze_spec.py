@@ -1,12 +1,15 @@
 """Method freeze: the last (or first) N decoder layers train, the rest stays frozen."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from launcher.model.module_names import freeze_error, freeze_trainable, layer_list, model_layer_count
 from launcher.model.shape import Shape, Tensor, layer_list_name
 from launcher.registry import Key, MethodSpec, Refuse
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    if r["method"]["trainable_layers"] == 0:
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
+    if recipe["method"]["trainable_layers"] == 0:
         refuse(
             "method.trainable_layers",
             "method.trainable_layers: 0 trains no layer. Fix: +N for the last N decoder layers, -N for the first N",
@@ -25,17 +28,17 @@ KEYS = {  # method.*
 }
 
 
-def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+def split(shape: Shape, base: list[Tensor], method: Mapping[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
     """What methods/freeze.py trains of the loaded model (module_names.freeze_trainable); the rest is frozen."""
     chosen = freeze_trainable(method, layer_list_name(shape), shape.layers, [t.name for t in base])
     return [t for t in base if t.name not in chosen], [t for t in base if t.name in chosen]
 
 
-def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> str | None:
+def model_check(method: Mapping[str, Any], shapes: dict[str, list[int]], model_path: str) -> str | None:
     """Layers beyond the model's count, modules its layers (or the rest of it) lack."""
     names, count = list(shapes), model_layer_count(model_path)
     prefix = layer_list(names, count) if count else None
-    return None if prefix is None else freeze_error(method, prefix, count, names, model_path)
+    return None if prefix is None or count is None else freeze_error(method, prefix, count, names, model_path)
 
 
 SPEC = MethodSpec(adapter="launcher.methods.freeze", split=split, check=check, model_check=model_check, keys=KEYS)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
+if TYPE_CHECKING:
+    from launcher.recipe.types import MethodSection, Recipe
 
-def apply(model: nn.Module, method: dict, recipe: dict) -> nn.Module:
+
+def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> nn.Module:
     """Mark every parameter trainable (a loaded checkpoint may carry frozen ones)."""
     return model.requires_grad_(True)

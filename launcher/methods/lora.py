@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
@@ -19,10 +20,14 @@ from launcher.errors import MethodError
 from launcher.model.module_names import lora_targets_error
 from launcher.registry import SCORE_HEAD, stage_spec
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+    from launcher.recipe.types import MethodSection, Recipe
+
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to
 
 
-def apply(model: nn.Module, method: dict, recipe: dict) -> PeftModel:
+def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> PeftModel:
     """Wrap the model with a LoRA adapter; the base stays frozen."""
     if recipe["model"]["quantization"] is not None:
         # QLoRA: freezes the k-bit base, upcasts norms and the output head to fp32, and makes
@@ -104,19 +109,19 @@ def loraplus_optimizer(trainer, ratio: float) -> tuple:
 # The worker's hooks (launcher/registry.py MethodSpec)
 
 
-def after_apply(model, plan: dict, rank: int) -> None:
+def after_apply(model, plan: Plan, rank: int) -> None:
     """PiSSA: save the initial adapter, to convert the trained one back to plain LoRA at the end."""
     if plan["recipe"]["method"]["variant"] == "pissa" and rank == 0:
         model.save_pretrained(Path(plan["output_dir"]) / PISSA_INIT_DIR)
 
 
-def prepare_trainer(trainer, recipe: dict) -> None:
+def prepare_trainer(trainer, recipe: Recipe) -> None:
     """LoRA+: the B matrices' learning rate raised by method.loraplus_ratio."""
     if recipe["method"]["loraplus_ratio"] is not None:
         trainer.optimizer_cls_and_kwargs = loraplus_optimizer(trainer, recipe["method"]["loraplus_ratio"])
 
 
-def after_save(plan: dict) -> None:
+def after_save(plan: Plan) -> None:
     """PiSSA (on the saving rank, after the model is saved): the adapter rewritten as plain LoRA over the original base."""
     if plan["recipe"]["method"]["variant"] == "pissa":
         convert_pissa_to_lora(plan["output_dir"], Path(plan["output_dir"]) / PISSA_INIT_DIR)

@@ -1,12 +1,15 @@
 """Method lora: a PEFT LoRA adapter (variants DoRA, rsLoRA, PiSSA; LoRA+; over a k-bit base, QLoRA)."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from launcher.model.module_names import lora_targets_error, matches, missing_modules_error
 from launcher.model.shape import Shape, Tensor
 from launcher.registry import Key, MethodSpec, Refuse, engine_spec
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    method, dist = r["method"], r["distributed"]
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
+    method, dist = recipe["method"], recipe["distributed"]
     if method["variant"] == "pissa":
         if engine_spec(dist["engine"]).shards_parameters(dist):
             refuse(
@@ -15,13 +18,13 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
                 "from an SVD of each full base weight, which ZeRO-3 has already partitioned at load). "
                 "Fix: set distributed.zero: 2, or method.variant: lora",
             )
-        if r["model"]["adapter"] is not None:
+        if recipe["model"]["adapter"] is not None:
             refuse(
                 "method.variant",
                 "method.variant: pissa cannot continue model.adapter (PiSSA initialises a new "
                 "adapter from the base's singular vectors). Fix: remove method.variant or model.adapter",
             )
-        if r["model"]["quantization"] is not None:
+        if recipe["model"]["quantization"] is not None:
             refuse(
                 "method.variant",
                 "method.variant: pissa cannot run with model.quantization (the residual base would be "
@@ -71,7 +74,7 @@ KEYS = {  # method.*
 }
 
 
-def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+def split(shape: Shape, base: list[Tensor], method: Mapping[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
     """The base is frozen; trained are the adapter tensors PEFT adds: A (r x in) and B (out x r) per targeted
     linear layer, DoRA's magnitude vector, and full copies of `additional_target` modules."""
     r, target = method["rank"], method["target"]
@@ -89,7 +92,7 @@ def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor],
     return base, out + [Tensor(t.name + ".modules_to_save", t.rows, t.cols) for t in base if matches(t.name, extra)]
 
 
-def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> str | None:
+def model_check(method: Mapping[str, Any], shapes: dict[str, list[int]], model_path: str) -> str | None:
     """Targets no linear or embedding module of the model has; modules to save it lacks."""
     error = None if method["target"] == "all" else lora_targets_error("method.target", method["target"], shapes)
     if error is None and method["additional_target"]:
@@ -97,9 +100,9 @@ def model_check(method: dict, shapes: dict[str, list[int]], model_path: str) -> 
     return error
 
 
-def notes(r: dict) -> list[str]:
+def notes(recipe: Mapping[str, Any]) -> list[str]:
     """ZeRO-3 over a 4-bit base: what tests/test_methods.py verifies, and what no test here can."""
-    quant, dist = r["model"]["quantization"], r["distributed"]
+    quant, dist = recipe["model"]["quantization"], recipe["distributed"]
     if quant is None or quant["bits"] != 4 or dist["engine"] != "deepspeed" or dist["zero"] != 3:
         return []
     return [

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 
+if TYPE_CHECKING:
+    from launcher.recipe.types import MethodSection, Recipe
 
-def apply(model: nn.Module, method: dict, recipe: dict) -> PeftModel:
+
+def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> PeftModel:
     """Wrap the model with `num_virtual_tokens` trainable past key/values per layer; the base
     stays frozen. prefix_projection reparameterises them through a 2-layer MLP (P-tuning v2)
     whose output, not the MLP, is what the saved adapter holds."""

@@ -1,12 +1,15 @@
 """Method prefix: trainable key/value prefixes in every layer (PEFT prefix tuning / P-tuning v2)."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from launcher.model.shape import Shape, Tensor
 from launcher.registry import Key, MethodSpec, Refuse, engine_spec
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    dist = r["distributed"]
-    if r["train"]["gradient_checkpointing"]:
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
+    dist = recipe["distributed"]
+    if recipe["train"]["gradient_checkpointing"]:
         refuse(
             "train.gradient_checkpointing",
             "train.gradient_checkpointing: true cannot run with method.name: prefix "
@@ -27,7 +30,7 @@ KEYS = {  # method.*
 }
 
 
-def split(shape: Shape, base: list[Tensor], method: dict) -> tuple[list[Tensor], list[Tensor]]:
+def split(shape: Shape, base: list[Tensor], method: Mapping[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
     """The base is frozen; trained is PEFT's PrefixEncoder: token_dim = head_dim x kv heads; a key and a value per layer."""
     tokens, dim, flat = method["num_virtual_tokens"], shape.kv_dim, 2 * shape.layers * shape.kv_dim
     if not method["prefix_projection"]:

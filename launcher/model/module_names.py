@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from launcher.model.builtin import builtin_config_path, is_builtin
 
@@ -34,6 +36,8 @@ def parameter_shapes(model_path: str) -> dict[str, list[int]] | None:
         from launcher.model.shape import base_tensors, shape_from_config
 
         shape = shape_from_config(json.loads(builtin_config_path(model_path).read_text()))
+        if shape is None:  # a builtin of a layout the planner does not know
+            return None
         return {t.name: [t.rows, t.cols] if t.cols > 1 else [t.rows] for t in base_tensors(shape)}
     files = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
     shapes: dict[str, list[int]] = {}
@@ -71,7 +75,7 @@ def freeze_groups(prefix: str, count: int, trainable_layers: int, names: list[st
     return [x for x in names if x.startswith(starts)], [x for x in names if not x.startswith(prefix + ".")]
 
 
-def freeze_trainable(method: dict, prefix: str, count: int, names: list[str]) -> set[str]:
+def freeze_trainable(method: Mapping[str, Any], prefix: str, count: int, names: list[str]) -> set[str]:
     """The parameter names method freeze trains: trainable_modules (or all) of the chosen layers of the decoder-layer
     list `prefix` of `count` layers, and extra_modules outside that list."""
     layer_names, outside = freeze_groups(prefix, count, method["trainable_layers"], names)
@@ -80,7 +84,7 @@ def freeze_trainable(method: dict, prefix: str, count: int, names: list[str]) ->
     return chosen | {name for name in outside if matches(name, extra)}
 
 
-def freeze_error(method: dict, prefix: str, count: int, names: list[str], model_path: str) -> str | None:
+def freeze_error(method: Mapping[str, Any], prefix: str, count: int, names: list[str], model_path: str) -> str | None:
     """The refusal for freeze keys this model cannot satisfy (layers beyond its count, modules it lacks), or None."""
     n = method["trainable_layers"]
     if abs(n) > count:

@@ -105,9 +105,10 @@ def _tee(path: str, show_stdout: bool) -> None:
                     selector.unregister(key.fd)
                     log.write(cleaners[key.fd].flush())
                     continue
-                if targets[key.fd] is not None:
+                target = targets[key.fd]
+                if target is not None:
                     try:
-                        os.write(targets[key.fd], data)
+                        os.write(target, data)
                     except OSError:  # the console went away; keep logging
                         targets[key.fd] = None
                 log.write(cleaners[key.fd].feed(data))

@@ -7,12 +7,16 @@ import os
 import resource
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
 from launcher.monitoring.flops import ModelFlops, device_peak_flops
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 COUNTERS = ("tokens", "trained_tokens", "slots", "attention_pairs")  # PaddingCollator's counters
 GIB = 2**30
@@ -208,7 +212,7 @@ class NoStepPastTheEnd(TrainerCallback):
             )
 
 
-def install_monitoring(trainer, plan: dict, rank: int, terminal: bool, width: int | None):
+def install_monitoring(trainer, plan: Plan, rank: int, terminal: bool, width: int | None):
     """The run-time monitoring callbacks, in on_log order: the throughput scalars first (they add
     to the logs that TensorBoard, the history and the progress display read). Returns the bad-step
     guard, which the worker asks whether the run was stopped."""

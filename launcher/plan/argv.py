@@ -6,15 +6,20 @@ import base64
 import json
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from launcher.recipe.schema import DEFAULT_MASTER_PORT
+
+if TYPE_CHECKING:
+    from launcher.plan.types import World
+    from launcher.recipe.types import DistributedSection, Recipe
 
 
 def master_port(port: int | str, nnodes: int) -> int:
     """distributed.master_port: auto is a port free now on a single node (as torchrun --standalone picks one),
     the fixed default on several nodes, which must agree on it without talking first."""
     if port != "auto":
-        return port
+        return int(port)
     if nnodes > 1:
         return DEFAULT_MASTER_PORT
     with socket.socket() as sock:
@@ -22,7 +27,7 @@ def master_port(port: int | str, nnodes: int) -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(dist: dict, world: dict, node_rank: int, worker: list[str]) -> list[str]:
+def _torchrun(dist: DistributedSection, world: World, node_rank: int, worker: list[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -37,7 +42,7 @@ def _torchrun(dist: dict, world: dict, node_rank: int, worker: list[str]) -> lis
     ]
 
 
-def _accelerate(dist: dict, world: dict, node_rank: int, worker: list[str]) -> list[str]:
+def _accelerate(dist: DistributedSection, world: World, node_rank: int, worker: list[str]) -> list[str]:
     # --multi_gpu selects accelerate's torchrun-based launcher; on CPU the worker's
     # TrainingArguments(use_cpu=True) picks gloo (accelerate's --cpu mode wants mpirun).
     return [
@@ -57,7 +62,7 @@ def _accelerate(dist: dict, world: dict, node_rank: int, worker: list[str]) -> l
     ]
 
 
-def _deepspeed(dist: dict, world: dict, node_rank: int, worker: list[str]) -> list[str]:
+def _deepspeed(dist: DistributedSection, world: World, node_rank: int, worker: list[str]) -> list[str]:
     rendezvous = [
         f"--node_rank={node_rank}",
         f"--master_addr={world['master_addr']}",
@@ -84,7 +89,7 @@ def _deepspeed(dist: dict, world: dict, node_rank: int, worker: list[str]) -> li
 LAUNCHERS = {"torchrun": _torchrun, "accelerate": _accelerate, "deepspeed": _deepspeed}
 
 
-def node_argv(recipe: dict, world: dict, node_rank: int, plan_file: str) -> list[str]:
+def node_argv(recipe: Recipe, world: World, node_rank: int, plan_file: str) -> list[str]:
     """The command that starts every rank of one node with the chosen launcher."""
     dist = recipe["distributed"]
     return LAUNCHERS[dist["launcher"]](dist, world, node_rank, ["-m", "launcher.worker", "--plan", plan_file])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
 from launcher.plan.argv import master_port, node_argv
@@ -17,19 +18,25 @@ from launcher.plan.memory_fit import memory_plan
 from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
+from launcher.plan.types import Plan, World
+from launcher.recipe.load import output_folder
 from launcher.registry import engine_spec, method_spec
+
+if TYPE_CHECKING:
+    from launcher.plan.hostfile import Host
+    from launcher.recipe.types import Recipe
 
 PLAN_VERSION = 1
 
 
 def build_plan(
-    recipe: dict,
+    recipe: Recipe,
     recipe_file: str | None = None,
     cwd: str | None = None,
     include: str | None = None,
     exclude: str | None = None,
     allow_pending: bool = False,
-) -> dict:
+) -> Plan:
     """Resolve a validated recipe into a plan (a plain JSON-serialisable dict).
 
     include / exclude: comma-separated hostfile hosts to keep or drop (`--include`, `--exclude`).
@@ -48,7 +55,7 @@ def build_plan(
     else:
         nproc = dist["nproc_per_node"]
         check_nproc(nproc, gpus)
-    hosts = None
+    hosts: list[Host] = []  # none without a hostfile
     if dist["hostfile"] is not None:
         from launcher.plan.hostfile import hostfile_hosts
 
@@ -67,7 +74,7 @@ def build_plan(
             f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
             "a distributed.hostfile, or a SLURM allocation. Fix: set distributed.master_addr: <node-0 address>"
         )
-    world = {
+    world: World = {
         "nnodes": nnodes,
         "nproc_per_node": nproc,
         "world_size": nnodes * nproc,
@@ -81,7 +88,7 @@ def build_plan(
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
     # made on another machine than the cluster's)
     memory["refusal"] = fit_refusal(memory, recipe)
-    output_dir = str(Path(cwd or os.getcwd(), recipe["output"]["dir"]).resolve())
+    output_dir = str(Path(cwd or os.getcwd(), output_folder(recipe)).resolve())
     plan_file = str(Path(output_dir) / "plan.json")
     train = recipe["train"]
     return {

@@ -7,19 +7,23 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Gpus
 
 CPU_PROCESSES = 2  # nproc_per_node: auto without GPUs -> two gloo processes
 
 CPU_PROCESSES_PER_CORE = 4  # more CPU processes per core than this is refused
 
 
-def detect_gpus() -> dict:
+def detect_gpus() -> Gpus:
     """Visible NVIDIA GPUs without importing torch: nvidia-smi, narrowed by CUDA_VISIBLE_DEVICES.
 
     {"count", "names", "compute_caps" (e.g. 8.0), "memory_gb" (total per GPU)}."""
-    none = {"count": 0, "names": [], "compute_caps": [], "memory_gb": []}
+    none: Gpus = {"count": 0, "names": [], "compute_caps": [], "memory_gb": []}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return none
@@ -66,7 +70,7 @@ def host_memory_gb() -> float | None:
     return None
 
 
-def check_nproc(nproc: int, gpus: dict) -> None:
+def check_nproc(nproc: int, gpus: Gpus) -> None:
     """An explicit distributed.nproc_per_node must fit this node: one process per GPU; on CPU a
     few per core still plan a world size (tests, a cluster's layout), far more only time-slice."""
     if gpus["count"]:

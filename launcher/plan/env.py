@@ -6,8 +6,12 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.model.builtin import is_builtin
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 
 def torch_extensions_dir() -> str:
@@ -19,7 +23,7 @@ def torch_extensions_dir() -> str:
     return str(Path.home() / ".cache" / "torch_extensions" / f"launcher-{tag}")
 
 
-def environment(recipe: dict, nproc: int, on_gpu: bool) -> dict[str, str]:
+def environment(recipe: Recipe, nproc: int, on_gpu: bool) -> dict[str, str]:
     env = {
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",

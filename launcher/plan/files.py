@@ -18,6 +18,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
 
@@ -109,6 +110,10 @@ def discard_plan_copy(path: str) -> None:
         pass
 
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+
+
 def node_plan_file(output_dir: str, node_rank: int) -> str:
     """Where node K's worker reads the plan: output.dir/plan.json on node 0 (the run's record), a
     node-local path elsewhere, so nodes without a shared file system need no output dir for it and
@@ -119,15 +124,15 @@ def node_plan_file(output_dir: str, node_rank: int) -> str:
     return str(plan_copies_dir() / digest / f"plan-node{node_rank}.json")
 
 
-def write_plan(plan: dict, path: str | None = None) -> str:
+def write_plan(plan: Plan, path: str | None = None) -> str:
     """Write the plan atomically (default: output.dir/plan.json), never through a link; a node's
     own copy (any other path) goes into folders private to this user. Returns its path."""
-    path = Path(path or plan["plan_file"])
-    if str(path) == plan["plan_file"]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_new(path, json.dumps(plan, indent=2) + "\n")
+    target = Path(path or plan["plan_file"])
+    if str(target) == plan["plan_file"]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_new(target, json.dumps(plan, indent=2) + "\n")
     else:
-        private_dir(path.parent.parent)
-        private_dir(path.parent)
-        write_new(path, json.dumps(plan, indent=2) + "\n", mode=0o600)
-    return str(path)
+        private_dir(target.parent.parent)
+        private_dir(target.parent)
+        write_new(target, json.dumps(plan, indent=2) + "\n", mode=0o600)
+    return str(target)

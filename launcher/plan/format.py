@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import shlex
+from typing import TYPE_CHECKING
 
 from launcher.kernels.choice import format_kernels
 from launcher.plan.memory import format_memory
 from launcher.plan.preflight import format_model_source
 from launcher.recipe.ds_user_config import describe
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
-def format_plan(plan: dict) -> str:
+
+def format_plan(plan: Plan) -> str:
     """Human-readable plan: recipe, world, DeepSpeed config, environment, command per node."""
     import yaml
 

@@ -13,8 +13,12 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError, listing
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import DistributedSection
 
 HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 SLOTS = re.compile(r"slots=(\d+)")
@@ -80,7 +84,7 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     return hosts
 
 
-def _names(option: str, text: str, hosts: list[Host]) -> set[str]:
+def _names(option: str, text: str, hosts: list[Host]) -> set[str | None]:
     """The host_key of each comma-separated name, every one a host of the hostfile."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     known = {host_key(h.name) for h in hosts}
@@ -108,13 +112,13 @@ def select_hosts(hosts: list[Host], include: str | None = None, exclude: str | N
     return hosts
 
 
-def hostfile_hosts(dist: dict, path: Path, include: str | None, exclude: str | None) -> list[Host]:
+def hostfile_hosts(dist: DistributedSection, path: Path, include: str | None, exclude: str | None) -> list[Host]:
     """The recipe's hostfile hosts after the filters, checked against the other distributed keys."""
     hosts = select_hosts(parse_hostfile(path), include, exclude)
     if len({h.slots for h in hosts}) > 1:
-        slots = listing(f"{h.name} slots={h.slots}" for h in hosts)
+        each = listing(f"{h.name} slots={h.slots}" for h in hosts)
         raise RecipeError(
-            f"distributed.hostfile: hosts have different slots ({slots}); every node starts the same "
+            f"distributed.hostfile: hosts have different slots ({each}); every node starts the same "
             "number of processes. Fix: give every host the same slots, or --exclude the odd ones"
         )
     slots = hosts[0].slots

@@ -11,9 +11,14 @@ bench/methods.py (docs/benchmarks.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from launcher.model.shape import Shape, Tensor, base_tensors, model_shape
 from launcher.registry import engine_spec, method_spec
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Memory, MemoryOption
+    from launcher.recipe.types import MethodSection, QuantizationSection, Recipe
 
 GIB = 1024**3
 # Fixed per-process cost outside the model's tensors. GPU: CUDA context, kernels and allocator
@@ -25,19 +30,19 @@ OVERHEAD_GB = {"cuda": 1.0, "cpu": 0.39}
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
 
-def parameter_split(shape: Shape, method: dict) -> tuple[list[Tensor], list[Tensor]]:
+def parameter_split(shape: Shape, method: MethodSection) -> tuple[list[Tensor], list[Tensor]]:
     """(frozen, trainable) tensors of the model the method makes ready to train (its spec's `split`)."""
     return method_spec(method["name"]).split(shape, base_tensors(shape), method)
 
 
-def parameter_counts(shape: Shape, method: dict) -> tuple[int, int]:
+def parameter_counts(shape: Shape, method: MethodSection) -> tuple[int, int]:
     """(trainable, total) parameters, as the worker's count_parameters reports them."""
     frozen, trainable = parameter_split(shape, method)
     n_trainable = sum(t.numel for t in trainable)
     return n_trainable, n_trainable + sum(t.numel for t in frozen)
 
 
-def _quantized_bytes(t: Tensor, quant: dict) -> float:
+def _quantized_bytes(t: Tensor, quant: QuantizationSection) -> float:
     """bitsandbytes storage: packed k-bit weights plus absmax constants (fp32 per block of 64;
     double quant: 8-bit per block plus fp32 per 256 blocks). 8-bit: int8 plus an fp32 scale per row."""
     if quant["bits"] == 8:
@@ -95,9 +100,13 @@ class Option:
     def label(self) -> str:
         return f"ZeRO-{self.zero}" + ("" if self.offload == "none" else f" + offload {self.offload}")
 
+    def as_json(self) -> MemoryOption:
+        """The plan's record of this option: its fields, its label and its total."""
+        return cast("MemoryOption", {**self.__dict__, "label": self.label, "total_gb": self.total_gb})
+
 
 def estimate_option(
-    recipe: dict, shape: Shape, zero: int, offload: str, world_size: int, device: str, dtype: str
+    recipe: Recipe, shape: Shape, zero: int, offload: str, world_size: int, device: str, dtype: str
 ) -> Option:
     """Per-device memory of one ZeRO stage / offload choice (see docs/monitoring.md);
     dtype: the plan's resolved precision (bf16 | fp16 | fp32)."""
@@ -155,7 +164,7 @@ def estimate_option(
 
 
 def estimate(
-    recipe: dict,
+    recipe: Recipe,
     world_size: int,
     device: str,
     dtype: str,
@@ -163,12 +172,12 @@ def estimate(
     memory_source: str,
     refusal,
     host_memory_gb: float | None,
-) -> dict:
+) -> Memory:
     """The planner's memory section: model, parameter counts, and every option with its fit.
     `refusal(zero, offload)` returns why the recipe cannot run with that option, or None.
     host_memory_gb: host RAM per process, which offloaded states must fit too (None: unchecked)."""
     shape, source = model_shape(recipe["model"]["path"])
-    out = {
+    out: Memory = {
         "model": recipe["model"]["path"],
         "shape_source": source,
         "device": device,
@@ -181,29 +190,33 @@ def estimate(
     if shape is None:
         return out
     trainable, total = parameter_counts(shape, recipe["method"])
-    out.update(shape=shape.__dict__, params_total=total, params_trainable=trainable)
+    out["shape"] = shape.__dict__
+    out["params_total"], out["params_trainable"] = total, trainable
     for zero, offload in engine_spec(recipe["distributed"]["engine"]).memory_options(recipe["distributed"]):
         opt = estimate_option(recipe, shape, zero, offload, world_size, device, dtype)
         opt.refused = refusal(zero, offload)
         if device_memory_gb is not None and opt.refused is None:
             opt.fits = opt.total_gb <= device_memory_gb and (host_memory_gb is None or opt.host_gb <= host_memory_gb)
-        out["options"].append({**opt.__dict__, "label": opt.label, "total_gb": opt.total_gb})
+        out["options"].append(opt.as_json())
     return out
 
 
-def pick_auto(memory: dict) -> dict | None:
+def pick_auto(memory: Memory) -> MemoryOption | None:
     """The first option in the engine's order (memory_options) that is allowed and fits, or None."""
     return next((o for o in memory["options"] if o["fits"]), None)
 
 
-def fit_refusal(memory: dict, recipe: dict) -> str | None:
+def fit_refusal(memory: Memory, recipe: Recipe) -> str | None:
     """Why training refuses the recipe's option (the planner says it does not fit), or None:
     fits, unknown, or forced with distributed.force_memory."""
     dist, train = recipe["distributed"], recipe["train"]
     option = next((o for o in memory["options"] if (o["zero"], o["offload"]) == (dist["zero"], dist["offload"])), None)
     if dist["force_memory"] or option is None or option["fits"] is not False:
         return None
-    if option["total_gb"] <= memory["device_memory_gb"]:  # the device fits; the offloaded states do not fit the host
+    device_gb = memory["device_memory_gb"]  # known: an option only fits or not against a known memory
+    if (
+        device_gb is not None and option["total_gb"] <= device_gb
+    ):  # the device fits; the offloaded states do not fit the host
         need, budget = f"{option['host_gb']:.1f} GiB of host RAM per process", f"{memory['host_memory_gb']:.1f} GiB"
     else:
         need = f"{option['total_gb']:.1f} GiB per {memory['device']} process"
@@ -229,7 +242,7 @@ def fit_refusal(memory: dict, recipe: dict) -> str | None:
     )
 
 
-def format_memory(memory: dict, chosen: tuple[int, str] | None) -> list[str]:
+def format_memory(memory: Memory, chosen: tuple[int | str, str] | None) -> list[str]:
     """The estimate table `launch plan` prints."""
     lines = ["# memory estimate per device (GiB)", f"model: {memory['model']} (shape from {memory['shape_source']})"]
     if "shape" not in memory:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from launcher.errors import RecipeError
 from launcher.plan.devices import host_memory_gb
 from launcher.plan.memory import estimate as estimate_memory
 from launcher.plan.memory import pick_auto
 from launcher.recipe.load import combination_error
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Gpus, Memory, World
+    from launcher.recipe.types import Recipe
 
-def memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dict, dict]:
+
+def memory_plan(recipe: Recipe, world: World, gpus: Gpus, dtype: str) -> tuple[Recipe, Memory]:
     """(recipe with distributed.zero: auto resolved, the memory estimate). Device memory:
     distributed.device_memory_gb, else the smallest visible GPU's (nvidia-smi), else on CPU
     the host RAM shared by the node's processes."""
@@ -17,6 +23,7 @@ def memory_plan(recipe: dict, world: dict, gpus: dict, dtype: str) -> tuple[dict
     gpu_memory = [gb for gb in gpus["memory_gb"] if gb > 0]
     host = host_memory_gb()
     host_per_process = host / world["nproc_per_node"] if host else None
+    memory_gb: float | None
     if dist["device_memory_gb"] is not None:
         memory_gb, source = dist["device_memory_gb"], "distributed.device_memory_gb"
     elif world["device"] == "cuda":

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from launcher.errors import RecipeError
 from launcher.kernels.choice import kernel_plan
 from launcher.model.shape import model_shape
 
+if TYPE_CHECKING:
+    from launcher.kernels.choice import Kernels
+    from launcher.plan.types import Gpus
+    from launcher.recipe.types import Recipe
 
-def resolve_dtype(dtype: str, gpus: dict) -> str:
+
+def resolve_dtype(dtype: str, gpus: Gpus) -> str:
     """auto -> bf16 on GPUs that have it (Ampere+), fp16 on older ones, fp32 on CPU."""
     if dtype != "auto":
         return dtype
@@ -16,7 +23,7 @@ def resolve_dtype(dtype: str, gpus: dict) -> str:
     return "bf16" if all(cap == 0 or cap >= 8.0 for cap in gpus["compute_caps"]) else "fp16"
 
 
-def check_device(recipe: dict, gpus: dict) -> None:
+def check_device(recipe: Recipe, gpus: Gpus) -> None:
     """Refuse precisions and kernels the visible hardware cannot run."""
     dtype = recipe["model"]["dtype"]
     if gpus["count"]:
@@ -34,7 +41,7 @@ def check_device(recipe: dict, gpus: dict) -> None:
         )
 
 
-def plan_kernels(recipe: dict, on_gpu: bool) -> dict:
+def plan_kernels(recipe: Recipe, on_gpu: bool) -> Kernels:
     """Attention / loss kernel and compile choice (launcher/kernels/choice.py), refusals as RecipeError."""
     shape, _ = model_shape(recipe["model"]["path"])
     return kernel_plan(recipe, on_gpu, shape.vocab if shape else None)

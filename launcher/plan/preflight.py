@@ -10,7 +10,9 @@ or refuses offline with the `launch download` command. docs/models.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from launcher.data.bad_rows import BadRows
 from launcher.data.datasets import resolve_dataset
@@ -23,13 +25,17 @@ from launcher.model.hub import download, download_command, hf_cached, hf_offline
 from launcher.model.module_names import parameter_shapes
 from launcher.registry import method_spec, stage_spec
 
+if TYPE_CHECKING:
+    from launcher.plan.types import ModelSource, Plan
+    from launcher.recipe.types import Recipe
+
 
 def _is_local(path: str) -> bool:
     """A filesystem path rather than a hub id (org/name, or a bare legacy name like gpt2)."""
     return path.startswith(("/", ".", "~")) or path.count("/") > 1 or Path(path).exists()
 
 
-def check_model_path(recipe: dict) -> None:
+def check_model_path(recipe: Recipe) -> None:
     """A local model.path is a model folder (its config.json there)."""
     path = recipe["model"]["path"]
     if is_builtin(path) or not _is_local(path):
@@ -52,22 +58,22 @@ def check_model_path(recipe: dict) -> None:
         )
 
 
-def model_source(recipe: dict) -> dict:
+def model_source(recipe: Recipe) -> ModelSource:
     """Where the ranks will read model.path from, for the plan: {"path", "hub", "folder", "missing"}. A hub id's
     folder is its snapshot in the local cache (None: not there); missing lists what a cached snapshot lacks."""
     model = recipe["model"]
-    source = {"path": model["path"], "hub": None, "folder": None, "missing": []}
+    source: ModelSource = {"path": model["path"], "hub": None, "folder": None, "missing": []}
     if is_builtin(model["path"]) or _is_local(model["path"]):
         return source
     source["hub"] = model["hub"]
     if model["hub"] == "huggingface":
         folder = hf_cached(model["path"])
         if folder is not None:
-            source.update(folder=str(folder), missing=missing_files(folder))
+            source["folder"], source["missing"] = str(folder), missing_files(folder)
     return source
 
 
-def format_model_source(source: dict) -> str:
+def format_model_source(source: ModelSource) -> str:
     """The plan's line about the model's files."""
     if source["hub"] is None:
         return f"model: {source['path']} ({'embedded' if is_builtin(source['path']) else 'local folder'})"
@@ -85,7 +91,7 @@ def format_model_source(source: dict) -> str:
     )
 
 
-def ensure_model(plan: dict) -> None:
+def ensure_model(plan: Plan) -> None:
     """`launch`, before any process starts: a hub id the plan did not find complete in the cache is fetched now,
     by this one process (a progress bar per file), or refused offline with the `launch download` command.
     Then the ranks load it from the cache with HF_HUB_OFFLINE=1: none of them touches the network."""
@@ -121,12 +127,12 @@ def ensure_model(plan: dict) -> None:
                 f"model.path = {path!r}: the hub repo has no {', '.join(missing)} ({folder}), so no "
                 "rank could load it. Fix: point model.path at a repo with a complete model"
             )
-        source.update(folder=str(folder), missing=[])
+        source["folder"], source["missing"] = str(folder), []
     if not plan["nodes"][0].get("host"):  # a hostfile's other nodes read their own cache: they may still need the hub
         plan["env"]["HF_HUB_OFFLINE"] = "1"
 
 
-def check_template(recipe: dict) -> None:
+def check_template(recipe: Recipe) -> None:
     """template: auto on a local model whose tokenizer has no chat template, refused before the ranks tokenize."""
     path = Path(recipe["model"]["path"])
     refusal = template_refusal(path if path.is_dir() else None, recipe["stage"], recipe["model"]["template"])
@@ -134,7 +140,7 @@ def check_template(recipe: dict) -> None:
         raise RecipeError(refusal)
 
 
-def check_method_modules(recipe: dict) -> None:
+def check_method_modules(recipe: Recipe) -> None:
     """The method's keys that name modules or layers (LoRA targets, freeze's layers and modules) fit the model,
     read from its weight headers or the builtin's config, as the worker would find once it had loaded it."""
     path, method = recipe["model"]["path"], recipe["method"]
@@ -147,7 +153,7 @@ def check_method_modules(recipe: dict) -> None:
         raise RecipeError(error)
 
 
-def check_datasets_yield_rows(recipe: dict) -> None:
+def check_datasets_yield_rows(recipe: Recipe) -> None:
     """Every dataset is of a kind the stage reads and not all bad, and data.datasets has a usable row: each
     read up to its first good row with the recipe's data.on_bad_row (error: a bad row before it is refused,
     as the run would refuse it)."""
@@ -165,7 +171,7 @@ def check_datasets_yield_rows(recipe: dict) -> None:
             raise RecipeError(no_rows_error("data.datasets", data[key], data, "train on"))
 
 
-def no_rows_error(key: str, names: list[str], data: dict, purpose: str) -> str:
+def no_rows_error(key: str, names: list[str], data: Mapping[str, Any], purpose: str) -> str:
     """The refusal for datasets that hold no row: `launch train` for data.datasets, `launch eval` for its own."""
     files = [str(f) for name in names for f in resolve_dataset(name, data["dataset_dir"]).files]
     return (
@@ -174,7 +180,7 @@ def no_rows_error(key: str, names: list[str], data: dict, purpose: str) -> str:
     )
 
 
-def check(recipe: dict) -> None:
+def check(recipe: Recipe) -> None:
     """Every preflight refusal, in the order a run would meet them."""
     check_model_path(recipe)
     check_template(recipe)

@@ -10,6 +10,8 @@ mismatch inside every rank. Torch-free.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from launcher.errors import RecipeError
 from launcher.util.json_object import read_json_object
@@ -119,7 +121,7 @@ def runtime_autos(config: dict) -> list[str]:
     return [field for field, value in _walk(config) if value == "auto"]
 
 
-def describe(plan: dict) -> str:
+def describe(plan: Mapping[str, Any]) -> str:  # a plan (plan/types.py Plan)
     """`launch plan`'s heading of the DeepSpeed config: which file, and what is left for the Trainer."""
     path = plan["recipe"]["distributed"]["deepspeed_config"]
     if path is None:

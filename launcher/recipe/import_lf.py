@@ -392,12 +392,12 @@ def import_lf(lf: dict, base: Path | None = None) -> tuple[dict, list[tuple[str,
         del values["train.pref_loss"]
     recipe: dict = {}
     for dotted, value in values.items():
-        ok, why = _active(dotted, values)
+        ok, reason = _active(dotted, values)
         if ok:
             _set(recipe, dotted, value)
         else:
             if sources.get(dotted, "") in lf:  # an LF default that does not apply is no news
-                unmapped.append((sources[dotted], why))
+                unmapped.append((sources[dotted], reason))
     return recipe, unmapped
 
 

@@ -10,7 +10,7 @@ import copy
 import difflib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -18,6 +18,9 @@ from launcher.errors import RecipeError, listing
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.registry import engine_spec, method_spec, methods_with, stage_spec, stages_with
+
+if TYPE_CHECKING:
+    from launcher.recipe.types import Recipe
 
 # Parts of the contract that later issues deliver; refusing them at load is better than
 # failing inside a worker after the processes have started.
@@ -154,7 +157,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
                 "expected a whole number" + allowed,
                 f"write e.g. {key}: {spec.default if isinstance(spec.default, int) else 1}",
             )
-        out = value
+        out: Any = value
     elif kind == "float":
         if isinstance(value, bool):
             raise fail("expected a number", f"write e.g. {key}: {spec.default}")
@@ -203,12 +206,12 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
 
 
 def _selector(raw: dict, selector: str) -> Any:
-    if "." not in selector:  # a top-level key, e.g. stage
-        value = raw.get(selector)
-        return value if value is not None else SCHEMA[selector].default
-    section, name = selector.split(".")
-    value = (raw.get(section) or {}).get(name)
-    return value if value is not None else SCHEMA[section][name].default
+    section, _, name = selector.rpartition(".")  # section "": a top-level key, e.g. stage
+    value = (raw.get(section) or {}).get(name) if section else raw.get(name)
+    if value is not None:
+        return value
+    spec = SCHEMA[section or name]
+    return (spec[name] if isinstance(spec, dict) else spec).default
 
 
 def _validate_section(
@@ -228,7 +231,7 @@ def _validate_section(
         if name not in schema:
             dotted = f"{prefix}{name}"
             raise RecipeError(f"{_where(origins, dotted)}: unknown key {dotted}.{_suggest(dotted)}")
-    resolved = {}
+    resolved: dict[str, Any] = {}
     for name, spec in schema.items():
         dotted = f"{prefix}{name}"
         if spec.only_for is not None:
@@ -385,10 +388,11 @@ def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
         dist["nnodes"] = 1
 
 
-def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> dict:
+def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/run") -> Recipe:
     """Validate a raw recipe mapping and return it fully resolved (every key present)."""
     _expand_shorthands(raw, origins)
-    resolved, dropped = {}, {}
+    resolved: dict[str, Any] = {}
+    dropped: dict[str, list[str]] = {}
     for name in raw:
         if name not in SCHEMA:
             raise RecipeError(f"{_where(origins, name)}: unknown section {name}.{_suggest(name)}")
@@ -408,10 +412,17 @@ def resolve(raw: dict, origins: dict[str, str], default_output: str = "outputs/r
         _note(f"{switch} (override): dropped the recipe's {', '.join(keys)}, which only apply to another choice")
     _implied_defaults(resolved, origins)
     _check_combinations(resolved, origins)
-    return resolved
+    return cast("Recipe", resolved)  # every key of the schema, each checked against its Key above
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+def output_folder(recipe: Recipe) -> str:
+    """output.dir as resolve left it: null in the recipe is outputs/<recipe name>."""
+    folder = recipe["output"]["dir"]
+    assert folder is not None, "resolve fills output.dir"
+    return folder
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, validate and resolve a recipe file. Raises RecipeError."""
     raw, origins = read_yaml(path)
     raw = apply_overrides(raw, list(overrides or []), origins)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from launcher import registry
 from launcher.data.defaults import ON_BAD_ROW, TEMPLATE, TIMEOUT_MINUTES
@@ -25,7 +26,9 @@ TEMPLATES = ("auto", *REGISTERED_TEMPLATES)
 TEMPLATE_ALIASES = {"qwen": "qwen2"}
 
 
-def spec_keys(selector: str, names: Mapping[str, str], spec_of: Callable[[str], object]) -> dict[str, Key]:
+def spec_keys(
+    selector: str, names: Mapping[str, str], spec_of: Callable[[str], registry.StageSpec | registry.MethodSpec]
+) -> dict[str, Key]:
     """The keys the registered specs declare (StageSpec.keys, MethodSpec.keys), each valid only where `selector`
     names a spec that declares it; a key several specs share (train.pref_beta) is one Key object."""
     keys: dict[str, Key] = {}
@@ -38,7 +41,25 @@ def spec_keys(selector: str, names: Mapping[str, str], spec_of: Callable[[str], 
     return {key_name: replace(key, only_for=(selector, tuple(owners[key_name]))) for key_name, key in keys.items()}
 
 
-SCHEMA: dict[str, dict[str, Key]] = {
+SLURM = Key(
+    "section",
+    None,
+    "SLURM batch settings used by `launch sbatch`",
+    nullable=True,
+    fields={
+        "partition": Key("str", None, "partition", nullable=True),
+        "account": Key("str", None, "account", nullable=True),
+        "time": Key("str", "24:00:00", "wall-clock limit"),
+        "gpus_per_node": Key("int", 8, "GPUs per node", low=0),
+        "nodes": Key("int", 1, "nodes", low=1),
+        "cpus_per_task": Key(
+            "int", None, "CPUs for each node's task (its torchrun agent and all its ranks)", nullable=True, low=1
+        ),
+        "extra": Key("str_list", [], "extra #SBATCH lines"),
+    },
+)
+Section = dict[str, Key]
+SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a nullable section Key too)
     "model": {
         # no default: a recipe that forgot it must not silently train the embedded test model
         "path": Key("str", None, "a hub id, a local model dir, or builtin:tiny-qwen2 (the small embedded test model)"),
@@ -284,23 +305,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "str_list", [], "extra ssh arguments for the hostfile's hosts, e.g. [-i, ~/.ssh/cluster_key]"
         ),
     },
-    "slurm": Key(
-        "section",
-        None,
-        "SLURM batch settings used by `launch sbatch`",
-        nullable=True,
-        fields={
-            "partition": Key("str", None, "partition", nullable=True),
-            "account": Key("str", None, "account", nullable=True),
-            "time": Key("str", "24:00:00", "wall-clock limit"),
-            "gpus_per_node": Key("int", 8, "GPUs per node", low=0),
-            "nodes": Key("int", 1, "nodes", low=1),
-            "cpus_per_task": Key(
-                "int", None, "CPUs for each node's task (its torchrun agent and all its ranks)", nullable=True, low=1
-            ),
-            "extra": Key("str_list", [], "extra #SBATCH lines"),
-        },
-    ),
+    "slurm": SLURM,
     "output": {
         "dir": Key("str", None, "run folder (default outputs/<recipe name>)", nullable=True),
         "report_to": Key("str_list", ["tensorboard"], "loggers", choices=("tensorboard", "none")),
@@ -309,7 +314,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
-def all_keys(schema: dict = SCHEMA, prefix: str = "") -> dict[str, Key]:
+def all_keys(schema: Mapping[str, Section | Key] = SCHEMA, prefix: str = "") -> dict[str, Key]:
     """Flat {dotted key: Key} over the whole schema, sections of Keys included."""
     flat: dict[str, Key] = {}
     for name, spec in schema.items():
@@ -330,6 +335,7 @@ def _json_type(key: Key) -> dict:
         "bool": {"type": "boolean"},
         "str": {"type": "string"},
     }
+    out: dict[str, Any]
     if key.kind == "section":
         out = {
             "type": "object",
@@ -337,7 +343,7 @@ def _json_type(key: Key) -> dict:
             "properties": {n: _json_type(k) for n, k in key.fields.items()},
         }
     elif key.kind == "str_list":
-        item = {"type": "string"}
+        item: dict[str, Any] = {"type": "string"}
         if key.choices:
             item["enum"] = list(key.choices)
         out = {"anyOf": [{"type": "array", "items": item}, item]}
@@ -349,12 +355,12 @@ def _json_type(key: Key) -> dict:
             out["exclusiveMinimum" if not key.low_inclusive else "minimum"] = key.low
         if key.high is not None:
             out["exclusiveMaximum" if not key.high_inclusive else "maximum"] = key.high
-    alternatives = [out]
+    alternatives: list[dict[str, Any]] = [out]
     if key.literals:
         alternatives.append({"enum": list(key.literals)})
     if key.nullable:
         alternatives.append({"type": "null"})
-    result = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+    result: dict[str, Any] = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     result["description"] = key.doc
     if key.default is not None:
         result["default"] = key.default

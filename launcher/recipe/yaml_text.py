@@ -37,7 +37,8 @@ def _walk(root: yaml.Node, source: str, prefix: str) -> dict[str, str]:
             return
         if isinstance(node, yaml.MappingNode):
             seen: dict[tuple, int] = {}
-            children, loops = [], []
+            children: list[tuple[str, int, yaml.Node, str]] = []
+            loops: list[tuple[str, int, yaml.Node]] = []
             for key_node, value_node in node.value:
                 if (
                     key_node.tag == MERGE_TAG

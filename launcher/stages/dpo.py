@@ -4,6 +4,8 @@ with train.pref_beta and an optional SFT term (train.pref_ftx). The reference-fr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -14,12 +16,16 @@ from launcher.stages import orpo
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import preference_trainer, reference_is_base
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+    from launcher.recipe.types import TrainSection
+
 
 class PretokenizedDPOTrainer(PreparedRows, TrainedAdapterOnly, DPOTrainer):
     """DPOTrainer over rows launcher.data.pairs tokenized with the recipe's template (TRL would re-render them)."""
 
 
-def dpo_config(args: TrainingArguments, train: dict) -> DPOConfig:
+def dpo_config(args: TrainingArguments, train: TrainSection) -> DPOConfig:
     """pref_loss and pref_beta as TRL's loss_type and beta; pref_ftx as a weighted "sft" loss beside it."""
     losses, weights = [train["pref_loss"]], [1.0]
     if train["pref_ftx"] > 0:
@@ -35,7 +41,7 @@ def dpo_config(args: TrainingArguments, train: dict) -> DPOConfig:
     )
 
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list):
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list):
     """The DPO trainer (reference: the adapter disabled for a new LoRA adapter, a frozen copy otherwise) and its data summary."""
     recipe = plan["recipe"]
     if recipe["train"]["pref_loss"] in orpo.REFERENCE_FREE:

@@ -3,9 +3,9 @@
 from launcher.registry import Key, Refuse, StageSpec
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
     """pref_loss keys that only make sense together (docs/stages.md)."""
-    train = r["train"]
+    train = recipe["train"]
     if "train.simpo_gamma" in origins and train["pref_loss"] != "simpo":
         refuse(
             "train.simpo_gamma",

@@ -3,6 +3,8 @@ train.pref_beta and train.kto_desirable_weight / kto_undesirable_weight."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from transformers import TrainingArguments
 from trl import KTOConfig, KTOTrainer
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
@@ -11,6 +13,9 @@ from launcher.compat import PreparedRows, TrainedAdapterOnly, set_train_batch_si
 from launcher.data.pairs import kto_data
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import preference_trainer, reference_is_base
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 KL_RUN = 2  # fewest rows a KL completion is rotated among: with one, a row would be paired with itself
 
@@ -46,7 +51,7 @@ class PretokenizedKTOTrainer(PreparedRows, TrainedAdapterOnly, KTOTrainer):
         return dataset.map(rotate, batched=True, batch_size=max(args.per_device_train_batch_size, KL_RUN))
 
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list):
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list):
     """The KTO trainer (reference as in DPO: adapter disabled, or a frozen copy of a continued adapter) and its data summary."""
     recipe = plan["recipe"]
     train = recipe["train"]

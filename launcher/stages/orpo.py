@@ -11,6 +11,7 @@ collates them with TRL's DPO collator.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -21,6 +22,9 @@ from trl.trainer.utils import add_fused_lm_head
 
 from launcher.data.pairs import pair_data
 from launcher.stages.trl_glue import preference_trainer
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 REFERENCE_FREE = ("orpo", "simpo")
 
@@ -39,7 +43,7 @@ class ReferenceFreeTrainer(Trainer):
         self.loss_type, self.beta, self.simpo_gamma = loss, beta, gamma
         self.ftx = 1.0 if loss == "orpo" else ftx  # ORPO's loss holds the NLL term with weight 1
         self.alpha, self.label_smoothing = 0.0, 0.0  # CPOTrainer.cpo_loss: no AlphaPO transform, no label smoothing
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, defaultdict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_fused_lm_head(unwrapped)  # per-token log-probs without materialising the logits
 
@@ -94,7 +98,7 @@ class ReferenceFreeTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list):
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list):
     """ORPO (stage orpo or pref_loss orpo) or SimPO (pref_loss simpo) and the data summary."""
     recipe = plan["recipe"]
     train = recipe["train"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import set_peft_model_state_dict
@@ -31,6 +32,10 @@ from launcher.compat import TrainerHooks
 from launcher.data.cache import wait_s
 from launcher.data.prompts import prompt_data
 from launcher.data.splits import train_and_eval
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+    from launcher.recipe.types import Recipe
 
 GAMMA, LAMBDA = 1.0, 0.95  # GAE discount and smoothing (a reply is one episode; its reward comes at the end)
 REFERENCE = "ref"  # the frozen copy of a starting adapter
@@ -281,22 +286,22 @@ class PPOTrainer(TrainerHooks, Trainer):
         """The policy as a PEFT adapter (loads with PeftModel.from_pretrained) and the value head beside it."""
         if not self.args.should_save:  # Trainer calls this on every rank; under ZeRO-3 the others hold only shards
             return
-        output_dir = Path(output_dir or self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         state_dict = model.state_dict() if state_dict is None else state_dict
         policy = {k.removeprefix(POLICY_PREFIX): v for k, v in state_dict.items() if k.startswith(POLICY_PREFIX)}
-        model.policy.save_pretrained(output_dir, state_dict=policy, selected_adapters=["default"])
+        model.policy.save_pretrained(folder, state_dict=policy, selected_adapters=["default"])
         value = {
             k.removeprefix(VALUE_HEAD_PREFIX): v.contiguous()
             for k, v in state_dict.items()
             if k.startswith(VALUE_HEAD_PREFIX)
         }
-        save_file(value, output_dir / VALUE_HEAD)
-        torch.save(self.args, output_dir / "training_args.bin")
+        save_file(value, folder / VALUE_HEAD)
+        torch.save(self.args, folder / "training_args.bin")
 
 
-def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch.dtype, args: TrainingArguments):
+def load_reward_model(reward_dir: str, base_dir: str, recipe: Recipe, dtype: torch.dtype, args: TrainingArguments):
     """The `rm` run's model: its base with the adapter (+ score head) merged, or its full model dir.
 
     Loaded whole on each rank, outside ZeRO-3's load-time partitioning (an adapter cannot be merged into
@@ -319,7 +324,7 @@ def load_reward_model(reward_dir: str, base_dir: str, recipe: dict, dtype: torch
     return model.requires_grad_(False).eval()
 
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[PPOTrainer, dict]:
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[PPOTrainer, dict]:
     """The PPO trainer over the recipe's prompts, rewarded by train.reward_model, and a summary of its data."""
     from launcher.model.builtin import local_model_path
 
@@ -340,9 +345,9 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
         model.set_adapter("default")
         reference = REFERENCE
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    reward_model = load_reward_model(
-        train["reward_model"], local_model_path(recipe["model"]["path"]), recipe, dtype, args
-    )
+    reward_dir = train["reward_model"]
+    assert reward_dir is not None, "ppo_spec.check requires train.reward_model"
+    reward_model = load_reward_model(reward_dir, local_model_path(recipe["model"]["path"]), recipe, dtype, args)
     reward_model.config.pad_token_id = tokenizer.pad_token_id
     generation = GenerationConfig(
         max_new_tokens=train["max_new_tokens"],

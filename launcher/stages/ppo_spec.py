@@ -1,16 +1,18 @@
 """Stage ppo (RLHF): a LoRA policy samples replies to prompts, scored by an rm run's model."""
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from launcher.data.kinds import PROMPT_KINDS
 from launcher.errors import RecipeError
 from launcher.registry import Key, Refuse, StageSpec
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
     """Combinations that cannot work (docs/stages.md)."""
-    method, dist, data = r["method"]["name"], r["distributed"], r["data"]
+    method, dist, data = recipe["method"]["name"], recipe["distributed"], recipe["data"]
     if method != "lora":
         refuse(
             "method.name",
@@ -18,14 +20,14 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
             "one model: the reference is the policy with its adapter disabled, so no second full copy "
             "is held). Fix: set method.name: lora",
         )
-    if r["method"].get("variant") == "pissa":
+    if recipe["method"].get("variant") == "pissa":
         refuse(
             "method.variant",
             "method.variant: pissa cannot run with stage: ppo (the KL reference is the policy with "
             "its adapter disabled, which under PiSSA is the residual base, not the model). "
             "Fix: set method.variant: lora",
         )
-    if r["train"]["reward_model"] is None:
+    if recipe["train"]["reward_model"] is None:
         refuse(
             "train.reward_model",
             "stage: ppo needs train.reward_model, the output.dir of a stage: rm run. "
@@ -46,7 +48,7 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
         )
 
 
-def check_reward_model(recipe: dict) -> None:
+def check_reward_model(recipe: Mapping[str, Any]) -> None:
     """PPO's train.reward_model is a finished stage: rm run (its plan.json and saved model) on the same base."""
     where = recipe["train"].get("reward_model")
     if where is None:

@@ -3,6 +3,8 @@ blocks of EOS-joined documents (launcher/data/blocks.py), through transformers' 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from transformers import Trainer, TrainingArguments
 
 from launcher.data.blocks import block_data
@@ -11,8 +13,11 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.splits import train_and_eval
 from launcher.kernels.trainer import lm_trainer
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
+
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
     """The pre-training Trainer and a summary of its data (documents, blocks, tokens)."""
     recipe = plan["recipe"]
     data_cfg = recipe["data"]

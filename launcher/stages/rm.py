@@ -5,6 +5,8 @@ keeps the score head in modules_to_save, so the saved adapter holds it and reloa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from transformers import TrainingArguments
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
@@ -12,6 +14,9 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 from launcher.data.pairs import scored_pairs
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import preference_trainer
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
 SCORE_MODULE = "score"  # the head transformers' *ForSequenceClassification models put on the last token
 
@@ -23,7 +28,7 @@ def train_score_head(model) -> None:
             param.requires_grad_(True)
 
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[RewardTrainer, dict]:
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[RewardTrainer, dict]:
     """TRL's RewardTrainer over the recipe's preference pairs, and a summary of its data."""
     train_score_head(model)
     model.config.pad_token_id = tokenizer.pad_token_id  # the head reads the last non-pad token

@@ -3,8 +3,8 @@
 from launcher.registry import SCORE_HEAD, Refuse, StageSpec
 
 
-def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    if r["method"]["name"] == "prefix":
+def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
+    if recipe["method"]["name"] == "prefix":
         refuse(
             "method.name",
             "method.name: prefix cannot train stage: rm (the reward model's new score head must be "

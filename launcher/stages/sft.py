@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from transformers import Trainer, TrainingArguments
 
 from launcher.data.cache import wait_s
@@ -13,8 +15,11 @@ from launcher.infer.eval_callback import install as install_generate_metrics
 from launcher.kernels.trainer import lm_trainer
 from launcher.model.dtypes import torch_dtype
 
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
 
-def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
+
+def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list) -> tuple[Trainer, dict]:
     """The SFT Trainer and a summary of its data (example and token counts)."""
     recipe = plan["recipe"]
     data_cfg, template = recipe["data"], recipe["model"]["template"]
@@ -26,7 +31,7 @@ def build_trainer(plan: dict, args: TrainingArguments, model, tokenizer, callbac
             f"answer token within data.cutoff_len={data_cfg['cutoff_len']})"
         ),
     )
-    summary = {
+    summary: dict[str, Any] = {
         "examples": len(rows),
         "eval_examples": len(eval_rows),
         "dropped": train.dropped,

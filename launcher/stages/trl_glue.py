@@ -4,12 +4,17 @@ datasets, TRL's collators with the throughput logger's counters, the reference m
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import Dataset
 
 from launcher.data.cache import wait_s
 from launcher.data.splits import train_and_eval
+
+if TYPE_CHECKING:
+    from launcher.plan.types import Plan
+    from launcher.recipe.types import Recipe
 
 
 class CountingCollator:
@@ -31,7 +36,7 @@ class CountingCollator:
         return batch
 
 
-def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | None, dict]:
+def preference_data(plan: Plan, tokenizer, build) -> tuple[Dataset, Dataset | None, dict]:
     """Train and eval datasets built by build(names, data_cfg, tokenizer, template) (launcher.data.pairs),
     eval from data.eval_datasets or a seeded data.val_size split; and the worker's data summary."""
     recipe = plan["recipe"]
@@ -53,7 +58,7 @@ def preference_data(plan: dict, tokenizer, build) -> tuple[Dataset, Dataset | No
 
 
 def preference_trainer(
-    trainer_class, collator_class, build, plan: dict, args, model, tokenizer, callbacks: list, **extra
+    trainer_class, collator_class, build, plan: Plan, args, model, tokenizer, callbacks: list, **extra
 ):
     """trainer_class over the rows build(names, data_cfg, tokenizer, template, timeout_s=...) makes, collated
     by TRL's collator_class with our counters; extra keyword arguments go to trainer_class. Returns it and the
@@ -72,7 +77,7 @@ def preference_trainer(
     return trainer, summary
 
 
-def reference_is_base(trainer, recipe: dict) -> None:
+def reference_is_base(trainer, recipe: Recipe) -> None:
     """A fresh adapter: the reference is the model with the adapter disabled, not a copy of it.
 
     TRL keeps a frozen copy of a PeftModel's adapter named "ref" as the reference, which is what a

@@ -1,0 +1,130 @@
+"""The shape of plan.json, the one contract between `launch` and every rank: what build_plan returns and
+every reader takes, so a misspelt plan key is a type error. Torch-free; nothing here runs.
+
+The keys are those build_plan (plan/build.py) writes, in its order; `launch` adds run_id and resume_from
+(checkpoint/resume.py) and, for a ModelScope model, model_dir (plan/preflight.py) before it writes the file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from launcher.kernels.choice import Kernels  # plan["kernels"], defined beside kernel_plan that builds it
+from launcher.recipe.types import Recipe
+
+if TYPE_CHECKING:  # annotations are never evaluated at run time (Python 3.10 has no typing.NotRequired)
+    from typing import NotRequired
+
+
+class Gpus(TypedDict):
+    """The visible NVIDIA GPUs (plan/devices.py detect_gpus, from nvidia-smi)."""
+
+    count: int
+    names: list[str]
+    compute_caps: list[float]
+    memory_gb: list[float]
+
+
+class World(TypedDict):
+    """plan["world"]: the processes of the run and where they meet."""
+
+    nnodes: int
+    nproc_per_node: int
+    world_size: int
+    device: str  # cuda | cpu
+    backend: str  # nccl | gloo
+    gpus: list[str]
+    master_addr: str
+    master_port: int
+
+
+class Batch(TypedDict):
+    """plan["batch"]: examples per forward pass, per optimizer step and per step over all ranks."""
+
+    micro_batch_size: int
+    grad_accum: int
+    global_batch_size: int
+
+
+class MemoryOption(TypedDict):
+    """One ZeRO stage / offload choice of the memory estimate (plan/memory.py Option, GiB per device)."""
+
+    zero: int
+    offload: str
+    params_gb: float
+    grads_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    overhead_gb: float
+    host_gb: float
+    refused: str | None
+    fits: bool | None
+    label: str
+    total_gb: float
+
+
+class ZeroChoice(TypedDict):
+    """plan["memory"]["auto"]: what `distributed.zero: auto` chose."""
+
+    zero: int
+    offload: str
+
+
+class Memory(TypedDict):
+    """plan["memory"]: the planner's memory estimate (plan/memory.py estimate, plan/memory_fit.py)."""
+
+    model: str
+    shape_source: str
+    device: str
+    device_memory_gb: float | None
+    device_memory_source: str
+    host_memory_gb: float | None
+    world_size: int
+    options: list[MemoryOption]
+    shape: NotRequired[dict[str, Any]]  # model/shape.py's Shape; these three only where the planner knows it
+    params_total: NotRequired[int]
+    params_trainable: NotRequired[int]
+    auto: NotRequired[ZeroChoice]  # only for distributed.zero: auto
+    refusal: NotRequired[str | None]  # build_plan adds it: why training refuses the plan (does not fit)
+
+
+class ModelSource(TypedDict):
+    """plan["model"]: where the ranks read model.path from (plan/preflight.py model_source)."""
+
+    path: str
+    hub: str | None  # None: a local folder or a builtin
+    folder: str | None  # a hub id's snapshot in the local cache
+    missing: list[str]  # what a cached snapshot lacks
+
+
+class NodeCommand(TypedDict):
+    """plan["nodes"][k]: what node k runs."""
+
+    node_rank: int
+    host: str | None  # the hostfile's host; None without a hostfile
+    plan_file: str
+    argv: list[str]
+
+
+class Plan(TypedDict):
+    """plan.json."""
+
+    version: int
+    recipe_file: str | None
+    pending: list[str]  # earlier stages' outputs that do not exist yet (`launch plan`, `launch sbatch`)
+    notes: list[str]  # what is verified of a combination and what is not (MethodSpec.notes), for `launch plan`
+    recipe: Recipe  # resolved, with distributed.nnodes counted and distributed.zero: auto chosen
+    model: ModelSource
+    world: World
+    dtype: str  # bf16 | fp16 | fp32
+    batch: Batch
+    deepspeed: dict[str, Any] | None  # the engine's config (engines/), None for an engine that needs none
+    memory: Memory
+    kernels: Kernels
+    env: dict[str, str]
+    output_dir: str
+    plan_file: str
+    nodes: list[NodeCommand]
+    run_id: NotRequired[str]  # added by `launch` (checkpoint/resume.py prepare_resume)
+    resume_from: NotRequired[str | None]
+    model_dir: NotRequired[str]  # a ModelScope model's download folder (plan/preflight.py ensure_model)

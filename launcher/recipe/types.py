@@ -1,0 +1,181 @@
+"""The resolved recipe (what load_recipe returns): one TypedDict per section, every key present.
+
+Generated from launcher/recipe/schema.py by `launch schema --typeddict > launcher/recipe/types.py`; do not
+edit by hand (tests/test_schema_doc.py fails when this file and the schema differ). A key that only some
+stages or methods read is NotRequired: the resolved recipe holds it only under them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+if TYPE_CHECKING:  # annotations are never evaluated at run time (Python 3.10 has no typing.NotRequired)
+    from typing import NotRequired
+
+
+class QuantizationSection(TypedDict):
+    """K-bit base for QLoRA (only with method.name: lora)."""
+
+    bits: int
+    type: str
+    double_quant: bool
+
+
+class ModelSection(TypedDict):
+    """The recipe's `model` section."""
+
+    path: str
+    template: str
+    dtype: str
+    attn: str
+    hub: str
+    trust_remote_code: bool
+    adapter: str | None
+    quantization: QuantizationSection | None
+
+
+class MethodSection(TypedDict):
+    """The recipe's `method` section."""
+
+    name: str
+    trainable_layers: NotRequired[int]
+    trainable_modules: NotRequired[list[str] | Literal["all"]]
+    extra_modules: NotRequired[list[str] | None]
+    rank: NotRequired[int]
+    alpha: NotRequired[float]
+    dropout: NotRequired[float]
+    target: NotRequired[list[str] | Literal["all"]]
+    variant: NotRequired[str]
+    loraplus_ratio: NotRequired[float | None]
+    additional_target: NotRequired[list[str] | None]
+    num_virtual_tokens: NotRequired[int]
+    prefix_projection: NotRequired[bool]
+
+
+class DataSection(TypedDict):
+    """The recipe's `data` section."""
+
+    datasets: list[str]
+    dataset_dir: str
+    eval_datasets: list[str]
+    val_size: float
+    cutoff_len: int
+    packing: str
+    train_on_prompt: bool
+    mask_history: bool
+    max_samples: int | None
+    on_bad_row: str
+    cache: bool
+    cache_dir: str | None
+    num_workers: int
+
+
+class TrainSection(TypedDict):
+    """The recipe's `train` section."""
+
+    epochs: float
+    max_steps: int | None
+    micro_batch_size: int
+    grad_accum: int
+    lr: float
+    scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    max_bad_steps: int
+    optimizer: str
+    gradient_checkpointing: bool
+    loss_kernel: str
+    compile: bool
+    neftune_alpha: float | None
+    seed: int
+    logging_steps: int
+    save_steps: int
+    save_total_limit: int | None
+    eval_steps: int | None
+    eval_generate: bool
+    resume: str
+    trust_checkpoint: bool
+    pref_beta: NotRequired[float]
+    pref_loss: NotRequired[str]
+    pref_ftx: NotRequired[float]
+    simpo_gamma: NotRequired[float]
+    kto_desirable_weight: NotRequired[float]
+    kto_undesirable_weight: NotRequired[float]
+    reward_model: NotRequired[str | None]
+    max_new_tokens: NotRequired[int]
+    temperature: NotRequired[float]
+    top_k: NotRequired[int]
+    top_p: NotRequired[float]
+    kl_coef: NotRequired[float]
+    ppo_clip: NotRequired[float]
+    vf_coef: NotRequired[float]
+    ppo_epochs: NotRequired[int]
+
+
+class EvalSection(TypedDict):
+    """The recipe's `eval` section."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    batch_size: int
+    engine: str
+
+
+class DistributedSection(TypedDict):
+    """The recipe's `distributed` section."""
+
+    engine: str
+    zero: int | Literal["auto"]
+    offload: str
+    deepspeed_config: str | None
+    device_memory_gb: float | None
+    force_memory: bool
+    launcher: str
+    nproc_per_node: int | Literal["auto"]
+    nnodes: int | None
+    hostfile: str | None
+    master_addr: str | None
+    master_port: int | Literal["auto"]
+    max_restarts: int
+    timeout_minutes: int
+    env_forward: list[str]
+    ssh_port: int | None
+    ssh_options: list[str]
+
+
+class SlurmSection(TypedDict):
+    """SLURM batch settings used by `launch sbatch`."""
+
+    partition: str | None
+    account: str | None
+    time: str
+    gpus_per_node: int
+    nodes: int
+    cpus_per_task: int | None
+    extra: list[str]
+
+
+class OutputSection(TypedDict):
+    """The recipe's `output` section."""
+
+    dir: str | None
+    report_to: list[str]
+    overwrite: bool
+
+
+class Recipe(TypedDict):
+    """A resolved recipe: every section, every key present."""
+
+    model: ModelSection
+    stage: str
+    method: MethodSection
+    data: DataSection
+    train: TrainSection
+    eval: EvalSection
+    distributed: DistributedSection
+    slurm: SlurmSection | None
+    output: OutputSection
