@@ -17,7 +17,7 @@ from launcher.plan.memory_fit import memory_plan
 from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
-from launcher.registry import engine_spec
+from launcher.registry import engine_spec, stage_spec
 
 PLAN_VERSION = 1
 
@@ -84,6 +84,7 @@ def build_plan(
     output_dir = str(Path(cwd or os.getcwd(), recipe["output"]["dir"]).resolve())
     plan_file = str(Path(output_dir) / "plan.json")
     train = recipe["train"]
+    stage_plan = stage_spec(recipe["stage"]).plan
     return {
         "version": PLAN_VERSION,
         "recipe_file": recipe_file,
@@ -100,6 +101,7 @@ def build_plan(
         "deepspeed": engine_spec(recipe["distributed"]["engine"]).config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
+        "stage": stage_plan(recipe, world, cwd or os.getcwd()) if stage_plan else {},
         "env": environment(recipe, nproc, on_gpu),
         "output_dir": output_dir,
         "plan_file": plan_file,

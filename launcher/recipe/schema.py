@@ -336,6 +336,10 @@ def _json_type(key: Key) -> dict:
             "additionalProperties": False,
             "properties": {n: _json_type(k) for n, k in key.fields.items()},
         }
+    elif key.kind == "float_list":
+        item = _json_type(replace(key, kind="float", default=None, nullable=False, literals=()))
+        del item["description"]
+        out = {"type": "array", "items": item, "minItems": 1}
     elif key.kind == "str_list":
         item = {"type": "string"}
         if key.choices:
