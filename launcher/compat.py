@@ -45,6 +45,17 @@ class PreparedRows:
         return dataset
 
 
+class PretokenizedPrompts:
+    """TRL's GRPOTrainer._tokenize_prompts(prompts) -> (prompt ids, images, multimodal fields) renders and tokenizes
+    the prompts again; ours come tokenized with the recipe's template (launcher/data/prompts.py), so
+    prompt_token_ids(prompts) takes its place: the ids of each prompt text."""
+
+    prompt_token_ids: Callable[[list], list]  # the trainer that mixes this in provides it
+
+    def _tokenize_prompts(self, prompts: list):
+        return self.prompt_token_ids(prompts), None, {}
+
+
 class TrainerHooks(_TrainerBase):
     """Trainer's private sampler / resume / save hooks, routed to public methods a subclass overrides
     (stages/ppo.py); each default is Trainer's own."""

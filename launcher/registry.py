@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class Key:
     """One recipe key.
 
-    kind: int | float | bool | str | str_list | section
+    kind: int | float | bool | str | str_list | float_list | section (a list item meets low/high)
     literals: extra string values accepted besides the kind (e.g. "auto" for an int key)
     only_for: (selector key, allowed values): the key is only valid when the selector
         (a dotted key, e.g. "method.name") has one of these values; its default applies only then.
@@ -79,6 +79,9 @@ class StageSpec:
     keys: the train.* keys only this stage reads; the schema makes each valid only under the stages declaring it
     inputs: (section, key, check(recipe)) for each folder an earlier stage writes that this stage reads (its
         train.* key): `launch plan` checks it before launch, or notes it pending where it does not exist yet
+    plan: plan(recipe, world, cwd) -> the stage's own part of the plan (plan["stage"]: JSON, what its ranks read
+        and `launch plan` prints as "key: value" lines), refusing (RecipeError) what depends on the world
+        (world size, device); None: the stage has none
     """
 
     kinds: tuple[str, ...] | None
@@ -91,6 +94,7 @@ class StageSpec:
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
     keys: Mapping[str, Key] = field(default_factory=dict)
     inputs: tuple[StageInput, ...] = ()
+    plan: Callable[[Mapping[str, Any], Mapping[str, Any], str], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ STAGES: dict[str, str] = {
     "kto": "launcher.stages.kto_spec",
     "orpo": "launcher.stages.orpo_spec",
     "ppo": "launcher.stages.ppo_spec",
+    "grpo": "launcher.stages.grpo_spec",
 }
 METHODS: dict[str, str] = {
     "full": "launcher.methods.full_spec",

@@ -9,7 +9,7 @@ import re
 
 import pytest
 from transformers import Trainer
-from trl import DPOTrainer, KTOTrainer
+from trl import DPOTrainer, GRPOTrainer, KTOTrainer
 
 from launcher import compat
 from tests.conftest import ROOT
@@ -30,6 +30,7 @@ PREPARE = ["self", "dataset", "processing_class", "args", "dataset_name"]
         (Trainer, "_load_from_checkpoint", ["self", "resume_from_checkpoint", "model"]),  # TrainerHooks.load_checkpoint
         (DPOTrainer, "_prepare_dataset", PREPARE),  # PreparedRows
         (KTOTrainer, "_prepare_dataset", PREPARE),
+        (GRPOTrainer, "_tokenize_prompts", ["self", "prompts"]),  # PretokenizedPrompts
     ],
 )
 def test_each_private_hook_keeps_the_signature_compat_relies_on(owner, name, expected):
@@ -46,6 +47,8 @@ def test_the_library_still_calls_the_hooks_compat_replaces():
     assert "self._save(output_dir" in inspect.getsource(Trainer.save_model)
     for preference in (DPOTrainer, KTOTrainer):
         assert 'self._prepare_dataset(train_dataset, processing_class, args, "train")' in inspect.getsource(preference)
+    # every generation (hf and vLLM alike) takes its prompt ids from here, with nothing else of its result unused
+    assert "prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)" in inspect.getsource(GRPOTrainer)
 
 
 class Library:
@@ -89,7 +92,7 @@ def test_the_hooks_route_to_public_methods_whose_default_is_the_librarys():
 
 
 PRIVATE = re.compile(
-    r"def (_save|_get_train_sampler|_load_from_checkpoint|_prepare_dataset|_get_output_dir)\(|"
+    r"def (_save|_get_train_sampler|_load_from_checkpoint|_prepare_dataset|_get_output_dir|_tokenize_prompts)\(|"
     r"\.(_get_output_dir|_train_batch_size) = |[a-z]\._save\("
 )
 

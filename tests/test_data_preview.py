@@ -113,6 +113,34 @@ def ppo_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
     )
 
 
+def grpo_oracle(recipe: dict, tokenizer) -> tuple[list[dict], str]:
+    """ppo's prompts, each with its row's answer column as written in the dataset file."""
+    from launcher.data.prompts import build_prompt_data
+
+    data = build(build_prompt_data, recipe, tokenizer)
+    assert data.dropped > 0 and data.skipped == 1
+    kept = [json.loads(line) for line in (DATA / "demo_grpo.jsonl").read_text().splitlines()]
+    lengths = [len(row["input_ids"]) for row in data.rows]
+    answers = [row["answer"] for row, length in zip(kept, build_all_lengths(recipe, tokenizer)) if length < 71]
+    assert len(answers) == len(lengths)
+    rows = [{"input_ids": row["input_ids"], "answer": answer} for row, answer in zip(data.rows, answers)]
+    return rows, (
+        f"prompts: {len(rows)}   dropped (the prompt fills data.cutoff_len=71): {data.dropped}   "
+        f"bad rows skipped: 1   tokens: {tokens(rows):,}"
+    )
+
+
+def build_all_lengths(recipe: dict, tokenizer) -> list[int]:
+    """Every prompt's length, none dropped."""
+    from launcher.data.prompts import build_prompt_data
+
+    cfg = {**recipe["data"], "cutoff_len": 10_000}
+    return [
+        len(row["input_ids"])
+        for row in build_prompt_data(cfg["datasets"], cfg, tokenizer, recipe["model"]["template"]).rows
+    ]
+
+
 @dataclass(frozen=True)
 class Case:
     dataset: str  # the tiny recipe's dataset, read with one bad row
@@ -137,6 +165,10 @@ CASES = {
     "kto": Case("demo_kto", "example", {"prompt_ids": "prompt", "completion_ids": "completion"}, kto_oracle, SHORT),
     # every row read (ppo_tiny's max_samples would stop before the bad last one)
     "ppo": Case("demo_sft", "prompt", {"input_ids": "prompt"}, ppo_oracle, [*SHORT, "data.max_samples=null"]),
+    # the prompts are 70-72 tokens long: cutoff 71 drops some
+    "grpo": Case(
+        "demo_grpo", "prompt", {"input_ids": "prompt", "answer": "answer"}, grpo_oracle, ["data.cutoff_len=71"]
+    ),
 }
 
 
@@ -144,7 +176,9 @@ def shown(tokenizer, case: Case, index: int, row: dict) -> str:
     """One row as the report must print it: a header (a KTO row's label in it), then each column decoded."""
     tag = f": {'desirable' if row['label'] else 'undesirable'}" if "label" in row else ""
     texts = "".join(
-        f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
+        f"{caption}:\n{row[column]}\n"  # grpo's answer: text, shown as it is
+        if column == "answer"
+        else f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
         for column, caption in case.captions.items()
     )
     return f"--- {case.noun} {index}{tag} ---\n{texts}"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
+from launcher.checkpoint.paths import COMPLETIONS_FILE, LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
 from launcher.data.datasets import dataset_source
 from launcher.errors import RecipeError
 from launcher.model.builtin import builtin_cache_dir, builtin_name, fingerprint, is_builtin
@@ -40,6 +40,7 @@ RUN_WRITES = (
     VALUE_HEAD,
     LOG_FILE,
     PLOT_FILE,
+    COMPLETIONS_FILE,
     "*.tmp",
     ".*.tmp.*",
     "trainer_state.json",

@@ -14,6 +14,7 @@ POLICY_PREFIX, VALUE_HEAD_PREFIX = "policy.", "v_head."
 VALUE_HEAD = "value_head.safetensors"  # the value head's file beside the policy adapter
 PISSA_INIT_DIR = "pissa_init"  # inside output.dir: the adapter as initialised, needed to convert PiSSA to LoRA
 LOG_FILE, PLOT_FILE = "trainer_log.jsonl", "loss.png"  # inside output.dir: the loss history and its plot
+COMPLETIONS_FILE = "completions.jsonl"  # inside output.dir: grpo's sampled completions with their rewards
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:

@@ -18,7 +18,7 @@ from launcher.data.blocks import block_data
 from launcher.data.packing import pack_examples
 from launcher.data.pairs import PreferenceData, kto_data, pair_data, scored_pairs
 from launcher.data.pipeline import sft_data
-from launcher.data.prompts import prompt_data
+from launcher.data.prompts import PromptData, answer_data, prompt_data
 from launcher.data.tokenize import IGNORE_INDEX
 from launcher.errors import DataError
 from launcher.registry import resolve, stage_spec
@@ -74,10 +74,12 @@ def format_example(tokenizer, index: int, example: dict) -> str:
 
 
 def format_row(noun: str, captions: dict[str, str], tokenizer, index: int, row: dict) -> str:
-    """A non-sft row: each token-id column of `captions` decoded under its caption; a KTO row's label in the header."""
+    """A non-sft row: each column of `captions` under its caption, token ids decoded; a KTO row's label in the header."""
     tag = f": {'desirable' if row['label'] else 'undesirable'}" if "label" in row else ""
     texts = "".join(
-        f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
+        f"{caption}:\n{row[column]}\n"  # a text column (grpo's answer), shown as it is
+        if isinstance(row[column], str)
+        else f"{caption} ({len(row[column])} tokens):\n{decode(tokenizer, row[column])}\n"
         for column, caption in captions.items()
     )
     return f"--- {noun} {index}{tag} ---\n{texts}"
@@ -157,10 +159,10 @@ def _kto(recipe: Mapping[str, Any], tokenizer) -> StageRows:
     )
 
 
-def _prompts(recipe: Mapping[str, Any], tokenizer) -> StageRows:
-    """The prompts replies are sampled for (launcher/data/prompts.py)."""
+def _prompts(build: Callable[..., PromptData], recipe: Mapping[str, Any], tokenizer) -> StageRows:
+    """The prompts replies are sampled for: build(names, data_cfg, tokenizer, template) (launcher/data/prompts.py)."""
     data_cfg = recipe["data"]
-    data = prompt_data(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
+    data = build(data_cfg["datasets"], data_cfg, tokenizer, recipe["model"]["template"])
     return StageRows(
         data.rows,
         f"prompts: {len(data.rows)}   dropped (the prompt fills data.cutoff_len={data_cfg['cutoff_len']}): "
@@ -192,7 +194,9 @@ SCORED_PAIR_ROWS = StageView(
     {"chosen_ids": "chosen, prompt + reply", "rejected_ids": "rejected, prompt + reply"},
 )
 KTO_ROWS = StageView("example", _kto, {"prompt_ids": "prompt", "completion_ids": "completion"})
-PROMPT_ROWS = StageView("prompt", _prompts, {"input_ids": "prompt"})
+PROMPT_ROWS = StageView("prompt", partial(_prompts, prompt_data), {"input_ids": "prompt"})
+# grpo: the prompt and the reference answer its rewards compare completions with
+ANSWER_ROWS = StageView("prompt", partial(_prompts, answer_data), {"input_ids": "prompt", "answer": "answer"})
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

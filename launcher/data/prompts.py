@@ -1,4 +1,5 @@
-"""Prompts for generation (stage ppo): each example's conversation up to its last reply, as token ids."""
+"""Prompts for generation (stages ppo, grpo): each example's conversation up to its last reply, as token ids;
+for grpo also that reply's text, the reference answer its rewards compare completions with."""
 
 from __future__ import annotations
 
@@ -18,15 +19,18 @@ from launcher.data.rows import require_kind
 
 @dataclass
 class PromptData:
-    rows: list[dict]  # {"input_ids": the prompt, with the generation prompt}
+    rows: list[dict]  # {"input_ids": the prompt, with the generation prompt} (+ "answer": the reply's text)
     dropped: int  # prompts that fill data.cutoff_len, leaving no room to reply
     skipped: int = 0  # bad rows skipped with data.on_bad_row: skip
 
 
-def build_prompt_data(names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str) -> PromptData:
+def build_prompt_data(
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str, with_answer: bool = False
+) -> PromptData:
     """Each example's conversation up to its last reply, with the generation prompt. SFT datasets give
     their last user turn's context; preference datasets their prompt. A prompt that fills
-    data.cutoff_len leaves no room to reply: dropped and counted."""
+    data.cutoff_len leaves no room to reply: dropped and counted. with_answer: each row also holds the
+    reply it was cut from (an SFT row's last reply, e.g. alpaca's output column; a preference row's chosen)."""
     specs = {name: resolve_dataset(name, data_cfg["dataset_dir"]) for name in names}
     for name, spec in specs.items():
         require_kind(name, spec, PROMPT_KINDS)
@@ -43,7 +47,9 @@ def build_prompt_data(names: list[str], data_cfg: Mapping[str, Any], tokenizer, 
             if len(prompt) >= data_cfg["cutoff_len"]:
                 dropped += 1
                 continue
-            rows.append({"input_ids": prompt})
+            rows.append(
+                {"input_ids": prompt, "answer": messages[-1]["content"]} if with_answer else {"input_ids": prompt}
+            )
     return PromptData(rows, dropped, len(bad.skipped))
 
 
@@ -52,3 +58,35 @@ def prompt_data(
 ) -> PromptData:
     """build_prompt_data through the tokenized-data cache (data.cache, data.cache_dir; see cache.py)."""
     return templated_data(PromptData, "prompt", build_prompt_data, names, data_cfg, tokenizer, template, timeout_s)
+
+
+def _stored(row: dict) -> dict:
+    """The answer's UTF-8 bytes as a column of ids: a cache entry holds integer columns only."""
+    return {"input_ids": row["input_ids"], "answer_bytes": list(row["answer"].encode("utf-8"))}
+
+
+def _loaded(row: dict) -> dict:
+    return {"input_ids": row["input_ids"], "answer": bytes(row["answer_bytes"]).decode("utf-8")}
+
+
+def build_answer_data(names: list[str], data_cfg: dict, tokenizer, template: str) -> PromptData:
+    """Prompts with their reference answers (stage grpo)."""
+    return build_prompt_data(names, data_cfg, tokenizer, template, with_answer=True)
+
+
+def answer_data(
+    names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str, timeout_s: float = WAIT_S
+) -> PromptData:
+    """build_answer_data through the tokenized-data cache, the answer stored as its bytes."""
+    return templated_data(
+        PromptData,
+        "prompt_answer",
+        build_answer_data,
+        names,
+        data_cfg,
+        tokenizer,
+        template,
+        timeout_s,
+        store=_stored,
+        load=_loaded,
+    )

@@ -25,7 +25,17 @@ TRAIN_KEYS = (
     "mfu",
     "padding_efficiency",
     "peak_memory_gib",
+    # online RL (grpo, as TRL logs it): the summed reward, KL to the reference, completion length, clipping
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "kl",
+    "entropy",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "clip_ratio/region_mean",
 )
+PER_REWARD = "rewards/"  # grpo: rewards/<name>/mean and /std, one pair per train.rewards entry
 
 
 def elapsed_and_eta(state, started: tuple[float, int]) -> tuple[float, float | None]:
@@ -63,7 +73,11 @@ class HistoryCallback(TrainerCallback):
             "epoch": state.epoch,
             "percentage": round(100 * state.global_step / max(state.max_steps, 1), 2),
         }
-        keys = TRAIN_KEYS if "loss" in logs else [k for k in logs if k.startswith("eval_")]
+        keys = (
+            [*TRAIN_KEYS, *(k for k in logs if k.startswith(PER_REWARD))]
+            if "loss" in logs
+            else [k for k in logs if k.startswith("eval_")]
+        )
         record.update({key: logs[key] for key in keys if key in logs})
         record.update(elapsed=round(elapsed, 3), eta=None if eta is None else round(eta, 3))
         self.records.append(record)
@@ -108,7 +122,13 @@ def plot_losses(records: list[dict], path: Path) -> None:
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(loc="upper left")
+    rewards = [(r["step"], r["reward"]) for r in records if r.get("reward") is not None]
+    if rewards:  # grpo: the mean reward on its own scale, right
+        right = axes.twinx()
+        right.plot(*zip(*rewards), "-", color="tab:green", label="mean reward")
+        right.set_ylabel("reward")
+        right.legend(loc="upper right")
     temporary = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(temporary, dpi=100, bbox_inches="tight")
     plt.close(figure)

@@ -20,7 +20,7 @@ from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
 from launcher.plan.types import Plan, World
 from launcher.recipe.load import output_folder
-from launcher.registry import engine_spec, method_spec
+from launcher.registry import engine_spec, method_spec, stage_spec
 
 if TYPE_CHECKING:
     from launcher.plan.hostfile import Host
@@ -91,6 +91,7 @@ def build_plan(
     output_dir = str(Path(cwd or os.getcwd(), output_folder(recipe)).resolve())
     plan_file = str(Path(output_dir) / "plan.json")
     train = recipe["train"]
+    stage_plan = stage_spec(recipe["stage"]).plan
     return {
         "version": PLAN_VERSION,
         "recipe_file": recipe_file,
@@ -108,6 +109,7 @@ def build_plan(
         "deepspeed": engine_spec(recipe["distributed"]["engine"]).config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
+        "stage": stage_plan(recipe, world, cwd or os.getcwd()) if stage_plan else {},
         "env": environment(recipe, nproc, on_gpu),
         "output_dir": output_dir,
         "plan_file": plan_file,

@@ -40,6 +40,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(json.dumps(plan["deepspeed"], indent=2))
     dist = plan["recipe"]["distributed"]
     lines += ["", "# kernels"] + format_kernels(plan["kernels"])
+    if plan.get("stage"):
+        lines += ["", f"# stage {plan['recipe']['stage']}"] + [f"{k}: {v}" for k, v in plan["stage"].items()]
     lines += [""] + format_memory(plan["memory"], (dist["zero"], dist["offload"]))
     if "auto" in plan["memory"]:
         lines.append("distributed.zero: auto chose the first option that fits, in the order listed")

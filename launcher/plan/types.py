@@ -112,6 +112,7 @@ class Plan(TypedDict):
     version: int
     recipe_file: str | None
     pending: list[str]  # earlier stages' outputs that do not exist yet (`launch plan`, `launch sbatch`)
+    stage: NotRequired[dict[str, Any]]  # what a stage's spec adds to its plan (StageSpec.plan), e.g. grpo's batch
     notes: list[str]  # what is verified of a combination and what is not (MethodSpec.notes), for `launch plan`
     recipe: Recipe  # resolved, with distributed.nnodes counted and distributed.zero: auto chosen
     model: ModelSource

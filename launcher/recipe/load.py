@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -190,6 +191,11 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
                 if item not in spec.choices:
                     raise fail(f"{item!r} is not one of {list(spec.choices)}", f"use one of {list(spec.choices)}")
         return list(items)
+    elif kind == "float_list":
+        if not isinstance(value, list) or not value:
+            raise fail("expected a list of numbers", f"write e.g. {key}: [1.0, 0.5]")
+        item = replace(spec, kind="float", nullable=False, literals=())
+        return [_coerce(f"{key}[{index}]", item, number, where) for index, number in enumerate(value)]
     else:
         raise AssertionError(kind)
     if spec.choices and out not in spec.choices:

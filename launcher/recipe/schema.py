@@ -342,6 +342,10 @@ def _json_type(key: Key) -> dict:
             "additionalProperties": False,
             "properties": {n: _json_type(k) for n, k in key.fields.items()},
         }
+    elif key.kind == "float_list":
+        element = _json_type(replace(key, kind="float", default=None, nullable=False, literals=()))
+        del element["description"]
+        out = {"type": "array", "items": element, "minItems": 1}
     elif key.kind == "str_list":
         item: dict[str, Any] = {"type": "string"}
         if key.choices:

@@ -16,7 +16,7 @@ train.lr=2e-5`.
 
 
 def _kind(key: Key) -> str:
-    return {"str_list": "list of str"}.get(key.kind, key.kind)
+    return {"str_list": "list of str", "float_list": "list of float"}.get(key.kind, key.kind)
 
 
 def _allowed(key: Key) -> str:

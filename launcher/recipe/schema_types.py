@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 if TYPE_CHECKING:  # annotations are never evaluated at run time (Python 3.10 has no typing.NotRequired)
     from typing import NotRequired
 '''
-KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "str", "str_list": "list[str]"}
+KINDS = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "str": "str",
+    "str_list": "list[str]",
+    "float_list": "list[float]",
+}
 
 
 def _class_name(section: str) -> str:

@@ -111,6 +111,17 @@ class TrainSection(TypedDict):
     ppo_clip: NotRequired[float]
     vf_coef: NotRequired[float]
     ppo_epochs: NotRequired[int]
+    num_generations: NotRequired[int]
+    clip_high: NotRequired[float | None]
+    loss_type: NotRequired[str]
+    reward_scaling: NotRequired[str]
+    mask_truncated: NotRequired[bool]
+    rewards: NotRequired[list[str]]
+    reward_weights: NotRequired[list[float] | None]
+    format_pattern: NotRequired[str]
+    rollout_engine: NotRequired[str]
+    vllm_gpu_memory: NotRequired[float]
+    completions_log_steps: NotRequired[int | None]
 
 
 class EvalSection(TypedDict):

@@ -12,7 +12,7 @@ from launcher.registry import Key, Refuse, StageSpec
 
 def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
     """Combinations that cannot work (docs/stages.md)."""
-    method, dist, data = recipe["method"]["name"], recipe["distributed"], recipe["data"]
+    method = recipe["method"]["name"]
     if method != "lora":
         refuse(
             "method.name",
@@ -33,17 +33,23 @@ def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
             "stage: ppo needs train.reward_model, the output.dir of a stage: rm run. "
             "Fix: train one (e.g. recipes/rm_tiny.yaml) and set train.reward_model to its output.dir",
         )
+    refuse_rollout_misfits(recipe, refuse, "the reward model's score, logged as ppo/score")
+
+
+def refuse_rollout_misfits(recipe: dict, refuse: Refuse, progress: str) -> None:
+    """What no stage that samples its own replies (ppo, grpo) can run with: parameter offload, an evaluation pass."""
+    dist, data, stage = recipe["distributed"], recipe["data"], recipe["stage"]
     if dist["offload"] == "all":
         refuse(
             "distributed.offload",
-            "distributed.offload: all cannot run with stage: ppo (every rollout gathers the whole "
+            f"distributed.offload: all cannot run with stage: {stage} (every rollout gathers the whole "
             "policy onto each device to generate, which undoes parameter offload). "
             "Fix: set distributed.offload: optimizer or none",
         )
     if data["eval_datasets"] or data["val_size"] > 0:
         refuse(
             "data.eval_datasets" if data["eval_datasets"] else "data.val_size",
-            "stage: ppo has no evaluation pass (its progress is the reward model's score, logged as ppo/score). "
+            f"stage: {stage} has no evaluation pass (its progress is {progress}). "
             "Fix: remove data.eval_datasets and data.val_size",
         )
 
@@ -84,18 +90,25 @@ KEYS = {  # train.*
     "reward_model": Key(
         "str",
         None,
-        "PPO rewards: the output.dir of a stage: rm run on the same model.path",
+        "PPO rewards, and GRPO's `reward_model` reward: the output.dir of a stage: rm run on the same model.path",
         nullable=True,
     ),
-    "max_new_tokens": Key("int", 128, "PPO generation: longest sampled reply", low=1),
-    "temperature": Key("float", 1.0, "PPO generation: sampling temperature", low=0, low_inclusive=False),
-    "top_k": Key("int", 0, "PPO generation: sample among the k likeliest tokens (0 = all)", low=0),
-    "top_p": Key("float", 1.0, "PPO generation: nucleus sampling mass", low=0, high=1, low_inclusive=False),
-    "kl_coef": Key("float", 0.05, "PPO: per-token KL penalty against the reference policy", low=0),
+    "max_new_tokens": Key(
+        "int", 128, "PPO/GRPO generation: longest sampled reply (GRPO: max completion length)", low=1
+    ),
+    "temperature": Key("float", 1.0, "PPO/GRPO generation: sampling temperature", low=0, low_inclusive=False),
+    "top_k": Key("int", 0, "PPO/GRPO generation: sample among the k likeliest tokens (0 = all)", low=0),
+    "top_p": Key("float", 1.0, "PPO/GRPO generation: nucleus sampling mass", low=0, high=1, low_inclusive=False),
+    "kl_coef": Key(
+        "float",
+        0.05,
+        "PPO/GRPO: per-token KL penalty against the reference policy (GRPO's beta; 0 = no reference forward)",
+        low=0,
+    ),
     "ppo_clip": Key(
         "float",
         0.2,
-        "PPO: clip range of the policy ratio and of the value update",
+        "PPO/GRPO: clip range epsilon of the policy ratio (PPO: also of the value update; GRPO: the lower one, see train.clip_high)",
         low=0,
         low_inclusive=False,
     ),
@@ -103,7 +116,7 @@ KEYS = {  # train.*
     "ppo_epochs": Key(
         "int",
         1,
-        "PPO: optimizer steps trained on each rollout (the prompts' batch is replayed)",
+        "PPO/GRPO: optimizer passes over each rollout (the prompts' batch is replayed; GRPO's num_iterations, mu)",
         low=1,
     ),
 }
