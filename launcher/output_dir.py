@@ -1,9 +1,10 @@
 """A run's output.dir: kept apart from everything the run reads, claimed with a marker when the
 launcher creates it, and replaced (output.overwrite) only as far as a run wrote it.
 
-Torch-free: `launch` checks all of this before any process starts. The order in `launch train`:
-`check_apart` and the other refusals first, then the port and host checks, and only then
-`start_run`, which removes the previous run and claims the folder just before the new run starts.
+Torch-free: `launch` checks all of this before any process starts. `check_output_dir` is part of
+build_plan, so `launch plan` refuses what `launch train` refuses. The order in `launch train`: the
+plan's refusals, the resume checks, then the port and host checks, and only then `start_run`,
+which removes the previous run and claims the folder just before the new run starts.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from launcher.builtin import builtin_name, default_cache_dir, fingerprint, is_builtin
 from launcher.checkpoint.paths import LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
 from launcher.data.registry import dataset_source
 from launcher.errors import RecipeError
+from launcher.schema import all_keys
 
+FLAT = all_keys()
 MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
 MARKER_VERSION = 1
 # What a run writes into output.dir (worker.py, the Trainer, PEFT and tokenizer saves, monitoring/);
@@ -89,23 +94,31 @@ def model_folder(path: str) -> Path:
     return Path(path) if Path(path).exists() else _hub_cache_folder(path)
 
 
-def run_inputs(recipe: dict) -> list[tuple[str, Path]]:
-    """(recipe key, path) of everything a run reads; the datasets are already known to resolve."""
-    inputs = [("model.path", model_folder(recipe["model"]["path"]))]
-    inputs += [
-        (key, Path(value))
-        for key, value in (
-            ("model.adapter", recipe["model"]["adapter"]),
-            ("train.reward_model", recipe["train"].get("reward_model")),
-        )
-        if value is not None
-    ]
-    data = recipe["data"]
-    registry = Path(data["dataset_dir"]) / "dataset_info.json"  # the folder itself may hold other things
+def _setting(recipe: dict, dotted: str) -> Any:
+    """A recipe's value, or the schema's default where the recipe (one as written, e.g. import-lf's) has none."""
+    node: Any = recipe
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return FLAT[dotted].default if node is None else node
+
+
+def run_inputs(recipe: dict, recipe_file: str | Path | None = None) -> list[tuple[str, Path]]:
+    """(what, path) of everything a run of `recipe` reads: the recipe file, the model, adapter and
+    reward model, the user DeepSpeed JSON, the hostfile, data.dataset_dir's registry and the datasets.
+    `recipe`: resolved (its datasets known to resolve), or as written (import-lf's)."""
+    inputs = [("the recipe", Path(recipe_file))] if recipe_file is not None else []
+    model = _setting(recipe, "model.path")
+    if model is not None:
+        inputs.append(("model.path", model_folder(str(model))))
+    for key in ("model.adapter", "train.reward_model", "distributed.deepspeed_config", "distributed.hostfile"):
+        if _setting(recipe, key) is not None:
+            inputs.append((key, Path(str(_setting(recipe, key)))))
+    dataset_dir = str(_setting(recipe, "data.dataset_dir"))
+    registry = Path(dataset_dir) / "dataset_info.json"  # the folder itself may hold other things
     if registry.is_file():
         inputs.append(("data.dataset_dir's registry", registry))
-    for key in ("datasets", "eval_datasets"):
-        inputs += [(f"data.{key}", dataset_source(name, data["dataset_dir"])) for name in data[key]]
+    for key in ("data.datasets", "data.eval_datasets"):
+        inputs += [(key, dataset_source(str(name), dataset_dir)) for name in _setting(recipe, key)]
     return inputs
 
 
@@ -116,6 +129,38 @@ def overlap(a: Path, b: Path) -> str | None:
     if a in b.parents:
         return "contains"
     return "lies inside" if b in a.parents else None
+
+
+def why_unusable(folder: Path) -> str | None:
+    """Why this user could not write into `folder` (creating it where missing), or None. Checked by
+    trying: creating a folder (removed at once) where `folder` would be made, since root passes
+    every permission check but still cannot create a folder under /proc."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        part = "it" if existing == folder else f"{existing}, a folder on its path,"
+        return f"{part} is a file, not a folder"
+    if existing == folder:
+        return None if os.access(folder, os.W_OK | os.X_OK) else "no permission to write there"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".launch-probe-", dir=existing))
+    except OSError as err:
+        return f"it cannot be created in {existing} ({err.strerror})"
+    return None
+
+
+def check_output_dir(recipe: dict, output_dir: str) -> None:
+    """What `launch plan` and `launch train` both refuse of an output.dir (build_plan): one beside
+    the run's inputs (check_apart), or one this user cannot create or write into (a file, the recipe
+    file included)."""
+    check_apart(recipe, output_dir)
+    why = why_unusable(Path(output_dir))
+    if why is not None:
+        raise RecipeError(
+            f"output.dir = {output_dir!r}: {why}, so the run could not write its files there. "
+            "Fix: set output.dir to a folder you can create, e.g. outputs/<run name>"
+        )
 
 
 def check_apart(recipe: dict, output_dir: str) -> None:
@@ -135,7 +180,7 @@ def check_apart(recipe: dict, output_dir: str) -> None:
                 f"output.overwrite would remove them. {fix}"
             )
     resume = recipe["train"]["resume"]
-    inputs = run_inputs(recipe)
+    inputs = run_inputs(recipe)  # not the recipe file: keeping a copy of it in the run's folder is fine
     if resume not in ("auto", "none"):
         inputs.append(("train.resume", Path(resume)))
     for key, path in inputs:

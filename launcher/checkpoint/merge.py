@@ -28,6 +28,8 @@ from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_siz
 from launcher.checkpoint.staging import staged_output
 from launcher.dtypes import torch_dtype
 from launcher.errors import CheckpointError
+from launcher.output_dir import model_folder
+from launcher.output_file import check_output_folder
 
 PEFT_PREFIX = "base_model.model."
 STORED_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
@@ -203,6 +205,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
 
     from launcher.builtin import local_model_path
 
+    check_output_folder("--out", out, [("--base", model_folder(str(base))), ("--adapter", adapter)])
     adapter = Path(adapter)
     lora_config = adapter_config(adapter)
     parse_size(shard_size)  # a bad --shard-size is refused before any work

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from launcher.errors import RecipeError
 from launcher.memory import fit_refusal
-from launcher.plan.argv import _node_argv, master_port
+from launcher.output_dir import check_output_dir
+from launcher.plan.argv import _node_argv, master_address, master_port
 from launcher.plan.deepspeed import deepspeed_config
 from launcher.plan.devices import CPU_PROCESSES, _check_nproc, detect_gpus
-from launcher.plan.env import _environment
+from launcher.plan.env import _environment, check_env_forward
 from launcher.plan.files import node_plan_file
 from launcher.plan.inputs import _check_datasets, _check_stage_inputs
 from launcher.plan.memory_fit import _memory_plan
@@ -38,6 +39,9 @@ def build_plan(
     dist = recipe["distributed"]
     _check_datasets(recipe)
     check_preflight(recipe)  # model files, template, method modules, datasets' first rows: here, not on every rank
+    output_dir = str(Path(cwd or os.getcwd(), recipe["output"]["dir"]).resolve())
+    check_output_dir(recipe, output_dir)  # apart from the inputs, creatable: plan refuses as train does
+    check_env_forward(dist)
     pending = _check_stage_inputs(recipe, allow_pending)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
@@ -62,12 +66,6 @@ def build_plan(
         )
     nnodes = dist["nnodes"] if dist["nnodes"] is not None else len(hosts)  # None: the hostfile's hosts
     recipe = {**recipe, "distributed": {**dist, "nnodes": nnodes}}
-    master_addr = dist["master_addr"] or (hosts[0].name if hosts else None)
-    if nnodes > 1 and master_addr is None:
-        raise RecipeError(
-            f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
-            "a distributed.hostfile, or a SLURM allocation. Fix: set distributed.master_addr: <node-0 address>"
-        )
     world = {
         "nnodes": nnodes,
         "nproc_per_node": nproc,
@@ -75,14 +73,13 @@ def build_plan(
         "device": "cuda" if on_gpu else "cpu",
         "backend": "nccl" if on_gpu else "gloo",
         "gpus": gpus["names"],
-        "master_addr": master_addr or "127.0.0.1",
+        "master_addr": master_address(dist["master_addr"], hosts, nnodes),
         "master_port": master_port(dist["master_port"], nnodes),
     }
     recipe, memory = _memory_plan(recipe, world, gpus, dtype)
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
     # made on another machine than the cluster's)
     memory["refusal"] = fit_refusal(memory, recipe)
-    output_dir = str(Path(cwd or os.getcwd(), recipe["output"]["dir"]).resolve())
     plan_file = str(Path(output_dir) / "plan.json")
     train = recipe["train"]
     return {
