@@ -57,12 +57,11 @@ def _plan_from_args(args: argparse.Namespace, allow_pending: bool = False) -> Pl
 def _check_output_dir(plan: Plan) -> bool:
     """Refuse to mix a new run into an old one unless resuming or told to overwrite; True: the
     previous run is to be replaced (by start_run, once every other check has passed). Deletes nothing."""
-    from launcher.backends.output_dir import check_apart, require_run_dir
     from launcher.checkpoint.resume import prepare_resume
+    from launcher.plan.output_dir import require_run_dir
 
     out = Path(plan["output_dir"])
-    recipe = plan["recipe"]
-    check_apart(recipe, plan["output_dir"])
+    recipe = plan["recipe"]  # output.dir apart from the inputs and creatable: checked by build_plan
     checkpoint = prepare_resume(plan)  # checked (intact, trusted, this recipe's) before anything is deleted
     if not out.exists() or not any(out.iterdir()):
         return False
@@ -102,10 +101,10 @@ def cmd_train(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.local import run_node
     from launcher.backends.nodes import check_before_launch, this_node_rank
-    from launcher.backends.output_dir import start_run
     from launcher.checkpoint.resume import RunComplete
     from launcher.plan import write_plan
     from launcher.plan.files import discard_plan_copy
+    from launcher.plan.output_dir import start_run
     from launcher.plan.preflight import ensure_model
 
     plan = _plan_from_args(args)
@@ -168,13 +167,14 @@ def cmd_sbatch(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="replace the script if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)
     from launcher.backends.slurm import batch_script, submit
+    from launcher.recipe.inputs import run_inputs
     from launcher.util.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
     script = check_output_file(
         "--script",
         args.script or f"{output_folder(recipe).rstrip('/')}.sbatch",
-        [("the recipe", args.recipe)],
+        run_inputs(recipe, args.recipe),  # the job's inputs too: the script must not land on what it reads
         args.force,
     )
     log = str(script.with_suffix("")) + "-%j.out"
@@ -203,13 +203,13 @@ def cmd_data(argv: list[str]) -> int:
     )
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists (never an input)")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
-    from launcher.backends.output_dir import run_inputs
     from launcher.data.preview import preview
+    from launcher.recipe.inputs import run_inputs
     from launcher.util.output_file import check_output_file
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dump:
-        check_output_file("--dump", args.dump, [("the recipe", args.recipe), *run_inputs(recipe)], args.force)
+        check_output_file("--dump", args.dump, run_inputs(recipe, args.recipe), args.force)
     print(preview(recipe, args.preview, args.dump))
     return 0
 
@@ -275,8 +275,8 @@ def cmd_chat(argv: list[str]) -> int:
         "from its plan.json; a plain model folder: its tokenizer's)",
     )
     args = parser.parse_args(argv)
-    from launcher.backends.output_dir import model_folder
     from launcher.infer.chat import Sampling, chat
+    from launcher.model.hub import model_folder
     from launcher.util.output_file import check_output_file
 
     if args.output:
@@ -302,7 +302,9 @@ def cmd_chat(argv: list[str]) -> int:
 def cmd_consolidate(argv: list[str]) -> int:
     parser = _parser("consolidate", "ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
     parser.add_argument("checkpoint", help="output.dir/checkpoint-<step> of a DeepSpeed run")
-    parser.add_argument("--out", required=True, help="new folder for the adapter or model")
+    parser.add_argument(
+        "--out", required=True, help="new (or empty) folder for the adapter or model; never one holding files"
+    )
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")
     args = parser.parse_args(argv)
     from launcher.checkpoint.consolidate import consolidate
@@ -316,7 +318,9 @@ def cmd_merge(argv: list[str]) -> int:
     parser = _parser("merge", "fold a LoRA adapter into its base model")
     parser.add_argument("--base", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
     parser.add_argument("--adapter", required=True, help="PEFT adapter dir")
-    parser.add_argument("--out", required=True, help="new folder for the merged model")
+    parser.add_argument(
+        "--out", required=True, help="new (or empty) folder for the merged model; never one holding files"
+    )
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard")
     args = parser.parse_args(argv)
@@ -335,20 +339,27 @@ def cmd_import_lf(argv: list[str]) -> int:
     parser.add_argument(
         "--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="replace --out if it exists (never the LF YAML or an input of the run)"
+    )
     args = parser.parse_args(argv)
-    from launcher.recipe.import_lf import import_lf, read_lf, render
+    from launcher.recipe.import_lf import import_lf, lf_inputs, read_lf, render, unmapped_lines
 
     source = Path(args.lf_yaml)
-    recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
+    lf, origins = read_lf(source)
+    recipe, unmapped = import_lf(lf, base=Path.cwd(), origins=origins)
     text = render(recipe, unmapped, source)
     if args.out is None:
         print(text, end="")
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+        from launcher.util.output_file import check_output_file
+
+        out = check_output_file("--out", args.out, lf_inputs(source, lf, recipe, Path.cwd()), args.force)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
         print(f"[launch] wrote {args.out}; check it with `launch plan {args.out}`")
-    for name, why in unmapped:
-        print(f"[launch] not mapped: {name}: {why}", file=sys.stderr)
+    for line in unmapped_lines(unmapped):
+        print(f"[launch] not mapped: {line}", file=sys.stderr)
     return 0
 
 
@@ -453,18 +464,22 @@ def cmd_eval(argv: list[str]) -> int:
     )
     parser.add_argument("--out", default=None, help="folder for the predictions and scores (default: output.dir/eval)")
     parser.add_argument(
+        "--force", action="store_true", help="replace earlier predictions in --out (never an input of the run)"
+    )
+    parser.add_argument(
         "--nproc", type=int, default=None, help="processes sharing the prompts (default: the plan's per node)"
     )
     args = parser.parse_intermixed_args(argv)
-    from launcher.infer.evaluate import evaluate
+    from launcher.infer.evaluate import eval_folder, evaluate
 
     recipe = load_recipe(args.recipe, args.overrides)
+    out = eval_folder(recipe, args.recipe, args.dataset, args.out, args.force)
     nproc = args.nproc
     if nproc is None:
         from launcher.plan import build_plan
 
         nproc = build_plan(recipe, allow_pending=True)["world"]["nproc_per_node"]
-    results = evaluate(recipe, args.dataset, args.model, args.adapter, Path(args.out) if args.out else None, nproc)
+    results = evaluate(recipe, args.dataset, args.model, args.adapter, out, nproc)
     print(json.dumps(results, indent=2, ensure_ascii=False))
     return 0
 

@@ -9,6 +9,8 @@ exit code.
 
 from __future__ import annotations
 
+import reprlib
+
 TAG = "[launcher]"  # starts every line the worker prints about itself
 STOPPED = f"{TAG} stopped:"  # a run the NaN/Inf guard stopped (TrainingStopped's message starts with "stopped:")
 
@@ -101,3 +103,20 @@ def listing(items, limit: int = 8, sep: str = ", ") -> str:
     items = [str(i) for i in items]
     shown = sep.join(items[:limit])
     return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # at most 8 items a level, 3 levels deep, long strings cut in the middle
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, 160, 160, 40
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 8
+    return short
+
+
+_SHORT = _short_repr()
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """A user's value as a message quotes it: repr'd (a newline stays escaped on its line) and bounded
+    however long, deeply nested or (YAML aliases) repeated the value is."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

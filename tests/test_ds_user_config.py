@@ -221,3 +221,28 @@ def test_a_json_without_zero_optimization_is_zero_0_as_in_deepspeed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "zero_optimization" not in plan_deepspeed(proc.stdout)[1]
     assert "  zero: 0\n" in proc.stdout.split("# world")[0] and "distributed.zero: 0 from" in proc.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "zero_optimization, field, value",
+    [
+        ({"stage": 7}, "zero_optimization.stage", "7"),
+        ({"stage": "two"}, "zero_optimization.stage", '"two"'),
+        ({"stage": 2.9}, "zero_optimization.stage", "2.9"),
+        ({"stage": None}, "zero_optimization.stage", "null"),
+        ("three", "zero_optimization", '"three"'),
+        (None, "zero_optimization", "null"),
+        ({"stage": 3, "offload_param": "cpu"}, "zero_optimization.offload_param", '"cpu"'),
+        ({"stage": 3, "offload_optimizer": {"device": "gpu"}}, "zero_optimization.offload_optimizer.device", '"gpu"'),
+    ],
+    ids=["stage-7", "stage-word", "stage-fraction", "stage-null", "not-an-object", "null", "offload-word", "device"],
+)
+def test_a_zero_optimization_deepspeed_would_refuse_is_refused_by_name(tmp_path, zero_optimization, field, value):
+    """These used to end in a ValueError/AttributeError traceback, or (2.9) to plan ZeRO-2."""
+    ds = write_json(tmp_path, {"zero_optimization": zero_optimization})
+    _refused(
+        [recipe_without_zero(tmp_path), f"distributed.deepspeed_config={ds}"],
+        f"{ds} (distributed.deepspeed_config): {field} = {value}: expected",
+        "Fix:",
+    )

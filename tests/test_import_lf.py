@@ -4,6 +4,7 @@ recipes that `launch plan` accepts; unknown recipe keys named as in LF get hints
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,87 @@ def test_bad_lf_file_is_one_error(tmp_path):
 
 def test_docs_table_is_the_mapping():
     assert mapping_table() in (ROOT / "docs" / "import_lf.md").read_text()
+
+
+LF_HEAD = "model_name_or_path: builtin:tiny-qwen2\nstage: sft\nfinetuning_type: lora\ndataset: demo_sft\n"
+
+
+def _refused(args: list[str], *needles: str) -> str:
+    proc = run_launch(["import-lf", *args], timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert all(needle in message for needle in needles), message
+    return message
+
+
+def test_a_value_of_the_wrong_kind_is_refused_by_its_lf_name_and_line(tmp_path):
+    """`lora_rank: eight` used to end in a ValueError traceback."""
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD + "lora_rank: eight\n")
+    _refused([str(lf)], f"{lf}:5: lora_rank: method.rank = 'eight': expected a whole number", "Fix:")
+    lf.write_text(LF_HEAD.replace("dataset: demo_sft", "dataset: [[demo_sft]]"))
+    _refused([str(lf)], f"{lf}:4: dataset = [['demo_sft']]: not a value dataset can take", "Fix:")
+
+
+@pytest.mark.parametrize("stage", ['"two"', "7", "2.5"])
+def test_a_deepspeed_json_with_a_bad_stage_is_refused_naming_it(tmp_path, stage):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": %s}}' % stage)
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD + f"deepspeed: {ds}\n")
+    _refused([str(lf)], f"{ds}: zero_optimization.stage = {stage}: expected one of 0, 1, 2, 3", "(deepspeed)")
+
+
+def test_exploding_aliases_are_refused_fast(tmp_path):
+    """A billion-laughs LF YAML made import-lf allocate 3 GB rendering its value into a comment."""
+    from tests.test_recipe_refusals import _bomb
+
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD + _bomb() + "template: *l8\n")
+    _refused([str(lf)], f"{lf}:", "expands through YAML aliases to more than 100,000 values")
+
+
+def test_a_key_or_value_cannot_leave_its_comment_line(tmp_path):
+    """An LF key holding a newline used to write an `output:` section of its own into the recipe."""
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD + '"x\\noutput:\\n  dir: /etc\\n#": 1\n' + f"flash_attn: {'a' * 5000}\n")
+    recipe, text, stderr = _import(tmp_path, "injected", lf)
+    assert "output" not in recipe and recipe["model"]["path"] == "builtin:tiny-qwen2"
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert "#   'x\\noutput:\\n  dir: /etc\\n#': no equivalent recipe key" in comments, text
+    assert all(len(line) < 300 for line in comments) and "a" * 300 not in stderr
+
+
+def test_out_never_replaces_the_lf_yaml_or_its_deepspeed_json(tmp_path):
+    """`--out` naming its own LF YAML used to overwrite it."""
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}}')
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD + f"deepspeed: {ds}\n")
+    before = lf.read_text(), ds.read_text()
+    for out, what in ((lf, "is the LLaMA-Factory YAML"), (ds, "is its deepspeed JSON")):
+        _refused([str(lf), "--out", str(out), "--force"], f"--out {out}: {what}", "not even with --force")
+    assert (lf.read_text(), ds.read_text()) == before
+
+
+def test_out_never_replaces_an_input_of_the_run_it_prepares(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "data", data)
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD + f"dataset_dir: {data}\n")
+    registry = data / "dataset_info.json"
+    before = registry.read_text()
+    _refused([str(lf), "--out", str(registry), "--force"], "data.dataset_dir's registry", "not even with --force")
+    _refused([str(lf), "--out", str(data / "demo_sft.json"), "--force"], "is data.datasets")
+    assert registry.read_text() == before
+
+
+def test_out_over_an_existing_recipe_needs_force(tmp_path):
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LF_HEAD)
+    out = tmp_path / "recipe.yaml"
+    out.write_text("mine\n")
+    _refused([str(lf), "--out", str(out)], "the file exists", "--force")
+    assert out.read_text() == "mine\n"
+    assert run_launch(["import-lf", str(lf), "--out", str(out), "--force"], timeout=60).returncode == 0
+    assert yaml.safe_load(out.read_text())["model"]["path"] == "builtin:tiny-qwen2"

@@ -26,9 +26,9 @@ LAYERS = (
     "recipe",
     "kernels",
     "engines",
-    "plan",
     "compat",
     "checkpoint",
+    "plan",
     "monitoring",
     "methods",
     "infer",
@@ -55,10 +55,23 @@ def _place(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None  # None: the package root itself
 
 
+def _type_only(tree: ast.Module) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:`: names for annotations, never imported when the code runs."""
+    return {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+
+
 def _imports(tree: ast.Module) -> set[str]:
-    """Every launcher module named by an import anywhere in the file, lazy ones included."""
+    """Every launcher module an import anywhere in the file runs, lazy ones included (annotation-only ones not)."""
     names = set()
+    skip = _type_only(tree)
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -279,3 +279,71 @@ def test_sbatch_script_never_writes_over_the_recipe_and_needs_force_over_a_file(
     assert script.read_text() == "mine"
     assert run_launch([*args, "--force"]).returncode == 0
     assert script.read_text().startswith("#!")
+
+
+def _own_data(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the demo datasets and the recipe that reads them (a failing check must not write over
+    the repo's own)."""
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "data", data)
+    recipe = tmp_path / "recipe.yaml"
+    shutil.copy(ROOT / TINY, recipe)
+    return data, [str(recipe), f"data.dataset_dir={data}", "data.eval_datasets=[demo_dev]"]
+
+
+@pytest.mark.unit
+def test_sbatch_script_never_writes_over_the_registry_or_a_dataset_the_job_reads(tmp_path):
+    """`--script data/dataset_info.json --force` used to replace the registry the job then failed to read."""
+    data, args = _own_data(tmp_path)
+    before = _snapshot(data)
+    for target, what in (
+        (data / "dataset_info.json", "data.dataset_dir's registry"),
+        (data / "demo_dev.json", "data.eval_datasets"),
+    ):
+        _refused(
+            run_launch(["sbatch", *args, "--script", str(target), "--force"]), "--script", what, "not even with --force"
+        )
+    assert _snapshot(data) == before
+
+
+@pytest.mark.unit
+def test_eval_out_keeps_earlier_predictions_without_force(tmp_path):
+    """A second `launch eval` used to replace the first one's predictions silently."""
+    _, args = _own_data(tmp_path)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "generated_predictions.jsonl").write_text("earlier\n")
+    _refused(run_launch(["eval", *args, "--out", str(out)]), f"--out {out}/generated_predictions.jsonl", "--force")
+    assert (out / "generated_predictions.jsonl").read_text() == "earlier\n"
+
+
+@pytest.mark.unit
+def test_eval_out_is_never_a_dataset_nor_a_file(tmp_path):
+    data, args = _own_data(tmp_path)
+    before = _snapshot(data)
+    folder_dataset = tmp_path / "rows"  # a dataset that is a folder: every file in it is read as rows
+    folder_dataset.mkdir()
+    shutil.copy(data / "demo_dev.json", folder_dataset / "part-0.json")
+    _refused(
+        run_launch(["eval", *args, "--dataset", str(folder_dataset), "--out", str(folder_dataset), "--force"]),
+        "lies inside data.eval_datasets",
+    )
+    assert sorted(p.name for p in folder_dataset.iterdir()) == ["part-0.json"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    _refused(run_launch(["eval", *args, "--out", str(notes)]), f"--out {notes}: a file, not a folder")
+    assert notes.read_text() == "mine" and _snapshot(data) == before
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("verb", ["merge", "consolidate"])
+def test_merge_and_consolidate_out_never_lie_inside_their_input(tmp_path, verb):
+    """`--out ADAPTER/merged` used to write the merged model into the adapter folder it read."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "adapter_config.json").write_text("{}")
+    out = source / "merged"
+    args = ["--base", "builtin:tiny-qwen2", "--adapter", str(source)] if verb == "merge" else [str(source)]
+    named = "lies inside --adapter" if verb == "merge" else "lies inside the checkpoint"
+    _refused(run_launch([verb, *args, "--out", str(out)]), f"--out {out}: {named}")
+    assert sorted(p.name for p in source.iterdir()) == ["adapter_config.json"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -209,3 +210,83 @@ def test_settings_a_run_would_ignore_or_cannot_honour_are_refused_at_plan(overri
     assert message.count("\n") == 0 and f"override {overrides[0]}" in message and "Fix:" in message, message
     for needle in needles:
         assert needle in message, message
+
+
+def _bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML: each anchor lists the previous one ten times (10**levels values)."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.unit
+def test_yaml_aliases_that_expand_to_billions_are_refused_at_once(tmp_path):
+    """Any rendering of such a value (a message quoting it) used to allocate gigabytes."""
+    recipe, proc = _plan(tmp_path, "model:\n  path: builtin:tiny-qwen2\n" + _bomb() + "data:\n  datasets: *l8\n")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{recipe}:" in proc.stderr and "expands through YAML aliases to more than 100,000 values" in proc.stderr
+
+
+def _special_file(tmp_path, kind: str, name: str) -> str:
+    if kind == "device":
+        return "/dev/zero"
+    path = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:  # a sparse file just over the limit: nothing is written, its size alone must refuse it
+        with open(path, "wb") as file:
+            file.truncate(16 * 2**20 + 1)
+    return str(path)
+
+
+CONFIG_READERS = {  # the config files the launcher reads, and a command that reads each
+    "recipe": lambda path: ["plan", path],
+    "deepspeed JSON": lambda path: ["plan", TINY, f"distributed.deepspeed_config={path}"],
+    "LF YAML": lambda path: ["import-lf", path],
+}
+REFUSALS = {
+    "device": "a character device, not a regular file",
+    "fifo": "a FIFO (named pipe), not a regular file",
+    "oversized": "16.0 MiB, over the 16 MiB limit for a config file",
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("reader", sorted(CONFIG_READERS))
+@pytest.mark.parametrize("kind", sorted(REFUSALS))
+def test_a_config_that_is_no_regular_file_or_too_large_is_refused_unread(tmp_path, reader, kind):
+    """/dev/zero used to be read until memory ran out, a FIFO to block forever."""
+    path = _special_file(tmp_path, kind, "config.yaml")
+    proc = run_launch(CONFIG_READERS[reader](path), timeout=60, env=CPU)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert f"{path}" in message and REFUSALS[kind] in message and "Fix:" in message, message
+
+
+# (override, words of the refusal): each used to plan fine and then fail or be refused only by train
+PLAN_AND_TRAIN = {
+    "root": ("output.dir=/", "is the file system root /"),
+    "file": ("output.dir={file}", "it is a file, not a folder"),
+    "under-a-file": ("output.dir={file}/run", "{file}, a folder on its path, is a file"),
+    "proc": ("output.dir=/proc/launcher-test/run", "cannot be created in /proc"),
+    "env-forward": ("distributed.env_forward=[A=B;rm]", "'A=B;rm' is not an environment variable name"),
+    "master-addr": ("distributed.master_addr=node0;rm -rf ~", "distributed.master_addr = 'node0;rm -rf ~': not a host"),
+}
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("case", sorted(PLAN_AND_TRAIN))
+def test_plan_and_train_give_the_same_refusal(tmp_path, case):
+    """`launch plan` refuses whatever `launch train` refuses, with the same message; train starts nothing."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    override, words = (part.format(file=file) for part in PLAN_AND_TRAIN[case])
+    out = f"output.dir={tmp_path / 'out'}"
+    messages = []
+    for verb in ("plan", "train"):
+        proc = run_launch([verb, TINY, out, override, "train.max_steps=1"], timeout=300, env=CPU)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-3000:]
+        messages.append(proc.stderr.strip().splitlines()[-1])
+    assert messages[0] == messages[1] and words in messages[0], messages
+    assert "Fix:" in messages[0]
+    assert file.read_text() == "mine" and not (tmp_path / "out").exists()

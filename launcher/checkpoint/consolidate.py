@@ -30,6 +30,7 @@ from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREF
 from launcher.checkpoint.safetensors_stream import parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
 from launcher.errors import ConsolidateError
+from launcher.util.output_file import check_output_folder
 
 ADAPTER_NAME = "default"
 COPIED_FILES = (
@@ -282,6 +283,7 @@ def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ConsolidateError(f"checkpoint {checkpoint} is not a folder. Fix: pass output.dir/checkpoint-<step>")
+    check_output_folder("--out", out, [("the checkpoint", checkpoint)])
     parse_size(max_shard_size)  # a bad --shard-size is refused before any work
     ckpt = read_layout(checkpoint / zero_tag(checkpoint))
     adapter_config = read_json(checkpoint / ADAPTER_CONFIG) if (checkpoint / ADAPTER_CONFIG).is_file() else None

@@ -28,6 +28,8 @@ from launcher.checkpoint.safetensors_stream import SAFETENSORS_DTYPES, parse_siz
 from launcher.checkpoint.staging import staged_output
 from launcher.errors import MergeError
 from launcher.model.dtypes import torch_dtype
+from launcher.model.hub import model_folder
+from launcher.util.output_file import check_output_folder
 
 PEFT_PREFIX = "base_model.model."
 STORED_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
@@ -199,6 +201,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
 
     from launcher.model.builtin import local_model_path
 
+    check_output_folder("--out", out, [("--base", model_folder(str(base))), ("--adapter", adapter)])
     adapter = Path(adapter)
     lora_config = adapter_config(adapter)
     parse_size(shard_size)  # a bad --shard-size is refused before any work

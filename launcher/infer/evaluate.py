@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +23,31 @@ from typing import TYPE_CHECKING, Any
 from launcher.errors import EvalError
 from launcher.recipe.load import output_folder
 
+PREDICTIONS, RESULTS = "generated_predictions.jsonl", "predict_results.json"
+
 if TYPE_CHECKING:
     from launcher.recipe.types import EvalSection, Recipe
+
+
+def eval_folder(recipe: Recipe, recipe_file: str, datasets: list[str] | None, out: str | None, force: bool) -> Path:
+    """eval --out (default output.dir/eval), checked before any model or data is read: a folder (made
+    if missing) whose two files land on none of the run's inputs or the datasets evaluated, replacing
+    earlier predictions only with --force. The model and adapter folders are not among those inputs:
+    eval writes its two names, which no model or adapter holds, into output.dir, which is one."""
+    from launcher.recipe.inputs import run_inputs
+    from launcher.util.output_file import check_output_file
+
+    folder = Path(out) if out else Path(output_folder(recipe)) / "eval"
+    if folder.exists() and not folder.is_dir():
+        raise EvalError(
+            f"--out {folder}: a file, not a folder; eval writes {PREDICTIONS} and {RESULTS} into a folder. "
+            "Fix: give --out a folder"
+        )
+    evaluated = {**recipe["data"], "eval_datasets": datasets or recipe["data"]["eval_datasets"]}
+    inputs = run_inputs({**recipe, "data": evaluated}, recipe_file)
+    for name in (PREDICTIONS, RESULTS):
+        check_output_file("--out", str(folder / name), inputs, force, instead="another folder")
+    return folder
 
 
 @dataclass
@@ -93,7 +117,6 @@ def _run_shards(
     job: Job, prompts: list[list[dict]], processes: int, work: Path, timeout_s: float
 ) -> tuple[list[str], int, float]:
     """Each shard in its own process (a GPU each where visible); replies gathered in prompt order."""
-    work.mkdir(parents=True, exist_ok=True)
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     procs = []
     for rank in range(processes):
@@ -135,9 +158,9 @@ def _run_shards(
 
 
 def evaluate(
-    recipe: Recipe, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path | None, processes: int
+    recipe: Recipe, datasets: list[str] | None, model: str | None, adapter: str | None, out: Path, processes: int
 ) -> dict:
-    """Predict every eval row, score it; returns predict_results.json's content."""
+    """Predict every eval row, score it into `out` (eval_folder's); returns predict_results.json's content."""
     from launcher.infer.eval_vllm import choose_engine
     from launcher.infer.metrics import similarity
 
@@ -149,7 +172,6 @@ def evaluate(
             "no eval data: data.eval_datasets is empty. Fix: set data.eval_datasets (e.g. [demo_dev]) "
             "or pass --dataset NAME"
         )
-    out = out or Path(output_folder(recipe)) / "eval"
     rows = load_prompts(recipe, datasets)
     if not rows:  # as `launch train` refuses data.datasets without a row
         from launcher.plan.preflight import no_rows_error
@@ -173,13 +195,14 @@ def evaluate(
     if processes == 1:
         replies, tokens, generating = predict_shard(job, prompts)
     else:
-        replies, tokens, generating = _run_shards(
-            job, prompts, processes, out / "shards", recipe["distributed"]["timeout_minutes"] * 60.0
-        )
+        with tempfile.TemporaryDirectory(prefix="launch-eval-") as work:  # the shards' files: scratch, not --out's
+            replies, tokens, generating = _run_shards(
+                job, prompts, processes, Path(work), recipe["distributed"]["timeout_minutes"] * 60.0
+            )
     runtime = time.perf_counter() - started
     labels = [label for _, label in rows]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "generated_predictions.jsonl", "w", encoding="utf-8") as file:
+    with open(out / PREDICTIONS, "w", encoding="utf-8") as file:
         for prompt, label, reply in zip(prompts, labels, replies):
             file.write(json.dumps({"prompt": prompt, "label": label, "prediction": reply}, ensure_ascii=False) + "\n")
     results: dict[str, Any] = {f"predict_{name}": value for name, value in similarity(replies, labels).items()}
@@ -196,7 +219,7 @@ def evaluate(
         adapter=job.adapter,
         datasets=datasets,
     )
-    (out / "predict_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    (out / RESULTS).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results
 
 

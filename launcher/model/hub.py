@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -250,3 +251,24 @@ def fetch(target: str, hub: str | None, revision: str | None, cache_dir: str | N
     note = f"; it lacks {', '.join(missing)}, so a run cannot load it" if missing else ""
     where = f"; runs find it with HF_HUB_CACHE={shlex.quote(cache_dir)}" if cache_dir and hub == "huggingface" else ""
     return f"[launch] {target} is in {folder}{note}{where}"
+
+
+def _hub_cache_folder(model_id: str) -> Path:
+    """Where huggingface_hub keeps a downloaded model (its cache layout: models--org--name)."""
+    hub = (
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
+    return Path(hub) / ("models--" + model_id.replace("/", "--"))
+
+
+def model_folder(path: str) -> Path:
+    """The folder model.path is read from: a builtin's materialized folder, a local folder, or the hub cache."""
+    from launcher.model.builtin import builtin_cache_dir, builtin_name, fingerprint, is_builtin
+
+    if is_builtin(path):
+        try:
+            return builtin_cache_dir() / f"{builtin_name(path)}-{fingerprint(path)}"
+        except ValueError:  # an unknown builtin name: reported by whatever loads the model
+            return Path(path)
+    return Path(path) if Path(path).exists() else _hub_cache_folder(path)

@@ -8,6 +8,8 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from launcher.errors import RecipeError, shown
+from launcher.plan.hostfile import host_key
 from launcher.recipe.schema import DEFAULT_MASTER_PORT
 
 if TYPE_CHECKING:
@@ -25,6 +27,25 @@ def master_port(port: int | str, nnodes: int) -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+def master_address(addr: str | None, hosts: list | None, nnodes: int) -> str:
+    """Node 0's address: distributed.master_addr, else the hostfile's first host, else this machine
+    (one node). Only a host name or an IP address: anything else reaches the engine's command line."""
+    addr = addr or (hosts[0].name if hosts else None)
+    if addr is None:
+        if nnodes > 1:
+            raise RecipeError(
+                f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
+                "a distributed.hostfile, or a SLURM allocation. Fix: set distributed.master_addr: <node-0 address>"
+            )
+        return "127.0.0.1"
+    if host_key(addr) is None:
+        raise RecipeError(
+            f"distributed.master_addr = {shown(addr)}: not a host name or IP address. Fix: set it to node 0's "
+            "name or address, e.g. distributed.master_addr: 10.0.0.1"
+        )
+    return addr
 
 
 def _torchrun(dist: DistributedSection, world: World, node_rank: int, worker: list[str]) -> list[str]:

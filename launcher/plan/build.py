@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
-from launcher.plan.argv import master_port, node_argv
+from launcher.plan.argv import master_address, master_port, node_argv
 from launcher.plan.devices import CPU_PROCESSES, check_nproc, detect_gpus
-from launcher.plan.env import environment
+from launcher.plan.env import check_env_forward, environment
 from launcher.plan.files import node_plan_file
 from launcher.plan.inputs import check_datasets, check_stage_inputs
 from launcher.plan.memory import fit_refusal
 from launcher.plan.memory_fit import memory_plan
+from launcher.plan.output_dir import check_output_dir
 from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
@@ -44,6 +45,9 @@ def build_plan(
     dist = recipe["distributed"]
     check_datasets(recipe)
     check_preflight(recipe)  # model files, template, method modules, datasets' first rows: here, not on every rank
+    output_dir = str(Path(cwd or os.getcwd(), output_folder(recipe)).resolve())
+    check_output_dir(recipe, output_dir)  # apart from the inputs, creatable: plan refuses as train does
+    check_env_forward(dist)
     pending = check_stage_inputs(recipe, allow_pending)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
@@ -68,12 +72,6 @@ def build_plan(
         )
     nnodes = dist["nnodes"] if dist["nnodes"] is not None else len(hosts)  # None: the hostfile's hosts
     recipe = {**recipe, "distributed": {**dist, "nnodes": nnodes}}
-    master_addr = dist["master_addr"] or (hosts[0].name if hosts else None)
-    if nnodes > 1 and master_addr is None:
-        raise RecipeError(
-            f"distributed.nnodes = {nnodes} needs distributed.master_addr (the address of node 0), "
-            "a distributed.hostfile, or a SLURM allocation. Fix: set distributed.master_addr: <node-0 address>"
-        )
     world: World = {
         "nnodes": nnodes,
         "nproc_per_node": nproc,
@@ -81,14 +79,13 @@ def build_plan(
         "device": "cuda" if on_gpu else "cpu",
         "backend": "nccl" if on_gpu else "gloo",
         "gpus": gpus["names"],
-        "master_addr": master_addr or "127.0.0.1",
+        "master_addr": master_address(dist["master_addr"], hosts, nnodes),
         "master_port": master_port(dist["master_port"], nnodes),
     }
     recipe, memory = memory_plan(recipe, world, gpus, dtype)
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
     # made on another machine than the cluster's)
     memory["refusal"] = fit_refusal(memory, recipe)
-    output_dir = str(Path(cwd or os.getcwd(), output_folder(recipe)).resolve())
     plan_file = str(Path(output_dir) / "plan.json")
     train = recipe["train"]
     stage_plan = stage_spec(recipe["stage"]).plan

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launcher.errors import RecipeError, listing
 from launcher.model.builtin import is_builtin
 
 if TYPE_CHECKING:
-    from launcher.recipe.types import Recipe
+    from launcher.recipe.types import DistributedSection, Recipe
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def torch_extensions_dir() -> str:
@@ -21,6 +25,16 @@ def torch_extensions_dir() -> str:
         return os.environ["TORCH_EXTENSIONS_DIR"]
     tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]
     return str(Path.home() / ".cache" / "torch_extensions" / f"launcher-{tag}")
+
+
+def check_env_forward(dist: DistributedSection) -> None:
+    """distributed.env_forward holds variable names only (the ssh backend sends their values)."""
+    bad = [name for name in dist["env_forward"] if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise RecipeError(
+            f"distributed.env_forward: {listing(map(repr, bad))} is not an environment variable name. "
+            "Fix: list names like NCCL_SOCKET_IFNAME (letters, digits, _)"
+        )
 
 
 def environment(recipe: Recipe, nproc: int, on_gpu: bool) -> dict[str, str]:

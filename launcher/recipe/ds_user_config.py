@@ -42,19 +42,42 @@ def read(path: str) -> dict:
     return read_json_object(path, RecipeError, fix, named_by=KEY)
 
 
-def zero_and_offload(config: dict) -> tuple[int | str, str]:
+STAGES = (0, 1, 2, 3)
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")  # DeepSpeed's OffloadDeviceEnum
+
+
+def _refuse(source: str, field: str, value, expected: str) -> RecipeError:
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 80 else shown[:80] + "..."
+    return RecipeError(f"{source}: {field} = {shown}: expected {expected}. Fix: write {expected} there")
+
+
+def zero_and_offload(config: dict, source: str) -> tuple[int | str, str]:
     """A DeepSpeed config's ZeRO stage (0 without zero_optimization, as DeepSpeed; may be "auto") and the
-    recipe's offload value for it: all (parameters and optimizer, ZeRO-3), optimizer, or none."""
-    zero = config.get("zero_optimization") or {}
+    recipe's offload value for it: all (parameters and optimizer, ZeRO-3), optimizer, or none. Values
+    DeepSpeed would refuse inside every rank are refused here naming `source` (the JSON's path)."""
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise _refuse(source, "zero_optimization", zero, 'a JSON object, e.g. {"stage": 2}')
     stage = zero.get("stage", 0)
-    stage = stage if stage == "auto" else int(stage)
+    if stage != "auto" and (type(stage) is not int or stage not in STAGES):
+        raise _refuse(source, "zero_optimization.stage", stage, 'one of 0, 1, 2, 3 or "auto"')
 
     def offloaded(part: str) -> bool:
-        return (zero.get(part) or {}).get("device", "none") not in ("none", None)
+        section = zero.get(part) or {}
+        if not isinstance(section, dict):
+            raise _refuse(source, f"zero_optimization.{part}", section, 'a JSON object, e.g. {"device": "cpu"}')
+        device = section.get("device", "none")
+        if device is not None and device not in OFFLOAD_DEVICES:
+            raise _refuse(
+                source, f"zero_optimization.{part}.device", device, " or ".join(map(json.dumps, OFFLOAD_DEVICES))
+            )
+        return device not in ("none", None)
 
-    if offloaded("offload_param") and stage == 3:
+    params, optimizer = offloaded("offload_param"), offloaded("offload_optimizer")
+    if params and stage == 3:
         return stage, "all"
-    return stage, "optimizer" if offloaded("offload_optimizer") else "none"
+    return stage, "optimizer" if optimizer else "none"
 
 
 def adopt_zero(resolved: dict, origins: dict[str, str], where) -> list[str]:
@@ -70,7 +93,7 @@ def adopt_zero(resolved: dict, origins: dict[str, str], where) -> list[str]:
             f"{path!r}: a DeepSpeed config needs the DeepSpeed engine. Fix: distributed.engine: deepspeed, "
             f"or drop {KEY}"
         )
-    stage, offload = zero_and_offload(read(path))
+    stage, offload = zero_and_offload(read(path), f"{path} ({KEY})")
     notes = []
     for key, theirs in (("distributed.zero", stage), ("distributed.offload", offload)):
         name, ours = key.split(".")[1], dist[key.split(".")[1]]

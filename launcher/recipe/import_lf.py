@@ -7,7 +7,6 @@ hints on LF names, and docs/import_lf.md shows it (a test keeps the three in ste
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,12 @@ from typing import Any, Callable
 
 import yaml
 
-from launcher.errors import LFImportError
+from launcher.errors import LFImportError, RecipeError, shown
+from launcher.recipe.load import check_value
 from launcher.recipe.schema import SCHEMA, TEMPLATES, all_keys
+from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
+from launcher.util.config_file import read_config_text
+from launcher.util.json_object import read_json_object
 
 FLAT_KEYS = all_keys()
 
@@ -32,8 +35,10 @@ class LFKey:
 
 
 def _comma_list(value: Any) -> list[str]:
-    """LF writes lists as 'a,b' strings; YAML lists are accepted too."""
+    """LF writes lists as 'a,b' strings; YAML lists (of names) are accepted too."""
     items = value if isinstance(value, list) else str(value).split(",")
+    if any(isinstance(item, (list, dict)) for item in items):
+        raise TypeError("a list of lists")
     return [str(item).strip() for item in items if str(item).strip()]
 
 
@@ -65,13 +70,13 @@ class Unmapped(Exception):
 
 def _stage(value: Any, lf: dict) -> dict:
     if value not in LF_STAGES:
-        raise Unmapped(f"stage {value!r} is not one of LF's {sorted(LF_STAGES)}")
+        raise Unmapped(f"stage {shown(value)} is not one of LF's {sorted(LF_STAGES)}")
     return {"stage": LF_STAGES[value]}
 
 
 def _finetuning_type(value: Any, lf: dict) -> dict:
     if value not in ("lora", "freeze", "full"):
-        raise Unmapped(f"finetuning_type {value!r} has no method here (lora, freeze, full; prefix is recipe-only)")
+        raise Unmapped(f"finetuning_type {shown(value)} has no method here (lora, freeze, full; prefix is recipe-only)")
     return {"method.name": value}
 
 
@@ -79,20 +84,20 @@ def _template(value: Any, lf: dict) -> dict:
     if value in LF_TEMPLATES:
         return {"model.template": LF_TEMPLATES[value]}
     raise Unmapped(
-        f"template {value!r} is not registered here ({', '.join(TEMPLATES)}); model.template: auto "
+        f"template {shown(value)} is not registered here ({', '.join(TEMPLATES)}); model.template: auto "
         "(the tokenizer's own chat template) is used, which is what LF's template reproduces for most models"
     )
 
 
 def _attn(value: Any, lf: dict) -> dict:
     if value not in LF_ATTN:
-        raise Unmapped(f"flash_attn {value!r} is not one of {sorted(LF_ATTN)}")
+        raise Unmapped(f"flash_attn {shown(value)} is not one of {sorted(LF_ATTN)}")
     return {"model.attn": LF_ATTN[value]}
 
 
 def _engine(value: Any, lf: dict) -> dict:
     if value not in LF_ENGINES:
-        raise Unmapped(f"infer_backend {value!r}: `launch eval` generates with {' or '.join(LF_ENGINES)} only")
+        raise Unmapped(f"infer_backend {shown(value)}: `launch eval` generates with {' or '.join(LF_ENGINES)} only")
     return {"eval.engine": LF_ENGINES[value]}
 
 
@@ -102,7 +107,7 @@ def _quantization(value: Any, lf: dict) -> dict:
             f"quantization_method {lf['quantization_method']!r}: only bitsandbytes k-bit bases are supported"
         )
     if int(value) not in (4, 8):
-        raise Unmapped(f"quantization_bit {value!r}: bitsandbytes QLoRA takes 4 or 8")
+        raise Unmapped(f"quantization_bit {shown(value)}: bitsandbytes QLoRA takes 4 or 8")
     return {"model.quantization.bits": int(value)}
 
 
@@ -133,13 +138,15 @@ def _warmup_steps(value: Any, lf: dict) -> dict:
 
 def _scheduler(value: Any, lf: dict) -> dict:
     if value not in FLAT_KEYS["train.scheduler"].choices:
-        raise Unmapped(f"lr_scheduler_type {value!r}: supported are {', '.join(FLAT_KEYS['train.scheduler'].choices)}")
+        raise Unmapped(
+            f"lr_scheduler_type {shown(value)}: supported are {', '.join(FLAT_KEYS['train.scheduler'].choices)}"
+        )
     return {"train.scheduler": value}
 
 
 def _optimizer(value: Any, lf: dict) -> dict:
     if value not in FLAT_KEYS["train.optimizer"].choices:
-        raise Unmapped(f"optim {value!r}: supported are {', '.join(FLAT_KEYS['train.optimizer'].choices)}")
+        raise Unmapped(f"optim {shown(value)}: supported are {', '.join(FLAT_KEYS['train.optimizer'].choices)}")
     return {"train.optimizer": value}
 
 
@@ -149,30 +156,35 @@ def _precision(name: str) -> Setter:
 
 def _pref_loss(value: Any, lf: dict) -> dict:
     if value not in FLAT_KEYS["train.pref_loss"].choices:
-        raise Unmapped(f"pref_loss {value!r}: supported are {', '.join(FLAT_KEYS['train.pref_loss'].choices)}")
+        raise Unmapped(f"pref_loss {shown(value)}: supported are {', '.join(FLAT_KEYS['train.pref_loss'].choices)}")
     return {"train.pref_loss": value}
 
 
 DS_STAGE = re.compile(r"z(?:ero)?_?(\d)")
 
 
+def deepspeed_json(value: Any, base: Path | None) -> Path:
+    """Where LF's `deepspeed:` file is (relative paths start at base)."""
+    path = Path(str(value))
+    return base / path if base is not None and not path.is_absolute() else path
+
+
 def _deepspeed(value: Any, lf: dict, base: Path | None = None) -> dict:
     """The DeepSpeed JSON's ZeRO stage and offload; LF's example names (ds_z3_offload_config.json) if the file is absent."""
-    path = Path(str(value))
-    if base is not None and not path.is_absolute():
-        path = base / path
-    if path.is_file():
+    path = deepspeed_json(value, base)
+    if path.exists():
         from launcher.recipe.ds_user_config import zero_and_offload
 
-        try:
-            stage, offload = zero_and_offload(json.loads(path.read_text()))
-        except (json.JSONDecodeError, OSError) as err:
-            raise Unmapped(f"deepspeed {value}: not readable JSON ({err})") from None
+        fix = "point deepspeed: at a DeepSpeed JSON object, or leave it out for plain DDP"
+        try:  # an unreadable or invalid JSON is refused by name, as distributed.deepspeed_config's is
+            stage, offload = zero_and_offload(read_json_object(path, LFImportError, fix, "deepspeed"), str(path))
+        except RecipeError as err:
+            raise LFImportError(f"{err} (deepspeed)") from None
     else:
         match = DS_STAGE.search(path.name)
         if not match:
             raise Unmapped(
-                f"deepspeed {value}: no such file and its name does not say the ZeRO stage; "
+                f"deepspeed {shown(value)}: no such file and its name does not say the ZeRO stage; "
                 "set distributed.zero and distributed.offload"
             )
         stage, offload_opt = int(match.group(1)), "offload" in path.name
@@ -193,13 +205,13 @@ def _report_to(value: Any, lf: dict) -> dict:
     loggers = _comma_list(value)
     if set(loggers) <= {"tensorboard", "none"}:
         return {"output.report_to": loggers}
-    raise Unmapped(f"report_to {value!r}: only tensorboard (or none) is wired here; TensorBoard is the default")
+    raise Unmapped(f"report_to {shown(value)}: only tensorboard (or none) is wired here; TensorBoard is the default")
 
 
 def _eval_strategy(value: Any, lf: dict) -> dict:
     if value in ("no", "steps") or value is None:
         return {}
-    raise Unmapped(f"eval_strategy {value!r}: evaluation runs every train.eval_steps steps only")
+    raise Unmapped(f"eval_strategy {shown(value)}: evaluation runs every train.eval_steps steps only")
 
 
 def _resume(value: Any, lf: dict) -> dict:
@@ -357,29 +369,56 @@ def _active(dotted: str, values: dict[str, Any]) -> tuple[bool, str]:
     return False, f"{dotted} applies only with {selector}: {' or '.join(map(str, allowed))} (this config: {current})"
 
 
-def import_lf(lf: dict, base: Path | None = None) -> tuple[dict, list[tuple[str, str]]]:
-    """(recipe dict, [(LF key, why it was not mapped)]). `base`: folder the LF paths are relative to."""
+def _convert(name: str, value: Any, lf: dict, base: Path | None, where: str) -> dict:
+    """{recipe key: value} of one LF argument; Unmapped when it has no equivalent. A value of a kind the
+    conversion cannot take (`lora_rank: eight`, `dataset: [[a]]`) is refused naming the key."""
+    spec = LF_KEYS[name]
+    try:
+        if name == "deepspeed":
+            return _deepspeed(value, lf, base)
+        return {spec.targets[0]: value} if spec.convert is None else spec.convert(value, lf)
+    except (TypeError, ValueError):
+        raise LFImportError(
+            f"{where}: {name} = {shown(value)}: not a value {name} can take. Fix: correct it in the "
+            "LLaMA-Factory YAML (LF's documentation gives each argument's type)"
+        ) from None
+
+
+def _checked(values: dict[str, Any], sources: dict[str, str], where) -> None:
+    """Each mapped value checked as the recipe will check it (method.rank: 'eight' refused now, by its LF name)."""
+    for dotted, value in values.items():
+        try:
+            check_value(dotted, value, f"{where(sources.get(dotted, dotted))}: {sources.get(dotted, dotted)}")
+        except RecipeError as err:
+            raise LFImportError(str(err)) from None
+
+
+def import_lf(
+    lf: dict, base: Path | None = None, origins: dict[str, str] | None = None
+) -> tuple[dict, list[tuple[str, str]]]:
+    """(recipe dict, [(LF key, why it was not mapped)]). `base`: folder the LF paths are relative to;
+    origins: read_lf's file:line of each LF key, for messages."""
+    origins = origins or {}
+
+    def where(name: str) -> str:
+        return origins.get(str(name)) or origins.get("", "the LLaMA-Factory YAML")
+
     values: dict[str, Any] = {}
     sources: dict[str, str] = {"method.alpha": "lora_rank"}  # recipe key -> the LF key it came from
     unmapped: list[tuple[str, str]] = []
     if not any(lf.get(name) for name in ("bf16", "pure_bf16", "fp16")):
         values["model.dtype"] = "fp32"  # LF trains in fp32 unless told otherwise
-    if "lora_rank" in lf and "lora_alpha" not in lf and lf.get("finetuning_type", "lora") == "lora":
-        values["method.alpha"] = 2 * int(lf["lora_rank"])  # LF's default alpha is twice the rank
+    rank = lf.get("lora_rank")
+    if type(rank) is int and "lora_alpha" not in lf and lf.get("finetuning_type", "lora") == "lora":
+        values["method.alpha"] = 2 * rank  # LF's default alpha is twice the rank (another rank is refused below)
     for name, value in {**LF_DEFAULTS, **lf}.items():
         if name in IMPLIED:
             continue
-        spec = LF_KEYS.get(name)
-        if spec is None:
+        if name not in LF_KEYS:
             unmapped.append((name, UNSUPPORTED.get(name, "no equivalent recipe key")))
             continue
         try:
-            if name == "deepspeed":
-                mapped = _deepspeed(value, lf, base)
-            elif spec.convert is None:
-                mapped = {spec.targets[0]: value}
-            else:
-                mapped = spec.convert(value, lf)
+            mapped = _convert(name, value, lf, base, where(name))
         except Unmapped as why:
             unmapped.append((name, str(why)))
             continue
@@ -390,35 +429,63 @@ def import_lf(lf: dict, base: Path | None = None) -> tuple[dict, list[tuple[str,
     if values.get("stage") == "dpo" and values.get("train.pref_loss") == "orpo":
         values["stage"] = "orpo"  # LF's ORPO is a DPO loss; the recipe has its own stage
         del values["train.pref_loss"]
-    recipe: dict = {}
+    active = {}
     for dotted, value in values.items():
         ok, reason = _active(dotted, values)
         if ok:
-            _set(recipe, dotted, value)
-        else:
-            if sources.get(dotted, "") in lf:  # an LF default that does not apply is no news
-                unmapped.append((sources[dotted], reason))
+            active[dotted] = value
+        elif sources.get(dotted, "") in lf:  # an LF default that does not apply is no news
+            unmapped.append((sources[dotted], reason))
+    _checked(active, sources, where)
+    recipe: dict = {}
+    for dotted, value in active.items():
+        _set(recipe, dotted, value)
     return recipe, unmapped
 
 
-def read_lf(path: Path) -> dict:
+def read_lf(path: Path) -> tuple[dict, dict[str, str]]:
+    """An LF YAML's arguments and the file:line of each; read as a recipe is (config_file.py's bounds,
+    recipe_yaml.py's refusals: duplicate keys, recursive or exploding aliases)."""
+    fix = "pass a LLaMA-Factory YAML"
     try:
-        lf = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise LFImportError(f"{path}: cannot read ({err.strerror}). Fix: pass a LLaMA-Factory YAML") from None
+        lf, origins = load_yaml_text(read_config_text(path, LFImportError, fix), str(path))
+    except YamlRefusal as err:
+        raise LFImportError(str(err)) from None
     except yaml.YAMLError as err:
-        raise LFImportError(f"{path}: not YAML ({err}). Fix: pass a LLaMA-Factory YAML") from None
+        raise LFImportError(f"{path}: not YAML ({shown(str(err), 400)}). Fix: {fix}") from None
     if not isinstance(lf, dict):
-        raise LFImportError(f"{path}: expected a mapping of LLaMA-Factory arguments. Fix: pass a LLaMA-Factory YAML")
-    return lf
+        raise LFImportError(f"{path}: expected a mapping of LLaMA-Factory arguments. Fix: {fix}")
+    return lf, origins
+
+
+def lf_inputs(source: Path, lf: dict, recipe: dict, base: Path) -> list[tuple[str, Path]]:
+    """What import-lf read, and what a run of the recipe it wrote reads: --out never lands on any."""
+    from launcher.recipe.inputs import run_inputs
+
+    inputs = [("the LLaMA-Factory YAML", source)]
+    if "deepspeed" in lf:
+        inputs.append(("its deepspeed JSON", deepspeed_json(lf["deepspeed"], base)))
+    return inputs + run_inputs(recipe)
+
+
+def _one_line(text: object) -> str:
+    """A name or reason as a comment (or log) line holds it: bounded, and a newline in an LF key
+    escaped, so it cannot end the comment and write recipe keys of its own."""
+    text = str(text) if str(text).isprintable() else shown(str(text))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def unmapped_lines(unmapped: list[tuple[str, str]]) -> list[str]:
+    """'key: why' per LF key left out, each on one line."""
+    return [f"{_one_line(name)}: {_one_line(why)}" for name, why in unmapped]
 
 
 def render(recipe: dict, unmapped: list[tuple[str, str]], source: Path) -> str:
     """The recipe as YAML, headed by comments naming the source and each key left out."""
-    lines = [f"# imported from {source} by `launch import-lf`"]
+    lines = [f"# imported from {_one_line(source)} by `launch import-lf`"]
     if unmapped:
         lines.append("# LLaMA-Factory keys not mapped:")
-        lines += [f"#   {name}: {why}" for name, why in unmapped]
+        lines += [f"#   {line}" for line in unmapped_lines(unmapped)]
     ordered = {name: recipe[name] for name in SCHEMA if name in recipe}  # the schema's section order
     return "\n".join(lines) + "\n" + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
 

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
-from launcher.errors import RecipeError, listing
+from launcher.errors import RecipeError, listing, shown
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.registry import engine_spec, method_spec, methods_with, stage_spec, stages_with
+from launcher.util.config_file import read_config_text
 
 if TYPE_CHECKING:
     from launcher.recipe.types import Recipe
@@ -43,17 +44,15 @@ def _where(origins: dict[str, str], key: str) -> str:
 def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
     """The raw mapping of a recipe file and the file:line of each key."""
     path = Path(path)
-    if not path.is_file():
+    fix = "pass the path of a .yaml recipe, e.g. recipes/sft_tiny.yaml"
+    if not path.exists() or path.is_dir():
         hint = " (it is a directory)" if path.is_dir() else ""
-        raise RecipeError(
-            f"recipe file not found: {path}{hint}. Fix: pass the path of a .yaml recipe, e.g. recipes/sft_tiny.yaml"
-        )
+        raise RecipeError(f"recipe file not found: {path}{hint}. Fix: {fix}")
+    text = read_config_text(path, RecipeError, fix)  # a device, a FIFO or a huge file: refused unread
     try:
-        raw, origins = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
+        raw, origins = load_yaml_text(text, str(path))
     except YamlRefusal as err:
         raise RecipeError(str(err)) from None
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}: not a UTF-8 text file ({err}). Fix: save the recipe as UTF-8 YAML") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -134,11 +133,16 @@ def _suggest(key: str) -> str:
     return f" Fix: use one of {listing(valid)} (see `launch schema`)."
 
 
+def check_value(key: str, value: Any, where: str) -> Any:
+    """One value of the dotted recipe key, checked as the recipe's own would be (import-lf's)."""
+    return _coerce(key, FLAT[key], value, where)
+
+
 def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     """Check one value against its Key; return it in canonical form (e.g. '2e-5' -> 2e-05)."""
 
     def fail(problem: str, fix: str) -> RecipeError:
-        return RecipeError(f"{where}: {key} = {value!r}: {problem}. Fix: {fix}")
+        return RecipeError(f"{where}: {key} = {shown(value)}: {problem}. Fix: {fix}")
 
     if value is None:
         if spec.nullable:

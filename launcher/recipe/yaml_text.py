@@ -3,8 +3,9 @@ yaml.safe_load does not make. Torch-free.
 
 PyYAML keeps the last of two equal keys in a mapping (`name: full` then `name: lora` trains
 LoRA) and follows an anchor into itself (`model: &m {x: *m}`), which any walk of the result
-recurses on forever. Both are refused here from the composed node graph, with their lines;
-merge keys (`<<: *base`) and aliases that do not loop keep working.
+recurses on forever. Both are refused here from the composed node graph, with their lines, as is
+a text whose aliases expand to more values than any recipe has; merge keys (`<<: *base`) and
+aliases that do not loop keep working. import_lf.py reads LLaMA-Factory YAMLs through here too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from typing import Any
 import yaml
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+# the most values a text may expand to through its aliases: a recipe has a few hundred; aliases of
+# aliases multiply (a "billion laughs" text of a few lines expands to billions, which any rendering
+# of the values, a message quoting one included, would try to build)
+MAX_VALUES = 100_000
 
 
 class YamlRefusal(Exception):
@@ -80,6 +85,31 @@ def _walk(root: yaml.Node, source: str, prefix: str) -> dict[str, str]:
     return origins
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a text whose aliases expand to more than MAX_VALUES values; each node is counted once
+    (its expanded size remembered), so the check costs one pass over the text as written."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1 + sum(size(child) for child in _children(node))
+            if sizes[id(node)] > MAX_VALUES:
+                raise YamlRefusal(
+                    f"{source}:{_line(node)}: this value expands through YAML aliases to more than "
+                    f"{MAX_VALUES:,} values (aliases of aliases multiply). Fix: write the values out, "
+                    "or use aliases that do not nest"
+                )
+        return sizes[id(node)]
+
+    size(root)
+
+
 def load_yaml_text(text: str, source: str, prefix: str = "") -> tuple[Any, dict[str, str]]:
     """(the data, {dotted key: 'file:line'}) of a recipe text. Raises yaml.YAMLError for text
     that is not YAML and YamlRefusal for duplicate keys or a recursive anchor. prefix: the
@@ -90,6 +120,7 @@ def load_yaml_text(text: str, source: str, prefix: str = "") -> tuple[Any, dict[
         if root is None:
             return None, {"": source}
         origins = _walk(root, source, prefix)  # before construction: merge keys rewrite the nodes in place
+        _check_expansion(root, source)  # after _walk, which refuses the recursive anchors it would loop on
         return loader.construct_document(root), origins
     finally:
         loader.dispose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 
@@ -12,3 +14,22 @@ def overlap(a: Path, b: Path) -> str | None:
     if a in b.parents:
         return "contains"
     return "lies inside" if b in a.parents else None
+
+
+def why_unusable(folder: Path) -> str | None:
+    """Why this user could not write into `folder` (creating it where missing), or None. Checked by
+    trying: creating a folder (removed at once) where `folder` would be made, since root passes
+    every permission check but still cannot create a folder under /proc."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        part = "it" if existing == folder else f"{existing}, a folder on its path,"
+        return f"{part} is a file, not a folder"
+    if existing == folder:
+        return None if os.access(folder, os.W_OK | os.X_OK) else "no permission to write there"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".launch-probe-", dir=existing))
+    except OSError as err:
+        return f"it cannot be created in {existing} ({err.strerror})"
+    return None

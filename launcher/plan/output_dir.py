@@ -1,26 +1,25 @@
 """A run's output.dir: kept apart from everything the run reads, claimed with a marker when the
 launcher creates it, and replaced (output.overwrite) only as far as a run wrote it.
 
-Torch-free: `launch` checks all of this before any process starts. The order in `launch train`:
-`check_apart` and the other refusals first, then the port and host checks, and only then
-`start_run`, which removes the previous run and claims the folder just before the new run starts.
+Torch-free: `launch` checks all of this before any process starts. `check_output_dir` is part of
+build_plan, so `launch plan` refuses what `launch train` refuses. The order in `launch train`: the
+plan's refusals, the resume checks, then the port and host checks, and only then `start_run`,
+which removes the previous run and claims the folder just before the new run starts.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.checkpoint.paths import COMPLETIONS_FILE, LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
-from launcher.data.datasets import dataset_source
 from launcher.errors import RecipeError
-from launcher.model.builtin import builtin_cache_dir, builtin_name, fingerprint, is_builtin
-from launcher.util.paths import overlap
+from launcher.recipe.inputs import run_inputs
+from launcher.util.paths import overlap, why_unusable
 
 if TYPE_CHECKING:
     from launcher.recipe.types import Recipe
@@ -76,43 +75,17 @@ def is_run_dir(out: Path) -> bool:
         return False
 
 
-def _hub_cache_folder(model_id: str) -> Path:
-    """Where huggingface_hub keeps a downloaded model (its cache layout: models--org--name)."""
-    hub = (
-        os.environ.get("HF_HUB_CACHE")
-        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    )
-    return Path(hub) / ("models--" + model_id.replace("/", "--"))
-
-
-def model_folder(path: str) -> Path:
-    """The folder model.path is read from: a builtin's materialized folder, a local folder, or the hub cache."""
-    if is_builtin(path):
-        try:
-            return builtin_cache_dir() / f"{builtin_name(path)}-{fingerprint(path)}"
-        except ValueError:  # an unknown builtin name: reported by whatever loads the model
-            return Path(path)
-    return Path(path) if Path(path).exists() else _hub_cache_folder(path)
-
-
-def run_inputs(recipe: Recipe) -> list[tuple[str, Path]]:
-    """(recipe key, path) of everything a run reads; the datasets are already known to resolve."""
-    inputs = [("model.path", model_folder(recipe["model"]["path"]))]
-    inputs += [
-        (key, Path(value))
-        for key, value in (
-            ("model.adapter", recipe["model"]["adapter"]),
-            ("train.reward_model", recipe["train"].get("reward_model")),
+def check_output_dir(recipe: Recipe, output_dir: str) -> None:
+    """What `launch plan` and `launch train` both refuse of an output.dir (build_plan): one beside
+    the run's inputs (check_apart), or one this user cannot create or write into (a file, the recipe
+    file included)."""
+    check_apart(recipe, output_dir)
+    why = why_unusable(Path(output_dir))
+    if why is not None:
+        raise RecipeError(
+            f"output.dir = {output_dir!r}: {why}, so the run could not write its files there. "
+            "Fix: set output.dir to a folder you can create, e.g. outputs/<run name>"
         )
-        if value is not None
-    ]
-    data = recipe["data"]
-    registry = Path(data["dataset_dir"]) / "dataset_info.json"  # the folder itself may hold other things
-    if registry.is_file():
-        inputs.append(("data.dataset_dir's registry", registry))
-    for key in ("datasets", "eval_datasets"):
-        inputs += [(f"data.{key}", dataset_source(name, data["dataset_dir"])) for name in data[key]]
-    return inputs
 
 
 def check_apart(recipe: Recipe, output_dir: str) -> None:
@@ -132,7 +105,7 @@ def check_apart(recipe: Recipe, output_dir: str) -> None:
                 f"output.overwrite would remove them. {fix}"
             )
     resume = recipe["train"]["resume"]
-    inputs = run_inputs(recipe)
+    inputs = run_inputs(recipe)  # not the recipe file: keeping a copy of it in the run's folder is fine
     if resume not in ("auto", "none"):
         inputs.append(("train.resume", Path(resume)))
     for key, path in inputs:
