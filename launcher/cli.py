@@ -101,6 +101,7 @@ def cmd_train(argv: list[str]) -> int:
     from launcher.backends.output_dir import start_run
     from launcher.plan import write_plan
     from launcher.plan.files import discard_plan_copy
+    from launcher.plan.format import engine_label
     from launcher.plan.preflight import ensure_model
 
     plan = _plan_from_args(args)
@@ -119,7 +120,7 @@ def cmd_train(argv: list[str]) -> int:
     print(
         f"[launch] {plan['recipe']['stage']}/{plan['recipe']['method']['name']} on {world['nnodes']}x"
         f"{world['nproc_per_node']} {world['device']} processes ({plan['recipe']['distributed']['launcher']}, "
-        f"{'ZeRO-' + str(plan['recipe']['distributed']['zero']) if plan['deepspeed'] else 'DDP'})",
+        f"{engine_label(plan)})",
         flush=True,
     )
     print(

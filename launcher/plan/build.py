@@ -22,6 +22,12 @@ from launcher.registry import engine_spec
 PLAN_VERSION = 1
 
 
+def engine_config(recipe: dict, world_size: int, dtype: str, on_gpu: bool) -> dict:
+    """The plan's engine config under its engine's key; "deepspeed" is always there (None: DeepSpeed is off)."""
+    engine = engine_spec(recipe["distributed"]["engine"])
+    return {"deepspeed": None, engine.config_key: engine.config(recipe, world_size, dtype, on_gpu)}
+
+
 def build_plan(
     recipe: dict,
     recipe_file: str | None = None,
@@ -97,7 +103,7 @@ def build_plan(
             "grad_accum": train["grad_accum"],
             "global_batch_size": train["micro_batch_size"] * train["grad_accum"] * world["world_size"],
         },
-        "deepspeed": engine_spec(recipe["distributed"]["engine"]).config(recipe, world["world_size"], dtype, on_gpu),
+        **engine_config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
         "env": environment(recipe, nproc, on_gpu),

@@ -9,6 +9,23 @@ from launcher.kernels.choice import format_kernels
 from launcher.plan.memory import format_memory
 from launcher.plan.preflight import format_model_source
 from launcher.recipe.ds_user_config import describe
+from launcher.registry import engine_spec
+
+
+def engine_label(plan: dict) -> str:
+    """How the ranks shard, in a few words: "ZeRO-3", "DDP", "FSDP2 + offload all"."""
+    dist = plan["recipe"]["distributed"]
+    return engine_spec(dist["engine"]).label(dist["zero"], dist["offload"])
+
+
+def engine_section(plan: dict) -> list[str]:
+    """The engine's config as plan.json holds it."""
+    dist = plan["recipe"]["distributed"]
+    key = engine_spec(dist["engine"]).config_key
+    if plan.get(key) is None:
+        return [f"# {dist['engine']}: {engine_label(plan)}, no engine config"]
+    title = describe(plan) if key == "deepspeed" else f"# {key} ({engine_label(plan)}): TrainingArguments.{key}_config"
+    return [title, json.dumps(plan[key], indent=2)]
 
 
 def format_plan(plan: dict) -> str:
@@ -30,10 +47,8 @@ def format_plan(plan: dict) -> str:
         f"output: {plan['output_dir']}",
         format_model_source(plan["model"]),
         "",
-        describe(plan) if plan["deepspeed"] else "# deepspeed: off (plain DDP)",
+        *engine_section(plan),
     ]
-    if plan["deepspeed"]:
-        lines.append(json.dumps(plan["deepspeed"], indent=2))
     dist = plan["recipe"]["distributed"]
     lines += ["", "# kernels"] + format_kernels(plan["kernels"])
     lines += [""] + format_memory(plan["memory"], (dist["zero"], dist["offload"]))
