@@ -144,8 +144,8 @@ class EngineSpec:
     memory_options: Callable[[dict], list[tuple[Any, str]]]
     trainer_args: Callable[[dict], dict]
     config_key: str = "deepspeed"
-    label: Callable[[Any, str], str] = lambda zero, offload: f"ZeRO-{zero}" + (
-        "" if offload == "none" else f" + offload {offload}"
+    label: Callable[[Any, str], str] = lambda zero, offload: (
+        f"ZeRO-{zero}" + ("" if offload == "none" else f" + offload {offload}")
     )
     implied_zero: int | None = None
     shards_all: bool = False
@@ -155,6 +155,17 @@ class EngineSpec:
     after_process_group: str | None = None
     prepare_trainer: str | None = None
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
+
+
+def sharded_by(dist: dict) -> tuple[str, str, str]:
+    """What shards every weight, for a method's refusal: (its key, "key: value", the fix that keeps weights whole)."""
+    if engine_spec(dist["engine"]).shards_all:
+        return (
+            "distributed.engine",
+            f"distributed.engine: {dist['engine']}",
+            "set distributed.engine: deepspeed with distributed.zero: 2",
+        )
+    return "distributed.zero", f"distributed.zero: {dist['zero']}", "set distributed.zero: 2"
 
 
 def methods_with(feature: str) -> list[str]:

@@ -45,15 +45,16 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
     if r["model"]["quantization"] is not None:
         refuse(
             "model.quantization",
-            "model.quantization (QLoRA) cannot run with distributed.engine: fsdp: bitsandbytes stores 4-bit weights "
-            "as uint8, which fully_shard cannot turn into DTensors (accelerate leaves them unsharded, whole on every "
-            "rank). Fix: set distributed.engine: deepspeed, or remove model.quantization",
+            "model.quantization (QLoRA) cannot run with distributed.engine: fsdp: bitsandbytes stores k-bit weights "
+            "as integers, which fully_shard cannot turn into DTensors (accelerate leaves them unsharded, whole on "
+            "every rank). Fix: set distributed.engine: deepspeed, or remove model.quantization",
         )
     if r["stage"] == "ppo":
         refuse(
             "distributed.engine",
-            "distributed.engine: fsdp cannot run stage: ppo (its rollouts generate from the policy with the "
-            "adapter toggled outside the Trainer's FSDP hooks). Fix: set distributed.engine: deepspeed",
+            "distributed.engine: fsdp cannot run stage: ppo (its rollouts generate from the policy, the reference "
+            "and the reward model outside the Trainer's step, which FSDP2's sharded forward is not built or tested "
+            "for here). Fix: set distributed.engine: deepspeed",
         )
     if dist["launcher"] == "deepspeed":
         refuse(

@@ -2,18 +2,23 @@
 
 from launcher.model.module_names import lora_targets_error, matches, missing_modules_error
 from launcher.model.shape import Shape, Tensor
-from launcher.registry import Key, MethodSpec, Refuse, engine_spec
+from launcher.registry import Key, MethodSpec, Refuse, engine_spec, sharded_by
 
 
 def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
     method, dist = r["method"], r["distributed"]
     if method["variant"] == "pissa":
         if engine_spec(dist["engine"]).shards_parameters(dist):
+            key, setting, fix = sharded_by(dist)
+            why = (
+                "which ZeRO-3 has already partitioned at load"
+                if key == "distributed.zero"
+                else "and is tested only with whole weights on every rank"
+            )
             refuse(
                 "method.variant",
-                "method.variant: pissa cannot run with distributed.zero: 3 (PiSSA initialises the adapter "
-                "from an SVD of each full base weight, which ZeRO-3 has already partitioned at load). "
-                "Fix: set distributed.zero: 2, or method.variant: lora",
+                f"method.variant: pissa cannot run with {setting} (PiSSA initialises the adapter "
+                f"from an SVD of each full base weight, {why}). Fix: {fix}, or method.variant: lora",
             )
         if r["model"]["adapter"] is not None:
             refuse(
@@ -28,7 +33,7 @@ def check(r: dict, origins: dict[str, str], refuse: Refuse) -> None:
                 "re-quantized, so the saved adapter could not reproduce the trained model over the "
                 "original base). Fix: remove model.quantization, or method.variant: lora",
             )
-    if method["loraplus_ratio"] is not None and dist["offload"] != "none":
+    if method["loraplus_ratio"] is not None and dist["offload"] != "none" and dist["engine"] == "deepspeed":
         refuse(
             "method.loraplus_ratio",
             f"method.loraplus_ratio cannot run with distributed.offload: {dist['offload']} "
