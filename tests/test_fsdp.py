@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN
+from tests.conftest import FSDP_LORA_RUN, FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN
 from tests.test_e2e import _train
 
 pytestmark = pytest.mark.multiproc
 
 FSDP = ("distributed.engine=fsdp",)
 FULL = ("method={name: full}", "model.template=alpaca")  # FULL_ZERO2_RUN's, without its ZeRO stage
-FSDP_LORA_RUN = (*FSDP, *SHORT_RUN)
 FSDP_FULL_RUN = (*FSDP, *FULL, *SHORT_RUN)
 # the same 16 sequences a step: micro 4 x grad_accum 2 x 2 ranks, or micro 4 x grad_accum 4 in one process
 ONE_PROCESS = ("distributed.engine=ddp", "distributed.nproc_per_node=1", "train.grad_accum=4", *SHORT_RUN)
