@@ -284,7 +284,7 @@ def cmd_chat(argv: list[str]) -> int:
 
 
 def cmd_consolidate(argv: list[str]) -> int:
-    parser = _parser("consolidate", "ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
+    parser = _parser("consolidate", "ZeRO- or FSDP-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
     parser.add_argument("checkpoint", help="output.dir/checkpoint-<step> of a DeepSpeed run")
     parser.add_argument("--out", required=True, help="new folder for the adapter or model")
     parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard of a full model")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FSDP_LORA_RUN, FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN
+from tests.conftest import FSDP_LORA_RUN, FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN, run_launch
 from tests.test_e2e import _train
 
 pytestmark = pytest.mark.multiproc
@@ -84,3 +84,27 @@ def test_fsdp_checkpoints_are_sharded_dcp_in_checksummed_folders(tiny_run):
     assert not (out / "tmp-checkpoints").exists() or not any((out / "tmp-checkpoints").iterdir())
     # the final save is the gathered adapter, as under DeepSpeed
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("run", "weights"),
+    [(FSDP_LORA_RUN, "adapter_model.safetensors"), (FSDP_FULL_RUN, "model.safetensors")],
+    ids=["lora", "full"],
+)
+def test_consolidated_fsdp_checkpoint_equals_the_final_save_and_dcp_to_torch_save(tiny_run, tmp_path, run, weights):
+    """checkpoint-6 is the last step: `launch consolidate` gives the run's own final save, tensor for tensor, and
+    what torch's dcp_to_torch_save reads from the same shards (LoRA: the PEFT adapter keys, without ".default")."""
+    import torch
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = tiny_run(*run)
+    proc = run_launch(["consolidate", str(out / "checkpoint-6"), "--out", str(tmp_path / "merged")], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, final = load_file(tmp_path / "merged" / weights), load_file(out / weights)
+    dcp_to_torch_save(out / "checkpoint-6" / "pytorch_model_fsdp_0", tmp_path / "reference.pt")
+    reference = torch.load(tmp_path / "reference.pt", weights_only=True)["model"]
+    assert got.keys() == final.keys() and got.keys() <= reference.keys()
+    for name, tensor in got.items():
+        assert torch.equal(tensor, final[name]) and torch.equal(tensor, reference[name]), name
+    assert {p.name for p in out.iterdir()} >= {p.name for p in (tmp_path / "merged").iterdir()}  # its configs too

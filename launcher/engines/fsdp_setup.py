@@ -3,6 +3,8 @@ parameter is sharded, and a final save that gathers the whole model (checkpoints
 
 from __future__ import annotations
 
+import copy
+
 from transformers import TrainerCallback
 
 
@@ -40,6 +42,24 @@ class ShardCheck(TrainerCallback):
         )
 
 
+def describe_checkpoint(trainer, output_dir: str) -> None:
+    """Beside a checkpoint's DCP shards, what `launch consolidate` needs to make them an adapter or a model dir:
+    the adapter's config (as PEFT saves it, for inference) or the model's, and the tokenizer (rank 0)."""
+    if not trainer.args.should_save:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "peft_config"):
+        config = copy.copy(model.peft_config["default"])
+        config.inference_mode = True
+        config.save_pretrained(output_dir)
+    else:
+        model.config.save_pretrained(output_dir)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(output_dir)
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(output_dir)
+
+
 def prepare_trainer(trainer, plan: dict, rank: int) -> None:
     trainer.add_callback(ShardCheck(trainer, rank))
     save_checkpoint_model = trainer.save_model
@@ -47,7 +67,8 @@ def prepare_trainer(trainer, plan: dict, rank: int) -> None:
     def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints (_internal_call) are sharded DCP; the final save is the gathered model or adapter."""
         if _internal_call:
-            return save_checkpoint_model(output_dir, _internal_call)
+            save_checkpoint_model(output_dir, _internal_call)  # the Trainer then writes the DCP shards
+            return describe_checkpoint(trainer, output_dir)
         plugin = trainer.accelerator.state.fsdp_plugin
         sharded = plugin.state_dict_type
         plugin.set_state_dict_type("FULL_STATE_DICT")
