@@ -57,6 +57,13 @@ def test_full_fine_tuning_under_fsdp_equals_zero2_and_one_process(tiny_run, tmp_
     _assert_same_steps(fsdp, _steps(_one_process(tmp_path, "one", *FULL)), "FSDP2 vs one process")
 
 
+def test_the_accelerate_launcher_runs_fsdp_like_torchrun(tiny_run, tmp_path):
+    out, proc = _train(tmp_path, "accelerate", [*FSDP_LORA_RUN, "distributed.launcher=accelerate"])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "fsdp: rank 1 holds" in (out / "logs" / "rank-1.log").read_text()
+    _assert_same_steps(_steps(out), _steps(tiny_run(*FSDP_LORA_RUN)), "accelerate vs torchrun")
+
+
 @pytest.mark.parametrize("run", [FSDP_LORA_RUN, FSDP_FULL_RUN], ids=["lora", "full"])
 def test_every_rank_holds_only_its_shard_of_every_parameter(tiny_run, run):
     """The worker stops a run whose parameters are not DTensors (accelerate quietly runs DDP on CPU without
