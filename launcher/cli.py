@@ -104,6 +104,7 @@ def cmd_train(argv: list[str]) -> int:
     from launcher.checkpoint.resume import RunComplete
     from launcher.plan import write_plan
     from launcher.plan.files import discard_plan_copy
+    from launcher.plan.format import engine_label
     from launcher.plan.output_dir import start_run
     from launcher.plan.preflight import ensure_model
 
@@ -127,7 +128,7 @@ def cmd_train(argv: list[str]) -> int:
     print(
         f"[launch] {plan['recipe']['stage']}/{plan['recipe']['method']['name']} on {world['nnodes']}x"
         f"{world['nproc_per_node']} {world['device']} processes ({plan['recipe']['distributed']['launcher']}, "
-        f"{'ZeRO-' + str(plan['recipe']['distributed']['zero']) if plan['deepspeed'] else 'DDP'})",
+        f"{engine_label(plan)})",
         flush=True,
     )
     print(
@@ -300,7 +301,7 @@ def cmd_chat(argv: list[str]) -> int:
 
 
 def cmd_consolidate(argv: list[str]) -> int:
-    parser = _parser("consolidate", "ZeRO-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
+    parser = _parser("consolidate", "ZeRO- or FSDP-sharded checkpoint -> PEFT adapter or HF model dir, on CPU")
     parser.add_argument("checkpoint", help="output.dir/checkpoint-<step> of a DeepSpeed run")
     parser.add_argument(
         "--out", required=True, help="new (or empty) folder for the adapter or model; never one holding files"

@@ -110,3 +110,29 @@ def bnb_cpu_kernel_where_it_fits(model) -> None:
             block = module.weight.quant_state.blocksize
             if module.in_features % block or module.out_features % BNB_CPU_BLOCK_N:
                 module.support_avx512bf16_for_cpu = False
+
+
+def fsdp_on_cpu() -> None:
+    """accelerate (1.16, state.py AcceleratorState.__init__) selects FSDP only for accelerator device types
+    (MULTI_GPU, MULTI_XPU, ...): on MULTI_CPU it drops the FSDP plugin the Trainer passes and runs DDP, without a
+    word. Where a plugin is given on MULTI_CPU, select FSDP as the GPU branch does; fully_shard then runs over
+    gloo. Idempotent (AcceleratorState is a shared-state singleton, built again by every Accelerator)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+    if getattr(original, "launcher_fsdp_on_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def init(self, *args, fsdp_plugin=None, **kwargs) -> None:
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+            self.fsdp_plugin = fsdp_plugin
+            self.distributed_type = DistributedType.FSDP
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    setattr(init, "launcher_fsdp_on_cpu", True)  # noqa: B010 (a mark on a function object)
+    AcceleratorState.__init__ = init

@@ -131,10 +131,15 @@ class MethodSpec:
 class EngineSpec:
     """A training engine (how the ranks shard and step): what the planner, the methods and the worker ask of it.
 
-    config: config(recipe, world_size, dtype, on_gpu) -> the engine's config for plan.json (plan["deepspeed"]),
+    config: config(recipe, world_size, dtype, on_gpu) -> the engine's config for plan.json (plan[config_key]),
         or None for an engine that needs none
+    config_key: the plan.json key of its config ("deepspeed" is None where another engine's config is there)
     memory_options: memory_options(distributed section) -> the (zero stage, offload) options the memory table
         shows and `distributed.zero: auto` chooses from
+    label: label(zero, offload) -> an option's name in the memory table and the launch line
+    implied_zero: the distributed.zero the engine implies where the recipe sets none (ZeRO stages are DeepSpeed's)
+    shards_all: it shards parameters, gradients and optimizer state over the world itself, whatever
+        distributed.zero says (FSDP): the memory planner counts it as ZeRO-3 without DeepSpeed's buffers
     master_weights: its optimizer keeps an fp32 master copy of what trains (the memory planner counts it)
     shards_parameters: shards_parameters(distributed section) -> whether each rank holds only part of every
         weight (ZeRO-3): methods that need whole weights at load or save ask this
@@ -142,17 +147,36 @@ class EngineSpec:
         (launcher/checkpoint/model_save.py) instead of the Trainer's gathered copy
     trainer_args: trainer_args(plan) -> its TrainingArguments keywords
     after_process_group: "module:function" the worker calls with the plan once the process group is up, or None
+    prepare_trainer: "module:function" the worker calls with (trainer, plan, rank) once the trainer is built, or None
     check: its cross-key rules over the distributed.* keys, check(resolved recipe, origins, refuse)
     """
 
     config: Callable[[Mapping[str, Any], int, str, bool], dict | None]
     memory_options: Callable[[Mapping[str, Any]], list[tuple[Any, str]]]
     trainer_args: Callable[[Mapping[str, Any]], dict]
+    config_key: str = "deepspeed"
+    label: Callable[[Any, str], str] = lambda zero, offload: (
+        f"ZeRO-{zero}" + ("" if offload == "none" else f" + offload {offload}")
+    )
+    implied_zero: int | None = None
+    shards_all: bool = False
     master_weights: bool = False
     shards_parameters: Callable[[Mapping[str, Any]], bool] = lambda dist: False
     live_tensor_save: Callable[[Mapping[str, Any]], bool] = lambda dist: False
     after_process_group: str | None = None
+    prepare_trainer: str | None = None
     check: Callable[[dict, dict[str, str], Refuse], None] = no_check
+
+
+def sharded_by(dist: dict) -> tuple[str, str, str]:
+    """What shards every weight, for a method's refusal: (its key, "key: value", the fix that keeps weights whole)."""
+    if engine_spec(dist["engine"]).shards_all:
+        return (
+            "distributed.engine",
+            f"distributed.engine: {dist['engine']}",
+            "set distributed.engine: deepspeed with distributed.zero: 2",
+        )
+    return "distributed.zero", f"distributed.zero: {dist['zero']}", "set distributed.zero: 2"
 
 
 def methods_with(feature: str) -> list[str]:
@@ -186,6 +210,7 @@ METHODS: dict[str, str] = {
 ENGINES: dict[str, str] = {
     "deepspeed": "launcher.engines.deepspeed_spec",
     "ddp": "launcher.engines.ddp_spec",
+    "fsdp": "launcher.engines.fsdp_spec",
 }
 
 

@@ -109,6 +109,8 @@ LORA_ZERO3_RUN = ("distributed.zero=3", *SHORT_RUN)
 # the full run trains with a registered template other than the tokenizer's own, so chat tests can check
 # that a run's output renders prompts as its training did (tests/test_chat_template.py)
 FULL_ZERO2_RUN = ("method={name: full}", "distributed.zero=2", "model.template=alpaca", *SHORT_RUN)
+# LoRA under FSDP2: shared by the FSDP, resume and consolidate tests
+FSDP_LORA_RUN = ("distributed.engine=fsdp", *SHORT_RUN)
 
 
 @pytest.fixture(scope="session")

@@ -129,3 +129,16 @@ def test_bnb_cpu_kernel_is_kept_off_the_4bit_layers_it_cannot_repack():
     with torch.no_grad():
         expected = x @ bnb.functional.dequantize_4bit(narrow.weight.data, narrow.weight.quant_state).T
         assert torch.allclose(narrow(x), expected, atol=1e-5)
+
+
+def test_accelerate_still_selects_fsdp_only_off_cpu():
+    """fsdp_on_cpu selects FSDP on MULTI_CPU because accelerate's AcceleratorState.__init__ does so only in its
+    accelerator branch; if that changes, the shim (and its keyword fsdp_plugin) must be reviewed."""
+    from accelerate.state import AcceleratorState
+
+    source = inspect.getsource(AcceleratorState.__init__)
+    branch = source[
+        source.index("elif self.distributed_type in [") : source.index("self.distributed_type = DistributedType.FSDP")
+    ]
+    assert "DistributedType.MULTI_GPU," in branch and "MULTI_CPU" not in branch
+    assert "fsdp_plugin" in inspect.signature(AcceleratorState.__init__).parameters

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, ROOT, SHORT_RUN, free_port, run_launch
+from tests.conftest import FSDP_LORA_RUN, FULL_ZERO2_RUN, LORA_ZERO3_RUN, ROOT, free_port, run_launch
 
 pytestmark = pytest.mark.multiproc
 
@@ -44,11 +44,15 @@ def _assert_same_run(resumed: Path, straight: Path, weights: str) -> None:
         assert torch.allclose(got[key], value, atol=1e-6), key
 
 
-@pytest.mark.parametrize("zero,method", [(3, "lora"), (3, "full")])
-def test_resumed_run_equals_uninterrupted_run(zero, method, tmp_path, tiny_run):
+@pytest.mark.parametrize(
+    "run",
+    [LORA_ZERO3_RUN, (*LORA_ZERO3_RUN, "method={name: full}"), FSDP_LORA_RUN],
+    ids=["zero3-lora", "zero3-full", "fsdp-lora"],
+)
+def test_resumed_run_equals_uninterrupted_run(run, tmp_path, tiny_run):
     # ZeRO-2 resumes in the SIGKILL-during-save test below (full fine-tuning): the optimizer states are
-    # sharded under both stages, the weights only under ZeRO-3
-    run = (f"distributed.zero={zero}", *SHORT_RUN, *(["method={name: full}"] if method == "full" else []))
+    # sharded under both stages, the weights only under ZeRO-3; FSDP2 resumes from sharded DCP
+    method = "full" if "method={name: full}" in run else "lora"
     straight = tiny_run(*run)
     out = tmp_path / "resumed"
     crashed = run_launch(_launch_args(out, *run), env={"LAUNCHER_FAIL_RANK": "1", "LAUNCHER_FAIL_STEP": "4"})
@@ -163,3 +167,13 @@ def test_a_run_that_crashed_after_its_last_checkpoint_finishes_without_another_s
     assert expected.keys() == got.keys() and all(torch.equal(got[key], value) for key, value in expected.items())
     again = run_launch(_launch_args(out, *LORA_ZERO3_RUN))
     assert again.returncode == 0 and "already complete" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+
+
+def test_resume_of_fsdp_shards_into_another_world_size_is_refused_at_launch(tmp_path, tiny_run):
+    checkpoint = tiny_run(*FSDP_LORA_RUN) / "checkpoint-6"
+    proc = run_launch(
+        _launch_args(tmp_path / "one", *FSDP_LORA_RUN, "distributed.nproc_per_node=1", f"train.resume={checkpoint}")
+    )
+    assert proc.returncode == 2
+    assert "written by 2 ranks (FSDP2 shards)" in proc.stderr and "this plan has 1" in proc.stderr, proc.stderr
+    assert "Fix:" in proc.stderr and "Traceback" not in proc.stderr and not (tmp_path / "one").exists()

@@ -1,4 +1,5 @@
-"""`launch consolidate`: a ZeRO-2/3 checkpoint -> PEFT adapter or HF model dir, offline on CPU, streaming.
+"""`launch consolidate`: a ZeRO-2/3 checkpoint -> PEFT adapter or HF model dir, offline on CPU, streaming
+(an FSDP2 checkpoint: consolidate_dcp.py).
 
 DeepSpeed keeps the fp32 master weights as flat per-rank partitions inside each rank's
 optimizer file, next to the Adam moments (2x more). Its zero_to_fp32 reader concatenates them
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from launcher.checkpoint.consolidate_dcp import consolidate_dcp, is_fsdp_checkpoint
 from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_torch, read_json
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.checkpoint.safetensors_stream import parse_size, write_shards
@@ -285,6 +287,10 @@ def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "
         raise ConsolidateError(f"checkpoint {checkpoint} is not a folder. Fix: pass output.dir/checkpoint-<step>")
     check_output_folder("--out", out, [("the checkpoint", checkpoint)])
     parse_size(max_shard_size)  # a bad --shard-size is refused before any work
+    if is_fsdp_checkpoint(checkpoint):  # engine fsdp: sharded DCP
+        with staged_output(out) as stage:
+            consolidate_dcp(checkpoint, stage, max_shard_size, COPIED_FILES)
+        return Path(out)
     ckpt = read_layout(checkpoint / zero_tag(checkpoint))
     adapter_config = read_json(checkpoint / ADAPTER_CONFIG) if (checkpoint / ADAPTER_CONFIG).is_file() else None
     with staged_output(out) as stage:

@@ -53,3 +53,25 @@ def zero_shard_ranks(checkpoint: str | Path) -> int | None:
         if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))
     }
     return len(ranks) or None
+
+
+FSDP_MODEL_DCP = "pytorch_model_fsdp_0"  # the Trainer's sharded FSDP model: DCP files __<rank>_0.distcp + .metadata
+
+
+def dcp_shard_ranks(checkpoint: str | Path) -> int | None:
+    """How many ranks wrote this checkpoint's FSDP model shards (None: not an FSDP checkpoint)."""
+    ranks = {
+        m.group(1)
+        for p in (Path(checkpoint) / FSDP_MODEL_DCP).glob("__*_*.distcp")
+        if (m := re.match(r"__(\d+)_", p.name))
+    }
+    return len(ranks) or None
+
+
+def shard_ranks(checkpoint: str | Path) -> tuple[int, str] | None:
+    """(ranks, which engine's shards) of a checkpoint whose state only the world size that wrote it restores."""
+    if ranks := zero_shard_ranks(checkpoint):
+        return ranks, "ZeRO"
+    if ranks := dcp_shard_ranks(checkpoint):
+        return ranks, "FSDP2"
+    return None

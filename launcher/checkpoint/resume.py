@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.checkpoint.manifest import CheckpointDamaged, read_manifests, verify
-from launcher.checkpoint.paths import complete_checkpoints, zero_shard_ranks
+from launcher.checkpoint.paths import complete_checkpoints, shard_ranks
 from launcher.checkpoint.pickle_check import foreign_class, resume_pickles
 from launcher.errors import CheckpointError, RecipeError
 
@@ -79,12 +79,13 @@ def _say(line: str) -> None:
 
 
 def _refuse_world_change(checkpoint: Path, plan: Plan) -> None:
-    """ZeRO shards hold 1/world of the optimizer state each; DeepSpeed cannot reload them into another world size."""
-    ranks, world = zero_shard_ranks(checkpoint), plan["world"]["world_size"]
+    """ZeRO and FSDP2 shards hold 1/world of the optimizer state each; the engine reloads them only into that world."""
+    ranks, engine = shard_ranks(checkpoint) or (None, None)
+    world = plan["world"]["world_size"]
     if ranks is not None and ranks != world:
         raise RecipeError(
-            f"train.resume: {checkpoint} was written by {ranks} ranks (ZeRO shards), this plan has {world}: DeepSpeed "
-            "restores a ZeRO optimizer state only into the world size that saved it. Fix: resume with "
+            f"train.resume: {checkpoint} was written by {ranks} ranks ({engine} shards), this plan has {world}: the "
+            f"launcher restores a {engine} optimizer state only into the world size that saved it. Fix: resume with "
             f"{ranks} processes (distributed.nproc_per_node x nnodes = {ranks}), or `launch consolidate {checkpoint} "
             "--out DIR` and start a new run from DIR (model.path=DIR for a full run, model.adapter=DIR for a LoRA run; "
             "the optimizer state restarts)"

@@ -25,5 +25,7 @@ SPEC = EngineSpec(
     config=lambda recipe, world_size, dtype, on_gpu: None,
     memory_options=lambda dist: [(0, "none")],
     trainer_args=lambda plan: {},
+    label=lambda zero, offload: "DDP",
+    implied_zero=0,
     check=check,
 )

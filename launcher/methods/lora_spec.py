@@ -5,18 +5,23 @@ from typing import Any
 
 from launcher.model.module_names import lora_targets_error, matches, missing_modules_error
 from launcher.model.shape import Shape, Tensor
-from launcher.registry import Key, MethodSpec, Refuse, engine_spec
+from launcher.registry import Key, MethodSpec, Refuse, engine_spec, sharded_by
 
 
 def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
     method, dist = recipe["method"], recipe["distributed"]
     if method["variant"] == "pissa":
         if engine_spec(dist["engine"]).shards_parameters(dist):
+            key, setting, fix = sharded_by(dist)
+            why = (
+                "which ZeRO-3 has already partitioned at load"
+                if key == "distributed.zero"
+                else "and is tested only with whole weights on every rank"
+            )
             refuse(
                 "method.variant",
-                "method.variant: pissa cannot run with distributed.zero: 3 (PiSSA initialises the adapter "
-                "from an SVD of each full base weight, which ZeRO-3 has already partitioned at load). "
-                "Fix: set distributed.zero: 2, or method.variant: lora",
+                f"method.variant: pissa cannot run with {setting} (PiSSA initialises the adapter "
+                f"from an SVD of each full base weight, {why}). Fix: {fix}, or method.variant: lora",
             )
         if recipe["model"]["adapter"] is not None:
             refuse(
@@ -37,7 +42,7 @@ def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
             "method.target: [] adapts no module, so LoRA would have nothing to train. "
             "Fix: name modules, e.g. method.target: [q_proj, v_proj], or method.target: all",
         )
-    if method["loraplus_ratio"] is not None and dist["offload"] != "none":
+    if method["loraplus_ratio"] is not None and dist["offload"] != "none" and dist["engine"] == "deepspeed":
         refuse(
             "method.loraplus_ratio",
             f"method.loraplus_ratio cannot run with distributed.offload: {dist['offload']} "

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from launcher.model.shape import Shape, Tensor
-from launcher.registry import Key, MethodSpec, Refuse, engine_spec
+from launcher.registry import Key, MethodSpec, Refuse, engine_spec, sharded_by
 
 
 def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
@@ -17,10 +17,11 @@ def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
             "Fix: set train.gradient_checkpointing: false",
         )
     if engine_spec(dist["engine"]).shards_parameters(dist):
+        key, setting, fix = sharded_by(dist)
         refuse(
-            "distributed.zero",
-            "distributed.zero: 3 cannot save method.name: prefix (PEFT computes the saved prefix "
-            "on rank 0 alone from ZeRO-3-partitioned weights, which hangs). Fix: set distributed.zero: 2",
+            key,
+            f"{setting} cannot save method.name: prefix (PEFT computes the saved prefix "
+            f"on rank 0 alone from weights sharded over the ranks, which hangs). Fix: {fix}",
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from launcher.errors import RecipeError
 from launcher.plan.argv import master_address, master_port, node_argv
@@ -19,7 +19,7 @@ from launcher.plan.output_dir import check_output_dir
 from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
-from launcher.plan.types import Plan, World
+from launcher.plan.types import EngineConfigs, Plan, World
 from launcher.recipe.load import output_folder
 from launcher.registry import engine_spec, method_spec, stage_spec
 
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from launcher.recipe.types import Recipe
 
 PLAN_VERSION = 1
+
+
+def engine_config(recipe: Recipe, world_size: int, dtype: str, on_gpu: bool) -> EngineConfigs:
+    """The plan's engine config under its engine's key; "deepspeed" is always there (None: DeepSpeed is off)."""
+    engine = engine_spec(recipe["distributed"]["engine"])
+    config = engine.config(recipe, world_size, dtype, on_gpu)
+    if engine.config_key == "deepspeed":
+        return {"deepspeed": config}
+    return cast("EngineConfigs", {"deepspeed": None, engine.config_key: config})
 
 
 def build_plan(
@@ -103,7 +112,7 @@ def build_plan(
             "grad_accum": train["grad_accum"],
             "global_batch_size": train["micro_batch_size"] * train["grad_accum"] * world["world_size"],
         },
-        "deepspeed": engine_spec(recipe["distributed"]["engine"]).config(recipe, world["world_size"], dtype, on_gpu),
+        **engine_config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
         "stage": stage_plan(recipe, world, cwd or os.getcwd()) if stage_plan else {},

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from launcher.kernels.choice import format_kernels
 from launcher.plan.memory import format_memory
 from launcher.plan.preflight import format_model_source
 from launcher.recipe.ds_user_config import describe
+from launcher.registry import engine_spec
+
+
+def engine_label(plan: Plan) -> str:
+    """How the ranks shard, in a few words: "ZeRO-3", "DDP", "FSDP2 + offload all"."""
+    dist = plan["recipe"]["distributed"]
+    return engine_spec(dist["engine"]).label(dist["zero"], dist["offload"])
+
+
+def engine_section(plan: Plan) -> list[str]:
+    """The engine's config as plan.json holds it."""
+    dist = plan["recipe"]["distributed"]
+    configs: Mapping[str, Any] = plan  # the engine names its own key
+    key = engine_spec(dist["engine"]).config_key
+    if configs.get(key) is None:
+        return [f"# {dist['engine']}: {engine_label(plan)}, no engine config"]
+    title = describe(plan) if key == "deepspeed" else f"# {key} ({engine_label(plan)}): TrainingArguments.{key}_config"
+    return [title, json.dumps(configs[key], indent=2)]
+
 
 if TYPE_CHECKING:
     from launcher.plan.types import Plan
@@ -34,10 +54,8 @@ def format_plan(plan: Plan) -> str:
         f"output: {plan['output_dir']}",
         format_model_source(plan["model"]),
         "",
-        describe(plan) if plan["deepspeed"] else "# deepspeed: off (plain DDP)",
+        *engine_section(plan),
     ]
-    if plan["deepspeed"]:
-        lines.append(json.dumps(plan["deepspeed"], indent=2))
     dist = plan["recipe"]["distributed"]
     lines += ["", "# kernels"] + format_kernels(plan["kernels"])
     if plan.get("stage"):

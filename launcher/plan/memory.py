@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from launcher.model.shape import Shape, Tensor, base_tensors, model_shape
+from launcher.model.shape import LAYOUTS, Shape, Tensor, base_tensors, model_shape
 from launcher.registry import engine_spec, method_spec
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def activation_bytes(shape: Shape, tokens: int, elem: int, checkpointing: bool, 
 class Option:
     zero: int
     offload: str
+    label: str
     params_gb: float = 0.0
     grads_gb: float = 0.0
     optimizer_gb: float = 0.0
@@ -96,13 +97,9 @@ class Option:
     def total_gb(self) -> float:
         return self.params_gb + self.grads_gb + self.optimizer_gb + self.activations_gb + self.overhead_gb
 
-    @property
-    def label(self) -> str:
-        return f"ZeRO-{self.zero}" + ("" if self.offload == "none" else f" + offload {self.offload}")
-
     def as_json(self) -> MemoryOption:
         """The plan's record of this option: its fields, its label and its total."""
-        return cast("MemoryOption", {**self.__dict__, "label": self.label, "total_gb": self.total_gb})
+        return cast("MemoryOption", {**self.__dict__, "total_gb": self.total_gb})
 
 
 def estimate_option(
@@ -119,34 +116,43 @@ def estimate_option(
     else:
         frozen_bytes = elem * sum(t.numel for t in frozen)
     n_train = sum(t.numel for t in trainable)
-    deepspeed = engine_spec(dist["engine"]).master_weights
+    engine = engine_spec(dist["engine"])
+    deepspeed = engine.master_weights
+    label = engine.label(zero, offload)
+    # the partitioning it matches: FSDP2 shards parameters, gradients and optimizer state as ZeRO-3 does
+    level = 3 if engine.shards_all else zero
     # DeepSpeed's ZeRO optimizers and its bf16 optimizer keep an fp32 master copy of what trains
-    master = 4 * n_train if deepspeed and (zero > 0 or elem == 2) else 0
+    master = 4 * n_train if deepspeed and (level > 0 or elem == 2) else 0
     states = master + _optimizer_bytes(trainable, train["optimizer"])
-    params, grads = frozen_bytes + elem * n_train, elem * n_train
-    if deepspeed and zero == 0 and elem == 2:  # DeepSpeed's bf16 optimizer accumulates grads in fp32
+    # FSDP2 under mixed precision upcasts what trains to fp32 (accelerate); its shards are the master copy
+    train_elem = 4 if engine.shards_all else elem
+    params, grads = frozen_bytes + train_elem * n_train, train_elem * n_train
+    if deepspeed and level == 0 and elem == 2:  # DeepSpeed's bf16 optimizer accumulates grads in fp32
         grads += 4 * n_train
     w = world_size
-    part = w if zero >= 1 else 1  # what the optimizer step sees of the trainable parameters
+    part = w if level >= 1 else 1  # what the optimizer step sees of the trainable parameters
     if train["optimizer"] == "adamw_torch":  # torch's foreach AdamW: a temporary sqrt of the second moment
         states += 4 * n_train
-    step_grads = 4 * n_train if deepspeed and zero >= 1 else 0  # ZeRO's flat fp32 copy of the gradient partition
-    opt = Option(zero, offload)
+    step_grads = 4 * n_train if deepspeed and level >= 1 else 0  # ZeRO's flat fp32 copy of the gradient partition
+    opt = Option(zero, offload, label)
     opt.optimizer_gb = states / part
-    opt.grads_gb = (grads / w if zero >= 2 else grads) + step_grads / part
+    opt.grads_gb = (grads / w if level >= 2 else grads) + step_grads / part
     # transformers skips zero.Init for k-bit models: each rank loads the whole quantized base
     # before DeepSpeed partitions it, so that is the peak
-    opt.params_gb = params / w if zero == 3 and quant is None else params
-    if zero == 3:  # gathered parameters stay resident up to stage3_max_live_parameters, plus the prefetch bucket;
+    opt.params_gb = params / w if level == 3 and quant is None else params
+    if level == 3 and not deepspeed:  # FSDP2 gathers one unit at a time: the outer weights and two decoder layers
+        outer = sum(t.numel for t in LAYOUTS[shape.family].outer(shape))
+        opt.params_gb += elem * (outer + 2 * (sum(t.numel for t in frozen) + n_train - outer) / shape.layers)
+    elif level == 3:  # gathered parameters stay resident up to stage3_max_live_parameters, plus the prefetch bucket;
         # k-bit linears are counted whole above, so gathering adds nothing for them
         gathered = sum(t.numel for t in frozen if quant is None or not t.linear) + n_train
         opt.params_gb += elem * (min(gathered, ZERO3_MAX_LIVE_PARAMETERS) + 0.9 * shape.hidden**2)
-    if zero >= 2:  # gradient reduce bucket
+    if level >= 2 and deepspeed:  # gradient reduce bucket
         opt.grads_gb += elem * shape.hidden**2
     if offload != "none":  # optimizer states and gradient partitions live on the host (DeepSpeed's CPU Adam)
-        states -= 4 * n_train if train["optimizer"] == "adamw_torch" else 0
+        states -= 4 * n_train if deepspeed and train["optimizer"] == "adamw_torch" else 0
         opt.host_gb += states / part + (grads + step_grads) / w
-        opt.grads_gb -= (grads / w if zero >= 2 else 0) + step_grads / part
+        opt.grads_gb -= (grads / w if level >= 2 else 0) + step_grads / part
         opt.optimizer_gb = 0.0
     if offload == "all":
         opt.host_gb += params / w

@@ -106,6 +106,13 @@ class NodeCommand(TypedDict):
     argv: list[str]
 
 
+class EngineConfigs(TypedDict):
+    """The engine's config under its EngineSpec.config_key; "deepspeed" is always there (None: DeepSpeed is off)."""
+
+    deepspeed: dict[str, Any] | None
+    fsdp: NotRequired[dict[str, Any]]
+
+
 class Plan(TypedDict):
     """plan.json."""
 
@@ -119,7 +126,8 @@ class Plan(TypedDict):
     world: World
     dtype: str  # bf16 | fp16 | fp32
     batch: Batch
-    deepspeed: dict[str, Any] | None  # the engine's config (engines/), None for an engine that needs none
+    deepspeed: dict[str, Any] | None  # DeepSpeed's config (engines/deepspeed_config.py); None under another engine
+    fsdp: NotRequired[dict[str, Any]]  # FSDP2's TrainingArguments.fsdp_config (engines/fsdp_spec.py)
     memory: Memory
     kernels: Kernels
     env: dict[str, str]

@@ -375,7 +375,7 @@ def _expand_shorthands(raw: dict, origins: dict[str, str]) -> None:
 
 
 def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
-    """Defaults that follow from another key the user set: plain DDP means ZeRO off; one node without a hostfile."""
+    """Defaults that follow from another key the user set: DDP or FSDP means ZeRO off; one node without a hostfile."""
     from launcher.recipe.ds_user_config import (
         adopt_zero,  # a user's DeepSpeed JSON decides ZeRO where the recipe does not
     )
@@ -383,17 +383,21 @@ def _implied_defaults(resolved: dict, origins: dict[str, str]) -> None:
     for line in adopt_zero(resolved, origins, lambda key: _where(origins, key)):
         _note(line)
     dist = resolved["distributed"]
+    implied = engine_spec(dist["engine"]).implied_zero  # ddp, fsdp: no ZeRO stage
     if (
-        dist["engine"] == "ddp"
-        and dist["zero"] != 0
+        implied is not None
+        and dist["zero"] != implied
         and (
             "distributed.zero" not in origins
             or _switched_by_override(origins, "distributed.engine", "distributed.zero")
         )
     ):
         if "distributed.zero" in origins:
-            _note(f"distributed.engine=ddp (override): distributed.zero {dist['zero']} of the recipe -> 0 (plain DDP)")
-        dist["zero"] = 0
+            _note(
+                f"distributed.engine={dist['engine']} (override): distributed.zero {dist['zero']} of the recipe "
+                f"-> {implied} (no DeepSpeed stage)"
+            )
+        dist["zero"] = implied
     if dist["nnodes"] is None and dist["hostfile"] is None:  # with a hostfile the planner counts its hosts
         dist["nnodes"] = 1
 

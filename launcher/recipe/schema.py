@@ -233,15 +233,29 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
         ),
     },
     "distributed": {
-        "engine": Key("str", "deepspeed", "deepspeed (ZeRO) or plain ddp", choices=ENGINES),
+        "engine": Key(
+            "str",
+            "deepspeed",
+            "deepspeed (ZeRO), plain ddp, or fsdp (PyTorch FSDP2: every parameter sharded over all ranks, "
+            "checkpoints in sharded DCP; docs/parallelism.md)",
+            choices=ENGINES,
+        ),
         "zero": Key(
             "int",
             3,
-            "ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting",
+            "DeepSpeed's ZeRO stage; auto = the fastest stage/offload the memory planner finds fitting. "
+            "0 under engine ddp and fsdp (the default there): FSDP2 shards parameters, gradients and "
+            "optimizer state itself, as ZeRO-3 does, and auto picks its offload",
             choices=(0, 1, 2, 3),
             literals=("auto",),
         ),
-        "offload": Key("str", "none", "ZeRO offload to CPU", choices=("none", "optimizer", "all")),
+        "offload": Key(
+            "str",
+            "none",
+            "offload to the CPU: optimizer (DeepSpeed ZeRO 1-3) or all (ZeRO-3's parameters too; under fsdp, "
+            "FSDP2's CPUOffloadPolicy: parameters, gradients and optimizer state)",
+            choices=("none", "optimizer", "all"),
+        ),
         "deepspeed_config": Key(
             "str",
             None,

@@ -230,6 +230,9 @@ def train_and_save(
     resume_from, run_record = resume_checkpoint(plan, rank)
     AtomicCheckpoints(plan["output_dir"], recipe["train"]["save_total_limit"], rank, run_record).install(trainer)
     save_from_live_tensors(trainer, plan)
+    engine = engine_spec(recipe["distributed"]["engine"])
+    if engine.prepare_trainer:  # e.g. FSDP's shard check and its gathered final save
+        resolve(engine.prepare_trainer)(trainer, plan, rank)
     if rank == 0:
         print(
             f"[launcher] data: {summary['examples']} examples ({summary['eval_examples']} for eval), "
