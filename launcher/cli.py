@@ -420,10 +420,10 @@ def cmd_eval(argv: list[str]) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     nproc = args.nproc
-    if nproc is None:
-        from launcher.plan import build_plan
+    if nproc is None:  # eval reads only its eval datasets: no whole plan (data.datasets is not read)
+        from launcher.plan.devices import detect_gpus, processes_per_node
 
-        nproc = build_plan(recipe, allow_pending=True)["world"]["nproc_per_node"]
+        nproc = processes_per_node(recipe["distributed"]["nproc_per_node"], detect_gpus())
     results = evaluate(recipe, args.dataset, args.model, args.adapter, Path(args.out) if args.out else None, nproc)
     print(json.dumps(results, indent=2, ensure_ascii=False))
     return 0

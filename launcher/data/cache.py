@@ -38,6 +38,7 @@ import numpy as np
 from launcher.data.datasets import resolve_dataset
 from launcher.data.defaults import WAIT_S
 from launcher.errors import DataError
+from launcher.util.timeouts import recipe_timeout_s
 
 log = logging.getLogger("launcher.data")
 Data = TypeVar("Data")  # a stage's data: a dataclass of its rows (first field) and counts
@@ -305,7 +306,7 @@ def cached_data(
 
 def wait_s(recipe: dict) -> float:
     """How long a rank waits for another to build an entry: the run's distributed.timeout_minutes."""
-    return recipe["distributed"]["timeout_minutes"] * 60
+    return recipe_timeout_s(recipe)
 
 
 def templated_data(

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launcher.errors import EvalError
+from launcher.util.timeouts import recipe_timeout_s
 
 
 @dataclass
@@ -164,7 +165,7 @@ def evaluate(
         replies, tokens, generating = predict_shard(job, prompts)
     else:
         replies, tokens, generating = _run_shards(
-            job, prompts, processes, out / "shards", recipe["distributed"]["timeout_minutes"] * 60.0
+            job, prompts, processes, out / "shards", recipe_timeout_s(recipe)
         )
     runtime = time.perf_counter() - started
     labels = [label for _, label in rows]
