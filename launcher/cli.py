@@ -318,20 +318,29 @@ def cmd_import_lf(argv: list[str]) -> int:
     parser.add_argument(
         "--out", default=None, metavar="RECIPE.yaml", help="where to write the recipe (default: stdout)"
     )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="write the recipe even where LF keys that change what is trained have no mapping (each as a comment)",
+    )
+    parser.add_argument("--predict", action="store_true", help="an LF predict config -> a recipe for `launch eval`")
     args = parser.parse_args(argv)
-    from launcher.recipe.import_lf import import_lf, read_lf, render
+    from launcher.recipe.import_lf import read_lf
+    from launcher.recipe.lf_strict import strict_import
 
     source = Path(args.lf_yaml)
-    recipe, unmapped = import_lf(read_lf(source), base=Path.cwd())
-    text = render(recipe, unmapped, source)
+    text, notes, dropped = strict_import(read_lf(source), source, Path.cwd(), args.lenient, args.predict)
+    next_step = f"launch {'eval' if args.predict else 'plan'} {args.out}"
     if args.out is None:
         print(text, end="")
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
-        print(f"[launch] wrote {args.out}; check it with `launch plan {args.out}`")
-    for name, why in unmapped:
+        print(f"[launch] wrote {args.out}; next: `{next_step}`")
+    for name, why in notes:
         print(f"[launch] not mapped: {name}: {why}", file=sys.stderr)
+    for name, why in dropped:
+        print(f"[launch] dropped (--lenient): {name}: {why}", file=sys.stderr)
     return 0
 
 

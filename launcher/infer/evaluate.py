@@ -164,9 +164,7 @@ def evaluate(
     if processes == 1:
         replies, tokens, generating = predict_shard(job, prompts)
     else:
-        replies, tokens, generating = _run_shards(
-            job, prompts, processes, out / "shards", recipe_timeout_s(recipe)
-        )
+        replies, tokens, generating = _run_shards(job, prompts, processes, out / "shards", recipe_timeout_s(recipe))
     runtime = time.perf_counter() - started
     labels = [label for _, label in rows]
     out.mkdir(parents=True, exist_ok=True)
