@@ -11,6 +11,7 @@ import yaml
 from conftest import ROOT, run_launch
 
 from launcher.recipe.import_lf import mapping_table
+from launcher.recipe.lf_strict import notes_table
 
 pytestmark = pytest.mark.unit
 
@@ -133,8 +134,9 @@ def test_bad_lf_file_is_one_error(tmp_path):
     assert proc.returncode == 2 and "bad.yaml" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_docs_table_is_the_mapping():
-    assert mapping_table() in (ROOT / "docs" / "import_lf.md").read_text()
+def test_docs_tables_are_the_mapping_and_the_notes():
+    docs = (ROOT / "docs" / "import_lf.md").read_text()
+    assert mapping_table() in docs and notes_table() in docs
 
 
 def _refused(tmp_path: Path, text: str, *flags: str):
