@@ -343,13 +343,20 @@ def cmd_import_lf(argv: list[str]) -> int:
     parser.add_argument(
         "--force", action="store_true", help="replace --out if it exists (never the LF YAML or an input of the run)"
     )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="write the recipe even where LF keys that change what is trained have no mapping (each as a comment)",
+    )
+    parser.add_argument("--predict", action="store_true", help="an LF predict config -> a recipe for `launch eval`")
     args = parser.parse_args(argv)
-    from launcher.recipe.import_lf import import_lf, lf_inputs, read_lf, render, unmapped_lines
+    from launcher.recipe.import_lf import lf_inputs, one_line, read_lf
+    from launcher.recipe.lf_strict import strict_import
 
     source = Path(args.lf_yaml)
     lf, origins = read_lf(source)
-    recipe, unmapped = import_lf(lf, base=Path.cwd(), origins=origins)
-    text = render(recipe, unmapped, source)
+    text, notes, dropped, recipe = strict_import(lf, source, Path.cwd(), args.lenient, args.predict, origins)
+    next_step = f"launch {'eval' if args.predict else 'plan'} {args.out}"
     if args.out is None:
         print(text, end="")
     else:
@@ -358,9 +365,11 @@ def cmd_import_lf(argv: list[str]) -> int:
         out = check_output_file("--out", args.out, lf_inputs(source, lf, recipe, Path.cwd()), args.force)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
-        print(f"[launch] wrote {args.out}; check it with `launch plan {args.out}`")
-    for line in unmapped_lines(unmapped):
-        print(f"[launch] not mapped: {line}", file=sys.stderr)
+        print(f"[launch] wrote {args.out}; next: `{next_step}`")
+    for name, why in notes:
+        print(f"[launch] not mapped: {one_line(name)}: {why}", file=sys.stderr)
+    for name, why in dropped:
+        print(f"[launch] dropped (--lenient): {one_line(name)}: {why}", file=sys.stderr)
     return 0
 
 
@@ -476,10 +485,10 @@ def cmd_eval(argv: list[str]) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     out = eval_folder(recipe, args.recipe, args.dataset, args.out, args.force)
     nproc = args.nproc
-    if nproc is None:
-        from launcher.plan import build_plan
+    if nproc is None:  # eval reads only its eval datasets: no whole plan (data.datasets is not read)
+        from launcher.plan.devices import detect_gpus, processes_per_node
 
-        nproc = build_plan(recipe, allow_pending=True)["world"]["nproc_per_node"]
+        nproc = processes_per_node(recipe["distributed"]["nproc_per_node"], detect_gpus())
     results = evaluate(recipe, args.dataset, args.model, args.adapter, out, nproc)
     print(json.dumps(results, indent=2, ensure_ascii=False))
     return 0

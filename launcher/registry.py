@@ -28,7 +28,6 @@ class Key:
     literals: extra string values accepted besides the kind (e.g. "auto" for an int key)
     only_for: (selector key, allowed values): the key is only valid when the selector
         (a dotted key, e.g. "method.name") has one of these values; its default applies only then.
-    aliases: other names accepted for a choice, resolved to it at load (e.g. LLaMA-Factory's).
     guess: offer the closest choice by spelling for a value that is none of them (off where a
         near name is a different thing, e.g. the llama2 template is not llama3's format).
     commas: a str_list given as one string "a,b" means [a, b].
@@ -46,7 +45,6 @@ class Key:
     literals: tuple = ()
     only_for: tuple[str, tuple] | None = None
     fields: dict[str, "Key"] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)
     guess: bool = True
     commas: bool = False  # str_list: one string is split at commas (LLaMA-Factory's `dataset: a,b`)
 

@@ -52,7 +52,7 @@ def test_a_runs_recorded_template_renders_the_training_prompt(alpaca_run, tiny_r
     # an adapter's run that trained with auto, and a plain model folder: the tokenizer's own
     assert chat_template("builtin:tiny-qwen2", str(tiny_run(*LORA_ZERO3_RUN)))[0] == "auto"
     assert chat_template(str(materialize("builtin:tiny-qwen2")), None) == ("auto", "the tokenizer's chat template")
-    assert chat_template(str(alpaca_run), None, "qwen")[0] == "qwen2"  # --template overrides; LF's name accepted
+    assert chat_template(str(alpaca_run), None, "qwen")[0] == "qwen"  # --template overrides; LF's qwen is a template
 
 
 def test_cli_chat_answers_from_the_training_prompt_and_template_overrides(alpaca_run):

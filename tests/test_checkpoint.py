@@ -223,6 +223,24 @@ def test_merge_of_a_trained_adapter_through_the_cli(zero3_run, tmp_path):
     )
 
 
+def test_merge_of_a_reward_model_adapter_says_what_it_is(tmp_path, warm):
+    """Given the very base it trained on, a stage rm adapter (SEQ_CLS: LoRA + a score head) is refused as a
+    reward model, not as an adapter of another base."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    scorer = AutoModelForSequenceClassification.from_pretrained(_base_dir(), num_labels=1, dtype=torch.float32)
+    adapter = tmp_path / "rm"
+    get_peft_model(scorer, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules="all-linear")).save_pretrained(
+        adapter
+    )
+    proc = run_launch(
+        ["merge", "--base", "builtin:tiny-qwen2", "--adapter", str(adapter), "--out", str(tmp_path / "m")]
+    )
+    assert proc.returncode == 2 and "is a reward model's adapter" in proc.stderr, proc.stderr
+    assert "the base model the adapter was trained on" not in proc.stderr and "train.reward_model" in proc.stderr
+
+
 def test_merge_into_a_quantized_base_is_refused_and_qlora_adapters_are_named(tmp_path, warm):
     from launcher.checkpoint.merge import merge
 

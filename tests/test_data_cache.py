@@ -159,3 +159,24 @@ def test_a_waiting_rank_times_out_naming_the_entry_and_lock(tmp_path):
         holder.release()
     # the lock of a builder that is gone is free again
     assert load_or_build(entry, lambda: Tokenized({"x": [[1]]}), timeout_s=1).columns == {"x": [[1]]}
+
+
+@pytest.mark.unit
+def test_lfs_never_timeout_is_a_wait_the_os_accepts():
+    """LLaMA-Factory's ddp_timeout: 180000000 (3000000 minutes) reaches poll() as milliseconds in a C int:
+    wait_s caps it, so a rank waiting for another's cache build polls instead of raising OverflowError."""
+    import selectors
+
+    from launcher.data.cache import wait_s
+
+    seconds = wait_s({"distributed": {"timeout_minutes": 3_000_000}})
+    assert 24 * 86400 < seconds < 25 * 86400
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x")
+    with selectors.DefaultSelector() as selector:
+        selector.register(read_end, selectors.EVENT_READ)
+        assert selector.select(seconds)  # ready at once; a longer timeout raises OverflowError
+        with pytest.raises(OverflowError):
+            selector.select(seconds + 1)
+    os.close(read_end)
+    os.close(write_end)

@@ -62,6 +62,18 @@ def test_sharegpt_roles_system_function_call_observation_and_tools():
     assert second.tools[0]["name"] == "get_weather"  # the tools column is a JSON string in LLaMA-Factory's form
 
 
+@pytest.mark.parametrize("registered", ["demo_sharegpt", "demo_openai"])
+def test_a_conversations_file_given_as_a_bare_path_reads_as_conversations(tmp_path, registered):
+    """Not registered in dataset_info.json, the file's first row says its format (it used to read as alpaca)."""
+    rows = [json.loads(line) for line in (DATA / "demo_openai.jsonl").read_text().splitlines()]
+    if registered == "demo_sharegpt":
+        rows = json.loads((DATA / "demo_sharegpt.json").read_text())
+    bare = _jsonl(tmp_path / "chats.jsonl", rows)
+    expected = load_examples([registered], CFG)
+    got = load_examples([str(bare)], CFG)
+    assert [e.messages for e in got] == [e.messages for e in expected] and len(got) == len(rows)
+
+
 def test_sharegpt_custom_tags_and_system_turn_over_system_column(tmp_path):
     rows = [
         {

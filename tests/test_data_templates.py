@@ -114,16 +114,27 @@ EXPECTED = {  # (rendered text of system_multi_turn, trained parts): the publish
         # ChatGLM3's finetune_chatmodel_demo/preprocess_utils.py masks it)
         ["\n 不会,是晴天。<|user|>", "\n 非常适合。<|im_end|>"],
     ),
+    # LLaMA-Factory's alpaca and empty, as LF 0.9.5's SFT preprocessing renders and labels them (issue 29):
+    # alpaca trains the "\n\n" after each reply, empty adds no end token
     "alpaca": (
         "你是一个简洁的助手。\n\n### Instruction:\n今天会下雨吗?\n\n### Response:\n不会,是晴天。<|im_end|>\n\n"
         "### Instruction:\n适合出去玩吗?\n\n### Response:\n非常适合。<|im_end|>\n\n",
-        ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"],
+        ["不会,是晴天。<|im_end|>\n\n", "非常适合。<|im_end|>\n\n"],
     ),
     "empty": (
-        "你是一个简洁的助手。今天会下雨吗?不会,是晴天。<|im_end|>适合出去玩吗?非常适合。<|im_end|>",
-        ["不会,是晴天。<|im_end|>", "非常适合。<|im_end|>"],
+        "你是一个简洁的助手。今天会下雨吗?不会,是晴天。适合出去玩吗?非常适合。",
+        ["不会,是晴天。", "非常适合。"],
+    ),
+    # LF's qwen: ChatML, the "\n" after each <|im_end|> trained; qwen3_nothink the same format
+    "qwen": (
+        "<|im_start|>system\n你是一个简洁的助手。<|im_end|>\n<|im_start|>user\n今天会下雨吗?<|im_end|>\n"
+        "<|im_start|>assistant\n不会,是晴天。<|im_end|>\n<|im_start|>user\n适合出去玩吗?<|im_end|>\n"
+        "<|im_start|>assistant\n非常适合。<|im_end|>\n",
+        ["不会,是晴天。<|im_end|>\n", "非常适合。<|im_end|>\n"],
     ),
 }
+EXPECTED["qwen3_nothink"] = EXPECTED["qwen"]
+LF_QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -176,6 +187,29 @@ def test_chatglm3_tools_follow_chatglm3s_own_finetune_format(tokenizer):
             tools,
             "chatglm3",
         )
+
+
+@pytest.mark.parametrize("name, system", [("qwen", LF_QWEN_SYSTEM), ("qwen3_nothink", None)])
+@pytest.mark.parametrize("given", [[], [{"role": "system", "content": ""}]])
+def test_lf_qwen_default_system_also_replaces_an_empty_one(tokenizer, name, system, given):
+    """LF's rule is `system or default_system`: no system message and an empty one render alike."""
+    messages = [*given, *CONVERSATIONS["single"]]
+    text, _ = render(tokenizer, messages, None, name)
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+    assert text == head + "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n2 + 3 = 5.<|im_end|>\n"
+    trained = _trained_text(tokenizer, encode_conversation(tokenizer, messages, 4096, template=name))
+    assert trained == ["2 + 3 = 5.<|im_end|>\n"]
+
+
+def test_lf_llama3_keeps_message_content_untrimmed(tokenizer):
+    """LF's llama3 writes content as it is (Meta's own template trims it): a trailing newline is trained."""
+    messages = [{"role": "user", "content": " Hi\n"}, {"role": "assistant", "content": "Hello.\n"}]
+    encoded = encode_conversation(tokenizer, messages, 4096, template="llama3")
+    assert tokenizer.decode(encoded.input_ids) == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n Hi\n<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello.\n<|eot_id|>"
+    )
+    assert _trained_text(tokenizer, encoded) == ["Hello.\n<|eot_id|>"]
 
 
 def test_alpaca_default_system_and_llama3_tool_turns(tokenizer):

@@ -5,6 +5,7 @@ called directly), and 2 processes give the same output as 1."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -184,3 +185,23 @@ def test_engine_vllm_is_refused_where_it_cannot_run(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "eval.engine: vllm, but vLLM is not installed" in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.multiproc
+def test_imported_lf_predict_config_evaluates_its_eval_datasets_with_lfs_timeout(tmp_path, warm):
+    """An LF predict YAML (eval_dataset only, ddp_timeout: 180000000) through `launch import-lf --predict`:
+    `launch eval` reads only its eval datasets (the default data.datasets is not in this dataset_dir) and
+    waits on two shard processes without OverflowError (the timeout capped at the OS's longest wait)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy("data/demo_dev.json", data / "demo_dev.json")
+    info = json.loads(open("data/dataset_info.json", encoding="utf-8").read())
+    (data / "dataset_info.json").write_text(json.dumps({"demo_dev": info["demo_dev"]}))
+    recipe = tmp_path / "eval.yaml"
+    proc = run_launch(["import-lf", "tests/lf_configs/lora_predict.yaml", "--predict", "--out", str(recipe)])
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "eval"
+    args = [f"data.dataset_dir={data}", "data.max_samples=2", "eval.max_new_tokens=2", f"output.dir={tmp_path}/r"]
+    proc = run_launch(["eval", str(recipe), *args, "--adapter", "", "--nproc", "2", "--out", str(out)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "predict_results.json").read_text())["predict_samples"] == 2

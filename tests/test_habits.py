@@ -28,6 +28,19 @@ def test_sbatch_without_a_slurm_section_takes_nodes_and_gpus_from_distributed(tm
     assert "--partition" not in text and "--account" not in text  # the cluster's defaults
 
 
+@pytest.mark.unit
+def test_sbatch_asks_for_no_guessed_gpus(tmp_path):
+    """nproc_per_node auto (decided on the node) and no slurm section: the GPUs to ask for are unknown, so the
+    script is refused rather than asking 8 GPUs of a CPU cluster; slurm.gpus_per_node 0 asks for none."""
+    script = tmp_path / "job.sbatch"
+    proc = run_launch(["sbatch", TINY, "--script", str(script)], timeout=60)
+    assert proc.returncode == 2 and not script.exists(), proc.stderr
+    assert "distributed.nproc_per_node is auto" in proc.stderr and "slurm={gpus_per_node: N}" in proc.stderr
+    proc = run_launch(["sbatch", TINY, "slurm={gpus_per_node: 0}", "--script", str(script)], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--gpus" not in script.read_text()
+
+
 def _plan(*args: str) -> subprocess.CompletedProcess:
     return run_launch(["plan", TINY, *args], timeout=60)
 

@@ -12,15 +12,16 @@ import yaml
 from conftest import ROOT, run_launch
 
 from launcher.recipe.import_lf import mapping_table
+from launcher.recipe.lf_strict import notes_table
 
 pytestmark = pytest.mark.unit
 
 CONFIGS = ROOT / "tests" / "lf_configs"
 
 
-def _import(tmp_path: Path, name: str, source: Path | None = None) -> tuple[dict, str, str]:
+def _import(tmp_path: Path, name: str, source: Path | None = None, *flags: str) -> tuple[dict, str, str]:
     out = tmp_path / f"{name}.yaml"
-    proc = run_launch(["import-lf", str(source or CONFIGS / f"{name}.yaml"), "--out", str(out)], timeout=60)
+    proc = run_launch(["import-lf", str(source or CONFIGS / f"{name}.yaml"), "--out", str(out), *flags], timeout=60)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(out.read_text()), out.read_text(), proc.stderr
 
@@ -34,7 +35,8 @@ EXPECTED = {
         "train.lr": 1e-4,
         "train.grad_accum": 8,
         "model.dtype": "bf16",
-        "model.template": "qwen2",
+        "model.template": "qwen",
+        "distributed.timeout_minutes": 35791,  # LF's 180000000 s, capped at the OS's longest wait
         "distributed.engine": "ddp",
         "distributed.zero": 0,
         "train.eval_steps": 500,
@@ -64,6 +66,8 @@ EXPECTED = {
         "distributed.offload": "all",
         "data.train_on_prompt": True,
     },
+    "qlora_bnb_sft": {"model.quantization.bits": 8, "model.template": "qwen3_nothink", "method.name": "lora"},
+    "qwen3_nothink_lora_sft": {"model.template": "qwen3_nothink", "data.datasets": ["demo_sft", "demo_sharegpt"]},
     "lora_pt": {"stage": "pt", "train.lr": 5e-5, "train.micro_batch_size": 8, "model.dtype": "fp32"},
     "lora_rm": {"stage": "rm"},
     "lora_dpo": {"stage": "dpo", "train.pref_beta": 0.1, "train.pref_loss": "sigmoid"},
@@ -131,8 +135,125 @@ def test_bad_lf_file_is_one_error(tmp_path):
     assert proc.returncode == 2 and "bad.yaml" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_docs_table_is_the_mapping():
-    assert mapping_table() in (ROOT / "docs" / "import_lf.md").read_text()
+def test_docs_tables_are_the_mapping_and_the_notes():
+    docs = (ROOT / "docs" / "import_lf.md").read_text()
+    assert mapping_table() in docs and notes_table() in docs
+
+
+def _import_text(tmp_path: Path, text: str, *flags: str):
+    source = tmp_path / "lf.yaml"
+    source.write_text(text)
+    out = tmp_path / "recipe.yaml"
+    return run_launch(["import-lf", str(source), "--out", str(out), *flags], timeout=60), out
+
+
+TRAINING = "model_name_or_path: builtin:tiny-qwen2\nstage: sft\ndo_train: true\ndataset: demo_sft\ntemplate: qwen\n"
+
+
+def test_keys_that_change_training_stop_the_import_all_in_one_message(tmp_path):
+    text = TRAINING + (
+        "finetuning_type: oft\nuse_galore: true\nmixture_of_depths: convert\nquantization_bit: 4\n"
+        "quantization_method: hqq\nrun_name: mine\n"
+    )
+    proc, out = _import_text(tmp_path, text)
+    assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
+    for key in (
+        "finetuning_type: finetuning_type 'oft'",
+        "use_galore: not a key the importer knows",
+        "mixture_of_depths:",
+        "quantization_bit: quantization_method hqq",
+    ):
+        assert key in proc.stderr, proc.stderr
+    assert "4 LLaMA-Factory key(s) change what is trained" in proc.stderr and "--lenient" in proc.stderr
+    assert "run_name" not in proc.stderr  # logging only: a note, not a refusal
+
+    proc, out = _import_text(tmp_path, text, "--lenient")
+    assert proc.returncode == 0, proc.stderr
+    written = out.read_text()
+    for key in ("finetuning_type", "use_galore", "mixture_of_depths", "quantization_bit"):
+        assert f"#   {key}: DROPPED (--lenient), changes what is trained: " in written
+        assert f"dropped (--lenient): {key}: " in proc.stderr
+    assert "#   run_name: logging/bookkeeping only" in written
+    assert run_launch(["plan", str(out)], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("method", ["hqq", "eetq", "gptq", "awq"])
+def test_quantization_methods_other_than_bitsandbytes_are_refused(tmp_path, method):
+    proc, _ = _import_text(
+        tmp_path, TRAINING + f"finetuning_type: lora\nquantization_bit: 4\nquantization_method: {method}\n"
+    )
+    assert proc.returncode == 2
+    assert f"quantization_method {method}: LF quantizes the base with {method}" in proc.stderr
+    assert "Fix: quantization_method: bnb" in proc.stderr
+
+
+@pytest.mark.parametrize("template", ["qwen3", "llama2", "deepseek3", "qwen3_5", "mistral", "default", "chatglm3"])
+def test_lf_templates_not_rendered_as_lf_does_are_refused_naming_the_accepted(tmp_path, template):
+    proc, _ = _import_text(tmp_path, TRAINING.replace("template: qwen", f"template: {template}"))
+    assert proc.returncode == 2
+    assert f"template {template}: " in proc.stderr and "template: auto" in proc.stderr
+    assert "qwen, qwen3_nothink, llama3, alpaca, empty" in proc.stderr
+
+
+def test_dora_with_rslora_is_refused_liger_is_a_note(tmp_path):
+    proc, _ = _import_text(tmp_path, TRAINING + "finetuning_type: lora\nuse_dora: true\nuse_rslora: true\n")
+    assert proc.returncode == 2 and "use_dora with use_rslora" in proc.stderr
+    proc, out = _import_text(tmp_path, TRAINING + "finetuning_type: lora\nenable_liger_kernel: true\n")
+    assert proc.returncode == 0 and "not mapped: enable_liger_kernel: speed only" in proc.stderr
+
+
+def test_remote_dataset_dir_is_refused_with_the_download_command(tmp_path):
+    proc, _ = _import_text(tmp_path, TRAINING + "dataset_dir: REMOTE:llamafactory/demo_data\n")
+    assert proc.returncode == 2
+    assert "hf download llamafactory/demo_data --repo-type dataset --local-dir data/demo_data" in proc.stderr
+
+
+NOT_TRAINING = {
+    "accelerate_fsdp_config": [
+        "is an accelerate config (distributed_type FSDP)",
+        "distributed.nnodes: 1; distributed.nproc_per_node: 2; distributed.engine: deepspeed; distributed.zero: 3; "
+        "model.dtype: bf16",
+    ],
+    "chat_lora": [
+        "inference config",
+        "`launch chat --model builtin:tiny-qwen2 --adapter saves/tiny/lora/sft --template qwen --trust-remote-code`",
+        "`launch serve --model builtin:tiny-qwen2 --adapter saves/tiny/lora/sft --trust-remote-code`",
+    ],
+    "merge_lora": [
+        "export config",
+        "`launch merge --base builtin:tiny-qwen2 --adapter saves/tiny/lora/sft --out output/tiny_lora_sft "
+        "--shard-size 5GB`",
+        "Ollama Modelfile is not written",
+    ],
+    "export_gptq": ["GPTQ export (export_quantization_bit) is not supported", "no adapter to merge"],
+    "lora_predict": ["predict config", "--predict --out", "then `launch eval "],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_TRAINING))
+def test_files_that_are_not_training_configs_name_their_launch_command(tmp_path, name):
+    out = tmp_path / "recipe.yaml"
+    proc = run_launch(["import-lf", str(CONFIGS / f"{name}.yaml"), "--out", str(out)], timeout=60)
+    assert proc.returncode == 2 and not out.exists(), proc.stderr
+    for part in NOT_TRAINING[name]:
+        assert part in proc.stderr, proc.stderr
+
+
+def test_lf_v1_format_is_named_with_what_to_do(tmp_path):
+    proc, _ = _import_text(
+        tmp_path, "model: Qwen/Qwen3-0.6B\ntemplate: qwen3_nothink\ntrain_dataset: data/v1_sft_demo.yaml\n"
+    )
+    assert proc.returncode == 2 and "LLaMA-Factory's v1 config format" in proc.stderr and "v0" in proc.stderr
+
+
+def test_predict_config_imports_as_an_eval_recipe(tmp_path):
+    out = tmp_path / "eval.yaml"
+    proc = run_launch(["import-lf", str(CONFIGS / "lora_predict.yaml"), "--predict", "--out", str(out)], timeout=60)
+    assert proc.returncode == 0 and f"`launch eval {out}`" in proc.stdout, proc.stderr
+    recipe = yaml.safe_load(out.read_text())
+    assert recipe["data"]["eval_datasets"] == ["demo_dev"] and recipe["model"]["adapter"] == "saves/tiny/lora/sft"
+    proc = run_launch(["import-lf", str(CONFIGS / "lora_dpo.yaml"), "--predict"])
+    assert proc.returncode == 2 and "is not a LLaMA-Factory predict config" in proc.stderr
 
 
 LF_HEAD = "model_name_or_path: builtin:tiny-qwen2\nstage: sft\nfinetuning_type: lora\ndataset: demo_sft\n"
@@ -177,10 +298,13 @@ def test_a_key_or_value_cannot_leave_its_comment_line(tmp_path):
     """An LF key holding a newline used to write an `output:` section of its own into the recipe."""
     lf = tmp_path / "lf.yaml"
     lf.write_text(LF_HEAD + '"x\\noutput:\\n  dir: /etc\\n#": 1\n' + f"flash_attn: {'a' * 5000}\n")
-    recipe, text, stderr = _import(tmp_path, "injected", lf)
+    refused = run_launch(["import-lf", str(lf)], timeout=60)  # an unknown key stops the strict import
+    assert refused.returncode == 2 and "  'x\\noutput:\\n  dir: /etc\\n#': not a key" in refused.stderr
+    assert "\noutput:" not in refused.stderr, refused.stderr
+    recipe, text, stderr = _import(tmp_path, "injected", lf, "--lenient")
     assert "output" not in recipe and recipe["model"]["path"] == "builtin:tiny-qwen2"
     comments = [line for line in text.splitlines() if line.startswith("#")]
-    assert "#   'x\\noutput:\\n  dir: /etc\\n#': no equivalent recipe key" in comments, text
+    assert any(c.startswith("#   'x\\noutput:\\n  dir: /etc\\n#': DROPPED (--lenient)") for c in comments), text
     assert all(len(line) < 300 for line in comments) and "a" * 300 not in stderr
 
 

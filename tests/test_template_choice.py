@@ -44,10 +44,11 @@ def test_a_named_template_or_stage_pt_plans_the_base_model(base_model):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_llama_factory_qwen_is_qwen2():
-    proc = run_launch(["plan", TINY, "model.template=qwen"], timeout=60)
+@pytest.mark.parametrize("name", ["qwen", "qwen3_nothink"])
+def test_llama_factorys_qwen_names_are_templates_of_their_own(name):
+    proc = run_launch(["plan", TINY, f"model.template={name}"], timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "template: qwen2" in proc.stdout
+    assert f"template: {name}\n" in proc.stdout
 
 
 @pytest.mark.parametrize("name", ["llama2", "qwen3", "chatglm2"])
@@ -55,4 +56,4 @@ def test_unknown_template_gets_no_guess_from_another_family(name):
     proc = run_launch(["plan", TINY, f"model.template={name}"], timeout=60)
     assert proc.returncode == 2
     assert "did you mean" not in proc.stderr.lower()
-    assert "auto" in proc.stderr
+    assert "model.template: auto uses the model's own chat template" in proc.stderr and "qwen3_nothink" in proc.stderr

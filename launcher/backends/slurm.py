@@ -106,10 +106,16 @@ def _extra_line(item: str) -> str:
 
 def slurm_from_distributed(dist: DistributedSection) -> dict:
     """The slurm section a recipe without one gets: distributed.nnodes nodes, distributed.nproc_per_node GPUs
-    per node (auto: the schema's default), the cluster's default partition and account."""
+    per node, the cluster's default partition and account. nproc_per_node auto is refused: it is decided on
+    the node, so the GPUs to ask for are unknown here (a guess of 8 makes a CPU cluster reject the job)."""
+    if not isinstance(dist["nproc_per_node"], int):
+        raise RecipeError(
+            "launch sbatch: distributed.nproc_per_node is auto and the recipe has no slurm section, so how many "
+            "GPUs per node to ask SLURM for is unknown. Fix: slurm={gpus_per_node: N} (0 on a CPU-only cluster: "
+            "no GPUs asked, CPU processes run), or distributed.nproc_per_node=N (N GPUs per node)"
+        )
     defaults = {name: key.default for name, key in SLURM.fields.items()}
-    gpus = dist["nproc_per_node"] if isinstance(dist["nproc_per_node"], int) else defaults["gpus_per_node"]
-    return {**defaults, "nodes": dist["nnodes"], "gpus_per_node": gpus}
+    return {**defaults, "nodes": dist["nnodes"], "gpus_per_node": dist["nproc_per_node"]}
 
 
 def batch_script(recipe: Recipe, recipe_file: str, overrides: list[str], log_path: str, cwd: str) -> str:

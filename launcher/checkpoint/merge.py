@@ -50,6 +50,13 @@ def _check_adapter(config: dict, adapter: Path) -> None:
             f"{adapter} is a {config.get('peft_type')} adapter: only LoRA-family adapters fold into the "
             "weights. Fix: use it unmerged (`launch chat --adapter`, PeftModel.from_pretrained)"
         )
+    if config.get("task_type") == "SEQ_CLS":
+        raise MergeError(
+            f"{adapter} is a reward model's adapter (stage rm: LoRA plus a new score head in place of the "
+            "language-model head); folded into the causal-LM base it would be no reward model, and the base has "
+            "no score head to take it. Fix: use it unmerged: train.reward_model of a stage: ppo recipe reads the "
+            "rm run's output.dir as it is"
+        )
     if str(config.get("init_lora_weights")).lower().startswith("pissa"):
         raise MergeError(
             f"{adapter} is a PiSSA adapter still expressed over the residual base it trained on. Fix: merge "

@@ -38,6 +38,7 @@ import numpy as np
 from launcher.data.datasets import resolve_dataset
 from launcher.data.defaults import WAIT_S
 from launcher.errors import DataError
+from launcher.util.timeouts import recipe_timeout_s
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -308,7 +309,7 @@ def cached_data(
 
 def wait_s(recipe: Mapping[str, Any]) -> float:
     """How long a rank waits for another to build an entry: the run's distributed.timeout_minutes."""
-    return recipe["distributed"]["timeout_minutes"] * 60
+    return recipe_timeout_s(recipe)
 
 
 def templated_data(

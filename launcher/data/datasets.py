@@ -310,8 +310,24 @@ def dataset_source(name: str, dataset_dir: str | Path) -> Path:
     return _entry_spec(name, registry[name], dataset_dir).files[0] if name in registry else Path(name)
 
 
+def _sniffed_format(files: list[Path]) -> tuple[str, dict[str, str]]:
+    """(formatting, columns) of an unregistered data file from its first row: a `conversations` list is
+    sharegpt (role/content messages inside it: openai's tags), a `messages` list openai, anything else alpaca."""
+    from launcher.data.readers import iter_file
+
+    first = next(iter_file(files[0], lambda error: None), None) if files else None
+    row = first.data if first is not None else {}
+    for column, formatting in (("conversations", "sharegpt"), ("messages", "openai")):
+        messages = row.get(column)
+        if isinstance(messages, list):
+            openai_tags = bool(messages) and isinstance(messages[0], dict) and "role" in messages[0]
+            return ("openai" if openai_tags else formatting), {"messages": column}
+    return "alpaca", {}
+
+
 def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
-    """A registered dataset name, or a path to a data file or folder (alpaca columns), as a DatasetSpec."""
+    """A registered dataset name, or a path to a data file or folder (its format read off its first row), as a
+    DatasetSpec."""
     dataset_dir = Path(dataset_dir)
     registry = _registry(dataset_dir)
     if name in registry:
@@ -333,6 +349,8 @@ def resolve_dataset(name: str, dataset_dir: str | Path) -> DatasetSpec:
     if not path.exists():
         raise DataError(f"dataset {name!r}: file {path} does not exist. Fix: correct file_name in dataset_info.json")
     spec.files = _data_files(path, name, spec.split)
+    if name not in registry:
+        spec.formatting, spec.columns = _sniffed_format(spec.files)
     spec.columns = {**COLUMN_DEFAULTS[spec.formatting], **spec.columns}
     spec.tags = {**TAG_DEFAULTS.get(spec.formatting, {}), **spec.tags}
     return spec

@@ -1,4 +1,9 @@
-"""Registered chat templates (model.template: qwen2 | llama3 | chatglm3 | alpaca | empty).
+"""Registered chat templates (model.template: qwen2 | qwen | qwen3_nothink | llama3 | chatglm3 | alpaca | empty).
+
+qwen, qwen3_nothink, llama3, alpaca and empty are LLaMA-Factory's templates of those names as LF 0.9.5's SFT
+preprocessing renders and masks them, so an LF-trained model continues in its own format: the system prompt is
+`system or default_system` (an empty system message gets the default), and what LF trains after each reply (ChatML's
+"\n" after <|im_end|>, alpaca's "\n\n") is trained here too. qwen2 is Qwen2's own published chat template.
 
 A template renders a conversation to text in one pass and returns the character span of
 every trained part (each assistant reply through its end-of-turn marker), so masks are
@@ -12,7 +17,7 @@ import ast
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher.errors import DataError
@@ -111,7 +116,7 @@ class Template:
     call_joiner: str = "\n"  # between a reply and its tool calls, and between calls
     separator: str = ""  # after each assistant turn; not trained
     stop_roles: tuple[str, ...] = ()  # no per-turn eos: the next role token ends a reply (trained), eos the last
-    strip: bool = False  # the model's own template trims message content
+    empty_system_default: bool = False  # LF's rule: an empty system message gets default_system too
 
     def render(self, messages: list[dict], tools: list[dict] | None, eos: str) -> tuple[str, list[Span]]:
         """The conversation's text and the trained spans of its assistant turns."""
@@ -120,12 +125,14 @@ class Template:
             if messages and messages[0]["role"] == "system"
             else (self.default_system, messages)
         )
+        if self.empty_system_default and not system:
+            system = self.default_system
         if tools:
             system = self.tools(system, tools)
-        text = self.prefix + (_fill(self.system, self._clean(system)) if system else "")
+        text = self.prefix + (_fill(self.system, system) if system else "")
         spans: list[Span] = []
         for message in turns:
-            role, content = message["role"], self._clean(message.get("content") or "")
+            role, content = message["role"], message.get("content") or ""
             if role == "assistant":
                 calls = [
                     self.tool_call(c["function"]["name"], c["function"]["arguments"])
@@ -149,25 +156,35 @@ class Template:
             spans[-1] = (spans[-1][0], len(text))
         return text, spans
 
-    def _clean(self, content: str) -> str:
-        return content.strip() if self.strip else content
 
+QWEN2 = Template(
+    name="qwen2",  # ChatML as Qwen2's own chat template: the "\n" after <|im_end|> is not trained
+    system="<|im_start|>system\n{content}<|im_end|>\n",
+    default_system="You are a helpful assistant.",
+    user="<|im_start|>user\n{content}<|im_end|>\n",
+    observation="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+    generation="<|im_start|>assistant\n",
+    assistant="{content}<|im_end|>",
+    separator="\n",
+    tool_call=lambda name, arguments: f"<tool_call>\n{_json_call(name, arguments)}\n</tool_call>",
+    tools=_qwen_tools,
+)
+# LLaMA-Factory's qwen: ChatML with its own default system prompt, the "\n" after each <|im_end|> trained
+LF_QWEN = replace(
+    QWEN2,
+    name="qwen",
+    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    assistant="{content}<|im_end|>\n",
+    separator="",
+    empty_system_default=True,
+)
 
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
-        Template(
-            name="qwen2",  # ChatML
-            system="<|im_start|>system\n{content}<|im_end|>\n",
-            default_system="You are a helpful assistant.",
-            user="<|im_start|>user\n{content}<|im_end|>\n",
-            observation="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
-            generation="<|im_start|>assistant\n",
-            assistant="{content}<|im_end|>",
-            separator="\n",
-            tool_call=lambda name, arguments: f"<tool_call>\n{_json_call(name, arguments)}\n</tool_call>",
-            tools=_qwen_tools,
-        ),
+        QWEN2,
+        LF_QWEN,
+        replace(LF_QWEN, name="qwen3_nothink", default_system=""),  # LF's qwen without a default system prompt
         Template(
             name="llama3",
             prefix="<|begin_of_text|>",
@@ -178,7 +195,6 @@ TEMPLATES: dict[str, Template] = {
             assistant="{content}<|eot_id|>",
             tool_call=lambda name, arguments: _json_call(name, arguments, key="parameters"),
             tools=_generic_tools,
-            strip=True,
         ),
         Template(
             name="chatglm3",
@@ -201,18 +217,18 @@ TEMPLATES: dict[str, Template] = {
             user="### Instruction:\n{content}\n\n",
             observation="### Instruction:\n{content}\n\n",
             generation="### Response:\n",
-            assistant="{content}{eos}",
-            separator="\n\n",
+            assistant="{content}{eos}\n\n",  # LF trains the "\n\n" after each reply
             tool_call=_json_call,
             tools=_generic_tools,
+            empty_system_default=True,
         ),
         Template(
-            name="empty",  # raw text: turns concatenated, eos after each reply
+            name="empty",  # raw text: turns concatenated, no end token (as LF's empty)
             system="{content}",
             user="{content}",
             observation="{content}",
             generation="",
-            assistant="{content}{eos}",
+            assistant="{content}",
             tool_call=_json_call,
             tools=_generic_tools,
         ),

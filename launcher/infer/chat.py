@@ -20,7 +20,6 @@ from launcher.data.defaults import TEMPLATE
 from launcher.data.templates import TEMPLATES
 from launcher.errors import ChatError, CheckpointError
 from launcher.model.dtypes import torch_dtype
-from launcher.recipe.schema import TEMPLATE_ALIASES
 
 
 @dataclass
@@ -80,12 +79,11 @@ def chat_template(model_path: str, adapter: str | None, requested: str | None = 
     model folder, trained with (its plan.json; `auto` there is that run's tokenizer's, saved beside it); else
     auto, the tokenizer's own chat template."""
     if requested is not None:
-        name = TEMPLATE_ALIASES.get(requested, requested)
-        if name != "auto" and name not in TEMPLATES:
+        if requested != "auto" and requested not in TEMPLATES:
             raise ChatError(
                 f"--template {requested}: not a registered template. Fix: one of auto, {', '.join(TEMPLATES)}"
             )
-        return name, "--template"
+        return requested, "--template"
     for folder in (adapter, model_path):
         plan = run_plan(folder) if folder else None
         if plan is not None:

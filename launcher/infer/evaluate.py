@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.errors import EvalError
 from launcher.recipe.load import output_folder
+from launcher.util.timeouts import recipe_timeout_s
 
 PREDICTIONS, RESULTS = "generated_predictions.jsonl", "predict_results.json"
 
@@ -196,9 +197,7 @@ def evaluate(
         replies, tokens, generating = predict_shard(job, prompts)
     else:
         with tempfile.TemporaryDirectory(prefix="launch-eval-") as work:  # the shards' files: scratch, not --out's
-            replies, tokens, generating = _run_shards(
-                job, prompts, processes, Path(work), recipe["distributed"]["timeout_minutes"] * 60.0
-            )
+            replies, tokens, generating = _run_shards(job, prompts, processes, Path(work), recipe_timeout_s(recipe))
     runtime = time.perf_counter() - started
     labels = [label for _, label in rows]
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 from launcher.errors import RecipeError
 from launcher.plan.argv import master_address, master_port, node_argv
-from launcher.plan.devices import CPU_PROCESSES, check_nproc, detect_gpus
+from launcher.plan.devices import detect_gpus, processes_per_node
 from launcher.plan.env import check_env_forward, environment
 from launcher.plan.files import node_plan_file
 from launcher.plan.inputs import check_datasets, check_stage_inputs
@@ -63,11 +63,7 @@ def build_plan(
     check_device(recipe, gpus)
     kernels = plan_kernels(recipe, on_gpu)
     dtype = resolve_dtype(recipe["model"]["dtype"], gpus)
-    if dist["nproc_per_node"] == "auto":
-        nproc = gpus["count"] if on_gpu else CPU_PROCESSES
-    else:
-        nproc = dist["nproc_per_node"]
-        check_nproc(nproc, gpus)
+    nproc = processes_per_node(dist["nproc_per_node"], gpus)
     hosts: list[Host] = []  # none without a hostfile
     if dist["hostfile"] is not None:
         from launcher.plan.hostfile import hostfile_hosts

@@ -70,6 +70,14 @@ def host_memory_gb() -> float | None:
     return None
 
 
+def processes_per_node(setting: int | str, gpus: Gpus) -> int:
+    """distributed.nproc_per_node on this machine: auto = one per visible GPU, else CPU_PROCESSES."""
+    if setting == "auto":
+        return gpus["count"] if gpus["count"] else CPU_PROCESSES
+    check_nproc(int(setting), gpus)
+    return int(setting)
+
+
 def check_nproc(nproc: int, gpus: Gpus) -> None:
     """An explicit distributed.nproc_per_node must fit this node: one process per GPU; on CPU a
     few per core still plan a world size (tests, a cluster's layout), far more only time-slice."""

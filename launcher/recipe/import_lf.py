@@ -16,10 +16,11 @@ import yaml
 
 from launcher.errors import LFImportError, RecipeError, shown
 from launcher.recipe.load import check_value
-from launcher.recipe.schema import SCHEMA, TEMPLATES, all_keys
+from launcher.recipe.schema import SCHEMA, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.util.config_file import read_config_text
 from launcher.util.json_object import read_json_object
+from launcher.util.timeouts import MAX_TIMEOUT_MINUTES
 
 FLAT_KEYS = all_keys()
 
@@ -51,21 +52,24 @@ def _when_true(key: str, value_if_true: Any) -> Setter:
 
 
 LF_STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "kto": "kto"}
-LF_TEMPLATES = {
-    "qwen": "qwen2",
-    "qwen2": "qwen2",
-    "llama3": "llama3",
-    "chatglm3": "chatglm3",
-    "alpaca": "alpaca",
-    "empty": "empty",
-    "default": "auto",
-}
+# LF's template names registered here with LF's own rendering and masks (data/templates.py); no LF name maps to
+# auto: the model's own chat template is masked by this launcher's rule, not LF's, so it trains other labels
+LF_TEMPLATES = ("qwen", "qwen3_nothink", "llama3", "alpaca", "empty")
+# LF's bitsandbytes under both its names; the other quantization_method values quantize with other libraries
+LF_BNB = ("bnb", "bitsandbytes")
 LF_ATTN = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "sdpa"}
 LF_ENGINES = {"huggingface": "hf", "vllm": "vllm"}
 
 
 class Unmapped(Exception):
     """A value with no recipe equivalent: the reason."""
+
+
+class Note(str):
+    """A reason for leaving a key out that changes nothing LF would train (LF ignores the key too)."""
+
+
+NO_KEY = "no equivalent recipe key"
 
 
 def _stage(value: Any, lf: dict) -> dict:
@@ -82,10 +86,17 @@ def _finetuning_type(value: Any, lf: dict) -> dict:
 
 def _template(value: Any, lf: dict) -> dict:
     if value in LF_TEMPLATES:
-        return {"model.template": LF_TEMPLATES[value]}
+        return {"model.template": value}
+    why = (
+        "this launcher's chatglm3 is THUDM's format, not LF's (LF writes no space after the role token and labels "
+        "the end-of-sequence in place of each later <|user|>)"
+        if value == "chatglm3"
+        else "LF's format of that name is not registered here"
+    )
     raise Unmapped(
-        f"template {shown(value)} is not registered here ({', '.join(TEMPLATES)}); model.template: auto "
-        "(the tokenizer's own chat template) is used, which is what LF's template reproduces for most models"
+        f"template {one_line(value)}: {why}, so the model would learn another chat format. Fix: template: auto (the model's "
+        f"own chat template; check its text and labels with `launch data`), or one of LF's templates registered "
+        f"here: {', '.join(LF_TEMPLATES)}"
     )
 
 
@@ -102,9 +113,12 @@ def _engine(value: Any, lf: dict) -> dict:
 
 
 def _quantization(value: Any, lf: dict) -> dict:
-    if lf.get("quantization_method", "bitsandbytes") != "bitsandbytes":
+    method = lf.get("quantization_method", "bnb")
+    if method not in LF_BNB:
         raise Unmapped(
-            f"quantization_method {lf['quantization_method']!r}: only bitsandbytes k-bit bases are supported"
+            f"quantization_method {method}: LF quantizes the base with {method}; only bitsandbytes k-bit bases are "
+            "supported here. Fix: quantization_method: bnb, or quantize with that library yourself and train "
+            "LoRA on the result without quantization_bit"
         )
     if int(value) not in (4, 8):
         raise Unmapped(f"quantization_bit {shown(value)}: bitsandbytes QLoRA takes 4 or 8")
@@ -198,7 +212,8 @@ def _generation(name: str) -> Setter:
 
 
 def _timeout(value: Any, lf: dict) -> dict:
-    return {"distributed.timeout_minutes": max(1, -(-int(value) // 60))}
+    """LF's examples' 180000000 s (meaning "never") is capped at the OS's longest wait."""
+    return {"distributed.timeout_minutes": min(MAX_TIMEOUT_MINUTES, max(1, -(-int(value) // 60)))}
 
 
 def _report_to(value: Any, lf: dict) -> dict:
@@ -222,7 +237,7 @@ def _resume(value: Any, lf: dict) -> dict:
 LF_KEYS: dict[str, LFKey] = {
     "model_name_or_path": LFKey(("model.path",)),
     "adapter_name_or_path": LFKey(("model.adapter",)),
-    "template": LFKey(("model.template",), _template, "qwen -> qwen2; names not registered here -> auto"),
+    "template": LFKey(("model.template",), _template, "LF's own rendering: " + ", ".join(LF_TEMPLATES)),
     "trust_remote_code": LFKey(("model.trust_remote_code",)),
     "flash_attn": LFKey(("model.attn",), _attn, "fa2 -> flash_attention_2, disabled -> eager"),
     "bf16": LFKey(("model.dtype",), _precision("bf16")),
@@ -306,20 +321,12 @@ LF_KEYS: dict[str, LFKey] = {
         None,
         "the JSON's zero_optimization stage and offload devices; absent -> engine: ddp",
     ),
-    "ddp_timeout": LFKey(("distributed.timeout_minutes",), _timeout, "seconds -> minutes"),
+    "ddp_timeout": LFKey(
+        ("distributed.timeout_minutes",), _timeout, "seconds -> minutes, capped at the OS's longest wait (24.8 days)"
+    ),
     "output_dir": LFKey(("output.dir",)),
     "overwrite_output_dir": LFKey(("output.overwrite",)),
     "report_to": LFKey(("output.report_to",), _report_to),
-}
-# LF arguments with no recipe key, and why (others: "no equivalent recipe key").
-UNSUPPORTED = {
-    "per_device_eval_batch_size": "evaluation batches use train.micro_batch_size",
-    "save_only_model": "checkpoints always hold the optimizer state, so a run resumes exactly",
-    "use_unsloth": "Unsloth's kernels are not part of this launcher",
-    "reward_model_type": "train.reward_model is always the output.dir of a stage: rm run (LF's full/lora types alike)",
-    "predict_with_generate": "generation metrics come from `launch eval` (or train.eval_generate)",
-    "do_eval": "evaluation runs when data.eval_datasets or data.val_size is set",
-    "do_predict": "prediction is `launch eval`",
 }
 # LLaMA-Factory's (and HF TrainingArguments') defaults where they differ from the recipe's, so an LF config
 # that leaves a key out trains as it did there.
@@ -338,7 +345,7 @@ IMPLIED = {
     "do_train": "launch trains",
     "plot_loss": "loss.png is always written",
     "overwrite_cache": "the data cache is keyed by content; a change rebuilds it",
-    "quantization_method": "bitsandbytes is the k-bit backend (checked with quantization_bit)",
+    "quantization_method": "bnb (bitsandbytes) is the k-bit backend; others refused (checked with quantization_bit)",
     "dataloader_num_workers": "the data is tokenized before training; data.num_workers sets the tokenizing processes",
 }
 
@@ -415,7 +422,7 @@ def import_lf(
         if name in IMPLIED:
             continue
         if name not in LF_KEYS:
-            unmapped.append((name, UNSUPPORTED.get(name, "no equivalent recipe key")))
+            unmapped.append((name, NO_KEY))
             continue
         try:
             mapped = _convert(name, value, lf, base, where(name))
@@ -435,7 +442,7 @@ def import_lf(
         if ok:
             active[dotted] = value
         elif sources.get(dotted, "") in lf:  # an LF default that does not apply is no news
-            unmapped.append((sources[dotted], reason))
+            unmapped.append((sources[dotted], Note(reason)))
     _checked(active, sources, where)
     recipe: dict = {}
     for dotted, value in active.items():
@@ -468,7 +475,7 @@ def lf_inputs(source: Path, lf: dict, recipe: dict, base: Path) -> list[tuple[st
     return inputs + run_inputs(recipe)
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     """A name or reason as a comment (or log) line holds it: bounded, and a newline in an LF key
     escaped, so it cannot end the comment and write recipe keys of its own."""
     text = str(text) if str(text).isprintable() else shown(str(text))
@@ -477,12 +484,12 @@ def _one_line(text: object) -> str:
 
 def unmapped_lines(unmapped: list[tuple[str, str]]) -> list[str]:
     """'key: why' per LF key left out, each on one line."""
-    return [f"{_one_line(name)}: {_one_line(why)}" for name, why in unmapped]
+    return [f"{one_line(name)}: {one_line(why)}" for name, why in unmapped]
 
 
 def render(recipe: dict, unmapped: list[tuple[str, str]], source: Path) -> str:
     """The recipe as YAML, headed by comments naming the source and each key left out."""
-    lines = [f"# imported from {_one_line(source)} by `launch import-lf`"]
+    lines = [f"# imported from {one_line(source)} by `launch import-lf`"]
     if unmapped:
         lines.append("# LLaMA-Factory keys not mapped:")
         lines += [f"#   {line}" for line in unmapped_lines(unmapped)]

@@ -181,7 +181,7 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     elif kind == "str":
         if not isinstance(value, str) or not value.strip():
             raise fail("expected a non-empty string", f"write e.g. {key}: {spec.default or 'value'}")
-        out = spec.aliases.get(value, value)
+        out = value
     elif kind == "str_list":
         items = (
             ([part.strip() for part in value.split(",")] if spec.commas else [value])
@@ -205,6 +205,8 @@ def _coerce(key: str, spec: Key, value: Any, where: str) -> Any:
     if spec.choices and out not in spec.choices:
         close = difflib.get_close_matches(str(out), [str(c) for c in spec.choices], n=1) if spec.guess else []
         hint = f"did you mean {close[0]}?" if close else f"use one of {list(spec.choices)}"
+        if key == "model.template":  # an unregistered format: the model's own template is the usual answer
+            hint += "; model.template: auto uses the model's own chat template"
         raise fail(f"not one of {list(spec.choices)}", hint)
     if spec.low is not None and (out < spec.low or (out == spec.low and not spec.low_inclusive)):
         op = ">=" if spec.low_inclusive else ">"

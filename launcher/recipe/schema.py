@@ -21,9 +21,6 @@ STAGES = registry.STAGES.keys()
 METHODS = registry.METHODS.keys()
 ENGINES = registry.ENGINES.keys()
 TEMPLATES = ("auto", *REGISTERED_TEMPLATES)
-# LLaMA-Factory's template names that render the same format as one of ours (its llama3, chatglm3,
-# alpaca and empty are ours by name already); its other names are formats we do not register
-TEMPLATE_ALIASES = {"qwen": "qwen2"}
 
 
 def spec_keys(
@@ -67,9 +64,9 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
             "str",
             TEMPLATE,
             "chat template: auto = the tokenizer's chat_template (right for any model that ships "
-            "one), or a registered name; LLaMA-Factory's qwen is accepted as qwen2",
+            "one), or a registered name: qwen, qwen3_nothink, llama3, alpaca and empty render and mask as "
+            "LLaMA-Factory's templates of those names, qwen2 as Qwen2's own chat template (docs/data.md)",
             choices=TEMPLATES,
-            aliases=TEMPLATE_ALIASES,
             guess=False,
         ),
         "dtype": Key("str", "bf16", "training precision", choices=("bf16", "fp16", "fp32", "auto")),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from launcher.util.timeouts import recipe_timeout_s
+
 
 def isolate_restart_attempt(plan: dict) -> None:
     """Call before TrainingArguments in every rank; a no-op in the first attempt."""
@@ -22,7 +24,7 @@ def isolate_restart_attempt(plan: dict) -> None:
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    timeout = timedelta(minutes=plan["recipe"]["distributed"]["timeout_minutes"])
+    timeout = timedelta(seconds=recipe_timeout_s(plan["recipe"]))
     if plan["world"]["backend"] == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     store = dist.TCPStore(

@@ -16,6 +16,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from launcher.registry import SCORE_HEAD, TRAINERS, engine_spec, resolve, stage_spec
 from launcher.util import quiet
+from launcher.util.timeouts import recipe_timeout_s
 from launcher.worker.elastic import isolate_restart_attempt
 
 
@@ -55,7 +56,7 @@ def training_arguments(plan: dict):
         bf16=plan["dtype"] == "bf16",
         fp16=plan["dtype"] == "fp16",
         **engine_spec(dist["engine"]).trainer_args(plan),
-        ddp_timeout=dist["timeout_minutes"] * 60,
+        ddp_timeout=int(recipe_timeout_s(plan["recipe"])),
         ddp_backend=plan["world"]["backend"],
         use_cpu=on_cpu,
         report_to=[],  # TensorBoard is added explicitly, after the throughput callback
