@@ -11,15 +11,13 @@ from launcher.plan.argv import _node_argv, master_port
 from launcher.plan.deepspeed import deepspeed_config
 from launcher.plan.devices import CPU_PROCESSES, _check_nproc, detect_gpus
 from launcher.plan.env import _environment
-from launcher.plan.files import node_plan_file
+from launcher.plan.files import PLAN_VERSION, node_plan_file
 from launcher.plan.inputs import _check_datasets, _check_stage_inputs
 from launcher.plan.memory import fit_refusal
 from launcher.plan.memory_fit import _memory_plan
 from launcher.plan.precision import _check_device, _kernel_plan, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
-
-PLAN_VERSION = 1
 
 
 def build_plan(

@@ -1,4 +1,4 @@
-"""Where each node reads its plan, and writing it there."""
+"""Where each node reads its plan, writing it there, and reading it back in the worker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from launcher.plan.store import plan_copies_dir, private_dir, write_new
+from launcher.errors import RecipeError
+from launcher.plan.store import plan_copies_dir, private_dir, read_own, write_new
+
+PLAN_VERSION = 1  # plan.json's shape; raise it when a worker could misread a plan another launcher wrote
 
 
 def node_plan_file(output_dir: str, node_rank: int) -> str:
@@ -31,3 +34,15 @@ def write_plan(plan: dict, path: str | None = None) -> str:
         private_dir(path.parent)
         write_new(path, json.dumps(plan, indent=2) + "\n", mode=0o600)
     return str(path)
+
+
+def read_plan(path: str) -> dict:
+    """The plan a worker runs: a file of this user's (store.read_own) in this launcher's plan version."""
+    plan = json.loads(read_own(path))
+    version = plan.get("version") if isinstance(plan, dict) else None
+    if version != PLAN_VERSION:
+        raise RecipeError(
+            f"--plan {path} has plan version {version!r}, but this launcher reads version {PLAN_VERSION}: "
+            "another version of the launcher wrote it. Fix: re-run `launch` with this launcher to write a new plan"
+        )
+    return plan
