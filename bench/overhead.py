@@ -75,6 +75,8 @@ PLAIN_FIXED = {
     ("distributed", "zero"): 3,
     ("distributed", "offload"): "none",
 }
+# sft_tiny.yaml runs ZeRO-2 and `model.attn: auto` (sdpa on CPU): the pair is the ZeRO-3 run plain_trainer.py hard-codes
+PAIR_OVERRIDES = ["distributed.zero=3", "model.attn=sdpa"]
 
 
 @dataclass
@@ -262,7 +264,7 @@ def prepare_pair(overrides: list[str], work: Path) -> tuple[dict, str, Path, dic
 
 def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dict[str, str], dict[str, str]]:
     """Alternate launch and plain runs (order swapped each repetition); also the commands shown and the ranks' env."""
-    overrides = [f"train.max_steps={steps}", "train.save_steps=100000"]
+    overrides = [f"train.max_steps={steps}", "train.save_steps=100000", *PAIR_OVERRIDES]
     plan, model_dir, ds_config, env, plain_env = prepare_pair(overrides, work)
     warm_up(env, work)
     runs: list[Run] = []

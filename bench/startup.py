@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: make the repo's `launcher` and `bench` importable
 
 from bench.overhead import (  # noqa: E402
+    PAIR_OVERRIDES,
     QUIET,
     cpu_seconds,
     free_port,
@@ -101,8 +102,7 @@ def stamped_run(kind: str, argv: list[str], env: dict[str, str], log: Path) -> S
 
 def bench(steps: int, repeats: int, work: Path) -> tuple[list[Start], list[str]]:
     """Alternate launch and plain runs (order swapped each repetition), after one untimed warm-up of each."""
-    overrides = [f"train.max_steps={steps}", "train.save_steps=100000", "train.logging_steps=1"]
-    overrides += ["distributed.zero=3", "model.attn=sdpa"]  # what plain_trainer.py hard-codes (auto is sdpa on CPU)
+    overrides = [f"train.max_steps={steps}", "train.save_steps=100000", "train.logging_steps=1", *PAIR_OVERRIDES]
     plan, model_dir, ds_config, env, plain_env = prepare_pair(overrides, work)
 
     def command(kind: str, out: Path) -> tuple[list[str], dict[str, str]]:
