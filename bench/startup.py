@@ -52,6 +52,13 @@ LAUNCH_MARKS = (
     ("train begins", re.compile(r"^\[launcher\] MFU:")),
     ("first step", re.compile(r"^\[train\] step 1/")),
 )
+NOTE = (
+    "`model + method ready` holds each rank's imports of torch, transformers (which brings peft and accelerate) and "
+    "DeepSpeed, the process group and the model load: the same libraries the plain script imports (it also "
+    "imports datasets and bitsandbytes, which the launcher's ranks skip: worker/lean_imports.py). `train begins` "
+    "is the Trainer's DeepSpeed engine set-up. The CPU matmul peak for MFU is measured on a machine's first run "
+    "only and read from the cache afterwards (monitoring/cpu_peak.py), so no timed run here measured it."
+)
 PLAIN_MARKS = (("first step", re.compile(r"""^\{['"]loss['"]:""")),)
 
 
@@ -175,6 +182,8 @@ def render(runs: list[Start], overrides: list[str], steps: int, repeats: int, lo
             "| line seen | at s | since the previous |",
             "|---|---|---|",
             *phases,
+            "",
+            NOTE,
             "",
         ]
     )
