@@ -45,6 +45,7 @@ lint: install
 
 bench: install
 	$(PY) bench/overhead.py
+	$(PY) bench/startup.py
 	$(PY) bench/methods.py
 	$(PY) bench/data.py
 

@@ -75,6 +75,8 @@ PLAIN_FIXED = {
     ("distributed", "zero"): 3,
     ("distributed", "offload"): "none",
 }
+# sft_tiny.yaml runs ZeRO-2 and `model.attn: auto` (sdpa on CPU): the pair is the ZeRO-3 run plain_trainer.py hard-codes
+PAIR_OVERRIDES = ["distributed.zero=3", "model.attn=sdpa"]
 
 
 @dataclass
@@ -247,9 +249,9 @@ def warm_up(env: dict[str, str], work: Path) -> None:
     )
 
 
-def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dict[str, str], dict[str, str]]:
-    """Alternate launch and plain runs (order swapped each repetition); also the commands shown and the ranks' env."""
-    overrides = [f"train.max_steps={steps}", "train.save_steps=100000"]
+def prepare_pair(overrides: list[str], work: Path) -> tuple[dict, str, Path, dict[str, str], dict[str, str]]:
+    """What both commands of a launch-vs-plain pair need: the tiny plan, the materialized model, the
+    DeepSpeed config file for the plain script, launch's env and the plain ranks' env."""
     env = base_env()
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # build_plan reads it: resolve the same CPU plan the launch sees
     plan = resolve_tiny(overrides)
@@ -257,6 +259,13 @@ def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dic
     ds_config = work / "ds_config.json"
     ds_config.write_text(json.dumps(plan["deepspeed"], indent=2))
     plain_env = {**env, **plan["env"]}  # exactly what the launcher gives its ranks (DeepSpeed op cache included)
+    return plan, model_dir, ds_config, env, plain_env
+
+
+def bench_training(steps: int, repeats: int, work: Path) -> tuple[list[Run], dict[str, str], dict[str, str]]:
+    """Alternate launch and plain runs (order swapped each repetition); also the commands shown and the ranks' env."""
+    overrides = [f"train.max_steps={steps}", "train.save_steps=100000", *PAIR_OVERRIDES]
+    plan, model_dir, ds_config, env, plain_env = prepare_pair(overrides, work)
     warm_up(env, work)
     runs: list[Run] = []
     for rep in range(repeats):
@@ -458,14 +467,22 @@ def write_section(path: Path, section: str, heading: str = SECTION) -> None:
     path.write_text(before + section.rstrip() + "\n" + after)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per training run")
-    parser.add_argument("--repeats", type=int, default=2, help="repetitions of each training run")
+def training_bench_args(doc: str, steps: int, repeats: int) -> argparse.Namespace:
+    """--steps, --repeats and --out of a bench that times training runs; the working folder becomes the
+    repo root (recipes name their data relative to it, and the planner checks it)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps per training run")
+    parser.add_argument("--repeats", type=int, default=repeats, help="repetitions of each training run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     args = parser.parse_args()
-    out_file = args.out.resolve()
-    os.chdir(ROOT)  # recipes name their data relative to the repo root, and the planner checks it
+    args.out = args.out.resolve()
+    os.chdir(ROOT)
+    return args
+
+
+def main() -> None:
+    args = training_bench_args(__doc__, steps=30, repeats=2)
+    out_file = args.out
     with tempfile.TemporaryDirectory(prefix="launcher-bench-") as tmp:
         work = Path(tmp)
         runs, commands, rank_env = bench_training(args.steps, args.repeats, work)

@@ -241,3 +241,47 @@ def test_gpu_peak_is_matched_by_whole_words_of_the_nvidia_smi_name():
     )
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == table[("A100",)]
     assert gpu_peak_flops("NVIDIA A10G") is None and gpu_peak_flops("Intel Arc A770") is None
+
+
+@pytest.mark.unit
+def test_cpu_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """The first start measures and writes the cache; later ones read its figure back (a planted
+    one proves it is read, not measured again); another thread count is another key."""
+    from launcher.monitoring.cpu_peak import cache_key, cache_path, cpu_peak_flops
+
+    monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path))
+    measured, cached = cpu_peak_flops(torch.float32)
+    assert not cached and measured > 0 and cache_path().parent == tmp_path
+    assert json.loads(cache_path().read_text()) == {cache_key(torch.float32): measured}
+    assert cpu_peak_flops(torch.float32) == (measured, True)
+    cache_path().write_text(json.dumps({cache_key(torch.float32): 1.5e9}))
+    assert cpu_peak_flops(torch.float32) == (1.5e9, True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert cpu_peak_flops(torch.float32)[1] is False  # the thread count is part of the key
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads(cache_path().read_text())) == 2 and [p.name for p in tmp_path.iterdir()] == ["cpu_peak.json"]
+
+
+OTHER = '"a CPU elsewhere | torch 2.0 | 4 threads | torch.float32": 2.5e9'
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[1.5e9]", *(f'{{"KEY": {bad}, {OTHER}}}' for bad in ('"1.5e9"', "-1.0", "NaN", "true", "{}", "1"))],
+)
+def test_a_malformed_cpu_peak_cache_is_never_trusted(tmp_path, monkeypatch, content):
+    """Whatever the file holds that this module does not write, the peak is measured and the file
+    rewritten whole, keeping the entries that are well-formed."""
+    from launcher.monitoring.cpu_peak import cache_key, cache_path, cpu_peak_flops
+
+    monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path))
+    key = cache_key(torch.float32)
+    cache_path().write_text(content.replace("KEY", key))
+    peak, cached = cpu_peak_flops(torch.float32)
+    assert not cached and math.isfinite(peak) and peak > 1e6
+    kept = json.loads(f"{{{OTHER}}}") if OTHER in content else {}
+    assert json.loads(cache_path().read_text()) == {**kept, key: peak}

@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 from launcher.data.collate import PaddingCollator
 from launcher.plan import build_plan
 from launcher.recipe.load import load_recipe
-from launcher.worker.main import training_arguments
+from launcher.worker.load import training_arguments
 from tests.conftest import ROOT
 from tests.test_e2e import TINY
 from tests.test_methods import _base

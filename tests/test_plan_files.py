@@ -146,3 +146,27 @@ def test_the_worker_refuses_a_plan_file_that_is_not_the_users(tmp_path, case):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"[launcher] plan error: --plan {plan}" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists(), "nothing may run from a refused plan"
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("version", ["next", "missing"])
+def test_the_worker_refuses_a_plan_another_launcher_version_wrote(tmp_path, version):
+    from launcher.plan import PLAN_VERSION, build_plan
+    from launcher.recipe.load import load_recipe
+
+    plan = build_plan(load_recipe(ROOT / TINY, [f"output.dir={tmp_path / 'out'}"]), cwd=str(ROOT))
+    if version == "next":  # a newer launcher's plan
+        plan["version"] = PLAN_VERSION + 1
+    else:  # a plan from before plan.json carried its version
+        del plan["version"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan, indent=2))
+    proc = _worker(path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    shown = PLAN_VERSION + 1 if version == "next" else None
+    assert f"[launcher] plan error: --plan {path} has plan version {shown}, but this launcher reads version " in (
+        proc.stderr
+    )
+    assert "Fix: re-run `launch` with this launcher to write a new plan" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists(), "nothing may run from a refused plan"

@@ -36,7 +36,7 @@ def _trainer(recipe_file: str, overrides: list[str], tmp_path: Path):
     from launcher.model.builtin import local_model_path
     from launcher.plan import build_plan
     from launcher.registry import TRAINERS as STAGES
-    from launcher.worker.main import load_model, training_arguments
+    from launcher.worker.load import load_model, training_arguments
 
     recipe = load_recipe(
         ROOT / recipe_file,

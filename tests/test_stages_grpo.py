@@ -153,7 +153,7 @@ def _trainer(tmp_path: Path, loss_type: str, reward_file: str):
     from launcher.methods import apply_method
     from launcher.model.builtin import materialize
     from launcher.stages.grpo import build_trainer
-    from launcher.worker.main import load_model
+    from launcher.worker.load import load_model
 
     plan = _plan(
         tmp_path,

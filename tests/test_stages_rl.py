@@ -32,7 +32,7 @@ def test_reward_loss_is_minus_logsigmoid_of_the_score_difference(tmp_path):
     from launcher.methods import apply_method
     from launcher.model.builtin import materialize
     from launcher.stages.rm import build_trainer
-    from launcher.worker.main import load_model
+    from launcher.worker.load import load_model
 
     plan = _plan(
         tmp_path,

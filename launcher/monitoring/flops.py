@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +52,7 @@ GPU_BF16_PEAK_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("RTX", "3090"), 71.0),
     (("V100",), 125.0),  # no bf16: its fp16 tensor peak
 )
-PEAK_ENV = "LAUNCHER_PEAK_TFLOPS"  # overrides the table (or the CPU measurement), per device
+PEAK_ENV = "LAUNCHER_PEAK_TFLOPS"  # overrides the table (or the CPU measurement, cpu_peak.py), per device
 
 
 @dataclass(frozen=True)
@@ -95,19 +94,6 @@ def gpu_peak_flops(name: str) -> float | None:
     return None
 
 
-def measured_cpu_peak_flops(dtype: torch.dtype, size: int = 512, repeats: int = 8) -> float:
-    """FLOP/s of the best of a few square matmuls in this process, with its own thread count:
-    on CPU the reference is what these cores do on a large matmul, not a data-sheet figure."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
 def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str]:
     """Peak FLOP/s of one device and where the figure comes from."""
     if os.environ.get(PEAK_ENV):
@@ -116,4 +102,8 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float |
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak_flops(name)
         return peak, (f"{name} dense bf16 data sheet" if peak else f"{name}: not in the peak table, set {PEAK_ENV}")
-    return measured_cpu_peak_flops(dtype), f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
+    from launcher.monitoring.cpu_peak import cache_path, cpu_peak_flops
+
+    peak, cached = cpu_peak_flops(dtype)
+    when = f"measured once, cached in {cache_path()}" if cached else "measured now"
+    return peak, f"{str(dtype).removeprefix('torch.')} matmul on this CPU, {when}"

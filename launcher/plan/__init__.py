@@ -13,10 +13,10 @@ outputs), memory_fit (distributed.zero: auto), files (plan.json per node), forma
 
 from launcher.engines.deepspeed_config import DS_CONFIG_DIR, deepspeed_config, model_hidden_size
 from launcher.plan.argv import master_port
-from launcher.plan.build import PLAN_VERSION, build_plan
+from launcher.plan.build import build_plan
 from launcher.plan.devices import CPU_PROCESSES, CPU_PROCESSES_PER_CORE, detect_gpus, host_memory_gb
 from launcher.plan.env import torch_extensions_dir
-from launcher.plan.files import node_plan_file, write_plan
+from launcher.plan.files import PLAN_VERSION, node_plan_file, read_plan, write_plan
 from launcher.plan.format import format_plan
 from launcher.plan.inputs import STAGE_INPUTS
 from launcher.plan.precision import resolve_dtype
@@ -35,6 +35,7 @@ __all__ = [
     "master_port",
     "model_hidden_size",
     "node_plan_file",
+    "read_plan",
     "resolve_dtype",
     "torch_extensions_dir",
     "write_plan",

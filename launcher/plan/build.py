@@ -11,7 +11,7 @@ from launcher.errors import RecipeError
 from launcher.plan.argv import master_address, master_port, node_argv
 from launcher.plan.devices import detect_gpus, processes_per_node
 from launcher.plan.env import check_env_forward, environment
-from launcher.plan.files import node_plan_file
+from launcher.plan.files import PLAN_VERSION, node_plan_file
 from launcher.plan.inputs import check_datasets, check_stage_inputs
 from launcher.plan.memory import fit_refusal
 from launcher.plan.memory_fit import memory_plan
@@ -26,8 +26,6 @@ from launcher.registry import engine_spec, method_spec, stage_spec
 if TYPE_CHECKING:
     from launcher.plan.hostfile import Host
     from launcher.recipe.types import Recipe
-
-PLAN_VERSION = 1
 
 
 def engine_config(recipe: Recipe, world_size: int, dtype: str, on_gpu: bool) -> EngineConfigs:

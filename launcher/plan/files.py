@@ -114,6 +114,9 @@ if TYPE_CHECKING:
     from launcher.plan.types import Plan
 
 
+PLAN_VERSION = 1  # plan.json's shape; raise it when a worker could misread a plan another launcher wrote
+
+
 def node_plan_file(output_dir: str, node_rank: int) -> str:
     """Where node K's worker reads the plan: output.dir/plan.json on node 0 (the run's record), a
     node-local path elsewhere, so nodes without a shared file system need no output dir for it and
@@ -136,3 +139,15 @@ def write_plan(plan: Plan, path: str | None = None) -> str:
         private_dir(target.parent)
         write_new(target, json.dumps(plan, indent=2) + "\n", mode=0o600)
     return str(target)
+
+
+def read_plan(path: str) -> Plan:
+    """The plan a worker runs: a file of this user's (read_own) in this launcher's plan version."""
+    plan = json.loads(read_own(path))
+    version = plan.get("version") if isinstance(plan, dict) else None
+    if version != PLAN_VERSION:
+        raise RecipeError(
+            f"--plan {path} has plan version {version!r}, but this launcher reads version {PLAN_VERSION}: "
+            "another version of the launcher wrote it. Fix: re-run `launch` with this launcher to write a new plan"
+        )
+    return plan

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MARKER = ".launcher-run"  # written into output.dir when the launcher creates it; overwrite needs it
 MARKER_VERSION = 1
-# What a run writes into output.dir (worker.py, the Trainer, PEFT and tokenizer saves, monitoring/);
+# What a run writes into output.dir (worker/run.py, the Trainer, PEFT and tokenizer saves, monitoring/);
 # overwrite removes these and nothing else. A name a run may write must be added here.
 RUN_WRITES = (
     MARKER,

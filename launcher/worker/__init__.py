@@ -1,1 +1,1 @@
-"""Inside each rank: plan.json -> model, method, data, trainer; `python -m launcher.worker`."""
+"""Inside each rank: plan.json -> one Run (run.py: setup, train, save); `python -m launcher.worker`."""

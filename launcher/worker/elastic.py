@@ -10,12 +10,14 @@ its attempt; transformers, accelerate and DeepSpeed find it initialized and use 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from launcher.util.timeouts import recipe_timeout_s
 
 
-def isolate_restart_attempt(plan: dict) -> None:
+def isolate_restart_attempt(plan: Mapping[str, Any]) -> None:
     """Call before TrainingArguments in every rank; a no-op in the first attempt."""
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":

@@ -10,13 +10,15 @@ installed": the same code path as a machine without them.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from launcher.registry import stage_spec
 
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 
 
-def unused_libraries(recipe: dict) -> list[str]:
+def unused_libraries(recipe: Mapping[str, Any]) -> list[str]:
     """The optional libraries this recipe's rank never calls."""
     unused = []
     if recipe["model"]["quantization"] is None and recipe["train"]["optimizer"] not in BNB_OPTIMIZERS:
@@ -26,8 +28,9 @@ def unused_libraries(recipe: dict) -> list[str]:
     return unused
 
 
-def skip_unused_libraries(recipe: dict) -> None:
+def skip_unused_libraries(recipe: Mapping[str, Any]) -> None:
     """Before transformers or peft is imported: hide the libraries this rank does not use."""
     for name in unused_libraries(recipe):
         if name not in sys.modules:  # already imported (an in-process caller): leave it
-            sys.modules[name] = None  # importlib's "not installed" marker: find_spec gives None, import raises
+            # importlib's "not installed" marker: find_spec gives None, import raises (typeshed types the values Module)
+            sys.modules[name] = None  # type: ignore[assignment]
