@@ -4,7 +4,7 @@ __<rank>_0.distcp per rank and a .metadata index) -> PEFT adapter (LoRA) or HF m
 Each tensor is read alone (torch.distributed.checkpoint.load with no_dist, into a tensor of the size the index
 records), so peak memory is one tensor whatever the model's size; full models are written shard by shard
 (safetensors_stream). The index's keys are the model's state-dict names under "model."; a LoRA run's DCP holds
-only the adapter, keyed as PEFT's adapter file keys it. tests/test_fsdp.py checks the result against the run's
+only the adapter, keyed as PEFT's adapter file keys it. tests/engines/test_fsdp.py checks the result against the run's
 own final save and against torch's dcp_to_torch_save."""
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def model_check(method: Mapping[str, Any], shapes: dict[str, list[int]], model_p
 
 
 def notes(recipe: Mapping[str, Any]) -> list[str]:
-    """ZeRO-3 over a 4-bit base: what tests/test_methods.py verifies, and what no test here can."""
+    """ZeRO-3 over a 4-bit base: what tests/methods/test_methods.py verifies, and what no test here can."""
     quant, dist = recipe["model"]["quantization"], recipe["distributed"]
     if quant is None or quant["bits"] != 4 or dist["engine"] != "deepspeed" or dist["zero"] != 3:
         return []

@@ -26,7 +26,7 @@ GIB = 1024**3
 # tokenized data and the Trainer (anonymous RSS of a rank of the tiny recipe less its
 # tensors, measured by bench/methods.py).
 OVERHEAD_GB = {"cuda": 1.0, "cpu": 0.39}
-# stage3_max_live_parameters of ds_configs/zero3*.json (tests/test_memory.py keeps them equal)
+# stage3_max_live_parameters of ds_configs/zero3*.json (tests/plan/test_memory.py keeps them equal)
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
 

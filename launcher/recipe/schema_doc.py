@@ -9,7 +9,7 @@ from launcher.recipe.schema import SCHEMA, Key
 HEADER = """# Recipe reference
 
 Generated from `launcher/recipe/schema.py` by `launch schema --markdown > docs/recipe.md`; do not edit by
-hand (tests/test_schema_doc.py fails when this file and the schema differ). `launch schema` prints
+hand (tests/recipe/test_schema_doc.py fails when this file and the schema differ). `launch schema` prints
 the same contract as JSON Schema for editors. Overrides use the dotted names: `launch RECIPE
 train.lr=2e-5`.
 """

@@ -13,7 +13,7 @@ from launcher.recipe.schema import SCHEMA, Key, Section
 HEADER = '''"""The resolved recipe (what load_recipe returns): one TypedDict per section, every key present.
 
 Generated from launcher/recipe/schema.py by `launch schema --typeddict > launcher/recipe/types.py`; do not
-edit by hand (tests/test_schema_doc.py fails when this file and the schema differ). A key that only some
+edit by hand (tests/recipe/test_schema_doc.py fails when this file and the schema differ). A key that only some
 stages or methods read is NotRequired: the resolved recipe holds it only under them.
 """
 

@@ -56,7 +56,7 @@ ADDED_TOKENS = SPECIAL_TOKENS + TOOL_TOKENS  # ids 0..6 in this order
 
 # The Qwen2 pre-tokenization split pattern (contractions, letters, single digits,
 # punctuation runs, newlines, whitespace). Must stay identical to the one transformers'
-# Qwen2Tokenizer hard-codes; tests/test_builtin.py checks that both give the same ids.
+# Qwen2Tokenizer hard-codes; tests/model/test_builtin.py checks that both give the same ids.
 SPLIT_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""

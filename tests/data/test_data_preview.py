@@ -24,7 +24,7 @@ from launcher.registry import STAGES
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 SHOWN = 2
 CUTOFF = 36  # between the tiny datasets' shortest and longest prompts: some rows are cut (ppo: dropped), the rest kept

@@ -287,7 +287,7 @@ def test_a_deepspeed_json_with_a_bad_stage_is_refused_naming_it(tmp_path, stage)
 
 def test_exploding_aliases_are_refused_fast(tmp_path):
     """A billion-laughs LF YAML made import-lf allocate 3 GB rendering its value into a comment."""
-    from tests.test_recipe_refusals import _bomb
+    from tests.recipe.test_recipe_refusals import _bomb
 
     lf = tmp_path / "lf.yaml"
     lf.write_text(LF_HEAD + _bomb() + "template: *l8\n")

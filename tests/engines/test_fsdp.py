@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FSDP_LORA_RUN, FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN, run_launch
-from tests.test_e2e import _train
+from tests.worker.test_e2e import _train
 
 pytestmark = pytest.mark.multiproc
 

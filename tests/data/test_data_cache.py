@@ -19,7 +19,7 @@ from launcher.data.datasets import DataError
 from launcher.data.pipeline import build_sft_data, sft_data
 from launcher.model.builtin import builtin_source_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

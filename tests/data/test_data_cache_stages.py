@@ -24,7 +24,7 @@ from launcher.recipe.load import load_recipe
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 
 

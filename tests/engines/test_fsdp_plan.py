@@ -17,7 +17,7 @@ from launcher.registry import engine_spec
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "recipes" / "sft_tiny.yaml"
 FSDP = ["distributed.engine=fsdp", "distributed.nproc_per_node=2"]
 

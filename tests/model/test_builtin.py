@@ -15,7 +15,7 @@ import pytest
 from launcher.model import builtin
 from tests.conftest import imported_after
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "builtin:tiny-qwen2"
 SOURCE = builtin.builtin_source_dir(NAME)
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")

@@ -21,7 +21,7 @@ from launcher.model.builtin import builtin_source_dir
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CFG = {
     "dataset_dir": str(ROOT / "data"),
     "max_samples": None,

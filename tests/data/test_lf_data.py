@@ -18,7 +18,7 @@ from launcher.cli import main
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 NO_CACHE = ["data.cache=false"]
 

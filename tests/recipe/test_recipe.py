@@ -16,7 +16,7 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "recipes" / "sft_tiny.yaml")
 
 # (overrides on the tiny recipe, text the message must contain)

@@ -14,7 +14,7 @@ from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
 from launcher.kernels.choice import installed
 from tests.conftest import free_port, run_launch
-from tests.test_kernels import CUTOFF, _samples, _trainer, unpacked_reference
+from tests.kernels.test_kernels import CUTOFF, _samples, _trainer, unpacked_reference
 
 pytestmark = pytest.mark.gpu
 

@@ -243,7 +243,7 @@ def test_a_cached_hub_id_trains_offline_under_a_users_deepspeed_json(tmp_path, w
     user's ZeRO-2 JSON (its stage adopted, its scheduler's step counts filled by the Trainer)."""
     from launcher.checkpoint.paths import zero_shard_ranks
     from tests.conftest import free_port
-    from tests.test_ds_user_config import recipe_without_zero, write_json
+    from tests.recipe.test_ds_user_config import recipe_without_zero, write_json
 
     cache, out = hub_cache(tmp_path), tmp_path / "run"
     ds = write_json(

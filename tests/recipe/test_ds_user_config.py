@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_launch
-from tests.test_model_ready import _refused as refused
+from tests.model.test_model_ready import _refused as refused
 
 TINY = "recipes/sft_tiny.yaml"  # sets distributed.zero: 2 and model.dtype: fp32; 2 CPU processes
 

@@ -20,8 +20,8 @@ from launcher.checkpoint.pickle_check import foreign_class, resume_pickles
 from launcher.checkpoint.resume import check_checkpoint
 from launcher.errors import RecipeError
 from launcher.model.builtin import materialize
+from tests.checkpoint.test_resume import _assert_same_run
 from tests.conftest import FULL_ZERO2_RUN, LORA_ZERO3_RUN, SHORT_RUN, free_port, run_launch
-from tests.test_resume import _assert_same_run
 
 pytestmark = pytest.mark.multiproc
 

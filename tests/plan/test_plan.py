@@ -16,7 +16,7 @@ from launcher.recipe.load import load_recipe
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "recipes" / "sft_tiny.yaml")
 QWEN = str(ROOT / "recipes" / "sft_qwen2.yaml")
 

@@ -20,7 +20,7 @@ from launcher.recipe.load import RecipeError, load_recipe
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "sft_tiny.yaml"
 TOY = '''
 """A toy stage: SFT rows, one rule of its own, a trainer that is a plain function."""

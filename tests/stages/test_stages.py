@@ -280,7 +280,7 @@ REWARDS = {"train/rewards/chosen", "train/rewards/rejected", "train/rewards/accu
 
 
 def _stage(tmp_path: Path, recipe: str, name: str, overrides: list[str]) -> tuple[Path, list[float]]:
-    from tests.test_e2e import _losses
+    from tests.worker.test_e2e import _losses
 
     out = tmp_path / name
     proc = run_launch([recipe, f"output.dir={out}", f"distributed.master_port={free_port()}", *FAST, *overrides])
@@ -300,7 +300,7 @@ def _lora(out: Path) -> dict[str, torch.Tensor]:
 def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path, warm):
     """Continued pre-training (ZeRO-3) -> SFT from that adapter (ZeRO-2) -> DPO from the SFT adapter
     (ZeRO-3), each from its recipe; the DPO reference is the SFT model, so the first DPO loss is ln 2."""
-    from tests.test_e2e import _check_adapter, _tensorboard_tags
+    from tests.worker.test_e2e import _check_adapter, _tensorboard_tags
 
     pt, _ = _stage(tmp_path, "recipes/pt_tiny.yaml", "pt", ["data.max_samples=5"])
     assert "train/loss" in _tensorboard_tags(pt)
@@ -337,7 +337,7 @@ def test_pipeline_pt_sft_dpo_each_stage_continues_the_previous_adapter(tmp_path,
     ],
 )
 def test_preference_stage_runs_on_two_processes(stage, overrides, metrics, tmp_path, warm):
-    from tests.test_e2e import _check_adapter, _tensorboard_tags
+    from tests.worker.test_e2e import _check_adapter, _tensorboard_tags
 
     out, _ = _stage(tmp_path, f"recipes/{stage}_tiny.yaml", stage, overrides)
     _check_adapter(out)

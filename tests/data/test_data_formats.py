@@ -20,7 +20,7 @@ from tests.conftest import imported_after
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 CFG = {"dataset_dir": str(DATA), "max_samples": None}
 ALPACA_ROWS = [

@@ -15,8 +15,8 @@ from launcher.plan import build_plan
 from launcher.recipe.load import load_recipe
 from launcher.worker.load import training_arguments
 from tests.conftest import ROOT
-from tests.test_e2e import TINY
-from tests.test_methods import _base
+from tests.methods.test_methods import _base
+from tests.worker.test_e2e import TINY
 
 LR, STEPS, WARMUP = 1e-3, 20, 0.2
 

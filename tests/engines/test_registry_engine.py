@@ -17,7 +17,7 @@ from launcher.recipe.load import RecipeError, load_recipe
 
 pytestmark = pytest.mark.unit
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sft_tiny.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft_tiny.yaml"
 TOY = '''
 """A toy engine: shards every weight, one option in the memory table, one rule of its own."""
 

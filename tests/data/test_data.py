@@ -17,7 +17,7 @@ from launcher.model.builtin import materialize
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA_CFG = {
     "dataset_dir": str(ROOT / "data"),
     "max_samples": None,
