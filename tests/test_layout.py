@@ -127,3 +127,17 @@ def test_the_planning_side_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_folder_has_a_readme_naming_each_module():
+    """Each folder's README.md says its job and lists its modules (a module added without a line fails here)."""
+    missing = []
+    for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        readme = folder / "README.md"
+        text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+        missing += [
+            f"{folder.name}/{path.name}"
+            for path in sorted(folder.glob("*.py"))
+            if path.name != "__init__.py" and f"`{path.name}`" not in text
+        ]
+    assert not missing, f"not in their folder's README.md: {missing}"
