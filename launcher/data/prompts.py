@@ -3,18 +3,19 @@ for grpo also that reply's text, the reference answer its rewards compare comple
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from launcher.data.bad_rows import BadRows
-from launcher.data.cache import templated_data
+from launcher.data.cache import templated_data, wait_s
 from launcher.data.datasets import resolve_dataset
 from launcher.data.defaults import WAIT_S
 from launcher.data.kinds import PROMPT_KINDS
 from launcher.data.pairs import split_reply
 from launcher.data.pipeline import load_examples
 from launcher.data.rows import require_kind
+from launcher.data.splits import train_and_eval
 
 
 @dataclass
@@ -90,3 +91,18 @@ def answer_data(
         store=_stored,
         load=_loaded,
     )
+
+
+def rollout_prompts(recipe: Mapping[str, Any], tokenizer, build: Callable[..., PromptData]) -> tuple[Any, list]:
+    """(prompts, their rows) of a stage that samples its own replies (ppo: prompt_data, grpo: answer_data). There are
+    no evaluation rows: those stages' specs refuse data.eval_datasets and data.val_size."""
+    data_cfg = recipe["data"]
+    prompts, rows, _ = train_and_eval(
+        recipe,
+        lambda names: build(names, data_cfg, tokenizer, recipe["model"]["template"], wait_s(recipe)),
+        lambda data: (
+            f"no prompts left in {data_cfg['datasets']} ({data.dropped} dropped: the prompt alone fills "
+            f"data.cutoff_len={data_cfg['cutoff_len']}). Fix: raise data.cutoff_len"
+        ),
+    )
+    return prompts, rows

@@ -19,10 +19,8 @@ from transformers import TrainingArguments
 from trl import GRPOConfig, GRPOTrainer
 
 from launcher.compat import PretokenizedPrompts, TrainedAdapterOnly
-from launcher.data.cache import wait_s
 from launcher.data.preview import decode
-from launcher.data.prompts import answer_data
-from launcher.data.splits import train_and_eval
+from launcher.data.prompts import answer_data, rollout_prompts
 from launcher.errors import RecipeError
 from launcher.monitoring.completions import append_samples
 from launcher.stages import grpo_rewards
@@ -150,16 +148,8 @@ def reward_model(recipe: Recipe, args: TrainingArguments, model, tokenizer):
 def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbacks: list):
     """The GRPO trainer over the recipe's prompts and answers, and its data summary."""
     recipe = plan["recipe"]
-    data_cfg, train = recipe["data"], recipe["train"]
-    # no evaluation rows: the spec refuses data.eval_datasets and data.val_size
-    prompts, rows, _ = train_and_eval(
-        recipe,
-        lambda names: answer_data(names, data_cfg, tokenizer, recipe["model"]["template"], wait_s(recipe)),
-        lambda data: (
-            f"no prompts left in {data_cfg['datasets']} ({data.dropped} dropped: the prompt alone fills "
-            f"data.cutoff_len={data_cfg['cutoff_len']}). Fix: raise data.cutoff_len"
-        ),
-    )
+    train = recipe["train"]
+    prompts, rows = rollout_prompts(recipe, tokenizer, answer_data)
     texts = [decode(tokenizer, row["input_ids"]) for row in rows]
     functions, tokenizers = reward_functions(plan, args, model, tokenizer)
     trainer = LauncherGRPOTrainer(

@@ -29,9 +29,7 @@ from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.compat import TrainerHooks
-from launcher.data.cache import wait_s
-from launcher.data.prompts import prompt_data
-from launcher.data.splits import train_and_eval
+from launcher.data.prompts import prompt_data, rollout_prompts
 
 if TYPE_CHECKING:
     from launcher.plan.types import Plan
@@ -329,16 +327,8 @@ def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbac
     from launcher.model.builtin import local_model_path
 
     recipe = plan["recipe"]
-    data_cfg, train = recipe["data"], recipe["train"]
-    # no evaluation rows: the spec refuses data.eval_datasets and data.val_size
-    prompts, rows, _ = train_and_eval(
-        recipe,
-        lambda names: prompt_data(names, data_cfg, tokenizer, recipe["model"]["template"], wait_s(recipe)),
-        lambda data: (
-            f"no prompts left in {data_cfg['datasets']} ({data.dropped} dropped: the prompt alone fills "
-            f"data.cutoff_len={data_cfg['cutoff_len']}). Fix: raise data.cutoff_len"
-        ),
-    )
+    train = recipe["train"]
+    prompts, rows = rollout_prompts(recipe, tokenizer, prompt_data)
     reference = None
     if recipe["model"]["adapter"] is not None:  # the starting adapter is the reference policy: keep a frozen copy
         model.load_adapter(recipe["model"]["adapter"], adapter_name=REFERENCE, is_trainable=False)
