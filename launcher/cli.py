@@ -467,7 +467,9 @@ def cmd_ui(argv: list[str]) -> int:
     parser = _parser("ui", "a local web page: compose a recipe, plan it, start, stop and watch runs (docs/ui.md)")
     parser.add_argument("--host", default="127.0.0.1", help="any other than loopback needs --token")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--root", default=".", help="the folder of recipes/ and run outputs; nothing outside it is read")
+    parser.add_argument(
+        "--root", default=".", help="the folder of recipes/ and run outputs; nothing outside it is read"
+    )
     parser.add_argument("--token", default=None, help="every request must carry it (the URL printed sets a cookie)")
     args = parser.parse_args(argv)
     from launcher.ui.server import check_arguments, make_server
@@ -477,7 +479,10 @@ def cmd_ui(argv: list[str]) -> int:
     os.chdir(root)  # a recipe's relative paths resolve here, as in the `launch` the page starts
     server = make_server(root, args.host, args.port, args.token)
     query = f"/?token={args.token}" if args.token else "/"
-    print(f"[ui] http://{args.host}:{server.server_port}{query} (root {root}; Ctrl-C stops the page, not its runs)", flush=True)
+    print(
+        f"[ui] http://{args.host}:{server.server_port}{query} (root {root}; Ctrl-C stops the page, not its runs)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

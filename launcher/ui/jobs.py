@@ -44,9 +44,7 @@ class Jobs:
         """Write the recipe, never over a different one of the user's (the same text: a resume)."""
         path = recipe_path(self.root, name)
         if path.exists() and path.read_text(encoding="utf-8") != text:
-            raise JobRefused(
-                f"{path} already holds another recipe. Fix: choose another recipe name, or load that file"
-            )
+            raise JobRefused(f"{path} already holds another recipe. Fix: choose another recipe name, or load that file")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         return path
@@ -86,4 +84,3 @@ class Jobs:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-

@@ -80,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
     app: App  # set on the subclass make_server builds
     server_version = "launch-ui"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # a request line per poll would bury the console; errors come back as JSON
 
     def _authorized(self, query: dict) -> bool:
@@ -155,10 +155,10 @@ class Handler(BaseHTTPRequestHandler):
             return posts[path](self._body())
         raise Refusal(HTTPStatus.NOT_FOUND, f"{method} {path}: no such endpoint")
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's names)
+    def do_GET(self) -> None:  # http.server dispatches on these names
         self._answer("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._answer("POST")
 
 
