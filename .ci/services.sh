@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The daemons tests/services.py starts (OpenSSH server, SLURM, munge), installed once before pytest
+# The daemons tests/services.py starts (OpenSSH server, SLURM, munge) and the headless browser
+# tests/ui/test_ui_browser.py drives (Debian's chromium), installed once before pytest
 # (`make test` runs this), never from inside a test. Idempotent: does nothing when the binaries are there.
 # Where they are missing and this is not root with apt-get, it says so and leaves the services tests to
 # fail with a message naming this script; the rest of the suite still runs.
 set -euo pipefail
 
-# keep in step with tests/services.py (SSH_BINARIES, SLURM_BINARIES)
+# keep in step with tests/services.py (SSH_BINARIES, SLURM_BINARIES) and tests/ui/test_ui_browser.py
 binaries=(/usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch
-          /usr/sbin/munged)
-packages=(openssh-server openssh-client slurm-wlm slurm-client munge)
+          /usr/sbin/munged /usr/bin/chromium)
+packages=(openssh-server openssh-client slurm-wlm slurm-client munge chromium)
 
 missing=()
 for binary in "${binaries[@]}"; do
@@ -18,7 +19,7 @@ done
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo ".ci/services.sh: ${missing[*]} missing and not installable here (needs root + apt-get);" \
-         "the sshd/SLURM tests will fail. Fix: run 'sudo .ci/services.sh' once" >&2
+         "the sshd/SLURM/browser tests will fail. Fix: run 'sudo .ci/services.sh' once" >&2
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive

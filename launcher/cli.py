@@ -1,5 +1,5 @@
 """`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge,
-import-lf, eval (= predict), serve, download.
+import-lf, eval (= predict), serve, download, ui.
 
 Recipe errors exit with code 2 and one message before any process starts. Heavy imports
 (torch, transformers) happen only inside the verbs that need them.
@@ -461,6 +461,37 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def cmd_ui(argv: list[str]) -> int:
+    import os
+
+    parser = _parser("ui", "a local web page: compose a recipe, plan it, start, stop and watch runs (docs/ui.md)")
+    parser.add_argument("--host", default="127.0.0.1", help="any other than loopback needs --token")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--root", default=".", help="the folder of recipes/ and run outputs; nothing outside it is read"
+    )
+    parser.add_argument("--token", default=None, help="every request must carry it (the URL printed sets a cookie)")
+    args = parser.parse_args(argv)
+    from launcher.ui.server import check_arguments, make_server
+
+    root = Path(args.root).resolve()
+    check_arguments(args.host, args.port, root, args.token)
+    os.chdir(root)  # a recipe's relative paths resolve here, as in the `launch` the page starts
+    server = make_server(root, args.host, args.port, args.token)
+    query = f"/?token={args.token}" if args.token else "/"
+    print(
+        f"[ui] http://{args.host}:{server.server_port}{query} (root {root}; Ctrl-C stops the page, not its runs)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_eval(argv: list[str]) -> int:
     parser = _recipe_parser("eval", "generate on the eval data; predictions + BLEU-4 / ROUGE (LLaMA-Factory's scores)")
     parser.add_argument(
@@ -532,6 +563,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_eval,
     "download": cmd_download,
+    "ui": cmd_ui,
 }
 
 

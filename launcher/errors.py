@@ -72,6 +72,10 @@ class ServeError(LauncherError):
     """Bad serve arguments (an adapter that is not one, a missing vLLM); the message names the fix."""
 
 
+class UIError(LauncherError):
+    """Bad `launch ui` arguments (a host others can reach without a token, a root that is no folder)."""
+
+
 class LFImportError(LauncherError):
     """An LF file that cannot be read at all; the message names it and the fix."""
 

@@ -34,6 +34,7 @@ LAYERS = (
     "infer",
     "stages",
     "backends",
+    "ui",
     "worker",
     "cli",
 )

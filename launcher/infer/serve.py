@@ -27,6 +27,7 @@ from launcher.infer.chat import (
     load_for_chat,
     require_adapter_fits,
 )
+from launcher.util.net import is_loopback
 
 
 @dataclass
@@ -490,7 +491,7 @@ def run_vllm(argv: list[str], api_keys: list[str], print_only: bool) -> int:
 def serve(engine: Engine, limits: Limits, api_keys: set[str], host: str, port: int) -> None:
     import uvicorn
 
-    if not api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+    if not api_keys and not is_loopback(host):
         print(
             f"[serve] warning: no API key and listening on {host}: anyone who reaches it can use the model. "
             "Set --api-key or LAUNCH_API_KEYS",

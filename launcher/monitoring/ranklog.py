@@ -114,7 +114,7 @@ def _tee(path: str, show_stdout: bool) -> None:
                 log.write(cleaners[key.fd].feed(data))
 
 
-def _run_text(path: Path) -> str:
+def last_run_text(path: Path) -> str:
     """The last run's part of a rank log."""
     data = path.read_bytes()
     start = data.rfind(RUN_HEADER)
@@ -128,12 +128,12 @@ def failure_report(output_dir: str | Path, since: float) -> str | None:
     it fails; the others write their consequential errors later, when the engine stops them.
     """
     logs = [p for p in Path(output_dir, "logs").glob("rank-*.log") if p.stat().st_mtime >= since]
-    failed = [p for p in logs if any(marker in _run_text(p) for marker in ERROR_MARKERS)]
+    failed = [p for p in logs if any(marker in last_run_text(p) for marker in ERROR_MARKERS)]
     if not failed:
         return None
     failed.sort(key=lambda p: p.stat().st_mtime)
     first = failed[0]
-    tail = "\n".join(_run_text(first).rstrip("\n").splitlines()[-TAIL_LINES:])
+    tail = "\n".join(last_run_text(first).rstrip("\n").splitlines()[-TAIL_LINES:])
     others = f"; also with errors: {', '.join(p.name for p in failed[1:])}" if failed[1:] else ""
     return f"[launch] {first.stem} failed first; its last lines ({first}{others}):\n{tail}"
 

@@ -49,8 +49,13 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
         hint = " (it is a directory)" if path.is_dir() else ""
         raise RecipeError(f"recipe file not found: {path}{hint}. Fix: {fix}")
     text = read_config_text(path, RecipeError, fix)  # a device, a FIFO or a huge file: refused unread
+    return parse_recipe_text(text, str(path))
+
+
+def parse_recipe_text(text: str, path: str) -> tuple[dict, dict[str, str]]:
+    """The raw mapping of a recipe's YAML text and the path:line of each key (`launch ui` reads a form's text)."""
     try:
-        raw, origins = load_yaml_text(text, str(path))
+        raw, origins = load_yaml_text(text, path)
     except YamlRefusal as err:
         raise RecipeError(str(err)) from None
     except yaml.YAMLError as err:
@@ -438,8 +443,9 @@ def output_folder(recipe: Recipe) -> str:
     return folder
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override, validate and resolve a recipe file. Raises RecipeError."""
-    raw, origins = read_yaml(path)
+def load_recipe(path: str | Path, overrides: list[str] | None = None, text: str | None = None) -> Recipe:
+    """Read, override, validate and resolve a recipe file (or `text`, the YAML of a recipe to be saved
+    at `path`). Raises RecipeError."""
+    raw, origins = read_yaml(path) if text is None else parse_recipe_text(text, str(path))
     raw = apply_overrides(raw, list(overrides or []), origins)
     return resolve(raw, origins, default_output=f"outputs/{Path(path).stem}")

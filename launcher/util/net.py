@@ -1,7 +1,9 @@
-"""Whether a port can be listened on: the one probe the rendezvous and `launch serve` checks share."""
+"""Whether a port can be listened on (the one probe the rendezvous and `launch serve` checks share), and whether
+a host is this machine alone (`launch serve` warns, `launch ui` refuses without a token)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 
@@ -17,3 +19,13 @@ def port_taken(port: int, host: str = "") -> str | None:
         except OSError as err:
             return err.strerror or str(err)
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a server bound there."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False

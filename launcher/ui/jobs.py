@@ -1,0 +1,86 @@
+"""Runs the page starts: `launch RECIPE` as a child process in its own process group, exactly as a
+user would type it (cwd = the root folder), so every run is a normal run the CLI can resume. Stop
+sends SIGTERM to that group: the launcher stops its ranks at the next step with a checkpoint, as
+on Ctrl-C. Nothing goes through a shell."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+RECIPES = "recipes"  # under the root: the recipes the page saves
+CONSOLES = "ui_logs"  # under the root: each started launcher's console output, <recipe name>.log
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class JobRefused(ValueError):
+    """A start or stop the page may not do; the message names the fix."""
+
+
+def recipe_path(root: Path, name: str) -> Path:
+    if not NAME.fullmatch(name) or name.endswith(".yaml"):
+        raise JobRefused(f"recipe name {name!r}: letters, digits, '_', '.', '-' only, no .yaml. Fix: e.g. sft_tiny")
+    return root / RECIPES / f"{name}.yaml"
+
+
+def launch_command(recipe: Path) -> list[str]:
+    """`launch recipes/NAME.yaml` as typed in the root folder, run with this interpreter so this
+    launcher's version starts."""
+    return [sys.executable, "-m", "launcher.cli", str(recipe)]
+
+
+class Jobs:
+    def __init__(self, root: Path):
+        self.root = root
+        self.children: dict[str, subprocess.Popen] = {}
+        self.lock = threading.Lock()  # the server answers each request in its own thread
+
+    def save(self, name: str, text: str) -> Path:
+        """Write the recipe, never over a different one of the user's (the same text: a resume)."""
+        path = recipe_path(self.root, name)
+        if path.exists() and path.read_text(encoding="utf-8") != text:
+            raise JobRefused(f"{path} already holds another recipe. Fix: choose another recipe name, or load that file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def start(self, name: str, text: str) -> list[str]:
+        with self.lock:
+            running = self.children.get(name)
+            if running is not None and running.poll() is None:
+                raise JobRefused(f"{name} is running (pid {running.pid}). Fix: stop it first, or wait for it")
+            command = launch_command(self.save(name, text).relative_to(self.root))
+            console = self.root / CONSOLES / f"{name}.log"
+            console.parent.mkdir(parents=True, exist_ok=True)
+            with open(console, "ab") as out:
+                self.children[name] = subprocess.Popen(
+                    command, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                )
+            return command
+
+    def stop(self, name: str) -> int:
+        with self.lock:
+            child = self.children.get(name)
+            if child is None or child.poll() is not None:
+                raise JobRefused(f"{name}: no run started from this page is running. Fix: pick a running one")
+            os.killpg(child.pid, signal.SIGTERM)
+            return child.pid
+
+    def listing(self) -> list[dict]:
+        with self.lock:
+            return [
+                {"name": name, "pid": child.pid, "exit_code": child.poll(), "console": self.console_tail(name)}
+                for name, child in self.children.items()
+            ]
+
+    def console_tail(self, name: str, lines: int = 40) -> str:
+        try:
+            text = (self.root / CONSOLES / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])

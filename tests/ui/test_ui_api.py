@@ -1,0 +1,169 @@
+"""`launch ui`'s JSON API, over HTTP against a server in this process: the same schema, refusals and
+plan as the CLI, the token, paths confined to the root, and the runs a real tiny run's files show."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from launcher.errors import STOPPED
+from tests.conftest import ROOT, SHORT_RUN, free_port, run_launch
+from tests.ui.ui_helpers import ui_server
+
+RECIPE = f"""model:
+  path: builtin:tiny-qwen2
+  dtype: fp32
+data:
+  datasets: [demo_sft]
+  dataset_dir: {ROOT / "data"}
+distributed:
+  master_port: 29533
+"""
+
+
+def call(url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def raw_get(base: str, path: str) -> int:
+    """GET with the path sent as written (urllib and curl fold `..` away before sending)."""
+    connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=30)
+    connection.request("GET", path)
+    return connection.getresponse().status
+
+
+def cli_in(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`launch ARGS` typed in the root folder, as the page's child `launch` runs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "launcher.cli", *args]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.unit
+def test_schema_is_launch_schema(tmp_path):
+    with ui_server(tmp_path) as base:
+        status, schema = call(base + "/api/schema")
+    assert status == 200
+    assert schema == json.loads(run_launch(["schema"]).stdout)
+
+
+@pytest.mark.unit
+def test_validate_refuses_a_bad_key_with_the_clis_message(tmp_path):
+    bad = RECIPE.replace("  dtype: fp32", "  dtyp: fp32")
+    with ui_server(tmp_path) as base:
+        status, answer = call(base + "/api/validate", {"name": "bad", "yaml": bad})
+        good_status, good = call(base + "/api/validate", {"name": "good", "yaml": RECIPE})
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "bad.yaml").write_text(bad)
+    cli = cli_in(tmp_path, "plan", "recipes/bad.yaml")
+    assert status == 400 and "model.dtyp" in answer["error"]
+    assert cli.returncode == 2 and cli.stderr.strip() == f"launch: error: {answer['error']}"
+    assert good_status == 200 and good["recipe"]["model"]["dtype"] == "fp32"
+    assert not (tmp_path / "recipes" / "good.yaml").exists()  # validating writes nothing
+
+
+@pytest.mark.unit
+def test_plan_is_launch_plans_text(tmp_path):
+    recipe = RECIPE + f"output:\n  dir: {tmp_path / 'outputs' / 'tiny'}\n"
+    with ui_server(tmp_path) as base:
+        status, answer = call(base + "/api/plan", {"name": "tiny", "yaml": recipe})
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.yaml").write_text(recipe)
+    cli = cli_in(tmp_path, "plan", "recipes/tiny.yaml")
+    assert cli.returncode == 0, cli.stderr
+    assert status == 200 and answer["text"] == cli.stdout.rstrip("\n")
+
+
+@pytest.mark.unit
+def test_every_request_needs_the_token(tmp_path):
+    with ui_server(tmp_path, token="s3cret") as base:
+        assert call(base + "/api/schema")[0] == 401
+        assert call(base + "/api/schema", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert call(base + "/api/validate", {"yaml": RECIPE})[0] == 401
+        assert raw_get(base, "/") == 401
+        assert call(base + "/api/schema", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        with urllib.request.urlopen(base + "/?token=s3cret", timeout=30) as page:  # the URL `launch ui` prints
+            cookie = page.headers["Set-Cookie"].split(";")[0]
+        assert call(base + "/api/runs", headers={"Cookie": cookie})[0] == 200
+
+
+@pytest.mark.unit
+def test_a_reachable_host_without_a_token_is_refused():
+    proc = run_launch(["ui", "--host", "0.0.0.0", "--port", str(free_port())], timeout=60)
+    assert proc.returncode == 2
+    assert "--host 0.0.0.0" in proc.stderr and "Fix: add --token" in proc.stderr
+
+
+@pytest.mark.unit
+def test_paths_stay_under_the_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "outputs").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "plan.json").write_text("{}")
+    (root / "outputs" / "link").symlink_to(outside)
+    with ui_server(root) as base:
+        assert raw_get(base, "/api/runs/../elsewhere/log") == 403
+        assert raw_get(base, "/api/runs/%2E%2E/elsewhere/log") == 403
+        assert raw_get(base, f"/api/runs/{outside}/log") == 403
+        assert raw_get(base, "/api/runs/outputs/link/log") == 403
+        status, answer = call(base + "/api/start", {"name": "../escape", "yaml": RECIPE})
+        _, runs = call(base + "/api/runs")
+    assert status == 400 and "recipe name" in answer["error"]
+    assert not (tmp_path / "escape.yaml").exists() and not (root / "recipes").exists()
+    assert runs["runs"] == []  # the symlinked run is not followed out of the root
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    """The files a run's status is read from, copied so they can be changed as a stop or failure leaves them."""
+    target.mkdir(parents=True)
+    shutil.copy(source / "plan.json", target)
+    shutil.copy(source / "trainer_log.jsonl", target)
+    shutil.copytree(source / "logs", target / "logs")
+    return target
+
+
+@pytest.mark.multiproc
+def test_runs_show_a_real_runs_status_steps_and_loss(tiny_run, tmp_path):
+    run = tiny_run(*SHORT_RUN)
+    rows = [json.loads(line) for line in (run / "trainer_log.jsonl").read_text().splitlines()]
+    stopped = _copy_run(run, tmp_path / "outputs" / "stopped")
+    (stopped / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    with open(stopped / "logs" / "rank-0.log", "a") as log:
+        log.write(f"{STOPPED} stopped by SIGTERM\n")
+    failed = _copy_run(run, tmp_path / "outputs" / "failed")
+    (failed / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    with open(failed / "logs" / "rank-1.log", "a") as log:
+        log.write("Traceback (most recent call last):\nRuntimeError: boom\n")
+    shutil.copytree(run, tmp_path / "outputs" / "done", ignore=shutil.ignore_patterns("checkpoint-*"))
+    with ui_server(tmp_path) as base:
+        _, listing = call(base + "/api/runs")
+        status, detail = call(base + "/api/runs/outputs/done/log")
+    runs = {r["name"]: r for r in listing["runs"]}
+    assert {name: r["status"] for name, r in runs.items()} == {
+        "outputs/done": "finished",
+        "outputs/failed": "failed",
+        "outputs/stopped": "stopped",
+    }
+    done = runs["outputs/done"]
+    assert (done["stage"], done["method"], done["model"]) == ("sft", "lora", "builtin:tiny-qwen2")
+    assert (done["step"], done["total_steps"], done["loss"]) == (6, 6, [r for r in rows if "loss" in r][-1]["loss"])
+    assert runs["outputs/stopped"]["step"] == rows[2]["step"]
+    assert status == 200 and detail["rows"] == rows
+    assert "rank-0" in detail["ranks"] and detail["ranks"]["rank-0"].strip()
