@@ -79,6 +79,30 @@ def activation_bytes(shape: Shape, tokens: int, elem: int, checkpointing: bool, 
     return tokens * (elem * (stored + 3 * h) + logits)
 
 
+def _element_bytes(dtype: str) -> int:
+    return 2 if dtype in ("bf16", "fp16") else 4
+
+
+def rollout_bytes(recipe: Recipe, shape: Shape, elem: int, trainable: list[Tensor], frozen: list[Tensor]) -> dict:
+    """Stage grpo's rollout, per device: the generation KV cache (each rank samples its micro batch x grad_accum
+    completions at once, TRL's steps_per_generation, each up to cutoff_len prompt + max_new_tokens tokens; keys
+    and values of every layer) and the reference model train.kl_coef > 0 needs: none for a new LoRA adapter (the
+    adapter disabled), a copy of the adapter for a continued one or PiSSA, a whole copy for full or freeze."""
+    data, train, method = recipe["data"], recipe["train"], recipe["method"]
+    sequences = train["micro_batch_size"] * train["grad_accum"]
+    tokens = data["cutoff_len"] + train["max_new_tokens"]
+    kv_cache = sequences * tokens * shape.layers * 2 * shape.kv_dim * elem
+    if train["kl_coef"] == 0:
+        reference, why = 0, "none: train.kl_coef is 0"
+    elif method["name"] != "lora":
+        reference, why = elem * sum(t.numel for t in (*frozen, *trainable)), f"a copy of the model ({method['name']})"
+    elif recipe["model"]["adapter"] is not None or method.get("variant") == "pissa":
+        reference, why = elem * sum(t.numel for t in trainable), "a copy of the adapter"
+    else:
+        reference, why = 0, "none: the new adapter disabled"
+    return {"sequences": sequences, "tokens": tokens, "kv_cache": kv_cache, "reference": reference, "why": why}
+
+
 @dataclass
 class Option:
     zero: int
@@ -89,13 +113,21 @@ class Option:
     optimizer_gb: float = 0.0
     activations_gb: float = 0.0
     overhead_gb: float = 0.0
+    rollout_gb: float = 0.0  # stage grpo: generation KV cache and reference model (rollout_bytes)
     host_gb: float = 0.0  # per process, offloaded states in host memory
     refused: str | None = None  # the recipe validation's reason, when this option cannot run
     fits: bool | None = None
 
     @property
     def total_gb(self) -> float:
-        return self.params_gb + self.grads_gb + self.optimizer_gb + self.activations_gb + self.overhead_gb
+        return (
+            self.params_gb
+            + self.grads_gb
+            + self.optimizer_gb
+            + self.activations_gb
+            + self.overhead_gb
+            + self.rollout_gb
+        )
 
     def as_json(self) -> MemoryOption:
         """The plan's record of this option: its fields, its label and its total."""
@@ -108,7 +140,7 @@ def estimate_option(
     """Per-device memory of one ZeRO stage / offload choice (see docs/monitoring.md);
     dtype: the plan's resolved precision (bf16 | fp16 | fp32)."""
     model, train, dist = recipe["model"], recipe["train"], recipe["distributed"]
-    elem = 2 if dtype in ("bf16", "fp16") else 4
+    elem = _element_bytes(dtype)
     frozen, trainable = parameter_split(shape, recipe["method"])
     quant = model["quantization"]
     if quant is not None:  # k-bit linears; prepare_model_for_kbit_training upcasts the rest to fp32
@@ -162,9 +194,12 @@ def estimate_option(
         shape, train["micro_batch_size"] * seq, elem, train["gradient_checkpointing"], model["attn"], seq
     )
     opt.overhead_gb = OVERHEAD_GB[device] * GIB
+    if recipe["stage"] == "grpo":  # the reference is partitioned as the model is under ZeRO-3 (TRL prepares it alike)
+        rollout = rollout_bytes(recipe, shape, elem, trainable, frozen)
+        opt.rollout_gb = rollout["kv_cache"] + rollout["reference"] / (w if level == 3 else 1)
     if device == "cpu":  # the host is the device: offloading moves nothing off it
         opt.params_gb, opt.host_gb = opt.params_gb + opt.host_gb, 0.0
-    for name in ("params_gb", "grads_gb", "optimizer_gb", "activations_gb", "overhead_gb", "host_gb"):
+    for name in ("params_gb", "grads_gb", "optimizer_gb", "activations_gb", "overhead_gb", "rollout_gb", "host_gb"):
         setattr(opt, name, getattr(opt, name) / GIB)
     return opt
 
@@ -198,6 +233,10 @@ def estimate(
     trainable, total = parameter_counts(shape, recipe["method"])
     out["shape"] = shape.__dict__
     out["params_total"], out["params_trainable"] = total, trainable
+    if recipe["stage"] == "grpo":
+        frozen, train_tensors = parameter_split(shape, recipe["method"])
+        rollout = rollout_bytes(recipe, shape, _element_bytes(dtype), train_tensors, frozen)
+        out["rollout"] = {**rollout, "kv_cache": rollout["kv_cache"] / GIB, "reference": rollout["reference"] / GIB}
     for zero, offload in engine_spec(recipe["distributed"]["engine"]).memory_options(recipe["distributed"]):
         opt = estimate_option(recipe, shape, zero, offload, world_size, device, dtype)
         opt.refused = refusal(zero, offload)
@@ -262,26 +301,28 @@ def format_memory(memory: Memory, chosen: tuple[int | str, str] | None) -> list[
         f"device memory: {f'{dev:.1f} GiB' if dev is not None else 'unknown'} per {memory['device']} "
         f"process ({memory['device_memory_source']}), world size {memory['world_size']}"
     )
+    if "rollout" in memory:
+        rollout = memory["rollout"]
+        lines.append(
+            f"rollout (stage grpo, in each option's other): generation KV cache {rollout['kv_cache']:.2f} "
+            f"({rollout['sequences']} sequences x {rollout['tokens']} tokens), reference model "
+            f"{rollout['reference']:.2f} ({rollout['why']}{'; split over the world under ZeRO-3' if rollout['reference'] else ''})"
+        )
     header = f"{'option':<28}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'other':>8}{'total':>8}{'host':>8}  fits"
     lines.append(header)
     for o in memory["options"]:
         fits = "refused" if o["refused"] else {True: "yes", False: "no", None: "?"}[o["fits"]]
         mark = " <- plan" if chosen == (o["zero"], o["offload"]) else ""
-        lines.append(
-            f"{o['label']:<28}"
-            + "".join(
-                f"{o[k]:8.2f}"
-                for k in (
-                    "params_gb",
-                    "grads_gb",
-                    "optimizer_gb",
-                    "activations_gb",
-                    "overhead_gb",
-                    "total_gb",
-                    "host_gb",
-                )
-            )
-            + f"  {fits}{mark}"
+        other = o["overhead_gb"] + o["rollout_gb"]  # the rollout line above says what it holds
+        columns = (
+            o["params_gb"],
+            o["grads_gb"],
+            o["optimizer_gb"],
+            o["activations_gb"],
+            other,
+            o["total_gb"],
+            o["host_gb"],
         )
+        lines.append(f"{o['label']:<28}" + "".join(f"{value:8.2f}" for value in columns) + f"  {fits}{mark}")
     lines += [f"  refused {o['label']}: {o['refused']}" for o in memory["options"] if o["refused"]]
     return lines

@@ -56,6 +56,7 @@ class MemoryOption(TypedDict):
     optimizer_gb: float
     activations_gb: float
     overhead_gb: float
+    rollout_gb: float
     host_gb: float
     refused: str | None
     fits: bool | None
@@ -84,6 +85,7 @@ class Memory(TypedDict):
     shape: NotRequired[dict[str, Any]]  # model/shape.py's Shape; these three only where the planner knows it
     params_total: NotRequired[int]
     params_trainable: NotRequired[int]
+    rollout: NotRequired[dict[str, Any]]  # stage grpo: memory.py rollout_bytes, in GiB
     auto: NotRequired[ZeroChoice]  # only for distributed.zero: auto
     refusal: NotRequired[str | None]  # build_plan adds it: why training refuses the plan (does not fit)
 

@@ -22,7 +22,7 @@ from launcher.compat import PretokenizedPrompts, TrainedAdapterOnly
 from launcher.data.preview import decode
 from launcher.data.prompts import answer_data, rollout_prompts
 from launcher.errors import RecipeError
-from launcher.monitoring.completions import append_samples
+from launcher.monitoring.completions import SamplesOnResume, append_samples
 from launcher.stages import grpo_rewards
 from launcher.stages.trl_config import trl_config
 from launcher.stages.trl_glue import reference_is_base
@@ -164,6 +164,7 @@ def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbac
         completions_every=train["completions_log_steps"] or train["logging_steps"],
     )
     trainer.data_collator = RolloutCounts()
+    trainer.add_callback(SamplesOnResume(args.output_dir))
     reference_is_base(trainer, recipe)
     summary = {
         "examples": len(rows),

@@ -19,6 +19,7 @@ from launcher.methods import call_hook
 from launcher.registry import TRAINERS, engine_spec, resolve
 from launcher.worker.elastic import isolate_restart_attempt
 from launcher.worker.load import load_model, training_arguments
+from launcher.worker.steps import refuse_less_than_one_step
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
@@ -146,6 +147,7 @@ class Run:
         if engine.prepare_trainer:  # e.g. FSDP's shard check and its gathered final save
             resolve(engine.prepare_trainer)(self.trainer, self.plan, self.rank)
         self._report_data(summary)
+        refuse_less_than_one_step(self.trainer, self.recipe["train"]["epochs"], self.recipe["train"]["max_steps"])
         try:
             self.trainer.train(resume_from_checkpoint=resume_from)
         except (

@@ -177,3 +177,46 @@ def test_resume_of_fsdp_shards_into_another_world_size_is_refused_at_launch(tmp_
     assert proc.returncode == 2
     assert "written by 2 ranks (FSDP2 shards)" in proc.stderr and "this plan has 1" in proc.stderr, proc.stderr
     assert "Fix:" in proc.stderr and "Traceback" not in proc.stderr and not (tmp_path / "one").exists()
+
+
+GRPO_RUN = ("train.max_steps=4", "train.save_steps=2", "train.max_new_tokens=8", "train.completions_log_steps=1")
+
+
+def _grpo(out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    args = ["recipes/grpo_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}", *GRPO_RUN]
+    return run_launch(args, env=env)
+
+
+def _grpo_log(out: Path) -> list[tuple[int, float, float]]:
+    records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["reward"]) for r in records]
+
+
+def _samples(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+
+
+def test_resumed_grpo_run_equals_uninterrupted_run(tmp_path, warm):
+    """GRPO samples its completions: the resumed steps draw the same ones (each rank's RNG state is in the
+    checkpoint), so rewards, losses, the adapter and completions.jsonl (the interrupted run's records past
+    the checkpoint dropped, not repeated) equal the uninterrupted run's."""
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
+    assert _grpo(straight).returncode == 0
+    crashed = _grpo(out, env={"LAUNCHER_FAIL_RANK": "1", "LAUNCHER_FAIL_STEP": "4"})
+    assert crashed.returncode != 0 and (out / "checkpoint-2").is_dir()
+    assert {r["step"] for r in _samples(out)} == {1, 2, 3}  # step 3 sampled past the checkpoint, sampled again
+    resumed = _grpo(out)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "checkpoint-2" in resumed.stdout
+    expected, got = _grpo_log(straight), _grpo_log(out)
+    assert [step for step, _, _ in got] == [step for step, _, _ in expected] == list(range(1, 5))
+    # the rewards score the sampled completions; the loss is near 0 on policy, the adapter carries the updates
+    assert [reward for _, _, reward in got] == pytest.approx([reward for _, _, reward in expected], abs=1e-6)
+    assert [loss for _, loss, _ in got] == pytest.approx([loss for _, loss, _ in expected], abs=1e-6)
+    assert _samples(out) == _samples(straight)
+    weights, resumed_weights = (
+        load_file(straight / "adapter_model.safetensors"),
+        load_file(out / "adapter_model.safetensors"),
+    )
+    for key, value in weights.items():
+        assert torch.allclose(resumed_weights[key], value, atol=1e-6), key

@@ -219,3 +219,38 @@ def test_launch_plan_prints_the_estimate_table_offline():
         "ZeRO-3 + offload all",
     ]
     assert rows[3].endswith("<- plan")  # the recipe's own ZeRO-3
+
+
+def test_grpo_rollout_counts_the_kv_cache_and_the_reference_model():
+    """Qwen2-7B (28 layers, 4 KV heads of 128): each rank samples micro 8 x grad_accum 4 completions of up to
+    cutoff 512 + 512 new tokens at once, keys and values in bf16; the reference is free with a new LoRA adapter
+    (the adapter disabled) and a whole bf16 copy for full training, split over the ranks under ZeRO-3."""
+    grpo = str(ROOT / "recipes" / "grpo_qwen2.yaml")
+    shape, world = KNOWN_SHAPES["Qwen/Qwen2-7B"], 8
+    kv_cache = 32 * 1024 * 28 * 2 * 512 * 2 / GIB  # 1.75 GiB
+    lora = _recipe(grpo)
+    sft_like = _recipe(grpo, "stage=sft")  # the same model, method and batch without rollouts
+    for zero in (2, 3):
+        grpo_option = estimate_option(lora, shape, zero, "none", world, "cuda", "bf16")
+        assert grpo_option.rollout_gb == pytest.approx(kv_cache)
+        sft_option = estimate_option(sft_like, shape, zero, "none", world, "cuda", "bf16")
+        assert grpo_option.total_gb == pytest.approx(sft_option.total_gb + kv_cache)
+    full = _recipe(grpo, "method.name=full", drop_lora=True)
+    n = parameter_counts(shape, full["method"])[1]
+    assert estimate_option(full, shape, 2, "none", world, "cuda", "bf16").rollout_gb == pytest.approx(
+        kv_cache + 2 * n / GIB
+    )
+    assert estimate_option(full, shape, 3, "none", world, "cuda", "bf16").rollout_gb == pytest.approx(
+        kv_cache + 2 * n / GIB / world
+    )
+    no_kl = _recipe(grpo, "method.name=full", "train.kl_coef=0", drop_lora=True)
+    assert estimate_option(no_kl, shape, 2, "none", world, "cuda", "bf16").rollout_gb == pytest.approx(kv_cache)
+
+
+def test_launch_plan_shows_the_grpo_rollout_line():
+    proc = run_launch(["plan", "recipes/grpo_qwen2.yaml"], timeout=60, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "rollout (stage grpo, in each option's other): generation KV cache 1.75 (32 sequences x 1024 tokens), "
+        "reference model 0.00 (none: the new adapter disabled)" in proc.stdout
+    )
