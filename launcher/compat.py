@@ -95,6 +95,34 @@ class TrainedAdapterOnly(TrainerHooks):
             del model.save_pretrained  # back to the class's method
 
 
+def prompt_learning_generates_with_its_cache(model) -> None:
+    """PEFT (0.21) puts a prefix adapter's key/values into generation under `past_key_values`, and reads the
+    generation cache from there to tell the prompt's step from the later ones; transformers (5.x) names it `cache`
+    and, given both, drops `past_key_values`: a prefix / P-tuning v2 adapter then generates like the bare base.
+    PeftModel.base_model_prepare_inputs_for_generation (the model's own, called first by PEFT's
+    prepare_inputs_for_generation) hands PEFT the cache under its old name; PEFT's result goes back as `cache`.
+    Idempotent; for adapters that are not prompt learning the round trip changes nothing."""
+    if getattr(model.prepare_inputs_for_generation, "launcher_cache_name", False):
+        return
+    own, peft_prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation
+
+    def own_with_old_name(*args, **kwargs) -> dict:
+        inputs = own(*args, **kwargs)
+        if "cache" in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    def prepare(*args, **kwargs) -> dict:
+        inputs = peft_prepare(*args, **kwargs)
+        if "past_key_values" in inputs:
+            inputs["cache"] = inputs.pop("past_key_values")
+        return inputs
+
+    prepare.launcher_cache_name = True  # type: ignore[attr-defined]
+    model.base_model_prepare_inputs_for_generation = own_with_old_name
+    model.prepare_inputs_for_generation = prepare
+
+
 BNB_CPU_BLOCK_N = 32  # bitsandbytes' _convert_weight_packed_for_cpu packs out_features in blocks of 32
 
 

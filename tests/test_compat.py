@@ -51,6 +51,18 @@ def test_the_library_still_calls_the_hooks_compat_replaces():
     assert "prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)" in inspect.getsource(GRPOTrainer)
 
 
+def test_peft_and_transformers_still_name_the_generation_cache_as_compat_bridges():
+    """prompt_learning_generates_with_its_cache: PEFT injects a prefix as `past_key_values` after calling the model's
+    own prepare_inputs_for_generation, which hands the cache over as `cache`."""
+    from peft import PeftModelForCausalLM
+    from transformers import GenerationMixin
+
+    peft_prepare = inspect.getsource(PeftModelForCausalLM.prepare_inputs_for_generation)
+    assert "model_kwargs = self.base_model_prepare_inputs_for_generation(*args, **kwargs)" in peft_prepare
+    assert 'model_kwargs["past_key_values"] = new_past_key_values' in peft_prepare
+    assert 'model_inputs["cache"] = cache' in inspect.getsource(GenerationMixin.prepare_inputs_for_generation)
+
+
 class Library:
     """Stands in for Trainer: its private hooks answer who ran them."""
 

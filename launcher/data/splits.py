@@ -28,7 +28,7 @@ def train_and_eval(
 ) -> tuple[Data, list[dict], list[dict]]:
     """(data.datasets' data, its training rows, the evaluation rows): build(dataset names) gives a stage's data;
     with no rows it is refused with the message no_rows(data); evaluation comes from data.eval_datasets, else from a seeded
-    data.val_size share held out of the training rows."""
+    data.val_size share held out of the training rows; at most data.max_eval_samples of them."""
     data_cfg = recipe["data"]
     data = build(data_cfg["datasets"])
     rows, eval_rows = rows_of(data), []
@@ -38,4 +38,4 @@ def train_and_eval(
         eval_rows = rows_of(build(data_cfg["eval_datasets"]))
     elif data_cfg["val_size"] > 0:
         rows, eval_rows = split_validation(rows, data_cfg["val_size"], recipe["train"]["seed"])
-    return data, rows, eval_rows
+    return data, rows, eval_rows[: data_cfg["max_eval_samples"]]

@@ -15,7 +15,7 @@ from typing import Any
 
 from launcher.checkpoint.adapter_fit import adapter_fit_error
 from launcher.checkpoint.inputs import read_json, run_plan, safetensors_files
-from launcher.compat import bnb_cpu_kernel_where_it_fits
+from launcher.compat import bnb_cpu_kernel_where_it_fits, prompt_learning_generates_with_its_cache
 from launcher.data.defaults import TEMPLATE
 from launcher.data.templates import TEMPLATES
 from launcher.errors import ChatError, CheckpointError
@@ -128,7 +128,9 @@ def attach_adapter(model, adapter: str, model_path: str, name: str = "default"):
         if isinstance(model, PeftModel):
             model.load_adapter(adapter, adapter_name=name)
             return model
-        return PeftModel.from_pretrained(model, adapter, adapter_name=name)
+        model = PeftModel.from_pretrained(model, adapter, adapter_name=name)
+        prompt_learning_generates_with_its_cache(model)  # a prefix adapter's key/values reach generate
+        return model
     except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
         detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
         raise CheckpointError(

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 
+from launcher.compat import prompt_learning_generates_with_its_cache
+
 if TYPE_CHECKING:
     from launcher.recipe.types import MethodSection, Recipe
 
@@ -20,4 +22,6 @@ def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> PeftModel:
         num_virtual_tokens=method["num_virtual_tokens"],
         prefix_projection=method["prefix_projection"],
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    prompt_learning_generates_with_its_cache(model)  # train.eval_generate's replies use the prefix
+    return model

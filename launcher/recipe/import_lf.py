@@ -16,6 +16,7 @@ import yaml
 
 from launcher.errors import LFImportError, RecipeError, shown
 from launcher.recipe.load import check_value
+from launcher.recipe.schedule import KWARGS as SCHEDULE_KWARGS
 from launcher.recipe.schema import SCHEMA, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.util.config_file import read_config_text
@@ -140,14 +141,20 @@ def _max_steps(value: Any, lf: dict) -> dict:
 
 
 def _warmup_steps(value: Any, lf: dict) -> dict:
-    if not value:
-        return {}
-    if int(lf.get("max_steps", -1)) > 0:
-        return {"train.warmup_ratio": round(int(value) / int(lf["max_steps"]), 6)}
-    raise Unmapped(
-        "the recipe has train.warmup_ratio only, and without max_steps the step count is unknown before "
-        "the data is read; set train.warmup_ratio (e.g. warmup_steps / total steps)"
-    )
+    """HF's warmup_steps wins over warmup_ratio when both are set; the recipe takes one of them."""
+    return {"train.warmup_steps": int(value), "train.warmup_ratio": 0.0} if value else {}
+
+
+def _scheduler_kwargs(value: Any, lf: dict) -> dict:
+    """lr_scheduler_kwargs: each argument as the recipe key the scheduler takes it from."""
+    name = lf.get("lr_scheduler_type", LF_DEFAULTS["lr_scheduler_type"])
+    ours = {hf: key for key, hf in SCHEDULE_KWARGS.get(name, {}).items()}
+    if not isinstance(value, dict) or set(value) - set(ours):
+        raise Unmapped(
+            f"lr_scheduler_kwargs {shown(value)}: lr_scheduler_type {name} takes "
+            f"{', '.join(ours) or 'no arguments'} here"
+        )
+    return {f"train.{ours[hf]}": item for hf, item in value.items()}
 
 
 def _scheduler(value: Any, lf: dict) -> dict:
@@ -283,7 +290,13 @@ LF_KEYS: dict[str, LFKey] = {
     "gradient_accumulation_steps": LFKey(("train.grad_accum",)),
     "lr_scheduler_type": LFKey(("train.scheduler",), _scheduler),
     "warmup_ratio": LFKey(("train.warmup_ratio",)),
-    "warmup_steps": LFKey(("train.warmup_ratio",), _warmup_steps, "warmup_steps / max_steps (needs max_steps)"),
+    "warmup_steps": LFKey(("train.warmup_steps",), _warmup_steps, "in place of warmup_ratio, as in HF"),
+    "lr_scheduler_kwargs": LFKey(
+        ("train.scheduler",),
+        _scheduler_kwargs,
+        "each argument as its train key (min_lr_rate -> train.min_lr_ratio, ...)",
+    ),
+    "per_device_eval_batch_size": LFKey(("train.eval_batch_size",)),
     "weight_decay": LFKey(("train.weight_decay",)),
     "max_grad_norm": LFKey(("train.max_grad_norm",)),
     "optim": LFKey(("train.optimizer",), _optimizer),

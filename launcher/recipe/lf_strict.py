@@ -15,7 +15,6 @@ SPEED = "speed only"
 LOGGING = "logging/bookkeeping only"
 # LF keys with no recipe key that change only speed, logging or bookkeeping: a note, and why
 NOTE_ONLY = {
-    "per_device_eval_batch_size": f"{SPEED}: evaluation batches use train.micro_batch_size",
     "save_only_model": f"{LOGGING}: checkpoints always hold the optimizer state, so a run resumes exactly",
     "use_unsloth": f"{SPEED}: Unsloth's kernels are not part of this launcher (the same training, other kernels)",
     "use_unsloth_gc": f"{SPEED}: train.gradient_checkpointing is the launcher's own",

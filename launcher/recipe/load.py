@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import yaml
 
 from launcher.errors import RecipeError, listing, shown
+from launcher.recipe import schedule
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.registry import engine_spec, method_spec, methods_with, stage_spec, stages_with
@@ -326,6 +327,7 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             f"Fix: set method.name: {able} or remove model.quantization",
         )
     engine_spec(dist["engine"]).check(r, origins, refuse)
+    schedule.check(r, origins, refuse)
     # nnodes > 1 without master_addr is refused by the planner: in a SLURM job (launch sbatch) the
     # allocation names the master
     if r["train"]["eval_steps"] is not None and not r["data"]["eval_datasets"] and r["data"]["val_size"] == 0:

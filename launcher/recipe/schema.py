@@ -13,6 +13,7 @@ from typing import Any
 from launcher import registry
 from launcher.data.defaults import ON_BAD_ROW, TEMPLATE, TIMEOUT_MINUTES
 from launcher.data.templates import TEMPLATES as REGISTERED_TEMPLATES
+from launcher.recipe import schedule
 from launcher.registry import Key
 
 DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
@@ -134,6 +135,13 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
         "train_on_prompt": Key("bool", False, "also train on prompt tokens"),
         "mask_history": Key("bool", False, "train only on the last assistant turn"),
         "max_samples": Key("int", None, "use at most this many examples per dataset", nullable=True, low=1),
+        "max_eval_samples": Key(
+            "int",
+            None,
+            "evaluate on at most this many examples (the first of the evaluation rows)",
+            nullable=True,
+            low=1,
+        ),
         "on_bad_row": Key(
             "str",
             ON_BAD_ROW,
@@ -157,12 +165,16 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
         "epochs": Key("float", 3.0, "passes over the data", low=0, low_inclusive=False),
         "max_steps": Key("int", None, "stop after this many optimizer steps (overrides epochs)", nullable=True, low=1),
         "micro_batch_size": Key("int", 1, "examples per device per forward pass", low=1),
+        "eval_batch_size": Key(
+            "int",
+            None,
+            "examples per device per evaluation forward pass (null = train.micro_batch_size)",
+            nullable=True,
+            low=1,
+        ),
         "grad_accum": Key("int", 8, "micro batches per optimizer step", low=1),
         "lr": Key("float", 1.0e-4, "peak learning rate", low=0, low_inclusive=False),
-        "scheduler": Key(
-            "str", "cosine", "learning-rate schedule", choices=("cosine", "linear", "constant_with_warmup", "constant")
-        ),
-        "warmup_ratio": Key("float", 0.03, "share of steps spent warming up", low=0, high=1, high_inclusive=False),
+        **schedule.KEYS,
         "weight_decay": Key("float", 0.0, "AdamW weight decay", low=0),
         "max_grad_norm": Key("float", 1.0, "gradient clipping (0 = off)", low=0),
         "max_bad_steps": Key(

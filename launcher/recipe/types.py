@@ -64,6 +64,7 @@ class DataSection(TypedDict):
     train_on_prompt: bool
     mask_history: bool
     max_samples: int | None
+    max_eval_samples: int | None
     on_bad_row: str
     cache: bool
     cache_dir: str | None
@@ -76,10 +77,21 @@ class TrainSection(TypedDict):
     epochs: float
     max_steps: int | None
     micro_batch_size: int
+    eval_batch_size: int | None
     grad_accum: int
     lr: float
     scheduler: str
     warmup_ratio: float
+    warmup_steps: int | None
+    cycles: NotRequired[int]
+    lr_end: NotRequired[float]
+    power: NotRequired[float]
+    timescale: NotRequired[int | None]
+    min_lr_ratio: NotRequired[float]
+    decay_steps: NotRequired[int | None]
+    decay_type: NotRequired[str]
+    plateau_factor: NotRequired[float]
+    plateau_patience: NotRequired[int]
     weight_decay: float
     max_grad_norm: float
     max_bad_steps: int

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from launcher.recipe.schedule import trainer_schedule
 from launcher.registry import SCORE_HEAD, engine_spec, stage_spec
 from launcher.util.timeouts import recipe_timeout_s
 
@@ -29,8 +30,7 @@ def training_arguments(plan: Plan):
         learning_rate=train["lr"],
         num_train_epochs=train["epochs"],
         max_steps=train["max_steps"] or -1,
-        lr_scheduler_type=train["scheduler"],
-        warmup_steps=train["warmup_ratio"],
+        **trainer_schedule(train),
         weight_decay=train["weight_decay"],
         max_grad_norm=train["max_grad_norm"],
         optim=train["optimizer"],
@@ -46,7 +46,7 @@ def training_arguments(plan: Plan):
         # with eval data (eval_datasets or val_size): every eval_steps, else at each epoch end
         eval_strategy=("steps" if train["eval_steps"] else "epoch") if has_eval else "no",
         eval_steps=train["eval_steps"],
-        per_device_eval_batch_size=train["micro_batch_size"],
+        per_device_eval_batch_size=train["eval_batch_size"] or train["micro_batch_size"],
         bf16=plan["dtype"] == "bf16",
         fp16=plan["dtype"] == "fp16",
         **engine_spec(dist["engine"]).trainer_args(plan),

@@ -113,9 +113,15 @@ class Run:
     def _callbacks(self) -> None:
         from launcher.monitoring.interrupt import StopOnSignal
         from launcher.monitoring.throughput import FaultInjectionCallback, NoStepPastTheEnd
+        from launcher.worker.resume_schedule import ScheduleFromTheResumedStep
 
         self.stop = StopOnSignal(self.rank)
-        self.callbacks = [FaultInjectionCallback(self.rank), self.stop, NoStepPastTheEnd()]
+        self.callbacks = [
+            FaultInjectionCallback(self.rank),
+            self.stop,
+            NoStepPastTheEnd(),
+            ScheduleFromTheResumedStep(),
+        ]
         if self.rank == 0 and "tensorboard" in self.recipe["output"]["report_to"]:
             from torch.utils.tensorboard import SummaryWriter
             from transformers.integrations import TensorBoardCallback

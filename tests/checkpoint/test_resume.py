@@ -151,6 +151,34 @@ def test_a_checkpoint_past_the_recipes_last_step_is_refused(tmp_path, tiny_run):
     assert _files(out) == before
 
 
+def _schedule(max_steps: int) -> list[float]:
+    """The learning rate each step trains at, by transformers' own scheduler over recipes/sft_tiny.yaml's
+    schedule (lr, cosine, warmup_ratio) for a run of max_steps."""
+    from transformers import TrainingArguments, get_scheduler
+
+    args = TrainingArguments(output_dir="unused", learning_rate=5.0e-3, warmup_steps=0.05, report_to=[])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    schedule = get_scheduler("cosine", optimizer, args.get_warmup_steps(max_steps), max_steps)
+    rates = []
+    for _ in range(max_steps):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_a_resume_that_raises_max_steps_trains_on_the_new_schedule(tmp_path, tiny_run):
+    """Resumed from the end of a 6-step run with train.max_steps=8, step 7 used to train at the old schedule's
+    last rate, 0."""
+    out = _finished_copy(tiny_run, tmp_path)
+    proc = run_launch(_launch_args(out, *LORA_ZERO3_RUN, "train.max_steps=8"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    rates = {record["step"]: record["learning_rate"] for record in records if "learning_rate" in record}
+    assert [rates[7], rates[8]] == pytest.approx(_schedule(8)[6:], rel=1e-6)
+    assert rates[7] > 0
+
+
 def test_a_run_that_crashed_after_its_last_checkpoint_finishes_without_another_step(tmp_path, tiny_run):
     """checkpoint-6 published, then the final save crashed: the relaunch saves checkpoint-6's weights as the
     final adapter and trains nothing (the Trainer alone would take a step 7 of 6)."""

@@ -13,6 +13,7 @@ from conftest import ROOT, run_launch
 
 from launcher.recipe.import_lf import mapping_table
 from launcher.recipe.lf_strict import notes_table
+from launcher.recipe.load import load_recipe
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +51,7 @@ EXPECTED = {
         "method.variant": "dora",
         "method.target": ["q_proj", "v_proj"],
         "data.packing": "neat",
-        "train.warmup_ratio": 0.1,
+        "train.warmup_steps": 10,
     },
     "freeze_sft": {
         "method.name": "freeze",
@@ -76,7 +77,7 @@ EXPECTED = {
     "lora_ppo": {"stage": "ppo", "train.reward_model": "saves/tiny/lora/rm", "train.max_new_tokens": 32},
 }
 UNMAPPED = {
-    "llama3_lora_sft": ["save_only_model", "per_device_eval_batch_size"],
+    "llama3_lora_sft": ["save_only_model"],
     "freeze_sft": ["lora_rank"],
     "full_sft": ["use_unsloth"],
     "lora_ppo": ["reward_model_type"],
@@ -341,3 +342,23 @@ def test_out_over_an_existing_recipe_needs_force(tmp_path):
     assert out.read_text() == "mine\n"
     assert run_launch(["import-lf", str(lf), "--out", str(out), "--force"], timeout=60).returncode == 0
     assert yaml.safe_load(out.read_text())["model"]["path"] == "builtin:tiny-qwen2"
+
+
+def test_lf_schedule_keys_map_to_the_recipes_schedule(tmp_path):
+    """LF's warmup_steps (without max_steps), lr_scheduler_kwargs and eval batch size used to be dropped or refused."""
+    text = TRAINING + (
+        "lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs:\n  min_lr_rate: 0.1\nwarmup_steps: 7\n"
+        "per_device_eval_batch_size: 16\n"
+    )
+    proc, out = _import_text(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = load_recipe(out)["train"]
+    assert (train["scheduler"], train["min_lr_ratio"], train["warmup_steps"], train["warmup_ratio"]) == (
+        "cosine_with_min_lr",
+        0.1,
+        7,
+        0.0,
+    )
+    assert train["eval_batch_size"] == 16
+    proc, _ = _import_text(tmp_path, TRAINING + "lr_scheduler_type: linear\nlr_scheduler_kwargs: {power: 2}\n")
+    assert proc.returncode == 2 and "lr_scheduler_type linear takes no arguments here" in proc.stderr
