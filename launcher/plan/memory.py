@@ -61,7 +61,7 @@ def _optimizer_bytes(trainable: list[Tensor], optimizer: str) -> float:
     return n * 2 * (1 + 4 / 2048) if optimizer in ("adamw_8bit", "paged_adamw_8bit") else n * 8
 
 
-def activation_bytes(shape: Shape, tokens: int, elem: int, checkpointing: bool, attn: str, seq: int) -> float:
+def activation_bytes(shape: Shape, tokens: float, elem: int, checkpointing: bool, attn: str, seq: int) -> float:
     """Bytes kept for backward per micro batch of `tokens` tokens (sequences of `seq`).
     Per layer and token, elements saved by a Llama/Qwen2 layer: the two RMSNorms (input,
     normalised, output: 3h each), rotated q and k, v, k/v repeated to all heads (sdpa with a
@@ -158,8 +158,11 @@ def estimate_option(
         opt.host_gb += params / w
         opt.params_gb -= params / w
     seq = recipe["data"]["cutoff_len"]
+    # Ulysses: each rank keeps 1/sp of every sequence's activations and logits (eager's scores: heads / sp of
+    # them over the whole sequence, the same bytes per local token)
+    local_tokens = train["micro_batch_size"] * seq / dist["sequence_parallel"]
     opt.activations_gb = activation_bytes(
-        shape, train["micro_batch_size"] * seq, elem, train["gradient_checkpointing"], model["attn"], seq
+        shape, local_tokens, elem, train["gradient_checkpointing"], model["attn"], seq
     )
     opt.overhead_gb = OVERHEAD_GB[device] * GIB
     if device == "cpu":  # the host is the device: offloading moves nothing off it
@@ -191,6 +194,7 @@ def estimate(
         "device_memory_source": memory_source,
         "host_memory_gb": host_memory_gb,
         "world_size": world_size,
+        "sequence_parallel": recipe["distributed"]["sequence_parallel"],
         "options": [],
     }
     if shape is None:
@@ -262,6 +266,8 @@ def format_memory(memory: Memory, chosen: tuple[int | str, str] | None) -> list[
         f"device memory: {f'{dev:.1f} GiB' if dev is not None else 'unknown'} per {memory['device']} "
         f"process ({memory['device_memory_source']}), world size {memory['world_size']}"
     )
+    if memory["sequence_parallel"] > 1:
+        lines.append(f"sequence parallel {memory['sequence_parallel']}: activations and logits of 1/{memory['sequence_parallel']} of each sequence per device")
     header = f"{'option':<28}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'other':>8}{'total':>8}{'host':>8}  fits"
     lines.append(header)
     for o in memory["options"]:
