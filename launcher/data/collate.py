@@ -3,7 +3,6 @@ the throughput logger reads."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import torch
@@ -33,14 +32,17 @@ class PaddingCollator:
         mask_dtype: torch.dtype = torch.float32,
         pad_to_multiple_of: int = 8,
         sequence_parallel: int = 1,
+        cutoff_len: int = 0,
     ):
         self.pad_token_id = pad_token_id
         self.packing = packing
         self.padding_free = padding_free and packing == "neat"
         self.mask_dtype = mask_dtype
-        # Ulysses splits every row into sequence_parallel equal shards and places them by position_ids
-        self.multiple = math.lcm(pad_to_multiple_of, sequence_parallel)
+        self.multiple = pad_to_multiple_of
+        # Ulysses: the ranks of a group gather each other's rows (so all are padded to one length, cutoff_len
+        # rounded up to a multiple of the degree), split them into equal shards, and place those by position_ids
         self.positions = sequence_parallel > 1
+        self.fixed_length = -(-cutoff_len // sequence_parallel) * sequence_parallel if self.positions else 0
         self.tokens = 0  # real (non-pad) tokens served so far on this rank
         self.trained_tokens = 0  # tokens with a label
         self.slots = 0  # batch positions, padding included (padding efficiency = tokens / slots)
@@ -51,7 +53,7 @@ class PaddingCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(e["input_ids"]) for e in examples)
-        length = -(-longest // self.multiple) * self.multiple
+        length = self.fixed_length or -(-longest // self.multiple) * self.multiple
         for example in examples:
             self.tokens += len(example["input_ids"])
             self.trained_tokens += sum(1 for label in example["labels"] if label != IGNORE_INDEX)

@@ -48,8 +48,7 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, dtype: str, on_
     hidden = model_hidden_size(recipe["model"]["path"])
     sp = dist["sequence_parallel"]
     values = {
-        # a sequence-parallel group of sp ranks trains one micro batch: DeepSpeed counts data-parallel ranks
-        "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * (world_size // sp),
+        "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * world_size,
         "train_micro_batch_size_per_gpu": train["micro_batch_size"],
         "gradient_accumulation_steps": train["grad_accum"],
         "gradient_clipping": train["max_grad_norm"],
@@ -81,6 +80,10 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, dtype: str, on_
         config.pop("fp16", None)
     if sp > 1:
         _pin_reduce_scatter(config["zero_optimization"], dist)
+        # a group of sp ranks trains one micro batch: DeepSpeed counts the data-parallel ranks, by this key at
+        # zero.Init (before the Ulysses groups exist); accelerate sets train_batch_size from them at initialize
+        config["sequence_parallel_size"] = sp
+        config.pop("train_batch_size")
     return config
 
 
