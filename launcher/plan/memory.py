@@ -267,7 +267,9 @@ def format_memory(memory: Memory, chosen: tuple[int | str, str] | None) -> list[
         f"process ({memory['device_memory_source']}), world size {memory['world_size']}"
     )
     if memory["sequence_parallel"] > 1:
-        lines.append(f"sequence parallel {memory['sequence_parallel']}: activations and logits of 1/{memory['sequence_parallel']} of each sequence per device")
+        lines.append(
+            f"sequence parallel {memory['sequence_parallel']}: activations and logits of 1/{memory['sequence_parallel']} of each sequence per device"
+        )
     header = f"{'option':<28}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'other':>8}{'total':>8}{'host':>8}  fits"
     lines.append(header)
     for o in memory["options"]:

@@ -113,9 +113,15 @@ def _sequence_parallel(
         memory = estimate(with_degree(sp))
         if _fits(memory, dist):
             why = f"auto: the smallest degree at which data.cutoff_len {recipe['data']['cutoff_len']} fits"
-            return with_degree(sp), memory, mesh(world_size, sp, why + (f" ({', '.join(tried)} do not)" if tried else ""))
+            return (
+                with_degree(sp),
+                memory,
+                mesh(world_size, sp, why + (f" ({', '.join(tried)} do not)" if tried else "")),
+            )
         smallest = min((o["total_gb"] for o in memory["options"] if not o["refused"]), default=float("inf"))
         tried.append(f"{sp}: {smallest:.1f} GiB > {memory_gb:.1f}")
     sp = allowed[-1]  # none fits: the largest, and fit_refusal says why training refuses it
-    why = f"auto: no degree fits data.cutoff_len {recipe['data']['cutoff_len']} ({', '.join(tried)}); the largest allowed"
+    why = (
+        f"auto: no degree fits data.cutoff_len {recipe['data']['cutoff_len']} ({', '.join(tried)}); the largest allowed"
+    )
     return with_degree(sp), estimate(with_degree(sp)), mesh(world_size, sp, why)
