@@ -57,7 +57,15 @@ def test_the_world_and_the_kv_heads_must_take_the_degree(overrides, said):
     [
         (("distributed.sequence_parallel=2", "distributed.engine=fsdp"), "distributed.engine: fsdp has no sequence"),
         (("distributed.sequence_parallel=2", "distributed.engine=ddp"), "distributed.engine: ddp has no sequence"),
-        ((*SP2, "method={name: prefix}", "train.gradient_checkpointing=false"), "cannot run method.name: prefix"),
+        (
+            (
+                "distributed.sequence_parallel=2",
+                "distributed.zero=auto",
+                "method={name: prefix}",
+                "train.gradient_checkpointing=false",
+            ),
+            "cannot run method.name: prefix",
+        ),
         ((*SP2, "data.packing=neat"), "drops the 4-D mask"),
         ((*SP2, "train.loss_kernel=chunked"), "the loss is DeepSpeed's"),
         ((*SP2, "model.attn=eager"), "Ulysses attention wraps sdpa or flash_attention_2"),
