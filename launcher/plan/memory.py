@@ -160,7 +160,7 @@ def estimate_option(
     seq = recipe["data"]["cutoff_len"]
     # Ulysses: each rank keeps 1/sp of every sequence's activations and logits (eager's scores: heads / sp of
     # them over the whole sequence, the same bytes per local token)
-    local_tokens = train["micro_batch_size"] * seq / dist["sequence_parallel"]
+    local_tokens = train["micro_batch_size"] * seq / int(dist["sequence_parallel"])  # resolved: no auto here
     opt.activations_gb = activation_bytes(
         shape, local_tokens, elem, train["gradient_checkpointing"], model["attn"], seq
     )
@@ -194,7 +194,7 @@ def estimate(
         "device_memory_source": memory_source,
         "host_memory_gb": host_memory_gb,
         "world_size": world_size,
-        "sequence_parallel": recipe["distributed"]["sequence_parallel"],
+        "sequence_parallel": int(recipe["distributed"]["sequence_parallel"]),
         "options": [],
     }
     if shape is None:

@@ -107,8 +107,8 @@ def _sequence_parallel(
     def with_degree(sp: int) -> Recipe:
         return {**recipe, "distributed": {**dist, "sequence_parallel": sp}}
 
-    allowed = [sp for sp in candidate_degrees(world_size, shape) if combination_error(with_degree(sp)) is None]
-    tried = []
+    allowed = [sp for sp in candidate_degrees(world_size, shape) if combination_error(dict(with_degree(sp))) is None]
+    tried: list[str] = []
     for sp in allowed:
         memory = estimate(with_degree(sp))
         if _fits(memory, dist):

@@ -17,8 +17,8 @@ import yaml
 
 from launcher.errors import RecipeError, listing, shown
 from launcher.recipe.schema import SCHEMA, Key, all_keys
-from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.recipe.sequence_parallel import check as check_sequence_parallel
+from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.registry import engine_spec, method_spec, methods_with, stage_spec, stages_with
 from launcher.util.config_file import read_config_text
 
