@@ -23,6 +23,7 @@ ONE_SEQUENCE = (
     "train.save_steps=1000",
     "train.max_grad_norm=0",
     "distributed.zero=3",
+    "data.cutoff_len=128",  # every row of a sequence-parallel group is padded to it
 )
 
 
