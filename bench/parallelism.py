@@ -61,7 +61,7 @@ def render(runs: dict[str, list[dict]], steps: int) -> str:
         "",
         f"bench/parallelism.py, {datetime.now(timezone.utc):%Y-%m-%d}: recipes/sft_tiny.yaml (LoRA, fp32), "
         f"{steps} optimizer steps, 2 CPU processes over gloo, {len(runs['FSDP2'])} runs per engine alternating; "
-        f"ranks with {' '.join(TIGHT_MALLOC)} so RssAnon follows the live tensors. {machine()}; {versions()}. "
+        f"ranks with {' '.join(f'{k}={v}' for k, v in TIGHT_MALLOC.items())} so RssAnon follows the live tensors. {machine()}; {versions()}. "
         "Medians; the ratio is FSDP2 / ZeRO-3 in this same invocation.",
         "",
         "| engine | steps/s | peak RssAnon rank 0 (GiB) | rank 1 (GiB) |",
