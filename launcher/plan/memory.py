@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from launcher.model.shape import LAYOUTS, Shape, Tensor, base_tensors, model_shape
-from launcher.registry import engine_spec, method_spec
+from launcher.registry import engine_spec, method_spec, stage_spec
 
 if TYPE_CHECKING:
     from launcher.plan.types import Memory, MemoryOption
@@ -244,6 +244,8 @@ def fit_refusal(memory: Memory, recipe: Recipe) -> str | None:
     )
     if not train["gradient_checkpointing"]:
         fixes.append("train.gradient_checkpointing: true")
+    if dist["sequence_parallel"] == 1 and dist["engine"] == "deepspeed" and stage_spec(recipe["stage"]).lm_loss:
+        fixes.append("distributed.sequence_parallel: auto with distributed.zero: 3 (each sequence split over ranks)")
     return (
         f"the memory planner estimates {need} for {option['label']} ({memory['model']}, {recipe['method']['name']}), "
         f"more than the {budget} available: the run would fail out of memory. Fix: {', '.join(fixes)}; "

@@ -144,3 +144,8 @@ def test_auto_picks_the_smallest_degree_whose_estimate_fits(memory_gb, degree):
 def test_auto_under_an_engine_without_sequence_parallelism_keeps_whole_sequences():
     plan = build_plan(load_recipe(LONG, ["distributed.engine=fsdp", "distributed.zero=0"]), cwd=str(ROOT))
     assert plan["mesh"]["sequence_parallel"] == 1
+
+
+def test_a_context_that_does_not_fit_names_sequence_parallelism_as_a_fix():
+    plan = build_plan(load_recipe(LONG, ["distributed.sequence_parallel=1"]), cwd=str(ROOT))
+    assert "distributed.sequence_parallel: auto with distributed.zero: 3" in plan["memory"]["refusal"]
