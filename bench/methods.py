@@ -189,22 +189,13 @@ def estimate_for(recipe_file: Path, model_path: str, method: str, zero: int) -> 
 TIGHT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 
 
-def run_one(
-    recipe_file: Path, model_path: str, method: str, zero: int, steps: int, work: Path, env: dict[str, str]
-) -> dict:
-    """One `launch` run: the measured peaks and the step time."""
-    out = work / f"{Path(model_path).name}-{method}-zero{zero}"
-    overrides = [
-        *_overrides(model_path, method, zero, steps),
-        f"output.dir={out}",
-        f"distributed.master_port={free_port()}",
-    ]
+def launch_with_peaks(recipe_file: Path, overrides: list[str], log: Path, env: dict[str, str]) -> tuple[int, dict]:
+    """Run `launch RECIPE OVERRIDES` (output to log): its exit code and each rank's peak RssAnon (bytes)."""
     plan = build_plan(load_recipe(recipe_file, overrides), cwd=str(ROOT))
     peaks: dict[int, int] = {}
     done = threading.Event()
     sampler = threading.Thread(target=sample_peaks, args=(plan["plan_file"], done, peaks), daemon=True)
     sampler.start()
-    log = work / "run.log"
     with log.open("w") as sink:
         code = subprocess.run(
             [sys.executable, "-m", "launcher.cli", str(recipe_file), *overrides],
@@ -216,6 +207,21 @@ def run_one(
         ).returncode
     done.set()
     sampler.join()
+    return code, peaks
+
+
+def run_one(
+    recipe_file: Path, model_path: str, method: str, zero: int, steps: int, work: Path, env: dict[str, str]
+) -> dict:
+    """One `launch` run: the measured peaks and the step time."""
+    out = work / f"{Path(model_path).name}-{method}-zero{zero}"
+    overrides = [
+        *_overrides(model_path, method, zero, steps),
+        f"output.dir={out}",
+        f"distributed.master_port={free_port()}",
+    ]
+    log = work / "run.log"
+    code, peaks = launch_with_peaks(recipe_file, overrides, log, env)
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         sys.exit(f"[bench] {method} ZeRO-{zero} on {model_path} failed with exit code {code}\n{tail}")

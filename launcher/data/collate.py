@@ -15,6 +15,7 @@ class PaddingCollator:
 
     packing: none -> input_ids, labels, attention_mask (2D)
              greedy -> the same: packed samples attend to each other
+             (sequence_parallel > 1 adds position_ids over the whole row: Ulysses needs them)
              neat -> position_ids restart per sample and a 4D additive mask lets each token
                      attend only within its own sample (eager / sdpa: O(L^2) per row);
                      with padding_free (flex_attention / flash_attention_2) the batch is ONE
@@ -30,12 +31,18 @@ class PaddingCollator:
         padding_free: bool = False,
         mask_dtype: torch.dtype = torch.float32,
         pad_to_multiple_of: int = 8,
+        sequence_parallel: int = 1,
+        cutoff_len: int = 0,
     ):
         self.pad_token_id = pad_token_id
         self.packing = packing
         self.padding_free = padding_free and packing == "neat"
         self.mask_dtype = mask_dtype
         self.multiple = pad_to_multiple_of
+        # Ulysses: the ranks of a group gather each other's rows (so all are padded to one length, cutoff_len
+        # rounded up to a multiple of the degree), split them into equal shards, and place those by position_ids
+        self.positions = sequence_parallel > 1
+        self.fixed_length = -(-cutoff_len // sequence_parallel) * sequence_parallel if self.positions else 0
         self.tokens = 0  # real (non-pad) tokens served so far on this rank
         self.trained_tokens = 0  # tokens with a label
         self.slots = 0  # batch positions, padding included (padding efficiency = tokens / slots)
@@ -46,7 +53,7 @@ class PaddingCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(e["input_ids"]) for e in examples)
-        length = -(-longest // self.multiple) * self.multiple
+        length = self.fixed_length or -(-longest // self.multiple) * self.multiple
         for example in examples:
             self.tokens += len(example["input_ids"])
             self.trained_tokens += sum(1 for label in example["labels"] if label != IGNORE_INDEX)
@@ -66,6 +73,8 @@ class PaddingCollator:
             batch["attention_mask"] = torch.tensor(
                 [[1] * len(e["input_ids"]) + [0] * (length - len(e["input_ids"])) for e in examples], dtype=torch.long
             )
+            if self.positions:  # one position per slot of the row, packed samples and padding included
+                batch["position_ids"] = torch.arange(length).expand(len(examples), length).clone()
             return batch
         batch["position_ids"] = self._pad(examples, "position_ids", 0, length)
         # padding is segment 0: pads attend to pads only, so no row of the mask is empty

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import RecipeError
 from launcher.model.builtin import builtin_config_path, is_builtin
 from launcher.model.shape import model_shape
 from launcher.recipe.ds_user_config import RUNTIME_AUTO, user_template
@@ -45,6 +46,7 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, dtype: str, on_
     """The resolved DeepSpeed config for the recipe."""
     dist, train = recipe["distributed"], recipe["train"]
     hidden = model_hidden_size(recipe["model"]["path"])
+    sp = dist["sequence_parallel"]
     values = {
         "train_batch_size": train["micro_batch_size"] * train["grad_accum"] * world_size,
         "train_micro_batch_size_per_gpu": train["micro_batch_size"],
@@ -76,4 +78,23 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, dtype: str, on_
                 config["zero_optimization"][part]["pin_memory"] = False
     if dtype != "fp16":
         config.pop("fp16", None)
+    if sp > 1:
+        _pin_reduce_scatter(config["zero_optimization"], dist)
+        # a group of sp ranks trains one micro batch: DeepSpeed counts the data-parallel ranks, by this key at
+        # zero.Init (before the Ulysses groups exist); accelerate sets train_batch_size from them at initialize
+        config["sequence_parallel_size"] = sp
+        config.pop("train_batch_size")
     return config
+
+
+def _pin_reduce_scatter(zero: dict, dist: Mapping[str, Any]) -> None:
+    """Under sequence parallelism only ZeRO-3's reduce-scatter averages the gradients of the ranks that share a
+    sequence; its other path sums them (sp times too large: DeepSpeed issue #5248)."""
+    if zero.get("reduce_scatter", True) is not True:
+        raise RecipeError(
+            f"{dist['deepspeed_config']}: zero_optimization.reduce_scatter = false, but distributed.sequence_parallel: "
+            f"{dist['sequence_parallel']} needs it true: without it ZeRO-3 sums the gradients of the ranks that share "
+            "a sequence instead of averaging them (N times too large, DeepSpeed issue #5248). "
+            "Fix: set reduce_scatter to true (or remove it) in that file, or distributed.sequence_parallel: 1"
+        )
+    zero["reduce_scatter"] = True

@@ -51,7 +51,9 @@ def memory_options(dist: Mapping[str, Any]) -> list[tuple]:
 
 
 def trainer_args(plan: Mapping[str, Any]) -> dict:
-    return {"deepspeed": plan["deepspeed"]}
+    from launcher.engines.sequence_parallel import parallelism_args
+
+    return {"deepspeed": plan["deepspeed"], **parallelism_args(plan)}
 
 
 SPEC = EngineSpec(

@@ -130,6 +130,8 @@ def loss_choice(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> tuple[s
         return kernel, "chosen in the recipe"
     if not own_loss or method_spec(method).virtual_tokens:
         return "plain", f"auto: stage {stage} / method {method} keeps its own loss"
+    if recipe["distributed"]["sequence_parallel"] != 1:
+        return "plain", "auto: sequence parallelism computes DeepSpeed's loss over the sequence shards"
     if on_gpu and installed("liger_kernel"):
         return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"
     if vocab_size is not None and vocab_size >= CHUNKED_MIN_VOCAB:

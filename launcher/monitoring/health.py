@@ -40,6 +40,13 @@ class TrainingStopped(RunStopped):
     code = 3
 
 
+def _padding_shard(kwargs: dict) -> bool:
+    """A sequence-parallel shard (its labels come pre-shifted) without one trained token: its own mean loss is
+    0/0, which the group's token-weighted loss gives weight 0 (transformers' deepspeed_sp_compute_loss)."""
+    shift_labels = kwargs.get("shift_labels")
+    return shift_labels is not None and not bool((shift_labels != -100).any())
+
+
 class BadStepGuard(TrainerCallback):
     """Watches every optimizer step's loss (all micro batches, all ranks) and gradient norm."""
 
@@ -56,11 +63,11 @@ class BadStepGuard(TrainerCallback):
         self.check_grad_norm = not trainer.args.fp16
         nan_rank = int(os.environ.get(NAN_RANK_ENV, "-1"))
         self.nan_from = int(os.environ.get(NAN_STEP_ENV, "0")) if nan_rank in (-1, rank) else 0
-        trainer.model.register_forward_hook(self._check_loss)
+        trainer.model.register_forward_hook(self._check_loss, with_kwargs=True)
 
-    def _check_loss(self, module, inputs, output):
+    def _check_loss(self, module, args, kwargs, output):
         loss = getattr(output, "loss", None)
-        if not module.training or loss is None:
+        if not module.training or loss is None or _padding_shard(kwargs):
             return None
         if self.nan_from and self.trainer.state.global_step + 1 >= self.nan_from:
             output.loss = loss * float("nan")  # fault injection: the poisoned loss also poisons the gradients

@@ -85,7 +85,7 @@ def build_plan(
         "master_addr": master_address(dist["master_addr"], hosts, nnodes),
         "master_port": master_port(dist["master_port"], nnodes),
     }
-    recipe, memory = memory_plan(recipe, world, gpus, dtype)
+    recipe, memory, plan_mesh = memory_plan(recipe, world, gpus, dtype)
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
     # made on another machine than the cluster's)
     memory["refusal"] = fit_refusal(memory, recipe)
@@ -104,8 +104,10 @@ def build_plan(
         "batch": {
             "micro_batch_size": train["micro_batch_size"],
             "grad_accum": train["grad_accum"],
-            "global_batch_size": train["micro_batch_size"] * train["grad_accum"] * world["world_size"],
+            # a sequence-parallel group trains one share of the batch together
+            "global_batch_size": train["micro_batch_size"] * train["grad_accum"] * plan_mesh["data_parallel"],
         },
+        "mesh": plan_mesh,
         **engine_config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,

@@ -114,7 +114,7 @@ if TYPE_CHECKING:
     from launcher.plan.types import Plan
 
 
-PLAN_VERSION = 1  # plan.json's shape; raise it when a worker could misread a plan another launcher wrote
+PLAN_VERSION = 2  # plan.json's shape; raise it when a worker could misread a plan another launcher wrote
 
 
 def node_plan_file(output_dir: str, node_rank: int) -> str:

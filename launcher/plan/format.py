@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.kernels.choice import format_kernels
 from launcher.plan.memory import format_memory
+from launcher.plan.mesh import format_mesh
 from launcher.plan.preflight import format_model_source
 from launcher.recipe.ds_user_config import describe
 from launcher.registry import engine_spec
@@ -49,8 +50,9 @@ def format_plan(plan: Plan) -> str:
         f"on {world['device']} ({world['backend']})" + (f": {', '.join(world['gpus'])}" if world["gpus"] else ""),
         f"rendezvous: {world['master_addr']}:{world['master_port']}",
         f"precision: {plan['dtype']}",
+        format_mesh(plan["mesh"]),
         f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
-        f"x world {world['world_size']} = global {plan['batch']['global_batch_size']}",
+        f"x data-parallel {plan['mesh']['data_parallel']} = global {plan['batch']['global_batch_size']}",
         f"output: {plan['output_dir']}",
         format_model_source(plan["model"]),
         "",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from launcher.model.shape import LAYOUTS, Shape, Tensor, base_tensors, model_shape
-from launcher.registry import engine_spec, method_spec
+from launcher.registry import engine_spec, method_spec, stage_spec
 
 if TYPE_CHECKING:
     from launcher.plan.types import Memory, MemoryOption
@@ -61,7 +61,7 @@ def _optimizer_bytes(trainable: list[Tensor], optimizer: str) -> float:
     return n * 2 * (1 + 4 / 2048) if optimizer in ("adamw_8bit", "paged_adamw_8bit") else n * 8
 
 
-def activation_bytes(shape: Shape, tokens: int, elem: int, checkpointing: bool, attn: str, seq: int) -> float:
+def activation_bytes(shape: Shape, tokens: float, elem: int, checkpointing: bool, attn: str, seq: int) -> float:
     """Bytes kept for backward per micro batch of `tokens` tokens (sequences of `seq`).
     Per layer and token, elements saved by a Llama/Qwen2 layer: the two RMSNorms (input,
     normalised, output: 3h each), rotated q and k, v, k/v repeated to all heads (sdpa with a
@@ -190,8 +190,11 @@ def estimate_option(
         opt.host_gb += params / w
         opt.params_gb -= params / w
     seq = recipe["data"]["cutoff_len"]
+    # Ulysses: each rank keeps 1/sp of every sequence's activations and logits (eager's scores: heads / sp of
+    # them over the whole sequence, the same bytes per local token)
+    local_tokens = train["micro_batch_size"] * seq / int(dist["sequence_parallel"])  # resolved: no auto here
     opt.activations_gb = activation_bytes(
-        shape, train["micro_batch_size"] * seq, elem, train["gradient_checkpointing"], model["attn"], seq
+        shape, local_tokens, elem, train["gradient_checkpointing"], model["attn"], seq
     )
     opt.overhead_gb = OVERHEAD_GB[device] * GIB
     if recipe["stage"] == "grpo":  # the reference is partitioned as the model is under ZeRO-3 (TRL prepares it alike)
@@ -226,6 +229,7 @@ def estimate(
         "device_memory_source": memory_source,
         "host_memory_gb": host_memory_gb,
         "world_size": world_size,
+        "sequence_parallel": int(recipe["distributed"]["sequence_parallel"]),
         "options": [],
     }
     if shape is None:
@@ -279,6 +283,8 @@ def fit_refusal(memory: Memory, recipe: Recipe) -> str | None:
     )
     if not train["gradient_checkpointing"]:
         fixes.append("train.gradient_checkpointing: true")
+    if dist["sequence_parallel"] == 1 and dist["engine"] == "deepspeed" and stage_spec(recipe["stage"]).lm_loss:
+        fixes.append("distributed.sequence_parallel: auto with distributed.zero: 3 (each sequence split over ranks)")
     return (
         f"the memory planner estimates {need} for {option['label']} ({memory['model']}, {recipe['method']['name']}), "
         f"more than the {budget} available: the run would fail out of memory. Fix: {', '.join(fixes)}; "
@@ -307,6 +313,10 @@ def format_memory(memory: Memory, chosen: tuple[int | str, str] | None) -> list[
             f"rollout (stage grpo, in each option's other): generation KV cache {rollout['kv_cache']:.2f} "
             f"({rollout['sequences']} sequences x {rollout['tokens']} tokens), reference model "
             f"{rollout['reference']:.2f} ({rollout['why']}{'; split over the world under ZeRO-3' if rollout['reference'] else ''})"
+        )
+    if memory["sequence_parallel"] > 1:
+        lines.append(
+            f"sequence parallel {memory['sequence_parallel']}: activations and logits of 1/{memory['sequence_parallel']} of each sequence per device"
         )
     header = f"{'option':<28}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'other':>8}{'total':>8}{'host':>8}  fits"
     lines.append(header)

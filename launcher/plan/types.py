@@ -81,6 +81,7 @@ class Memory(TypedDict):
     device_memory_source: str
     host_memory_gb: float | None
     world_size: int
+    sequence_parallel: int  # activations and logits are per 1/N of every sequence
     options: list[MemoryOption]
     shape: NotRequired[dict[str, Any]]  # model/shape.py's Shape; these three only where the planner knows it
     params_total: NotRequired[int]
@@ -115,6 +116,14 @@ class EngineConfigs(TypedDict):
     fsdp: NotRequired[dict[str, Any]]
 
 
+class Mesh(TypedDict):
+    """plan["mesh"]: how the world's ranks split the work (plan/mesh.py)."""
+
+    data_parallel: int  # groups that each train their own share of the batch
+    sequence_parallel: int  # ranks in a group, each holding 1/N of every sequence (Ulysses)
+    reason: str  # why this degree (distributed.sequence_parallel: auto says what it tried)
+
+
 class Plan(TypedDict):
     """plan.json."""
 
@@ -128,6 +137,7 @@ class Plan(TypedDict):
     world: World
     dtype: str  # bf16 | fp16 | fp32
     batch: Batch
+    mesh: Mesh
     deepspeed: dict[str, Any] | None  # DeepSpeed's config (engines/deepspeed_config.py); None under another engine
     fsdp: NotRequired[dict[str, Any]]  # FSDP2's TrainingArguments.fsdp_config (engines/fsdp_spec.py)
     memory: Memory

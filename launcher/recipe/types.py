@@ -154,6 +154,7 @@ class DistributedSection(TypedDict):
     engine: str
     zero: int | Literal["auto"]
     offload: str
+    sequence_parallel: int | Literal["auto"]
     deepspeed_config: str | None
     device_memory_gb: float | None
     force_memory: bool

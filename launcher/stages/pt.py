@@ -36,6 +36,12 @@ def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbac
         "tail_tokens": data.tail_tokens,
     }
     # blocks are all cutoff_len long: nothing to pad (only a corpus shorter than one block is a shorter block)
-    collator = PaddingCollator(tokenizer.pad_token_id, "none", pad_to_multiple_of=1)
+    collator = PaddingCollator(
+        tokenizer.pad_token_id,
+        "none",
+        pad_to_multiple_of=1,
+        sequence_parallel=plan["mesh"]["sequence_parallel"],
+        cutoff_len=data_cfg["cutoff_len"],
+    )
     trainer = lm_trainer(plan, args, model, tokenizer, callbacks, rows, eval_rows, collator)
     return trainer, summary

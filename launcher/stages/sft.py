@@ -47,6 +47,8 @@ def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbac
         data_cfg["packing"],
         plan["kernels"]["padding_free"],
         mask_dtype=torch_dtype(plan["dtype"]),
+        sequence_parallel=plan["mesh"]["sequence_parallel"],
+        cutoff_len=data_cfg["cutoff_len"],
     )
     trainer = lm_trainer(plan, args, model, tokenizer, callbacks, rows, eval_rows, collator)
     install_generate_metrics(trainer, recipe)

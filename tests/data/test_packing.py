@@ -156,3 +156,16 @@ def test_bulk_placement_is_best_fit_decreasing(seed):
     assert sorted(i for group in bins for i in group) == list(range(len(lengths)))
     assert all(group == sorted(group) for group in bins)
     assert sorted(sum(lengths[i] for i in group) for group in bins) == _reference_best_fit_decreasing(lengths, capacity)
+
+
+@pytest.mark.unit
+def test_sequence_parallel_rows_share_one_length_and_carry_their_positions():
+    """The ranks of a sequence-parallel group gather each other's rows (one length for all: cutoff_len rounded up
+    to the degree) and Ulysses places the shards by position_ids, which run over the whole (greedy-packed) row."""
+    rows = [{"input_ids": [5] * n, "labels": [7] * n} for n in (9, 30)]
+    packed = pack_examples(rows, 50).rows  # greedy: one row of both samples
+    collator = PaddingCollator(0, "greedy", sequence_parallel=4, cutoff_len=50)
+    batch = collator(packed)
+    assert batch["input_ids"].shape == (1, 52) and batch["labels"][0, 39:].eq(IGNORE_INDEX).all()
+    assert batch["position_ids"].tolist() == [list(range(52))]
+    assert "position_ids" not in PaddingCollator(0, "greedy")(packed)  # without SP the model counts them itself

@@ -1,0 +1,66 @@
+"""distributed.sequence_parallel's rules over the other recipe keys (those the world size and the model's
+heads decide are the planner's: launcher/plan/mesh.py)."""
+
+from __future__ import annotations
+
+from launcher.registry import Refuse, method_spec, stage_spec, stages_with
+
+KEY = "distributed.sequence_parallel"
+# the attention kernels DeepSpeed's Ulysses wrapper (UlyssesSPAttentionHF) runs around
+SP_ATTENTION = ("auto", "sdpa", "flash_attention_2")
+
+
+def check(r: dict, refuse: Refuse) -> None:
+    """Refuse what Ulysses sequence parallelism (degree > 1, or auto where it could pick one) cannot run with."""
+    dist, sp = r["distributed"], r["distributed"]["sequence_parallel"]
+    if sp == 1 or sp == "auto":  # auto picks 1 where a degree above it is refused (launcher/plan/mesh.py)
+        return
+    said = f"{KEY}: {sp}"
+    if dist["engine"] != "deepspeed":
+        refuse(
+            KEY,
+            f"{said} runs through DeepSpeed's Ulysses (ALST); distributed.engine: {dist['engine']} has no sequence "
+            "parallelism here (torch's context_parallel has no CPU kernels, accelerate's SP needs DeepSpeed). "
+            "Fix: set distributed.engine: deepspeed with distributed.zero: 3, or distributed.sequence_parallel: 1",
+        )
+    if dist["zero"] not in (3, "auto"):
+        refuse(
+            KEY,
+            f"{said} needs distributed.zero: 3 (got {dist['zero']}): every sequence-parallel rank backpropagates "
+            "the whole all-gathered loss, and only ZeRO-3's reduce-scatter averages those gradients; ZeRO 0-2 sum "
+            "them, so gradients, the logged grad_norm and clipping are N times too large (DeepSpeed issue #5248). "
+            "Fix: set distributed.zero: 3 (or auto), or distributed.sequence_parallel: 1",
+        )
+    if not stage_spec(r["stage"]).lm_loss:
+        able = " or ".join(stages_with("lm_loss"))
+        refuse(
+            KEY,
+            f"{said} runs stage {able} (one causal-LM loss over the sequence shards); stage {r['stage']} computes "
+            "its loss in TRL over whole sequences, and its other models would go through the Ulysses attention "
+            f"too. Fix: set stage: {able}, or distributed.sequence_parallel: 1",
+        )
+    method = r["method"]["name"]
+    if method_spec(method).virtual_tokens:
+        refuse(
+            KEY,
+            f"{said} cannot run method.name: {method}: its virtual tokens are prepended to every rank's shard, "
+            "so the shards no longer tile one sequence. Fix: set method.name: lora, or distributed.sequence_parallel: 1",
+        )
+    if r["data"]["packing"] == "neat":
+        refuse(
+            KEY,
+            f"{said} cannot keep neat-packed samples apart: the Ulysses attention drops the 4-D mask that does it. "
+            "Fix: set data.packing: greedy (position_ids run over the whole row) or none",
+        )
+    if r["model"]["attn"] not in SP_ATTENTION:
+        refuse(
+            "model.attn",
+            f"model.attn: {r['model']['attn']} cannot run under {said}: DeepSpeed's Ulysses attention wraps "
+            f"{' or '.join(SP_ATTENTION[1:])}. Fix: set model.attn: auto",
+        )
+    if r["train"]["loss_kernel"] in ("chunked", "liger"):
+        refuse(
+            "train.loss_kernel",
+            f"train.loss_kernel: {r['train']['loss_kernel']} cannot run under {said}: the loss is DeepSpeed's, "
+            "token-weighted over the sequence shards. Fix: set train.loss_kernel: auto",
+        )
