@@ -29,6 +29,15 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
 
 
+def _missing_shard(folder: Path) -> bool:
+    """A shard the model's safetensors index names is not in the folder."""
+    try:
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        return any(not (folder / name).is_file() for name in set(index["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # no index (one file) or an unreadable one: the loader's checks report it
+
+
 def parameter_shapes(model_path: str) -> dict[str, list[int]] | None:
     """Parameter name -> shape of a builtin model or a local folder of safetensors; None where unknown
     without loading (a hub id, .bin weights, an architecture the planner does not know)."""
@@ -40,6 +49,8 @@ def parameter_shapes(model_path: str) -> dict[str, list[int]] | None:
             return None
         return {t.name: [t.rows, t.cols] if t.cols > 1 else [t.rows] for t in base_tensors(shape)}
     files = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
+    if _missing_shard(Path(model_path)):
+        return None  # an incomplete model: the loader names the missing shard, not a shape check
     shapes: dict[str, list[int]] = {}
     try:
         for file in files:

@@ -120,7 +120,8 @@ def test_consolidated_prefix_adapter_equals_the_saved_adapter(tiny_run, tmp_path
 
 
 def test_consolidate_refuses_a_folder_without_shards(tmp_path):
-    proc = run_launch(["consolidate", str(tmp_path), "--out", str(tmp_path / "out")])
+    (tmp_path / "empty").mkdir()
+    proc = run_launch(["consolidate", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
     assert proc.returncode == 2
     assert "no DeepSpeed ZeRO shards" in proc.stderr and "Traceback" not in proc.stderr
 
