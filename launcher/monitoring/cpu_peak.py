@@ -46,7 +46,9 @@ def cache_key(dtype: torch.dtype) -> str:
 def measured_cpu_peak_flops(dtype: torch.dtype, size: int = 512, repeats: int = 8) -> float:
     """FLOP/s of the best of a few square matmuls in this process, with its own thread count:
     on CPU the reference is what these cores do on a large matmul, not a data-sheet figure."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    # ones, not random draws: the measurement must not move the run's seeded RNG, or a run that measures the
+    # peak would sample differently from one that reads it from the cache
+    a, b = torch.ones(size, size, dtype=dtype), torch.ones(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):

@@ -207,7 +207,14 @@ def test_resume_of_fsdp_shards_into_another_world_size_is_refused_at_launch(tmp_
     assert "Fix:" in proc.stderr and "Traceback" not in proc.stderr and not (tmp_path / "one").exists()
 
 
-GRPO_RUN = ("train.max_steps=4", "train.save_steps=2", "train.max_new_tokens=8", "train.completions_log_steps=1")
+GRPO_RUN = (
+    "train.max_steps=4",
+    "train.save_steps=2",
+    "train.max_new_tokens=8",
+    "train.completions_log_steps=1",
+    "train.num_generations=8",
+    "train.micro_batch_size=8",
+)
 
 
 def _grpo(out: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -250,7 +250,7 @@ def test_grpo_tiny_two_processes_reward_rises(tmp_path, warm):
     proc = run_launch([GRPO_TINY, f"output.dir={out}", f"distributed.master_port={free_port()}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["stage"]["completions_per_step"] == 16 and plan["stage"]["prompts_per_step"] == 2
+    assert plan["stage"]["completions_per_step"] == 32 and plan["stage"]["prompts_per_step"] == 2
     records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     steps = plan["recipe"]["train"]["max_steps"]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
