@@ -101,7 +101,10 @@ def prompt_learning_generates_with_its_cache(model) -> None:
     and, given both, drops `past_key_values`: a prefix / P-tuning v2 adapter then generates like the bare base.
     PeftModel.base_model_prepare_inputs_for_generation (the model's own, called first by PEFT's
     prepare_inputs_for_generation) hands PEFT the cache under its old name; PEFT's result goes back as `cache`.
-    Idempotent; for adapters that are not prompt learning the round trip changes nothing."""
+    Idempotent; a model without a prompt-learning adapter (or a PeftModel without a generation head) is left as is."""
+    prompt_learning = any(getattr(c, "is_prompt_learning", False) for c in getattr(model, "peft_config", {}).values())
+    if not prompt_learning or not hasattr(model, "base_model_prepare_inputs_for_generation"):
+        return
     if getattr(model.prepare_inputs_for_generation, "launcher_cache_name", False):
         return
     own, peft_prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation

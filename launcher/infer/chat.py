@@ -127,8 +127,8 @@ def attach_adapter(model, adapter: str, model_path: str, name: str = "default"):
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(adapter, adapter_name=name)
-            return model
-        model = PeftModel.from_pretrained(model, adapter, adapter_name=name)
+        else:
+            model = PeftModel.from_pretrained(model, adapter, adapter_name=name)
         prompt_learning_generates_with_its_cache(model)  # a prefix adapter's key/values reach generate
         return model
     except RuntimeError as err:  # load_state_dict: the adapter's shapes are another model's
