@@ -113,29 +113,52 @@ FULL_ZERO2_RUN = ("method={name: full}", "distributed.zero=2", "model.template=a
 FSDP_LORA_RUN = ("distributed.engine=fsdp", *SHORT_RUN)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, warm):
-    """`tiny_run(*overrides)`: output.dir of a finished recipes/sft_tiny.yaml run with these overrides,
-    run once per session (across xdist workers too), so tests in several files can check the same run."""
+def finished_runs(tmp_path_factory, recipe: str):
+    """`run(*overrides)`: output.dir of a finished run of `recipe` with these overrides, run once per session
+    (across xdist workers too), so tests in several files can check the same run."""
     from filelock import FileLock
 
-    runs = shared_dir(tmp_path_factory) / "tiny_runs"
+    runs = shared_dir(tmp_path_factory) / "finished_runs"
     runs.mkdir(exist_ok=True)
 
     def run(*overrides: str) -> Path:
-        name = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:16]
+        name = hashlib.sha256("\n".join((recipe, *overrides)).encode()).hexdigest()[:16]
         out, done = runs / name, runs / f"{name}.done"
         with FileLock(runs / f"{name}.lock", timeout=900):  # another worker may be training this very run
             if not done.exists():
                 shutil.rmtree(out, ignore_errors=True)  # a failed attempt of another worker
-                proc = run_launch(
-                    ["recipes/sft_tiny.yaml", f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides]
-                )
-                assert proc.returncode == 0, proc.stderr[-5000:]
+                proc = run_launch([recipe, f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides])
+                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
                 done.touch()
         return out
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, warm):
+    """`tiny_run(*overrides)`: output.dir of a finished recipes/sft_tiny.yaml run with these overrides (once per session)."""
+    return finished_runs(tmp_path_factory, "recipes/sft_tiny.yaml")
+
+
+RM_PAIRS = 8  # micro 4 x 2 ranks: every step of RM_RUN sees all the pairs, so the loss on them must fall
+RM_RUN = (
+    "distributed.zero=2",
+    "train.max_steps=6",
+    "train.logging_steps=1",
+    f"data.max_samples={RM_PAIRS}",
+    "data.cutoff_len=64",
+    "train.micro_batch_size=4",
+    "train.grad_accum=1",
+    "train.warmup_ratio=0",
+    "train.scheduler=constant",
+)
+
+
+@pytest.fixture(scope="session")
+def rm_run(tmp_path_factory, warm) -> Path:
+    """output.dir of a finished recipes/rm_tiny.yaml run (RM_RUN), shared by the rm, ppo and grpo tests."""
+    return finished_runs(tmp_path_factory, "recipes/rm_tiny.yaml")(*RM_RUN)
 
 
 def imported_after(code: str, modules: tuple[str, ...], timeout: float = 120) -> list[str]:

@@ -288,3 +288,32 @@ def test_a_qlora_grpo_run_trains_its_adapter_over_the_4bit_base(tmp_path, warm):
     assert [r["step"] for r in records] == [1, 2] and all("reward" in r for r in records)
     lora_b = [value for key, value in load_file(out / "adapter_model.safetensors").items() if "lora_B" in key]
     assert lora_b and any(torch.count_nonzero(value) for value in lora_b)
+
+
+@pytest.mark.multiproc
+def test_grpo_rewarded_by_an_rm_run(rm_run, tmp_path):
+    """train.rewards: [reward_model] with train.reward_model = a finished rm run's output.dir (1 process, 2 steps):
+    the run finishes, and each step logs the reward model's scores, which differ between the completions."""
+    out = tmp_path / "grpo_rm"
+    proc = run_launch(
+        [
+            GRPO_TINY,
+            f"output.dir={out}",
+            f"distributed.master_port={free_port()}",
+            "distributed.nproc_per_node=1",
+            "train.rewards=[reward_model]",
+            f"train.reward_model={rm_run}",
+            "train.max_steps=2",
+            "train.max_new_tokens=8",
+            "train.num_generations=4",
+            "train.micro_batch_size=4",
+        ]
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["rewards/reward_model/mean"] == pytest.approx(r["reward"]) for r in records), records
+    assert any(r["rewards/reward_model/std"] > 0 for r in records), records
+    samples = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    scores = [sample["rewards"]["reward_model"] for sample in samples]
+    assert len(set(scores)) > 1, scores

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from launcher.cli import main
-from tests.conftest import free_port, run_launch
+from tests.conftest import RM_PAIRS, free_port, run_launch
 
 RM_TINY = "recipes/rm_tiny.yaml"
 
@@ -67,13 +67,15 @@ def test_reward_loss_is_minus_logsigmoid_of_the_score_difference(tmp_path):
 
 # ---- 2-process runs through the real CLI: rm (ZeRO-2), then PPO (ZeRO-3) rewarded by it ----------------
 
-RM_PAIRS = 8  # micro 4 x 2 ranks: every step sees all the pairs, so the loss on them must fall
+
+def _losses(out: Path) -> list[dict]:
+    return [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
 
 
 def _launch(recipe: str, out: Path, overrides: list[str]):
     proc = run_launch([recipe, f"output.dir={out}", f"distributed.master_port={free_port()}", *overrides])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    return _losses(out)
 
 
 def _scalar_tags(out: Path) -> set[str]:
@@ -82,27 +84,6 @@ def _scalar_tags(out: Path) -> set[str]:
     accumulator = EventAccumulator(str(out / "runs"))
     accumulator.Reload()
     return set(accumulator.Tags()["scalars"])
-
-
-@pytest.fixture(scope="module")
-def rm_run(tmp_path_factory, warm):
-    out = tmp_path_factory.mktemp("rl") / "rm"
-    logs = _launch(
-        RM_TINY,
-        out,
-        [
-            "distributed.zero=2",
-            "train.max_steps=6",
-            "train.logging_steps=1",
-            f"data.max_samples={RM_PAIRS}",
-            "data.cutoff_len=64",
-            "train.micro_batch_size=4",
-            "train.grad_accum=1",
-            "train.warmup_ratio=0",
-            "train.scheduler=constant",
-        ],
-    )
-    return out, logs
 
 
 def _reloaded_scores(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +116,8 @@ def _reloaded_scores(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.multiproc
 def test_rm_two_processes_learns_to_rank_and_reloads(rm_run):
-    out, logs = rm_run
+    out = rm_run
+    logs = _losses(out)
     assert len(logs) == 6
     assert logs[-1]["loss"] < logs[0]["loss"], [e["loss"] for e in logs]
     assert {"train/accuracy", "train/margin", "train/loss"} <= _scalar_tags(out)
@@ -188,7 +170,7 @@ def test_ppo_two_processes_from_an_sft_adapter_and_the_rm_output(rm_run, tmp_pat
     ppo_epochs 2: step 2 trains again on step 1's rollout, step 3 samples a new one."""
     from safetensors.torch import load_file
 
-    rm_out, _ = rm_run
+    rm_out = rm_run
     start, out = _starting_adapter(tmp_path / "sft"), tmp_path / "ppo"
     logs = _launch(
         "recipes/ppo_tiny.yaml",
