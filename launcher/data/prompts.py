@@ -106,3 +106,14 @@ def rollout_prompts(recipe: Mapping[str, Any], tokenizer, build: Callable[..., P
         ),
     )
     return prompts, rows
+
+
+def rollout_summary(prompts: PromptData, rows: list) -> dict:
+    """The data summary the worker prints for a stage that samples its own replies: no evaluation rows."""
+    return {
+        "examples": len(rows),
+        "eval_examples": 0,
+        "dropped": prompts.dropped,
+        "skipped_bad_rows": prompts.skipped,
+        "tokens": sum(len(r["input_ids"]) for r in rows),
+    }

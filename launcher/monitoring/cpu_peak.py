@@ -75,7 +75,7 @@ def _cached_entries(path: Path) -> dict[str, float]:
 
 def cpu_peak_flops(dtype: torch.dtype) -> tuple[float, bool]:
     """(this CPU's peak FLOP/s in dtype, whether it came from the cache)."""
-    from launcher.plan.files import write_new
+    from launcher.util.paths import write_new
 
     path, key = cache_path(), cache_key(dtype)
     entries = _cached_entries(path)

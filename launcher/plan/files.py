@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.errors import RecipeError
+from launcher.util.paths import write_new
 
 
 def plan_copies_dir() -> Path:
@@ -53,21 +54,6 @@ def private_dir(path: Path) -> Path:
         f"plan copy folder {path} {problem}; another user could read or swap this node's plan. "
         f"Fix: remove it (`rm -rf {path}`) and launch again; it is recreated private (mode 700)"
     )
-
-
-def write_new(path: str | Path, text: str, mode: int = 0o644) -> None:
-    """Write text to path atomically: a fresh exclusive file in the same folder, renamed over path,
-    so an existing symlink at path is replaced, not followed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL, 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            os.fchmod(out.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_own(path: str | Path) -> str:

@@ -20,7 +20,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from launcher.compat import PretokenizedPrompts, TrainedAdapterOnly
 from launcher.data.preview import decode
-from launcher.data.prompts import answer_data, rollout_prompts
+from launcher.data.prompts import answer_data, rollout_prompts, rollout_summary
 from launcher.errors import RecipeError
 from launcher.monitoring.completions import SamplesOnResume, append_samples
 from launcher.stages import grpo_rewards
@@ -166,11 +166,4 @@ def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbac
     trainer.data_collator = RolloutCounts()
     trainer.add_callback(SamplesOnResume(args.output_dir))
     reference_is_base(trainer, recipe)
-    summary = {
-        "examples": len(rows),
-        "eval_examples": 0,
-        "dropped": prompts.dropped,
-        "skipped_bad_rows": prompts.skipped,
-        "tokens": sum(len(r["input_ids"]) for r in rows),
-    }
-    return trainer, summary
+    return trainer, rollout_summary(prompts, rows)

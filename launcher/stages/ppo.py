@@ -29,7 +29,7 @@ from trl.trainer.utils import RepeatSampler, selective_log_softmax, use_adapter
 
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.compat import TrainerHooks
-from launcher.data.prompts import prompt_data, rollout_prompts
+from launcher.data.prompts import prompt_data, rollout_prompts, rollout_summary
 
 if TYPE_CHECKING:
     from launcher.plan.types import Plan
@@ -366,11 +366,4 @@ def build_trainer(plan: Plan, args: TrainingArguments, model, tokenizer, callbac
         },
         reference=reference,
     )
-    summary = {
-        "examples": len(rows),
-        "eval_examples": 0,
-        "dropped": prompts.dropped,
-        "skipped_bad_rows": prompts.skipped,
-        "tokens": sum(len(r["input_ids"]) for r in rows),
-    }
-    return trainer, summary
+    return trainer, rollout_summary(prompts, rows)

@@ -1,4 +1,5 @@
-"""How two paths stand to each other: the one rule every output check uses. Torch-free."""
+"""Paths: how two stand to each other (the one rule every output check uses), whether a folder can be written,
+and an atomic write that never follows a planted link. Torch-free."""
 
 from __future__ import annotations
 
@@ -33,3 +34,18 @@ def why_unusable(folder: Path) -> str | None:
     except OSError as err:
         return f"it cannot be created in {existing} ({err.strerror})"
     return None
+
+
+def write_new(path: str | Path, text: str, mode: int = 0o644) -> None:
+    """Write text to path atomically: a fresh exclusive file in the same folder, renamed over path,
+    so an existing symlink at path is replaced, not followed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL, 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            os.fchmod(out.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
