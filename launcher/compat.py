@@ -167,3 +167,26 @@ def fsdp_on_cpu() -> None:
 
     setattr(init, "launcher_fsdp_on_cpu", True)  # noqa: B010 (a mark on a function object)
     AcceleratorState.__init__ = init
+
+
+DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def deepspeed_muon_stand_in() -> None:
+    """DeepSpeed (0.19: zero/utils.py is_zero_supported_optimizer, zero/stage3.py, stage_1_and_2.py,
+    bf16_optimizer.py) imports its Muon module in every ZeRO optimizer's set-up, for `isinstance(optimizer,
+    MuonWithAuxAdam)` checks alone. That import runs Muon's torch.compile decorators, which load dynamo and
+    inductor: about 1.5 s per rank before the first step, for any optimizer. A rank that never builds DeepSpeed's
+    Muon gets a module whose class no optimizer is an instance of, so every check answers as before."""
+    import sys
+    import types
+
+    if DEEPSPEED_MUON in sys.modules:  # already imported (an in-process caller): leave it
+        return
+
+    class MuonWithAuxAdam:
+        """Stands in for DeepSpeed's Muon optimizer class, which this rank never builds."""
+
+    module = types.ModuleType(DEEPSPEED_MUON, MuonWithAuxAdam.__doc__)
+    setattr(module, "MuonWithAuxAdam", MuonWithAuxAdam)  # noqa: B010 (a module built at run time)
+    sys.modules[DEEPSPEED_MUON] = module

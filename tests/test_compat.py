@@ -154,3 +154,27 @@ def test_accelerate_still_selects_fsdp_only_off_cpu():
     ]
     assert "DistributedType.MULTI_GPU," in branch and "MULTI_CPU" not in branch
     assert "fsdp_plugin" in inspect.signature(AcceleratorState.__init__).parameters
+
+
+def test_deepspeed_reads_its_muon_module_only_for_isinstance_checks():
+    """deepspeed_muon_stand_in replaces that module on a rank that builds no Muon (worker/lean_imports.py): sound
+    only while DeepSpeed uses its class for isinstance checks and ZeRO's supported list, and builds one only for a
+    config whose optimizer is Muon (lean_imports.builds_muon keeps the real module then)."""
+    import importlib.util
+    from pathlib import Path
+
+    origin = importlib.util.find_spec("deepspeed").origin
+    assert origin is not None
+    runtime = Path(origin).parent / "runtime"
+    uses = []
+    for path in runtime.rglob("*.py"):
+        if "muon" in path.parts:
+            continue
+        for line in path.read_text().splitlines():
+            if "MuonWithAuxAdam" in line and "import" not in line:
+                uses.append(line.strip())
+    assert uses, "DeepSpeed no longer names MuonWithAuxAdam: drop deepspeed_muon_stand_in"
+    built = [line for line in uses if re.search(r"= MuonWithAuxAdam\(", line)]
+    assert len(built) == 1, built  # engine.py, under `self.optimizer_name() == MUON_OPTIMIZER`
+    for line in set(uses) - set(built):
+        assert re.search(r"isinstance\([^)]*MuonWithAuxAdam\)|MuonWithAuxAdam (not )?in ZERO_SUPPORTED|append\(MuonWithAuxAdam\)|^#", line), line

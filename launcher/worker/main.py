@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = read_plan(parsed.plan)  # not our plan, or another launcher's (RecipeError): run nothing from it
         from launcher.worker.lean_imports import skip_unused_libraries
 
-        skip_unused_libraries(plan["recipe"])
+        skip_unused_libraries(plan["recipe"], plan["deepspeed"])
         from launcher.monitoring.ranklog import start_rank_log
 
         width = shutil.get_terminal_size((0, 0)).columns or None  # before stdout becomes the rank-log pipe

@@ -1,5 +1,5 @@
-"""A rank imports bitsandbytes and datasets only when its plan uses them (launcher/worker/lean_imports.py),
-and transformers' Trainer and peft still load without them."""
+"""A rank imports bitsandbytes, datasets and the trackers only when its plan uses them
+(launcher/worker/lean_imports.py), and transformers' Trainer, peft and DeepSpeed's ZeRO checks still work without them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from launcher.recipe.load import load_recipe
-from launcher.worker.lean_imports import unused_libraries
+from launcher.worker.lean_imports import TRACKERS, builds_muon, unused_libraries
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize(
     "recipe,overrides,unused",
     [
-        ("sft_tiny", [], ["bitsandbytes", "datasets"]),
-        ("pt_tiny", ["train.optimizer=adamw_8bit"], ["datasets"]),
-        ("sft_tiny", ["model.quantization={bits: 4}"], ["datasets"]),
-        ("dpo_tiny", [], ["bitsandbytes"]),
+        ("sft_tiny", [], ["bitsandbytes", "datasets", *TRACKERS]),
+        ("pt_tiny", ["train.optimizer=adamw_8bit"], ["datasets", *TRACKERS]),
+        ("sft_tiny", ["model.quantization={bits: 4}"], ["datasets", *TRACKERS]),
+        ("dpo_tiny", [], ["bitsandbytes", *TRACKERS]),
     ],
 )
 def test_only_the_libraries_a_plan_uses_are_left_importable(recipe, overrides, unused):
@@ -39,3 +39,27 @@ def test_a_lean_rank_still_builds_a_lora_trainer():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False", "False", "None", "None"]
+
+
+def test_a_lean_zero_rank_skips_deepspeeds_muon_compile_and_its_checks_still_hold():
+    """DeepSpeed's ZeRO optimizers import its Muon module for an isinstance check; the real one compiles Muon's
+    kernels (dynamo's inductor back end) at import. A lean rank gets the stand-in: AdamW is not Muon, and the
+    inductor compiler is never loaded."""
+    code = (
+        "import sys; from launcher.worker.lean_imports import skip_unused_libraries; from launcher.recipe.load import load_recipe; "
+        "skip_unused_libraries(load_recipe('recipes/sft_tiny.yaml')); "
+        "import torch, deepspeed; from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam; "
+        "from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS; "
+        "print(isinstance(torch.optim.AdamW([torch.zeros(1, requires_grad=True)]), MuonWithAuxAdam), "
+        "torch.optim.AdamW in ZERO_SUPPORTED_OPTIMIZERS, 'torch._inductor.compile_fx' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-3:] == ["False", "True", "False"]
+
+
+def test_deepspeeds_own_muon_stays_real_where_a_config_names_it():
+    recipe = load_recipe(ROOT / "recipes" / "sft_tiny.yaml")
+    assert not builds_muon(recipe, {"optimizer": {"type": "AdamW"}})
+    assert not builds_muon(recipe, None)
+    assert builds_muon(recipe, {"optimizer": {"type": "Muon", "params": {}}})  # a user DeepSpeed JSON's optimizer
