@@ -177,4 +177,7 @@ def test_deepspeed_reads_its_muon_module_only_for_isinstance_checks():
     built = [line for line in uses if re.search(r"= MuonWithAuxAdam\(", line)]
     assert len(built) == 1, built  # engine.py, under `self.optimizer_name() == MUON_OPTIMIZER`
     for line in set(uses) - set(built):
-        assert re.search(r"isinstance\([^)]*MuonWithAuxAdam\)|MuonWithAuxAdam (not )?in ZERO_SUPPORTED|append\(MuonWithAuxAdam\)|^#", line), line
+        assert re.search(
+            r"isinstance\([^)]*MuonWithAuxAdam\)|MuonWithAuxAdam (not )?in ZERO_SUPPORTED|append\(MuonWithAuxAdam\)|^#",
+            line,
+        ), line
