@@ -104,6 +104,17 @@ def warm(tmp_path_factory):
 
 # 6 steps, checkpoints at 3 and 6; LoRA under ZeRO-3 and full fine-tuning under ZeRO-2 are each
 # run once and shared by the resume and consolidate tests
+# every DeepSpeed (zero, offload) option the planner and the method table list
+ZERO_OPTIONS = [
+    (0, "none"),
+    (1, "none"),
+    (1, "optimizer"),
+    (2, "none"),
+    (2, "optimizer"),
+    (3, "none"),
+    (3, "optimizer"),
+    (3, "all"),
+]
 SHORT_RUN = ("train.max_steps=6", "train.save_steps=3", "train.logging_steps=1")
 LORA_ZERO3_RUN = ("distributed.zero=3", *SHORT_RUN)
 # the full run trains with a registered template other than the tokenizer's own, so chat tests can check

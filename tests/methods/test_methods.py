@@ -15,7 +15,7 @@ import torch
 
 from launcher.recipe.load import RecipeError, load_recipe
 from launcher.registry import engine_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ZERO_OPTIONS
 from tests.worker.test_e2e import TINY, _losses, _train
 
 STEPS = 4
@@ -281,19 +281,7 @@ ROWS = {
     "prefix": ["method={name: prefix}", "train.gradient_checkpointing=false"],
 }
 COLUMNS = [  # (engine, zero, offload)
-    *[
-        ("deepspeed", zero, offload)
-        for zero, offload in [
-            (0, "none"),
-            (1, "none"),
-            (1, "optimizer"),
-            (2, "none"),
-            (2, "optimizer"),
-            (3, "none"),
-            (3, "optimizer"),
-            (3, "all"),
-        ]
-    ],
+    *[("deepspeed", zero, offload) for zero, offload in ZERO_OPTIONS],
     ("fsdp", 0, "none"),
     ("fsdp", 0, "all"),
 ]

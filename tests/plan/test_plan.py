@@ -13,6 +13,7 @@ import pytest
 
 from launcher.plan import build_plan
 from launcher.recipe.load import load_recipe
+from tests.conftest import ZERO_OPTIONS
 
 pytestmark = pytest.mark.unit
 
@@ -32,19 +33,7 @@ def cpu_only(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
-CASES = [
-    (0, "none"),
-    (1, "none"),
-    (1, "optimizer"),
-    (2, "none"),
-    (2, "optimizer"),
-    (3, "none"),
-    (3, "optimizer"),
-    (3, "all"),
-]
-
-
-@pytest.mark.parametrize("zero,offload", CASES)
+@pytest.mark.parametrize("zero,offload", ZERO_OPTIONS)
 def test_deepspeed_config_per_stage_and_offload(zero, offload):
     recipe = load_recipe(
         QWEN,
