@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from launcher.engines import refuse_offload_beside_auto
 from launcher.engines.deepspeed_config import deepspeed_config
 from launcher.registry import EngineSpec, Refuse
 
@@ -15,12 +16,7 @@ AUTO_ORDER = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer
 
 def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
     dist = recipe["distributed"]
-    if dist["zero"] == "auto" and dist["offload"] != "none":
-        refuse(
-            "distributed.offload",
-            f"distributed.offload: {dist['offload']} is chosen by distributed.zero: auto. "
-            "Fix: remove distributed.offload, or set distributed.zero to a stage 0-3",
-        )
+    refuse_offload_beside_auto(dist, refuse)
     if dist["offload"] == "none":
         return
     if dist["zero"] == 0:

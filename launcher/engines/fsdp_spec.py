@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from launcher.engines import refuse_offload_beside_auto
 from launcher.registry import EngineSpec, Refuse
 
 
@@ -33,12 +34,7 @@ def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
             "parameters, gradients and optimizer state itself (as ZeRO-3 does). Fix: remove distributed.zero "
             "(or set it to 0), or set distributed.engine: deepspeed",
         )
-    if dist["zero"] == "auto" and dist["offload"] != "none":
-        refuse(
-            "distributed.offload",
-            f"distributed.offload: {dist['offload']} is chosen by distributed.zero: auto. "
-            "Fix: remove distributed.offload, or distributed.zero",
-        )
+    refuse_offload_beside_auto(dist, refuse)
     if dist["offload"] == "optimizer":
         refuse(
             "distributed.offload",

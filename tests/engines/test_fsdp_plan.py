@@ -75,9 +75,19 @@ def test_fsdp_is_counted_as_sharded_like_zero3_without_deepspeeds_buffers():
         (["method.variant=pissa"], "distributed.engine: fsdp", "pissa"),
         (["stage=ppo", "train.reward_model=outputs/rm", "data.datasets=[demo_ppo]"], "stage: ppo", "deepspeed"),
         (["distributed.launcher=deepspeed"], "distributed.launcher", "torchrun or accelerate"),
+        (
+            ["distributed.zero=auto", "distributed.offload=all"],
+            "distributed.offload",
+            "chosen by distributed.zero: auto",
+        ),
     ],
 )
 def test_what_fsdp_cannot_run_is_refused_with_a_fix(overrides, key, words):
     with pytest.raises(RecipeError, match="Fix:") as refused:
         load_recipe(TINY, [*FSDP, *overrides])
     assert key in str(refused.value) and words in str(refused.value)
+
+
+def test_deepspeed_refuses_an_offload_beside_zero_auto_as_fsdp_does():
+    with pytest.raises(RecipeError, match="chosen by distributed.zero: auto. Fix:"):
+        load_recipe(TINY, ["distributed.engine=deepspeed", "distributed.zero=auto", "distributed.offload=optimizer"])
