@@ -151,19 +151,39 @@ def test_two_agents_with_node_ranks_equal_one_node(reference, tmp_path):
 
 
 def _node_files(checkpoint: Path) -> tuple[list[str], list[str]]:
-    """(manifest names, ZeRO shard files) of a published checkpoint on one node's disk."""
+    """(manifest names, per-rank shard files) of a published checkpoint on one node's disk: ZeRO's model and
+    optimizer states, or FSDP2's DCP files (each rank's __R_0.distcp; the .metadata is the coordinator's, rank 0)."""
+    shards = [*checkpoint.glob("global_step6/zero_pp_rank_*"), *checkpoint.glob("*/__*.distcp")]
     return (
         sorted(p.name for p in checkpoint.glob("launcher-manifest-node*.json")),
-        sorted(p.name for p in (checkpoint / "global_step6").glob("zero_pp_rank_*")),
+        sorted(str(p.relative_to(checkpoint)) for p in shards),
     )
+
+
+NODE_SHARDS = {  # engine case -> the recipe overrides and the shard files rank R publishes
+    "zero3": (
+        [],
+        [
+            "global_step6/zero_pp_rank_{r}_mp_rank_00_model_states.pt",
+            "global_step6/zero_pp_rank_{r}_mp_rank_00_optim_states.pt",
+        ],
+    ),
+    "fsdp": (
+        ["distributed.engine=fsdp", "distributed.zero=0"],
+        ["optimizer_0/__{r}_0.distcp", "pytorch_model_fsdp_0/__{r}_0.distcp"],
+    ),
+}
 
 
 @pytest.mark.multiproc
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace (unshare --mount) needs root")
-def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_path):
+@pytest.mark.parametrize("engine", list(NODE_SHARDS))
+def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_path, engine):
     """Node 1 runs in its own mount namespace with another folder bind-mounted at output.dir, as on a
     machine without the shared file system: each node publishes and rotates (save_total_limit=1) its own
-    ranks' files; gathered into one folder, they consolidate and resume."""
+    ranks' files; gathered into one folder, they consolidate and resume (ZeRO-3: to the uninterrupted
+    single-node run; FSDP2, whose sums differ from ZeRO's in the last bits: to the run's own final save)."""
+    engine_args, shard_files = NODE_SHARDS[engine]
     out, disk1, port = tmp_path / "run", tmp_path / "node1-disk", free_port()
     out.mkdir()
     disk1.mkdir()
@@ -174,6 +194,7 @@ def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_pat
         "distributed.master_addr=127.0.0.1",
         *TWO_NODES,
         *SMALL,
+        *engine_args,
         "train.save_total_limit=1",
     ]
     own_disk = [
@@ -204,13 +225,11 @@ def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_pat
         assert not (disk / "tmp-checkpoints").exists()
         manifests, shards = _node_files(disk / "checkpoint-6")
         assert manifests == [f"launcher-manifest-node{rank}.json"]
-        assert shards == [
-            f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
-            f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
-        ]
-    single = [TINY, "distributed.nproc_per_node=2", *SMALL]
-    partial = run_launch([*single, f"output.dir={tmp_path / 'partial'}", f"train.resume={out / 'checkpoint-6'}"])
-    assert partial.returncode == 2 and "node(s) [1] published theirs on their own disks" in partial.stderr
+        assert shards == [name.format(r=rank) for name in shard_files]
+    single = [TINY, "distributed.nproc_per_node=2", *SMALL, *engine_args]
+    if engine == "zero3":  # the manifests' check, the same for every engine
+        partial = run_launch([*single, f"output.dir={tmp_path / 'partial'}", f"train.resume={out / 'checkpoint-6'}"])
+        assert partial.returncode == 2 and "node(s) [1] published theirs on their own disks" in partial.stderr
 
     gathered = tmp_path / "gathered" / "checkpoint-6"
     shutil.copytree(out / "checkpoint-6", gathered)
@@ -227,7 +246,7 @@ def test_nodes_without_a_shared_disk_publish_their_own_shards(reference, tmp_pat
         ]
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
-    _assert_same_adapter(tmp_path / "resumed", reference)
+    _assert_same_adapter(tmp_path / "resumed", reference if engine == "zero3" else out)
 
 
 def _hostfile(tmp_path: Path, text: str) -> Path:
