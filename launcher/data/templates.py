@@ -227,9 +227,9 @@ LF_GLM: dict[str, Any] = {
 }
 
 
-def _fused(**formats: str) -> dict[str, Any]:
-    """LF_FUSED with these formats; the user format also writes tool results unless an observation one is given."""
-    return {**LF_FUSED, "observation": formats["user"], **formats}
+def _fused(**fields: Any) -> dict[str, Any]:
+    """LF_FUSED with these fields; the user format also writes tool results unless an observation one is given."""
+    return {**LF_FUSED, "observation": fields["user"], **fields}
 
 
 TEMPLATES: dict[str, Template] = {
@@ -269,15 +269,13 @@ TEMPLATES: dict[str, Template] = {
             system="{content}\n\n",
             assistant="{content}{eos}",
             reply=" {content}",
-            **{
-                **_fused(
-                    user="[INST] {content}[/INST]",
-                    observation='[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]',
-                    prefix="{bos}",
-                ),
-                "calls": lambda calls: "[TOOL_CALLS] " + lf_tools.mistral_calls(calls),
-                "tools": _after_system(lf_tools.mistral_tools),
-            },
+            **_fused(
+                prefix="{bos}",
+                user="[INST] {content}[/INST]",
+                observation='[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]',
+                calls=lambda calls: "[TOOL_CALLS] " + lf_tools.mistral_calls(calls),
+                tools=_after_system(lf_tools.mistral_tools),
+            ),
         ),
         Template(
             name="gemma",
