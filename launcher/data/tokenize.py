@@ -173,7 +173,7 @@ def render(tokenizer, messages: list[dict], tools: list[dict] | None, template: 
             raise DataError(no_chat_template_message())
         text, spans = assistant_spans(tokenizer, messages, tools)
     else:
-        text, spans = TEMPLATES[template].render(messages, tools, tokenizer.eos_token or "")
+        text, spans = TEMPLATES[template].render(messages, tools, tokenizer.eos_token or "", tokenizer.bos_token or "")
     # one span per assistant turn; an empty one (blank in the data) trains nothing, not even its eos
     replies = [m for m in messages if m["role"] == "assistant"]
     return text, [span for span, reply in zip(spans, replies, strict=True) if is_reply(reply)]
@@ -309,6 +309,16 @@ class _Splicer:
         return index
 
 
+def _eos_in_place(encoded: Encoded, eos_id: int) -> Encoded:
+    """LF's efficient eos: the role token that ends a reply (the last trained token before an untrained one) is
+    labelled with the eos token, the model learns to stop there."""
+    labels = list(encoded.labels)
+    for index in range(len(labels) - 1):
+        if labels[index] != IGNORE_INDEX and labels[index + 1] == IGNORE_INDEX:
+            labels[index] = eos_id
+    return Encoded(encoded.input_ids, labels)
+
+
 def _without_oldest_rounds(messages: list[dict]) -> list[list[dict]]:
     """The conversation with 1, 2, ... of its oldest rounds (a user turn and what follows it) removed."""
     head = messages[:1] if messages[0]["role"] == "system" else []
@@ -367,6 +377,8 @@ def encode_conversations(
                 if len(variant.input_ids) <= cutoff_len:
                     del shorter[index]
             step += 1
+    if template in TEMPLATES and TEMPLATES[template].efficient_eos and not train_on_prompt:
+        results = [_eos_in_place(encoded, tokenizer.eos_token_id) for encoded in results]
     return results
 
 

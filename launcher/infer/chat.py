@@ -96,7 +96,7 @@ def prompt_text(tokenizer, messages: list[dict], template: str = TEMPLATE) -> st
     registered template's text up to its generation prompt, or the tokenizer's template (auto)."""
     if template == "auto":
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return TEMPLATES[template].render(messages, None, tokenizer.eos_token or "")[0]
+    return TEMPLATES[template].render(messages, None, tokenizer.eos_token or "", tokenizer.bos_token or "")[0]
 
 
 def _quantization(load_in: str | None, compute_dtype):

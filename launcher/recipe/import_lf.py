@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
+from launcher.data.templates import LF_TEMPLATES
 from launcher.errors import LFImportError, RecipeError, shown
 from launcher.recipe.load import check_value
 from launcher.recipe.schedule import KWARGS as SCHEDULE_KWARGS
@@ -53,9 +54,8 @@ def _when_true(key: str, value_if_true: Any) -> Setter:
 
 
 LF_STAGES = {"pt": "pt", "sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "dpo", "kto": "kto"}
-# LF's template names registered here with LF's own rendering and masks (data/templates.py); no LF name maps to
-# auto: the model's own chat template is masked by this launcher's rule, not LF's, so it trains other labels
-LF_TEMPLATES = ("qwen", "qwen3_nothink", "llama3", "alpaca", "empty")
+# LF's template names are registered here with LF's own rendering and labels (data/templates.py); no LF name maps
+# to auto: the model's own chat template is masked by this launcher's rule, not LF's, so it trains other labels
 # LF's bitsandbytes under both its names; the other quantization_method values quantize with other libraries
 LF_BNB = ("bnb", "bitsandbytes")
 LF_ATTN = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "sdpa"}
@@ -88,16 +88,10 @@ def _finetuning_type(value: Any, lf: dict) -> dict:
 def _template(value: Any, lf: dict) -> dict:
     if value in LF_TEMPLATES:
         return {"model.template": value}
-    why = (
-        "this launcher's chatglm3 is THUDM's format, not LF's (LF writes no space after the role token and labels "
-        "the end-of-sequence in place of each later <|user|>)"
-        if value == "chatglm3"
-        else "LF's format of that name is not registered here"
-    )
     raise Unmapped(
-        f"template {one_line(value)}: {why}, so the model would learn another chat format. Fix: template: auto (the model's "
-        f"own chat template; check its text and labels with `launch data`), or one of LF's templates registered "
-        f"here: {', '.join(LF_TEMPLATES)}"
+        f"template {one_line(value)}: LF's format of that name is not registered here, so the model would learn "
+        "another chat format. Fix: template: auto (the model's own chat template; check its text and labels with "
+        f"`launch data`), or one of LF's templates registered here: {', '.join(LF_TEMPLATES)}"
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
+from launcher.data.templates import TEMPLATES
 from launcher.errors import RecipeError, listing, shown
 from launcher.recipe import schedule
 from launcher.recipe.schema import SCHEMA, Key, all_keys
@@ -319,6 +320,14 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
             "data.mask_history",
             "data.mask_history (train on the last reply only) contradicts data.train_on_prompt (train on every "
             "token, prompts included): together every token would be trained. Fix: remove one of them",
+        )
+    template = r["model"]["template"]
+    if r["data"]["train_on_prompt"] and template in TEMPLATES and TEMPLATES[template].efficient_eos:
+        refuse(
+            "data.train_on_prompt",
+            f"data.train_on_prompt with model.template: {template}: LF's {template} labels the end-of-sequence in "
+            "place of the role token that ends each reply (efficient eos), training every token as itself would "
+            "not; LF refuses the pair too. Fix: remove data.train_on_prompt, or choose another model.template",
         )
     if r["model"]["quantization"] is not None and not method_spec(method).kbit_base:
         able = " or ".join(methods_with("kbit_base"))

@@ -65,8 +65,8 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
             "str",
             TEMPLATE,
             "chat template: auto = the tokenizer's chat_template (right for any model that ships "
-            "one), or a registered name: qwen, qwen3_nothink, llama3, alpaca and empty render and mask as "
-            "LLaMA-Factory's templates of those names, qwen2 as Qwen2's own chat template (docs/data.md)",
+            "one), or a registered name: qwen2 = Qwen2's own chat template, chatglm3_thudm = ChatGLM3's as THUDM "
+            "publishes it, every other name renders and labels as LLaMA-Factory's template of that name (docs/data.md)",
             choices=TEMPLATES,
             guess=False,
         ),

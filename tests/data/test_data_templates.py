@@ -1,12 +1,14 @@
 """Registered templates, cutoff truncation and `launch data`.
 
 Oracles: the builtin tokenizer's own ChatML template (apply_chat_template ids and assistant
-mask) for qwen2; the models' published chat formats, written out by hand, for the others."""
+mask) for qwen2; LLaMA-Factory's own preprocessing output (lf_template_oracle.json) for LF's template names;
+ChatGLM3's published chat format, written out by hand, for chatglm3_thudm."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ from launcher.data.pipeline import build_sft_data
 from launcher.data.templates import TEMPLATES
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations, render
 from launcher.model.builtin import builtin_source_dir
+from launcher.recipe.import_lf import LF_TEMPLATES
+from tests.data.make_lf_template_oracle import label_runs
+from tests.data.make_lf_template_oracle import tokenizer as oracle_tokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -97,44 +102,59 @@ def test_qwen2_tools_use_the_published_qwen_tool_prompt(tokenizer):
 
 
 EXPECTED = {  # (rendered text of system_multi_turn, trained parts): the published formats
-    "llama3": (
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n你是一个简洁的助手。<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n今天会下雨吗?<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n不会,是晴天。<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n适合出去玩吗?<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n非常适合。<|eot_id|>",
-        ["不会,是晴天。<|eot_id|>", "非常适合。<|eot_id|>"],
-    ),
     # chatglm3-6b's own chat_template (huggingface.co/THUDM/chatglm3-6b tokenizer_config.json at 103caa40):
     # "[gMASK]sop" then "<|role|>\n " + content per message, "<|assistant|>" as the generation prompt
-    "chatglm3": (
+    "chatglm3_thudm": (
         "[gMASK]sop<|system|>\n 你是一个简洁的助手。<|user|>\n 今天会下雨吗?<|assistant|>\n 不会,是晴天。"
         "<|user|>\n 适合出去玩吗?<|assistant|>\n 非常适合。<|im_end|>",
         # no eos per turn: the next role token ends a reply and is trained, eos ends the last (as
         # ChatGLM3's finetune_chatmodel_demo/preprocess_utils.py masks it)
         ["\n 不会,是晴天。<|user|>", "\n 非常适合。<|im_end|>"],
     ),
-    # LLaMA-Factory's alpaca and empty, as LF 0.9.5's SFT preprocessing renders and labels them (issue 29):
-    # alpaca trains the "\n\n" after each reply, empty adds no end token
-    "alpaca": (
-        "你是一个简洁的助手。\n\n### Instruction:\n今天会下雨吗?\n\n### Response:\n不会,是晴天。<|im_end|>\n\n"
-        "### Instruction:\n适合出去玩吗?\n\n### Response:\n非常适合。<|im_end|>\n\n",
-        ["不会,是晴天。<|im_end|>\n\n", "非常适合。<|im_end|>\n\n"],
-    ),
-    "empty": (
-        "你是一个简洁的助手。今天会下雨吗?不会,是晴天。适合出去玩吗?非常适合。",
-        ["不会,是晴天。", "非常适合。"],
-    ),
-    # LF's qwen: ChatML, the "\n" after each <|im_end|> trained; qwen3_nothink the same format
-    "qwen": (
-        "<|im_start|>system\n你是一个简洁的助手。<|im_end|>\n<|im_start|>user\n今天会下雨吗?<|im_end|>\n"
-        "<|im_start|>assistant\n不会,是晴天。<|im_end|>\n<|im_start|>user\n适合出去玩吗?<|im_end|>\n"
-        "<|im_start|>assistant\n非常适合。<|im_end|>\n",
-        ["不会,是晴天。<|im_end|>\n", "非常适合。<|im_end|>\n"],
-    ),
 }
-EXPECTED["qwen3_nothink"] = EXPECTED["qwen"]
 LF_QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# LLaMA-Factory's own SFT preprocessing of CONVERSATIONS-like conversations, per LF template name registered
+# here (LF 0.9.5; baichuan2 0.9.4), written by make_lf_template_oracle.py: decoded text and label runs
+LF_ORACLE = json.loads(Path(__file__).with_name("lf_template_oracle.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def lf_tokenizer():
+    return oracle_tokenizer()
+
+
+def test_every_lf_template_name_has_llama_factorys_output_to_match():
+    assert {case.split("/")[0] for case in LF_ORACLE["cases"]} == set(LF_TEMPLATES)
+    assert set(TEMPLATES) - set(LF_TEMPLATES) == {"qwen2", "chatglm3_thudm"}
+
+
+@pytest.mark.parametrize("case", sorted(LF_ORACLE["cases"]))
+def test_lf_templates_render_and_label_as_llama_factory_does(lf_tokenizer, case):
+    """Text and labels (not only the mask: an efficient-eos template labels eos in place of the role token that
+    ends a reply) equal LF's for a system prompt, LF's default one, two rounds, a tool call and a thought."""
+    name, key = case.split("/")
+    conversation = LF_ORACLE["conversations"][key]
+    messages, tools = conversation["messages"], conversation.get("tools")
+    encoded = encode_conversation(lf_tokenizer, messages, 4096, template=name, tools=tools)
+    assert lf_tokenizer.decode(encoded.input_ids) == LF_ORACLE["cases"][case]["text"]
+    assert label_runs(lf_tokenizer, encoded.labels) == LF_ORACLE["cases"][case]["labels"]
+
+
+@pytest.mark.parametrize(
+    "name, calls, message",
+    [
+        ("glm4", [CALL, CALL], "GLM-4's tool format writes one call per assistant turn, this one has 2"),
+        (
+            "qwen3_5",
+            [{"type": "function", "function": {"name": "weather", "arguments": '"Paris"'}}],
+            "template qwen3_5 writes a call's arguments as <parameter=...> blocks",
+        ),
+    ],
+)
+def test_calls_an_lf_tool_format_cannot_write_are_refused(tokenizer, name, calls, message):
+    messages = [CONVERSATIONS["tool_call"][0], {"role": "assistant", "content": "", "tool_calls": calls}]
+    with pytest.raises(DataError, match=re.escape(message)):
+        render(tokenizer, messages, [{"name": "weather", "parameters": {"type": "object"}}], name)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -159,7 +179,7 @@ def test_chatglm3_tools_follow_chatglm3s_own_finetune_format(tokenizer):
         {"role": "tool", "content": '{"temp": 21}'},
         {"role": "assistant", "content": "21 degrees."},
     ]
-    text, _ = render(tokenizer, messages, tools, "chatglm3")
+    text, _ = render(tokenizer, messages, tools, "chatglm3_thudm")
     assert text == (
         "[gMASK]sop<|system|>\n Answer the following questions as best as you can. You have access to the "
         'following tools:\n[\n    {\n        "name": "weather",\n        "parameters": {\n            "type": '
@@ -167,7 +187,7 @@ def test_chatglm3_tools_follow_chatglm3s_own_finetune_format(tokenizer):
         "Let me look.<|assistant|>weather\n ```python\ntool_call(city='Paris')\n```<|observation|>\n "
         '{"temp": 21}<|assistant|>\n 21 degrees.<|im_end|>'
     )
-    encoded = encode_conversation(tokenizer, messages, 4096, template="chatglm3", tools=tools)
+    encoded = encode_conversation(tokenizer, messages, 4096, template="chatglm3_thudm", tools=tools)
     assert _trained_text(tokenizer, encoded) == [
         "\n Let me look.<|assistant|>weather\n ```python\ntool_call(city='Paris')\n```<|observation|>",
         "\n 21 degrees.<|im_end|>",
@@ -180,12 +200,12 @@ def test_chatglm3_tools_follow_chatglm3s_own_finetune_format(tokenizer):
             "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": "[1, 2]"}}],
         },
     ]
-    with pytest.raises(DataError, match="chatglm3: the arguments of a call to 'weather' must be a JSON object"):
+    with pytest.raises(DataError, match="chatglm3_thudm: the arguments of a call to 'weather' must be a JSON object"):
         render(
             tokenizer,
             bad + [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}],
             tools,
-            "chatglm3",
+            "chatglm3_thudm",
         )
 
 
@@ -205,8 +225,8 @@ def test_lf_llama3_keeps_message_content_untrimmed(tokenizer):
     """LF's llama3 writes content as it is (Meta's own template trims it): a trailing newline is trained."""
     messages = [{"role": "user", "content": " Hi\n"}, {"role": "assistant", "content": "Hello.\n"}]
     encoded = encode_conversation(tokenizer, messages, 4096, template="llama3")
-    assert tokenizer.decode(encoded.input_ids) == (
-        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n Hi\n<|eot_id|>"
+    assert tokenizer.decode(encoded.input_ids) == (  # no bos: the builtin tokenizer has none
+        "<|start_header_id|>user<|end_header_id|>\n\n Hi\n<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\nHello.\n<|eot_id|>"
     )
     assert _trained_text(tokenizer, encoded) == ["Hello.\n<|eot_id|>"]
@@ -246,7 +266,7 @@ class SlowTokenizer:
     is_fast = False
 
     def __init__(self, fast):
-        self.fast, self.eos_token = fast, fast.eos_token
+        self.fast, self.eos_token, self.bos_token = fast, fast.eos_token, fast.bos_token
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.fast.encode(text, add_special_tokens=add_special_tokens)
@@ -311,7 +331,21 @@ def _conversations(count: int, seed: int = 0) -> list[list[dict]]:
     return out
 
 
-@pytest.mark.parametrize("template", sorted(TEMPLATES) + ["auto"])
+# one template per way of rendering and labelling (the others differ from these in their strings only)
+ONE_PER_RULE = [
+    "auto",  # the tokenizer's template, spliced at <|im_start|>
+    "qwen2",  # ChatML, an untrained separator
+    "qwen",  # LF's: a default system, the whole turn end trained
+    "qwen3",  # an empty thought trained before each reply
+    "llama2",  # the system inside the first user turn, a bos per turn
+    "default",  # eos inside the prompt turns
+    "chatglm3",  # efficient eos: eos labelled in place of the next role token
+    "chatglm3_thudm",  # the next role token ends a reply, trained as itself
+    "empty",
+]
+
+
+@pytest.mark.parametrize("template", ONE_PER_RULE)
 @pytest.mark.parametrize("mode", [{}, {"train_on_prompt": True}, {"mask_history": True}])
 def test_batched_cutoff_equals_encoding_the_kept_rounds_alone(tokenizer, template, mode):
     # Over-long conversations lose their oldest rounds; with ChatML (qwen2, auto) the shorter variants are

@@ -1,6 +1,6 @@
 """model.template: a base model without a chat template is refused before launch (not a
 transformers ValueError on every rank), stage pt needs none, and LLaMA-Factory's template names
-are accepted where the format is ours, with no did-you-mean into another model family."""
+are accepted, with no did-you-mean into another model family."""
 
 from __future__ import annotations
 
@@ -44,16 +44,17 @@ def test_a_named_template_or_stage_pt_plans_the_base_model(base_model):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("name", ["qwen", "qwen3_nothink"])
-def test_llama_factorys_qwen_names_are_templates_of_their_own(name):
+@pytest.mark.parametrize("name", ["qwen3_nothink", "chatglm3"])
+def test_llama_factorys_template_names_are_templates_of_their_own(name):
     proc = run_launch(["plan", TINY, f"model.template={name}"], timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert f"template: {name}\n" in proc.stdout
 
 
-@pytest.mark.parametrize("name", ["llama2", "qwen3", "chatglm2"])
+@pytest.mark.parametrize("name", ["llava", "chatglm2"])
 def test_unknown_template_gets_no_guess_from_another_family(name):
     proc = run_launch(["plan", TINY, f"model.template={name}"], timeout=60)
     assert proc.returncode == 2
     assert "did you mean" not in proc.stderr.lower()
-    assert "model.template: auto uses the model's own chat template" in proc.stderr and "qwen3_nothink" in proc.stderr
+    assert "model.template: auto uses the model's own chat template" in proc.stderr
+    assert all(f"'{accepted}'" in proc.stderr for accepted in ("auto", "qwen3_nothink", "deepseek3", "chatglm3_thudm"))

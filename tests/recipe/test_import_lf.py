@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_launch
 
-from launcher.recipe.import_lf import mapping_table
+from launcher.recipe.import_lf import import_lf, mapping_table
 from launcher.recipe.lf_strict import notes_table
 from launcher.recipe.load import load_recipe
 
@@ -188,12 +188,24 @@ def test_quantization_methods_other_than_bitsandbytes_are_refused(tmp_path, meth
     assert "Fix: quantization_method: bnb" in proc.stderr
 
 
-@pytest.mark.parametrize("template", ["qwen3", "llama2", "deepseek3", "qwen3_5", "mistral", "default", "chatglm3"])
-def test_lf_templates_not_rendered_as_lf_does_are_refused_naming_the_accepted(tmp_path, template):
-    proc, _ = _import_text(tmp_path, TRAINING.replace("template: qwen", f"template: {template}"))
+# every LF template name LF's v0 examples use, and the common ones LF users type
+LF_NAMES = (
+    "qwen3 qwen3_5 qwen3_5_nothink llama2 deepseek3 deepseek mistral glm4 gemma phi yi baichuan2 default chatglm3"
+)
+
+
+@pytest.mark.parametrize("template", LF_NAMES.split())
+def test_lf_template_names_map_to_lfs_rendering_of_that_name(template):
+    recipe, unmapped = import_lf({**yaml.safe_load(TRAINING), "template": template})
+    assert recipe["model"]["template"] == template
+    assert "template" not in dict(unmapped)
+
+
+def test_an_lf_template_not_registered_is_refused_naming_the_accepted(tmp_path):
+    proc, _ = _import_text(tmp_path, TRAINING.replace("template: qwen", "template: llava"))
     assert proc.returncode == 2
-    assert f"template {template}: " in proc.stderr and "template: auto" in proc.stderr
-    assert "qwen, qwen3_nothink, llama3, alpaca, empty" in proc.stderr
+    assert "template llava: " in proc.stderr and "template: auto" in proc.stderr
+    assert all(name in proc.stderr for name in ("qwen3_nothink", "deepseek3", "chatglm3", "baichuan2"))
 
 
 def test_dora_with_rslora_is_refused_liger_is_a_note(tmp_path):

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from launcher.errors import RecipeError
+from launcher.recipe.load import load_recipe
 from tests.conftest import run_launch
 
 CPU = {"CUDA_VISIBLE_DEVICES": ""}
@@ -210,6 +212,16 @@ def test_settings_a_run_would_ignore_or_cannot_honour_are_refused_at_plan(overri
     assert message.count("\n") == 0 and f"override {overrides[0]}" in message and "Fix:" in message, message
     for needle in needles:
         assert needle in message, message
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("template", ["chatglm3", "glm4", "baichuan2"])
+def test_train_on_prompt_with_an_efficient_eos_template_is_refused(template):
+    """LF refuses the pair: its efficient eos labels eos where a reply ends, train_on_prompt every token as itself."""
+    overrides = [f"model.template={template}", "data.train_on_prompt=true"]
+    with pytest.raises(RecipeError, match=f"data.train_on_prompt with model.template: {template}: .*Fix: remove"):
+        load_recipe("recipes/sft_tiny.yaml", overrides)
+    assert load_recipe("recipes/sft_tiny.yaml", overrides[:1])["model"]["template"] == template
 
 
 def _bomb(levels: int = 9) -> str:
