@@ -139,6 +139,14 @@ class Template:
     system_in_first_user: bool = False  # LF's Llama2Template: the formatted system opens the first user content
     empty_thought: str = ""  # LF's reasoning templates: trained before each reply without a thought of its own
 
+    @property
+    def stop_markers(self) -> tuple[str, ...]:
+        """What ends a reply besides the tokenizer's eos: the end-of-turn marker the assistant part writes after
+        its content (qwen's <|im_end|>, gemma's <end_of_turn>), or the role tokens that follow it."""
+        after = self.assistant.split("{content}", 1)[1]
+        marker = re.split(r"\{eos\}|\n", after, maxsplit=1)[0]
+        return ((marker,) if marker else ()) + self.stop_roles
+
     def render(self, messages: list[dict], tools: list[dict] | None, eos: str, bos: str = "") -> tuple[str, list[Span]]:
         """The conversation's text and the trained spans of its assistant turns."""
         system, turns = (

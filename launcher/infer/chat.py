@@ -184,6 +184,25 @@ def load_for_chat(
     return model.eval(), tokenizer
 
 
+def stop_ids(tokenizer, template: str = TEMPLATE) -> list[int]:
+    """The token ids that end a reply: the tokenizer's eos and, for a registered template, its end-of-turn markers
+    that are one token of this vocabulary (gemma's <end_of_turn> where a base model's eos is another token, as LF
+    stops at its stop words)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    markers = () if template == "auto" else TEMPLATES[template].stop_markers
+    for marker in markers:
+        encoded = tokenizer(marker, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1 and encoded[0] not in ids:
+            ids.append(encoded[0])
+    return ids
+
+
+def until_stop(ids: list[int], stops: list[int]) -> tuple[list[int], bool]:
+    """(the reply's ids before its first stop token, whether one ended it)."""
+    end = next((i for i, token in enumerate(ids) if token in stops), None)
+    return (ids, False) if end is None else (ids[:end], True)
+
+
 def encode_prompt(tokenizer, messages: list[dict], template: str = TEMPLATE):
     """input_ids/attention_mask of `messages` rendered with `template` (prompt_text), ready for the assistant's turn."""
     return tokenizer(prompt_text(tokenizer, messages, template), return_tensors="pt", add_special_tokens=False)
@@ -197,6 +216,7 @@ def reply(
     import torch
 
     inputs = encode_prompt(tokenizer, messages, template).to(model.device)
+    stops = stop_ids(tokenizer, template)
     streamer = None
     if stream:
         from transformers import TextStreamer
@@ -206,22 +226,24 @@ def reply(
         output = model.generate(
             **inputs,
             **sampling.generate_kwargs(),
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops,
             pad_token_id=tokenizer.pad_token_id,
             streamer=streamer,
         )
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    ids, _ = until_stop(output[0, inputs["input_ids"].shape[1] :].tolist(), stops)
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def reply_batch(
     model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = 8, template: str = TEMPLATE
 ) -> tuple[list[str], int]:
     """The assistant's next turn for each conversation, `batch_size` at a time (left-padded), and the number of
-    tokens generated (through each reply's EOS)."""
+    tokens generated (through each reply's end: eos or the template's end-of-turn token)."""
     import torch
 
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
     texts = [prompt_text(tokenizer, m, template) for m in conversations]
+    stops = stop_ids(tokenizer, template)
     replies, generated = [], 0
     for start in range(0, len(texts), batch_size):
         inputs = tokenizer(
@@ -231,13 +253,13 @@ def reply_batch(
             output = model.generate(
                 **inputs,
                 **sampling.generate_kwargs(),
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
             )
         for row in output[:, inputs["input_ids"].shape[1] :].tolist():
-            ends = [i for i, token in enumerate(row) if token == tokenizer.eos_token_id]
-            generated += ends[0] + 1 if ends else len(row)
-            replies.append(tokenizer.decode(row, skip_special_tokens=True))
+            ids, stopped = until_stop(row, stops)
+            generated += len(ids) + stopped
+            replies.append(tokenizer.decode(ids, skip_special_tokens=True))
     return replies, generated
 
 

@@ -26,6 +26,8 @@ from launcher.infer.chat import (
     encode_prompt,
     load_for_chat,
     require_adapter_fits,
+    stop_ids,
+    until_stop,
 )
 from launcher.util.net import is_loopback
 
@@ -244,7 +246,7 @@ class Engine:
     def _kwargs(self, request: ChatRequest) -> dict:
         kwargs = {
             **request.sampling.generate_kwargs(),
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": stop_ids(self.tokenizer, self.templates[request.model]),
             "pad_token_id": self.tokenizer.pad_token_id,
             "min_new_tokens": request.min_tokens,
         }
@@ -293,8 +295,9 @@ class Engine:
 
     def finish(self, ids: list[int], request: ChatRequest) -> tuple[str, str]:
         """(text cut at a stop string, finish_reason)."""
+        ids, at_stop_token = until_stop(ids, stop_ids(self.tokenizer, self.templates[request.model]))
         text, stopped = _cut(self.tokenizer.decode(ids, skip_special_tokens=True), request.stop)
-        ended = stopped or (ids and ids[-1] == self.tokenizer.eos_token_id) or len(ids) < request.max_tokens
+        ended = stopped or at_stop_token or len(ids) < request.max_tokens
         return text, "stop" if ended else "length"
 
 
