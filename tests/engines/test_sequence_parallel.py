@@ -5,7 +5,9 @@ in the loss). Under DeepSpeed (ALST) and under fsdp (the launcher's own exchange
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -33,11 +35,17 @@ def one_process(tmp_path_factory):
     """The reference: one process, whole sequences (ZeRO-3 equals FSDP2 and one plain process: test_fsdp.py)."""
     whole, proc = _train(tmp_path_factory.mktemp("sp"), "one", [*ONE_SEQUENCE, "distributed.nproc_per_node=1"])
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return _steps(whole)
+    return whole
 
 
-def _assert_same_steps(split, expected: list) -> None:
-    got = _steps(split)
+def _tokens_per_step(out: Path) -> list[float]:
+    """The tokens the throughput log says each step trained (tokens/s x step time), summed over the ranks."""
+    records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    return [round(r["tokens_per_second"] * r["step_time"], 3) for r in records if "tokens_per_second" in r]
+
+
+def _assert_same_steps(split: Path, whole: Path) -> None:
+    got, expected = _steps(split), _steps(whole)
     assert len(got) == len(expected) == 3
     for step, (values, reference) in enumerate(zip(got, expected), 1):
         close = all(math.isclose(v, r, rel_tol=1e-5, abs_tol=1e-5) for v, r in zip(values, reference))
@@ -55,6 +63,8 @@ def test_under_fsdp_two_ranks_splitting_each_sequence_train_as_one_process(tmp_p
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "fsdp: rank 0 holds" in proc.stdout + proc.stderr  # sharded by FSDP2, not DDP
     _assert_same_steps(split, one_process)
+    # both ranks of the group collate the same rows: the throughput counts them once
+    assert _tokens_per_step(split) == _tokens_per_step(one_process)
 
 
 def test_under_fsdp_neat_packed_samples_stay_apart_across_the_split(tmp_path):
@@ -65,4 +75,4 @@ def test_under_fsdp_neat_packed_samples_stay_apart_across_the_split(tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     whole, proc = _train(tmp_path, "one-neat", [*neat, "distributed.nproc_per_node=1"])
     assert proc.returncode == 0, proc.stderr[-5000:]
-    _assert_same_steps(split, _steps(whole))
+    _assert_same_steps(split, whole)
