@@ -3,7 +3,7 @@ consecutive ranks; FSDP still shards over the whole world (every rank holds the 
 share of the one gradient, and FSDP's average over all ranks is right once each rank's loss is scaled as below).
 Each group trains the same batch: every rank of it takes 1/N of each row (labels shifted over the whole row first,
 position_ids kept whole-row), attends through the exchange (engines/ulysses.py), and its loss is its shard's token
-sum over the group's token count."""
+sum over the global token count."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def _own_group(degree: int):
     return groups[rank - rank % degree]
 
 
-def shard(inputs: dict, degree: int, index: int) -> tuple[dict, object]:
-    """Rank `index` of the group's part of whole rows (padded to a multiple of N by the collator), and the whole
-    rows' shifted labels: each token's target is the next token, even across a shard boundary."""
+def shard(inputs: dict, degree: int, index: int) -> dict:
+    """Rank `index` of the group's part of whole rows (padded to a multiple of N by the collator), labels shifted
+    over the whole rows first: each token's target is the next token, even across a shard boundary."""
     shifted = F.pad(inputs["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
     width = shifted.shape[1] // degree
     part = slice(index * width, (index + 1) * width)
@@ -35,24 +35,25 @@ def shard(inputs: dict, degree: int, index: int) -> tuple[dict, object]:
         "position_ids": inputs["position_ids"][:, part],
         "labels": labels,
         "shift_labels": labels,
-    }, shifted
+    }
 
 
 def _sharded_loss(trainer, degree: int, index: int):
-    """trainer.compute_loss over this rank's shard. The Trainer counts target tokens over every rank (each group's
-    rows N times, hence / N) and multiplies the loss by the world size; without that count the loss is the shard's
-    sum over the group's count, times N. Either way FSDP's average over the world is the mean over the data."""
+    """trainer.compute_loss over this rank's shard: its token sum over the global count of target tokens. The
+    Trainer counts them over every rank (each group's rows N times, hence / N) and multiplies the loss by the world
+    size, which FSDP's average over the world takes back: the gradient is that of the mean over the data."""
     whole_rows = trainer.compute_loss
 
     def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:  # eval: whole rows on every rank, plain attention
             return whole_rows(model, inputs, return_outputs, num_items_in_batch)
-        part, shifted = shard(inputs, degree, index)
-        if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
-            return whole_rows(model, part, return_outputs, num_items_in_batch / degree)
-        count = (shifted != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
-        result = whole_rows(model, {**part, "num_items_in_batch": count}, return_outputs, num_items_in_batch)
-        return (result[0] * degree, result[1]) if return_outputs else result * degree
+        if num_items_in_batch is None or not trainer.args.average_tokens_across_devices:
+            raise RuntimeError(
+                "distributed.sequence_parallel under fsdp weighs each shard's loss by the target tokens the Trainer "
+                f"counts over all ranks, and {type(trainer.accelerator.unwrap_model(model)).__name__} takes no "
+                "num_items_in_batch (its forward has no **kwargs). Fix: distributed.engine: deepspeed"
+            )
+        return whole_rows(model, shard(inputs, degree, index), return_outputs, num_items_in_batch / degree)
 
     return compute_loss
 

@@ -29,8 +29,7 @@ ROWS = [
 def test_each_shard_predicts_the_token_after_it_even_across_the_split():
     ids = torch.arange(10, 18)[None]
     inputs = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(8)[None]}
-    first, _ = shard(inputs, 2, 0)
-    second, _ = shard(inputs, 2, 1)
+    first, second = shard(inputs, 2, 0), shard(inputs, 2, 1)
     assert first["input_ids"].tolist() == [[10, 11, 12, 13]] and first["labels"].tolist() == [[11, 12, 13, 14]]
     assert second["position_ids"].tolist() == [[4, 5, 6, 7]]
     assert second["labels"].tolist() == [[15, 16, 17, IGNORE_INDEX]]
