@@ -190,3 +190,16 @@ def deepspeed_muon_stand_in() -> None:
     module = types.ModuleType(DEEPSPEED_MUON, MuonWithAuxAdam.__doc__)
     setattr(module, "MuonWithAuxAdam", MuonWithAuxAdam)  # noqa: B010 (a module built at run time)
     sys.modules[DEEPSPEED_MUON] = module
+
+
+def share_batches_within_groups(loader, group_size: int) -> None:
+    """Give the `group_size` consecutive ranks of each group the same batches: accelerate (1.16, data_loader.py
+    prepare_data_loader) deals a prepared loader's batches round-robin over every process, through its
+    BatchSamplerShard's num_processes and process_index; here the groups take the places of the processes."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    shards = [s for s in (loader.batch_sampler, loader.sampler) if isinstance(s, BatchSamplerShard)]
+    if not shards:
+        raise RuntimeError(f"the training loader deals no batches over the ranks ({type(loader.batch_sampler)})")
+    shards[0].num_processes //= group_size
+    shards[0].process_index //= group_size

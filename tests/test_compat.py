@@ -181,3 +181,21 @@ def test_deepspeed_reads_its_muon_module_only_for_isinstance_checks():
             r"isinstance\([^)]*MuonWithAuxAdam\)|MuonWithAuxAdam (not )?in ZERO_SUPPORTED|append\(MuonWithAuxAdam\)|^#",
             line,
         ), line
+
+
+def test_groups_of_ranks_share_the_batches_of_a_prepared_loader():
+    """share_batches_within_groups: of 4 ranks in groups of 2, each group's ranks get the same batches, the two
+    groups different ones, and together every row once, as accelerate deals them to 2 processes."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    def batches(process_index: int, num_processes: int, group_size: int) -> list[list[int]]:
+        loader = prepare_data_loader(
+            DataLoader(list(range(16)), batch_size=2), num_processes=num_processes, process_index=process_index
+        )
+        compat.share_batches_within_groups(loader, group_size)
+        return [batch.tolist() for batch in loader]
+
+    ranks = [batches(rank, 4, 2) for rank in range(4)]
+    assert ranks[0] == ranks[1] == batches(0, 2, 1) and ranks[2] == ranks[3] == batches(1, 2, 1)
+    assert sorted(row for batch in ranks[0] + ranks[2] for row in batch) == list(range(16))

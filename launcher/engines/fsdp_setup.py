@@ -62,6 +62,10 @@ def describe_checkpoint(trainer, output_dir: str) -> None:
 
 def prepare_trainer(trainer, plan: dict, rank: int) -> None:
     trainer.add_callback(ShardCheck(trainer, rank))
+    if plan["mesh"]["sequence_parallel"] > 1:
+        from launcher.engines.fsdp_sequence_parallel import split_sequences
+
+        split_sequences(trainer, plan["mesh"]["sequence_parallel"])
     save_checkpoint_model = trainer.save_model
 
     def save_model(output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -78,6 +78,8 @@ def attention_choice(recipe: Recipe, on_gpu: bool) -> tuple[str, str]:
         note = ": neat packing falls back to a dense L x L mask per row" if neat else ""
         return attn, "chosen in the recipe" + note
     # auto
+    if recipe["distributed"]["sequence_parallel"] != 1 and recipe["distributed"]["engine"] == "fsdp":
+        return "sdpa", "auto: sequence parallelism under fsdp, whose Ulysses exchange runs around sdpa"
     if on_gpu and installed("flash_attn"):
         return "flash_attention_2", "auto: CUDA and flash-attn installed (varlen kernel, padding-free packing)"
     if neat:
@@ -131,7 +133,7 @@ def loss_choice(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> tuple[s
     if not own_loss or method_spec(method).virtual_tokens:
         return "plain", f"auto: stage {stage} / method {method} keeps its own loss"
     if recipe["distributed"]["sequence_parallel"] != 1:
-        return "plain", "auto: sequence parallelism computes DeepSpeed's loss over the sequence shards"
+        return "plain", "auto: sequence parallelism weighs each shard's loss by its tokens"
     if on_gpu and installed("liger_kernel"):
         return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"
     if vocab_size is not None and vocab_size >= CHUNKED_MIN_VOCAB:

@@ -111,8 +111,9 @@ class ThroughputCallback(TrainerCallback):
     and writing checkpoints is left out of the rates.
     """
 
-    def __init__(self, counts: ConsumedCounts, flops: ModelFlops, dtype: torch.dtype, rank: int):
+    def __init__(self, counts: ConsumedCounts, flops: ModelFlops, dtype: torch.dtype, rank: int, copies: int = 1):
         self.counts = counts
+        self.copies = copies  # ranks that collate each batch (all of a sequence-parallel group under fsdp)
         self.flops = flops
         self.dtype = dtype
         self.rank = rank
@@ -166,11 +167,16 @@ class ThroughputCallback(TrainerCallback):
         memory = all_reduce([peak_memory_bytes(args.device)], args.device, op=dist.ReduceOp.MAX)[0]
         elapsed = max(clock - self.last[0], 1e-9)
         steps = max(step - self.last[2], 1)
-        tokens, trained, slots, pairs = (now - before for now, before in zip(counts, self.last[1]))
+        tokens, trained, slots, pairs = ((now - before) / self.copies for now, before in zip(counts, self.last[1]))
         logs["tokens_per_second"] = tokens / elapsed
         logs["trained_tokens_per_second"] = trained / elapsed
         logs["samples_per_second"] = (
-            steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size / elapsed
+            steps
+            * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * args.world_size
+            / self.copies
+            / elapsed
         )
         logs["step_time"] = elapsed / steps
         if slots > 0:
@@ -225,7 +231,10 @@ def install_monitoring(trainer, plan: Plan, rank: int, terminal: bool, width: in
     from launcher.monitoring.progress import ProgressCallback
 
     dtype = torch_dtype(plan["dtype"])
-    trainer.add_callback(ThroughputCallback(ConsumedCounts(trainer), model_flops(trainer.model), dtype, rank))
+    # under fsdp the ranks of a sequence-parallel group collate the same rows (engines/fsdp_sequence_parallel.py)
+    copies = plan["mesh"]["sequence_parallel"] if plan["recipe"]["distributed"]["engine"] == "fsdp" else 1
+    counts = ConsumedCounts(trainer)
+    trainer.add_callback(ThroughputCallback(counts, model_flops(trainer.model), dtype, rank, copies))
     guard = BadStepGuard(trainer, plan["recipe"]["train"]["max_bad_steps"], rank)
     trainer.add_callback(guard)
     trainer.remove_callback(PrinterCallback)  # TrainingArguments(disable_tqdm=True): replaced by ours

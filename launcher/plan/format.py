@@ -40,7 +40,7 @@ def format_plan(plan: Plan) -> str:
     """Human-readable plan: recipe, world, DeepSpeed config, environment, command per node."""
     import yaml
 
-    world = plan["world"]
+    world, dist = plan["world"], plan["recipe"]["distributed"]
     lines = [
         "# recipe (resolved)",
         yaml.safe_dump(plan["recipe"], sort_keys=False).rstrip(),
@@ -50,7 +50,7 @@ def format_plan(plan: Plan) -> str:
         f"on {world['device']} ({world['backend']})" + (f": {', '.join(world['gpus'])}" if world["gpus"] else ""),
         f"rendezvous: {world['master_addr']}:{world['master_port']}",
         f"precision: {plan['dtype']}",
-        format_mesh(plan["mesh"]),
+        format_mesh(plan["mesh"], engine_spec(dist["engine"]).shards_parameters(dist)),
         f"batch: micro {plan['batch']['micro_batch_size']} x grad_accum {plan['batch']['grad_accum']} "
         f"x data-parallel {plan['mesh']['data_parallel']} = global {plan['batch']['global_batch_size']}",
         f"output: {plan['output_dir']}",

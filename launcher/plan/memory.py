@@ -283,8 +283,9 @@ def fit_refusal(memory: Memory, recipe: Recipe) -> str | None:
     )
     if not train["gradient_checkpointing"]:
         fixes.append("train.gradient_checkpointing: true")
-    if dist["sequence_parallel"] == 1 and dist["engine"] == "deepspeed" and stage_spec(recipe["stage"]).lm_loss:
-        fixes.append("distributed.sequence_parallel: auto with distributed.zero: 3 (each sequence split over ranks)")
+    if dist["sequence_parallel"] == 1 and dist["engine"] != "ddp" and stage_spec(recipe["stage"]).lm_loss:
+        zero = " with distributed.zero: 3" if dist["engine"] == "deepspeed" else ""
+        fixes.append(f"distributed.sequence_parallel: auto{zero} (each sequence split over ranks)")
     return (
         f"the memory planner estimates {need} for {option['label']} ({memory['model']}, {recipe['method']['name']}), "
         f"more than the {budget} available: the run would fail out of memory. Fix: {', '.join(fixes)}; "

@@ -59,7 +59,10 @@ def mesh(world_size: int, sp: int, reason: str) -> Mesh:
     return {"data_parallel": world_size // sp, "sequence_parallel": sp, "reason": reason}
 
 
-def format_mesh(plan_mesh: Mesh) -> str:
+def format_mesh(plan_mesh: Mesh, sharded: bool) -> str:
+    """The mesh line of `launch plan`; `sharded`: the engine shards the parameters, over the whole world (the
+    sequence-parallel ranks of a group train one model, so they share its shards as the groups do)."""
     dp, sp = plan_mesh["data_parallel"], plan_mesh["sequence_parallel"]
     split = f": each sequence split over {sp} ranks" if sp > 1 else ""
-    return f"mesh: data-parallel {dp} x sequence-parallel {sp}{split} ({plan_mesh['reason']})"
+    shards = f"; parameters sharded over all {dp * sp} ranks" if sharded and dp * sp > 1 else ""
+    return f"mesh: data-parallel {dp} x sequence-parallel {sp}{split}{shards} ({plan_mesh['reason']})"

@@ -270,9 +270,9 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
             1,
             "Ulysses sequence parallelism: each of N ranks holds 1/N of every sequence (an all-to-all swaps it for "
             "a head split around attention), for contexts one device cannot hold. Needs distributed.engine: "
-            "deepspeed with zero 3 (ALST), stage sft or pt; N divides the world size, the attention heads and the "
-            "KV heads (or they divide N). auto = the smallest degree at which data.cutoff_len fits the devices "
-            "(docs/parallelism.md)",
+            "deepspeed with zero 3 (ALST) or fsdp (the launcher's own exchange, neat packing too), stage sft or pt; "
+            "N divides the world size, the attention heads and the KV heads (or they divide N). auto = the "
+            "smallest degree at which data.cutoff_len fits the devices (docs/parallelism.md)",
             literals=("auto",),
             low=1,
         ),

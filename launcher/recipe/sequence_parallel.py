@@ -6,8 +6,9 @@ from __future__ import annotations
 from launcher.registry import Refuse, method_spec, stage_spec, stages_with
 
 KEY = "distributed.sequence_parallel"
-# the attention kernels DeepSpeed's Ulysses wrapper (UlyssesSPAttentionHF) runs around
-SP_ATTENTION = ("auto", "sdpa", "flash_attention_2")
+# the attention kernels each engine's Ulysses runs around: DeepSpeed's wrapper (UlyssesSPAttentionHF), the
+# launcher's exchange under fsdp (launcher/engines/ulysses.py)
+ENGINE_ATTENTION = {"deepspeed": ("sdpa", "flash_attention_2"), "fsdp": ("sdpa",)}
 
 
 def check(r: dict, refuse: Refuse) -> None:
@@ -16,21 +17,17 @@ def check(r: dict, refuse: Refuse) -> None:
     if sp == 1 or sp == "auto":  # auto picks 1 where a degree above it is refused (launcher/plan/mesh.py)
         return
     said = f"{KEY}: {sp}"
-    if dist["engine"] != "deepspeed":
+    if dist["engine"] not in ENGINE_ATTENTION:
         refuse(
             KEY,
-            f"{said} runs through DeepSpeed's Ulysses (ALST); distributed.engine: {dist['engine']} has no sequence "
-            "parallelism here (torch's context_parallel has no CPU kernels, accelerate's SP needs DeepSpeed). "
-            "Fix: set distributed.engine: deepspeed with distributed.zero: 3, or distributed.sequence_parallel: 1",
+            f"{said} runs under distributed.engine: deepspeed (DeepSpeed's Ulysses, ALST) or fsdp (the launcher's "
+            f"Ulysses exchange); distributed.engine: {dist['engine']} has none (torch's context_parallel has no CPU "
+            "kernels). Fix: set distributed.engine: fsdp (or deepspeed with distributed.zero: 3), "
+            "or distributed.sequence_parallel: 1",
         )
-    if dist["zero"] not in (3, "auto"):
-        refuse(
-            KEY,
-            f"{said} needs distributed.zero: 3 (got {dist['zero']}): every sequence-parallel rank backpropagates "
-            "the whole all-gathered loss, and only ZeRO-3's reduce-scatter averages those gradients; ZeRO 0-2 sum "
-            "them, so gradients, the logged grad_norm and clipping are N times too large (DeepSpeed issue #5248). "
-            "Fix: set distributed.zero: 3 (or auto), or distributed.sequence_parallel: 1",
-        )
+        return
+    if dist["engine"] == "deepspeed":
+        _deepspeed(r, said, refuse)
     if not stage_spec(r["stage"]).lm_loss:
         able = " or ".join(stages_with("lm_loss"))
         refuse(
@@ -46,21 +43,36 @@ def check(r: dict, refuse: Refuse) -> None:
             f"{said} cannot run method.name: {method}: its virtual tokens are prepended to every rank's shard, "
             "so the shards no longer tile one sequence. Fix: set method.name: lora, or distributed.sequence_parallel: 1",
         )
-    if r["data"]["packing"] == "neat":
-        refuse(
-            KEY,
-            f"{said} cannot keep neat-packed samples apart: the Ulysses attention drops the 4-D mask that does it. "
-            "Fix: set data.packing: greedy (position_ids run over the whole row) or none",
-        )
-    if r["model"]["attn"] not in SP_ATTENTION:
+    attention = ENGINE_ATTENTION[dist["engine"]]
+    if r["model"]["attn"] not in ("auto", *attention):
         refuse(
             "model.attn",
-            f"model.attn: {r['model']['attn']} cannot run under {said}: DeepSpeed's Ulysses attention wraps "
-            f"{' or '.join(SP_ATTENTION[1:])}. Fix: set model.attn: auto",
+            f"model.attn: {r['model']['attn']} cannot run under {said} with distributed.engine: {dist['engine']}: "
+            f"its Ulysses attention wraps {' or '.join(attention)}. Fix: set model.attn: auto",
         )
     if r["train"]["loss_kernel"] in ("chunked", "liger"):
         refuse(
             "train.loss_kernel",
-            f"train.loss_kernel: {r['train']['loss_kernel']} cannot run under {said}: the loss is DeepSpeed's, "
+            f"train.loss_kernel: {r['train']['loss_kernel']} cannot run under {said}: the loss is the model's own, "
             "token-weighted over the sequence shards. Fix: set train.loss_kernel: auto",
+        )
+
+
+def _deepspeed(r: dict, said: str, refuse: Refuse) -> None:
+    """What DeepSpeed's Ulysses alone cannot run with."""
+    zero = r["distributed"]["zero"]
+    if zero not in (3, "auto"):
+        refuse(
+            KEY,
+            f"{said} needs distributed.zero: 3 (got {zero}): every sequence-parallel rank backpropagates "
+            "the whole all-gathered loss, and only ZeRO-3's reduce-scatter averages those gradients; ZeRO 0-2 sum "
+            "them, so gradients, the logged grad_norm and clipping are N times too large (DeepSpeed issue #5248). "
+            "Fix: set distributed.zero: 3 (or auto), or distributed.sequence_parallel: 1",
+        )
+    if r["data"]["packing"] == "neat":
+        refuse(
+            KEY,
+            f"{said} cannot keep neat-packed samples apart under distributed.engine: deepspeed: DeepSpeed's Ulysses "
+            "attention drops the 4-D mask that does it. Fix: set distributed.engine: fsdp (its Ulysses attention "
+            "masks each sample from the whole row's position_ids), or data.packing: greedy or none",
         )

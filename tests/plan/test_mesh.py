@@ -21,6 +21,7 @@ pytestmark = pytest.mark.unit
 TINY = str(ROOT / "recipes" / "sft_tiny.yaml")
 LONG = str(ROOT / "recipes" / "sft_qwen2_long.yaml")
 SP2 = ("distributed.sequence_parallel=2", "distributed.zero=3")
+FSDP_SP2 = ("distributed.sequence_parallel=2", "distributed.engine=fsdp")
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +44,12 @@ def test_a_degree_that_does_not_divide_the_heads_is_refused_naming_them():
         # Qwen2-7B: 28 heads, 4 KV heads; 7 divides the heads, but neither 4 nor 7 divides the other
         ((LONG, "distributed.sequence_parallel=7", "distributed.nproc_per_node=7"), "4 KV heads"),
         ((TINY, *SP2, "distributed.nproc_per_node=3"), "does not divide the world size 3"),
+        (
+            (TINY, "distributed.engine=fsdp", "distributed.sequence_parallel=3", "distributed.nproc_per_node=3"),
+            "3 does not divide the model's 4 attention heads",
+        ),
     ],
-    ids=["kv-heads", "world"],
+    ids=["kv-heads", "world", "fsdp-heads"],
 )
 def test_the_world_and_the_kv_heads_must_take_the_degree(overrides, said):
     recipe = load_recipe(overrides[0], list(overrides[1:]))
@@ -55,8 +60,7 @@ def test_the_world_and_the_kv_heads_must_take_the_degree(overrides, said):
 @pytest.mark.parametrize(
     ("overrides", "said"),
     [
-        (("distributed.sequence_parallel=2", "distributed.engine=fsdp"), "distributed.engine: fsdp has no sequence"),
-        (("distributed.sequence_parallel=2", "distributed.engine=ddp"), "distributed.engine: ddp has no sequence"),
+        (("distributed.sequence_parallel=2", "distributed.engine=ddp"), "distributed.engine: ddp has none"),
         (
             (
                 "distributed.sequence_parallel=2",
@@ -67,10 +71,12 @@ def test_the_world_and_the_kv_heads_must_take_the_degree(overrides, said):
             "cannot run method.name: prefix",
         ),
         ((*SP2, "data.packing=neat"), "drops the 4-D mask"),
-        ((*SP2, "train.loss_kernel=chunked"), "the loss is DeepSpeed's"),
+        ((*SP2, "train.loss_kernel=chunked"), "the loss is the model's own"),
         ((*SP2, "model.attn=eager"), "Ulysses attention wraps sdpa or flash_attention_2"),
+        ((*FSDP_SP2, "model.attn=eager"), "distributed.engine: fsdp: its Ulysses attention wraps sdpa."),
+        ((*FSDP_SP2, "train.loss_kernel=chunked"), "the loss is the model's own"),
     ],
-    ids=["fsdp", "ddp", "prefix", "neat", "chunked", "eager"],
+    ids=["ddp", "prefix", "neat", "chunked", "eager", "fsdp-eager", "fsdp-chunked"],
 )
 def test_what_sequence_parallelism_cannot_run_with_is_refused_with_the_reason(overrides, said):
     with pytest.raises(RecipeError, match="Fix:") as refused:
@@ -101,6 +107,19 @@ def test_the_plan_holds_the_mesh_and_deepspeed_counts_data_parallel_ranks():
     assert plan["kernels"]["loss"] == "plain"
 
 
+def test_fsdp_plans_the_mesh_over_sdpa_with_neat_packing_and_shards_over_the_world():
+    plan = build_plan(load_recipe(TINY, [*FSDP_SP2, "data.packing=neat"]), cwd=str(ROOT))
+    assert plan["mesh"]["data_parallel"] == 1 and plan["mesh"]["sequence_parallel"] == 2
+    assert plan["kernels"]["attn"] == "sdpa" and not plan["kernels"]["padding_free"]
+    assert "sequence_parallel_size" not in plan["fsdp"]
+    proc = run_launch(["plan", TINY, *FSDP_SP2, "data.packing=neat"])
+    assert proc.returncode == 0, proc.stderr
+    mesh = (
+        "mesh: data-parallel 1 x sequence-parallel 2: each sequence split over 2 ranks; parameters sharded over all 2"
+    )
+    assert mesh in proc.stdout
+
+
 def test_a_deepspeed_config_without_reduce_scatter_is_refused(tmp_path):
     config = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
     config["zero_optimization"]["reduce_scatter"] = False
@@ -110,11 +129,18 @@ def test_a_deepspeed_config_without_reduce_scatter_is_refused(tmp_path):
         build_plan(recipe, cwd=str(ROOT))
 
 
-def test_activations_and_logits_are_divided_by_the_degree():
+@pytest.mark.parametrize(("engine", "zero"), [("deepspeed", 3), ("fsdp", 0)])
+def test_activations_and_logits_are_divided_by_the_degree(engine, zero):
     shape = KNOWN_SHAPES["Qwen/Qwen2-7B"]
     options = {
         sp: estimate_option(
-            load_recipe(LONG, [f"distributed.sequence_parallel={sp}"]), shape, 3, "none", 8, "cuda", "bf16"
+            load_recipe(LONG, [f"distributed.sequence_parallel={sp}", f"distributed.engine={engine}"]),
+            shape,
+            zero,
+            "none",
+            8,
+            "cuda",
+            "bf16",
         )
         for sp in (1, 4)
     }
@@ -141,8 +167,14 @@ def test_auto_picks_the_smallest_degree_whose_estimate_fits(memory_gb, degree):
     assert fitting, plan["memory"]["options"]
 
 
-def test_auto_under_an_engine_without_sequence_parallelism_keeps_whole_sequences():
+def test_auto_under_fsdp_picks_the_smallest_degree_that_fits():
     plan = build_plan(load_recipe(LONG, ["distributed.engine=fsdp", "distributed.zero=0"]), cwd=str(ROOT))
+    assert plan["mesh"]["sequence_parallel"] == 4 and "2: " in plan["mesh"]["reason"]
+    assert plan["memory"]["refusal"] is None
+
+
+def test_auto_under_an_engine_without_sequence_parallelism_keeps_whole_sequences():
+    plan = build_plan(load_recipe(LONG, ["distributed.engine=ddp", "distributed.zero=0"]), cwd=str(ROOT))
     assert plan["mesh"]["sequence_parallel"] == 1
 
 
