@@ -17,7 +17,7 @@ the kinds "pair" (dpo, orpo and rm share its entries) and "kto".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,13 +68,31 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+Row = tuple[dict | None, bool]  # (the row, or None when it has no reply token to train; whether it was cut)
+
+
+def _collect(
+    names: list[str], data_cfg: Mapping[str, Any], kind: str, row_of: Callable[[Any, int], Row]
+) -> PreferenceData:
+    """The rows row_of(example, cutoff_len) makes of the datasets' examples, with what was dropped, skipped and cut."""
+    bad = BadRows.of(data_cfg)
+    rows, dropped, truncated = [], 0, 0
+    for example in load_examples(names, data_cfg, kind, bad):
+        row, cut = row_of(example, data_cfg["cutoff_len"])
+        if row is None:
+            dropped += 1
+            continue
+        truncated += cut
+        rows.append(row)
+    return PreferenceData(rows, dropped, len(bad.skipped), truncated)
+
+
 def build_pair_data(
     names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE
 ) -> PreferenceData:
     """{"prompt_ids", "chosen_ids", "rejected_ids"} per preference example."""
-    bad = BadRows.of(data_cfg)
-    cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
-    for example in load_examples(names, data_cfg, "preference", bad):
+
+    def pair(example, cutoff: int) -> Row:
         assert example.chosen is not None and example.rejected is not None  # a preference row has both
         prompt_c, chosen = split_reply(tokenizer, example.messages + [example.chosen], example.tools, template)
         prompt_r, rejected = split_reply(tokenizer, example.messages + [example.rejected], example.tools, template)
@@ -83,29 +101,29 @@ def build_pair_data(
         shared = _common_prefix(prompt_c, prompt_r)
         chosen, rejected = prompt_c[shared:] + chosen, prompt_r[shared:] + rejected
         if not chosen or not rejected:
-            dropped += 1
-            continue
-        keep, reply = fit_lengths(shared, max(len(chosen), len(rejected)), cutoff)
-        truncated += keep < shared or reply < max(len(chosen), len(rejected))
-        rows.append({"prompt_ids": prompt_c[:keep], "chosen_ids": chosen[:reply], "rejected_ids": rejected[:reply]})
-    return PreferenceData(rows, dropped, len(bad.skipped), truncated)
+            return None, False
+        longer = max(len(chosen), len(rejected))
+        keep, reply = fit_lengths(shared, longer, cutoff)
+        row = {"prompt_ids": prompt_c[:keep], "chosen_ids": chosen[:reply], "rejected_ids": rejected[:reply]}
+        return row, keep < shared or reply < longer
+
+    return _collect(names, data_cfg, "preference", pair)
 
 
 def build_kto_data(
     names: list[str], data_cfg: Mapping[str, Any], tokenizer, template: str = TEMPLATE
 ) -> PreferenceData:
     """{"prompt_ids", "completion_ids", "label"} per KTO example (label = kto_tag: desirable)."""
-    bad = BadRows.of(data_cfg)
-    cutoff, rows, dropped, truncated = data_cfg["cutoff_len"], [], 0, 0
-    for example in load_examples(names, data_cfg, "kto", bad):
+
+    def labelled(example, cutoff: int) -> Row:
         prompt, completion = split_reply(tokenizer, example.messages, example.tools, template)
         if not completion:
-            dropped += 1
-            continue
+            return None, False
         keep, reply = fit_lengths(len(prompt), len(completion), cutoff)
-        truncated += keep + reply < len(prompt) + len(completion)
-        rows.append({"prompt_ids": prompt[:keep], "completion_ids": completion[:reply], "label": example.kto_tag})
-    return PreferenceData(rows, dropped, len(bad.skipped), truncated)
+        row = {"prompt_ids": prompt[:keep], "completion_ids": completion[:reply], "label": example.kto_tag}
+        return row, keep + reply < len(prompt) + len(completion)
+
+    return _collect(names, data_cfg, "kto", labelled)
 
 
 def pair_data(
