@@ -14,6 +14,7 @@ from launcher.data.formats import alpaca_to_messages
 from launcher.data.pipeline import build_sft_data
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations
 from launcher.model.builtin import materialize
+from tests.data.conversations import CONVERSATIONS
 
 pytestmark = pytest.mark.unit
 
@@ -24,23 +25,6 @@ DATA_CFG = {
     "cutoff_len": 2048,
     "train_on_prompt": False,
     "mask_history": False,
-}
-
-CONVERSATIONS = {
-    "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
-    "system_multi_turn": [
-        {"role": "system", "content": "你是一个简洁的助手。"},
-        {"role": "user", "content": "今天会下雨吗?"},
-        {"role": "assistant", "content": "不会,是晴天。"},
-        {"role": "user", "content": "适合出去玩吗?"},
-        {"role": "assistant", "content": "非常适合。"},
-    ],
-    "tool_call": [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]},
-        {"role": "tool", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "It is 21 degrees in Paris."},
-    ],
 }
 
 

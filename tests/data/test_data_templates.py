@@ -21,6 +21,7 @@ from launcher.data.templates import TEMPLATES
 from launcher.data.tokenize import IGNORE_INDEX, encode_conversation, encode_conversations, render
 from launcher.model.builtin import builtin_source_dir
 from launcher.recipe.import_lf import LF_TEMPLATES
+from tests.data.conversations import CALL, CONVERSATIONS
 from tests.data.make_lf_template_oracle import label_runs
 from tests.data.make_lf_template_oracle import tokenizer as oracle_tokenizer
 
@@ -33,29 +34,6 @@ CFG = {
     "cutoff_len": 1024,
     "train_on_prompt": False,
     "mask_history": False,
-}
-CALL = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
-CONVERSATIONS = {
-    "single": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}],
-    "system_multi_turn": [
-        {"role": "system", "content": "你是一个简洁的助手。"},
-        {"role": "user", "content": "今天会下雨吗?"},
-        {"role": "assistant", "content": "不会,是晴天。"},
-        {"role": "user", "content": "适合出去玩吗?"},
-        {"role": "assistant", "content": "非常适合。"},
-    ],
-    "tool_call": [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [CALL]},
-        {"role": "tool", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "It is 21 degrees in Paris."},
-    ],
-    "text_and_call": [
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "Sunny."},
-    ],
 }
 
 
