@@ -13,9 +13,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from launcher.recipe.optimizers import BNB_OPTIMIZERS
 from launcher.registry import stage_spec
-
-BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 
 
 def unused_libraries(recipe: Mapping[str, Any]) -> list[str]:

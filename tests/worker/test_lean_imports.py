@@ -21,6 +21,8 @@ pytestmark = pytest.mark.unit
         ("sft_tiny", [], ["bitsandbytes", "datasets"]),
         ("pt_tiny", ["train.optimizer=adamw_8bit"], ["datasets"]),
         ("sft_tiny", ["model.quantization={bits: 4}"], ["datasets"]),
+        # galore_torch and apollo_torch import bitsandbytes' 8-bit AdamW with their package
+        ("sft_tiny", ["train.optimizer=galore_adamw", "distributed.engine=ddp", "method.name=full"], ["datasets"]),
         ("dpo_tiny", [], ["bitsandbytes"]),
     ],
 )
