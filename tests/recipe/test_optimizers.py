@@ -13,6 +13,22 @@ pytestmark = pytest.mark.unit
 
 TINY = ROOT / "recipes" / "sft_tiny.yaml"  # LoRA under DeepSpeed ZeRO-2
 DDP_FULL = ["distributed.engine=ddp", "method.name=full"]
+# each optimizer's section as a recipe that leaves it out gets it: LLaMA-Factory's defaults
+LF_DEFAULTS = {
+    "galore": {"target": ["all"], "rank": 16, "update_interval": 200, "scale": 2.0, "proj_type": "std"},
+    "apollo": {
+        "target": ["all"],
+        "rank": 16,
+        "update_interval": 200,
+        "scale": 32.0,
+        "proj_type": "std",
+        "proj": "random",
+        "scale_type": "channel",
+        "scale_front": False,
+    },
+    "badam": {"switch_mode": "ascending", "switch_interval": 50, "start_block": None},
+    "muon": {"momentum": 0.95, "ns_steps": 5, "adjust_lr": "match_rms_adamw"},
+}
 
 
 @pytest.mark.parametrize(
@@ -56,18 +72,4 @@ def test_an_optimizer_where_it_cannot_work_is_refused(overrides, needles):
 def test_an_optimizer_where_it_works_gets_its_defaults(overrides):
     train = load_recipe(TINY, overrides)["train"]
     section = {"galore_adamw": "galore", "apollo_adamw": "apollo"}.get(train["optimizer"], train["optimizer"])
-    assert train.get(section) == {
-        "galore": {"target": ["all"], "rank": 16, "update_interval": 200, "scale": 2.0, "proj_type": "std"},
-        "apollo": {
-            "target": ["all"],
-            "rank": 16,
-            "update_interval": 200,
-            "scale": 32.0,
-            "proj_type": "std",
-            "proj": "random",
-            "scale_type": "channel",
-            "scale_front": False,
-        },
-        "badam": {"switch_mode": "ascending", "switch_interval": 50, "start_block": None},
-        "muon": {"momentum": 0.95, "ns_steps": 5, "adjust_lr": "match_rms_adamw"},
-    }.get(section)
+    assert train.get(section) == LF_DEFAULTS.get(section)
