@@ -8,6 +8,7 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from launcher.model.shape import Shape
 from launcher.registry import Key
 
 # transformers' own optimizer names, built by Trainer.create_optimizer
@@ -182,6 +183,37 @@ def check(r: Mapping[str, Any], origins: Mapping[str, str], refuse: Callable[[st
             "internals, not supported here). Fix: set distributed.nproc_per_node: 1 (and one node), or another "
             "train.optimizer",
         )
+
+
+LOW_RANK_SECTIONS = {"galore_adamw": "galore", "apollo_adamw": "apollo"}
+
+
+def model_refusal(train: Mapping[str, Any], shape: Shape | None, shapes: dict[str, list[int]] | None) -> str | None:
+    """train.optimizer's needs of the model (its config's shape, its parameters' names and shapes, where known):
+    Adam-mini's equal heads, GaLore's and APOLLO's target modules."""
+    name = train["optimizer"]
+    if name == "adam_mini" and shape is not None:
+        head_dim = shape.head_dim or shape.hidden // shape.heads
+        if head_dim * shape.heads != shape.hidden or shape.heads % shape.kv_heads:
+            return (
+                f"train.optimizer: adam_mini splits the attention weights into heads of hidden_size / "
+                f"num_attention_heads values, and this model's heads are not that ({shape.heads} heads of "
+                f"{head_dim}, hidden size {shape.hidden}, {shape.kv_heads} key/value heads). "
+                "Fix: set train.optimizer: adamw_torch (or another optimizer)"
+            )
+    section = LOW_RANK_SECTIONS.get(name)
+    if section is None or shapes is None or train[section]["target"] == [ALL_LINEAR]:
+        return None
+    matrices = {
+        param.rsplit(".", 1)[0] for param, dims in shapes.items() if param.endswith(".weight") and len(dims) == 2
+    }
+    unmatched = [t for t in train[section]["target"] if not any(t in module for module in matrices)]
+    if unmatched:
+        return (
+            f"train.{section}.target: {unmatched} name no weight matrix of the model. Fix: name its linear "
+            f"modules (e.g. q_proj, down_proj; `launch plan` lists the trainable ones) or [{ALL_LINEAR}]"
+        )
+    return None
 
 
 def trainer_optim(name: str) -> str:

@@ -73,3 +73,24 @@ def test_an_optimizer_where_it_works_gets_its_defaults(overrides):
     train = load_recipe(TINY, overrides)["train"]
     section = {"galore_adamw": "galore", "apollo_adamw": "apollo"}.get(train["optimizer"], train["optimizer"])
     assert train.get(section) == LF_DEFAULTS.get(section)
+
+
+def test_the_models_shape_is_checked_before_launch(tmp_path):
+    """Adam-mini's heads must split hidden_size evenly (Qwen3's 32 x 128 over 2560 do not); GaLore's and APOLLO's
+    targets must name weight matrices of the model."""
+    import json
+
+    from launcher.model.builtin import builtin_config_path
+    from launcher.plan.preflight import check_optimizer_model
+
+    config = json.loads(builtin_config_path("builtin:tiny-qwen2").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "head_dim": 64}))  # 4 heads of 64 over 128
+    unequal = load_recipe(TINY, ["train.optimizer=adam_mini", *DDP_FULL, f"model.path={tmp_path}"])
+    with pytest.raises(RecipeError, match="4 heads of 64, hidden size 128"):
+        check_optimizer_model(unequal)
+    check_optimizer_model(load_recipe(TINY, ["train.optimizer=adam_mini", *DDP_FULL]))  # the tiny model's fit
+
+    targets = ["train.optimizer=apollo_adamw", *DDP_FULL, "train.apollo.target=[q_proj,qkv]"]
+    with pytest.raises(RecipeError, match=r"train.apollo.target: \['qkv'\] name no weight matrix"):
+        check_optimizer_model(load_recipe(TINY, targets))
+    check_optimizer_model(load_recipe(TINY, [*targets[:-1], "train.apollo.target=[q_proj,mlp]"]))
