@@ -165,11 +165,45 @@ CASES: list[tuple[str, list[str], Callable]] = [
 ]
 
 
+def _bytes(state) -> int:
+    """The tensors' bytes in an optimizer state (GaLore's and APOLLO's projector objects included)."""
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, (list, tuple)):
+        return sum(_bytes(item) for item in state)
+    if isinstance(state, dict):
+        return sum(_bytes(item) for item in state.values())
+    return _bytes(vars(state)) if type(state).__module__.startswith(("galore_torch", "apollo_torch")) else 0
+
+
+def _state_bytes(optimizer) -> int:
+    if hasattr(optimizer, "parts"):  # Muon beside AdamW
+        return sum(_state_bytes(part) for part in optimizer.parts)
+    if hasattr(optimizer, "base_optimizer"):  # BAdam: AdamW's state and the fp32 copy of the active layer
+        return _state_bytes(optimizer.base_optimizer) + _bytes(list(optimizer.param_idx2hp.values()))
+    return _bytes(list(optimizer.state.values()))
+
+
+def _planned_bytes(overrides: list[str]) -> float:
+    """What the memory planner counts for the optimizer's state on the tiny model (launcher/plan/memory.py)."""
+    from launcher.model.shape import model_shape
+    from launcher.plan.memory import _optimizer_bytes, parameter_split
+
+    recipe = load_recipe(
+        TINY, ["distributed.engine=ddp", "distributed.nproc_per_node=1", "method.name=full", *overrides]
+    )
+    _, trainable = parameter_split(model_shape("builtin:tiny-qwen2")[0], recipe["method"])
+    return _optimizer_bytes(trainable, recipe["train"])
+
+
 @pytest.mark.parametrize("overrides,direct", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_the_launchers_optimizer_steps_as_its_library(base, overrides, direct, tmp_path):
+    """... and holds the state the memory planner counts for it (within 1%: Adam-mini's per-block moments)."""
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
-    _two_steps(ours, _launcher_optimizer(ours, overrides, tmp_path))
+    optimizer = _launcher_optimizer(ours, overrides, tmp_path)
+    _two_steps(ours, optimizer)
     _two_steps(theirs, direct(theirs))
+    assert _state_bytes(optimizer) == pytest.approx(_planned_bytes(overrides), rel=0.01)
     moved = 0
     for (name, mine), (_, reference), (_, before) in zip(
         ours.named_parameters(), theirs.named_parameters(), base.named_parameters()
