@@ -116,12 +116,20 @@ def _badam(model: nn.Module, train: Mapping[str, Any], adam: dict, decay: set[st
     """BAdam's layer-wise BlockOptimizer over torch's AdamW; it freezes all but the current layer itself."""
     from badam import BlockOptimizer
 
+    class BlockOptimizerSkippingBadSteps(BlockOptimizer):
+        """BAdam asserts that every parameter of the active layer has a gradient: a step whose gradients the NaN
+        guard dropped (launcher/monitoring/health.py) is skipped here, as the other optimizers skip it."""
+
+        def step(self, *args, **kwargs) -> None:
+            if any(p.grad is not None for p in self.param_idx2lp.values()):
+                super().step(*args, **kwargs)
+
     cfg = train["badam"]
     # BlockOptimizer builds each layer's groups from the base optimizer's defaults: its weight decay must be there
     base = torch.optim.AdamW(
         _decay_groups(_trainable(model), decay, train["weight_decay"]), weight_decay=train["weight_decay"], **adam
     )
-    return BlockOptimizer(
+    return BlockOptimizerSkippingBadSteps(
         base_optimizer=base,
         named_parameters_list=list(model.named_parameters()),
         switch_block_every=cfg["switch_interval"],

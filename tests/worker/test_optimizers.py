@@ -198,12 +198,17 @@ def _planned_bytes(overrides: list[str]) -> float:
 
 @pytest.mark.parametrize("overrides,direct", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_the_launchers_optimizer_steps_as_its_library(base, overrides, direct, tmp_path):
-    """... and holds the state the memory planner counts for it (within 1%: Adam-mini's per-block moments)."""
+    """... holds the state the memory planner counts for it (within 1%: Adam-mini's per-block moments), and
+    leaves the weights as they are on a step whose gradients the NaN guard dropped (monitoring/health.py)."""
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
     optimizer = _launcher_optimizer(ours, overrides, tmp_path)
     _two_steps(ours, optimizer)
     _two_steps(theirs, direct(theirs))
     assert _state_bytes(optimizer) == pytest.approx(_planned_bytes(overrides), rel=0.01)
+    before = [p.detach().clone() for p in ours.parameters()]
+    ours.zero_grad(set_to_none=True)
+    optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(ours.parameters(), before))
     moved = 0
     for (name, mine), (_, reference), (_, before) in zip(
         ours.named_parameters(), theirs.named_parameters(), base.named_parameters()
