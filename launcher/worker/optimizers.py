@@ -78,38 +78,35 @@ def low_rank_weights(model: nn.Module, targets: list[str], key: str) -> list[nn.
     return chosen
 
 
-def _low_rank(optimizer_cls: type, section: str, projection: tuple[str, ...]) -> Callable[..., torch.optim.Optimizer]:
-    """GaLore or APOLLO: the projected group for the target weights, transformers' decay groups for the rest."""
-
-    def build(model: nn.Module, train: Mapping[str, Any], adam: dict, decay: set[str]) -> torch.optim.Optimizer:
-        cfg = train[section]
-        weights = low_rank_weights(model, cfg["target"], f"train.{section}.target")
-        projected = {
-            "params": weights,
-            "weight_decay": train["weight_decay"],
-            "rank": cfg["rank"],
-            "update_proj_gap": cfg["update_interval"],
-            "scale": cfg["scale"],
-            "proj_type": cfg["proj_type"],
-            **{name: cfg[name] for name in projection},
-        }
-        rest = _decay_groups(_trainable(model, {id(w) for w in weights}), decay, train["weight_decay"])
-        extra = {"scale_front": cfg["scale_front"]} if section == "apollo" else {"no_deprecation_warning": True}
-        return optimizer_cls([*rest, projected], **adam, **extra)
-
-    return build
+def _low_rank_groups(model: nn.Module, train: Mapping[str, Any], decay: set[str], section: str) -> Groups:
+    """GaLore's or APOLLO's groups: the target weights projected, transformers' decay groups for the rest."""
+    cfg = train[section]
+    weights = low_rank_weights(model, cfg["target"], f"train.{section}.target")
+    projected = {
+        "params": weights,
+        "weight_decay": train["weight_decay"],
+        "rank": cfg["rank"],
+        "update_proj_gap": cfg["update_interval"],
+        "scale": cfg["scale"],
+        "proj_type": cfg["proj_type"],
+    }
+    return [*_decay_groups(_trainable(model, {id(w) for w in weights}), decay, train["weight_decay"]), projected]
 
 
 def _galore(model: nn.Module, train: Mapping[str, Any], adam: dict, decay: set[str]) -> torch.optim.Optimizer:
     from galore_torch import GaLoreAdamW
 
-    return _low_rank(GaLoreAdamW, "galore", ())(model, train, adam, decay)
+    return GaLoreAdamW(_low_rank_groups(model, train, decay, "galore"), **adam, no_deprecation_warning=True)
 
 
 def _apollo(model: nn.Module, train: Mapping[str, Any], adam: dict, decay: set[str]) -> torch.optim.Optimizer:
+    """APOLLO reads its projection and scaling from the projected group, scale_front from its constructor."""
     from apollo_torch import APOLLOAdamW
 
-    return _low_rank(APOLLOAdamW, "apollo", ("proj", "scale_type"))(model, train, adam, decay)
+    cfg = train["apollo"]
+    *rest, projected = _low_rank_groups(model, train, decay, "apollo")
+    projected |= {"proj": cfg["proj"], "scale_type": cfg["scale_type"]}
+    return APOLLOAdamW([*rest, projected], **adam, scale_front=cfg["scale_front"])
 
 
 def _badam(model: nn.Module, train: Mapping[str, Any], adam: dict, decay: set[str]) -> torch.optim.Optimizer:
