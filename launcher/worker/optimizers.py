@@ -161,11 +161,12 @@ def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch's Muon on the matrices, torch's AdamW on the rest, stepped, scheduled and saved as one optimizer: its
-    param_groups are the two optimizers' own, so the scheduler's rate reaches both."""
+    """torch's Muon on the matrices, torch's AdamW on the rest (either may have nothing to train: LoRA trains
+    matrices only), stepped, scheduled and saved as one optimizer: its param_groups are the parts' own, so the
+    scheduler's rate reaches both."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
-        self.parts = (muon, adamw)
+    def __init__(self, *parts: torch.optim.Optimizer):
+        self.parts = parts
         super().__init__([p for part in self.parts for g in part.param_groups for p in g["params"]], {})
         self.param_groups = [g for part in self.parts for g in part.param_groups]
 
@@ -187,16 +188,22 @@ class MuonWithAdamW(torch.optim.Optimizer):
 def _muon(model: nn.Module, train: Mapping[str, Any], adam: dict, decay: set[str]) -> torch.optim.Optimizer:
     cfg = train["muon"]
     matrices = muon_matrices(model)
-    muon = torch.optim.Muon(
-        matrices,
-        lr=adam["lr"],
-        weight_decay=train["weight_decay"],
-        momentum=cfg["momentum"],
-        ns_steps=cfg["ns_steps"],
-        adjust_lr_fn=cfg["adjust_lr"],
-    )
     rest = _decay_groups(_trainable(model, {id(p) for p in matrices}), decay, train["weight_decay"])
-    return MuonWithAdamW(muon, torch.optim.AdamW(rest, **adam))
+    parts: list[torch.optim.Optimizer] = []
+    if matrices:
+        parts.append(
+            torch.optim.Muon(
+                matrices,
+                lr=adam["lr"],
+                weight_decay=train["weight_decay"],
+                momentum=cfg["momentum"],
+                ns_steps=cfg["ns_steps"],
+                adjust_lr_fn=cfg["adjust_lr"],
+            )
+        )
+    if rest:
+        parts.append(torch.optim.AdamW(rest, **adam))
+    return MuonWithAdamW(*parts)
 
 
 BUILDERS: dict[str, Callable[[nn.Module, Mapping[str, Any], dict, set[str]], torch.optim.Optimizer]] = {

@@ -38,14 +38,14 @@ def base():
     torch.set_num_threads(threads)
 
 
-def _launcher_optimizer(model, overrides: list[str], tmp_path):
+def _launcher_optimizer(model, overrides: list[str], tmp_path, method: str = "full"):
     from transformers import Trainer, TrainingArguments
 
     from launcher.worker.optimizers import install
 
     recipe = load_recipe(
         TINY,
-        ["distributed.engine=ddp", "distributed.nproc_per_node=1", "method.name=full", f"train.lr={LR}"]
+        ["distributed.engine=ddp", "distributed.nproc_per_node=1", f"method.name={method}", f"train.lr={LR}"]
         + [f"train.weight_decay={WD}", *overrides],
     )
     train = recipe["train"]
@@ -240,3 +240,19 @@ def test_muon_orthogonalises_the_matrices_and_leaves_the_rest_to_adamw(base, tmp
     for group in optimizer.param_groups:
         group["lr"] = 0.5
     assert muon.param_groups[0]["lr"] == adamw.param_groups[0]["lr"] == 0.5
+
+
+def test_muon_under_lora_trains_the_adapters_matrices_with_muon_alone(base, tmp_path):
+    """LoRA trains matrices only, so there is no AdamW part (torch refuses an optimizer without parameters)."""
+    from peft import LoraConfig, get_peft_model
+
+    ours = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    theirs = copy.deepcopy(ours)
+    initial = [p.detach().clone() for p in ours.parameters() if p.requires_grad]
+    _two_steps(ours, _launcher_optimizer(ours, ["train.optimizer=muon"], tmp_path, method="lora"))
+    adapter = [p for p in theirs.parameters() if p.requires_grad]
+    _two_steps(theirs, torch.optim.Muon(adapter, lr=LR, weight_decay=WD, adjust_lr_fn="match_rms_adamw"))
+    for (name, mine), (_, reference) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(mine, reference, rtol=0, atol=0, msg=name)
+    trained = [p for p in ours.parameters() if p.requires_grad]
+    assert all(not torch.equal(p, before) for p, before in zip(trained, initial))
