@@ -71,7 +71,7 @@ def _optimizer_bytes(trainable: list[Tensor], train: TrainSection) -> float:
     transformers sets it): a factored fp32 second moment, rows + cols per matrix; GaLore/APOLLO: AdamW on the
     projections; Adam-mini: the first moment, one second moment per row; Muon: one fp32 momentum on the decoder's
     matrices, AdamW on the rest; BAdam: AdamW and an fp32 copy of the largest decoder layer only.
-    tests/plan/test_memory.py compares them with the states the optimizers hold after a step."""
+    tests/worker/test_optimizer_steps.py compares them with the states the optimizers hold after two steps."""
     optimizer = train["optimizer"]
     n = sum(t.numel for t in trainable)
     if optimizer == "adafactor":

@@ -1,6 +1,6 @@
 """GaLore, APOLLO, BAdam, Adam-mini and Muon are refused before launch where they cannot work, each refusal naming the
 key, the value, the reason and the fix; their arguments are valid only beside them (launcher/recipe/optimizers.py).
-How they step is tests/worker/test_optimizers.py."""
+How they step is tests/worker/test_optimizer_steps.py."""
 
 from __future__ import annotations
 
