@@ -10,17 +10,20 @@ bench/methods.py (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from launcher.model.shape import LAYOUTS, Shape, Tensor, base_tensors, model_shape
+from launcher.recipe.optimizers import ALL_LINEAR, LOW_RANK_SECTIONS
 from launcher.registry import engine_spec, method_spec, stage_spec
 
 if TYPE_CHECKING:
     from launcher.plan.types import Memory, MemoryOption
-    from launcher.recipe.types import MethodSection, QuantizationSection, Recipe
+    from launcher.recipe.types import MethodSection, QuantizationSection, Recipe, TrainSection
 
 GIB = 1024**3
+LAYER = re.compile(r"layers\.\d+\.")  # a decoder layer's parameter names (BAdam's blocks)
 # Fixed per-process cost outside the model's tensors. GPU: CUDA context, kernels and allocator
 # slack. CPU: the resident Python + torch + transformers + DeepSpeed runtime of one rank, the
 # tokenized data and the Trainer (anonymous RSS of a rank of the tiny recipe less its
@@ -51,13 +54,41 @@ def _quantized_bytes(t: Tensor, quant: QuantizationSection) -> float:
     return t.numel / 2 + absmax
 
 
-def _optimizer_bytes(trainable: list[Tensor], optimizer: str) -> float:
+def _low_rank_bytes(t: Tensor, train: TrainSection) -> float:
+    """GaLore's / APOLLO's state of a weight: two fp32 moments of its (larger side x rank) projection and the
+    fp32 (rank x smaller side) projector, where train.galore/apollo.target names it; AdamW's otherwise."""
+    cfg = train[LOW_RANK_SECTIONS[train["optimizer"]]]  # type: ignore[literal-required]
+    module = t.name.rsplit(".", 1)[0]
+    if not (t.linear and t.cols > 1 and (cfg["target"] == [ALL_LINEAR] or any(x in module for x in cfg["target"]))):
+        return 8 * t.numel
+    rank = min(cfg["rank"], t.rows, t.cols)
+    return 4 * rank * (2 * max(t.rows, t.cols) + min(t.rows, t.cols))
+
+
+def _optimizer_bytes(trainable: list[Tensor], train: TrainSection) -> float:
     """Optimizer states (without the fp32 master copy). AdamW: two fp32 moments; 8-bit AdamW:
     two 8-bit moments (plus fp32 absmax per block of 2048); Adafactor (no momentum, as
-    transformers sets it): a factored fp32 second moment, rows + cols per matrix."""
+    transformers sets it): a factored fp32 second moment, rows + cols per matrix; GaLore/APOLLO: AdamW on the
+    projections; Adam-mini: the first moment, one second moment per row; Muon: one fp32 momentum on the decoder's
+    matrices, AdamW on the rest; BAdam: AdamW and an fp32 copy of the largest decoder layer only.
+    tests/worker/test_optimizer_steps.py compares them with the states the optimizers hold after two steps."""
+    optimizer = train["optimizer"]
+    n = sum(t.numel for t in trainable)
     if optimizer == "adafactor":
         return sum(4 * (t.rows + t.cols if t.cols > 1 else t.rows) for t in trainable)
-    n = sum(t.numel for t in trainable)
+    if optimizer in LOW_RANK_SECTIONS:
+        return sum(_low_rank_bytes(t, train) for t in trainable)
+    if optimizer == "adam_mini":
+        return 4 * (n + sum(t.rows for t in trainable))
+    if optimizer == "muon":
+        return sum((4 if t.linear and t.cols > 1 else 8) * t.numel for t in trainable)
+    if optimizer == "badam":
+        layers: dict[str, int] = {}
+        for t in trainable:
+            layer = LAYER.search(t.name)
+            if layer:
+                layers[layer.group(0)] = layers.get(layer.group(0), 0) + t.numel
+        return 12 * max(layers.values(), default=n)
     return n * 2 * (1 + 4 / 2048) if optimizer in ("adamw_8bit", "paged_adamw_8bit") else n * 8
 
 
@@ -155,7 +186,7 @@ def estimate_option(
     level = 3 if engine.shards_all else zero
     # DeepSpeed's ZeRO optimizers and its bf16 optimizer keep an fp32 master copy of what trains
     master = 4 * n_train if deepspeed and (level > 0 or elem == 2) else 0
-    states = master + _optimizer_bytes(trainable, train["optimizer"])
+    states = master + _optimizer_bytes(trainable, train)
     # FSDP2 under mixed precision upcasts what trains to fp32 (accelerate); its shards are the master copy
     train_elem = 4 if engine.shards_all else elem
     params, grads = frozen_bytes + train_elem * n_train, train_elem * n_train

@@ -23,6 +23,8 @@ from launcher.errors import DataError, RecipeError
 from launcher.model.builtin import is_builtin
 from launcher.model.hub import download, download_command, hf_cached, hf_offline, missing_files, modelscope_missing
 from launcher.model.module_names import parameter_shapes
+from launcher.model.shape import model_shape
+from launcher.recipe.optimizers import OWN_OPTIMIZERS, model_refusal
 from launcher.registry import method_spec, stage_spec
 
 if TYPE_CHECKING:
@@ -153,6 +155,17 @@ def check_method_modules(recipe: Recipe) -> None:
         raise RecipeError(error)
 
 
+def check_optimizer_model(recipe: Recipe) -> None:
+    """train.optimizer's needs of the model (recipe/optimizers.py model_refusal), before the ranks load it."""
+    path = recipe["model"]["path"]
+    if recipe["train"]["optimizer"] not in OWN_OPTIMIZERS:
+        return
+    local = is_builtin(path) or Path(path).is_dir()
+    refusal = model_refusal(recipe["train"], model_shape(path)[0], parameter_shapes(path) if local else None)
+    if refusal:
+        raise RecipeError(refusal)
+
+
 def check_datasets_yield_rows(recipe: Recipe) -> None:
     """Every dataset is of a kind the stage reads and not all bad, and data.datasets has a usable row: each
     read up to its first good row with the recipe's data.on_bad_row (error: a bad row before it is refused,
@@ -185,4 +198,5 @@ def check(recipe: Recipe) -> None:
     check_model_path(recipe)
     check_template(recipe)
     check_method_modules(recipe)
+    check_optimizer_model(recipe)
     check_datasets_yield_rows(recipe)

@@ -159,10 +159,88 @@ def _scheduler(value: Any, lf: dict) -> dict:
     return {"train.scheduler": value}
 
 
+# LF's optimizer switches in the order its create_custom_optimizer tries them (the first one set builds the
+# optimizer), each with the train.optimizer it becomes (LoRA+ is method.loraplus_ratio)
+LF_OPTIMIZERS = {
+    "use_galore": "galore_adamw",
+    "use_apollo": "apollo_adamw",
+    "loraplus_lr_ratio": None,
+    "use_badam": "badam",
+    "use_adam_mini": "adam_mini",
+    "use_muon": "muon",
+}
+# the switches whose optimizer LF builds on `optim` (its class and arguments): AdamW only here
+ON_OPTIM = ("use_galore", "use_apollo", "use_badam")
+LF_ADAMW = ("adamw_torch", "adamw_torch_fused")
+
+
+def _switch(lf: dict) -> str | None:
+    """The LF optimizer switch that builds LF's optimizer, if any."""
+    return next((flag for flag in LF_OPTIMIZERS if lf.get(flag)), None)
+
+
 def _optimizer(value: Any, lf: dict) -> dict:
+    switch = _switch(lf)
+    if switch in ON_OPTIM and value not in LF_ADAMW:
+        raise Unmapped(
+            f"optim {shown(value)} with {switch}: LF builds {switch.removeprefix('use_')} on that optimizer; here it "
+            f"runs on AdamW only. Fix: optim: adamw_torch"
+        )
+    if switch is not None and switch != "loraplus_lr_ratio":
+        return {}  # the switch sets train.optimizer
     if value not in FLAT_KEYS["train.optimizer"].choices:
         raise Unmapped(f"optim {shown(value)}: supported are {', '.join(FLAT_KEYS['train.optimizer'].choices)}")
     return {"train.optimizer": value}
+
+
+def _optimizer_switch(flag: str) -> Setter:
+    def convert(value: Any, lf: dict) -> dict:
+        if not value:
+            return {}
+        if _switch(lf) != flag:
+            raise Unmapped(
+                f"{flag}: LF builds its optimizer from {_switch(lf)} first and ignores {flag}. Fix: remove one of them"
+            )
+        # LF's BAdam without DeepSpeed ZeRO-3 runs on one device (it refuses several)
+        return {
+            "train.optimizer": LF_OPTIMIZERS[flag],
+            **({"distributed.nproc_per_node": 1} if flag == "use_badam" else {}),
+        }
+
+    return convert
+
+
+def _refused_when(bad: Callable[[Any], bool], why: str) -> Setter:
+    """A key whose value `bad` names has no equivalent here (the others need no recipe key)."""
+
+    def convert(value: Any, lf: dict) -> dict:
+        if bad(value):
+            raise Unmapped(why)
+        return {}
+
+    return convert
+
+
+def _layerwise(name: str) -> Setter:
+    return _refused_when(
+        bool,
+        f"{name}: true steps each parameter inside its own gradient hook (unclipped, one micro batch per step), "
+        f"which is not offered here. Fix: {name}: false (the whole model steps once per optimizer step, clipped, "
+        "with more memory for the gradients)",
+    )
+
+
+def _targets(key: str) -> Setter:
+    return _to(key, lambda v: ["all"] if v == "all" else _comma_list(v))
+
+
+def _switch_interval(value: Any, lf: dict) -> dict:
+    if int(value) < 1:
+        raise Unmapped(
+            f"badam_switch_interval {shown(value)}: LF means it to keep one block, the badam package switches every "
+            "step with it. Fix: badam_switch_mode: fixed with a positive badam_switch_interval"
+        )
+    return {"train.badam.switch_interval": int(value)}
 
 
 def _precision(name: str) -> Setter:
@@ -293,7 +371,49 @@ LF_KEYS: dict[str, LFKey] = {
     "per_device_eval_batch_size": LFKey(("train.eval_batch_size",)),
     "weight_decay": LFKey(("train.weight_decay",)),
     "max_grad_norm": LFKey(("train.max_grad_norm",)),
-    "optim": LFKey(("train.optimizer",), _optimizer),
+    "optim": LFKey(("train.optimizer",), _optimizer, "under use_galore/use_apollo/use_badam: adamw_torch only"),
+    "use_galore": LFKey(("train.optimizer",), _optimizer_switch("use_galore"), "true -> galore_adamw"),
+    "galore_target": LFKey(("train.galore.target",), _targets("train.galore.target"), "'a,b' -> [a, b]"),
+    "galore_rank": LFKey(("train.galore.rank",)),
+    "galore_update_interval": LFKey(("train.galore.update_interval",)),
+    "galore_scale": LFKey(("train.galore.scale",), _to("train.galore.scale", float)),
+    "galore_proj_type": LFKey(("train.galore.proj_type",)),
+    "galore_layerwise": LFKey(("train.optimizer",), _layerwise("galore_layerwise"), "true refused"),
+    "use_apollo": LFKey(("train.optimizer",), _optimizer_switch("use_apollo"), "true -> apollo_adamw"),
+    "apollo_target": LFKey(("train.apollo.target",), _targets("train.apollo.target"), "'a,b' -> [a, b]"),
+    "apollo_rank": LFKey(("train.apollo.rank",)),
+    "apollo_update_interval": LFKey(("train.apollo.update_interval",)),
+    "apollo_scale": LFKey(("train.apollo.scale",), _to("train.apollo.scale", float)),
+    "apollo_proj": LFKey(("train.apollo.proj",)),
+    "apollo_proj_type": LFKey(("train.apollo.proj_type",)),
+    "apollo_scale_type": LFKey(("train.apollo.scale_type",)),
+    "apollo_scale_front": LFKey(
+        ("train.apollo.scale_front",),
+        lambda value, lf: {},
+        "not mapped: LF puts it in a parameter group, where apollo-torch never reads it (LF trains without it)",
+    ),
+    "apollo_layerwise": LFKey(("train.optimizer",), _layerwise("apollo_layerwise"), "true refused"),
+    "use_badam": LFKey(
+        ("train.optimizer", "distributed.nproc_per_node"),
+        _optimizer_switch("use_badam"),
+        "true -> badam, on one process (LF's BAdam without ZeRO-3 runs on one device)",
+    ),
+    "badam_mode": LFKey(
+        ("train.optimizer",),
+        _refused_when(
+            lambda v: v != "layer",
+            "badam_mode: ratio (BAdam's BlockOptimizerRatio, sparse masks inside each weight) is not offered; "
+            "train.optimizer: badam is the layer-wise BlockOptimizer. Fix: badam_mode: layer",
+        ),
+        "layer only",
+    ),
+    "badam_start_block": LFKey(("train.badam.start_block",)),
+    "badam_switch_mode": LFKey(("train.badam.switch_mode",)),
+    "badam_switch_interval": LFKey(("train.badam.switch_interval",), _switch_interval, "-1 refused"),
+    "badam_update_ratio": LFKey(("train.optimizer",), lambda value, lf: {}, "ratio mode only (refused)"),
+    "badam_mask_mode": LFKey(("train.optimizer",), lambda value, lf: {}, "ratio mode only (refused)"),
+    "use_adam_mini": LFKey(("train.optimizer",), _optimizer_switch("use_adam_mini"), "true -> adam_mini"),
+    "use_muon": LFKey(("train.optimizer",), _optimizer_switch("use_muon"), "true -> muon (adjust_lr: match_rms_adamw)"),
     "disable_gradient_checkpointing": LFKey(
         ("train.gradient_checkpointing",), _to("train.gradient_checkpointing", lambda v: not v)
     ),
@@ -373,14 +493,17 @@ def _set(recipe: dict, dotted: str, value: Any) -> None:
 
 def _active(dotted: str, values: dict[str, Any]) -> tuple[bool, str]:
     """Whether a recipe key applies with the other mapped values (schema only_for), and why not."""
-    key = FLAT_KEYS[dotted]
-    if key.only_for is None:
-        return True, ""
-    selector, allowed = key.only_for
-    current = values.get(selector, FLAT_KEYS[selector].default)
-    if current in allowed:
-        return True, ""
-    return False, f"{dotted} applies only with {selector}: {' or '.join(map(str, allowed))} (this config: {current})"
+    parts = dotted.split(".")
+    for end in range(len(parts), 1, -1):  # the key's rule, then its sections'
+        key = FLAT_KEYS.get(".".join(parts[:end]))
+        if key is None or key.only_for is None:
+            continue
+        selector, allowed = key.only_for
+        current = values.get(selector, FLAT_KEYS[selector].default)
+        if current not in allowed:
+            need = " or ".join(map(str, allowed))
+            return False, f"{dotted} applies only with {selector}: {need} (this config: {current})"
+    return True, ""
 
 
 def _convert(name: str, value: Any, lf: dict, base: Path | None, where: str) -> dict:

@@ -39,6 +39,7 @@ NOTE_ONLY = {
     "dataloader_persistent_workers": f"{SPEED}: the data is tokenized before training",
     "preprocessing_batch_size": f"{SPEED}: data.num_workers sets the tokenizing processes",
     "low_cpu_mem_usage": f"{SPEED}: models load with transformers' defaults",
+    "badam_verbose": f"{LOGGING}: BAdam prints nothing here; `launch plan` shows what trains",
     "push_to_hub": f"{LOGGING}: upload output.dir with `hf upload`",
     "hub_model_id": f"{LOGGING}: upload output.dir with `hf upload`",
 }
@@ -59,6 +60,15 @@ def _combination_refusals(lf: dict) -> list[tuple[str, str]]:
                 "use_dora",
                 "use_dora with use_rslora trains DoRA with rsLoRA's scaling; method.variant takes one of them. "
                 "Fix: keep one (use_dora or use_rslora), or --lenient to train the last one named",
+            )
+        )
+    if lf.get("use_muon") and float(lf.get("weight_decay") or 0) > 0:
+        refused.append(
+            (
+                "use_muon",
+                "use_muon with weight_decay > 0: LF's bundled Muon decays every parameter it leaves to AdamW, norms "
+                "and biases included; here those take no weight decay, as in transformers' optimizers. Fix: "
+                "weight_decay: 0, or --lenient to train with transformers' split",
             )
         )
     dataset_dir = str(lf.get("dataset_dir", ""))

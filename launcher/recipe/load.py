@@ -17,7 +17,7 @@ import yaml
 
 from launcher.data.templates import TEMPLATES
 from launcher.errors import RecipeError, listing, shown
-from launcher.recipe import schedule
+from launcher.recipe import optimizers, schedule
 from launcher.recipe.schema import SCHEMA, Key, all_keys
 from launcher.recipe.sequence_parallel import check as check_sequence_parallel
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
@@ -338,6 +338,7 @@ def _check_combinations(r: dict, origins: dict[str, str]) -> None:
         )
     engine_spec(dist["engine"]).check(r, origins, refuse)
     schedule.check(r, origins, refuse)
+    optimizers.check(r, origins, refuse)
     check_sequence_parallel(r, refuse)
     # nnodes > 1 without master_addr is refused by the planner: in a SLURM job (launch sbatch) the
     # allocation names the master

@@ -13,7 +13,7 @@ from typing import Any
 from launcher import registry
 from launcher.data.defaults import ON_BAD_ROW, TEMPLATE, TIMEOUT_MINUTES
 from launcher.data.templates import TEMPLATES as REGISTERED_TEMPLATES
-from launcher.recipe import schedule
+from launcher.recipe import optimizers, schedule
 from launcher.registry import Key
 
 DEFAULT_MASTER_PORT = 29500  # distributed.master_port: auto on several nodes (they must agree without talking)
@@ -184,9 +184,7 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
             "their updates are skipped and the last good state is saved (docs/monitoring.md)",
             low=1,
         ),
-        "optimizer": Key(
-            "str", "adamw_torch", "optimizer", choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adafactor")
-        ),
+        **optimizers.KEYS,
         "gradient_checkpointing": Key("bool", True, "recompute activations in backward to save memory"),
         "loss_kernel": Key(
             "str",

@@ -71,6 +71,45 @@ class DataSection(TypedDict):
     num_workers: int
 
 
+class GaloreSection(TypedDict):
+    """GaLore (galore-torch's GaLoreAdamW): AdamW on low-rank projections of the target weights' gradients."""
+
+    target: list[str]
+    rank: int
+    update_interval: int
+    scale: float
+    proj_type: str
+
+
+class ApolloSection(TypedDict):
+    """APOLLO (apollo-torch's APOLLOAdamW): AdamW's update scaled per channel from a low-rank auxiliary state."""
+
+    target: list[str]
+    rank: int
+    update_interval: int
+    scale: float
+    proj_type: str
+    proj: str
+    scale_type: str
+    scale_front: bool
+
+
+class BadamSection(TypedDict):
+    """BAdam (badam's BlockOptimizer, layer-wise): AdamW on one decoder layer at a time, the others frozen."""
+
+    switch_mode: str
+    switch_interval: int
+    start_block: int | None
+
+
+class MuonSection(TypedDict):
+    """Muon (torch.optim.Muon) on the decoder's weight matrices; AdamW (torch.optim.AdamW) on the embeddings, the output head and every 1-D parameter, which Muon cannot orthogonalise."""
+
+    momentum: float
+    ns_steps: int
+    adjust_lr: str
+
+
 class TrainSection(TypedDict):
     """The recipe's `train` section."""
 
@@ -96,6 +135,10 @@ class TrainSection(TypedDict):
     max_grad_norm: float
     max_bad_steps: int
     optimizer: str
+    galore: NotRequired[GaloreSection]
+    apollo: NotRequired[ApolloSection]
+    badam: NotRequired[BadamSection]
+    muon: NotRequired[MuonSection]
     gradient_checkpointing: bool
     loss_kernel: str
     compile: bool

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from launcher.compat import deepspeed_muon_stand_in
+from launcher.recipe.optimizers import BNB_OPTIMIZERS
 from launcher.registry import stage_spec
 
-BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 TRACKERS = ("wandb", "mlflow", "swanlab")  # output.report_to's libraries besides TensorBoard
 
 

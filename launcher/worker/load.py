@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from launcher.recipe.optimizers import trainer_optim
 from launcher.recipe.schedule import trainer_schedule
 from launcher.registry import SCORE_HEAD, engine_spec, stage_spec
 from launcher.util.timeouts import recipe_timeout_s
@@ -33,7 +34,7 @@ def training_arguments(plan: Plan):
         **trainer_schedule(train),
         weight_decay=train["weight_decay"],
         max_grad_norm=train["max_grad_norm"],
-        optim=train["optimizer"],
+        optim=trainer_optim(train["optimizer"]),
         activation_checkpointing=train["gradient_checkpointing"],
         activation_checkpointing_kwargs={"use_reentrant": False},
         neftune_noise_alpha=train["neftune_alpha"],

@@ -136,11 +136,13 @@ class Run:
         from launcher.checkpoint.atomic import AtomicCheckpoints  # checkpoint-N appears only when complete
         from launcher.checkpoint.model_save import save_from_live_tensors
         from launcher.monitoring.throughput import RunAtItsEnd, install_monitoring
+        from launcher.worker.optimizers import install as install_optimizer
 
         self.trainer, summary = TRAINERS[self.recipe["stage"]](
             self.plan, self.args, self.model, self.tokenizer, self.callbacks
         )
         call_hook(self.recipe, "prepare_trainer", self.trainer, self.recipe)
+        install_optimizer(self.trainer, self.recipe)
         # before TensorBoard: it adds the scalars TensorBoard writes
         self.guard = install_monitoring(self.trainer, self.plan, self.rank, self.terminal, self.width)
         if self.tensorboard is not None:

@@ -14,6 +14,7 @@ from conftest import ROOT, run_launch
 from launcher.recipe.import_lf import import_lf, mapping_table
 from launcher.recipe.lf_strict import notes_table
 from launcher.recipe.load import load_recipe
+from tests.recipe.test_optimizers import LF_DEFAULTS
 
 pytestmark = pytest.mark.unit
 
@@ -153,14 +154,14 @@ TRAINING = "model_name_or_path: builtin:tiny-qwen2\nstage: sft\ndo_train: true\n
 
 def test_keys_that_change_training_stop_the_import_all_in_one_message(tmp_path):
     text = TRAINING + (
-        "finetuning_type: oft\nuse_galore: true\nmixture_of_depths: convert\nquantization_bit: 4\n"
+        "finetuning_type: oft\nuse_mca: true\nmixture_of_depths: convert\nquantization_bit: 4\n"
         "quantization_method: hqq\nrun_name: mine\n"
     )
     proc, out = _import_text(tmp_path, text)
     assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
     for key in (
         "finetuning_type: finetuning_type 'oft'",
-        "use_galore: not a key the importer knows",
+        "use_mca: not a key the importer knows",
         "mixture_of_depths:",
         "quantization_bit: quantization_method hqq",
     ):
@@ -171,7 +172,7 @@ def test_keys_that_change_training_stop_the_import_all_in_one_message(tmp_path):
     proc, out = _import_text(tmp_path, text, "--lenient")
     assert proc.returncode == 0, proc.stderr
     written = out.read_text()
-    for key in ("finetuning_type", "use_galore", "mixture_of_depths", "quantization_bit"):
+    for key in ("finetuning_type", "use_mca", "mixture_of_depths", "quantization_bit"):
         assert f"#   {key}: DROPPED (--lenient), changes what is trained: " in written
         assert f"dropped (--lenient): {key}: " in proc.stderr
     assert "#   run_name: logging/bookkeeping only" in written
@@ -374,3 +375,65 @@ def test_lf_schedule_keys_map_to_the_recipes_schedule(tmp_path):
     assert train["eval_batch_size"] == 16
     proc, _ = _import_text(tmp_path, TRAINING + "lr_scheduler_type: linear\nlr_scheduler_kwargs: {power: 2}\n")
     assert proc.returncode == 2 and "lr_scheduler_type linear takes no arguments here" in proc.stderr
+
+
+FULL = TRAINING + "finetuning_type: full\n"
+# LF's optimizer switches as its examples/extras write them (layer-wise off), and the recipe values they give:
+# what the LF YAML leaves out takes LF's default (tests/recipe/test_optimizers.py LF_DEFAULTS)
+LF_OPTIMIZER_CASES = {
+    "galore": (
+        "use_galore: true\ngalore_layerwise: false\ngalore_target: all\ngalore_rank: 128\ngalore_scale: 2.0\n",
+        {"optimizer": "galore_adamw"},
+        {"galore": {**LF_DEFAULTS["galore"], "rank": 128}},
+    ),
+    "apollo": (
+        "use_apollo: true\napollo_layerwise: false\napollo_target: q_proj,v_proj\napollo_rank: 128\n"
+        "apollo_scale: 32.0\napollo_scale_type: channel\n",
+        {"optimizer": "apollo_adamw"},
+        {"apollo": {**LF_DEFAULTS["apollo"], "target": ["q_proj", "v_proj"], "rank": 128}},
+    ),
+    "badam": (
+        "use_badam: true\nbadam_mode: layer\nbadam_switch_mode: descending\nbadam_switch_interval: 20\n"
+        "badam_verbose: 2\n",
+        {"optimizer": "badam"},
+        {"badam": {**LF_DEFAULTS["badam"], "switch_mode": "descending", "switch_interval": 20}},
+    ),
+    "adam_mini": ("use_adam_mini: true\n", {"optimizer": "adam_mini"}, {}),
+    "muon": ("use_muon: true\n", {"optimizer": "muon"}, {"muon": LF_DEFAULTS["muon"]}),
+}
+
+
+@pytest.mark.parametrize("case", LF_OPTIMIZER_CASES)
+def test_lf_optimizer_switches_map_with_lfs_defaults(tmp_path, case):
+    """GaLore, APOLLO, BAdam, Adam-mini and Muon used to be refused (before that: plain AdamW)."""
+    from launcher.recipe.lf_strict import strict_import
+
+    keys, expected, sections = LF_OPTIMIZER_CASES[case]
+    text, notes, _, _ = strict_import(yaml.safe_load(FULL + keys), tmp_path / "lf.yaml", tmp_path, False, False)
+    (tmp_path / "recipe.yaml").write_text(text)
+    recipe = load_recipe(tmp_path / "recipe.yaml")  # the recipe's own checks pass: engine ddp, one process for BAdam
+    assert {"optimizer": recipe["train"]["optimizer"]} == expected
+    for section, values in sections.items():
+        assert recipe["train"][section] == values
+    assert ("badam_verbose" in dict(notes)) == (case == "badam")
+
+
+@pytest.mark.parametrize(
+    "keys,needle",
+    [
+        ("use_galore: true\ngalore_layerwise: true\n", "galore_layerwise: true steps each parameter"),
+        ("use_apollo: true\napollo_layerwise: true\n", "apollo_layerwise: true steps each parameter"),
+        ("use_galore: true\noptim: adamw_8bit\n", "optim 'adamw_8bit' with use_galore"),
+        ("use_badam: true\nbadam_mode: ratio\n", "badam_mode: ratio (BAdam's BlockOptimizerRatio"),
+        ("use_badam: true\nbadam_switch_interval: -1\n", "badam_switch_interval -1"),
+        ("use_adam_mini: true\nuse_muon: true\n", "use_muon: LF builds its optimizer from use_adam_mini first"),
+        ("use_muon: true\nweight_decay: 0.1\n", "LF's bundled Muon decays every parameter"),
+    ],
+)
+def test_lf_optimizer_settings_without_a_faithful_mapping_are_refused(tmp_path, keys, needle):
+    from launcher.errors import LFImportError
+    from launcher.recipe.lf_strict import strict_import
+
+    with pytest.raises(LFImportError, match="Fix") as refused:
+        strict_import(yaml.safe_load(FULL + keys), tmp_path / "lf.yaml", tmp_path, False, False)
+    assert needle in str(refused.value)

@@ -21,6 +21,12 @@ pytestmark = pytest.mark.unit
         ("sft_tiny", [], ["bitsandbytes", "datasets", *TRACKERS]),
         ("pt_tiny", ["train.optimizer=adamw_8bit"], ["datasets", *TRACKERS]),
         ("sft_tiny", ["model.quantization={bits: 4}"], ["datasets", *TRACKERS]),
+        # galore_torch and apollo_torch import bitsandbytes' 8-bit AdamW with their package
+        (
+            "sft_tiny",
+            ["train.optimizer=galore_adamw", "distributed.engine=ddp", "method.name=full"],
+            ["datasets", *TRACKERS],
+        ),
         ("dpo_tiny", [], ["bitsandbytes", *TRACKERS]),
     ],
 )
