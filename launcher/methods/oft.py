@@ -1,5 +1,6 @@
 """OFT through PEFT: each targeted linear layer's input rotated by a trainable block-diagonal orthogonal
-matrix (block size or block count, COFT, block sharing, Cayley-Neumann), plus fully trained extra modules."""
+matrix (block size or block count, COFT, block sharing, Cayley-Neumann), plus fully trained extra modules;
+over a k-bit base this is QOFT."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from peft import OFTConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from launcher.errors import MethodError
+from launcher.methods.lora import prepare_kbit_base
 from launcher.methods.oft_spec import block_error
 from launcher.model.module_names import lora_targets_error
 from launcher.registry import SCORE_HEAD, stage_spec
@@ -38,11 +40,18 @@ def oft_config(method: MethodSection, recipe: Recipe) -> OFTConfig:
 
 
 def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> PeftModel:
-    """Wrap the model with an OFT adapter; the base stays frozen. The planner checked local and builtin models'
-    targets and block sizes; a hub model is first seen here."""
+    """Wrap the model with an OFT adapter; the base stays frozen (over a k-bit base: QOFT). The planner checked
+    local and builtin models' targets and block sizes; a hub model is first seen here."""
+    model = prepare_kbit_base(model, recipe)
     shapes = {name: list(getattr(p, "ds_shape", p.shape)) for name, p in model.named_parameters()}  # ZeRO-3: full
     error = None if method["target"] == "all" else lora_targets_error("method.target", method["target"], shapes)
-    error = error or block_error(method, shapes, model.config.get_text_config().num_hidden_layers)
+    # input widths from the modules: a k-bit weight is stored packed, a ZeRO-3 one partitioned
+    linear = {
+        f"{name}.weight": [m.out_features, m.in_features]
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    error = error or block_error(method, linear, model.config.get_text_config().num_hidden_layers)
     if error:
         raise MethodError(error)
     try:

@@ -1,5 +1,5 @@
 """Method oft: a PEFT OFT adapter (orthogonal fine-tuning: each targeted linear layer's input is rotated by a
-trainable block-diagonal orthogonal matrix; the base stays frozen)."""
+trainable block-diagonal orthogonal matrix; the base stays frozen; over a k-bit base, QOFT)."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -120,4 +120,6 @@ def block_error(method: Mapping[str, Any], shapes: dict[str, list[int]], count: 
     return None
 
 
-SPEC = MethodSpec(adapter="launcher.methods.oft", split=split, check=check, model_check=model_check, keys=KEYS)
+SPEC = MethodSpec(
+    adapter="launcher.methods.oft", split=split, check=check, model_check=model_check, keys=KEYS, kbit_base=True
+)

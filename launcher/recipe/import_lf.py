@@ -44,6 +44,11 @@ def _comma_list(value: Any) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
+def _targets(value: Any) -> str | list[str]:
+    """LF's target modules: `all`, or the names of 'a,b'."""
+    return "all" if value == "all" else _comma_list(value)
+
+
 def _to(key: str, fn: Callable[[Any], Any]) -> Setter:
     return lambda value, lf: {key: fn(value)}
 
@@ -80,9 +85,35 @@ def _stage(value: Any, lf: dict) -> dict:
 
 
 def _finetuning_type(value: Any, lf: dict) -> dict:
-    if value not in ("lora", "freeze", "full"):
-        raise Unmapped(f"finetuning_type {shown(value)} has no method here (lora, freeze, full; prefix is recipe-only)")
+    if value not in ("lora", "freeze", "full", "oft"):
+        raise Unmapped(
+            f"finetuning_type {shown(value)} has no method here (lora, freeze, full, oft; prefix is recipe-only)"
+        )
     return {"method.name": value}
+
+
+def _oft_target(value: Any, lf: dict) -> dict:
+    """LF parses oft_target but its OFT adapts lora_target's modules (model/adapter.py): say which one trains."""
+    if _targets(value) == _targets(lf.get("lora_target", "all")):
+        return {}  # lora_target sets method.target to the same modules
+    raise Unmapped(
+        f"oft_target {one_line(value)}: LF ignores it, its OFT adapts lora_target's modules "
+        f"({one_line(lf.get('lora_target', 'all'))}), so the recipe would train other modules than LF did. Fix: set "
+        "lora_target to the modules LF should adapt (it then trains them too) and remove oft_target"
+    )
+
+
+def _llama_pro(value: Any, lf: dict) -> dict:
+    if not value:
+        return {}
+    method = lf.get("finetuning_type", "lora")
+    if method != "freeze":
+        raise Unmapped(
+            f"use_llama_pro with finetuning_type {one_line(method)}: LF then limits the {one_line(method)} adapter to the "
+            "expanded blocks, which method.target cannot select by layer here. Fix: finetuning_type: freeze "
+            "(LF's own LLaMA Pro example), or remove use_llama_pro"
+        )
+    return {"method.llama_pro": True}
 
 
 def _template(value: Any, lf: dict) -> dict:
@@ -251,7 +282,7 @@ LF_KEYS: dict[str, LFKey] = {
     "pure_bf16": LFKey(("model.dtype",), _precision("bf16")),
     "fp16": LFKey(("model.dtype",), _precision("fp16")),
     "quantization_bit": LFKey(
-        ("model.quantization.bits",), _quantization, "QLoRA: finetuning_type lora + 4/8-bit base"
+        ("model.quantization.bits",), _quantization, "QLoRA / QOFT: finetuning_type lora or oft + 4/8-bit base"
     ),
     "quantization_type": LFKey(("model.quantization.type",)),
     "double_quantization": LFKey(("model.quantization.double_quant",)),
@@ -260,7 +291,7 @@ LF_KEYS: dict[str, LFKey] = {
     "lora_rank": LFKey(("method.rank",)),
     "lora_alpha": LFKey(("method.alpha",)),
     "lora_dropout": LFKey(("method.dropout",)),
-    "lora_target": LFKey(("method.target",), _to("method.target", lambda v: "all" if v == "all" else _comma_list(v))),
+    "lora_target": LFKey(("method.target",), _to("method.target", _targets)),
     "additional_target": LFKey(("method.additional_target",), _to("method.additional_target", _comma_list)),
     "use_dora": LFKey(("method.variant",), _variant("dora")),
     "use_rslora": LFKey(("method.variant",), _variant("rslora")),
@@ -272,6 +303,17 @@ LF_KEYS: dict[str, LFKey] = {
         _to("method.trainable_modules", lambda v: "all" if v == "all" else _comma_list(v)),
     ),
     "freeze_extra_modules": LFKey(("method.extra_modules",), _to("method.extra_modules", _comma_list)),
+    "use_llama_pro": LFKey(
+        ("method.llama_pro",),
+        _llama_pro,
+        "freeze only; model_name_or_path is the expanded model (`launch expand` = LF's scripts/llama_pro.py)",
+    ),
+    "oft_rank": LFKey(("method.blocks",)),
+    "oft_block_size": LFKey(("method.block_size",)),
+    "module_dropout": LFKey(("method.module_dropout",)),
+    "oft_target": LFKey(
+        ("method.target",), _oft_target, "LF's OFT adapts lora_target's modules; another value refused"
+    ),
     "dataset": LFKey(("data.datasets",), _to("data.datasets", _comma_list), "'a,b' -> [a, b]"),
     "eval_dataset": LFKey(("data.eval_datasets",), _to("data.eval_datasets", _comma_list)),
     "dataset_dir": LFKey(("data.dataset_dir",)),

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # annotations are never evaluated at run time (Python 3.10 ha
 
 
 class QuantizationSection(TypedDict):
-    """K-bit base for QLoRA (only with method.name: lora)."""
+    """K-bit base for QLoRA / QOFT (only with method.name: lora or oft)."""
 
     bits: int
     type: str

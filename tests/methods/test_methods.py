@@ -286,6 +286,27 @@ def test_oft_trains_only_its_rotations_saves_a_peft_adapter_and_merges_as_peft_d
 
 
 @pytest.mark.unit
+def test_qoft_trains_over_a_4bit_base_and_reloads_over_it(tmp_path):
+    """LF's QOFT: OFT over a bitsandbytes nf4 base, as the worker builds it; the adapter reloads over the same
+    quantized base to the trained model's logits."""
+    from peft import PeftModel
+
+    from launcher.methods import apply_method
+
+    recipe = load_recipe(ROOT / TINY, ["method={name: oft, block_size: 16}", "model.quantization={bits: 4}"])
+    quant = recipe["model"]["quantization"]
+    model = apply_method(_base(quant), recipe)
+    assert all(".oft_R." in name for name, p in model.named_parameters() if p.requires_grad)
+    base_logits = _logits(model)  # each rotation starts as the identity
+    _one_step(model)
+    trained_logits = _logits(model)
+    assert not torch.allclose(trained_logits, base_logits, atol=1e-4), "one step changed nothing"
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(_base(quant), str(tmp_path / "adapter"))
+    torch.testing.assert_close(_logits(reloaded), trained_logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.unit
 def test_llama_pro_expansion_is_the_identity_and_freeze_trains_only_the_new_blocks(tmp_path):
     """`launch expand` (LLaMA-Factory's scripts/llama_pro.py): 4 layers + 2 blocks, each a copy of layer 1 or 3 with
     zero o_proj and down_proj, so the expanded model (a plain transformers folder) gives the original's logits;
@@ -375,6 +396,7 @@ ROWS = {
     "qlora 8-bit": ["model.quantization={bits: 8}"],
     "prefix": ["method={name: prefix}", "train.gradient_checkpointing=false"],
     "oft": ["method={name: oft}"],
+    "qoft 4-bit": ["method={name: oft}", "model.quantization={bits: 4}"],
 }
 COLUMNS = [  # (engine, zero, offload)
     *[

@@ -55,7 +55,6 @@ BAD_OVERRIDES = [
     (["method={name: freeze, llama_pro: true, trainable_layers: 3}"], "method.trainable_layers"),  # 4 layers
     (["method={name: oft, blocks: 4}"], "method.blocks"),  # with the default block_size: PEFT takes one
     (["method={name: oft, block_size: 64}"], "method.block_size"),  # 64 does not divide down_proj's 352 inputs
-    (["method={name: oft}", "model.quantization={bits: 4}"], "model.quantization"),
     (["method={name: prefix}"], "train.gradient_checkpointing"),  # PEFT prefix tuning refuses it
     (
         ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=3"],
