@@ -307,20 +307,21 @@ def test_qoft_trains_over_a_4bit_base_and_reloads_over_it(tmp_path):
 
 
 @pytest.mark.unit
-def test_llama_pro_expansion_is_the_identity_and_freeze_trains_only_the_new_blocks(tmp_path):
+def test_llama_pro_expansion_is_the_identity_and_freeze_trains_only_the_new_blocks(tmp_path, capsys):
     """`launch expand` (LLaMA-Factory's scripts/llama_pro.py): 4 layers + 2 blocks, each a copy of layer 1 or 3 with
     zero o_proj and down_proj, so the expanded model (a plain transformers folder) gives the original's logits;
     freeze with llama_pro trains exactly the new blocks (LF's rule: the last of every 3 layers) and nothing else."""
     from transformers import AutoModelForCausalLM
 
-    from launcher.checkpoint.expand import expand
-    from launcher.errors import MergeError
+    from launcher import cli
     from launcher.methods import apply_method
     from launcher.model.module_names import freeze_error
 
-    with pytest.raises(MergeError, match=r"--blocks 3: .* has 4 decoder layers.*Fix: --blocks N"):
-        expand("builtin:tiny-qwen2", tmp_path / "odd", blocks=3)
-    assert "llama_pro: true" in expand("builtin:tiny-qwen2", tmp_path / "pro", blocks=2)
+    expand = ["expand", "--base", "builtin:tiny-qwen2", "--out"]
+    assert cli.main([*expand, str(tmp_path / "odd"), "--blocks", "3"]) == 2
+    assert re.search(r"--blocks 3: .* has 4 decoder layers.*Fix: --blocks N", capsys.readouterr().err)
+    assert cli.main([*expand, str(tmp_path / "pro"), "--blocks", "2"]) == 0
+    assert "llama_pro: true" in capsys.readouterr().out and not (tmp_path / "odd").exists()
     expanded, base = AutoModelForCausalLM.from_pretrained(tmp_path / "pro", dtype=torch.float32), _base()
     assert expanded.config.num_hidden_layers == 6
     torch.testing.assert_close(_logits(expanded), _logits(base), rtol=0, atol=0)
