@@ -1,5 +1,5 @@
 """`launch`: the command line. Verbs: train (default), plan, sbatch, data, schema, chat, consolidate, merge,
-import-lf, eval (= predict), serve, download, ui.
+expand, import-lf, eval (= predict), serve, download, ui.
 
 Recipe errors exit with code 2 and one message before any process starts. Heavy imports
 (torch, transformers) happen only inside the verbs that need them.
@@ -334,6 +334,23 @@ def cmd_merge(argv: list[str]) -> int:
     return 0
 
 
+def cmd_expand(argv: list[str]) -> int:
+    parser = _parser("expand", "LLaMA Pro: a copy of a model with N identity blocks interleaved in its decoder")
+    parser.add_argument("--base", required=True, help="base model: hub id, local dir or builtin:tiny-qwen2")
+    parser.add_argument("--blocks", required=True, type=int, help="new blocks; one after every layers / N layers")
+    parser.add_argument(
+        "--out", required=True, help="new (or empty) folder for the expanded model; never one holding files"
+    )
+    parser.add_argument("--shard-size", default="5GB", help="largest safetensors shard")
+    args = parser.parse_args(argv)
+    from launcher.checkpoint.expand import expand
+
+    train_with = expand(args.base, args.out, args.blocks, args.shard_size)
+    print(f"[launch] expanded {args.base} by {args.blocks} identity blocks -> {args.out}")
+    print(f"[launch] train them with {train_with}")
+    return 0
+
+
 def cmd_import_lf(argv: list[str]) -> int:
     parser = _parser("import-lf", "a LLaMA-Factory training YAML as a recipe")
     parser.add_argument("lf_yaml", help="LLaMA-Factory YAML (llamafactory-cli train's argument file)")
@@ -558,6 +575,7 @@ COMMANDS = {
     "chat": cmd_chat,
     "consolidate": cmd_consolidate,
     "merge": cmd_merge,
+    "expand": cmd_expand,
     "import-lf": cmd_import_lf,
     "serve": cmd_serve,
     "eval": cmd_eval,

@@ -202,6 +202,7 @@ METHODS: dict[str, str] = {
     "freeze": "launcher.methods.freeze_spec",
     "lora": "launcher.methods.lora_spec",
     "prefix": "launcher.methods.prefix_spec",
+    "oft": "launcher.methods.oft_spec",
 }
 
 

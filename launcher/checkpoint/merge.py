@@ -1,15 +1,17 @@
-"""`launch merge`: fold a LoRA adapter (LoRA, rsLoRA, DoRA; PiSSA once converted) into its base,
+"""`launch merge`: fold a LoRA adapter (LoRA, rsLoRA, DoRA; PiSSA once converted) or an OFT adapter into its base,
 streaming: the base's safetensors are read one tensor at a time and the merged model is written
 one tensor at a time, so merging a model larger than RAM works. Peak memory is about the
 largest weight matrix plus the adapter.
 
-The arithmetic is PEFT's own (LoraLayer.get_delta_weight, DoRA's merge_unsafe), in fp32, with a
-single cast at the end; the tests compare the tensors with PEFT's merge_and_unload.
+The arithmetic is PEFT's own (LoraLayer.get_delta_weight, DoRA's merge_unsafe; OFT's rotation built by
+PEFT's OFTRotationModule), in fp32, with a single cast at the end; the tests compare the tensors with PEFT's
+merge_and_unload.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -33,7 +35,6 @@ from launcher.util.output_file import check_output_folder
 
 PEFT_PREFIX = "base_model.model."
 STORED_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
-LORA_KEY = re.compile(r"^(?P<module>.+)\.(?:(?P<part>lora_A|lora_B)\.weight|(?P<dora>lora_magnitude_vector))$")
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -45,14 +46,14 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 def _check_adapter(config: dict, adapter: Path) -> None:
-    if config.get("peft_type") != "LORA":
+    if config.get("peft_type") not in ADAPTER_UPDATES:
         raise MergeError(
-            f"{adapter} is a {config.get('peft_type')} adapter: only LoRA-family adapters fold into the "
+            f"{adapter} is a {config.get('peft_type')} adapter: only LoRA-family and OFT adapters fold into the "
             "weights. Fix: use it unmerged (`launch chat --adapter`, PeftModel.from_pretrained)"
         )
     if config.get("task_type") == "SEQ_CLS":
         raise MergeError(
-            f"{adapter} is a reward model's adapter (stage rm: LoRA plus a new score head in place of the "
+            f"{adapter} is a reward model's adapter (stage rm: an adapter plus a new score head in place of the "
             "language-model head); folded into the causal-LM base it would be no reward model, and the base has "
             "no score head to take it. Fix: use it unmerged: train.reward_model of a stage: ppo recipe reads the "
             "rm run's output.dir as it is"
@@ -62,11 +63,11 @@ def _check_adapter(config: dict, adapter: Path) -> None:
             f"{adapter} is a PiSSA adapter still expressed over the residual base it trained on. Fix: merge "
             "the run's final adapter (output.dir), which the launcher converts to plain LoRA"
         )
-    if config.get("lora_bias"):
-        raise MergeError(f"{adapter} trains LoRA biases (lora_bias), which merge does not fold yet")
+    if config.get("lora_bias") or config.get("bias", "none") != "none":
+        raise MergeError(f"{adapter} trains biases (lora_bias, bias), which merge does not fold yet")
 
 
-def _base_layout(base_dir: Path) -> dict[str, tuple[Path, torch.dtype, torch.Size]]:
+def base_layout(base_dir: Path) -> dict[str, tuple[Path, torch.dtype, torch.Size]]:
     """name -> (file, stored dtype, shape) of every tensor of the base, from the safetensors headers."""
     files = safetensors_files(base_dir)
     if files is None:
@@ -86,7 +87,7 @@ def _base_layout(base_dir: Path) -> dict[str, tuple[Path, torch.dtype, torch.Siz
     return layout
 
 
-def _base_folder(base: str) -> Path:
+def base_folder(base: str) -> Path:
     """A local folder as is; a hub id through the hub cache (downloaded if missing), files only, no model built."""
     if Path(base).is_dir():
         return Path(base)
@@ -115,8 +116,12 @@ def qlora_note(adapter: Path) -> str | None:
     return None
 
 
-class LoraDeltas:
-    """The adapter's tensors grouped per base weight, and PEFT's merge formula for them."""
+class AdapterUpdate:
+    """An adapter's tensors grouped per base weight (`parts`: its tensors by kind), the fully trained copies
+    (modules_to_save) that replace base tensors, and the merged value of each base tensor. A subclass gives
+    its key pattern (groups `module` and the part's kind), its shape rule and its merge formula."""
+
+    KEY: re.Pattern
 
     def __init__(self, adapter: Path, config: dict):
         from safetensors.torch import load_file
@@ -126,17 +131,24 @@ class LoraDeltas:
         self.replaced: dict[str, torch.Tensor] = {}  # modules_to_save: fully trained copies
         for key, tensor in load_file(adapter / ADAPTER_WEIGHTS).items():
             name = key.removeprefix(PEFT_PREFIX)
-            if match := LORA_KEY.match(name):
-                self.modules.setdefault(match["module"] + ".weight", {})[match["part"] or match["dora"]] = (
-                    tensor.float()
-                )
+            if match := self.KEY.match(name):
+                part = next(value for group, value in match.groupdict().items() if group != "module" and value)
+                self.modules.setdefault(match["module"] + ".weight", {})[part] = tensor.float()
             elif any(re.search(rf"(^|\.){re.escape(m)}\.[^.]+$", name) for m in config.get("modules_to_save") or ()):
                 self.replaced[name] = tensor  # a fully trained copy (additional_target) replaces the base tensor
             else:
                 raise MergeError(
                     f"{adapter}: adapter tensor {key!r} is of a kind merge does not fold "
-                    "(e.g. LoRA on embeddings). Fix: use the adapter unmerged"
+                    "(e.g. an adapter on embeddings). Fix: use the adapter unmerged"
                 )
+
+    def misfit(self, name: str, parts: dict[str, torch.Tensor], shape: torch.Size) -> str | None:
+        """Why the adapter's parts for base weight `name` (of `shape`) do not fit it, or None."""
+        raise NotImplementedError
+
+    def merged(self, name: str, parts: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+        """Base weight `name` (fp32) with the adapter's update folded in."""
+        raise NotImplementedError
 
     def check_shapes(self, layout: dict[str, tuple[Path, torch.dtype, torch.Size]]) -> None:
         """Refuse an adapter whose tensors do not fit the base's (another model, or a damaged file)."""
@@ -148,25 +160,11 @@ class LoraDeltas:
             )
         for name, parts in self.modules.items():
             path, _, shape = layout[name]
-            if "lora_A" not in parts or "lora_B" not in parts:
-                raise MergeError(
-                    f"{self.adapter / ADAPTER_WEIGHTS}: {name} has only one of lora_A/lora_B: the "
-                    "adapter is damaged. Fix: restore it"
-                )
-            out_features, rank = parts["lora_B"].shape
-            expected = (out_features, parts["lora_A"].shape[-1])
-            expected = expected[::-1] if self.config.get("fan_in_fan_out") else expected
-            magnitude = parts.get("lora_magnitude_vector")
-            if (
-                rank != parts["lora_A"].shape[0]
-                or tuple(shape) != expected
-                or (magnitude is not None and magnitude.numel() != out_features)
-            ):
+            why = self.misfit(name, parts, shape)
+            if why:
                 raise MergeError(
                     f"adapter {self.adapter / ADAPTER_WEIGHTS} does not fit base {path}: {name} is "
-                    f"{tuple(shape)} in the base, the adapter's update is {expected} (lora_A "
-                    f"{tuple(parts['lora_A'].shape)}, lora_B {tuple(parts['lora_B'].shape)}). "
-                    "Fix: pass the base model the adapter was trained on"
+                    f"{tuple(shape)} in the base, {why}. Fix: pass the base model the adapter was trained on"
                 )
         for name, tensor in self.replaced.items():
             path, _, shape = layout[name]
@@ -182,8 +180,33 @@ class LoraDeltas:
         if name in self.replaced:
             return self.replaced[name].float()
         parts = self.modules.get(name)
-        if parts is None:
-            return weight
+        return weight if parts is None else self.merged(name, parts, weight)
+
+
+class LoraDeltas(AdapterUpdate):
+    """LoRA, rsLoRA, DoRA: PEFT's merge formula (LoraLayer.get_delta_weight, DoRA's merge_unsafe)."""
+
+    KEY = re.compile(r"^(?P<module>.+)\.(?:(?P<part>lora_A|lora_B)\.weight|(?P<dora>lora_magnitude_vector))$")
+
+    def misfit(self, name: str, parts: dict[str, torch.Tensor], shape: torch.Size) -> str | None:
+        if "lora_A" not in parts or "lora_B" not in parts:
+            return "and the adapter has only one of lora_A/lora_B: it is damaged"
+        out_features, rank = parts["lora_B"].shape
+        expected = (out_features, parts["lora_A"].shape[-1])
+        expected = expected[::-1] if self.config.get("fan_in_fan_out") else expected
+        magnitude = parts.get("lora_magnitude_vector")
+        if (
+            rank != parts["lora_A"].shape[0]
+            or tuple(shape) != expected
+            or (magnitude is not None and magnitude.numel() != out_features)
+        ):
+            return (
+                f"the adapter's update is {expected} (lora_A {tuple(parts['lora_A'].shape)}, "
+                f"lora_B {tuple(parts['lora_B'].shape)})"
+            )
+        return None
+
+    def merged(self, name: str, parts: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
         module = name.removesuffix(".weight")
         rank = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config["r"])
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
@@ -199,38 +222,73 @@ class LoraDeltas:
         return (factor.T if fan_in_fan_out else factor) * (weight + oriented)
 
 
+def _oft_block_size(elements: int) -> int:
+    """b of a block whose b(b-1)/2 skew-symmetric entries OFT stores."""
+    return (1 + math.isqrt(1 + 8 * elements)) // 2
+
+
+class OftRotations(AdapterUpdate):
+    """OFT: a linear layer's input is rotated by R (block-diagonal orthogonal), so its weight W (out, in)
+    becomes W R^T, as PEFT's OFT Linear.merge computes; R is built by PEFT's own OFTRotationModule from the
+    stored skew-symmetric parameters (Cayley or Cayley-Neumann, COFT's projection, shared blocks)."""
+
+    KEY = re.compile(r"^(?P<module>.+)\.(?P<rotation>oft_R)\.weight$")
+
+    def misfit(self, name: str, parts: dict[str, torch.Tensor], shape: torch.Size) -> str | None:
+        blocks, elements = parts["oft_R"].shape
+        size = _oft_block_size(elements)
+        if len(shape) != 2 or size * (size - 1) // 2 != elements or shape[1] % size:
+            return f"the adapter rotates inputs in {blocks} x {elements}-parameter blocks"
+        if blocks * size != shape[1] and not self.config.get("block_share"):
+            return f"the adapter's {blocks} blocks of {size} rotate {blocks * size} inputs"
+        return None
+
+    def merged(self, name: str, parts: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+        from peft.tuners.oft.layer import OFTRotationModule
+
+        config, stored = self.config, parts["oft_R"]
+        size = _oft_block_size(stored.shape[1])
+        rotation = OFTRotationModule(
+            stored.shape[0],
+            stored.shape[1],
+            size,
+            weight.shape[1],
+            coft=config.get("coft", False),
+            eps=config.get("eps", 6e-5),
+            block_share=config.get("block_share", False),
+            use_cayley_neumann=config.get("use_cayley_neumann", True),
+            num_cayley_neumann_terms=config.get("num_cayley_neumann_terms", 5),
+        )
+        with torch.no_grad():
+            rotation.weight.copy_(stored)
+            return weight @ rotation.get_weight().T
+
+
+ADAPTER_UPDATES: dict[str, type[AdapterUpdate]] = {"LORA": LoraDeltas, "OFT": OftRotations}
+
+
 def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", shard_size: str = "5GB") -> list[str]:
     """base + adapter -> `out`: sharded safetensors, config, generation config, tokenizer (with chat
     template). `out` appears only once complete (written as a staging folder beside it, then renamed).
     Returns notes for the user (QLoRA)."""
-    from safetensors import safe_open
-    from transformers import AutoTokenizer
-
     from launcher.model.builtin import local_model_path
 
     check_output_folder("--out", out, [("--base", model_folder(str(base))), ("--adapter", adapter)])
     adapter = Path(adapter)
-    lora_config = adapter_config(adapter)
+    adapter_settings = adapter_config(adapter)
     parse_size(shard_size)  # a bad --shard-size is refused before any work
-    base_dir = _base_folder(local_model_path(base))
-    config = read_json(base_dir / "config.json")
-    if config.get("quantization_config"):
-        method = config["quantization_config"].get("quant_method", "quantized")
-        raise MergeError(
-            f"base {base} is quantized ({method}): its weights are stored as packed low-bit blocks, and "
-            "adding a LoRA update to them would either be rounded away or produce a model no loader reads. "
-            "Fix: pass the full-precision base model the quantized one was made from"
-        )
-    _check_adapter(lora_config, adapter)
-    deltas = LoraDeltas(adapter, lora_config)
-    layout = _base_layout(base_dir)
+    base_dir = base_folder(local_model_path(base))
+    config = full_precision_config(
+        base_dir, base, "adding a LoRA update to them would either be rounded away or produce a model no loader reads"
+    )
+    _check_adapter(adapter_settings, adapter)
+    deltas = ADAPTER_UPDATES[adapter_settings["peft_type"]](adapter, adapter_settings)
+    layout = base_layout(base_dir)
     deltas.check_shapes(layout)
     target = torch_dtype(dtype)
 
     def produce(path: Path, name: str, floating: bool) -> torch.Tensor:
-        # a fresh mapping per tensor: pages of tensors already written leave memory with it
-        with safe_open(str(path), framework="pt") as handle:
-            tensor = handle.get_tensor(name)
+        tensor = read_tensor(path, name)
         return deltas.apply(name, tensor.float()).to(target) if floating else tensor
 
     entries = [
@@ -244,13 +302,43 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
     ]
     config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     config.pop("torch_dtype", None)
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+    write_model_folder(out, entries, config, base_dir, tokenizer_source, shard_size)
+    note = qlora_note(adapter)
+    return [note] if note else []
+
+
+def full_precision_config(base_dir: Path, base: str, why: str) -> dict:
+    """The base's config.json, refusing a quantized base (`why`: what changing its packed weights would do)."""
+    config = read_json(base_dir / "config.json")
+    if config.get("quantization_config"):
+        method = config["quantization_config"].get("quant_method", "quantized")
+        raise MergeError(
+            f"base {base} is quantized ({method}): its weights are stored as packed low-bit blocks, and {why}. "
+            "Fix: pass the full-precision base model the quantized one was made from"
+        )
+    return config
+
+
+def read_tensor(path: Path, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file, through a fresh mapping: pages of tensors already written leave memory."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(name)
+
+
+def write_model_folder(
+    out: str | Path, entries: list, config: dict, base_dir: Path, tokenizer_source: Path, shard_size: str
+) -> None:
+    """A model folder at `out` (staged, renamed once complete): the tensors `entries` produce as sharded
+    safetensors, `config`, the base's generation config and code files, the tokenizer (with chat template)."""
+    from transformers import AutoTokenizer
+
     with staged_output(out) as stage:
         write_shards(entries, stage, shard_size)
         (stage / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for extra in ["generation_config.json", *(p.name for p in base_dir.glob("*.py"))]:
             if (base_dir / extra).is_file():
                 shutil.copy2(base_dir / extra, stage / extra)
-        tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
         AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(stage)
-    note = qlora_note(adapter)
-    return [note] if note else []

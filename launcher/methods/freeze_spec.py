@@ -9,21 +9,39 @@ from launcher.registry import Key, MethodSpec, Refuse
 
 
 def check(recipe: dict, origins: dict[str, str], refuse: Refuse) -> None:
-    if recipe["method"]["trainable_layers"] == 0:
+    method = recipe["method"]
+    if method["trainable_layers"] == 0 and not method["extra_modules"]:
         refuse(
             "method.trainable_layers",
-            "method.trainable_layers: 0 trains no layer. Fix: +N for the last N decoder layers, -N for the first N",
+            "method.trainable_layers: 0 without method.extra_modules trains nothing. Fix: +N for the last N "
+            "decoder layers, -N for the first N, or method.extra_modules: [lm_head] to train only the output "
+            "head (linear probing)",
+        )
+    if method["llama_pro"] and method["trainable_layers"] < 1:
+        refuse(
+            "method.llama_pro",
+            f"method.llama_pro with method.trainable_layers: {method['trainable_layers']}: LLaMA Pro trains "
+            "the N blocks `launch expand` interleaved, so N counts them and must be positive. Fix: set "
+            "method.trainable_layers to the --blocks given to `launch expand`",
         )
 
 
 KEYS = {  # method.*
-    "trainable_layers": Key("int", 2, "+N trains the last N decoder layers, -N the first N"),
+    "trainable_layers": Key(
+        "int", 2, "+N trains the last N decoder layers, -N the first N, 0 none (only extra_modules: linear probing)"
+    ),
     "trainable_modules": Key("str_list", "all", "modules inside the trainable layers", literals=("all",)),
     "extra_modules": Key(
         "str_list",
         None,
         "modules outside the layers to train (embed_tokens, lm_head, norm)",
         nullable=True,
+    ),
+    "llama_pro": Key(
+        "bool",
+        False,
+        "LLaMA Pro: trainable_layers counts the blocks `launch expand` interleaved (the last of every "
+        "layers / N layers trains) instead of the last N layers",
     ),
 }
 

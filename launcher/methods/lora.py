@@ -27,16 +27,21 @@ if TYPE_CHECKING:
 PISSA_SVD = "pissa_niter_16"  # PEFT's fast randomized SVD (16 subspace iterations), as LLaMA-Factory defaults to
 
 
+def prepare_kbit_base(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """Over a k-bit base (QLoRA, QOFT): freeze it, upcast norms and the output head to fp32, and make the input
+    embeddings require grads so checkpointed layers pass gradients to the adapter. Other bases as they are."""
+    if recipe["model"]["quantization"] is None:
+        return model
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=recipe["train"]["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
 def apply(model: nn.Module, method: MethodSection, recipe: Recipe) -> PeftModel:
     """Wrap the model with a LoRA adapter; the base stays frozen."""
-    if recipe["model"]["quantization"] is not None:
-        # QLoRA: freezes the k-bit base, upcasts norms and the output head to fp32, and makes
-        # the input embeddings require grads so checkpointed layers pass gradients to the adapter
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=recipe["train"]["gradient_checkpointing"],
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+    model = prepare_kbit_base(model, recipe)
     target = method["target"]
     if target != "all":  # the planner checked local and builtin models; a hub model is first seen here
         shapes = {

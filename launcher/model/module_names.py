@@ -78,18 +78,25 @@ def missing_modules_error(key: str, wanted: list[str], names: list[str]) -> str 
     return f"{key} = {wanted}: no parameter matches {missing}. Fix: use names from {module_names(names)}"
 
 
-def freeze_groups(prefix: str, count: int, trainable_layers: int, names: list[str]) -> tuple[list[str], list[str]]:
+def trainable_layer_ids(method: Mapping[str, Any], count: int) -> range:
+    """The decoder layers method freeze trains: the last N (trainable_layers: +N), the first N (-N), or with
+    llama_pro the N blocks `launch expand` interleaved, the last of every count / N layers (LLaMA-Factory's rule)."""
+    n = method["trainable_layers"]
+    if method.get("llama_pro"):
+        return range(count // n - 1, count, count // n)
+    return range(count - n, count) if n > 0 else range(-n)
+
+
+def freeze_groups(prefix: str, count: int, method: Mapping[str, Any], names: list[str]) -> tuple[list[str], list[str]]:
     """(names in the trainable layers, names outside the decoder-layer list `prefix` of `count` layers)."""
-    n = trainable_layers
-    layers = range(count - n, count) if n > 0 else range(-n)
-    starts = tuple(f"{prefix}.{i}." for i in layers)
+    starts = tuple(f"{prefix}.{i}." for i in trainable_layer_ids(method, count))
     return [x for x in names if x.startswith(starts)], [x for x in names if not x.startswith(prefix + ".")]
 
 
 def freeze_trainable(method: Mapping[str, Any], prefix: str, count: int, names: list[str]) -> set[str]:
     """The parameter names method freeze trains: trainable_modules (or all) of the chosen layers of the decoder-layer
     list `prefix` of `count` layers, and extra_modules outside that list."""
-    layer_names, outside = freeze_groups(prefix, count, method["trainable_layers"], names)
+    layer_names, outside = freeze_groups(prefix, count, method, names)
     modules, extra = method["trainable_modules"], method["extra_modules"] or []
     chosen = {name for name in layer_names if modules == "all" or matches(name, modules)}
     return chosen | {name for name in outside if matches(name, extra)}
@@ -103,7 +110,13 @@ def freeze_error(method: Mapping[str, Any], prefix: str, count: int, names: list
             f"method.trainable_layers = {n}, but {model_path} has {count} decoder layers. "
             f"Fix: set method.trainable_layers between -{count} and {count}"
         )
-    layer_names, outside = freeze_groups(prefix, count, n, names)
+    if method.get("llama_pro") and count % n:
+        return (
+            f"method.trainable_layers = {n} with method.llama_pro: {model_path} has {count} decoder layers, which "
+            f"{n} interleaved blocks cannot split evenly (one new block after every layers / N). Fix: the N given "
+            "to `launch expand` for this model"
+        )
+    layer_names, outside = freeze_groups(prefix, count, method, names)
     if method["trainable_modules"] != "all":
         error = missing_modules_error("method.trainable_modules", method["trainable_modules"], layer_names)
         if error:

@@ -45,6 +45,11 @@ def _comma_list(value: Any) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
+def _targets(value: Any) -> str | list[str]:
+    """LF's target modules: `all`, or the names of 'a,b'."""
+    return "all" if value == "all" else _comma_list(value)
+
+
 def _to(key: str, fn: Callable[[Any], Any]) -> Setter:
     return lambda value, lf: {key: fn(value)}
 
@@ -80,9 +85,35 @@ def _stage(value: Any, lf: dict) -> dict:
 
 
 def _finetuning_type(value: Any, lf: dict) -> dict:
-    if value not in ("lora", "freeze", "full"):
-        raise Unmapped(f"finetuning_type {shown(value)} has no method here (lora, freeze, full; prefix is recipe-only)")
+    if value not in ("lora", "freeze", "full", "oft"):
+        raise Unmapped(
+            f"finetuning_type {shown(value)} has no method here (lora, freeze, full, oft; prefix is recipe-only)"
+        )
     return {"method.name": value}
+
+
+def _oft_target(value: Any, lf: dict) -> dict:
+    """LF parses oft_target but its OFT adapts lora_target's modules (model/adapter.py): say which one trains."""
+    if _targets(value) == _targets(lf.get("lora_target", "all")):
+        return {}  # lora_target sets method.target to the same modules
+    raise Unmapped(
+        f"oft_target {one_line(value)}: LF ignores it, its OFT adapts lora_target's modules "
+        f"({one_line(lf.get('lora_target', 'all'))}), so the recipe would train other modules than LF did. Fix: set "
+        "lora_target to the modules LF should adapt (it then trains them too) and remove oft_target"
+    )
+
+
+def _llama_pro(value: Any, lf: dict) -> dict:
+    if not value:
+        return {}
+    method = lf.get("finetuning_type", "lora")
+    if method != "freeze":
+        raise Unmapped(
+            f"use_llama_pro with finetuning_type {one_line(method)}: LF then limits the {one_line(method)} adapter to the "
+            "expanded blocks, which method.target cannot select by layer here. Fix: finetuning_type: freeze "
+            "(LF's own LLaMA Pro example), or remove use_llama_pro"
+        )
+    return {"method.llama_pro": True}
 
 
 def _template(value: Any, lf: dict) -> dict:
@@ -230,7 +261,8 @@ def _layerwise(name: str) -> Setter:
     )
 
 
-def _targets(key: str) -> Setter:
+def _target_list(key: str) -> Setter:
+    """An optimizer's target modules: ["all"], or the names of 'a,b'."""
     return _to(key, lambda v: ["all"] if v == "all" else _comma_list(v))
 
 
@@ -323,7 +355,7 @@ LF_KEYS: dict[str, LFKey] = {
     "pure_bf16": LFKey(("model.dtype",), _precision("bf16")),
     "fp16": LFKey(("model.dtype",), _precision("fp16")),
     "quantization_bit": LFKey(
-        ("model.quantization.bits",), _quantization, "QLoRA: finetuning_type lora + 4/8-bit base"
+        ("model.quantization.bits",), _quantization, "QLoRA / QOFT: finetuning_type lora or oft + 4/8-bit base"
     ),
     "quantization_type": LFKey(("model.quantization.type",)),
     "double_quantization": LFKey(("model.quantization.double_quant",)),
@@ -332,7 +364,7 @@ LF_KEYS: dict[str, LFKey] = {
     "lora_rank": LFKey(("method.rank",)),
     "lora_alpha": LFKey(("method.alpha",)),
     "lora_dropout": LFKey(("method.dropout",)),
-    "lora_target": LFKey(("method.target",), _to("method.target", lambda v: "all" if v == "all" else _comma_list(v))),
+    "lora_target": LFKey(("method.target",), _to("method.target", _targets)),
     "additional_target": LFKey(("method.additional_target",), _to("method.additional_target", _comma_list)),
     "use_dora": LFKey(("method.variant",), _variant("dora")),
     "use_rslora": LFKey(("method.variant",), _variant("rslora")),
@@ -344,6 +376,17 @@ LF_KEYS: dict[str, LFKey] = {
         _to("method.trainable_modules", lambda v: "all" if v == "all" else _comma_list(v)),
     ),
     "freeze_extra_modules": LFKey(("method.extra_modules",), _to("method.extra_modules", _comma_list)),
+    "use_llama_pro": LFKey(
+        ("method.llama_pro",),
+        _llama_pro,
+        "freeze only; model_name_or_path is the expanded model (`launch expand` = LF's scripts/llama_pro.py)",
+    ),
+    "oft_rank": LFKey(("method.blocks",)),
+    "oft_block_size": LFKey(("method.block_size",)),
+    "module_dropout": LFKey(("method.module_dropout",)),
+    "oft_target": LFKey(
+        ("method.target",), _oft_target, "LF's OFT adapts lora_target's modules; another value refused"
+    ),
     "dataset": LFKey(("data.datasets",), _to("data.datasets", _comma_list), "'a,b' -> [a, b]"),
     "eval_dataset": LFKey(("data.eval_datasets",), _to("data.eval_datasets", _comma_list)),
     "dataset_dir": LFKey(("data.dataset_dir",)),
@@ -373,14 +416,14 @@ LF_KEYS: dict[str, LFKey] = {
     "max_grad_norm": LFKey(("train.max_grad_norm",)),
     "optim": LFKey(("train.optimizer",), _optimizer, "under use_galore/use_apollo/use_badam: adamw_torch only"),
     "use_galore": LFKey(("train.optimizer",), _optimizer_switch("use_galore"), "true -> galore_adamw"),
-    "galore_target": LFKey(("train.galore.target",), _targets("train.galore.target"), "'a,b' -> [a, b]"),
+    "galore_target": LFKey(("train.galore.target",), _target_list("train.galore.target"), "'a,b' -> [a, b]"),
     "galore_rank": LFKey(("train.galore.rank",)),
     "galore_update_interval": LFKey(("train.galore.update_interval",)),
     "galore_scale": LFKey(("train.galore.scale",), _to("train.galore.scale", float)),
     "galore_proj_type": LFKey(("train.galore.proj_type",)),
     "galore_layerwise": LFKey(("train.optimizer",), _layerwise("galore_layerwise"), "true refused"),
     "use_apollo": LFKey(("train.optimizer",), _optimizer_switch("use_apollo"), "true -> apollo_adamw"),
-    "apollo_target": LFKey(("train.apollo.target",), _targets("train.apollo.target"), "'a,b' -> [a, b]"),
+    "apollo_target": LFKey(("train.apollo.target",), _target_list("train.apollo.target"), "'a,b' -> [a, b]"),
     "apollo_rank": LFKey(("train.apollo.rank",)),
     "apollo_update_interval": LFKey(("train.apollo.update_interval",)),
     "apollo_scale": LFKey(("train.apollo.scale",), _to("train.apollo.scale", float)),

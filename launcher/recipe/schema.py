@@ -99,7 +99,7 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
         "quantization": Key(
             "section",
             None,
-            "k-bit base for QLoRA (only with method.name: lora)",
+            "k-bit base for QLoRA / QOFT (only with method.name: lora or oft)",
             nullable=True,
             fields={
                 "bits": Key("int", 4, "4 or 8", choices=(4, 8)),

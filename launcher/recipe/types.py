@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # annotations are never evaluated at run time (Python 3.10 ha
 
 
 class QuantizationSection(TypedDict):
-    """K-bit base for QLoRA (only with method.name: lora)."""
+    """K-bit base for QLoRA / QOFT (only with method.name: lora or oft)."""
 
     bits: int
     type: str
@@ -41,6 +41,7 @@ class MethodSection(TypedDict):
     trainable_layers: NotRequired[int]
     trainable_modules: NotRequired[list[str] | Literal["all"]]
     extra_modules: NotRequired[list[str] | None]
+    llama_pro: NotRequired[bool]
     rank: NotRequired[int]
     alpha: NotRequired[float]
     dropout: NotRequired[float]
@@ -50,6 +51,14 @@ class MethodSection(TypedDict):
     additional_target: NotRequired[list[str] | None]
     num_virtual_tokens: NotRequired[int]
     prefix_projection: NotRequired[bool]
+    block_size: NotRequired[int]
+    blocks: NotRequired[int]
+    module_dropout: NotRequired[float]
+    coft: NotRequired[bool]
+    eps: NotRequired[float]
+    block_share: NotRequired[bool]
+    cayley_neumann: NotRequired[bool]
+    neumann_terms: NotRequired[int]
 
 
 class DataSection(TypedDict):

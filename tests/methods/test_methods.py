@@ -240,6 +240,123 @@ def test_loraplus_optimizer_puts_b_matrices_at_ratio_times_lr(tmp_path):
             assert lr_of[id(param)] == pytest.approx(1.6e-2 if "lora_B" in name else 1e-3), name
 
 
+def _one_step(model, lr: float = 0.05) -> None:
+    """One AdamW step of the causal-LM loss on IDS over the parameters that require grad."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    model(input_ids=IDS, attention_mask=torch.ones_like(IDS), labels=IDS).loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.unit
+def test_oft_trains_only_its_rotations_saves_a_peft_adapter_and_merges_as_peft_does(tmp_path):
+    """The method as the worker builds it: PEFT's OFT layers on every decoder linear layer, only their rotations
+    trainable, identity at init; one step changes the output; the saved adapter reloads
+    with PEFT to the trained model, and `launch merge` gives PEFT's merge_and_unload."""
+    from peft import PeftModel
+    from peft.tuners.oft.layer import OFTLayer
+    from transformers import AutoModelForCausalLM
+
+    from launcher.checkpoint.merge import merge
+    from launcher.methods import apply_method
+
+    recipe = load_recipe(ROOT / TINY, ["method={name: oft, block_size: 16, coft: true, eps: 0.5}"])
+    model, base_logits = apply_method(_base(), recipe), _logits(_base())
+    oft_layers = {name for name, module in model.named_modules() if isinstance(module, OFTLayer)}
+    assert len(oft_layers) == 4 * 7  # q, k, v, o, gate, up, down of each of the 4 layers
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{layer}.oft_R.default.weight" for layer in oft_layers}
+    torch.testing.assert_close(_logits(model), base_logits, rtol=0, atol=0)  # each rotation starts as I
+
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    _one_step(model)
+    trained_logits = _logits(model)
+    assert not torch.allclose(trained_logits, base_logits, atol=1e-4), "one step changed nothing"
+    assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if not p.requires_grad)
+
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(_base(), str(tmp_path / "adapter"))
+    torch.testing.assert_close(_logits(reloaded), trained_logits, rtol=0, atol=1e-5)  # COFT re-projects: fp32
+    assert merge("builtin:tiny-qwen2", tmp_path / "adapter", tmp_path / "merged") == []
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).state_dict()
+    reference = reloaded.merge_and_unload().state_dict()
+    assert merged.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(merged[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.unit
+def test_qoft_trains_over_a_4bit_base_and_reloads_over_it(tmp_path):
+    """LF's QOFT: OFT over a bitsandbytes nf4 base, as the worker builds it; the adapter reloads over the same
+    quantized base to the trained model's logits."""
+    from peft import PeftModel
+
+    from launcher.methods import apply_method
+
+    recipe = load_recipe(ROOT / TINY, ["method={name: oft, block_size: 16}", "model.quantization={bits: 4}"])
+    quant = recipe["model"]["quantization"]
+    model = apply_method(_base(quant), recipe)
+    assert all(".oft_R." in name for name, p in model.named_parameters() if p.requires_grad)
+    base_logits = _logits(model)  # each rotation starts as the identity
+    _one_step(model)
+    trained_logits = _logits(model)
+    assert not torch.allclose(trained_logits, base_logits, atol=1e-4), "one step changed nothing"
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(_base(quant), str(tmp_path / "adapter"))
+    torch.testing.assert_close(_logits(reloaded), trained_logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.unit
+def test_llama_pro_expansion_is_the_identity_and_freeze_trains_only_the_new_blocks(tmp_path, capsys):
+    """`launch expand` (LLaMA-Factory's scripts/llama_pro.py): 4 layers + 2 blocks, each a copy of layer 1 or 3 with
+    zero o_proj and down_proj, so the expanded model (a plain transformers folder) gives the original's logits;
+    freeze with llama_pro trains exactly the new blocks (LF's rule: the last of every 3 layers) and nothing else."""
+    from transformers import AutoModelForCausalLM
+
+    from launcher import cli
+    from launcher.methods import apply_method
+    from launcher.model.module_names import freeze_error
+
+    expand = ["expand", "--base", "builtin:tiny-qwen2", "--out"]
+    assert cli.main([*expand, str(tmp_path / "odd"), "--blocks", "3"]) == 2
+    assert re.search(r"--blocks 3: .* has 4 decoder layers.*Fix: --blocks N", capsys.readouterr().err)
+    assert cli.main([*expand, str(tmp_path / "pro"), "--blocks", "2"]) == 0
+    assert "llama_pro: true" in capsys.readouterr().out and not (tmp_path / "odd").exists()
+    expanded, base = AutoModelForCausalLM.from_pretrained(tmp_path / "pro", dtype=torch.float32), _base()
+    assert expanded.config.num_hidden_layers == 6
+    torch.testing.assert_close(_logits(expanded), _logits(base), rtol=0, atol=0)
+    weights, original = expanded.state_dict(), base.state_dict()
+    for new, source in ((2, 1), (5, 3)):
+        for name, tensor in original.items():
+            if name.startswith(f"model.layers.{source}."):
+                copy = weights[name.replace(f".{source}.", f".{new}.", 1)]
+                zero = ".o_proj." in name or ".down_proj." in name
+                assert torch.equal(copy, torch.zeros_like(tensor) if zero else tensor), name
+
+    method = {"name": "freeze", "trainable_layers": 2, "llama_pro": True}
+    recipe = load_recipe(ROOT / TINY, [f"model.path={tmp_path / 'pro'}", "method=" + json.dumps(method)])
+    model = apply_method(expanded, recipe)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name in weights if name.startswith(("model.layers.2.", "model.layers.5."))}
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    _one_step(model)
+    assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if not p.requires_grad)
+    assert not torch.allclose(_logits(model), _logits(base), atol=1e-4), "one step changed nothing"
+    assert "cannot split evenly" in freeze_error(
+        {**recipe["method"], "trainable_layers": 4}, "model.layers", 6, [], "m"
+    )
+
+
+@pytest.mark.unit
+def test_linear_probing_is_freeze_of_no_layer_with_the_output_head():
+    """docs/methods.md's linear probing keys (LF's freeze_trainable_layers: 0 + freeze_extra_modules: lm_head)."""
+    from launcher.methods import apply_method
+
+    recipe = load_recipe(ROOT / TINY, ["method={name: freeze, trainable_layers: 0, extra_modules: [lm_head]}"])
+    model = apply_method(_base(), recipe)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {"lm_head.weight"}
+
+
 QLORA_CASES = [(3, "{bits: 4, type: nf4, double_quant: true}"), (2, "{bits: 8}")]
 
 
@@ -279,6 +396,8 @@ ROWS = {
     "qlora 4-bit": ["model.quantization={bits: 4}"],
     "qlora 8-bit": ["model.quantization={bits: 8}"],
     "prefix": ["method={name: prefix}", "train.gradient_checkpointing=false"],
+    "oft": ["method={name: oft}"],
+    "qoft 4-bit": ["method={name: oft}", "model.quantization={bits: 4}"],
 }
 COLUMNS = [  # (engine, zero, offload)
     *[("deepspeed", zero, offload) for zero, offload in ZERO_OPTIONS],

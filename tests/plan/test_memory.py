@@ -98,6 +98,16 @@ METHOD_CASES = {
         "method.extra_modules=[norm,lm_head]",
     ],
     "full": ["method.name=full"],
+    "freeze linear probe": ["method.name=freeze", "method.trainable_layers=0", "method.extra_modules=[lm_head]"],
+    "oft all, block size 16": ["method.name=oft", "method.block_size=16"],
+    "oft blocks 4 shared, named targets, additional_target": [
+        "method.name=oft",
+        "method.block_size=0",
+        "method.blocks=4",
+        "method.block_share=true",
+        "method.target=[q_proj,down_proj]",
+        "method.additional_target=[lm_head]",
+    ],
     "prefix": ["method.name=prefix", "train.gradient_checkpointing=false", "distributed.zero=2"],
     "prefix projection": [
         "method.name=prefix",

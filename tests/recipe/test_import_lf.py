@@ -76,6 +76,8 @@ EXPECTED = {
     "lora_orpo": {"stage": "orpo", "train.pref_beta": 0.1},
     "lora_kto": {"stage": "kto", "train.kto_desirable_weight": 1.0, "train.micro_batch_size": 1},
     "lora_ppo": {"stage": "ppo", "train.reward_model": "saves/tiny/lora/rm", "train.max_new_tokens": 32},
+    "oft_sft": {"method.name": "oft", "method.block_size": 32, "model.dtype": "bf16"},
+    "llama_pro_freeze_sft": {"method.name": "freeze", "method.trainable_layers": 2, "method.llama_pro": True},
 }
 UNMAPPED = {
     "llama3_lora_sft": ["save_only_model"],
@@ -154,13 +156,13 @@ TRAINING = "model_name_or_path: builtin:tiny-qwen2\nstage: sft\ndo_train: true\n
 
 def test_keys_that_change_training_stop_the_import_all_in_one_message(tmp_path):
     text = TRAINING + (
-        "finetuning_type: oft\nuse_mca: true\nmixture_of_depths: convert\nquantization_bit: 4\n"
+        "use_llama_pro: true\nuse_mca: true\nmixture_of_depths: convert\nquantization_bit: 4\n"
         "quantization_method: hqq\nrun_name: mine\n"
     )
     proc, out = _import_text(tmp_path, text)
     assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
     for key in (
-        "finetuning_type: finetuning_type 'oft'",
+        "use_llama_pro: use_llama_pro with finetuning_type lora",
         "use_mca: not a key the importer knows",
         "mixture_of_depths:",
         "quantization_bit: quantization_method hqq",
@@ -172,11 +174,47 @@ def test_keys_that_change_training_stop_the_import_all_in_one_message(tmp_path):
     proc, out = _import_text(tmp_path, text, "--lenient")
     assert proc.returncode == 0, proc.stderr
     written = out.read_text()
-    for key in ("finetuning_type", "use_mca", "mixture_of_depths", "quantization_bit"):
+    for key in ("use_llama_pro", "use_mca", "mixture_of_depths", "quantization_bit"):
         assert f"#   {key}: DROPPED (--lenient), changes what is trained: " in written
         assert f"dropped (--lenient): {key}: " in proc.stderr
     assert "#   run_name: logging/bookkeeping only" in written
     assert run_launch(["plan", str(out)], timeout=60).returncode == 0
+
+
+OFT_AND_LLAMA_PRO_REFUSALS = {
+    "oft_target other than lora_target": (
+        {"finetuning_type": "oft", "oft_target": "q_proj,v_proj"},
+        "oft_target q_proj,v_proj: LF ignores it, its OFT adapts lora_target's modules (all)",
+    ),
+    "use_llama_pro with lora": ({"use_llama_pro": True}, "use_llama_pro with finetuning_type lora"),
+}
+
+
+@pytest.mark.parametrize("case", OFT_AND_LLAMA_PRO_REFUSALS)
+def test_oft_and_llama_pro_settings_lf_trains_differently_are_refused(tmp_path, case):
+    from launcher.errors import LFImportError
+    from launcher.recipe.lf_strict import strict_import
+
+    extra, needle = OFT_AND_LLAMA_PRO_REFUSALS[case]
+    lf = {**yaml.safe_load(TRAINING), **extra}
+    with pytest.raises(LFImportError, match="Fix:") as refused:
+        strict_import(lf, tmp_path / "lf.yaml", tmp_path, lenient=False, predict=False)
+    assert needle in str(refused.value)
+
+
+def test_oft_keys_map_to_the_method_keys(tmp_path):
+    from launcher.recipe.lf_strict import strict_import
+
+    lf = {**yaml.safe_load(TRAINING), "finetuning_type": "oft", "oft_rank": 4, "oft_block_size": 0}
+    lf |= {"module_dropout": 0.1, "lora_target": "q_proj,v_proj", "oft_target": "q_proj, v_proj"}
+    recipe = strict_import(lf, tmp_path / "lf.yaml", tmp_path, lenient=False, predict=False)[3]
+    assert recipe["method"] == {
+        "name": "oft",
+        "blocks": 4,
+        "block_size": 0,
+        "module_dropout": 0.1,
+        "target": ["q_proj", "v_proj"],
+    }
 
 
 @pytest.mark.parametrize("method", ["hqq", "eetq", "gptq", "awq"])

@@ -50,7 +50,12 @@ BAD_OVERRIDES = [
     (["method.name=lora", "method.num_virtual_tokens=8"], "method.num_virtual_tokens"),
     (["model.quantization.bits=3"], "model.quantization.bits"),
     (["method={name: full}", "model.quantization={bits: 4}"], "model.quantization"),  # k-bit base only under LoRA
-    (["method={name: freeze, trainable_layers: 0}"], "method.trainable_layers"),
+    (["method={name: freeze, trainable_layers: 0}"], "method.trainable_layers"),  # 0 without extra_modules
+    # (new methods' rules: the message itself, since an unknown key's refusal names the key too)
+    (["method={name: freeze, llama_pro: true, trainable_layers: -2}"], "method.llama_pro with method.trainable_layers"),
+    (["method={name: freeze, llama_pro: true, trainable_layers: 3}"], "= 3 with method.llama_pro"),  # 4 layers
+    (["method={name: oft, blocks: 4}"], "method.blocks: 4 with method.block_size: 32"),  # PEFT takes one
+    (["method={name: oft, block_size: 64}"], "method.block_size = 64 does not divide"),  # down_proj's 352 inputs
     (["method={name: prefix}"], "train.gradient_checkpointing"),  # PEFT prefix tuning refuses it
     (
         ["method={name: prefix}", "train.gradient_checkpointing=false", "distributed.zero=3"],
