@@ -224,10 +224,14 @@ def _timeout(value: Any, lf: dict) -> dict:
 
 
 def _report_to(value: Any, lf: dict) -> dict:
+    """LF passes report_to to transformers; the same names here log offline into output.dir."""
     loggers = _comma_list(value)
-    if set(loggers) <= {"tensorboard", "none"}:
+    if set(loggers) <= set(all_keys()["output.report_to"].choices):
         return {"output.report_to": loggers}
-    raise Unmapped(f"report_to {shown(value)}: only tensorboard (or none) is wired here; TensorBoard is the default")
+    raise Unmapped(
+        f"report_to {shown(value)}: tensorboard, wandb, mlflow and swanlab (offline) or none are wired here; "
+        "TensorBoard is the default"
+    )
 
 
 def _eval_strategy(value: Any, lf: dict) -> dict:

@@ -342,7 +342,12 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
     "slurm": SLURM,
     "output": {
         "dir": Key("str", None, "run folder (default outputs/<recipe name>)", nullable=True),
-        "report_to": Key("str_list", ["tensorboard"], "loggers", choices=("tensorboard", "none")),
+        "report_to": Key(
+            "str_list",
+            ["tensorboard"],
+            "loggers, several at once; wandb, mlflow and swanlab log offline into output.dir (docs/monitoring.md)",
+            choices=("tensorboard", "wandb", "mlflow", "swanlab", "none"),
+        ),
         "overwrite": Key("bool", False, "allow reusing an output.dir that already holds a run"),
     },
 }

@@ -362,3 +362,11 @@ def test_lf_schedule_keys_map_to_the_recipes_schedule(tmp_path):
     assert train["eval_batch_size"] == 16
     proc, _ = _import_text(tmp_path, TRAINING + "lr_scheduler_type: linear\nlr_scheduler_kwargs: {power: 2}\n")
     assert proc.returncode == 2 and "lr_scheduler_type linear takes no arguments here" in proc.stderr
+
+
+def test_lf_report_to_maps_the_offline_trackers(tmp_path):
+    proc, out = _import_text(tmp_path, TRAINING + "report_to: wandb,mlflow,swanlab\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["output"]["report_to"] == ["wandb", "mlflow", "swanlab"]
+    proc, out = _import_text(tmp_path, TRAINING + "report_to: comet_ml\n", "--force")
+    assert proc.returncode == 0 and "not mapped: report_to: report_to 'comet_ml'" in proc.stderr, proc.stderr

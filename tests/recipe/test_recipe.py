@@ -72,7 +72,7 @@ BAD_OVERRIDES = [
     (["distributed.nnodes=2"], "distributed.master_addr"),  # multi-node without node 0's address
     (["distributed.timeout_minutes=0"], "distributed.timeout_minutes"),
     (["train.eval_steps=10"], "train.eval_steps"),  # eval without eval data
-    (["output.report_to=[wandb]"], "output.report_to"),
+    (["output.report_to=[comet]"], "output.report_to"),
     (["model.dtype=fp16"], "model.dtype"),  # fp16 on a machine without CUDA
     (["stage=dpo", "train.simpo_gamma=1.0"], "train.simpo_gamma"),  # SimPO's margin with the sigmoid loss
     (["train.pref_beta=0.1"], "train.pref_beta"),  # a preference key with stage: sft
