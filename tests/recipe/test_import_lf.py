@@ -212,8 +212,12 @@ def test_remote_dataset_dir_is_refused_with_the_download_command(tmp_path):
 NOT_TRAINING = {
     "accelerate_fsdp_config": [
         "is an accelerate config (distributed_type FSDP)",
-        "distributed.nnodes: 1; distributed.nproc_per_node: 2; distributed.engine: deepspeed; distributed.zero: 3; "
-        "model.dtype: bf16",
+        "PyTorch FSDP2, each parameter sharded over all ranks (FULL_SHARD)",
+        "set these recipe keys: distributed.nnodes: 1; distributed.nproc_per_node: 2; distributed.engine: fsdp; "
+        "model.dtype: bf16 (",
+    ],
+    "accelerate_fsdp2_offload_config": [
+        "distributed.engine: fsdp; distributed.offload: all; model.dtype: bf16 (",
     ],
     "chat_lora": [
         "inference config",
@@ -238,6 +242,14 @@ def test_files_that_are_not_training_configs_name_their_launch_command(tmp_path,
     assert proc.returncode == 2 and not out.exists(), proc.stderr
     for part in NOT_TRAINING[name]:
         assert part in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["accelerate_fsdp_config", "accelerate_fsdp2_offload_config"])
+def test_an_accelerate_fsdp_configs_recipe_keys_make_a_valid_recipe(tmp_path, name):
+    proc = run_launch(["import-lf", str(CONFIGS / f"{name}.yaml"), "--out", str(tmp_path / "r.yaml")], timeout=60)
+    keys = proc.stderr.split("set these recipe keys: ", 1)[1].split(" (", 1)[0].split("; ")
+    overrides = [key.replace(": ", "=", 1) for key in keys if not key.startswith("model.dtype")]  # bf16: not on CPU
+    assert load_recipe(ROOT / "recipes" / "sft_tiny.yaml", overrides)["distributed"]["engine"] == "fsdp"
 
 
 def test_lf_v1_format_is_named_with_what_to_do(tmp_path):
