@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 from launcher.errors import RecipeError
 from launcher.plan.argv import master_address, master_port, node_argv
+from launcher.plan.context import context_plan
 from launcher.plan.devices import detect_gpus, processes_per_node
 from launcher.plan.env import check_env_forward, environment
 from launcher.plan.files import PLAN_VERSION, node_plan_file
@@ -113,6 +114,7 @@ def build_plan(
         **engine_config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
+        "context": context_plan(recipe),
         "stage": stage_plan(recipe, world, cwd or os.getcwd()) if stage_plan else {},
         "env": {**environment(recipe, nproc, on_gpu), **tracker_env(recipe["output"]["report_to"], output_dir)},
         "output_dir": output_dir,

@@ -17,7 +17,7 @@ import yaml
 from launcher.errors import LFImportError, RecipeError, shown
 from launcher.recipe.load import check_value
 from launcher.recipe.schedule import KWARGS as SCHEDULE_KWARGS
-from launcher.recipe.schema import SCHEMA, all_keys
+from launcher.recipe.schema import ROPE_TYPES, SCHEMA, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.util.config_file import read_config_text
 from launcher.util.json_object import read_json_object
@@ -223,6 +223,15 @@ def _timeout(value: Any, lf: dict) -> dict:
     return {"distributed.timeout_minutes": min(MAX_TIMEOUT_MINUTES, max(1, -(-int(value) // 60)))}
 
 
+def _rope_scaling(value: Any, lf: dict) -> dict:
+    """LF's factor is ceil(cutoff_len / max_position_embeddings): the recipe's null factor derives the same."""
+    if value is None:
+        return {}
+    if value in ROPE_TYPES:
+        return {"model.rope_scaling.type": value}
+    raise Unmapped(f"rope_scaling {shown(value)}: LF's types are {', '.join(ROPE_TYPES)}")
+
+
 def _report_to(value: Any, lf: dict) -> dict:
     """LF passes report_to to transformers; the same names here log offline into output.dir."""
     loggers = _comma_list(value)
@@ -259,6 +268,9 @@ LF_KEYS: dict[str, LFKey] = {
     ),
     "quantization_type": LFKey(("model.quantization.type",)),
     "double_quantization": LFKey(("model.quantization.double_quant",)),
+    "rope_scaling": LFKey(
+        ("model.rope_scaling.type",), _rope_scaling, "factor null: derived from cutoff_len as LF does"
+    ),
     "stage": LFKey(("stage",), _stage),
     "finetuning_type": LFKey(("method.name",), _finetuning_type),
     "lora_rank": LFKey(("method.rank",)),

@@ -126,6 +126,15 @@ def test_a_shell_asking_for_online_logging_is_refused_with_the_fix(name, value, 
         build_plan(load_recipe(TINY, [TRACKERS]))
 
 
+def test_rope_scaling_without_a_factor_derives_it_from_cutoff_len_as_lf_does():
+    plan = build_plan(load_recipe(TINY, ["model.rope_scaling={type: yarn}", "data.cutoff_len=5000"]))
+    assert plan["context"] == {
+        "max_position_embeddings": 2048,
+        "length": 3 * 2048,  # ceil(5000 / 2048)
+        "rope_scaling": {"rope_type": "yarn", "factor": 3.0, "original_max_position_embeddings": 2048},
+    }
+
+
 def test_builtin_hidden_size_read_from_committed_config():
     config = json.loads((ROOT / "launcher/model/builtin/tiny_qwen2/config.json").read_text())
     ds = build_plan(load_recipe(TINY))["deepspeed"]

@@ -382,3 +382,15 @@ def test_lf_report_to_maps_the_offline_trackers(tmp_path):
     assert load_recipe(out)["output"]["report_to"] == ["wandb", "mlflow", "swanlab"]
     proc, out = _import_text(tmp_path, TRAINING + "report_to: comet_ml\n", "--force")
     assert proc.returncode == 0 and "not mapped: report_to: report_to 'comet_ml'" in proc.stderr, proc.stderr
+
+
+def test_lf_rope_scaling_maps_with_the_factor_lf_derives(tmp_path):
+    proc, out = _import_text(tmp_path, TRAINING + "rope_scaling: yarn\ncutoff_len: 5000\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["model"]["rope_scaling"] == {
+        "type": "yarn",
+        "factor": None,
+        "original_max_position_embeddings": None,
+    }
+    plan = run_launch(["plan", str(out)], timeout=60)
+    assert plan.returncode == 0 and "context: 6144 = yarn RoPE factor 3.0 x original 2048" in plan.stdout, plan.stdout
