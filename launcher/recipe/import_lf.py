@@ -232,6 +232,11 @@ def _rope_scaling(value: Any, lf: dict) -> dict:
     raise Unmapped(f"rope_scaling {shown(value)}: LF's types are {', '.join(ROPE_TYPES)}")
 
 
+def _dft(value: Any, lf: dict) -> dict:
+    """LF's SFT trainer alone reads use_dft_loss: other stages train as without it."""
+    return {"train.sft_loss": "dft"} if value and lf.get("stage", "sft") == "sft" else {}
+
+
 def _report_to(value: Any, lf: dict) -> dict:
     """LF passes report_to to transformers; the same names here log offline into output.dir."""
     loggers = _comma_list(value)
@@ -272,6 +277,7 @@ LF_KEYS: dict[str, LFKey] = {
         ("model.rope_scaling.type",), _rope_scaling, "factor null: derived from cutoff_len as LF does"
     ),
     "stage": LFKey(("stage",), _stage),
+    "use_dft_loss": LFKey(("train.sft_loss",), _dft, "true -> dft (stage sft; LF's other stages ignore it)"),
     "finetuning_type": LFKey(("method.name",), _finetuning_type),
     "lora_rank": LFKey(("method.rank",)),
     "lora_alpha": LFKey(("method.alpha",)),

@@ -117,6 +117,7 @@ class TrainSection(TypedDict):
     eval_generate: bool
     resume: str
     trust_checkpoint: bool
+    sft_loss: NotRequired[str]
     pref_beta: NotRequired[float]
     pref_loss: NotRequired[str]
     pref_ftx: NotRequired[float]

@@ -394,3 +394,9 @@ def test_lf_rope_scaling_maps_with_the_factor_lf_derives(tmp_path):
     }
     plan = run_launch(["plan", str(out)], timeout=60)
     assert plan.returncode == 0 and "context: 6144 = yarn RoPE factor 3.0 x original 2048" in plan.stdout, plan.stdout
+
+
+def test_lf_use_dft_loss_maps_to_the_sft_loss(tmp_path):
+    proc, out = _import_text(tmp_path, TRAINING + "use_dft_loss: true\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["train"]["sft_loss"] == "dft"
