@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 class Tracker:
     package: str  # the import name whose absence the planner refuses
     callback: str  # transformers.integrations' TrainerCallback for it
+    finish: str  # "module:function" closing its run (the callbacks leave that to atexit, which a stopped run's
+    # torchrun may cut short: the last steps would be lost)
     folder: str  # under output.dir
     env: Callable[[Path], dict[str, str]]  # the offline settings, given the tracker's folder
     online: Callable[[], str | None]  # the launching shell's setting that would log online, shown as NAME=value
@@ -41,6 +43,7 @@ TRACKERS = {
     "wandb": Tracker(
         package="wandb",
         callback="WandbCallback",
+        finish="wandb:finish",
         folder="wandb",
         # WANDB_DIR is the parent of the wandb/ folder it writes
         env=lambda folder: {"WANDB_MODE": "offline", "WANDB_DIR": str(folder.parent)},
@@ -50,6 +53,7 @@ TRACKERS = {
     "mlflow": Tracker(
         package="mlflow",
         callback="MLflowCallback",
+        finish="mlflow:end_run",
         folder="mlruns",
         # MLflow 3 refuses a file store unless asked; its telemetry would reach the network
         env=lambda folder: {
@@ -63,6 +67,7 @@ TRACKERS = {
     "swanlab": Tracker(
         package="swanlab",
         callback="SwanLabCallback",
+        finish="swanlab:finish",
         folder="swanlog",
         # local mode: without it swanlab asks for an API key on the terminal (cloud mode)
         env=lambda folder: {"SWANLAB_MODE": "local", "SWANLAB_LOG_DIR": str(folder)},

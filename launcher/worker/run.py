@@ -131,13 +131,11 @@ class Run:
             writer = SummaryWriter(log_dir=str(Path(self.plan["output_dir"]) / "runs"))
             writer.add_text("plan", "```\n" + json.dumps(self.plan, indent=2) + "\n```")
             self.tensorboard = TensorBoardCallback(tb_writer=writer)
-        if self.rank == 0:  # plan["env"] already holds their offline settings (plan/trackers.py)
+        trackers = chosen(self.recipe["output"]["report_to"])
+        if self.rank == 0 and trackers:  # plan["env"] already holds their offline settings (plan/trackers.py)
             import transformers.integrations
 
-            self.trackers = [
-                getattr(transformers.integrations, TRACKERS[name].callback)()
-                for name in chosen(self.recipe["output"]["report_to"])
-            ]
+            self.trackers = [getattr(transformers.integrations, TRACKERS[name].callback)() for name in trackers]
 
     def train(self) -> None:
         """The stage's trainer over the callbacks and atomic checkpoints, then the training loop.
@@ -171,7 +169,14 @@ class Run:
         ) as end:  # a checkpoint at the run's last step (the final save crashed): its weights are final
             self.trainer.callback_handler.on_train_end(self.args, self.trainer.state, self.trainer.control)
             self._say(f"{end}; saving the final model")
+        self._finish_trackers()
         self._raise_if_stopped()
+
+    def _finish_trackers(self) -> None:
+        """Close each tracker's run now that training ended, stopped runs included (rank 0 holds them)."""
+        if self.trackers:
+            for name in chosen(self.recipe["output"]["report_to"]):
+                resolve(TRACKERS[name].finish)()
 
     def _resume_point(self) -> tuple[str | None, dict]:
         """Rank 0's choice, the same on every node: the checkpoint `launch` verified (the plan's resume_from), or

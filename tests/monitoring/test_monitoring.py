@@ -29,8 +29,8 @@ RUN = [
     "data.val_size=0.2",
     "train.eval_steps=2",
     "train.max_bad_steps=2",
-    "output.report_to=[tensorboard,wandb,mlflow,swanlab]",  # every logger, each read back below
 ]
+LOGGERS = "output.report_to=[tensorboard,wandb,mlflow,swanlab]"  # the stopped run logs to each, read back below
 NAN = {"LAUNCHER_NAN_STEP": "5", "LAUNCHER_NAN_RANK": "1"}
 
 
@@ -44,7 +44,9 @@ def documented_tags() -> list[str]:
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory, warm):
     out = tmp_path_factory.mktemp("monitoring") / "run"
-    proc = run_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *RUN], env=NAN, timeout=600)
+    proc = run_launch(
+        [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *RUN, LOGGERS], env=NAN, timeout=600
+    )
     return out, proc
 
 
@@ -111,8 +113,8 @@ def _wandb_history(run_file: Path) -> list[dict]:
 
 
 def _wandb_losses(out: Path) -> dict[int, float]:
-    first = sorted(out.glob("wandb/offline-run-*/run-*.wandb"))[0]  # the resume test adds a second run
-    return {int(r["train/global_step"]): r["train/loss"] for r in _wandb_history(first) if "train/loss" in r}
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    return {int(r["train/global_step"]): r["train/loss"] for r in _wandb_history(run_file) if "train/loss" in r}
 
 
 def _mlflow_losses(out: Path, monkeypatch) -> dict[int, float]:
@@ -121,8 +123,8 @@ def _mlflow_losses(out: Path, monkeypatch) -> dict[int, float]:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient((out / "mlruns").as_uri())
     experiments = [e.experiment_id for e in client.search_experiments()]
-    first = client.search_runs(experiments, order_by=["attributes.start_time ASC"])[0]
-    return {m.step: m.value for m in client.get_metric_history(first.info.run_id, "loss")}
+    (run,) = client.search_runs(experiments)
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
 
 
 def _swanlab_losses(out: Path) -> dict[int, float]:
