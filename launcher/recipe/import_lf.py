@@ -237,15 +237,36 @@ def _dft(value: Any, lf: dict) -> dict:
     return {"train.sft_loss": "dft"} if value and lf.get("stage", "sft") == "sft" else {}
 
 
+def _loggers(lf: dict) -> list[str]:
+    """LF's report_to (ours: TensorBoard without it) and its use_swanlab, which adds swanlab."""
+    loggers = _comma_list(lf["report_to"]) if "report_to" in lf else ["tensorboard"]
+    if lf.get("use_swanlab"):
+        loggers = [name for name in loggers if name not in ("none", "swanlab")] + ["swanlab"]
+    return loggers
+
+
 def _report_to(value: Any, lf: dict) -> dict:
     """LF passes report_to to transformers; the same names here log offline into output.dir."""
-    loggers = _comma_list(value)
+    loggers = _loggers(lf)
     if set(loggers) <= set(all_keys()["output.report_to"].choices):
         return {"output.report_to": loggers}
     raise Unmapped(
         f"report_to {shown(value)}: tensorboard, wandb, mlflow and swanlab (offline) or none are wired here; "
         "TensorBoard is the default"
     )
+
+
+def _use_swanlab(value: Any, lf: dict) -> dict:
+    """swanlab logs offline here: LF's cloud mode (an API key, a login) has no equivalent."""
+    if not value:
+        return {}
+    if lf.get("swanlab_api_key") or lf.get("swanlab_mode", "cloud") == "cloud":
+        raise Unmapped(
+            "use_swanlab logs to SwanLab's cloud (swanlab_mode cloud or a swanlab_api_key: a login); swanlab logs "
+            "offline into output.dir/swanlog here. Fix: swanlab_mode: local and no swanlab_api_key, and "
+            "`swanlab sync` the run afterwards"
+        )
+    return _report_to(lf.get("report_to"), lf)
 
 
 def _eval_strategy(value: Any, lf: dict) -> dict:
@@ -362,6 +383,7 @@ LF_KEYS: dict[str, LFKey] = {
     "output_dir": LFKey(("output.dir",)),
     "overwrite_output_dir": LFKey(("output.overwrite",)),
     "report_to": LFKey(("output.report_to",), _report_to),
+    "use_swanlab": LFKey(("output.report_to",), _use_swanlab, "true -> swanlab in output.report_to (offline)"),
 }
 # LLaMA-Factory's (and HF TrainingArguments') defaults where they differ from the recipe's, so an LF config
 # that leaves a key out trains as it did there.

@@ -382,6 +382,13 @@ def test_lf_report_to_maps_the_offline_trackers(tmp_path):
     assert load_recipe(out)["output"]["report_to"] == ["wandb", "mlflow", "swanlab"]
     proc, out = _import_text(tmp_path, TRAINING + "report_to: comet_ml\n", "--force")
     assert proc.returncode == 0 and "not mapped: report_to: report_to 'comet_ml'" in proc.stderr, proc.stderr
+    proc, out = _import_text(
+        tmp_path, TRAINING + "report_to: wandb\nuse_swanlab: true\nswanlab_mode: local\nswanlab_project: p\n", "--force"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["output"]["report_to"] == ["wandb", "swanlab"]
+    proc, _ = _import_text(tmp_path, TRAINING + "use_swanlab: true\n", "--force")  # LF's default: the cloud
+    assert proc.returncode == 2 and "Fix: swanlab_mode: local and no swanlab_api_key" in proc.stderr, proc.stderr
 
 
 def test_lf_rope_scaling_maps_with_the_factor_lf_derives(tmp_path):
