@@ -62,7 +62,7 @@ TRACKERS = {
             "MLFLOW_DISABLE_TELEMETRY": "true",
         },
         online=_set_to("MLFLOW_TRACKING_URI"),
-        read="view it with `mlflow ui --backend-store-uri {folder}`",
+        read="view it with `mlflow ui --backend-store-uri {folder}` (the full mlflow package)",
     ),
     "swanlab": Tracker(
         package="swanlab",
@@ -95,8 +95,8 @@ def check_trackers(report_to: list[str]) -> None:
         if setting is not None:
             raise RecipeError(
                 f"output.report_to: {name} logs offline into output.dir/{tracker.folder} here, but this shell sets "
-                f"{setting} (online logging needs a login and a server). Fix: unset {setting.split('=')[0]}, and "
-                f"{tracker.read.format(folder=f'output.dir/{tracker.folder}')}"
+                f"{setting}, which the run would not follow (logging to a server needs a login). "
+                f"Fix: unset {setting.split('=')[0]}, and {tracker.read.format(folder=f'output.dir/{tracker.folder}')}"
             )
 
 
