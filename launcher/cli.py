@@ -107,6 +107,7 @@ def cmd_train(argv: list[str]) -> int:
     from launcher.plan.format import engine_label
     from launcher.plan.output_dir import start_run
     from launcher.plan.preflight import ensure_model
+    from launcher.plan.trackers import tracker_lines
 
     plan = _plan_from_args(args)
     if plan["memory"].get("refusal"):  # before the output dir is touched or anything starts
@@ -138,6 +139,8 @@ def cmd_train(argv: list[str]) -> int:
     )
     if "tensorboard" in plan["recipe"]["output"]["report_to"]:
         print(f"[launch] watch: tensorboard --logdir {Path(plan['output_dir']) / 'runs'}", flush=True)
+    for line in tracker_lines(plan["recipe"]["output"]["report_to"], plan["output_dir"]):
+        print(f"[launch] {line}", flush=True)
     if plan["nodes"][0]["host"]:
         from launcher.backends.ssh import run_hostfile
 

@@ -1,7 +1,7 @@
 """transformers' Trainer with the plan's kernels: padding-free packed rows get their sample
 separation built on the device (attention.py), and train.loss_kernel: chunked computes the loss
 without whole logits (loss.py). plain and liger (patched into the model at load) keep the
-Trainer's own loss."""
+Trainer's own loss, or under sft's train.sft_loss: dft the Trainer's compute_loss_func (dft.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from transformers import Trainer
 
 from launcher.kernels.attention import packed_attention_inputs
+from launcher.kernels.dft import dft_loss
 from launcher.kernels.loss import chunk_count, chunked_cross_entropy, final_hidden_states
 
 
@@ -60,4 +61,5 @@ def lm_trainer(
         callbacks=callbacks,
         kernels=plan["kernels"],
         max_tokens=recipe["train"]["micro_batch_size"] * recipe["data"]["cutoff_len"],
+        compute_loss_func=dft_loss if recipe["train"].get("sft_loss") == "dft" else None,  # with the plain kernel
     )

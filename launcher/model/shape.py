@@ -79,11 +79,17 @@ def shape_from_config(config: dict) -> Shape | None:
     )
 
 
+def config_file(model_path: str) -> Path | None:
+    """The builtin or local model's config.json, or None (a hub id: not read here)."""
+    path = builtin_config_path(model_path) if is_builtin(model_path) else Path(model_path) / "config.json"
+    return path if path.is_file() else None
+
+
 def model_shape(model_path: str) -> tuple[Shape | None, str]:
     """(shape, where it came from): builtin or local config.json first, then the table."""
-    config_file = builtin_config_path(model_path) if is_builtin(model_path) else Path(model_path) / "config.json"
-    if config_file.is_file():
-        return shape_from_config(json.loads(config_file.read_text())), str(config_file)
+    path = config_file(model_path)
+    if path is not None:
+        return shape_from_config(json.loads(path.read_text())), str(path)
     for name, shape in KNOWN_SHAPES.items():
         if model_path.startswith(name):
             return shape, f"table: {name}"

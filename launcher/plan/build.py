@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 from launcher.errors import RecipeError
 from launcher.plan.argv import master_address, master_port, node_argv
+from launcher.plan.context import context_plan
 from launcher.plan.devices import detect_gpus, processes_per_node
 from launcher.plan.env import check_env_forward, environment
 from launcher.plan.files import PLAN_VERSION, node_plan_file
@@ -19,6 +20,7 @@ from launcher.plan.output_dir import check_output_dir
 from launcher.plan.precision import check_device, plan_kernels, resolve_dtype
 from launcher.plan.preflight import check as check_preflight
 from launcher.plan.preflight import model_source
+from launcher.plan.trackers import check_trackers, tracker_env
 from launcher.plan.types import EngineConfigs, Plan, World
 from launcher.recipe.load import output_folder
 from launcher.registry import engine_spec, method_spec, stage_spec
@@ -55,6 +57,7 @@ def build_plan(
     output_dir = str(Path(cwd or os.getcwd(), output_folder(recipe)).resolve())
     check_output_dir(recipe, output_dir)  # apart from the inputs, creatable: plan refuses as train does
     check_env_forward(dist)
+    check_trackers(recipe["output"]["report_to"])
     pending = check_stage_inputs(recipe, allow_pending)
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
@@ -111,8 +114,9 @@ def build_plan(
         **engine_config(recipe, world["world_size"], dtype, on_gpu),
         "memory": memory,
         "kernels": kernels,
+        "context": context_plan(recipe),
         "stage": stage_plan(recipe, world, cwd or os.getcwd()) if stage_plan else {},
-        "env": environment(recipe, nproc, on_gpu),
+        "env": {**environment(recipe, nproc, on_gpu), **tracker_env(recipe["output"]["report_to"], output_dir)},
         "output_dir": output_dir,
         "plan_file": plan_file,
         "nodes": [

@@ -33,7 +33,20 @@ def engine_section(plan: Plan) -> list[str]:
 
 
 if TYPE_CHECKING:
-    from launcher.plan.types import Plan
+    from launcher.plan.types import Context, Plan
+
+
+def format_context(context: Context, cutoff_len: int) -> str:
+    rope, length = context["rope_scaling"], context["length"]
+    if length is None:
+        return f"context: the model's own (its config.json is not read before download); data.cutoff_len {cutoff_len}"
+    if rope:
+        how = (
+            f" = {rope['rope_type']} RoPE factor {rope['factor']} x original {rope['original_max_position_embeddings']}"
+        )
+    else:
+        how = " (max_position_embeddings)"
+    return f"context: {length}{how}; data.cutoff_len {cutoff_len}"
 
 
 def format_plan(plan: Plan) -> str:
@@ -55,6 +68,7 @@ def format_plan(plan: Plan) -> str:
         f"x data-parallel {plan['mesh']['data_parallel']} = global {plan['batch']['global_batch_size']}",
         f"output: {plan['output_dir']}",
         format_model_source(plan["model"]),
+        format_context(plan["context"], plan["recipe"]["data"]["cutoff_len"]),
         "",
         *engine_section(plan),
     ]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from launcher.checkpoint.paths import COMPLETIONS_FILE, LOG_FILE, PISSA_INIT_DIR, PLOT_FILE, STAGING_DIR, VALUE_HEAD
 from launcher.errors import RecipeError
+from launcher.plan.trackers import TRACKERS
 from launcher.recipe.inputs import run_inputs
 from launcher.util.paths import overlap, why_unusable
 
@@ -32,6 +33,7 @@ RUN_WRITES = (
     MARKER,
     "plan.json",
     "runs",
+    *(tracker.folder for tracker in TRACKERS.values()),  # output.report_to's offline trackers
     "logs",
     "checkpoint-*",
     STAGING_DIR,

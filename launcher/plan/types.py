@@ -124,6 +124,14 @@ class Mesh(TypedDict):
     reason: str  # why this degree (distributed.sequence_parallel: auto says what it tried)
 
 
+class Context(TypedDict):
+    """The model's context (plan/context.py): data.cutoff_len fits `length`."""
+
+    max_position_embeddings: int | None  # the model's config.json; None for a hub model not read at plan time
+    length: int | None  # factor x original under model.rope_scaling, else max_position_embeddings
+    rope_scaling: dict[str, Any] | None  # rope_type, factor, original_max_position_embeddings: set on the config
+
+
 class Plan(TypedDict):
     """plan.json."""
 
@@ -142,6 +150,7 @@ class Plan(TypedDict):
     fsdp: NotRequired[dict[str, Any]]  # FSDP2's TrainingArguments.fsdp_config (engines/fsdp_spec.py)
     memory: Memory
     kernels: Kernels
+    context: Context
     env: dict[str, str]
     output_dir: str
     plan_file: str

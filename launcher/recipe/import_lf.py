@@ -18,7 +18,7 @@ from launcher.data.templates import LF_TEMPLATES
 from launcher.errors import LFImportError, RecipeError, shown
 from launcher.recipe.load import check_value
 from launcher.recipe.schedule import KWARGS as SCHEDULE_KWARGS
-from launcher.recipe.schema import SCHEMA, all_keys
+from launcher.recipe.schema import ROPE_TYPES, SCHEMA, all_keys
 from launcher.recipe.yaml_text import YamlRefusal, load_yaml_text
 from launcher.util.config_file import read_config_text
 from launcher.util.json_object import read_json_object
@@ -327,11 +327,50 @@ def _timeout(value: Any, lf: dict) -> dict:
     return {"distributed.timeout_minutes": min(MAX_TIMEOUT_MINUTES, max(1, -(-int(value) // 60)))}
 
 
+def _rope_scaling(value: Any, lf: dict) -> dict:
+    """LF's factor is ceil(cutoff_len / max_position_embeddings): the recipe's null factor derives the same."""
+    if value is None:
+        return {}
+    if value in ROPE_TYPES:
+        return {"model.rope_scaling.type": value}
+    raise Unmapped(f"rope_scaling {shown(value)}: LF's types are {', '.join(ROPE_TYPES)}")
+
+
+def _dft(value: Any, lf: dict) -> dict:
+    """LF's SFT trainer alone reads use_dft_loss: other stages train as without it."""
+    return {"train.sft_loss": "dft"} if value and lf.get("stage", "sft") == "sft" else {}
+
+
+def _loggers(lf: dict) -> list[str]:
+    """LF's report_to (ours: TensorBoard without it) and its use_swanlab, which adds swanlab."""
+    loggers = _comma_list(lf["report_to"]) if "report_to" in lf else ["tensorboard"]
+    if lf.get("use_swanlab"):
+        loggers = [name for name in loggers if name not in ("none", "swanlab")] + ["swanlab"]
+    return loggers
+
+
 def _report_to(value: Any, lf: dict) -> dict:
-    loggers = _comma_list(value)
-    if set(loggers) <= {"tensorboard", "none"}:
+    """LF passes report_to to transformers; the same names here log offline into output.dir."""
+    loggers = _loggers(lf)
+    if set(loggers) <= set(all_keys()["output.report_to"].choices):
         return {"output.report_to": loggers}
-    raise Unmapped(f"report_to {shown(value)}: only tensorboard (or none) is wired here; TensorBoard is the default")
+    raise Unmapped(
+        f"report_to {shown(value)}: tensorboard, wandb, mlflow and swanlab (offline) or none are wired here; "
+        "TensorBoard is the default"
+    )
+
+
+def _use_swanlab(value: Any, lf: dict) -> dict:
+    """swanlab logs offline here: LF's cloud mode (an API key, a login) has no equivalent."""
+    if not value:
+        return {}
+    if lf.get("swanlab_api_key") or lf.get("swanlab_mode", "cloud") == "cloud":
+        raise Unmapped(
+            "use_swanlab logs to SwanLab's cloud (swanlab_mode cloud or a swanlab_api_key: a login); swanlab logs "
+            "offline into output.dir/swanlog here. Fix: swanlab_mode: local and no swanlab_api_key, and "
+            "`swanlab sync` the run afterwards"
+        )
+    return _report_to(lf.get("report_to"), lf)
 
 
 def _eval_strategy(value: Any, lf: dict) -> dict:
@@ -359,7 +398,11 @@ LF_KEYS: dict[str, LFKey] = {
     ),
     "quantization_type": LFKey(("model.quantization.type",)),
     "double_quantization": LFKey(("model.quantization.double_quant",)),
+    "rope_scaling": LFKey(
+        ("model.rope_scaling.type",), _rope_scaling, "factor null: derived from cutoff_len as LF does"
+    ),
     "stage": LFKey(("stage",), _stage),
+    "use_dft_loss": LFKey(("train.sft_loss",), _dft, "true -> dft (stage sft; LF's other stages ignore it)"),
     "finetuning_type": LFKey(("method.name",), _finetuning_type),
     "lora_rank": LFKey(("method.rank",)),
     "lora_alpha": LFKey(("method.alpha",)),
@@ -497,6 +540,7 @@ LF_KEYS: dict[str, LFKey] = {
     "output_dir": LFKey(("output.dir",)),
     "overwrite_output_dir": LFKey(("output.overwrite",)),
     "report_to": LFKey(("output.report_to",), _report_to),
+    "use_swanlab": LFKey(("output.report_to",), _use_swanlab, "true -> swanlab in output.report_to (offline)"),
 }
 # LLaMA-Factory's (and HF TrainingArguments') defaults where they differ from the recipe's, so an LF config
 # that leaves a key out trains as it did there.

@@ -13,7 +13,9 @@ from launcher.recipe.import_lf import LF_TEMPLATES
 # LF's v1 configs (llamafactory.v1) name sections of their own instead of v0's flat HF arguments
 V1_KEYS = ("train_dataset", "dist_config", "model_class", "kernel_config", "quant_config", "peft_config")
 ACCELERATE_KEYS = ("distributed_type", "compute_environment", "main_training_function")
-FSDP_ZERO = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2, "HYBRID_SHARD_ZERO2": 2}
+# FSDP strategies that keep whole parameters between forward and backward: ZeRO-2's sharding (the fsdp engine
+# here reshards every parameter after forward, as FULL_SHARD and FSDP2's reshard_after_forward do)
+GRADIENT_SHARDING = ("SHARD_GRAD_OP", "HYBRID_SHARD_ZERO2")
 
 
 def _q(value: object) -> str:
@@ -25,26 +27,34 @@ def _template_flag(lf: dict) -> str:
     return f" --template {_q(name)}" if name in LF_TEMPLATES else ""
 
 
+def _fsdp(fsdp: dict) -> tuple[list[str], str]:
+    """The engine keys for an accelerate FSDP config (FSDP1's fsdp_sharding_strategy or FSDP2's
+    fsdp_reshard_after_forward), and what they run."""
+    if str(fsdp.get("fsdp_version", 1)) == "2":
+        strategy = "FULL_SHARD" if fsdp.get("fsdp_reshard_after_forward", True) else "SHARD_GRAD_OP"
+    else:
+        strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
+    offload = bool(fsdp.get("fsdp_offload_params"))
+    if strategy == "NO_SHARD":
+        return ["distributed.engine: ddp"], "FSDP's NO_SHARD shards nothing: plain DDP"
+    if strategy in GRADIENT_SHARDING:  # ZeRO-2 keeps parameters on the device: only the optimizer can move
+        return (
+            ["distributed.engine: deepspeed", "distributed.zero: 2", *(["distributed.offload: optimizer"] * offload)],
+            f"FSDP's {strategy} keeps whole parameters between forward and backward, as DeepSpeed ZeRO-2 does "
+            "(the fsdp engine here reshards after forward)",
+        )
+    keys = ["distributed.engine: fsdp", *(["distributed.offload: all"] * offload)]
+    return keys, f"PyTorch FSDP2, each parameter sharded over all ranks ({strategy})"
+
+
 def _accelerate(lf: dict, source: Path) -> str:
     machines = int(lf.get("num_machines") or 1)
     processes = int(lf.get("num_processes") or 1)
     kind = str(lf.get("distributed_type", "")).upper()
     keys = [f"distributed.nnodes: {machines}", f"distributed.nproc_per_node: {max(1, processes // machines)}"]
     if kind == "FSDP":
-        fsdp = lf.get("fsdp_config") or {}
-        strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")).upper()
-        zero = FSDP_ZERO.get(strategy)
-        keys += (
-            ["distributed.engine: deepspeed", f"distributed.zero: {zero}"]
-            + (["distributed.offload: all"] if fsdp.get("fsdp_offload_params") else [])
-            if zero
-            else ["distributed.engine: ddp"]
-        )
-        engine = (
-            f"there is no FSDP engine here; DeepSpeed ZeRO-{zero} shards the same state as FSDP's {strategy}"
-            if zero
-            else f"FSDP's {strategy} shards nothing: plain DDP"
-        )
+        engine_keys, engine = _fsdp(lf.get("fsdp_config") or {})
+        keys += engine_keys
     elif kind == "DEEPSPEED":
         zero = (lf.get("deepspeed_config") or {}).get("zero_stage", 0)
         keys += ["distributed.engine: deepspeed", f"distributed.zero: {zero}"]

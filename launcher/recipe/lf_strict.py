@@ -26,6 +26,10 @@ NOTE_ONLY = {
     "do_eval": f"{LOGGING}: evaluation runs when data.eval_datasets or data.val_size is set",
     "do_predict": f"{LOGGING}: prediction is `launch eval`",
     "run_name": f"{LOGGING}: the run is named by output.dir",
+    **{
+        f"swanlab_{name}": f"{LOGGING}: swanlab logs offline into output.dir/swanlog"
+        for name in ("project", "workspace", "run_name", "logdir", "mode")
+    },
     "logging_dir": f"{LOGGING}: TensorBoard writes to output.dir/runs",
     "logging_strategy": f"{LOGGING}: train.logging_steps decides",
     "logging_first_step": f"{LOGGING}: the first step is always logged",

@@ -22,6 +22,7 @@ STAGES = registry.STAGES.keys()
 METHODS = registry.METHODS.keys()
 ENGINES = registry.ENGINES.keys()
 TEMPLATES = ("auto", *REGISTERED_TEMPLATES)
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # model.rope_scaling.type: what LLaMA-Factory offers
 
 
 def spec_keys(
@@ -105,6 +106,35 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
                 "bits": Key("int", 4, "4 or 8", choices=(4, 8)),
                 "type": Key("str", "nf4", "4-bit data type", choices=("nf4", "fp4")),
                 "double_quant": Key("bool", True, "quantize the quantization constants too"),
+            },
+        ),
+        "rope_scaling": Key(
+            "section",
+            None,
+            "RoPE scaling for a longer context (LLaMA-Factory's rope_scaling): the planner's context length is "
+            "factor x original_max_position_embeddings, and data.cutoff_len must fit it",
+            nullable=True,
+            fields={
+                "type": Key(
+                    "str",
+                    "linear",
+                    "transformers' rope_type (llama3 with Llama 3.1's low/high frequency factors 1 and 4)",
+                    choices=ROPE_TYPES,
+                ),
+                "factor": Key(
+                    "float",
+                    None,
+                    "context multiplier (null: ceil(data.cutoff_len / original), as LLaMA-Factory derives it)",
+                    nullable=True,
+                    low=1,
+                ),
+                "original_max_position_embeddings": Key(
+                    "int",
+                    None,
+                    "the context the model was trained at (null: its max_position_embeddings)",
+                    nullable=True,
+                    low=1,
+                ),
             },
         ),
     },
@@ -340,7 +370,12 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
     "slurm": SLURM,
     "output": {
         "dir": Key("str", None, "run folder (default outputs/<recipe name>)", nullable=True),
-        "report_to": Key("str_list", ["tensorboard"], "loggers", choices=("tensorboard", "none")),
+        "report_to": Key(
+            "str_list",
+            ["tensorboard"],
+            "loggers, several at once; wandb, mlflow and swanlab log offline into output.dir (docs/monitoring.md)",
+            choices=("tensorboard", "wandb", "mlflow", "swanlab", "none"),
+        ),
         "overwrite": Key("bool", False, "allow reusing an output.dir that already holds a run"),
     },
 }

@@ -21,6 +21,14 @@ class QuantizationSection(TypedDict):
     double_quant: bool
 
 
+class RopeScalingSection(TypedDict):
+    """RoPE scaling for a longer context (LLaMA-Factory's rope_scaling): the planner's context length is factor x original_max_position_embeddings, and data.cutoff_len must fit it."""
+
+    type: str
+    factor: float | None
+    original_max_position_embeddings: int | None
+
+
 class ModelSection(TypedDict):
     """The recipe's `model` section."""
 
@@ -32,6 +40,7 @@ class ModelSection(TypedDict):
     trust_remote_code: bool
     adapter: str | None
     quantization: QuantizationSection | None
+    rope_scaling: RopeScalingSection | None
 
 
 class MethodSection(TypedDict):
@@ -160,6 +169,7 @@ class TrainSection(TypedDict):
     eval_generate: bool
     resume: str
     trust_checkpoint: bool
+    sft_loss: NotRequired[str]
     pref_beta: NotRequired[float]
     pref_loss: NotRequired[str]
     pref_ftx: NotRequired[float]

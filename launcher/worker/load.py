@@ -63,6 +63,27 @@ def training_arguments(plan: Plan):
     )
 
 
+# Llama 3.1's frequency bands, which transformers' llama3 rope type requires and LLaMA-Factory sets too
+LLAMA3_BANDS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+
+
+def rope_scaled_config(model_dir: str, rope: dict, trust_remote_code: bool):
+    """The model's config with the plan's RoPE scaling in transformers' rope_parameters (its rope_theta kept).
+    Linear, yarn and llama3 scale to factor x original positions; dynamic rescales itself beyond the original, so
+    max_position_embeddings stays the original there (transformers reads it as dynamic's starting length)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    original = rope["original_max_position_embeddings"]
+    config.rope_parameters = {
+        **config.rope_parameters,
+        **rope,
+        **(LLAMA3_BANDS if rope["rope_type"] == "llama3" else {}),
+    }
+    config.max_position_embeddings = original if rope["rope_type"] == "dynamic" else int(rope["factor"] * original)
+    return config
+
+
 def load_model(plan: Plan, model_dir: str):
     """The plan's base model from model_dir: its dtype, attention kernel, head (a score head for a reward
     model), k-bit quantization and fused loss; no method applied yet."""
@@ -84,6 +105,9 @@ def load_model(plan: Plan, model_dir: str):
             bnb_4bit_compute_dtype=dtype,
         )
         # no device_map: transformers quantizes onto the current device, which TrainingArguments set per rank
+    rope = plan["context"]["rope_scaling"]
+    if rope is not None:
+        extra["config"] = rope_scaled_config(model_dir, rope, recipe["model"]["trust_remote_code"])
     auto = AutoModelForCausalLM
     if stage_spec(recipe["stage"]).head == SCORE_HEAD:  # a reward model: the LM with a one-score head on its last token
         auto, extra["num_labels"] = AutoModelForSequenceClassification, 1

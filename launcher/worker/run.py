@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.errors import TAG
 from launcher.methods import call_hook
+from launcher.plan.trackers import TRACKERS, chosen
 from launcher.registry import TRAINERS, engine_spec, resolve
 from launcher.worker.elastic import isolate_restart_attempt
 from launcher.worker.load import load_model, training_arguments
@@ -43,6 +44,7 @@ class Run:
     stop: StopOnSignal | None = field(default=None, init=False)  # SIGTERM: checkpoint at the next step end
     guard: BadStepGuard | None = field(default=None, init=False)  # NaN/Inf steps: stop with a checkpoint
     tensorboard: Any = field(default=None, init=False)  # rank 0's TensorBoardCallback, when reported to
+    trackers: list = field(default_factory=list, init=False)  # rank 0's wandb/mlflow/swanlab callbacks (offline)
     trainer: Trainer | None = field(default=None, init=False)
 
     @property
@@ -129,6 +131,11 @@ class Run:
             writer = SummaryWriter(log_dir=str(Path(self.plan["output_dir"]) / "runs"))
             writer.add_text("plan", "```\n" + json.dumps(self.plan, indent=2) + "\n```")
             self.tensorboard = TensorBoardCallback(tb_writer=writer)
+        trackers = chosen(self.recipe["output"]["report_to"])
+        if self.rank == 0 and trackers:  # plan["env"] already holds their offline settings (plan/trackers.py)
+            import transformers.integrations
+
+            self.trackers = [getattr(transformers.integrations, TRACKERS[name].callback)() for name in trackers]
 
     def train(self) -> None:
         """The stage's trainer over the callbacks and atomic checkpoints, then the training loop.
@@ -143,10 +150,11 @@ class Run:
         )
         call_hook(self.recipe, "prepare_trainer", self.trainer, self.recipe)
         install_optimizer(self.trainer, self.recipe)
-        # before TensorBoard: it adds the scalars TensorBoard writes
+        # before the loggers: it adds the scalars they write
         self.guard = install_monitoring(self.trainer, self.plan, self.rank, self.terminal, self.width)
-        if self.tensorboard is not None:
-            self.trainer.add_callback(self.tensorboard)
+        for logger in (self.tensorboard, *self.trackers):
+            if logger is not None:
+                self.trainer.add_callback(logger)
         resume_from, run_record = self._resume_point()
         save_total_limit = self.recipe["train"]["save_total_limit"]
         AtomicCheckpoints(self.plan["output_dir"], save_total_limit, self.rank, run_record).install(self.trainer)
@@ -163,7 +171,14 @@ class Run:
         ) as end:  # a checkpoint at the run's last step (the final save crashed): its weights are final
             self.trainer.callback_handler.on_train_end(self.args, self.trainer.state, self.trainer.control)
             self._say(f"{end}; saving the final model")
+        self._finish_trackers()
         self._raise_if_stopped()
+
+    def _finish_trackers(self) -> None:
+        """Close each tracker's run now that training ended, stopped runs included (rank 0 holds them)."""
+        if self.trackers:
+            for name in chosen(self.recipe["output"]["report_to"]):
+                resolve(TRACKERS[name].finish)()
 
     def _resume_point(self) -> tuple[str | None, dict]:
         """Rank 0's choice, the same on every node: the checkpoint `launch` verified (the plan's resume_from), or

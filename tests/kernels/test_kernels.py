@@ -165,6 +165,48 @@ def test_chunked_loss_and_gradients_equal_full_logits():
             assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
 
 
+def _dft_by_hand(logits: torch.Tensor, labels: torch.Tensor, count) -> torch.Tensor:
+    """Dynamic Fine-Tuning's formula: -sum over trained tokens of sg(p) * log p, p the next token's probability."""
+    log_p = F.log_softmax(logits[:, :-1].float(), -1)
+    targets = labels[:, 1:]
+    trained = targets != IGNORE_INDEX
+    token_log_p = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[trained]
+    return -(token_log_p.exp().detach() * token_log_p).sum() / count
+
+
+@pytest.mark.unit
+def test_dft_loss_in_the_sft_trainer_is_the_formula_on_the_tiny_models_logits(tmp_path, monkeypatch):
+    from launcher.kernels.dft import dft_loss
+    from launcher.kernels.trainer import lm_trainer
+    from launcher.plan import build_plan
+    from launcher.recipe.load import load_recipe
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    plan = build_plan(load_recipe("recipes/sft_tiny.yaml", ["train.sft_loss=dft", f"output.dir={tmp_path}"]))
+    assert plan["kernels"]["loss"] == "plain"
+    model = _model("sdpa").train()
+    batch = PaddingCollator(0)(_samples())
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
+    trainer = lm_trainer(plan, args, model, None, [], [], [], PaddingCollator(0))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = _dft_by_hand(logits, batch["labels"], 97)
+    assert trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(97)).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+    plain = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="sum") / 97
+    assert expected.item() < plain.item()  # every token's loss shrinks by its probability
+    trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    for count in (None, 97):  # without the Trainer's count: the mean over this batch's trained tokens
+        leaf = logits.clone().requires_grad_()
+        ours = dft_loss({"logits": leaf}, batch["labels"], count)
+        (ours_grad,) = torch.autograd.grad(ours, leaf)
+        theirs = _dft_by_hand(leaf, batch["labels"], trained if count is None else count)
+        (their_grad,) = torch.autograd.grad(theirs, leaf)
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+        assert torch.allclose(ours_grad, their_grad, atol=1e-7)  # the weight is detached: no gradient through it
+
+
 def _plan(capsys, *overrides: str) -> tuple[int, str]:
     code = cli.main(["plan", "recipes/sft_tiny.yaml", *overrides])
     captured = capsys.readouterr()
@@ -187,6 +229,7 @@ def test_plan_names_the_kernels_and_why(capsys):
         (["model.attn=flash_attention_2"], "model.attn = 'flash_attention_2' needs a CUDA GPU"),
         (["model.attn=flex_attention"], "model.attn = 'flex_attention' trains on CUDA only"),
         (["train.loss_kernel=liger"], "train.loss_kernel = 'liger' needs a CUDA GPU"),
+        (["train.sft_loss=dft", "train.loss_kernel=chunked"], "cannot weight it as train.sft_loss: dft does"),
         (
             ["stage=dpo", "data.datasets=[demo_pref]", "train.loss_kernel=chunked"],
             "train.loss_kernel = 'chunked' applies to stages pt/sft",

@@ -1,4 +1,5 @@
-"""Monitoring: every documented TensorBoard tag with sane values, trainer_log.jsonl, loss.png,
+"""Monitoring: every documented TensorBoard tag with sane values, the same losses in wandb's, mlflow's and swanlab's
+offline logs, trainer_log.jsonl, loss.png,
 rank logs, the NaN/Inf stop with its last-good checkpoint and resume (one 2-rank run plus its
 resume), and the MFU formula against torch's FLOP counter."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ RUN = [
     "train.eval_steps=2",
     "train.max_bad_steps=2",
 ]
+LOGGERS = "output.report_to=[tensorboard,wandb,mlflow,swanlab]"  # the stopped run logs to each, read back below
 NAN = {"LAUNCHER_NAN_STEP": "5", "LAUNCHER_NAN_RANK": "1"}
 
 
@@ -40,7 +44,9 @@ def documented_tags() -> list[str]:
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory, warm):
     out = tmp_path_factory.mktemp("monitoring") / "run"
-    proc = run_launch([TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *RUN], env=NAN, timeout=600)
+    proc = run_launch(
+        [TINY, f"output.dir={out}", f"distributed.master_port={free_port()}", *RUN, LOGGERS], env=NAN, timeout=600
+    )
     return out, proc
 
 
@@ -80,6 +86,70 @@ def test_every_documented_tag_is_written_with_sane_values(stopped_run):
     assert [step for step, _ in scalars["eval/loss"]] == [2, 4, 6]
     losses = dict(scalars["train/loss"])
     assert all(math.isfinite(losses[s]) for s in (1, 2, 3, 4)) and all(math.isnan(losses[s]) for s in (5, 6))
+
+
+def _wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of a wandb offline run file: a leveldb-style log (7-byte ':W&B' header, 32 KiB blocks of
+    records with a 7-byte header: crc, length, kind) of wandb's protobuf Records."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data, block = run_file.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    rows, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        pending, pos = pending + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                )
+    return rows
+
+
+def _wandb_losses(out: Path) -> dict[int, float]:
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    return {int(r["train/global_step"]): r["train/loss"] for r in _wandb_history(run_file) if "train/loss" in r}
+
+
+def _mlflow_losses(out: Path, monkeypatch) -> dict[int, float]:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((out / "mlruns").as_uri())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments)
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+
+
+def _swanlab_losses(out: Path) -> dict[int, float]:
+    """swanlab's local mode: runs.swanlab (sqlite) names each metric's folder of JSON lines."""
+    with sqlite3.connect(out / "swanlog" / "runs.swanlab") as db:
+        run, folder = db.execute(
+            "SELECT e.run_id, t.folder FROM tag t JOIN experiment e ON t.experiment_id = e.id "
+            "WHERE t.name = 'train/loss' ORDER BY e.id"
+        ).fetchone()
+    lines = [json.loads(line) for log in (out / "swanlog" / run / "logs" / folder).glob("*.log") for line in log.open()]
+    return {line["index"]: line["data"] for line in lines}
+
+
+@pytest.mark.multiproc
+def test_wandb_mlflow_and_swanlab_log_the_losses_offline(stopped_run, monkeypatch):
+    out, proc = stopped_run
+    losses = {step: value for step, value in ((e.step, e.value) for e in _events(out).Scalars("train/loss"))}
+    good = {step: losses[step] for step in (1, 2, 3, 4)}
+    for name, logged in (
+        ("wandb", _wandb_losses(out)),
+        ("mlflow", _mlflow_losses(out, monkeypatch)),
+        ("swanlab", _swanlab_losses(out)),
+    ):
+        assert {step: logged.get(step) for step in good} == pytest.approx(good, rel=1e-6), name
+    assert f"wandb: offline in {out / 'wandb'}" in proc.stdout
 
 
 @pytest.mark.multiproc

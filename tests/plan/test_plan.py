@@ -89,6 +89,41 @@ def test_cpu_threads_per_rank_share_the_cores_unless_the_shell_sets_them(monkeyp
     assert build_plan(load_recipe(TINY, ["distributed.nproc_per_node=2"]))["env"]["OMP_NUM_THREADS"] == "3"
 
 
+TRACKERS = "output.report_to=[tensorboard,wandb,mlflow,swanlab]"
+
+
+def test_every_tracker_logs_offline_into_the_output_dir(monkeypatch, tmp_path):
+    for name in ("WANDB_MODE", "MLFLOW_TRACKING_URI", "SWANLAB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    plan = build_plan(load_recipe(TINY, [TRACKERS, f"output.dir={tmp_path}"]))
+    env = plan["env"]
+    assert (env["WANDB_MODE"], env["WANDB_DIR"]) == ("offline", str(tmp_path))
+    assert env["MLFLOW_TRACKING_URI"] == (tmp_path / "mlruns").as_uri()
+    assert (env["SWANLAB_MODE"], env["SWANLAB_LOG_DIR"]) == ("local", str(tmp_path / "swanlog"))
+    bare = build_plan(load_recipe(TINY, [f"output.dir={tmp_path}"]))["env"]
+    assert not {"WANDB_MODE", "MLFLOW_TRACKING_URI", "SWANLAB_MODE"} & set(bare)
+
+
+@pytest.mark.parametrize(
+    "name,value", [("WANDB_MODE", "online"), ("MLFLOW_TRACKING_URI", "http://mlflow:5000"), ("SWANLAB_MODE", "cloud")]
+)
+def test_a_shell_asking_for_online_logging_is_refused_with_the_fix(name, value, monkeypatch):
+    from launcher.errors import RecipeError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RecipeError, match=f"output.report_to: .*{name}={value}.*Fix: unset {name}"):
+        build_plan(load_recipe(TINY, [TRACKERS]))
+
+
+def test_rope_scaling_without_a_factor_derives_it_from_cutoff_len_as_lf_does():
+    plan = build_plan(load_recipe(TINY, ["model.rope_scaling={type: yarn}", "data.cutoff_len=5000"]))
+    assert plan["context"] == {
+        "max_position_embeddings": 2048,
+        "length": 3 * 2048,  # ceil(5000 / 2048)
+        "rope_scaling": {"rope_type": "yarn", "factor": 3.0, "original_max_position_embeddings": 2048},
+    }
+
+
 def test_builtin_hidden_size_read_from_committed_config():
     config = json.loads((ROOT / "launcher/model/builtin/tiny_qwen2/config.json").read_text())
     ds = build_plan(load_recipe(TINY))["deepspeed"]

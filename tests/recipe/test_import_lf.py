@@ -263,8 +263,12 @@ def test_remote_dataset_dir_is_refused_with_the_download_command(tmp_path):
 NOT_TRAINING = {
     "accelerate_fsdp_config": [
         "is an accelerate config (distributed_type FSDP)",
-        "distributed.nnodes: 1; distributed.nproc_per_node: 2; distributed.engine: deepspeed; distributed.zero: 3; "
-        "model.dtype: bf16",
+        "PyTorch FSDP2, each parameter sharded over all ranks (FULL_SHARD)",
+        "set these recipe keys: distributed.nnodes: 1; distributed.nproc_per_node: 2; distributed.engine: fsdp; "
+        "model.dtype: bf16 (",
+    ],
+    "accelerate_fsdp2_offload_config": [
+        "distributed.engine: fsdp; distributed.offload: all; model.dtype: bf16 (",
     ],
     "chat_lora": [
         "inference config",
@@ -289,6 +293,14 @@ def test_files_that_are_not_training_configs_name_their_launch_command(tmp_path,
     assert proc.returncode == 2 and not out.exists(), proc.stderr
     for part in NOT_TRAINING[name]:
         assert part in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["accelerate_fsdp_config", "accelerate_fsdp2_offload_config"])
+def test_an_accelerate_fsdp_configs_recipe_keys_make_a_valid_recipe(tmp_path, name):
+    proc = run_launch(["import-lf", str(CONFIGS / f"{name}.yaml"), "--out", str(tmp_path / "r.yaml")], timeout=60)
+    keys = proc.stderr.split("set these recipe keys: ", 1)[1].split(" (", 1)[0].split("; ")
+    overrides = [key.replace(": ", "=", 1) for key in keys if not key.startswith("model.dtype")]  # bf16: not on CPU
+    assert load_recipe(ROOT / "recipes" / "sft_tiny.yaml", overrides)["distributed"]["engine"] == "fsdp"
 
 
 def test_lf_v1_format_is_named_with_what_to_do(tmp_path):
@@ -475,3 +487,36 @@ def test_lf_optimizer_settings_without_a_faithful_mapping_are_refused(tmp_path, 
     with pytest.raises(LFImportError, match="Fix") as refused:
         strict_import(yaml.safe_load(FULL + keys), tmp_path / "lf.yaml", tmp_path, False, False)
     assert needle in str(refused.value)
+
+
+def test_lf_report_to_maps_the_offline_trackers(tmp_path):
+    proc, out = _import_text(tmp_path, TRAINING + "report_to: wandb,mlflow,swanlab\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["output"]["report_to"] == ["wandb", "mlflow", "swanlab"]
+    proc, out = _import_text(tmp_path, TRAINING + "report_to: comet_ml\n", "--force")
+    assert proc.returncode == 0 and "not mapped: report_to: report_to 'comet_ml'" in proc.stderr, proc.stderr
+    proc, out = _import_text(
+        tmp_path, TRAINING + "report_to: wandb\nuse_swanlab: true\nswanlab_mode: local\nswanlab_project: p\n", "--force"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["output"]["report_to"] == ["wandb", "swanlab"]
+    proc, _ = _import_text(tmp_path, TRAINING + "use_swanlab: true\n", "--force")  # LF's default: the cloud
+    assert proc.returncode == 2 and "Fix: swanlab_mode: local and no swanlab_api_key" in proc.stderr, proc.stderr
+
+
+def test_lf_rope_scaling_maps_with_the_factor_lf_derives(tmp_path):
+    proc, out = _import_text(tmp_path, TRAINING + "rope_scaling: yarn\ncutoff_len: 5000\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["model"]["rope_scaling"] == {
+        "type": "yarn",
+        "factor": None,
+        "original_max_position_embeddings": None,
+    }
+    plan = run_launch(["plan", str(out)], timeout=60)
+    assert plan.returncode == 0 and "context: 6144 = yarn RoPE factor 3.0 x original 2048" in plan.stdout, plan.stdout
+
+
+def test_lf_use_dft_loss_maps_to_the_sft_loss(tmp_path):
+    proc, out = _import_text(tmp_path, TRAINING + "use_dft_loss: true\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_recipe(out)["train"]["sft_loss"] == "dft"

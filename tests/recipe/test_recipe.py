@@ -77,7 +77,11 @@ BAD_OVERRIDES = [
     (["distributed.nnodes=2"], "distributed.master_addr"),  # multi-node without node 0's address
     (["distributed.timeout_minutes=0"], "distributed.timeout_minutes"),
     (["train.eval_steps=10"], "train.eval_steps"),  # eval without eval data
-    (["output.report_to=[wandb]"], "output.report_to"),
+    (["output.report_to=[comet]"], "output.report_to"),
+    (["model.rope_scaling={type: ntk}"], "model.rope_scaling.type"),
+    (["model.rope_scaling={type: linear, factor: 0.5}"], "model.rope_scaling.factor"),
+    (["data.cutoff_len=4096"], "data.cutoff_len"),  # beyond the builtin model's 2048 positions, no rope scaling
+    (["model.rope_scaling={factor: 2}", "data.cutoff_len=4097"], "model.rope_scaling.factor"),
     (["model.dtype=fp16"], "model.dtype"),  # fp16 on a machine without CUDA
     (["stage=dpo", "train.simpo_gamma=1.0"], "train.simpo_gamma"),  # SimPO's margin with the sigmoid loss
     (["train.pref_beta=0.1"], "train.pref_beta"),  # a preference key with stage: sft
