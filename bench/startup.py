@@ -1,4 +1,5 @@
-"""Start-up: seconds from the command's start to the first optimizer step, `launch` vs plain torchrun + Trainer.
+"""Start-up: seconds from the command's start to the first optimizer step, `launch` vs plain torchrun + Trainer,
+beside the floor both stand on: torchrun starting ranks that only import the libraries (bench/import_floor.py).
 
 Both run the tiny recipe as bench/overhead.py does (same model, data, LoRA, ZeRO-3 config, 2 CPU
 processes), alternating, order swapped every repetition. The clock is this script's: each line
@@ -43,6 +44,7 @@ from bench.overhead import (  # noqa: E402
 )
 
 SECTION = "## Start-up"
+FLOOR = str(ROOT / "bench" / "import_floor.py")
 TARGET_S = 3.0  # issue 28 point 10: the first step within 3 s of `launch` on the tiny recipe
 # launch's own lines, in the order a run prints them: where its start-up time goes
 LAUNCH_MARKS = (
@@ -60,11 +62,15 @@ NOTE = (
     "only and read from the cache afterwards (monitoring/cpu_peak.py), so no timed run here measured it."
 )
 PLAIN_MARKS = (("first step", re.compile(r"""^\{['"]loss['"]:""")),)
+# the floor: torchrun starting 2 ranks that import the libraries and exit (bench/import_floor.py); its "first step"
+# is rank 0's line once they are imported, before any model, data or process group
+FLOOR_MARKS = (("first step", re.compile(r"^\[floor\] imported")),)
+KINDS = ("launch", "plain", "floor")
 
 
 @dataclass
 class Start:
-    kind: str  # "launch" or "plain"
+    kind: str  # "launch", "plain" or "floor"
     marks: dict[str, float] = field(default_factory=dict)  # mark -> seconds since the command started
     wall_s: float = 0.0
     other_cpu: float = 0.0  # share of the machine's CPU other processes took meanwhile
@@ -77,7 +83,7 @@ class Start:
 def stamped_run(kind: str, argv: list[str], env: dict[str, str], log: Path) -> Start:
     """Run argv, stamping each output line as it arrives; the first time each mark's line appears."""
     wait_for_quiet()
-    marks = LAUNCH_MARKS if kind == "launch" else PLAIN_MARKS
+    marks = {"launch": LAUNCH_MARKS, "plain": PLAIN_MARKS, "floor": FLOOR_MARKS}[kind]
     run = Start(kind)
     before = cpu_seconds()
     start = time.perf_counter()
@@ -108,21 +114,24 @@ def stamped_run(kind: str, argv: list[str], env: dict[str, str], log: Path) -> S
 
 
 def bench(steps: int, repeats: int, work: Path) -> tuple[list[Start], list[str]]:
-    """Alternate launch and plain runs (order swapped each repetition), after one untimed warm-up of each."""
+    """Alternate launch, plain and floor runs (order reversed each repetition), after one untimed warm-up of each."""
     overrides = [f"train.max_steps={steps}", "train.save_steps=100000", "train.logging_steps=1", *PAIR_OVERRIDES]
     plan, model_dir, ds_config, env, plain_env = prepare_pair(overrides, work)
 
     def command(kind: str, out: Path) -> tuple[list[str], dict[str, str]]:
         if kind == "launch":
             return launch_argv(overrides, out, free_port()), env
+        if kind == "floor":
+            nproc = f"--nproc-per-node={plan['world']['nproc_per_node']}"
+            return [sys.executable, "-m", "torch.distributed.run", nproc, f"--master-port={free_port()}", FLOOR], env
         return plain_argv(plan, model_dir, ds_config, out, free_port()), plain_env
 
-    for kind in ("launch", "plain"):  # page cache, DeepSpeed's op cache, the CPU peak cache: what a second run finds
+    for kind in KINDS:  # page cache, DeepSpeed's op cache, the CPU peak cache: what a second run finds
         print(f"[bench] warm-up {kind} (untimed)", flush=True)
         stamped_run(kind, *command(kind, work / f"warm-{kind}"), work / f"warm-{kind}.log")
     runs = []
     for rep in range(repeats):
-        for kind in ("launch", "plain") if rep % 2 == 0 else ("plain", "launch"):
+        for kind in KINDS if rep % 2 == 0 else KINDS[::-1]:
             runs.append(stamped_run(kind, *command(kind, work / f"{kind}-{rep}"), work / f"{kind}-{rep}.log"))
     return runs, overrides
 
@@ -132,7 +141,7 @@ def load_average() -> str:
 
 
 def render(runs: list[Start], overrides: list[str], steps: int, repeats: int, load: tuple[str, str]) -> str:
-    first = {k: [r.first_step_s for r in runs if r.kind == k] for k in ("launch", "plain")}
+    first = {k: [r.first_step_s for r in runs if r.kind == k] for k in KINDS}
     med = {k: statistics.median(v) for k, v in first.items()}
     ratio = med["launch"] / med["plain"]
     launch_runs = [r for r in runs if r.kind == "launch"]
@@ -172,9 +181,16 @@ def render(runs: list[Start], overrides: list[str], steps: int, repeats: int, lo
             "|---|---|---|---|---|",
             *rows,
             "",
-            "| median | launch | plain | launch / plain |",
-            "|---|---|---|---|",
-            f"| first step s | {med['launch']:.2f} | {med['plain']:.2f} | **{ratio:.2f}** |",
+            "| median | launch | plain | launch / plain | floor (imports only) |",
+            "|---|---|---|---|---|",
+            f"| first step s | {med['launch']:.2f} | {med['plain']:.2f} | **{ratio:.2f}** | {med['floor']:.2f} |",
+            "",
+            f"floor = `torchrun` starting the same 2 ranks, each importing torch, transformers' Trainer and model class, "
+            f"peft and DeepSpeed, then exiting (bench/import_floor.py): no launcher, model, data or step. "
+            f"{'No' if med['floor'] > TARGET_S else 'A'} torchrun-launched trainer of this stack can take its first "
+            f"step within {TARGET_S:.0f} s on this machine{' (the floor alone is above it)' if med['floor'] > TARGET_S else ''}; "
+            f"the launcher's first step comes {med['launch'] - med['floor']:.2f} s after the floor "
+            f"(the plain script's {med['plain'] - med['floor']:.2f} s).",
             "",
             f"The launcher {verdict} the {TARGET_S:.0f} s target ({med['launch']:.2f} s, median of {len(launch_runs)}). "
             "Where its start-up goes (median seconds since `launch` started, from its own output lines):",
