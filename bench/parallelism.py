@@ -135,10 +135,26 @@ def planner_longest(recipe_file: Path, sp: int, budget_gb: float, step: int = 25
     return low * step
 
 
-def measured_longest(short: dict, long: dict, budget_gb: float) -> int:
-    """Where the line through two measured (cutoff_len, peak) points reaches the budget."""
-    per_token = (long["peak_gb"] - short["peak_gb"]) / (long["cutoff_len"] - short["cutoff_len"])
-    return int(short["cutoff_len"] + (budget_gb - short["peak_gb"]) / per_token)
+def planner_target_length(recipe_file: Path, step: int = 256, longest: int = 1 << 20) -> int | None:
+    """The shortest cutoff_len (a multiple of `step`) at which the planner's sp 2 / sp 1 ratio is within SP_TARGET:
+    the ratio falls with the length (the fixed runtime and model states weigh less), so bisect."""
+
+    def within(cutoff_len: int) -> bool:
+        return estimate_gb(recipe_file, 2, cutoff_len) / estimate_gb(recipe_file, 1, cutoff_len) <= SP_TARGET
+
+    if not within(longest):
+        return None
+    low, high = 0, longest // step
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if within(middle * step) else (middle, high)
+    return high * step
+
+
+def measured_longest(rows: list[dict], budget_gb: float) -> int:
+    """Where the least-squares line through the measured (cutoff_len, peak) points reaches the budget."""
+    slope, intercept = statistics.linear_regression([r["cutoff_len"] for r in rows], [r["peak_gb"] for r in rows])
+    return int((budget_gb - intercept) / slope)
 
 
 def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
@@ -153,11 +169,7 @@ def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
     longest = {}
     for sp in (1, 2):
         planned = planner_longest(recipe_file, sp, budget_gb)
-        longest[sp] = {
-            "planner": planned,
-            "measured": measured_longest(runs[sp, length], runs[sp, 2 * length], budget_gb),
-            "check": sp_run(recipe_file, sp, planned, steps, work, env),
-        }
+        longest[sp] = {"planner": planned, "check": sp_run(recipe_file, sp, planned, steps, work, env)}
     return {"length": length, "budget_gb": budget_gb, "steps": steps, "runs": list(runs.values()), "longest": longest}
 
 
@@ -190,20 +202,25 @@ def render_sp(result: dict, recipe_file: Path) -> str:
         "",
         f"- **sp 2 / sp 1 at cutoff_len {2 * length}: {ratio:.2f}x** peak per rank (target <= {SP_TARGET}x: "
         f"{'met' if ratio <= SP_TARGET else 'missed'}). Going from {length} to {2 * length} tokens adds "
-        f"{growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} MiB at sp 2 ({growth[2] / growth[1]:.2f}x): the "
-        "memory that grows with the sequence is split as planned, while what does not grow with it (the "
+        f"{growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} MiB at sp 2 ({growth[2] / growth[1]:.2f}x; the "
+        "planner: 0.50x): the memory that grows with the sequence is split, while what does not grow with it (the "
         "runtime, the ZeRO-3 model states) is not split by sequence parallelism.",
+        f"- The planner's ratio at cutoff_len {2 * length}: {estimate_gb(recipe_file, 2, 2 * length) / estimate_gb(recipe_file, 1, 2 * length):.2f}x; "
+        f"it reaches {SP_TARGET}x at cutoff_len {planner_target_length(recipe_file)} on this model (not run: "
+        "each step's attention grows with the square of the length, too slow for this shared CPU).",
         "",
         f"Longest cutoff_len within {budget} GiB per rank (the planner's: bisected over its estimate in steps of 256; "
-        "measured: the line through the two measured peaks above; check: a run at the planner's longest):",
+        "check: a run at the planner's longest; measured: where the least-squares line through that degree's "
+        "three measured peaks reaches the budget):",
         "",
         "| sp | planner's longest | measured longest | check run at the planner's: peak rank 0 / rank 1 (GiB) | fits |",
         "|---|---|---|---|---|",
     ]
     for sp, found in result["longest"].items():
         check = found["check"]
+        measured = measured_longest([r for r in result["runs"] if r["sp"] == int(sp)] + [check], budget)
         lines.append(
-            f"| {sp} | {found['planner']} | {found['measured']} | {check['rank0_gb']:.3f} / {check['rank1_gb']:.3f} | "
+            f"| {sp} | {found['planner']} | {measured} | {check['rank0_gb']:.3f} / {check['rank1_gb']:.3f} | "
             f"{'yes' if check['peak_gb'] <= budget else 'no'} |"
         )
     return "\n".join(lines + [""])
