@@ -270,7 +270,10 @@ def render(results: list[dict], args, device_name: str) -> str:
         f"`python bench/gpu_throughput.py` (via `bench/gpu_check.py`; {when}; {device_name}; {versions()}). "
         f"Qwen2-1.5B shape, random init, full fine-tuning, bf16, {args.rows} x {ROW}-token packed rows per step "
         f"(the baseline: the same samples padded), {args.steps} steps, the first {args.warmup} not timed. MFU: "
-        f"model FLOPs (launcher/monitoring/flops.py) / {plain['peak_source']}.",
+        f"model FLOPs (launcher/monitoring/flops.py) / {plain['peak_source']}. (c), (d): `launch` of the same "
+        f"model saved to disk, one process, under each engine (nothing else differs), the bundled demo_sft data "
+        f"neat-packed into {ROW}-token rows, the plan's kernels; tokens/s, MFU and peak memory as the run logs "
+        "them, medians of the steps after the warm-up.",
         "",
         "| run | attention | loss | compile | tokens/s | MFU | padding | peak memory (GiB) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
