@@ -8,7 +8,9 @@ Steps on the GPU machine (the image has torch >= 2.9, transformers, accelerate, 
 tensorboard): 1. the wheels are installed with --no-deps into a private folder on PYTHONPATH,
 so the machine's own torch is never replaced; 2. `pytest -m gpu` (NCCL ZeRO-3 LoRA through the
 CLI, packed == unpacked in bf16, chunked/liger == plain, compile); 3. bench/gpu_throughput.py
-writes the "## GPU throughput" section of docs/benchmarks.md.
+writes the "## GPU throughput" section of docs/benchmarks.md: the HF Trainer baseline, the launcher's
+fastest path, and `launch` under DeepSpeed ZeRO-3 and under FSDP2 on the same shape. Sequence
+parallelism needs two GPUs: the plan lists it as pending.
 """
 
 from __future__ import annotations
@@ -56,7 +58,14 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 IMAGE_PACKAGES = ("torch", "accelerate", "peft", "tensorboard")  # the GPU image's own, used as they are
-BUDGET_S = {"install": 60, "tests": 240, "throughput": 150}  # inside the 8 minutes, set-up included
+# (c), (d): `launch` with these engine keys; the rest as (b) (neat packing, auto kernels, compile)
+ENGINES = {
+    "(c) launch, DeepSpeed ZeRO-3": ["distributed.engine=deepspeed", "distributed.zero=3"],
+    "(d) launch, FSDP2": ["distributed.engine=fsdp"],
+}
+PENDING = "sequence parallelism (distributed.sequence_parallel: 2 under ZeRO-3) needs two GPUs"
+# inside the device tool's 10 minutes per command; throughput: two in-process runs and two `launch` runs
+BUDGET_S = {"install": 60, "tests": 240, "throughput": 290}
 
 
 def _normal(name: str) -> str:
@@ -121,7 +130,9 @@ def plan_lines() -> list[str]:
         f"(torch left as the machine has it) [{BUDGET_S['install']} s]",
         f"2. PYTHONPATH={SITE}:{ROOT} python -m pytest -m gpu tests [{BUDGET_S['tests']} s]",
         f"3. python bench/gpu_throughput.py: Qwen2-1.5B shape, random init, full FT, bf16, packed 4096-token rows: "
-        f"HF Trainer + sdpa + padding vs the launcher's fastest path -> docs/benchmarks.md [{BUDGET_S['throughput']} s]",
+        f"HF Trainer + sdpa + padding vs the launcher's fastest path, and `launch` under "
+        f"{' and '.join(name.split(', ')[-1] for name in ENGINES)} -> docs/benchmarks.md [{BUDGET_S['throughput']} s]",
+        f"not run here: {PENDING}",
     ]
 
 

@@ -4,7 +4,12 @@ fine-tuning, bf16, on one GPU, same samples and steps for both runs in one proce
 (a) plain HF Trainer: sdpa, the samples of each step as one padded batch, full-logits loss;
 (b) the launcher's fastest path: what `launch plan` picks on this machine (model.attn / loss_kernel
     auto, train.compile on): neat packing into one padding-free row of 4,096-token packs, the
-    attention kernel's own sample separation, the chunked or liger loss, compiled layers.
+    attention kernel's own sample separation, the chunked or liger loss, compiled layers;
+(c), (d) the sharding engines, through the real `launch` (one process, the same model saved to disk, the
+    kernels `launch plan` picks with train.compile off, the bundled demo_sft data neat-packed into
+    4,096-token rows): DeepSpeed ZeRO-3 and FSDP2 (distributed.engine: fsdp), the same code path with only the engine switched; their
+    tokens/s, MFU and peak memory are what the run logs (monitoring/throughput.py), medians after the warm-up.
+Sequence parallelism needs two GPUs: listed as pending.
 
 Reports tokens/s, MFU (model FLOPs from launcher/monitoring/flops.py over the device's bf16 peak)
 and peak memory, and writes the section "## GPU throughput" of docs/benchmarks.md. Targets: MFU
@@ -18,7 +23,11 @@ and peak memory, and writes the section "## GPU throughput" of docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +40,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
+from bench.gpu_check import ENGINES, PENDING  # noqa: E402
+from bench.methods import bench_recipe  # noqa: E402
 from bench.overhead import write_section  # noqa: E402
+from launcher.checkpoint.paths import LOG_FILE  # noqa: E402
 from launcher.data.collate import PaddingCollator  # noqa: E402
 from launcher.data.packing import pack_examples  # noqa: E402
 from launcher.data.tokenize import IGNORE_INDEX  # noqa: E402
@@ -104,7 +116,8 @@ def run(
                 "loss_kernel": "auto" if fastest else "plain",
                 "gradient_checkpointing": False,
             },
-            "model": {"attn": "auto" if fastest else "sdpa"},
+            # a recipe needs a model.path; the kernels follow the config's vocabulary (kernel_plan below)
+            "model": {"path": "builtin:tiny-qwen2", "attn": "auto" if fastest else "sdpa"},
         },
         {},
     )
@@ -170,6 +183,77 @@ def run(
     return result
 
 
+def save_model(config: dict, folder: Path) -> Path:
+    """The shape `config`, random init, saved with the builtin tokenizer (ids fit any of our vocabularies)."""
+    from launcher.model.builtin import materialize
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    tiny = Path(materialize("builtin:tiny-qwen2"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (tiny / name).is_file():
+            shutil.copy2(tiny / name, folder / name)
+    return folder
+
+
+def launch_run(name: str, model_dir: Path, args, device: str, out: Path) -> dict:
+    """One `launch` of recipes/sft_tiny.yaml (its method keys removed: bench/methods.py's) as a full fine-tuning of `model_dir` under an engine: the medians of
+    what the run logs per step after the warm-up, or the failure."""
+    run_dir = out / name.split()[0].strip("()")
+    overrides = [
+        f"model.path={model_dir}",
+        f"model.dtype={'bf16' if device == 'cuda' else 'fp32'}",
+        "method.name=full",
+        "data.packing=neat",
+        f"data.cutoff_len={ROW if device == 'cuda' else 256}",
+        f"train.micro_batch_size={args.rows}",
+        "train.grad_accum=1",
+        f"train.max_steps={args.steps}",
+        "train.logging_steps=1",
+        f"train.save_steps={args.steps + 1}",
+        "train.compile=false",  # the engines compared, not compilation (and its minute per run in the budget)
+        "train.gradient_checkpointing=true",
+        "distributed.nproc_per_node=1",
+        "output.report_to=[none]",
+        f"output.dir={run_dir}",
+        "output.overwrite=true",
+        *ENGINES[name],
+    ]
+    log = out / f"{run_dir.name}.log"
+    with log.open("w") as sink:
+        code = subprocess.call(
+            [sys.executable, "-m", "launcher.cli", str(bench_recipe(out)), *overrides],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    if code != 0:
+        print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+        return {"name": name, "failed": f"exit code {code}"}
+    plan = json.loads((run_dir / "plan.json").read_text())
+    history = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines() if line.strip()]
+    steps = [e for e in history if "tokens_per_second" in e and e["step"] > args.warmup] or [
+        e for e in history if "tokens_per_second" in e
+    ]
+    mfu = [e["mfu"] for e in steps if "mfu" in e]
+    return {
+        "name": name,
+        "attn": plan["kernels"]["attn"],
+        "loss": plan["kernels"]["loss"],
+        "compile": plan["kernels"]["compile"],
+        "tokens_s": statistics.median(e["tokens_per_second"] for e in steps),
+        "mfu": statistics.median(mfu) if mfu else None,
+        "padding": 1 - statistics.median(e.get("padding_efficiency", 1.0) for e in steps),
+        "memory_gib": statistics.median(e["peak_memory_gib"] for e in steps) if device == "cuda" else None,
+    }
+
+
+def engine_rows(config: dict, args, device: str, out: Path) -> list[dict]:
+    model_dir = save_model(config, out / "model")
+    return [launch_run(name, model_dir, args, device, out) for name in ENGINES]
+
+
 def _spans(positions: list[int]) -> list[tuple[int, int]]:
     starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
     return list(zip(starts, starts[1:]))
@@ -179,19 +263,25 @@ def render(results: list[dict], args, device_name: str) -> str:
     from bench.overhead import versions
 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    plain, fast = results
+    plain, fast = results[:2]
     lines = [
         SECTION,
         "",
         f"`python bench/gpu_throughput.py` (via `bench/gpu_check.py`; {when}; {device_name}; {versions()}). "
         f"Qwen2-1.5B shape, random init, full fine-tuning, bf16, {args.rows} x {ROW}-token packed rows per step "
         f"(the baseline: the same samples padded), {args.steps} steps, the first {args.warmup} not timed. MFU: "
-        f"model FLOPs (launcher/monitoring/flops.py) / {plain['peak_source']}.",
+        f"model FLOPs (launcher/monitoring/flops.py) / {plain['peak_source']}. (c), (d): `launch` of the same "
+        f"model saved to disk, one process, under each engine (nothing else differs), the bundled demo_sft data "
+        f"neat-packed into {ROW}-token rows, the plan's kernels without compile; tokens/s, MFU and peak memory as the run logs "
+        "them, medians of the steps after the warm-up.",
         "",
         "| run | attention | loss | compile | tokens/s | MFU | padding | peak memory (GiB) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
+        if "failed" in r:
+            lines.append(f"| {r['name']} | failed: {r['failed']} (its log is printed above the section) |||||||")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         memory = f"{r['memory_gib']:.1f}" if r["memory_gib"] is not None else "n/a"
         lines.append(
@@ -205,6 +295,11 @@ def render(results: list[dict], args, device_name: str) -> str:
         + (f"; (b) MFU {100 * fast['mfu']:.1f}% (target >= 45% on H100/H200)" if fast["mfu"] else ""),
         "",
     ]
+    engines = {r["name"]: r for r in results[2:] if "failed" not in r}
+    if len(engines) == 2:
+        zero3, fsdp = engines.values()
+        lines += [f"(d) / (c): FSDP2 at **{fsdp['tokens_s'] / zero3['tokens_s']:.2f}x** ZeRO-3's tokens/s.", ""]
+    lines += [f"Pending: {PENDING}.", ""]
     return "\n".join(lines)
 
 
@@ -228,6 +323,7 @@ def main() -> None:
             run(name, config, rows, args.rows, args.warmup, device, fastest, Path(out))
             for name, fastest in (("(a) HF Trainer, sdpa, padded", False), ("(b) launcher fastest path", True))
         ]
+        results += engine_rows(config, args, device, Path(out))
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU smoke run (numbers meaningless)"
     section = render(results, args, name)
     print(section)

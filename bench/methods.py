@@ -4,7 +4,8 @@ planner's estimate (what `launch plan` prints), on CPU.
 For the tiny builtin model and a ~78M-parameter Qwen2-shaped model (12 layers, width 768, the
 builtin tokenizer's 2048-token vocabulary; weights made from a seed into the work folder), each
 method (full, freeze, lora, qlora 4-bit, prefix) runs a few optimizer steps through the real
-CLI (`launch`, 2 CPU processes over gloo) under ZeRO-0/2/3 where the recipe allows it. While a
+CLI (`launch`, 2 CPU processes over gloo) under ZeRO-0/2/3 (or, --variants, FSDP2 with and without
+offload, or ZeRO-3 with Ulysses sequence parallelism 1 and 2) where the recipe allows it. While a
 run lasts, every rank's anonymous resident memory (RssAnon in /proc/<pid>/status: heap and
 tensors, not the mapped libraries and files) is sampled every 20 ms, and rank 1's peak is
 compared with the estimate: transformers maps the safetensors file, so frozen weights stay in
@@ -14,6 +15,8 @@ Step time = the Trainer's train_runtime / steps.
 Writes the section "## Methods: memory estimate vs measured" of docs/benchmarks.md.
 
     python bench/methods.py [--steps 3] [--models tiny,qwen2-78m[,qwen2-0.5b]] [--json rows.json] [--out docs/benchmarks.md]
+    python bench/methods.py --variants fsdp ...                 # FSDP2, FSDP2 + offload all instead of ZeRO-0/2/3
+    python bench/methods.py --variants sp --cutoff-len 2048 ... # ZeRO-3 with sequence_parallel 1 and 2
     python bench/methods.py --rerender rows.json   # the same measurements against the current planner
 """
 
@@ -36,8 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: the repo's `launcher` without installing it
 
-from overhead import base_env, free_port, machine, versions, write_section  # noqa: E402
-
+from bench.overhead import base_env, free_port, machine, versions, write_section  # noqa: E402
 from launcher.plan import build_plan  # noqa: E402
 from launcher.plan.memory import GIB, OVERHEAD_GB  # noqa: E402
 from launcher.recipe.load import RecipeError, load_recipe  # noqa: E402
@@ -78,19 +80,29 @@ METHODS = {
     "qlora-4bit": ["method.name=lora", "method.rank=8", "method.target=all", "model.quantization.bits=4"],
     "prefix": ["method.name=prefix", "train.gradient_checkpointing=false"],
 }
-ZERO = (0, 2, 3)
+# How the ranks share each run, compared with the plan's memory option of the same (zero, offload):
+# DeepSpeed's ZeRO stages, FSDP2 with and without offload, Ulysses sequence parallelism under ZeRO-3.
+VARIANTS = {
+    "zero": [{"engine": "deepspeed", "zero": zero, "offload": "none", "sp": 1} for zero in (0, 2, 3)],
+    "fsdp": [{"engine": "fsdp", "zero": 0, "offload": offload, "sp": 1} for offload in ("none", "all")],
+    "sp": [{"engine": "deepspeed", "zero": 3, "offload": "none", "sp": sp} for sp in (1, 2)],
+}
+# Rows measured before the variants existed are ZeRO runs: what their missing keys mean.
+ZERO_ROW = {"engine": "deepspeed", "offload": "none", "sp": 1}
+CUTOFF_LEN = 128
+EARLIER_VERSIONS = (
+    "Python 3.11.7, torch 2.13.0+cpu, transformers 5.23.0, deepspeed 0.19.8, peft 0.21.2, accelerate 1.15.0"
+)
 # Every run: a few steps of packed rows (so each micro batch holds exactly cutoff_len tokens, the
 # length the planner assumes), no checkpoint until the final save, no TensorBoard.
 COMMON = [
     "model.dtype=fp32",
-    "data.cutoff_len=128",
     "data.packing=greedy",
     "train.micro_batch_size=2",
     "train.grad_accum=1",
     "train.save_steps=100000",
     "train.logging_steps=1",
     "output.report_to=[none]",
-    "distributed.engine=deepspeed",
     "output.overwrite=true",
 ]
 
@@ -100,9 +112,9 @@ def make_model(name: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from launcher.model.builtin import builtin_source_dir, default_cache_dir
+    from launcher.model.builtin import builtin_cache_dir, builtin_source_dir
 
-    folder = default_cache_dir().parent / "bench" / name
+    folder = builtin_cache_dir().parent / "bench" / name
     if (folder / "model.safetensors").is_file():
         return str(folder)
     source = builtin_source_dir("builtin:tiny-qwen2")
@@ -163,21 +175,35 @@ def bench_recipe(work: Path) -> Path:
     return path
 
 
-def _overrides(model_path: str, method: str, zero: int, steps: int) -> list[str]:
+def variant_overrides(variant: dict, cutoff_len: int) -> list[str]:
+    """The recipe keys of one variant (VARIANTS) at one sequence length."""
+    return [
+        f"data.cutoff_len={cutoff_len}",
+        f"distributed.engine={variant['engine']}",
+        f"distributed.zero={variant['zero']}",
+        f"distributed.offload={variant['offload']}",
+        f"distributed.sequence_parallel={variant['sp']}",
+    ]
+
+
+def _overrides(model_path: str, method: str, variant: dict, cutoff_len: int, steps: int) -> list[str]:
     return [
         f"model.path={model_path}",
         *COMMON,
         *METHODS[method],
-        f"distributed.zero={zero}",
+        *variant_overrides(variant, cutoff_len),
         f"train.max_steps={steps}",
     ]
 
 
-def estimate_for(recipe_file: Path, model_path: str, method: str, zero: int) -> dict:
-    """The planner's memory section for one run, and its row for the run's ZeRO stage."""
-    memory = build_plan(load_recipe(recipe_file, _overrides(model_path, method, zero, 1)), cwd=str(ROOT))["memory"]
+def estimate_for(recipe_file: Path, model_path: str, method: str, variant: dict, cutoff_len: int) -> dict:
+    """The planner's memory section for one run, and its option for the run's (zero, offload)."""
+    recipe = load_recipe(recipe_file, _overrides(model_path, method, variant, cutoff_len, 1))
+    memory = build_plan(recipe, cwd=str(ROOT))["memory"]
+    option = next(o for o in memory["options"] if (o["zero"], o["offload"]) == (variant["zero"], variant["offload"]))
     return {
-        "estimate_gb": next(o["total_gb"] for o in memory["options"] if (o["zero"], o["offload"]) == (zero, "none")),
+        "estimate_gb": option["total_gb"],
+        "label": option["label"] + (f", SP {variant['sp']}" if variant["sp"] > 1 else ""),
         "trainable": memory["params_trainable"],
         "total": memory["params_total"],
     }
@@ -211,12 +237,20 @@ def launch_with_peaks(recipe_file: Path, overrides: list[str], log: Path, env: d
 
 
 def run_one(
-    recipe_file: Path, model_path: str, method: str, zero: int, steps: int, work: Path, env: dict[str, str]
+    recipe_file: Path,
+    model_path: str,
+    method: str,
+    variant: dict,
+    cutoff_len: int,
+    steps: int,
+    work: Path,
+    env: dict[str, str],
 ) -> dict:
-    """One `launch` run: the measured peaks and the step time."""
-    out = work / f"{Path(model_path).name}-{method}-zero{zero}"
+    """One `launch` run: the measured peaks and the step time (the row carries the variant's keys)."""
+    name = "-".join(str(v) for v in variant.values())
+    out = work / f"{Path(model_path).name}-{method}-{name}-{cutoff_len}"
     overrides = [
-        *_overrides(model_path, method, zero, steps),
+        *_overrides(model_path, method, variant, cutoff_len, steps),
         f"output.dir={out}",
         f"distributed.master_port={free_port()}",
     ]
@@ -224,23 +258,24 @@ def run_one(
     code, peaks = launch_with_peaks(recipe_file, overrides, log, env)
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        sys.exit(f"[bench] {method} ZeRO-{zero} on {model_path} failed with exit code {code}\n{tail}")
+        sys.exit(f"[bench] {method} {variant} on {model_path} failed with exit code {code}\n{tail}")
     state = json.loads((out / "trainer_state.json").read_text())
     runtime = next(e["train_runtime"] for e in reversed(state["log_history"]) if "train_runtime" in e)
     shutil.rmtree(out)
     return {
         "method": method,
-        "zero": zero,
+        **variant,
+        "cutoff_len": cutoff_len,
         "rank0_gb": peaks.get(0, 0) / GIB,
         "rank1_gb": peaks.get(1, 0) / GIB,
         "step_s": runtime / state["global_step"],
     }
 
 
-def allowed(recipe_file: Path, method: str, zero: int) -> bool:
-    """The recipe validation's answer (prefix cannot save under ZeRO-3)."""
+def allowed(recipe_file: Path, method: str, variant: dict) -> bool:
+    """The recipe validation's answer (prefix cannot save under ZeRO-3, QLoRA cannot run under FSDP2, ...)."""
     try:
-        load_recipe(recipe_file, [*COMMON, *METHODS[method], f"distributed.zero={zero}"])
+        load_recipe(recipe_file, [*COMMON, *METHODS[method], *variant_overrides(variant, CUTOFF_LEN)])
     except RecipeError:
         return False
     return True
@@ -262,26 +297,28 @@ def model_path(name: str) -> str:
     return "builtin:tiny-qwen2" if name == "tiny" else make_model(name)
 
 
-def _table(title: str, model: str, model_rows: list[dict], recipe_file: Path) -> list[str]:
+def _table(title: str, model: str, model_rows: list[dict], recipe_file: Path, run_versions: str | None) -> list[str]:
     """One model's runs next to what the current planner estimates for them."""
     overhead = OVERHEAD_GB["cpu"]
     lines = [
         f"### {title}",
         "",
-        MODELS[model],
+        MODELS[model] + (f" Versions: {run_versions}." if run_versions else ""),
         "",
-        "| method | ZeRO | trainable | estimate GiB | measured GiB, rank 1 (rank 0) | error | "
+        "| method | option | cutoff_len | trainable | estimate GiB | measured GiB, rank 1 (rank 0) | error | "
         "model part: est / meas MiB | step s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     errors = []
     for r in model_rows:
-        est = estimate_for(recipe_file, model_path(model), r["method"], r["zero"])
+        variant = {key: r.get(key, ZERO_ROW.get(key)) for key in ("engine", "zero", "offload", "sp")}
+        cutoff_len = r.get("cutoff_len", CUTOFF_LEN)
+        est = estimate_for(recipe_file, model_path(model), r["method"], variant, cutoff_len)
         measured = r["rank1_gb"]
         errors.append(est["estimate_gb"] / measured - 1)
         est_part, meas_part = (est["estimate_gb"] - overhead) * 1024, (measured - overhead) * 1024
         lines.append(
-            f"| {r['method']} | {r['zero']} | {est['trainable']:,} | {est['estimate_gb']:.3f} | "
+            f"| {r['method']} | {est['label']} | {cutoff_len} | {est['trainable']:,} | {est['estimate_gb']:.3f} | "
             f"{measured:.3f} ({r['rank0_gb']:.3f}) | {errors[-1]:+.1%} | "
             f"{est_part:.0f} / {meas_part:.0f} | {r['step_s']:.2f} |"
         )
@@ -300,15 +337,24 @@ def render(runs: list[dict], recipe_file: Path) -> str:
         SECTION,
         "",
         f"Generated by `python bench/methods.py --steps {runs[0]['steps']} [--tight-malloc] [--models ...] "
-        "[--methods ...] --json ...` runs (one table per run and model; the measurements are in bench/results/), "
+        "[--methods ...] [--variants zero|fsdp|sp] [--cutoff-len N] --json ...` runs (one table per run and model; the measurements are in bench/results/), "
         "rendered together with `--rerender`, on "
         f"{datetime.now(timezone.utc):%Y-%m-%d} (UTC).",
         "",
         f"- Machine: {machine()}.",
-        f"- Versions: {versions()}.",
+        f"- Versions: as a table says; tables without a line of their own (measured before runs recorded them): "
+        f"{EARLIER_VERSIONS}.",
         "- Each run: `launch recipes/sft_tiny.yaml` (its method keys removed) with "
         + " ".join(f"`{o}`" for o in COMMON)
-        + f", the method's keys, `distributed.zero=Z`, `train.max_steps={runs[0]['steps']}`; 2 CPU processes (gloo).",
+        + f", the method's keys, `train.max_steps={runs[0]['steps']}`, `data.cutoff_len` as in the table "
+        f"(default {CUTOFF_LEN}) and the option's `distributed.engine`, `zero`, `offload` and `sequence_parallel` "
+        "(`--variants`: "
+        + "; ".join(
+            f"{name}: "
+            + ", ".join(f"{v['engine']} zero {v['zero']} offload {v['offload']} sp {v['sp']}" for v in variants)
+            for name, variants in VARIANTS.items()
+        )
+        + "); 2 CPU processes (gloo).",
         "- malloc: `tight` runs the ranks with "
         + " ".join(f"`{k}={v}`" for k, v in TIGHT_MALLOC.items())
         + " so that memory torch frees goes back to the OS and RSS follows the live tensors (what the planner "
@@ -328,7 +374,8 @@ def render(runs: list[dict], recipe_file: Path) -> str:
     ]
     for run in runs:
         for model, model_rows in run["rows"].items():
-            lines += _table(f"{model}, {run['malloc']} malloc", model, model_rows, recipe_file)
+            title = f"{model}, {run.get('variants', 'zero')}, {run['malloc']} malloc"
+            lines += _table(title, model, model_rows, recipe_file, run.get("versions"))
     return "\n".join(lines + FINDINGS)
 
 
@@ -362,9 +409,24 @@ FINDINGS = [
     "RSS a CPU user will see, which the planner does not model.",
     "- For ZeRO-3 each rank briefly holds the whole model while transformers loads the checkpoint; the "
     "planner counts training, not loading.",
+    "- FSDP2 (`--variants fsdp`, 2026-12-07): the first run put the 78M full fine-tuning 17% above its measured "
+    "peak. The planner counted torch AdamW's sqrt temporary for every parameter at once, which holds where the "
+    "step runs foreach (torch's default on CUDA) or on DeepSpeed's one flat fp32 buffer (the ZeRO rows above), "
+    "but torch turns foreach off for CPU tensors, and FSDP2 keeps one tensor per parameter: the step takes one "
+    "shard at a time. The planner now counts the largest shard there (launcher/plan/memory.py, adam_temporary; "
+    "tests/engines/test_fsdp_plan.py). `offload: all` is the same run on a CPU-only machine: the host is the "
+    "device (this benchmark found that it crashed in fully_shard, whose CPUOffloadPolicy pins memory, which needs "
+    "an accelerator; the plan now offloads nothing there). The tiny model's FSDP2 ranks hold some 30 MB less "
+    "than the fixed CPU overhead (fitted on DeepSpeed ranks). Rank 0 peaks above rank 1 (78M LoRA: 0.86 against "
+    "0.62 GiB): the final save gathers a full state dict, frozen base included, on rank 0 before the adapter's "
+    "keys are picked; the planner counts training, not the save.",
+    "- Sequence parallelism (`--variants sp --cutoff-len 2048`: ZeRO-3 with sequence_parallel 1 and 2 at a length "
+    "where activations and logits weigh): the estimates are 2-9% above the measured peaks, sp 2 closest; "
+    '`bench/parallelism.py --sp` (section "Parallelism: sequence parallelism memory") has longer lengths and '
+    "the longest length each degree fits in a budget.",
     "- Not covered here: GPU memory (no GPU was lent to this task; on a GPU the CUDA caching allocator replaces "
-    "glibc's arenas and the fixed overhead is 1 GiB, also unmeasured), bf16, and long sequences, where the "
-    "activation and logits terms dominate.",
+    "glibc's arenas and the fixed overhead is 1 GiB, also unmeasured), bf16, and sequences beyond a few thousand "
+    "tokens (attention's cost grows with the square of the length on this shared CPU).",
 ]
 
 
@@ -373,6 +435,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run")
     parser.add_argument("--models", default="tiny,qwen2-78m", help="comma list of " + ", ".join(MODELS))
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
+    parser.add_argument("--variants", default="zero", help="comma list of " + ", ".join(VARIANTS))
+    parser.add_argument("--cutoff-len", type=int, default=CUTOFF_LEN, help="data.cutoff_len of every run")
     parser.add_argument("--tight-malloc", action="store_true", help="run the ranks with " + " ".join(TIGHT_MALLOC))
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
@@ -400,17 +464,22 @@ def main() -> None:
             for name in args.models.split(","):
                 rows[name] = []
                 for method in args.methods.split(","):
-                    for zero in ZERO:
-                        if not allowed(recipe_file, method, zero):
+                    for variant in (v for group in args.variants.split(",") for v in VARIANTS[group]):
+                        if not allowed(recipe_file, method, variant):
                             continue
-                        row = run_one(recipe_file, model_path(name), method, zero, args.steps, work, env)
+                        row = run_one(
+                            recipe_file, model_path(name), method, variant, args.cutoff_len, args.steps, work, env
+                        )
                         print(
-                            f"[bench] {name} {method} ZeRO-{zero}: rank0 {row['rank0_gb']:.3f} "
+                            f"[bench] {name} {method} {variant} cutoff {args.cutoff_len}: rank0 {row['rank0_gb']:.3f} "
                             f"rank1 {row['rank1_gb']:.3f} GiB, {row['step_s']:.2f} s/step",
                             flush=True,
                         )
                         rows[name].append(row)
-            runs = [{"steps": args.steps, "malloc": "tight" if args.tight_malloc else "glibc default", "rows": rows}]
+            malloc = "tight" if args.tight_malloc else "glibc default"
+            runs = [
+                {"steps": args.steps, "malloc": malloc, "variants": args.variants, "versions": versions(), "rows": rows}
+            ]
             if args.json:
                 args.json.write_text(json.dumps(runs[0], indent=1))
         write_section(out_file, render(runs, recipe_file), SECTION)

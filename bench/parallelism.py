@@ -3,7 +3,15 @@ each rank, both engines run alternately in this one invocation (order swapped ev
 ratios share the machine's load. LoRA, 2 CPU processes over gloo, fp32, the recipe's batch. Writes the
 section "## Parallelism: FSDP2 vs ZeRO-3" of docs/benchmarks.md (other sections are kept).
 
+--sp: Ulysses sequence parallelism's memory instead. The tiny model, LoRA, ZeRO-3, 2 ranks, through
+bench/methods.py's runs (packed rows of exactly cutoff_len tokens, rank RssAnon sampled, tight malloc):
+sp=1 and sp=2 at cutoff_len L and 2L. Reports the peak per rank of sp=2 against sp=1 at 2L (target <= 0.6x),
+the per-token growth from L to 2L of each, and the longest cutoff_len each fits in a fixed per-rank budget:
+the planner's (bisected over its estimate) and the measured (the line through the two measured peaks),
+with a run at the planner's longest to check it fits. Writes "## Parallelism: sequence parallelism memory".
+
     python bench/parallelism.py [--steps 8] [--repeats 2] [--out docs/benchmarks.md]
+    python bench/parallelism.py --sp [--steps 2] [--length 2048] [--budget-gib 0.75]
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: the repo's `launcher` and `bench` without installing them
 
+from bench import methods  # noqa: E402
 from bench.methods import TIGHT_MALLOC, launch_with_peaks  # noqa: E402
 from bench.overhead import base_env, free_port, machine, versions, wait_for_quiet, write_section  # noqa: E402
 from launcher.plan.memory import GIB  # noqa: E402
@@ -90,14 +99,157 @@ def render(runs: dict[str, list[dict]], steps: int) -> str:
     return "\n".join(lines)
 
 
+SP_SECTION = "## Parallelism: sequence parallelism memory"
+SP_TARGET = 0.6
+TINY_MODEL = "builtin:tiny-qwen2"
+
+
+def sp_variant(sp: int) -> dict:
+    return {"engine": "deepspeed", "zero": 3, "offload": "none", "sp": sp}
+
+
+def sp_run(recipe_file: Path, sp: int, cutoff_len: int, steps: int, work: Path, env: dict[str, str]) -> dict:
+    """bench/methods.py's run of the tiny model, LoRA, ZeRO-3 at this degree and length; rank peaks in GiB."""
+    wait_for_quiet()
+    row = methods.run_one(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len, steps, work, env)
+    row["peak_gb"] = max(row["rank0_gb"], row["rank1_gb"])
+    print(
+        f"[bench] sp {sp} cutoff_len {cutoff_len}: peaks {row['rank0_gb']:.3f} / {row['rank1_gb']:.3f} GiB", flush=True
+    )
+    return row
+
+
+def estimate_gb(recipe_file: Path, sp: int, cutoff_len: int) -> float:
+    return methods.estimate_for(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len)["estimate_gb"]
+
+
+def planner_longest(recipe_file: Path, sp: int, budget_gb: float, step: int = 256) -> int:
+    """The longest cutoff_len (a multiple of `step`) whose estimate fits the budget: the estimate grows with the
+    length, so bisect over the multiples."""
+    low, high = 0, 1
+    while estimate_gb(recipe_file, sp, high * step) <= budget_gb:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if estimate_gb(recipe_file, sp, middle * step) <= budget_gb else (low, middle)
+    return low * step
+
+
+def planner_target_length(recipe_file: Path, step: int = 256, longest: int = 1 << 20) -> int | None:
+    """The shortest cutoff_len (a multiple of `step`) at which the planner's sp 2 / sp 1 ratio is within SP_TARGET:
+    the ratio falls with the length (the fixed runtime and model states weigh less), so bisect."""
+
+    def within(cutoff_len: int) -> bool:
+        return estimate_gb(recipe_file, 2, cutoff_len) / estimate_gb(recipe_file, 1, cutoff_len) <= SP_TARGET
+
+    if not within(longest):
+        return None
+    low, high = 0, longest // step
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if within(middle * step) else (middle, high)
+    return high * step
+
+
+def measured_longest(rows: list[dict], budget_gb: float) -> int:
+    """Where the least-squares line through the measured (cutoff_len, peak) points reaches the budget."""
+    slope, intercept = statistics.linear_regression([r["cutoff_len"] for r in rows], [r["peak_gb"] for r in rows])
+    return int((budget_gb - intercept) / slope)
+
+
+def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
+    """The runs at L and 2L for sp 1 and 2, then one run at each degree's planner longest length."""
+    env = {**base_env(), **TIGHT_MALLOC}
+    recipe_file = methods.bench_recipe(work)
+    runs = {
+        (sp, cutoff): sp_run(recipe_file, sp, cutoff, steps, work, env)
+        for cutoff in (length, 2 * length)
+        for sp in (1, 2)
+    }
+    longest = {}
+    for sp in (1, 2):
+        planned = planner_longest(recipe_file, sp, budget_gb)
+        longest[sp] = {"planner": planned, "check": sp_run(recipe_file, sp, planned, steps, work, env)}
+    return {"length": length, "budget_gb": budget_gb, "steps": steps, "runs": list(runs.values()), "longest": longest}
+
+
+def render_sp(result: dict, recipe_file: Path) -> str:
+    length, budget = result["length"], result["budget_gb"]
+    runs = {(r["sp"], r["cutoff_len"]): r for r in result["runs"]}
+    lines = [
+        SP_SECTION,
+        "",
+        f"`python bench/parallelism.py --sp --steps {result['steps']} --length {length} --budget-gib {budget}`, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d}: builtin:tiny-qwen2 (4 layers, width 128, 4 heads / 2 KV, vocab "
+        "2048), LoRA (rank 8, all linears), fp32, DeepSpeed ZeRO-3, 2 CPU processes over gloo, bench/methods.py's "
+        "runs (greedy-packed rows of exactly cutoff_len tokens, micro batch 2, gradient checkpointing, "
+        f"{result['steps']} optimizer steps), ranks with {' '.join(f'{k}={v}' for k, v in TIGHT_MALLOC.items())} "
+        f"so RssAnon follows the live tensors. {machine()}; {versions()}. sp 1: each rank trains its own rows "
+        "(data-parallel 2); sp 2: both ranks split every row (data-parallel 1). Peak = the higher of the two "
+        "ranks' peak RssAnon; estimate = `launch plan`'s total for ZeRO-3 at that degree and length.",
+        "",
+        "| cutoff_len | sp | peak rank 0 / rank 1 (GiB) | estimate (GiB) | error |",
+        "|---|---|---|---|---|",
+    ]
+    for (sp, cutoff), r in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
+        est = estimate_gb(recipe_file, sp, cutoff)
+        lines.append(
+            f"| {cutoff} | {sp} | {r['rank0_gb']:.3f} / {r['rank1_gb']:.3f} | {est:.3f} | {est / r['peak_gb'] - 1:+.1%} |"
+        )
+    ratio = runs[2, 2 * length]["peak_gb"] / runs[1, 2 * length]["peak_gb"]
+    growth = {sp: (runs[sp, 2 * length]["peak_gb"] - runs[sp, length]["peak_gb"]) * 1024 for sp in (1, 2)}
+    lines += [
+        "",
+        f"- **sp 2 / sp 1 at cutoff_len {2 * length}: {ratio:.2f}x** peak per rank (target <= {SP_TARGET}x: "
+        f"{'met' if ratio <= SP_TARGET else 'missed'}). Going from {length} to {2 * length} tokens adds "
+        f"{growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} MiB at sp 2 ({growth[2] / growth[1]:.2f}x; the "
+        "planner: 0.50x): the memory that grows with the sequence is split, while what does not grow with it (the "
+        "runtime, the ZeRO-3 model states) is not split by sequence parallelism.",
+        f"- The planner's ratio at cutoff_len {2 * length}: {estimate_gb(recipe_file, 2, 2 * length) / estimate_gb(recipe_file, 1, 2 * length):.2f}x; "
+        f"it reaches {SP_TARGET}x at cutoff_len {planner_target_length(recipe_file)} on this model (not run: "
+        "each step's attention grows with the square of the length, too slow for this shared CPU).",
+        "",
+        f"Longest cutoff_len within {budget} GiB per rank (the planner's: bisected over its estimate in steps of 256; "
+        "check: a run at the planner's longest; measured: where the least-squares line through that degree's "
+        "three measured peaks reaches the budget):",
+        "",
+        "| sp | planner's longest | measured longest | check run at the planner's: peak rank 0 / rank 1 (GiB) | fits |",
+        "|---|---|---|---|---|",
+    ]
+    for sp, found in result["longest"].items():
+        check = found["check"]
+        measured = measured_longest([r for r in result["runs"] if r["sp"] == int(sp)] + [check], budget)
+        lines.append(
+            f"| {sp} | {found['planner']} | {measured} | {check['rank0_gb']:.3f} / {check['rank1_gb']:.3f} | "
+            f"{'yes' if check['peak_gb'] <= budget else 'no'} |"
+        )
+    return "\n".join(lines + [""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=2, help="runs per engine")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
+    parser.add_argument("--sp", action="store_true", help="sequence parallelism's memory (section: " + SP_SECTION + ")")
+    parser.add_argument("--length", type=int, default=2048, help="--sp: cutoff_len L (runs at L and 2L)")
+    parser.add_argument("--budget-gib", type=float, default=0.75, help="--sp: the per-rank memory budget")
+    parser.add_argument("--json", type=Path, default=None, help="--sp: also write the measurements here")
+    parser.add_argument("--rerender", type=Path, default=None, help="--sp: render these measurements, run nothing")
     args = parser.parse_args()
     out_file = args.out.resolve()
     os.chdir(ROOT)
+    if args.sp:
+        with tempfile.TemporaryDirectory(prefix="launcher-bench-sp-") as tmp:
+            if args.rerender:
+                result = json.loads(args.rerender.read_text())
+            else:
+                result = bench_sp(args.length, args.budget_gib, args.steps, Path(tmp))
+                if args.json:
+                    args.json.write_text(json.dumps(result, indent=1))
+            write_section(out_file, render_sp(result, methods.bench_recipe(Path(tmp))), SP_SECTION)
+        print(f"[bench] wrote {SP_SECTION!r} to {out_file}")
+        return
     env = {**base_env(), **TIGHT_MALLOC}
     runs: dict[str, list[dict]] = {name: [] for name in ENGINES}
     with tempfile.TemporaryDirectory(prefix="launcher-bench-parallelism-") as tmp:

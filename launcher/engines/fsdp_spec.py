@@ -20,7 +20,9 @@ def fsdp_config(recipe: Mapping[str, Any], world_size: int, dtype: str, on_gpu: 
         "reshard_after_forward": True,
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "state_dict_type": "SHARDED_STATE_DICT",
-        "cpu_offload": recipe["distributed"]["offload"] == "all",
+        # CPUOffloadPolicy pins host memory, which needs an accelerator (torch raises "Cannot access accelerator
+        # device" on a CPU-only machine); there the host is the device and offloading moves nothing
+        "cpu_offload": recipe["distributed"]["offload"] == "all" and on_gpu,
         "cpu_ram_efficient_loading": False,
     }
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from launcher.cli import main
+from launcher.engines.fsdp_spec import fsdp_config
 from launcher.model.shape import model_shape
 from launcher.plan import build_plan
-from launcher.plan.memory import estimate_option
+from launcher.plan.memory import GIB, estimate_option, parameter_split
 from launcher.recipe.load import RecipeError, load_recipe
 from launcher.registry import engine_spec
 
@@ -35,8 +36,11 @@ def test_the_plan_holds_fsdp2_settings_and_no_deepspeed_config():
         "cpu_ram_efficient_loading": False,
     }
     assert engine_spec("fsdp").trainer_args(plan) == {"fsdp": True, "fsdp_config": plan["fsdp"]}
-    offloaded = build_plan(load_recipe(TINY, [*FSDP, "distributed.offload=all"]))
-    assert offloaded["fsdp"]["cpu_offload"] is True
+    offloaded = load_recipe(TINY, [*FSDP, "distributed.offload=all"])
+    assert fsdp_config(offloaded, 2, "bf16", on_gpu=True)["cpu_offload"] is True
+    # CPUOffloadPolicy pins host memory, which fails without an accelerator; on a CPU-only machine the host is
+    # the device, so the plan offloads nothing (FSDP2 + offload all crashed in fully_shard there)
+    assert build_plan(offloaded)["fsdp"]["cpu_offload"] is False
 
 
 def test_launch_plan_shows_the_fsdp_config_and_its_memory_options(capsys):
@@ -63,6 +67,25 @@ def test_fsdp_is_counted_as_sharded_like_zero3_without_deepspeeds_buffers():
     )
     fsdp_bf16 = estimate_option(recipe, shape, 0, "none", 2, "cuda", "bf16")
     assert fsdp_bf16.optimizer_gb < zero3.optimizer_gb  # ZeRO's fp32 master copy is FSDP's fp32 shard itself
+
+
+def test_on_cpu_adams_temporary_is_one_parameter_shard_not_the_whole_model():
+    """torch's AdamW steps CPU tensors one by one (no foreach): its sqrt temporary is the largest shard's. On CUDA
+    (foreach) and on DeepSpeed's flat buffers it covers every trained parameter."""
+    recipe = load_recipe(TINY, [*FSDP, "method={name: full}"])
+    shape, _ = model_shape(recipe["model"]["path"])
+    _, trainable = parameter_split(shape, recipe["method"])
+    n, largest = sum(t.numel for t in trainable), max(t.numel for t in trainable)
+    adam_states = 8 * n
+    on_cpu = estimate_option(recipe, shape, 0, "none", 2, "cpu", "fp32")
+    on_cuda = estimate_option(recipe, shape, 0, "none", 2, "cuda", "fp32")
+    assert on_cpu.optimizer_gb * GIB == pytest.approx((adam_states + 4 * largest) / 2)
+    assert on_cuda.optimizer_gb * GIB == pytest.approx((adam_states + 4 * n) / 2)
+    zero3 = load_recipe(TINY, ["method={name: full}", "distributed.zero=3"])
+    assert (
+        estimate_option(zero3, shape, 3, "none", 2, "cpu", "fp32").optimizer_gb
+        == estimate_option(zero3, shape, 3, "none", 2, "cuda", "fp32").optimizer_gb
+    )
 
 
 @pytest.mark.parametrize(
