@@ -11,6 +11,7 @@ import pytest
 from launcher.recipe.schema import all_keys
 from tests.conftest import ROOT
 from tests.ui.ui_helpers import (
+    TINY_FORM,
     browser,
     click,
     click_tab,
@@ -21,22 +22,6 @@ from tests.ui.ui_helpers import (
 )
 
 pytestmark = pytest.mark.services
-
-TINY_FORM = {  # the tiny recipe as typed into the form: one process, a few logged steps, a save midway
-    "model.path": "builtin:tiny-qwen2",
-    "model.dtype": "fp32",
-    "data.datasets": "[demo_sft]",
-    "data.dataset_dir": str(ROOT / "data"),
-    "data.cutoff_len": "128",
-    "train.max_steps": "4",
-    "train.save_steps": "2",
-    "train.logging_steps": "1",
-    "train.micro_batch_size": "2",
-    "train.grad_accum": "1",
-    "train.gradient_checkpointing": "false",
-    "distributed.engine": "ddp",
-    "distributed.nproc_per_node": "1",
-}
 
 
 def field_label(driver, key: str):

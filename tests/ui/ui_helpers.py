@@ -19,6 +19,23 @@ from launcher.ui.server import make_server
 from tests.conftest import ROOT, free_port
 
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver; keep in step with .ci/services.sh
+# the tiny recipe as typed into the form (the browser test, bench/ui_screenshots.py): one process, a few
+# logged steps, a save midway
+TINY_FORM = {
+    "model.path": "builtin:tiny-qwen2",
+    "model.dtype": "fp32",
+    "data.datasets": "[demo_sft]",
+    "data.dataset_dir": str(ROOT / "data"),
+    "data.cutoff_len": "128",
+    "train.max_steps": "4",
+    "train.save_steps": "2",
+    "train.logging_steps": "1",
+    "train.micro_batch_size": "2",
+    "train.grad_accum": "1",
+    "train.gradient_checkpointing": "false",
+    "distributed.engine": "ddp",
+    "distributed.nproc_per_node": "1",
+}
 
 
 @contextmanager
