@@ -199,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
             "/api/chat": lambda body: tools.chat(app.root, body),
             "/api/merge": lambda body: tools.merge(app.root, body),
             "/api/consolidate": lambda body: tools.consolidate(app.root, body),
+            "/api/eval": lambda body: tools.evaluate(app.root, body),
         }
         if method == "POST" and path in posts:
             return posts[path](self._body())

@@ -1,5 +1,5 @@
-"""The page's Chat and Export tabs: `launch chat`, `launch merge` and `launch consolidate` over a run
-under the root, each a child `launch` process (cwd = the root, no shell) whose argument list is built
+"""The page's Chat, Export and Evaluate tabs: `launch chat`, `launch merge`, `launch consolidate` and
+`launch eval` over a run or recipe under the root, each a child `launch` process (cwd = the root, no shell) whose argument list is built
 here from checked fields, so the page loads no model and a refusal is the CLI's own line."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from launcher.ui.jobs import JobRefused, launch_command
+from launcher.infer.evaluate import PREDICTIONS, RESULTS  # torch-free at import
+from launcher.ui.jobs import NAME, JobRefused, launch_command, recipe_path
 from launcher.ui.runs import inside
 
+PREDICTIONS_SHOWN = 200  # rows of generated_predictions.jsonl the page gets; the file holds them all
 TOOL_TIMEOUT = 1800  # seconds: a merge of a large model on CPU; a hung child is killed, not waited on forever
 CHECKPOINT = re.compile(r"checkpoint-\d+")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -108,12 +110,43 @@ def merge(root: Path, body: dict) -> dict:
     return {"ok": True, "output": _run(root, args), "out": str(out.relative_to(root))}
 
 
-def consolidate(root: Path, body: dict) -> dict:
-    """One of the run's sharded checkpoints as a PEFT adapter or HF model in a new folder under the root."""
-    folder, _ = _run_folder(root, body.get("run"))
+def _checkpoint(folder: Path, body: dict) -> Path:
     checkpoint = str(body.get("checkpoint") or "")
     if not CHECKPOINT.fullmatch(checkpoint) or not (folder / checkpoint).is_dir():
         raise JobRefused(f"checkpoint: {checkpoint!r} is not one of the run's. Fix: pick one the run lists")
+    return folder / checkpoint
+
+
+def consolidate(root: Path, body: dict) -> dict:
+    """One of the run's sharded checkpoints as a PEFT adapter or HF model in a new folder under the root."""
+    folder, _ = _run_folder(root, body.get("run"))
+    checkpoint = _checkpoint(folder, body)
     out = _new_folder(root, body.get("out"))
-    args = ["consolidate", str(folder / checkpoint), "--out", str(out)]
+    args = ["consolidate", str(checkpoint), "--out", str(out)]
     return {"ok": True, "output": _run(root, args), "out": str(out.relative_to(root))}
+
+
+def evaluate(root: Path, body: dict) -> dict:
+    """`launch eval recipes/NAME.yaml` on the chosen datasets (default: the recipe's data.eval_datasets) with
+    a run's adapter or one of its checkpoints (default: the recipe's output.dir); its scores and predictions."""
+    recipe = recipe_path(root, str(body.get("name") or ""))
+    if not recipe.is_file():
+        raise JobRefused(f"{recipe.relative_to(root)}: no such recipe. Fix: Save the recipe on the Train tab first")
+    args = ["eval", str(recipe.relative_to(root))]
+    for dataset in str(body.get("datasets") or "").replace(",", " ").split():
+        if not NAME.fullmatch(dataset):
+            raise JobRefused(f"datasets: {dataset!r} is not a dataset name. Fix: names from dataset_info.json")
+        args += ["--dataset", dataset]
+    if body.get("run"):
+        folder, _ = _run_folder(root, body["run"])
+        args += ["--adapter", str(_checkpoint(folder, body) if body.get("checkpoint") else folder)]
+    out = _new_folder(root, body.get("out"))
+    _run(root, [*args, "--out", str(out)])
+
+    rows = (out / PREDICTIONS).read_text(encoding="utf-8").splitlines()[:PREDICTIONS_SHOWN]
+    return {
+        "ok": True,
+        "out": str(out.relative_to(root)),
+        "scores": json.loads((out / RESULTS).read_text(encoding="utf-8")),
+        "predictions": [json.loads(row) for row in rows],
+    }

@@ -253,3 +253,22 @@ def test_consolidate_writes_a_runs_zero_checkpoint_as_an_adapter(tiny_run, tmp_p
     assert answer["out"] == "adapters/tiny" and "consolidated" in answer["output"]
     assert (tmp_path / "adapters" / "tiny" / "adapter_config.json").is_file()
     assert again[0] == 400  # never over what it wrote
+
+
+@pytest.mark.multiproc
+def test_evaluate_scores_a_runs_adapter_on_the_eval_data(tiny_run, tmp_path):
+    shutil.copytree(tiny_run(*SHORT_RUN), tmp_path / "outputs" / "tiny", ignore=shutil.ignore_patterns("checkpoint-*"))
+    recipe = RECIPE + "output:\n  dir: outputs/tiny\neval:\n  max_new_tokens: 4\n"
+    recipe = recipe.replace("distributed:\n", "distributed:\n  nproc_per_node: 1\n")
+    labels = [row["output"] for row in json.loads((ROOT / "data" / "demo_dev.json").read_text())]
+    with ui_server(tmp_path) as base:
+        unsaved = call(base + "/api/eval", {"name": "tiny", "datasets": "demo_dev", "out": "eval/tiny"})
+        assert call(base + "/api/save", {"name": "tiny", "yaml": recipe})[0] == 200
+        status, answer = call(base + "/api/eval", {"name": "tiny", "datasets": "demo_dev", "out": "eval/tiny"})
+    assert unsaved[0] == 400 and "Save the recipe" in unsaved[1]["error"]
+    assert status == 200, answer
+    scores = answer["scores"]
+    assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-l"} <= set(scores)
+    assert scores["adapter"] == "outputs/tiny" and scores["datasets"] == ["demo_dev"]  # the run's adapter, by default
+    assert [row["label"] for row in answer["predictions"]] == labels
+    assert (tmp_path / "eval" / "tiny" / "generated_predictions.jsonl").is_file()
