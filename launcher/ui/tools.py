@@ -20,6 +20,7 @@ TOOL_TIMEOUT = 1800  # seconds: a merge of a large model on CPU; a hung child is
 CHECKPOINT = re.compile(r"checkpoint-\d+")
 DTYPES = ("fp32", "bf16", "fp16")
 CHAT_DTYPES = ("auto", *DTYPES)
+LOAD_IN = ("", "4bit", "8bit")  # "": the weights as dtype says
 
 
 class ToolFailed(Exception):
@@ -80,6 +81,8 @@ def chat(root: Path, body: dict) -> dict:
         raise JobRefused("prompt: empty. Fix: type a message")
     args = ["chat", "--model", recipe["model"]["path"], "--prompt", prompt]
     args += ["--dtype", _choice(body, "dtype", CHAT_DTYPES, "auto")]
+    load_in = _choice(body, "load_in", LOAD_IN, "")
+    args += ["--load-in", load_in] if load_in else []
     for field, kind in (("max_new_tokens", int), ("temperature", float), ("top_p", float), ("top_k", int)):
         args += _number(body, field, kind)
     args += _number(body, "seed", int)

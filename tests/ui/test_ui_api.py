@@ -157,6 +157,7 @@ def test_runs_show_a_real_runs_status_steps_and_loss(tiny_run, tmp_path):
     with ui_server(tmp_path) as base:
         _, listing = call(base + "/api/runs")
         status, detail = call(base + "/api/runs/outputs/done/log")
+        _, failure = call(base + "/api/runs/outputs/failed/log")
     runs = {r["name"]: r for r in listing["runs"]}
     assert {name: r["status"] for name, r in runs.items()} == {
         "outputs/done": "finished",
@@ -169,6 +170,8 @@ def test_runs_show_a_real_runs_status_steps_and_loss(tiny_run, tmp_path):
     assert runs["outputs/stopped"]["step"] == rows[2]["step"]
     assert status == 200 and detail["rows"] == rows
     assert "rank-0" in detail["ranks"] and detail["ranks"]["rank-0"].strip()
+    assert detail["failure"] is None
+    assert "rank-1 failed first" in failure["failure"] and "RuntimeError: boom" in failure["failure"]
 
 
 @pytest.mark.unit
@@ -231,12 +234,14 @@ def test_export_and_chat_stay_under_the_root_and_on_runs(tmp_path):
         not_a_run = call(base + "/api/merge", {"run": "taken", "out": "merged"})
         taken = call(base + "/api/merge", {"run": "outputs/run", "out": "taken"})
         bad_dtype = call(base + "/api/merge", {"run": "outputs/run", "out": "merged", "dtype": "int3"})
+        bad_bits = call(base + "/api/chat", {"run": "outputs/run", "prompt": "hi", "load_in": "2bit"})
         no_checkpoint = call(base + "/api/consolidate", {"run": "outputs/run", "checkpoint": "../x", "out": "c"})
     assert escape[0] == 403 and outside_run[0] == 403
     assert not_a_run[0] == 400 and "no run there" in not_a_run[1]["error"]
     assert taken[0] == 400 and "already holds files" in taken[1]["error"]
     assert (tmp_path / "taken" / "file").read_text() == "the user's"
     assert bad_dtype[0] == 400 and "int3" in bad_dtype[1]["error"]
+    assert bad_bits[0] == 400 and "2bit" in bad_bits[1]["error"]
     assert no_checkpoint[0] == 400 and "not one of the run's" in no_checkpoint[1]["error"]
     assert not (tmp_path / "merged").exists() and not (tmp_path / "c").exists()
 

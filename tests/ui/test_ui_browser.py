@@ -65,7 +65,7 @@ def test_the_form_shows_every_key_and_loads_a_recipe_file(tmp_path):
 
 def test_compose_plan_train_watch_chat_and_merge(tmp_path):
     """The whole flow on one tiny run: a refusal beside its field, the data preview, the plan, a run
-    whose loss curve grows until it finishes, a chat reply from its adapter, a merged model."""
+    whose loss curve grows until it finishes, chat replies from its adapter and its base, a merged model."""
     with launch_ui(tmp_path) as base, browser(tmp_path) as driver:
         driver.get(base + "/")
         wait_until(driver, lambda d: d.find_elements("name", "model.path"))
@@ -104,6 +104,7 @@ def test_compose_plan_train_watch_chat_and_merge(tmp_path):
 
         click_tab(driver, "chat")  # chat and merge at once, as a user may: two child `launch` processes
         fill(driver, {"chat-prompt": "1+1="}, by="id")
+        click(driver, "chat-compare")  # the base model answers beside the adapter
         click(driver, "chat-send")
         click_tab(driver, "export")
         fill(driver, {"merge-out": "merged/tiny"}, by="id")
@@ -113,6 +114,7 @@ def test_compose_plan_train_watch_chat_and_merge(tmp_path):
         reply = driver.find_element("id", "chat-reply")
         wait_until(driver, lambda d: reply.get_attribute("data-state") != "running", timeout=180)
         assert reply.get_attribute("data-state") == "done", reply.text  # the adapter answered
+        assert driver.find_element("id", "chat-base-reply").text  # and the base model beside it
     merged = tmp_path / "merged" / "tiny"
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
     assert (tmp_path / "recipes" / "tiny.yaml").is_file() and (tmp_path / "outputs" / "tiny" / "plan.json").is_file()
