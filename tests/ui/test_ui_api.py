@@ -222,7 +222,7 @@ def test_a_loaded_recipe_file_fills_the_form_with_its_own_values(tmp_path):
 
 
 @pytest.mark.unit
-def test_export_and_chat_stay_under_the_root_and_on_runs(tmp_path):
+def test_export_chat_and_eval_stay_under_the_root_and_on_runs(tmp_path):
     run = tmp_path / "outputs" / "run"
     run.mkdir(parents=True)
     (run / "plan.json").write_text(json.dumps({"recipe": {"model": {"path": "builtin:tiny-qwen2"}}}))
@@ -236,6 +236,7 @@ def test_export_and_chat_stay_under_the_root_and_on_runs(tmp_path):
         bad_dtype = call(base + "/api/merge", {"run": "outputs/run", "out": "merged", "dtype": "int3"})
         bad_bits = call(base + "/api/chat", {"run": "outputs/run", "prompt": "hi", "load_in": "2bit"})
         no_checkpoint = call(base + "/api/consolidate", {"run": "outputs/run", "checkpoint": "../x", "out": "c"})
+        unsaved = call(base + "/api/eval", {"name": "tiny", "out": "eval/tiny"})
     assert escape[0] == 403 and outside_run[0] == 403
     assert not_a_run[0] == 400 and "no run there" in not_a_run[1]["error"]
     assert taken[0] == 400 and "already holds files" in taken[1]["error"]
@@ -243,7 +244,8 @@ def test_export_and_chat_stay_under_the_root_and_on_runs(tmp_path):
     assert bad_dtype[0] == 400 and "int3" in bad_dtype[1]["error"]
     assert bad_bits[0] == 400 and "2bit" in bad_bits[1]["error"]
     assert no_checkpoint[0] == 400 and "not one of the run's" in no_checkpoint[1]["error"]
-    assert not (tmp_path / "merged").exists() and not (tmp_path / "c").exists()
+    assert unsaved[0] == 400 and "Save the recipe" in unsaved[1]["error"]
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "c").exists() and not (tmp_path / "eval").exists()
 
 
 @pytest.mark.multiproc
@@ -258,22 +260,3 @@ def test_consolidate_writes_a_runs_zero_checkpoint_as_an_adapter(tiny_run, tmp_p
     assert answer["out"] == "adapters/tiny" and "consolidated" in answer["output"]
     assert (tmp_path / "adapters" / "tiny" / "adapter_config.json").is_file()
     assert again[0] == 400  # never over what it wrote
-
-
-@pytest.mark.multiproc
-def test_evaluate_scores_a_runs_adapter_on_the_eval_data(tiny_run, tmp_path):
-    shutil.copytree(tiny_run(*SHORT_RUN), tmp_path / "outputs" / "tiny", ignore=shutil.ignore_patterns("checkpoint-*"))
-    recipe = RECIPE + "output:\n  dir: outputs/tiny\neval:\n  max_new_tokens: 4\n"
-    recipe = recipe.replace("distributed:\n", "distributed:\n  nproc_per_node: 1\n")
-    labels = [row["output"] for row in json.loads((ROOT / "data" / "demo_dev.json").read_text())]
-    with ui_server(tmp_path) as base:
-        unsaved = call(base + "/api/eval", {"name": "tiny", "datasets": "demo_dev", "out": "eval/tiny"})
-        assert call(base + "/api/save", {"name": "tiny", "yaml": recipe})[0] == 200
-        status, answer = call(base + "/api/eval", {"name": "tiny", "datasets": "demo_dev", "out": "eval/tiny"})
-    assert unsaved[0] == 400 and "Save the recipe" in unsaved[1]["error"]
-    assert status == 200, answer
-    scores = answer["scores"]
-    assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-l"} <= set(scores)
-    assert scores["adapter"] == "outputs/tiny" and scores["datasets"] == ["demo_dev"]  # the run's adapter, by default
-    assert [row["label"] for row in answer["predictions"]] == labels
-    assert (tmp_path / "eval" / "tiny" / "generated_predictions.jsonl").is_file()

@@ -4,6 +4,7 @@ packages (installed by .ci/services.sh), Selenium given the driver's path so it 
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -63,9 +64,10 @@ def test_the_form_shows_every_key_and_loads_a_recipe_file(tmp_path):
         wait_text(driver, "answer", "valid: the CLI would accept this recipe")
 
 
-def test_compose_plan_train_watch_chat_and_merge(tmp_path):
+def test_compose_plan_train_watch_evaluate_chat_and_merge(tmp_path):
     """The whole flow on one tiny run: a refusal beside its field, the data preview, the plan, a run
-    whose loss curve grows until it finishes, chat replies from its adapter and its base, a merged model."""
+    whose loss curve grows until it finishes, its adapter evaluated on the eval data, chat replies from its
+    adapter and its base, a merged model."""
     with launch_ui(tmp_path) as base, browser(tmp_path) as driver:
         driver.get(base + "/")
         wait_until(driver, lambda d: d.find_elements("name", "model.path"))
@@ -102,7 +104,11 @@ def test_compose_plan_train_watch_chat_and_merge(tmp_path):
             e.get_attribute("id") for e in driver.find_elements("css selector", "#curves svg")
         }
 
-        click_tab(driver, "chat")  # chat and merge at once, as a user may: two child `launch` processes
+        # evaluate, chat and merge at once, as a user may: each a child `launch` process
+        click_tab(driver, "evaluate")
+        fill(driver, {"eval-datasets": "demo_dev"}, by="id")
+        click(driver, "eval")
+        click_tab(driver, "chat")
         fill(driver, {"chat-prompt": "1+1="}, by="id")
         click(driver, "chat-compare")  # the base model answers beside the adapter
         click(driver, "chat-send")
@@ -115,6 +121,18 @@ def test_compose_plan_train_watch_chat_and_merge(tmp_path):
         wait_until(driver, lambda d: reply.get_attribute("data-state") != "running", timeout=180)
         assert reply.get_attribute("data-state") == "done", reply.text  # the adapter answered
         assert driver.find_element("id", "chat-base-reply").text  # and the base model beside it
+        click_tab(driver, "evaluate")
+        wait_text(driver, "eval-answer", "written: eval/tiny", timeout=180)
+        scores = {
+            row.find_elements("tag name", "td")[0].text
+            for row in driver.find_elements("css selector", "#eval-scores tr")
+        }
+        assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-l"} <= scores
+        labels = [
+            row.find_elements("tag name", "td")[1].text
+            for row in driver.find_elements("css selector", "#eval-predictions tr")
+        ]
+        assert labels == [row["output"] for row in json.loads((ROOT / "data" / "demo_dev.json").read_text())]
     merged = tmp_path / "merged" / "tiny"
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
     assert (tmp_path / "recipes" / "tiny.yaml").is_file() and (tmp_path / "outputs" / "tiny" / "plan.json").is_file()

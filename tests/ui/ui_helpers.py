@@ -33,6 +33,7 @@ TINY_FORM = {
     "train.micro_batch_size": "2",
     "train.grad_accum": "1",
     "train.gradient_checkpointing": "false",
+    "eval.max_new_tokens": "4",
     "distributed.engine": "ddp",
     "distributed.nproc_per_node": "1",
 }
