@@ -1,7 +1,7 @@
 """Screenshots of `launch ui`'s tabs for docs/ui.md and the README, taken as the browser test drives the
 page (tests/ui/ui_helpers.py: a real `launch ui`, Debian's headless chromium through Selenium, no download):
 the tiny recipe loaded into the form with a refusal beside its field, a finished tiny run with its curves,
-a chat reply beside the base model's, a merge. One tiny run, in a temporary root folder.
+its evaluation, a chat reply beside the base model's, a merge. One tiny run, in a temporary root folder.
 
     python bench/ui_screenshots.py [--out docs/images]
 """
@@ -54,6 +54,11 @@ def shoot(root: Path, out: Path) -> None:
         wait_text(driver, "selected", "finished", timeout=600)
         time.sleep(2.5)  # one more poll draws the last rows
         save(driver, out / "ui-runs.png")
+        click_tab(driver, "evaluate")
+        fill(driver, {"eval-datasets": "demo_dev"}, by="id")
+        click(driver, "eval")
+        wait_done(driver, "eval-answer")
+        save(driver, out / "ui-evaluate.png")
         click_tab(driver, "chat")
         fill(driver, {"chat-prompt": "What is LoRA?"}, by="id")
         driver.find_element("id", "chat-compare").click()
