@@ -94,7 +94,7 @@ def test_compose_plan_train_watch_evaluate_chat_and_merge(tmp_path):
             seen.append(points(driver, "loss"))
             time.sleep(0.2)
         final = wait_until(driver, lambda d: points(d, "loss"))
-        assert final == 4 and any(0 < drawn < 4 for drawn in seen), seen  # drawn midway, then whole
+        assert final == 8 and any(0 < drawn < 8 for drawn in seen), seen  # drawn midway, then whole
         assert driver.find_element("id", "progress").get_attribute("value") == "100"
         click_tab(driver, "train")
         wait_text(driver, "rows", "trained in ⟦ ⟧", timeout=120)
