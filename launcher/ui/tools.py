@@ -88,6 +88,8 @@ def chat(root: Path, body: dict) -> dict:
     args += _number(body, "seed", int)
     if body.get("do_sample"):
         args.append("--do-sample")
+    if str(body.get("system") or "").strip():
+        args += ["--system", str(body["system"])]
     with ThreadPoolExecutor(2) as pool:  # the two models load at once
         tuned = pool.submit(_run, root, [*args, "--adapter", str(folder)])
         base = pool.submit(_run, root, args) if body.get("compare") else None
