@@ -20,7 +20,8 @@ from tests.conftest import ROOT, free_port
 
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver; keep in step with .ci/services.sh
 # the tiny recipe as typed into the form (the browser test, bench/ui_screenshots.py): one process, a few
-# logged steps, saves (and so trainer_log.jsonl rewritten) every 2 steps: the page sees the curve grow
+# logged steps, a save (and so trainer_log.jsonl rewritten) after each: on a quiet machine a step and its save
+# take a fraction of a second, and the page, polling a running run 4 times a second, sees the curve grow
 TINY_FORM = {
     "model.path": "builtin:tiny-qwen2",
     "model.dtype": "fp32",
@@ -28,7 +29,7 @@ TINY_FORM = {
     "data.dataset_dir": str(ROOT / "data"),
     "data.cutoff_len": "128",
     "train.max_steps": "8",
-    "train.save_steps": "2",
+    "train.save_steps": "1",
     "train.logging_steps": "1",
     "train.micro_batch_size": "2",
     "train.grad_accum": "1",
