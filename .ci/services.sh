@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The daemons tests/services.py starts (OpenSSH server, SLURM, munge) and the headless browser
-# tests/ui/test_ui_browser.py drives (Debian's chromium), installed once before pytest
+# tests/ui/test_ui_browser.py drives through Selenium (Debian's chromium and its chromedriver), installed once before pytest
 # (`make test` runs this), never from inside a test. Idempotent: does nothing when the binaries are there.
 # Where they are missing and this is not root with apt-get, it says so and leaves the services tests to
 # fail with a message naming this script; the rest of the suite still runs.
 set -euo pipefail
 
-# keep in step with tests/services.py (SSH_BINARIES, SLURM_BINARIES) and tests/ui/test_ui_browser.py
+# keep in step with tests/services.py (SSH_BINARIES, SLURM_BINARIES) and tests/ui/ui_helpers.py (CHROMEDRIVER)
 binaries=(/usr/sbin/sshd /usr/bin/ssh /usr/bin/ssh-keygen /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch
-          /usr/sbin/munged /usr/bin/chromium)
-packages=(openssh-server openssh-client slurm-wlm slurm-client munge chromium)
+          /usr/sbin/munged /usr/bin/chromium /usr/bin/chromedriver)
+packages=(openssh-server openssh-client slurm-wlm slurm-client munge chromium chromium-driver)
 
 missing=()
 for binary in "${binaries[@]}"; do

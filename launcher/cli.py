@@ -259,6 +259,9 @@ def cmd_chat(argv: list[str]) -> int:
         default=[],
         help="a user message; repeatable; none = interactive on a terminal, else one prompt per stdin line",
     )
+    parser.add_argument(
+        "--system", default=None, help="a system message opening each conversation (not --input's rows: theirs)"
+    )
     parser.add_argument("--input", default=None, metavar="FILE.jsonl", help="batch prediction: openai or alpaca rows")
     parser.add_argument(
         "--output", default=None, metavar="FILE.jsonl", help="batch prediction: prompt, prediction, label rows"
@@ -299,6 +302,7 @@ def cmd_chat(argv: list[str]) -> int:
         args.dtype,
         args.template,
         args.load_in,
+        args.system,
     )
     return 0
 

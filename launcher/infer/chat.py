@@ -2,8 +2,8 @@
 the run trained with (a run's output.dir records it in plan.json; a plain model folder: its tokenizer's
 own; --template overrides). One-shot (--prompt), batch prediction (--input rows.jsonl --output
 preds.jsonl), interactive (a terminal on stdin, the reply streamed as it is generated), or one prompt per
-stdin line (a pipe). Greedy by default; --do-sample with --temperature / --top-p / --top-k / --seed
-samples. On the GPU when there is one, optionally 4/8-bit (bitsandbytes)."""
+stdin line (a pipe); --system's message opens each conversation. Greedy by default; --do-sample with
+--temperature / --top-p / --top-k / --seed samples. On the GPU when there is one, optionally 4/8-bit (bitsandbytes)."""
 
 from __future__ import annotations
 
@@ -318,11 +318,11 @@ def predict_file(model, tokenizer, requests: list[Request], target: Path, sampli
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def interactive(model, tokenizer, sampling: Sampling, template: str) -> None:
-    """A multi-turn conversation on the terminal, each reply streamed as it is generated; /clear starts over,
-    /exit or Ctrl-D leaves."""
+def interactive(model, tokenizer, sampling: Sampling, template: str, opening: list[dict]) -> None:
+    """A multi-turn conversation on the terminal after `opening` (the system message, if any), each reply streamed
+    as it is generated; /clear starts over, /exit or Ctrl-D leaves."""
     print("[chat] multi-turn; /clear starts a new conversation, /exit or Ctrl-D leaves", flush=True)
-    history: list[dict] = []
+    history = list(opening)
     while True:
         try:
             print("user> ", end="", flush=True)  # on stdout: input()'s own prompt may go to stderr
@@ -333,7 +333,7 @@ def interactive(model, tokenizer, sampling: Sampling, template: str) -> None:
         if line == "/exit":
             return
         if line == "/clear":
-            history = []
+            history = list(opening)
             continue
         if line:
             history.append({"role": "user", "content": line})
@@ -353,10 +353,15 @@ def chat(
     dtype: str = "auto",
     template: str | None = None,
     load_in: str | None = None,
+    system: str | None = None,
 ) -> None:
-    """Answer --prompt messages, a batch file, a terminal conversation, or one prompt per stdin line."""
+    """Answer --prompt messages, a batch file, a terminal conversation, or one prompt per stdin line; `system`
+    opens each conversation but the batch file's (its rows carry their own)."""
     if (input_file is None) != (output_file is None):
         raise ChatError("--input and --output go together: rows in, predictions out")
+    if system and input_file:
+        raise ChatError("--system does not apply to --input rows (each row has its own system field). Fix: drop one")
+    opening = [{"role": "system", "content": system}] if system else []
     requests = read_requests(Path(input_file)) if input_file else None  # bad rows refused before loading the model
     template, source = chat_template(model_path, adapter, template)
     model, tokenizer = load_for_chat(model_path, adapter, trust_remote_code, dtype, load_in)
@@ -375,12 +380,13 @@ def chat(
         print(f"[chat] {len(requests)} predictions -> {output_file}", flush=True)
     elif prompts:
         for prompt in prompts:
-            answer = reply(model, tokenizer, [{"role": "user", "content": prompt}], sampling, template)
+            answer = reply(model, tokenizer, [*opening, {"role": "user", "content": prompt}], sampling, template)
             print(f"user> {prompt}\nassistant> {answer}", flush=True)
     elif sys.stdin.isatty():
-        interactive(model, tokenizer, sampling, template)
+        interactive(model, tokenizer, sampling, template, opening)
     else:
         for line in sys.stdin:
             if line.strip():
-                answer = reply(model, tokenizer, [{"role": "user", "content": line.strip()}], sampling, template)
+                turn = [*opening, {"role": "user", "content": line.strip()}]
+                answer = reply(model, tokenizer, turn, sampling, template)
                 print(f"assistant> {answer}", flush=True)

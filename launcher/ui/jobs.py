@@ -28,10 +28,10 @@ def recipe_path(root: Path, name: str) -> Path:
     return root / RECIPES / f"{name}.yaml"
 
 
-def launch_command(recipe: Path) -> list[str]:
-    """`launch recipes/NAME.yaml` as typed in the root folder, run with this interpreter so this
-    launcher's version starts."""
-    return [sys.executable, "-m", "launcher.cli", str(recipe)]
+def launch_command(*args: str) -> list[str]:
+    """`launch ARGS` (e.g. recipes/NAME.yaml) as typed in the root folder, run with this interpreter so
+    this launcher's version starts."""
+    return [sys.executable, "-m", "launcher.cli", *args]
 
 
 class Jobs:
@@ -54,7 +54,7 @@ class Jobs:
             running = self.children.get(name)
             if running is not None and running.poll() is None:
                 raise JobRefused(f"{name} is running (pid {running.pid}). Fix: stop it first, or wait for it")
-            command = launch_command(self.save(name, text).relative_to(self.root))
+            command = launch_command(str(self.save(name, text).relative_to(self.root)))
             console = self.root / CONSOLES / f"{name}.log"
             console.parent.mkdir(parents=True, exist_ok=True)
             with open(console, "ab") as out:

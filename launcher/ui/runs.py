@@ -116,4 +116,9 @@ def run_detail(root: Path, name: str) -> dict:
     folder = inside(root, name)
     if not (folder / "plan.json").is_file():
         raise FileNotFoundError(f"{name}: no run there (no plan.json). Fix: one of the names /api/runs lists")
-    return {**summary(root, folder), "rows": history(folder), "ranks": rank_tails(folder)}
+    return {
+        **summary(root, folder),
+        "rows": history(folder),
+        "ranks": rank_tails(folder),
+        "failure": failure_report(folder, 0),  # the first failing rank's lines, as the CLI prints them
+    }

@@ -21,8 +21,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from launcher.errors import LauncherError, UIError
-from launcher.recipe.load import load_recipe
+from launcher.recipe.load import load_recipe, output_folder
 from launcher.recipe.schema import json_schema
+from launcher.ui import tools
+from launcher.ui.form import form_values, only_for, refusal
 from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path
 from launcher.ui.runs import PathRefused, list_runs, run_detail
 
@@ -34,6 +36,14 @@ class Refusal(Exception):
     def __init__(self, status: HTTPStatus, message: str):
         super().__init__(message)
         self.status = status
+
+
+class FieldRefusal(Exception):
+    """The loader's refusal of the form's recipe, with the key it names (refusal())."""
+
+    def __init__(self, answer: dict):
+        super().__init__(answer["error"])
+        self.answer = answer
 
 
 class App:
@@ -50,7 +60,15 @@ class App:
         if not isinstance(text, str):
             raise Refusal(HTTPStatus.BAD_REQUEST, 'the body needs "yaml": the recipe\'s text')
         path = recipe_path(self.root, name)
-        return load_recipe(Path(RECIPES) / path.name, text=text), path
+        shown = Path(RECIPES) / path.name  # as the CLI names it, typed in the root folder
+        try:
+            return load_recipe(shown, text=text), path
+        except LauncherError as err:
+            raise FieldRefusal(refusal(str(err), text, str(shown))) from None
+
+    def parse(self, body: dict) -> dict:
+        """A recipe file's text as the form's values (Load)."""
+        return {"ok": True, "values": form_values(str(body.get("yaml") or ""), str(body.get("file") or "recipe"))}
 
     def validate(self, body: dict) -> dict:
         recipe, _ = self.recipe(body)
@@ -64,9 +82,25 @@ class App:
         return {"ok": True, "text": format_plan(plan), "plan": plan}
 
     def start(self, body: dict) -> dict:
-        self.recipe(body)  # refused here, before a file is written or a process starts
+        recipe, _ = self.recipe(body)  # refused here, before a file is written or a process starts
         command = self.jobs.start(str(body["name"]), body["yaml"])
-        return {"ok": True, "command": command}
+        folder = (self.root / output_folder(recipe)).resolve()  # a relative output.dir: under the root, the child's cwd
+        run = folder.relative_to(self.root).as_posix() if folder.is_relative_to(self.root) else None
+        return {"ok": True, "command": command, "run": run}
+
+    def save(self, body: dict) -> dict:
+        self.recipe(body)
+        return {"ok": True, "path": str(self.jobs.save(str(body["name"]), body["yaml"]).relative_to(self.root))}
+
+    def preview(self, body: dict) -> dict:
+        """`launch data --preview N`'s report: the first rows tokenized, the trained part in brackets."""
+        from launcher.data.preview import preview
+
+        recipe, _ = self.recipe(body)
+        rows = body.get("rows", 3)
+        if not isinstance(rows, int) or not 1 <= rows <= 50:
+            raise Refusal(HTTPStatus.BAD_REQUEST, f"rows: {rows!r}. Fix: a whole number from 1 to 50")
+        return {"ok": True, "text": preview(recipe, rows, None)}
 
     def stop(self, body: dict) -> dict:
         return {"ok": True, "pid": self.jobs.stop(str(body.get("name")))}
@@ -138,7 +172,9 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.FORBIDDEN, {"error": str(err)})
         except FileNotFoundError as err:
             self._json(HTTPStatus.NOT_FOUND, {"error": str(err)})
-        except (LauncherError, JobRefused) as err:  # the CLI's own refusal, word for word
+        except FieldRefusal as err:
+            self._json(HTTPStatus.BAD_REQUEST, err.answer)
+        except (LauncherError, JobRefused, tools.ToolFailed) as err:  # the CLI's own refusal, word for word
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
 
     def _route(self, method: str, path: str) -> Any:
@@ -146,11 +182,25 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET":
             if path == "/api/schema":
                 return json_schema()
+            if path == "/api/form":
+                return {"only_for": only_for()}
             if path == "/api/runs":
                 return {"runs": list_runs(app.root), "jobs": app.jobs.listing()}
             if path.startswith("/api/runs/") and path.endswith("/log"):
                 return run_detail(app.root, path.removeprefix("/api/runs/").removesuffix("/log"))
-        posts = {"/api/validate": app.validate, "/api/plan": app.plan, "/api/start": app.start, "/api/stop": app.stop}
+        posts = {
+            "/api/validate": app.validate,
+            "/api/parse": app.parse,
+            "/api/save": app.save,
+            "/api/preview": app.preview,
+            "/api/plan": app.plan,
+            "/api/start": app.start,
+            "/api/stop": app.stop,
+            "/api/chat": lambda body: tools.chat(app.root, body),
+            "/api/merge": lambda body: tools.merge(app.root, body),
+            "/api/consolidate": lambda body: tools.consolidate(app.root, body),
+            "/api/eval": lambda body: tools.evaluate(app.root, body),
+        }
         if method == "POST" and path in posts:
             return posts[path](self._body())
         raise Refusal(HTTPStatus.NOT_FOUND, f"{method} {path}: no such endpoint")

@@ -62,6 +62,14 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(warm, capsys):
     assert first != answer(Sampling(max_new_tokens=TOKENS))  # a near-uniform tiny model: sampling shows
 
 
+def test_a_system_prompt_opens_the_conversation(warm, capsys):
+    from launcher.infer.chat import Sampling, chat
+
+    chat("builtin:tiny-qwen2", None, ["Hi there"], Sampling(max_new_tokens=TOKENS), system="Be brief.")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    assert capsys.readouterr().out == f"user> Hi there\nassistant> {greedy(messages, TOKENS)}\n"
+
+
 def test_interactive_mode_on_a_terminal(warm):
     terminal = Terminal(["chat", "--model", "builtin:tiny-qwen2", "--max-new-tokens", "4"])
     try:
@@ -82,6 +90,7 @@ def test_interactive_mode_on_a_terminal(warm):
         (["--prompt", "hi", "--temperature", "0.7"], "--temperature only apply when sampling. Fix: add --do-sample"),
         (["--input", "{rows}", "--output", "{out}"], "rows.jsonl:2: expected an openai row"),
         (["--input", "{rows}"], "--input and --output go together"),
+        (["--input", "{rows}", "--output", "{out}", "--system", "Be brief."], "--system does not apply to --input"),
     ],
 )
 def test_bad_chat_input_is_refused_before_loading_the_model(args, message, tmp_path):

@@ -15,7 +15,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
+from launcher import registry
 from launcher.errors import STOPPED
 from tests.conftest import ROOT, SHORT_RUN, free_port, run_launch
 from tests.ui.ui_helpers import ui_server
@@ -155,6 +157,7 @@ def test_runs_show_a_real_runs_status_steps_and_loss(tiny_run, tmp_path):
     with ui_server(tmp_path) as base:
         _, listing = call(base + "/api/runs")
         status, detail = call(base + "/api/runs/outputs/done/log")
+        _, failure = call(base + "/api/runs/outputs/failed/log")
     runs = {r["name"]: r for r in listing["runs"]}
     assert {name: r["status"] for name, r in runs.items()} == {
         "outputs/done": "finished",
@@ -167,3 +170,93 @@ def test_runs_show_a_real_runs_status_steps_and_loss(tiny_run, tmp_path):
     assert runs["outputs/stopped"]["step"] == rows[2]["step"]
     assert status == 200 and detail["rows"] == rows
     assert "rank-0" in detail["ranks"] and detail["ranks"]["rank-0"].strip()
+    assert detail["failure"] is None
+    assert "rank-1 failed first" in failure["failure"] and "RuntimeError: boom" in failure["failure"]
+
+
+@pytest.mark.unit
+def test_a_refusal_names_the_field_it_belongs_beside(tmp_path):
+    bad_value = RECIPE + "train:\n  lr: -1\n"
+    unreadable = RECIPE + "train: [\n"
+    with ui_server(tmp_path) as base:
+        status, answer = call(base + "/api/validate", {"name": "bad", "yaml": bad_value})
+        _, plan = call(base + "/api/plan", {"name": "bad", "yaml": bad_value})
+        _, broken = call(base + "/api/validate", {"name": "bad", "yaml": unreadable})
+    assert status == 400 and answer["key"] == "train.lr" and "Fix:" in answer["error"]
+    assert plan == answer  # plan and start refuse through the same loader
+    assert broken["key"] is None and "unreadable YAML" in broken["error"]  # no field to show it beside
+
+
+@pytest.mark.unit
+def test_the_form_knows_the_stage_and_method_specific_keys(tmp_path):
+    with ui_server(tmp_path) as base:
+        _, form = call(base + "/api/form")
+    only_for = form["only_for"]
+    for selector, names, spec_of, section in (
+        ("stage", registry.STAGES, registry.stage_spec, "train."),
+        ("method.name", registry.METHODS, registry.method_spec, "method."),
+    ):
+        for name in names:
+            for key in spec_of(name).keys:
+                assert only_for[section + key][0] == selector and name in only_for[section + key][1], key
+    assert "train.lr" not in only_for and "method.name" not in only_for  # keys of every stage and method
+
+
+@pytest.mark.unit
+def test_a_loaded_recipe_file_fills_the_form_with_its_own_values(tmp_path):
+    """The form's values, written back as the page writes its YAML, are the file's recipe."""
+    text = (ROOT / "recipes" / "sft_tiny.yaml").read_text()
+    with ui_server(tmp_path) as base:
+        status, answer = call(base + "/api/parse", {"file": "sft_tiny.yaml", "yaml": text})
+        _, broken = call(base + "/api/parse", {"file": "x.yaml", "yaml": "model: [\n"})
+    assert status == 200
+    rebuilt: dict = {}
+    for dotted, value in answer["values"].items():
+        *sections, name = dotted.split(".")
+        node = rebuilt
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = yaml.safe_load(value)
+    assert rebuilt == yaml.safe_load(text)
+    assert "x.yaml:" in broken["error"] and "unreadable YAML" in broken["error"]
+
+
+@pytest.mark.unit
+def test_export_chat_and_eval_stay_under_the_root_and_on_runs(tmp_path):
+    run = tmp_path / "outputs" / "run"
+    run.mkdir(parents=True)
+    (run / "plan.json").write_text(json.dumps({"recipe": {"model": {"path": "builtin:tiny-qwen2"}}}))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("the user's")
+    with ui_server(tmp_path) as base:
+        escape = call(base + "/api/merge", {"run": "outputs/run", "out": "../out"})
+        outside_run = call(base + "/api/chat", {"run": str(run), "prompt": "hi"})
+        not_a_run = call(base + "/api/merge", {"run": "taken", "out": "merged"})
+        taken = call(base + "/api/merge", {"run": "outputs/run", "out": "taken"})
+        bad_dtype = call(base + "/api/merge", {"run": "outputs/run", "out": "merged", "dtype": "int3"})
+        bad_bits = call(base + "/api/chat", {"run": "outputs/run", "prompt": "hi", "load_in": "2bit"})
+        no_checkpoint = call(base + "/api/consolidate", {"run": "outputs/run", "checkpoint": "../x", "out": "c"})
+        unsaved = call(base + "/api/eval", {"name": "tiny", "out": "eval/tiny"})
+    assert escape[0] == 403 and outside_run[0] == 403
+    assert not_a_run[0] == 400 and "no run there" in not_a_run[1]["error"]
+    assert taken[0] == 400 and "already holds files" in taken[1]["error"]
+    assert (tmp_path / "taken" / "file").read_text() == "the user's"
+    assert bad_dtype[0] == 400 and "int3" in bad_dtype[1]["error"]
+    assert bad_bits[0] == 400 and "2bit" in bad_bits[1]["error"]
+    assert no_checkpoint[0] == 400 and "not one of the run's" in no_checkpoint[1]["error"]
+    assert unsaved[0] == 400 and "Save the recipe" in unsaved[1]["error"]
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "c").exists() and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.multiproc
+def test_consolidate_writes_a_runs_zero_checkpoint_as_an_adapter(tiny_run, tmp_path):
+    run = tiny_run(*SHORT_RUN)
+    shutil.copytree(run, tmp_path / "outputs" / "tiny")
+    request = {"run": "outputs/tiny", "checkpoint": "checkpoint-6", "out": "adapters/tiny"}
+    with ui_server(tmp_path) as base:
+        status, answer = call(base + "/api/consolidate", request)
+        again = call(base + "/api/consolidate", request)
+    assert status == 200, answer
+    assert answer["out"] == "adapters/tiny" and "consolidated" in answer["output"]
+    assert (tmp_path / "adapters" / "tiny" / "adapter_config.json").is_file()
+    assert again[0] == 400  # never over what it wrote
