@@ -21,6 +21,7 @@ import torch
 from launcher.checkpoint.inputs import (
     ADAPTER_WEIGHTS,
     adapter_config,
+    base_loading,
     read_json,
     run_plan,
     safetensors_files,
@@ -300,6 +301,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
         )
         for name, (path, stored, shape) in layout.items()
     ]
+    config = rope_scaled(config, base_dir, adapter)
     config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     config.pop("torch_dtype", None)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
@@ -318,6 +320,23 @@ def full_precision_config(base_dir: Path, base: str, why: str) -> dict:
             "Fix: pass the full-precision base model the quantized one was made from"
         )
     return config
+
+
+def rope_scaled(config: dict, base_dir: Path, adapter: Path) -> dict:
+    """The merged model's config.json: the base's, under the RoPE scaling the adapter's run trained with
+    (base_loading), set as the worker set it, so the merged model loads as a full fine-tune's saved config does."""
+    base = base_loading(adapter)
+    if base.rope_scaling is None:
+        return config
+    from launcher.model.rope import rope_scaled_config
+
+    scaled = rope_scaled_config(str(base_dir), base.rope_scaling, base.trust_remote_code)
+    config = {key: value for key, value in config.items() if key != "rope_scaling"}  # rope_parameters replaces it
+    return {
+        **config,
+        "rope_parameters": scaled.rope_parameters,
+        "max_position_embeddings": scaled.max_position_embeddings,
+    }
 
 
 def read_tensor(path: Path, name: str) -> torch.Tensor:

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.checkpoint.inputs import BaseLoading, base_loading
 from launcher.errors import ServeError
 from launcher.infer.chat import (
     Sampling,
@@ -214,6 +215,20 @@ def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def served_base(adapters: dict[str, str]) -> BaseLoading:
+    """How the one base under all `adapters` loads: the RoPE scaling their runs trained under (base_loading),
+    which must be the same for every adapter; the base as saved without adapters."""
+    loadings = {name: base_loading(path) for name, path in adapters.items()}
+    scalings = {json.dumps(b.rope_scaling, sort_keys=True): name for name, b in loadings.items()}
+    if len(scalings) > 1:
+        shown = ", ".join(f"{name}: {scaling}" for scaling, name in scalings.items())
+        raise ServeError(
+            f"--adapter: the adapters' runs trained under different RoPE scaling (model.rope_scaling: {shown}), "
+            "and one base model loads with one. Fix: serve them from separate `launch serve` processes"
+        )
+    return next(iter(loadings.values()), BaseLoading())
+
+
 class Engine:
     """The model, its adapters and generation; each call runs in a worker thread under the Gate."""
 
@@ -228,7 +243,8 @@ class Engine:
     ):
         for path in adapters.values():  # before the base loads: it may take minutes
             require_adapter_fits(model_path, path)
-        model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code, dtype, load_in)
+        base = served_base(adapters)
+        model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code, dtype, load_in, base)
         for name, path in adapters.items():
             model = attach_adapter(model, path, model_path, name)
         model.eval()
