@@ -30,6 +30,7 @@ from launcher.infer.chat import (
     stop_ids,
     until_stop,
 )
+from launcher.infer.vllm_adapter import vllm_adapter_refusal
 from launcher.util.net import is_loopback
 
 
@@ -469,7 +470,12 @@ VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dt
 def vllm_command(
     model: str, adapters: dict[str, str], host: str, port: int, base_name: str, dtype: str = "auto"
 ) -> list[str]:
-    """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API."""
+    """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API; an adapter vLLM
+    cannot take (vllm_adapter_refusal) is refused."""
+    for name, path in adapters.items():
+        refusal = vllm_adapter_refusal(path, "--engine hf (the default)")
+        if refusal:
+            raise ServeError(f"--engine vllm: --adapter {name}: {refusal}")
     argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", base_name]
     if dtype != "auto":
         argv += ["--dtype", VLLM_DTYPES[dtype]]
