@@ -105,14 +105,17 @@ def base_folder(base: str) -> Path:
         ) from None
 
 
-def qlora_note(adapter: Path) -> str | None:
+KBIT_METHODS = {"LORA": "QLoRA", "OFT": "QOFT"}  # an adapter's peft_type over a k-bit base
+
+
+def kbit_note(adapter: Path, peft_type: str) -> str | None:
     """If the run that trained `adapter` used a k-bit base (its plan.json says so), the sentence to print."""
     plan = run_plan(adapter)
     quant = plan["recipe"]["model"].get("quantization") if plan else None
     if quant:
         return (
-            f"adapter trained with QLoRA over a {quant['bits']}-bit base: merged into the full-precision "
-            "base, so the merged model is the adapter over the unquantized weights"
+            f"adapter trained with {KBIT_METHODS[peft_type]} over a {quant['bits']}-bit base: merged into the "
+            "full-precision base, so the merged model is the adapter over the unquantized weights"
         )
     return None
 
@@ -271,7 +274,7 @@ ADAPTER_UPDATES: dict[str, type[AdapterUpdate]] = {"LORA": LoraDeltas, "OFT": Of
 def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", shard_size: str = "5GB") -> list[str]:
     """base + adapter -> `out`: sharded safetensors, config, generation config, tokenizer (with chat
     template). `out` appears only once complete (written as a staging folder beside it, then renamed).
-    Returns notes for the user (QLoRA)."""
+    Returns notes for the user (QLoRA, QOFT)."""
     from launcher.model.builtin import local_model_path
 
     check_output_folder("--out", out, [("--base", model_folder(str(base))), ("--adapter", adapter)])
@@ -306,7 +309,7 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
     config.pop("torch_dtype", None)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
     write_model_folder(out, entries, config, base_dir, tokenizer_source, shard_size)
-    note = qlora_note(adapter)
+    note = kbit_note(adapter, adapter_settings["peft_type"])
     return [note] if note else []
 
 
