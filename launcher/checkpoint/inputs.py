@@ -14,6 +14,7 @@ import json
 import pickle
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import CheckpointError
@@ -97,6 +98,27 @@ def run_plan(folder: str | Path) -> dict | None:
         if folder.is_dir() and plan.is_file():
             return read_json(plan)
     return None
+
+
+@dataclass(frozen=True)
+class BaseLoading:
+    """How an adapter's base must be loaded beyond its own config.json, as the run that trained the adapter loaded
+    it: the RoPE scaling it set on the config (model.rope_scaling; a full fine-tune's saved config carries it, an
+    adapter's files do not) and whether it ran the model's own code."""
+
+    rope_scaling: dict | None = None
+    trust_remote_code: bool = False
+
+
+def base_loading(adapter: str | Path | None) -> BaseLoading:
+    """The BaseLoading of the run that wrote `adapter` (its plan.json); the base as saved where there is no
+    adapter or no run of ours wrote it."""
+    plan = run_plan(adapter) if adapter else None
+    if plan is None:
+        return BaseLoading()
+    return BaseLoading(
+        (plan.get("context") or {}).get("rope_scaling"), bool(plan["recipe"]["model"].get("trust_remote_code"))
+    )
 
 
 def adapter_config(adapter: str | Path) -> dict:

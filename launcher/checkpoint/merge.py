@@ -21,6 +21,7 @@ import torch
 from launcher.checkpoint.inputs import (
     ADAPTER_WEIGHTS,
     adapter_config,
+    base_loading,
     read_json,
     run_plan,
     safetensors_files,
@@ -104,14 +105,17 @@ def base_folder(base: str) -> Path:
         ) from None
 
 
-def qlora_note(adapter: Path) -> str | None:
+KBIT_METHODS = {"LORA": "QLoRA", "OFT": "QOFT"}  # an adapter's peft_type over a k-bit base
+
+
+def kbit_note(adapter: Path, peft_type: str) -> str | None:
     """If the run that trained `adapter` used a k-bit base (its plan.json says so), the sentence to print."""
     plan = run_plan(adapter)
     quant = plan["recipe"]["model"].get("quantization") if plan else None
     if quant:
         return (
-            f"adapter trained with QLoRA over a {quant['bits']}-bit base: merged into the full-precision "
-            "base, so the merged model is the adapter over the unquantized weights"
+            f"adapter trained with {KBIT_METHODS[peft_type]} over a {quant['bits']}-bit base: merged into the "
+            "full-precision base, so the merged model is the adapter over the unquantized weights"
         )
     return None
 
@@ -270,7 +274,7 @@ ADAPTER_UPDATES: dict[str, type[AdapterUpdate]] = {"LORA": LoraDeltas, "OFT": Of
 def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", shard_size: str = "5GB") -> list[str]:
     """base + adapter -> `out`: sharded safetensors, config, generation config, tokenizer (with chat
     template). `out` appears only once complete (written as a staging folder beside it, then renamed).
-    Returns notes for the user (QLoRA)."""
+    Returns notes for the user (QLoRA, QOFT)."""
     from launcher.model.builtin import local_model_path
 
     check_output_folder("--out", out, [("--base", model_folder(str(base))), ("--adapter", adapter)])
@@ -300,11 +304,12 @@ def merge(base: str, adapter: str | Path, out: str | Path, dtype: str = "fp32", 
         )
         for name, (path, stored, shape) in layout.items()
     ]
+    config = rope_scaled(config, base_dir, adapter)
     config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     config.pop("torch_dtype", None)
     tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
     write_model_folder(out, entries, config, base_dir, tokenizer_source, shard_size)
-    note = qlora_note(adapter)
+    note = kbit_note(adapter, adapter_settings["peft_type"])
     return [note] if note else []
 
 
@@ -318,6 +323,23 @@ def full_precision_config(base_dir: Path, base: str, why: str) -> dict:
             "Fix: pass the full-precision base model the quantized one was made from"
         )
     return config
+
+
+def rope_scaled(config: dict, base_dir: Path, adapter: Path) -> dict:
+    """The merged model's config.json: the base's, under the RoPE scaling the adapter's run trained with
+    (base_loading), set as the worker set it, so the merged model loads as a full fine-tune's saved config does."""
+    base = base_loading(adapter)
+    if base.rope_scaling is None:
+        return config
+    from launcher.model.rope import rope_scaled_config
+
+    scaled = rope_scaled_config(str(base_dir), base.rope_scaling, base.trust_remote_code)
+    config = {key: value for key, value in config.items() if key != "rope_scaling"}  # rope_parameters replaces it
+    return {
+        **config,
+        "rope_parameters": scaled.rope_parameters,
+        "max_position_embeddings": scaled.max_position_embeddings,
+    }
 
 
 def read_tensor(path: Path, name: str) -> torch.Tensor:

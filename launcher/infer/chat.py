@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.checkpoint.adapter_fit import adapter_fit_error
-from launcher.checkpoint.inputs import read_json, run_plan, safetensors_files
+from launcher.checkpoint.inputs import BaseLoading, base_loading, read_json, run_plan, safetensors_files
 from launcher.compat import bnb_cpu_kernel_where_it_fits, prompt_learning_generates_with_its_cache
 from launcher.data.defaults import TEMPLATE
 from launcher.data.templates import TEMPLATES
@@ -145,14 +145,17 @@ def load_for_chat(
     trust_remote_code: bool = False,
     dtype: str = "auto",
     load_in: str | None = None,
+    base: BaseLoading | None = None,
 ):
     """(model, tokenizer) on the GPU when there is one, in eval mode, in `dtype` (chat_dtype), its linear layers
-    quantized when `load_in` is 4bit/8bit; the adapter is loaded with PEFT. Damaged or missing adapter and model
-    files are refused (CheckpointError) before anything loads."""
+    quantized when `load_in` is 4bit/8bit, the base loaded as `base` says (default: as the adapter's run loaded it,
+    its RoPE scaling); the adapter is loaded with PEFT. Damaged or missing adapter and model files are refused
+    (CheckpointError) before anything loads."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from launcher.model.builtin import local_model_path
+    from launcher.model.rope import rope_scaled_config
 
     if adapter:
         require_adapter_fits(model_path, adapter)
@@ -164,20 +167,24 @@ def load_for_chat(
     on_gpu = torch.cuda.is_available()
     dtype = chat_dtype(dtype, adapter, on_gpu)
     weights = torch_dtype(dtype)
+    rope = (base or base_loading(adapter)).rope_scaling
+    scaled = {"config": rope_scaled_config(model_dir, rope, trust_remote_code)} if rope else {}
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=weights,
         trust_remote_code=trust_remote_code,
         device_map="cuda" if on_gpu else None,
         quantization_config=_quantization(load_in, weights),
+        **scaled,
     )  # straight onto the GPU, no CPU copy first
     if load_in == "4bit":
         bnb_cpu_kernel_where_it_fits(model)
     if adapter:
         model = attach_adapter(model, adapter, model_path)
-    quantized = f", linear layers {load_in}" if load_in else ""
+    details = f", linear layers {load_in}" if load_in else ""
+    details += f", RoPE {rope['rope_type']} x{rope['factor']} as trained" if rope else ""
     print(
-        f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype}{quantized} on {model.device}",
+        f"[chat] {model_path}{' + ' + str(adapter) if adapter else ''} in {dtype}{details} on {model.device}",
         file=sys.stderr,
         flush=True,
     )

@@ -21,13 +21,20 @@ if TYPE_CHECKING:
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # max_lora_rank values vLLM accepts
 
 
-def choose_engine(requested: str) -> str:
-    """hf | vllm for eval.engine auto | hf | vllm; raises EvalError (with the fix) for a vllm that cannot run."""
+def choose_engine(requested: str, adapter: str | None = None) -> str:
+    """hf | vllm for eval.engine auto | hf | vllm; raises EvalError (with the fix) for a vllm that cannot run, an
+    adapter vLLM cannot take (vllm_adapter_refusal) first, before vLLM is looked for."""
+    from launcher.infer.vllm_adapter import vllm_adapter_refusal
     from launcher.kernels.choice import installed
     from launcher.plan import detect_gpus
 
     if requested == "hf":
         return "hf"
+    refusal = vllm_adapter_refusal(adapter, "eval.engine: hf") if adapter else None
+    if refusal:
+        if requested == "auto":
+            return "hf"
+        raise EvalError(f"eval.engine: vllm: the adapter {refusal}")
     missing = [
         why
         for why, ok in (("vLLM is not installed", installed("vllm")), ("no GPU is visible", detect_gpus()["count"] > 0))

@@ -165,7 +165,13 @@ def evaluate(
     from launcher.infer.eval_vllm import choose_engine
     from launcher.infer.metrics import similarity
 
-    engine = choose_engine(recipe["eval"]["engine"])  # before any model or data is read
+    adapter = adapter if adapter is not None else _default_adapter(recipe)
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise EvalError(
+            f"--adapter {adapter}: no adapter_config.json there. Fix: pass a LoRA run's output.dir "
+            "or checkpoint-<step>, or --adapter '' to evaluate the model alone"
+        )
+    engine = choose_engine(recipe["eval"]["engine"], adapter)  # before any model or data is read
     key = "--dataset" if datasets else "data.eval_datasets"
     datasets = datasets or recipe["data"]["eval_datasets"]
     if not datasets:
@@ -180,16 +186,11 @@ def evaluate(
         raise EvalError(no_rows_error(key, datasets, recipe["data"], "evaluate"))
     job = Job(
         model or recipe["model"]["path"],
-        adapter if adapter is not None else _default_adapter(recipe),
+        adapter,
         recipe["model"]["trust_remote_code"],
         {**recipe["eval"], "engine": engine},
         recipe["train"]["seed"],
     )
-    if job.adapter and not (Path(job.adapter) / "adapter_config.json").is_file():
-        raise EvalError(
-            f"--adapter {job.adapter}: no adapter_config.json there. Fix: pass a LoRA run's output.dir "
-            "or checkpoint-<step>, or --adapter '' to evaluate the model alone"
-        )
     processes = max(1, min(processes, len(rows)))
     prompts = [messages for messages, _ in rows]
     started = time.perf_counter()

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.checkpoint.inputs import BaseLoading, base_loading
 from launcher.errors import ServeError
 from launcher.infer.chat import (
     Sampling,
@@ -29,6 +30,7 @@ from launcher.infer.chat import (
     stop_ids,
     until_stop,
 )
+from launcher.infer.vllm_adapter import vllm_adapter_refusal
 from launcher.util.net import is_loopback
 
 
@@ -214,6 +216,20 @@ def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def served_base(adapters: dict[str, str]) -> BaseLoading:
+    """How the one base under all `adapters` loads: the RoPE scaling their runs trained under (base_loading),
+    which must be the same for every adapter; the base as saved without adapters."""
+    loadings = {name: base_loading(path) for name, path in adapters.items()}
+    scalings = {json.dumps(b.rope_scaling, sort_keys=True): name for name, b in loadings.items()}
+    if len(scalings) > 1:
+        shown = ", ".join(f"{name}: {scaling}" for scaling, name in scalings.items())
+        raise ServeError(
+            f"--adapter: the adapters' runs trained under different RoPE scaling (model.rope_scaling: {shown}), "
+            "and one base model loads with one. Fix: serve them from separate `launch serve` processes"
+        )
+    return next(iter(loadings.values()), BaseLoading())
+
+
 class Engine:
     """The model, its adapters and generation; each call runs in a worker thread under the Gate."""
 
@@ -228,7 +244,8 @@ class Engine:
     ):
         for path in adapters.values():  # before the base loads: it may take minutes
             require_adapter_fits(model_path, path)
-        model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code, dtype, load_in)
+        base = served_base(adapters)
+        model, self.tokenizer = load_for_chat(model_path, None, trust_remote_code, dtype, load_in, base)
         for name, path in adapters.items():
             model = attach_adapter(model, path, model_path, name)
         model.eval()
@@ -453,7 +470,12 @@ VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dt
 def vllm_command(
     model: str, adapters: dict[str, str], host: str, port: int, base_name: str, dtype: str = "auto"
 ) -> list[str]:
-    """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API."""
+    """The `vllm serve` argv serving the same model and adapters behind the same OpenAI API; an adapter vLLM
+    cannot take (vllm_adapter_refusal) is refused."""
+    for name, path in adapters.items():
+        refusal = vllm_adapter_refusal(path, "--engine hf (the default)")
+        if refusal:
+            raise ServeError(f"--engine vllm: --adapter {name}: {refusal}")
     argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", base_name]
     if dtype != "auto":
         argv += ["--dtype", VLLM_DTYPES[dtype]]

@@ -76,6 +76,7 @@ class Note(str):
 
 
 NO_KEY = "no equivalent recipe key"
+NOTE = "#note"  # a converter's note beside the keys it sets: a value written as another that trains the same
 
 
 def _stage(value: Any, lf: dict) -> dict:
@@ -203,6 +204,8 @@ LF_OPTIMIZERS = {
 # the switches whose optimizer LF builds on `optim` (its class and arguments): AdamW only here
 ON_OPTIM = ("use_galore", "use_apollo", "use_badam")
 LF_ADAMW = ("adamw_torch", "adamw_torch_fused")
+# LF optim values that are another kernel of a recipe optimizer's update (transformers 5's default optim is fused)
+LF_OPTIM_KERNELS = {"adamw_torch_fused": "adamw_torch"}
 
 
 def _switch(lf: dict) -> str | None:
@@ -219,8 +222,17 @@ def _optimizer(value: Any, lf: dict) -> dict:
         )
     if switch is not None and switch != "loraplus_lr_ratio":
         return {}  # the switch sets train.optimizer
+    if value in LF_OPTIM_KERNELS:
+        same = LF_OPTIM_KERNELS[value]
+        return {
+            "train.optimizer": same,
+            NOTE: f"{value} is written as train.optimizer: {same}, the same update in torch's foreach kernel "
+            "instead of the fused one (speed only)",
+        }
     if value not in FLAT_KEYS["train.optimizer"].choices:
-        raise Unmapped(f"optim {shown(value)}: supported are {', '.join(FLAT_KEYS['train.optimizer'].choices)}")
+        raise Unmapped(
+            f"optim {shown(value)}: supported are {', '.join([*FLAT_KEYS['train.optimizer'].choices, *LF_OPTIM_KERNELS])}"
+        )
     return {"train.optimizer": value}
 
 
@@ -457,7 +469,12 @@ LF_KEYS: dict[str, LFKey] = {
     "per_device_eval_batch_size": LFKey(("train.eval_batch_size",)),
     "weight_decay": LFKey(("train.weight_decay",)),
     "max_grad_norm": LFKey(("train.max_grad_norm",)),
-    "optim": LFKey(("train.optimizer",), _optimizer, "under use_galore/use_apollo/use_badam: adamw_torch only"),
+    "optim": LFKey(
+        ("train.optimizer",),
+        _optimizer,
+        "adamw_torch_fused -> adamw_torch (the same update, another kernel; a note); under "
+        "use_galore/use_apollo/use_badam: adamw_torch only",
+    ),
     "use_galore": LFKey(("train.optimizer",), _optimizer_switch("use_galore"), "true -> galore_adamw"),
     "galore_target": LFKey(("train.galore.target",), _target_list("train.galore.target"), "'a,b' -> [a, b]"),
     "galore_rank": LFKey(("train.galore.rank",)),
@@ -646,6 +663,8 @@ def import_lf(
         except Unmapped as why:
             unmapped.append((name, str(why)))
             continue
+        if note := mapped.pop(NOTE, None):
+            unmapped.append((name, Note(note)))
         for dotted, converted in mapped.items():
             values[dotted], sources[dotted] = converted, name
     if "deepspeed" not in lf:  # LF without a DeepSpeed config is plain DDP (torchrun)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from launcher.model.rope import rope_scaled_config
 from launcher.recipe.optimizers import trainer_optim
 from launcher.recipe.schedule import trainer_schedule
 from launcher.registry import SCORE_HEAD, engine_spec, stage_spec
@@ -61,27 +62,6 @@ def training_arguments(plan: Plan):
         dataloader_num_workers=0,
         save_only_model=False,
     )
-
-
-# Llama 3.1's frequency bands, which transformers' llama3 rope type requires and LLaMA-Factory sets too
-LLAMA3_BANDS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
-
-
-def rope_scaled_config(model_dir: str, rope: dict, trust_remote_code: bool):
-    """The model's config with the plan's RoPE scaling in transformers' rope_parameters (its rope_theta kept).
-    Linear, yarn and llama3 scale to factor x original positions; dynamic rescales itself beyond the original, so
-    max_position_embeddings stays the original there (transformers reads it as dynamic's starting length)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    original = rope["original_max_position_embeddings"]
-    config.rope_parameters = {
-        **config.rope_parameters,
-        **rope,
-        **(LLAMA3_BANDS if rope["rope_type"] == "llama3" else {}),
-    }
-    config.max_position_embeddings = original if rope["rope_type"] == "dynamic" else int(rope["factor"] * original)
-    return config
 
 
 def load_model(plan: Plan, model_dir: str):

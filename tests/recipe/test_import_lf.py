@@ -468,6 +468,19 @@ def test_lf_optimizer_switches_map_with_lfs_defaults(tmp_path, case):
     assert ("badam_verbose" in dict(notes)) == (case == "badam")
 
 
+def test_lf_fused_adamw_is_adamw_torch_with_a_note(tmp_path):
+    """transformers 5's default optim, which LF YAMLs carry: the same AdamW update, written as adamw_torch."""
+    from launcher.recipe.lf_strict import strict_import
+
+    text, notes, refused, _ = strict_import(
+        yaml.safe_load(FULL + "optim: adamw_torch_fused\n"), tmp_path / "lf.yaml", tmp_path, False, False
+    )
+    (tmp_path / "recipe.yaml").write_text(text)
+    assert load_recipe(tmp_path / "recipe.yaml")["train"]["optimizer"] == "adamw_torch" and not refused
+    assert "adamw_torch_fused is written as train.optimizer: adamw_torch" in dict(notes)["optim"]
+    assert "optim: adamw_torch_fused is written as" in text  # the recipe's comment says it too
+
+
 @pytest.mark.parametrize(
     "keys,needle",
     [

@@ -1,14 +1,19 @@
 """model.rope_scaling: the loaded model's rotary embedding uses each RoPE type, checked against the formulas of
 the methods' papers (linear interpolation, dynamic NTK, YaRN, Llama 3.1's frequency bands) over the builtin
-model's own frequencies; the planner's context is factor x original."""
+model's own frequencies; the planner's context is factor x original. An adapter's files do not record it: chat
+(and serve, eval) and merge load its base under the scaling its run's plan.json says, as the worker did."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from launcher.checkpoint.merge import merge
+from launcher.infer.chat import load_for_chat
 from launcher.model.builtin import materialize
 from launcher.plan import build_plan
 from launcher.recipe.load import load_recipe
@@ -26,9 +31,13 @@ def cpu_only(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
-def _rotary(rope_type: str):
+def _scaled_plan(rope_type: str) -> dict:
     overrides = [f"model.rope_scaling={{type: {rope_type}, factor: {FACTOR}}}", "data.cutoff_len=8192"]
-    plan = build_plan(load_recipe(TINY, overrides))
+    return build_plan(load_recipe(TINY, overrides))
+
+
+def _rotary(rope_type: str):
+    plan = _scaled_plan(rope_type)
     assert plan["context"]["length"] == FACTOR * ORIGINAL
     model = load_model(plan, materialize("builtin:tiny-qwen2"))
     assert model.config.rope_parameters["rope_type"] == rope_type
@@ -73,3 +82,50 @@ def test_llama3_keeps_high_frequencies_and_divides_low_ones():
     assert torch.allclose(rotary.inv_freq[high], plain[high]) and torch.allclose(
         rotary.inv_freq[low], plain[low] / FACTOR
     )
+
+
+def _adapter(folder: Path, plan: dict) -> Path:
+    """A LoRA adapter over the builtin model as a run's output.dir holds it: weights, tokenizer, plan.json."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = materialize("builtin:tiny-qwen2")
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear")
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return folder
+
+
+@pytest.mark.parametrize("scaled", [True, False], ids=["rope-scaled run", "unscaled run"])
+def test_an_adapters_base_loads_for_chat_and_merge_under_its_runs_rope_scaling(tmp_path, scaled):
+    plan = _scaled_plan("linear") if scaled else build_plan(load_recipe(TINY, []))
+    adapter = _adapter(tmp_path / "adapter", plan)
+    trained = load_model(plan, materialize("builtin:tiny-qwen2")).config  # the oracle: what the worker trained
+    model, _ = load_for_chat("builtin:tiny-qwen2", str(adapter))
+    merge("builtin:tiny-qwen2", adapter, tmp_path / "merged")
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    plain, _, _ = _plain(trained)
+    for loaded in (model.get_base_model(), merged):
+        assert loaded.config.rope_parameters == trained.rope_parameters
+        assert loaded.config.max_position_embeddings == trained.max_position_embeddings
+        assert torch.allclose(loaded.model.rotary_emb.inv_freq, plain / FACTOR if scaled else plain)
+
+
+def test_serve_loads_one_base_for_adapters_of_one_rope_scaling_and_refuses_a_mix(tmp_path):
+    from launcher.errors import ServeError
+    from launcher.infer.serve import served_base
+
+    scaled = _scaled_plan("linear")
+    for name, plan in (("long", scaled), ("also-long", scaled), ("short", build_plan(load_recipe(TINY, [])))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "plan.json").write_text(json.dumps(plan))
+    assert (
+        served_base({n: str(tmp_path / n) for n in ("long", "also-long")}).rope_scaling
+        == scaled["context"]["rope_scaling"]
+    )
+    with pytest.raises(ServeError, match="different RoPE scaling"):
+        served_base({n: str(tmp_path / n) for n in ("long", "short")})
