@@ -183,6 +183,8 @@ def variant_overrides(variant: dict, cutoff_len: int) -> list[str]:
         f"distributed.zero={variant['zero']}",
         f"distributed.offload={variant['offload']}",
         f"distributed.sequence_parallel={variant['sp']}",
+        # beyond the model's context, linear RoPE scaling by LF's rule (factor = cutoff_len / context, rounded up)
+        *(["model.rope_scaling={type: linear}"] if variant.get("long") else []),
     ]
 
 
