@@ -24,6 +24,7 @@ from launcher.errors import LauncherError, UIError
 from launcher.recipe.load import load_recipe, output_folder
 from launcher.recipe.schema import json_schema
 from launcher.ui import tools
+from launcher.ui.relay import Task, ToolFailed
 from launcher.ui.form import form_values, only_for, refusal
 from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path
 from launcher.ui.runs import PathRefused, list_runs, run_detail
@@ -143,6 +144,29 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: HTTPStatus, value: Any) -> None:
         self._send(status, json.dumps(value, ensure_ascii=False).encode(), "application/json")
 
+    def _stream(self, task: Task) -> None:
+        """`"stream": true`: one JSON line per change of the children's output so far, `{"partial": {field: text}}`,
+        then the answer as without it (`{"ok": false, "error"}` when a child failed). The body ends when the
+        connection closes (HTTP/1.0: no length needed)."""
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            for partial in task.updates():
+                self._line({"partial": partial})
+            try:
+                answer = task.answer()
+            except ToolFailed as err:
+                answer = {"ok": False, "error": str(err)}
+            self._line(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away; the children finish on their own (a merge is not cut halfway)
+
+    def _line(self, value: dict) -> None:
+        self.wfile.write(json.dumps(value, ensure_ascii=False).encode() + b"\n")
+        self.wfile.flush()
+
     def _body(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
@@ -165,7 +189,11 @@ class Handler(BaseHTTPRequestHandler):
             if method == "GET" and url.path == "/":
                 self._send(HTTPStatus.OK, _page(), "text/html; charset=utf-8", cookie=self.app.token)
                 return
-            self._json(HTTPStatus.OK, self._route(method, unquote(url.path)))
+            answer = self._route(method, unquote(url.path))
+            if isinstance(answer, Task):
+                self._stream(answer)
+            else:
+                self._json(HTTPStatus.OK, answer)
         except Refusal as err:
             self._json(err.status, {"error": str(err)})
         except PathRefused as err:
@@ -174,7 +202,7 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": str(err)})
         except FieldRefusal as err:
             self._json(HTTPStatus.BAD_REQUEST, err.answer)
-        except (LauncherError, JobRefused, tools.ToolFailed) as err:  # the CLI's own refusal, word for word
+        except (LauncherError, JobRefused, ToolFailed) as err:  # the CLI's own refusal, word for word
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
 
     def _route(self, method: str, path: str) -> Any:
@@ -202,7 +230,9 @@ class Handler(BaseHTTPRequestHandler):
             "/api/eval": lambda body: tools.evaluate(app.root, body),
         }
         if method == "POST" and path in posts:
-            return posts[path](self._body())
+            body = self._body()
+            answer = posts[path](body)
+            return answer.answer() if isinstance(answer, Task) and not body.get("stream") else answer
         raise Refusal(HTTPStatus.NOT_FOUND, f"{method} {path}: no such endpoint")
 
     def do_GET(self) -> None:  # http.server dispatches on these names

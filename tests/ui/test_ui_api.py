@@ -260,3 +260,27 @@ def test_consolidate_writes_a_runs_zero_checkpoint_as_an_adapter(tiny_run, tmp_p
     assert answer["out"] == "adapters/tiny" and "consolidated" in answer["output"]
     assert (tmp_path / "adapters" / "tiny" / "adapter_config.json").is_file()
     assert again[0] == 400  # never over what it wrote
+
+
+def streamed(url: str, body: dict) -> list[dict]:
+    """The JSON lines of a `"stream": true` request, as they came: the partial outputs, then the answer."""
+    request = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode())
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return [json.loads(line) for line in response]
+
+
+@pytest.mark.multiproc
+def test_a_chat_reply_grows_token_by_token_into_the_non_streamed_reply(tiny_run, tmp_path):
+    from launcher.infer.chat import Sampling, chat_template, load_for_chat, reply
+
+    run = tmp_path / "outputs" / "tiny"
+    shutil.copytree(tiny_run(*SHORT_RUN), run)
+    with ui_server(tmp_path) as base:
+        *partials, answer = streamed(base + "/api/chat", {"run": "outputs/tiny", "prompt": "1+1=", "max_new_tokens": 24})
+    model, tokenizer = load_for_chat("builtin:tiny-qwen2", str(run))
+    template = chat_template("builtin:tiny-qwen2", str(run))[0]
+    whole = reply(model, tokenizer, [{"role": "user", "content": "1+1="}], Sampling(24), template)
+    assert answer == {"ok": True, "reply": whole} and whole
+    shown = [event["partial"]["reply"] for event in partials]
+    assert all(whole.startswith(text) for text in shown)
+    assert any(0 < len(text) < len(whole) for text in shown), shown  # seen before the child ended
