@@ -26,7 +26,7 @@ from launcher.recipe.schema import json_schema
 from launcher.ui import tools
 from launcher.ui.relay import Task, ToolFailed
 from launcher.ui.form import form_values, only_for, refusal
-from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path
+from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path, resume_args
 from launcher.ui.runs import PathRefused, list_runs, run_detail
 
 COOKIE = "launch_ui_token"
@@ -102,6 +102,12 @@ class App:
         if not isinstance(rows, int) or not 1 <= rows <= 50:
             raise Refusal(HTTPStatus.BAD_REQUEST, f"rows: {rows!r}. Fix: a whole number from 1 to 50")
         return {"ok": True, "text": preview(recipe, rows, None)}
+
+    def resume(self, body: dict) -> dict:
+        """A stopped or failed run's recipe started again with train.resume=auto on its folder."""
+        run = str(body.get("run") or "")
+        name, args = resume_args(self.root, run)
+        return {"ok": True, "command": self.jobs.resume(name, args), "run": run}
 
     def stop(self, body: dict) -> dict:
         return {"ok": True, "pid": self.jobs.stop(str(body.get("name")))}
@@ -224,6 +230,7 @@ class Handler(BaseHTTPRequestHandler):
             "/api/plan": app.plan,
             "/api/start": app.start,
             "/api/stop": app.stop,
+            "/api/resume": app.resume,
             "/api/chat": lambda body: tools.chat(app.root, body),
             "/api/merge": lambda body: tools.merge(app.root, body),
             "/api/consolidate": lambda body: tools.consolidate(app.root, body),

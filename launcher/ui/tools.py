@@ -99,7 +99,9 @@ def merge(root: Path, body: dict) -> Task:
 def _export(root: Path, args: list[str], out: Path) -> Task:
     """A merge or consolidate: its output lines (stdout and stderr, progress included) as they come."""
     written = str(out.relative_to(root))
-    return task(root, {"output": args}, lambda outputs: {"ok": True, "output": outputs["output"], "out": written}, merged=True)
+    return task(
+        root, {"output": args}, lambda outputs: {"ok": True, "output": outputs["output"], "out": written}, merged=True
+    )
 
 
 def _checkpoint(folder: Path, body: dict) -> Path:

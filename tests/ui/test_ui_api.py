@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -276,7 +277,9 @@ def test_a_chat_reply_grows_token_by_token_into_the_non_streamed_reply(tiny_run,
     run = tmp_path / "outputs" / "tiny"
     shutil.copytree(tiny_run(*SHORT_RUN), run)
     with ui_server(tmp_path) as base:
-        *partials, answer = streamed(base + "/api/chat", {"run": "outputs/tiny", "prompt": "1+1=", "max_new_tokens": 24})
+        *partials, answer = streamed(
+            base + "/api/chat", {"run": "outputs/tiny", "prompt": "1+1=", "max_new_tokens": 24}
+        )
     model, tokenizer = load_for_chat("builtin:tiny-qwen2", str(run))
     template = chat_template("builtin:tiny-qwen2", str(run))[0]
     whole = reply(model, tokenizer, [{"role": "user", "content": "1+1="}], Sampling(24), template)
@@ -284,3 +287,49 @@ def test_a_chat_reply_grows_token_by_token_into_the_non_streamed_reply(tiny_run,
     shown = [event["partial"]["reply"] for event in partials]
     assert all(whole.startswith(text) for text in shown)
     assert any(0 < len(text) < len(whole) for text in shown), shown  # seen before the child ended
+
+
+def _fake_run(root: Path, name: str, steps: int, checkpoint: bool) -> Path:
+    """A run folder as a stop leaves it: plan.json naming its recipe file, `steps` of 4 logged, checkpoint-2."""
+    folder = root / "outputs" / name
+    (folder / "checkpoint-2").mkdir(parents=True)
+    if checkpoint:
+        (folder / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    recipe = root / "recipes" / f"{name}.yaml"
+    recipe.parent.mkdir(exist_ok=True)
+    recipe.write_text(RECIPE + f"train:\n  max_steps: 4\noutput:\n  dir: outputs/{name}\n")
+    (folder / "plan.json").write_text(json.dumps({"recipe": {"stage": "sft"}, "recipe_file": str(recipe)}))
+    rows = [{"step": step, "total_steps": 4, "loss": 1.0} for step in range(1, steps + 1)]
+    (folder / "trainer_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+@pytest.mark.unit
+def test_resume_starts_a_stopped_runs_recipe_with_resume_auto_on_its_folder(tmp_path):
+    _fake_run(tmp_path, "stopped", 2, checkpoint=True)
+    _fake_run(tmp_path, "bare", 1, checkpoint=False)
+    _fake_run(tmp_path, "done", 4, checkpoint=True)
+    busy = _fake_run(tmp_path, "busy", 2, checkpoint=True)
+    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(busy / "plan.json")])
+    try:
+        with ui_server(tmp_path) as base:
+            status, answer = call(base + "/api/resume", {"run": "outputs/stopped"})
+            twice = call(base + "/api/resume", {"run": "outputs/stopped"})
+            refusals = {
+                name: call(base + "/api/resume", {"run": f"outputs/{name}"}) for name in ("bare", "done", "busy")
+            }
+            deadline = time.monotonic() + 60
+            while (job := call(base + "/api/runs")[1]["jobs"][0])["exit_code"] is None:
+                assert time.monotonic() < deadline, job
+                time.sleep(0.2)
+    finally:
+        rank.kill()
+        rank.wait()
+    assert status == 200, answer
+    assert answer["command"][-3:] == ["recipes/stopped.yaml", "train.resume=auto", "output.dir=outputs/stopped"]
+    assert twice[0] == 400 and "stopped is running" in twice[1]["error"]  # one run per output folder
+    assert refusals["bare"][0] == 400 and "no checkpoint" in refusals["bare"][1]["error"]
+    assert refusals["done"][0] == 400 and "already complete" in refusals["done"][1]["error"]
+    assert refusals["busy"][0] == 400 and "outputs/busy is running" in refusals["busy"][1]["error"]
+    # the CLI looked for that folder's checkpoint to resume: this hand-made one has no launcher manifest
+    assert job["exit_code"] == 2 and "stopped/checkpoint-2 has no checksum manifest" in job["console"], job
