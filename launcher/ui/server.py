@@ -24,9 +24,9 @@ from launcher.errors import LauncherError, UIError
 from launcher.recipe.load import load_recipe, output_folder
 from launcher.recipe.schema import json_schema
 from launcher.ui import tools
-from launcher.ui.relay import Task, ToolFailed
 from launcher.ui.form import form_values, only_for, refusal
 from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path, resume_args
+from launcher.ui.relay import Task, ToolFailed
 from launcher.ui.runs import PathRefused, list_runs, run_detail
 
 COOKIE = "launch_ui_token"
