@@ -44,6 +44,13 @@ def call(url: str, body: dict | None = None, headers: dict | None = None) -> tup
         return err.code, json.loads(err.read())
 
 
+def streamed(url: str, body: dict) -> list[dict]:
+    """The JSON lines of a `"stream": true` request, as they came: the partial outputs, then the answer."""
+    request = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode())
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return [json.loads(line) for line in response]
+
+
 def raw_get(base: str, path: str) -> int:
     """GET with the path sent as written (urllib and curl fold `..` away before sending)."""
     connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=30)
@@ -255,19 +262,13 @@ def test_consolidate_writes_a_runs_zero_checkpoint_as_an_adapter(tiny_run, tmp_p
     shutil.copytree(run, tmp_path / "outputs" / "tiny")
     request = {"run": "outputs/tiny", "checkpoint": "checkpoint-6", "out": "adapters/tiny"}
     with ui_server(tmp_path) as base:
-        status, answer = call(base + "/api/consolidate", request)
+        *partials, answer = streamed(base + "/api/consolidate", request)  # its output lines as they come
         again = call(base + "/api/consolidate", request)
-    assert status == 200, answer
+    assert answer["ok"] is True, answer
     assert answer["out"] == "adapters/tiny" and "consolidated" in answer["output"]
+    assert partials and all(answer["output"].startswith(p["partial"]["output"]) for p in partials)
     assert (tmp_path / "adapters" / "tiny" / "adapter_config.json").is_file()
     assert again[0] == 400  # never over what it wrote
-
-
-def streamed(url: str, body: dict) -> list[dict]:
-    """The JSON lines of a `"stream": true` request, as they came: the partial outputs, then the answer."""
-    request = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode())
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return [json.loads(line) for line in response]
 
 
 @pytest.mark.multiproc
