@@ -1,6 +1,6 @@
 """`launch chat`: generation with a base model and an optional PEFT adapter, through the chat template
 the run trained with (a run's output.dir records it in plan.json; a plain model folder: its tokenizer's
-own; --template overrides). One-shot (--prompt), batch prediction (--input rows.jsonl --output
+own; --template overrides). One-shot (--prompt, the reply streamed), batch prediction (--input rows.jsonl --output
 preds.jsonl), interactive (a terminal on stdin, the reply streamed as it is generated), or one prompt per
 stdin line (a pipe); --system's message opens each conversation. Greedy by default; --do-sample with
 --temperature / --top-p / --top-k / --seed samples. On the GPU when there is one, optionally 4/8-bit (bitsandbytes)."""
@@ -215,6 +215,34 @@ def encode_prompt(tokenizer, messages: list[dict], template: str = TEMPLATE):
     return tokenizer(prompt_text(tokenizer, messages, template), return_tensors="pt", add_special_tokens=False)
 
 
+class ReplyPrinter:
+    """A generate() streamer that prints the reply to stdout token by token, as the reply's final text will read
+    (the same decoding, the stop token left out; half a character waits for its other bytes); end() ends the line.
+    Token by token, not word by word: a reader of the stream (`launch ui`) sees it grow."""
+
+    def __init__(self, tokenizer, stops: list[int]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.shown = 0  # characters of the text printed so far
+        self.prompt = True  # generate() puts the prompt first
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    def put(self, value) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        self.ids += [token for token in value.flatten().tolist() if token not in self.stops]
+        text = self._text()
+        if not text.endswith("\ufffd"):
+            print(text[self.shown :], end="", flush=True)
+            self.shown = len(text)
+
+    def end(self) -> None:
+        print(self._text()[self.shown :], flush=True)
+
+
 def reply(
     model, tokenizer, messages: list[dict], sampling: Sampling, template: str = TEMPLATE, stream: bool = False
 ) -> str:
@@ -224,11 +252,7 @@ def reply(
 
     inputs = encode_prompt(tokenizer, messages, template).to(model.device)
     stops = stop_ids(tokenizer, template)
-    streamer = None
-    if stream:
-        from transformers import TextStreamer
-
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = ReplyPrinter(tokenizer, stops) if stream else None
     with torch.no_grad():
         output = model.generate(
             **inputs,
@@ -386,9 +410,9 @@ def chat(
         predict_file(model, tokenizer, requests, Path(output_file), sampling, template)
         print(f"[chat] {len(requests)} predictions -> {output_file}", flush=True)
     elif prompts:
-        for prompt in prompts:
-            answer = reply(model, tokenizer, [*opening, {"role": "user", "content": prompt}], sampling, template)
-            print(f"user> {prompt}\nassistant> {answer}", flush=True)
+        for prompt in prompts:  # each reply streamed as it is generated (`launch ui` relays it)
+            print(f"user> {prompt}\nassistant> ", end="", flush=True)
+            reply(model, tokenizer, [*opening, {"role": "user", "content": prompt}], sampling, template, stream=True)
     elif sys.stdin.isatty():
         interactive(model, tokenizer, sampling, template, opening)
     else:

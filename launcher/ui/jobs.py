@@ -5,6 +5,7 @@ on Ctrl-C. Nothing goes through a shell."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from launcher.ui.runs import inside, summary
 
 RECIPES = "recipes"  # under the root: the recipes the page saves
 CONSOLES = "ui_logs"  # under the root: each started launcher's console output, <recipe name>.log
@@ -34,6 +37,35 @@ def launch_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "launcher.cli", *args]
 
 
+def resume_args(root: Path, run: str) -> tuple[str, list[str]]:
+    """(recipe name, `launch` arguments) that resume the run in root/RUN as the CLI does: the recipe file it was
+    started from with train.resume=auto on that folder. Refused for a run still running, already complete, with
+    no checkpoint, or whose recipe file is not under the root."""
+    folder = inside(root, run)
+    try:
+        recipe_file = json.loads((folder / "plan.json").read_text(encoding="utf-8"))["recipe_file"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise JobRefused(f"{run}: no run there ({err}). Fix: pick one of the listed runs") from None
+    run_now = summary(root, folder)
+    if run_now["status"] == "running":
+        raise JobRefused(f"{run} is running. Fix: stop it first, or wait for it")
+    if run_now["status"] == "finished":
+        raise JobRefused(
+            f"{run}: already complete (step {run_now['step']} of {run_now['total_steps']}). "
+            "Fix: raise train.max_steps in its recipe and Start it to train further"
+        )
+    if not run_now["checkpoints"]:
+        raise JobRefused(f"{run}: no checkpoint to resume from. Fix: Start its recipe again (a new run)")
+    recipe = Path(recipe_file or "").resolve()
+    if not recipe.is_file() or not recipe.is_relative_to(root.resolve()) or not NAME.fullmatch(recipe.stem):
+        raise JobRefused(
+            f"{run}: its recipe file {recipe_file} is not a recipe under the root. "
+            f"Fix: in a terminal, launch {recipe_file} train.resume=auto output.dir={folder}"
+        )
+    args = [recipe.relative_to(root.resolve()).as_posix(), "train.resume=auto", f"output.dir={run}"]
+    return recipe.stem, args
+
+
 class Jobs:
     def __init__(self, root: Path):
         self.root = root
@@ -51,17 +83,29 @@ class Jobs:
 
     def start(self, name: str, text: str) -> list[str]:
         with self.lock:
-            running = self.children.get(name)
-            if running is not None and running.poll() is None:
-                raise JobRefused(f"{name} is running (pid {running.pid}). Fix: stop it first, or wait for it")
-            command = launch_command(str(self.save(name, text).relative_to(self.root)))
-            console = self.root / CONSOLES / f"{name}.log"
-            console.parent.mkdir(parents=True, exist_ok=True)
-            with open(console, "ab") as out:
-                self.children[name] = subprocess.Popen(
-                    command, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-                )
-            return command
+            self._refuse_running(name)
+            return self._spawn(name, launch_command(str(self.save(name, text).relative_to(self.root))))
+
+    def resume(self, name: str, args: list[str]) -> list[str]:
+        """`launch ARGS` (resume_args) under the recipe's name: Stop and Start of that name see it."""
+        with self.lock:
+            self._refuse_running(name)
+            return self._spawn(name, launch_command(*args))
+
+    def _refuse_running(self, name: str) -> None:
+        running = self.children.get(name)
+        if running is not None and running.poll() is None:
+            raise JobRefused(f"{name} is running (pid {running.pid}). Fix: stop it first, or wait for it")
+
+    def _spawn(self, name: str, command: list[str]) -> list[str]:
+        """The command started in its own process group, its console appended to ui_logs/NAME.log."""
+        console = self.root / CONSOLES / f"{name}.log"
+        console.parent.mkdir(parents=True, exist_ok=True)
+        with open(console, "ab") as out:
+            self.children[name] = subprocess.Popen(
+                command, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        return command
 
     def stop(self, name: str) -> int:
         with self.lock:

@@ -25,7 +25,8 @@ from launcher.recipe.load import load_recipe, output_folder
 from launcher.recipe.schema import json_schema
 from launcher.ui import tools
 from launcher.ui.form import form_values, only_for, refusal
-from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path
+from launcher.ui.jobs import RECIPES, JobRefused, Jobs, recipe_path, resume_args
+from launcher.ui.relay import Task, ToolFailed
 from launcher.ui.runs import PathRefused, list_runs, run_detail
 
 COOKIE = "launch_ui_token"
@@ -102,6 +103,12 @@ class App:
             raise Refusal(HTTPStatus.BAD_REQUEST, f"rows: {rows!r}. Fix: a whole number from 1 to 50")
         return {"ok": True, "text": preview(recipe, rows, None)}
 
+    def resume(self, body: dict) -> dict:
+        """A stopped or failed run's recipe started again with train.resume=auto on its folder."""
+        run = str(body.get("run") or "")
+        name, args = resume_args(self.root, run)
+        return {"ok": True, "command": self.jobs.resume(name, args), "run": run}
+
     def stop(self, body: dict) -> dict:
         return {"ok": True, "pid": self.jobs.stop(str(body.get("name")))}
 
@@ -143,6 +150,29 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: HTTPStatus, value: Any) -> None:
         self._send(status, json.dumps(value, ensure_ascii=False).encode(), "application/json")
 
+    def _stream(self, task: Task) -> None:
+        """`"stream": true`: one JSON line per change of the children's output so far, `{"partial": {field: text}}`,
+        then the answer as without it (`{"ok": false, "error"}` when a child failed). The body ends when the
+        connection closes (HTTP/1.0: no length needed)."""
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            for partial in task.updates():
+                self._line({"partial": partial})
+            try:
+                answer = task.answer()
+            except ToolFailed as err:
+                answer = {"ok": False, "error": str(err)}
+            self._line(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away; the children finish on their own (a merge is not cut halfway)
+
+    def _line(self, value: dict) -> None:
+        self.wfile.write(json.dumps(value, ensure_ascii=False).encode() + b"\n")
+        self.wfile.flush()
+
     def _body(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
@@ -165,7 +195,11 @@ class Handler(BaseHTTPRequestHandler):
             if method == "GET" and url.path == "/":
                 self._send(HTTPStatus.OK, _page(), "text/html; charset=utf-8", cookie=self.app.token)
                 return
-            self._json(HTTPStatus.OK, self._route(method, unquote(url.path)))
+            answer = self._route(method, unquote(url.path))
+            if isinstance(answer, Task):
+                self._stream(answer)
+            else:
+                self._json(HTTPStatus.OK, answer)
         except Refusal as err:
             self._json(err.status, {"error": str(err)})
         except PathRefused as err:
@@ -174,7 +208,7 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": str(err)})
         except FieldRefusal as err:
             self._json(HTTPStatus.BAD_REQUEST, err.answer)
-        except (LauncherError, JobRefused, tools.ToolFailed) as err:  # the CLI's own refusal, word for word
+        except (LauncherError, JobRefused, ToolFailed) as err:  # the CLI's own refusal, word for word
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
 
     def _route(self, method: str, path: str) -> Any:
@@ -196,13 +230,16 @@ class Handler(BaseHTTPRequestHandler):
             "/api/plan": app.plan,
             "/api/start": app.start,
             "/api/stop": app.stop,
+            "/api/resume": app.resume,
             "/api/chat": lambda body: tools.chat(app.root, body),
             "/api/merge": lambda body: tools.merge(app.root, body),
             "/api/consolidate": lambda body: tools.consolidate(app.root, body),
             "/api/eval": lambda body: tools.evaluate(app.root, body),
         }
         if method == "POST" and path in posts:
-            return posts[path](self._body())
+            body = self._body()
+            answer = posts[path](body)
+            return answer.answer() if isinstance(answer, Task) and not body.get("stream") else answer
         raise Refusal(HTTPStatus.NOT_FOUND, f"{method} {path}: no such endpoint")
 
     def do_GET(self) -> None:  # http.server dispatches on these names

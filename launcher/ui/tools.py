@@ -1,42 +1,26 @@
 """The page's Chat, Export and Evaluate tabs: `launch chat`, `launch merge`, `launch consolidate` and
 `launch eval` over a run or recipe under the root, each a child `launch` process (cwd = the root, no shell) whose argument list is built
-here from checked fields, so the page loads no model and a refusal is the CLI's own line."""
+here from checked fields, so the page loads no model and a refusal is the CLI's own line. Chat and Export give a
+relay Task: their replies and progress lines reach the page while the child runs."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Any
 
 from launcher.infer.evaluate import PREDICTIONS, RESULTS  # torch-free at import
-from launcher.ui.jobs import NAME, JobRefused, launch_command, recipe_path
+from launcher.ui.jobs import NAME, JobRefused, recipe_path
+from launcher.ui.relay import Child, Task, task
 from launcher.ui.runs import inside
 
 PREDICTIONS_SHOWN = 200  # rows of generated_predictions.jsonl the page gets; the file holds them all
-TOOL_TIMEOUT = 1800  # seconds: a merge of a large model on CPU; a hung child is killed, not waited on forever
 CHECKPOINT = re.compile(r"checkpoint-\d+")
 DTYPES = ("fp32", "bf16", "fp16")
 CHAT_DTYPES = ("auto", *DTYPES)
 LOAD_IN = ("", "4bit", "8bit")  # "": the weights as dtype says
-
-
-class ToolFailed(Exception):
-    """A child `launch` that exited non-zero; the message is its last error line."""
-
-
-def _run(root: Path, args: list[str]) -> str:
-    """stdout of `launch ARGS` in the root folder; ToolFailed with its error line when it fails."""
-    proc = subprocess.run(
-        launch_command(*args), cwd=root, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TOOL_TIMEOUT
-    )
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("launch: error:")]
-        raise ToolFailed((errors or lines or [f"launch {args[0]} exited {proc.returncode}"])[-1])
-    return proc.stdout
 
 
 def _run_folder(root: Path, name: Any) -> tuple[Path, dict]:
@@ -72,7 +56,7 @@ def _reply(stdout: str) -> str:
     return answer.rstrip("\n")
 
 
-def chat(root: Path, body: dict) -> dict:
+def chat(root: Path, body: dict) -> Task:
     """One prompt answered by the run's adapter on its base model with the run's template (`launch chat`
     reads both from the run's plan.json); with "compare", the base model alone answers beside it."""
     folder, recipe = _run_folder(root, body.get("run"))
@@ -90,13 +74,10 @@ def chat(root: Path, body: dict) -> dict:
         args.append("--do-sample")
     if str(body.get("system") or "").strip():
         args += ["--system", str(body["system"])]
-    with ThreadPoolExecutor(2) as pool:  # the two models load at once
-        tuned = pool.submit(_run, root, [*args, "--adapter", str(folder)])
-        base = pool.submit(_run, root, args) if body.get("compare") else None
-        answer: dict[str, Any] = {"ok": True, "reply": _reply(tuned.result())}
-        if base is not None:
-            answer["base_reply"] = _reply(base.result())
-    return answer
+    runs = {"reply": [*args, "--adapter", str(folder)]}
+    if body.get("compare"):
+        runs["base_reply"] = args  # beside it, at once
+    return task(root, runs, lambda outputs: {"ok": True, **{f: _reply(text) for f, text in outputs.items()}}, _reply)
 
 
 def _new_folder(root: Path, out: Any) -> Path:
@@ -106,13 +87,21 @@ def _new_folder(root: Path, out: Any) -> Path:
     return path
 
 
-def merge(root: Path, body: dict) -> dict:
+def merge(root: Path, body: dict) -> Task:
     """The run's LoRA adapter folded into its base model, written to a new folder under the root."""
     folder, recipe = _run_folder(root, body.get("run"))
     out = _new_folder(root, body.get("out"))
     dtype = _choice(body, "dtype", DTYPES, "fp32")
     args = ["merge", "--base", recipe["model"]["path"], "--adapter", str(folder), "--out", str(out), "--dtype", dtype]
-    return {"ok": True, "output": _run(root, args), "out": str(out.relative_to(root))}
+    return _export(root, args, out)
+
+
+def _export(root: Path, args: list[str], out: Path) -> Task:
+    """A merge or consolidate: its output lines (stdout and stderr, progress included) as they come."""
+    written = str(out.relative_to(root))
+    return task(
+        root, {"output": args}, lambda outputs: {"ok": True, "output": outputs["output"], "out": written}, merged=True
+    )
 
 
 def _checkpoint(folder: Path, body: dict) -> Path:
@@ -122,13 +111,13 @@ def _checkpoint(folder: Path, body: dict) -> Path:
     return folder / checkpoint
 
 
-def consolidate(root: Path, body: dict) -> dict:
+def consolidate(root: Path, body: dict) -> Task:
     """One of the run's sharded checkpoints as a PEFT adapter or HF model in a new folder under the root."""
     folder, _ = _run_folder(root, body.get("run"))
     checkpoint = _checkpoint(folder, body)
     out = _new_folder(root, body.get("out"))
     args = ["consolidate", str(checkpoint), "--out", str(out)]
-    return {"ok": True, "output": _run(root, args), "out": str(out.relative_to(root))}
+    return _export(root, args, out)
 
 
 def evaluate(root: Path, body: dict) -> dict:
@@ -146,7 +135,7 @@ def evaluate(root: Path, body: dict) -> dict:
         folder, _ = _run_folder(root, body["run"])
         args += ["--adapter", str(_checkpoint(folder, body) if body.get("checkpoint") else folder)]
     out = _new_folder(root, body.get("out"))
-    _run(root, [*args, "--out", str(out)])
+    Child(root, [*args, "--out", str(out)], threading.Condition()).wait()
 
     rows = (out / PREDICTIONS).read_text(encoding="utf-8").splitlines()[:PREDICTIONS_SHOWN]
     return {

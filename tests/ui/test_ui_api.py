@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,6 +42,13 @@ def call(url: str, body: dict | None = None, headers: dict | None = None) -> tup
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def streamed(url: str, body: dict) -> list[dict]:
+    """The JSON lines of a `"stream": true` request, as they came: the partial outputs, then the answer."""
+    request = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode())
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return [json.loads(line) for line in response]
 
 
 def raw_get(base: str, path: str) -> int:
@@ -254,9 +262,75 @@ def test_consolidate_writes_a_runs_zero_checkpoint_as_an_adapter(tiny_run, tmp_p
     shutil.copytree(run, tmp_path / "outputs" / "tiny")
     request = {"run": "outputs/tiny", "checkpoint": "checkpoint-6", "out": "adapters/tiny"}
     with ui_server(tmp_path) as base:
-        status, answer = call(base + "/api/consolidate", request)
+        *partials, answer = streamed(base + "/api/consolidate", request)  # its output lines as they come
         again = call(base + "/api/consolidate", request)
-    assert status == 200, answer
+    assert answer["ok"] is True, answer
     assert answer["out"] == "adapters/tiny" and "consolidated" in answer["output"]
+    assert partials and all(answer["output"].startswith(p["partial"]["output"]) for p in partials)
     assert (tmp_path / "adapters" / "tiny" / "adapter_config.json").is_file()
     assert again[0] == 400  # never over what it wrote
+
+
+@pytest.mark.multiproc
+def test_a_chat_reply_grows_token_by_token_into_the_non_streamed_reply(tiny_run, tmp_path):
+    from launcher.infer.chat import Sampling, chat_template, load_for_chat, reply
+
+    run = tmp_path / "outputs" / "tiny"
+    shutil.copytree(tiny_run(*SHORT_RUN), run)
+    with ui_server(tmp_path) as base:
+        *partials, answer = streamed(
+            base + "/api/chat", {"run": "outputs/tiny", "prompt": "1+1=", "max_new_tokens": 24}
+        )
+    model, tokenizer = load_for_chat("builtin:tiny-qwen2", str(run))
+    template = chat_template("builtin:tiny-qwen2", str(run))[0]
+    whole = reply(model, tokenizer, [{"role": "user", "content": "1+1="}], Sampling(24), template)
+    assert answer == {"ok": True, "reply": whole} and whole
+    shown = [event["partial"]["reply"] for event in partials]
+    assert all(whole.startswith(text) for text in shown)
+    assert any(0 < len(text) < len(whole) for text in shown), shown  # seen before the child ended
+
+
+def _fake_run(root: Path, name: str, steps: int, checkpoint: bool) -> Path:
+    """A run folder as a stop leaves it: plan.json naming its recipe file, `steps` of 4 logged, checkpoint-2."""
+    folder = root / "outputs" / name
+    (folder / "checkpoint-2").mkdir(parents=True)
+    if checkpoint:
+        (folder / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    recipe = root / "recipes" / f"{name}.yaml"
+    recipe.parent.mkdir(exist_ok=True)
+    recipe.write_text(RECIPE + f"train:\n  max_steps: 4\noutput:\n  dir: outputs/{name}\n")
+    (folder / "plan.json").write_text(json.dumps({"recipe": {"stage": "sft"}, "recipe_file": str(recipe)}))
+    rows = [{"step": step, "total_steps": 4, "loss": 1.0} for step in range(1, steps + 1)]
+    (folder / "trainer_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+@pytest.mark.unit
+def test_resume_starts_a_stopped_runs_recipe_with_resume_auto_on_its_folder(tmp_path):
+    _fake_run(tmp_path, "stopped", 2, checkpoint=True)
+    _fake_run(tmp_path, "bare", 1, checkpoint=False)
+    _fake_run(tmp_path, "done", 4, checkpoint=True)
+    busy = _fake_run(tmp_path, "busy", 2, checkpoint=True)
+    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(busy / "plan.json")])
+    try:
+        with ui_server(tmp_path) as base:
+            status, answer = call(base + "/api/resume", {"run": "outputs/stopped"})
+            twice = call(base + "/api/resume", {"run": "outputs/stopped"})
+            refusals = {
+                name: call(base + "/api/resume", {"run": f"outputs/{name}"}) for name in ("bare", "done", "busy")
+            }
+            deadline = time.monotonic() + 60
+            while (job := call(base + "/api/runs")[1]["jobs"][0])["exit_code"] is None:
+                assert time.monotonic() < deadline, job
+                time.sleep(0.2)
+    finally:
+        rank.kill()
+        rank.wait()
+    assert status == 200, answer
+    assert answer["command"][-3:] == ["recipes/stopped.yaml", "train.resume=auto", "output.dir=outputs/stopped"]
+    assert twice[0] == 400 and "stopped is running" in twice[1]["error"]  # one run per output folder
+    assert refusals["bare"][0] == 400 and "no checkpoint" in refusals["bare"][1]["error"]
+    assert refusals["done"][0] == 400 and "already complete" in refusals["done"][1]["error"]
+    assert refusals["busy"][0] == 400 and "outputs/busy is running" in refusals["busy"][1]["error"]
+    # the CLI looked for that folder's checkpoint to resume: this hand-made one has no launcher manifest
+    assert job["exit_code"] == 2 and "stopped/checkpoint-2 has no checksum manifest" in job["console"], job
