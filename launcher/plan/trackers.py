@@ -5,8 +5,10 @@ so no rank can reach the network or stop at a login prompt."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ class Tracker:
     env: Callable[[Path], dict[str, str]]  # the offline settings, given the tracker's folder
     online: Callable[[], str | None]  # the launching shell's setting that would log online, shown as NAME=value
     read: str  # how the user looks at (or uploads) what it logged; {folder} is the tracker's folder
+    below: tuple[int, int] | None = None  # the first (major, minor) release transformers' callback fails with
 
 
 def _set_to(name: str, *offline: str) -> Callable[[], str | None]:
@@ -73,6 +76,9 @@ TRACKERS = {
         env=lambda folder: {"SWANLAB_MODE": "local", "SWANLAB_LOG_DIR": str(folder)},
         online=_set_to("SWANLAB_MODE", "local", "offline", "disabled"),
         read="view it with `swanlab watch {folder}`",
+        # swanlab 0.7+ reworked its run API: transformers 5.24's SwanLabCallback stops at train begin
+        # ("No active Run. Call swanlab.init() first.")
+        below=(0, 7),
     ),
 }
 
@@ -91,6 +97,7 @@ def check_trackers(report_to: list[str]) -> None:
                 f"output.report_to: {name} is not installed. Fix: pip install 'llm-launcher[loggers]' "
                 f"(or pip install {name}), or remove {name} from output.report_to"
             )
+        _refuse_untested(name, tracker)
         setting = tracker.online()
         if setting is not None:
             raise RecipeError(
@@ -98,6 +105,21 @@ def check_trackers(report_to: list[str]) -> None:
                 f"{setting}, which the run would not follow (logging to a server needs a login). "
                 f"Fix: unset {setting.split('=')[0]}, and {tracker.read.format(folder=f'output.dir/{tracker.folder}')}"
             )
+
+
+def _refuse_untested(name: str, tracker: Tracker) -> None:
+    """A release at or past `below` fails inside the ranks, after the model loads: refuse it before launch."""
+    if tracker.below is None:
+        return
+    version = importlib.metadata.version(tracker.package)
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release >= tracker.below:
+        bound = ".".join(map(str, tracker.below))
+        raise RecipeError(
+            f"output.report_to: {name} {version} is installed; transformers' callback for it works with releases "
+            f"before {bound} only (it stops the run at its first step). Fix: pip install '{name}<{bound}' "
+            f"(pip install 'llm-launcher[loggers]' pins it), or remove {name} from output.report_to"
+        )
 
 
 def tracker_env(report_to: list[str], output_dir: str) -> dict[str, str]:

@@ -250,3 +250,20 @@ def test_zero3_with_4bit_qlora_gets_a_note_of_what_is_verified(overrides, noted)
         note = text.split("# notes\n", 1)[1].splitlines()[0]
         assert note.startswith("ZeRO-3 + 4-bit QLoRA: verified on CPU here")
         assert "bnb_4bit_quant_storage matches the compute dtype" in note and "not run or measured on GPU" in note
+
+
+def test_a_tracker_release_its_transformers_callback_fails_with_is_refused_before_launch():
+    """swanlab 0.7+ stops the run at its first step inside transformers' callback: refused by version, read from
+    the installed package's metadata (here pytest's, against a bound below and above it)."""
+    import dataclasses
+
+    from launcher.errors import RecipeError
+    from launcher.plan.trackers import TRACKERS, _refuse_untested
+
+    assert TRACKERS["swanlab"].below == (0, 7)
+    installed = dataclasses.replace(TRACKERS["swanlab"], package="pytest")
+    _refuse_untested("pytest", dataclasses.replace(installed, below=(999, 0)))
+    with pytest.raises(
+        RecipeError, match=r"pytest \S+ is installed; .* before 1.0 only .* Fix: pip install 'pytest<1.0'"
+    ):
+        _refuse_untested("pytest", dataclasses.replace(installed, below=(1, 0)))
