@@ -165,10 +165,16 @@ def planner_target_length(recipe_file: Path, step: int = 256, longest: int = 1 <
     return high * step
 
 
-def measured_longest(rows: list[dict], budget_gb: float) -> int:
-    """Where the least-squares line through the measured (cutoff_len, peak) points reaches the budget."""
-    slope, intercept = statistics.linear_regression([r["cutoff_len"] for r in rows], [r["peak_gb"] for r in rows])
-    return int((budget_gb - intercept) / slope)
+def planned_ratio(recipe_file: Path, cutoff_len: int, rows: int) -> float:
+    return estimate_gb(recipe_file, 2, cutoff_len, rows) / estimate_gb(recipe_file, 1, cutoff_len, rows)
+
+
+def measured_longest(runs: list[dict], budget_gb: float) -> int:
+    """Where the least-squares line through the measured (tokens per micro batch, peak) points reaches the budget,
+    as the cutoff_len of a full micro batch."""
+    tokens = [r.get("rows", MICRO_BATCH) * r["cutoff_len"] for r in runs]
+    slope, intercept = statistics.linear_regression(tokens, [r["peak_gb"] for r in runs])
+    return int((budget_gb - intercept) / slope / MICRO_BATCH)
 
 
 def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
@@ -196,11 +202,13 @@ def render_sp(result: dict, recipe_file: Path) -> str:
         f"`python bench/parallelism.py --sp --steps {result['steps']} --length {length} --budget-gib {budget}`, "
         f"{datetime.now(timezone.utc):%Y-%m-%d}: builtin:tiny-qwen2 (4 layers, width 128, 4 heads / 2 KV, vocab "
         "2048), LoRA (rank 8, all linears), fp32, DeepSpeed ZeRO-3, 2 CPU processes over gloo, bench/methods.py's "
-        "runs (greedy-packed rows of exactly cutoff_len tokens, micro batch 2, gradient checkpointing, "
+        "runs (greedy-packed rows of cutoff_len tokens, micro batch 2, gradient checkpointing, "
         f"{result['steps']} optimizer steps), ranks with {' '.join(f'{k}={v}' for k, v in TIGHT_MALLOC.items())} "
         f"so RssAnon follows the live tensors. {machine()}; {versions()}. sp 1: each rank trains its own rows "
         "(data-parallel 2); sp 2: both ranks split every row (data-parallel 1). Peak = the higher of the two "
-        "ranks' peak RssAnon; estimate = `launch plan`'s total for ZeRO-3 at that degree and length.",
+        "ranks' peak RssAnon; estimate = `launch plan`'s total for ZeRO-3 at that degree and length, for the rows each "
+        "rank's micro batch held (the demo data, 19,076 tokens, packs into 2 rows at 10240 and 1 at 20480, so each "
+        "rank held one; the planner itself assumes full micro batches).",
         "",
         "| cutoff_len | sp | rows per micro batch | peak rank 0 / rank 1 (GiB) | estimate (GiB) | error |",
         "|---|---|---|---|---|---|",
@@ -212,6 +220,7 @@ def render_sp(result: dict, recipe_file: Path) -> str:
             f"{est:.3f} | {est / r['peak_gb'] - 1:+.1%} |"
         )
     ratio = runs[2, 2 * length]["peak_gb"] / runs[1, 2 * length]["peak_gb"]
+    held = runs[1, 2 * length].get("rows", MICRO_BATCH)
     growth = {sp: (runs[sp, 2 * length]["peak_gb"] - runs[sp, length]["peak_gb"]) * 1024 for sp in (1, 2)}
     lines += [
         "",
@@ -220,13 +229,14 @@ def render_sp(result: dict, recipe_file: Path) -> str:
         f"{growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} MiB at sp 2 ({growth[2] / growth[1]:.2f}x; the "
         "planner: 0.50x): the memory that grows with the sequence is split, while what does not grow with it (the "
         "runtime, the ZeRO-3 model states) is not split by sequence parallelism.",
-        f"- The planner's ratio at cutoff_len {2 * length}: {estimate_gb(recipe_file, 2, 2 * length) / estimate_gb(recipe_file, 1, 2 * length):.2f}x; "
+        f"- The planner's ratio at cutoff_len {2 * length}: {planned_ratio(recipe_file, 2 * length, held):.2f}x for "
+        f"{held} row(s) per micro batch, {planned_ratio(recipe_file, 2 * length, MICRO_BATCH):.2f}x for full ones; "
         f"it reaches {SP_TARGET}x at cutoff_len {planner_target_length(recipe_file)} on this model (not run: "
         "each step's attention grows with the square of the length, too slow for this shared CPU).",
         "",
         f"Longest cutoff_len within {budget} GiB per rank (the planner's: bisected over its estimate in steps of 256; "
         "check: a run at the planner's longest; measured: where the least-squares line through that degree's "
-        "three measured peaks reaches the budget):",
+        "three measured peaks, over the tokens their micro batches held, reaches the budget at full micro batches):",
         "",
         "| sp | planner's longest | measured longest | check run at the planner's: peak rank 0 / rank 1 (GiB) | fits |",
         "|---|---|---|---|---|",
