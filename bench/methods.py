@@ -198,9 +198,12 @@ def _overrides(model_path: str, method: str, variant: dict, cutoff_len: int, ste
     ]
 
 
-def estimate_for(recipe_file: Path, model_path: str, method: str, variant: dict, cutoff_len: int) -> dict:
-    """The planner's memory section for one run, and its option for the run's (zero, offload)."""
-    recipe = load_recipe(recipe_file, _overrides(model_path, method, variant, cutoff_len, 1))
+def estimate_for(
+    recipe_file: Path, model_path: str, method: str, variant: dict, cutoff_len: int, extra: tuple[str, ...] = ()
+) -> dict:
+    """The planner's memory section for one run (extra: further overrides), and its option for the run's
+    (zero, offload)."""
+    recipe = load_recipe(recipe_file, [*_overrides(model_path, method, variant, cutoff_len, 1), *extra])
     memory = build_plan(recipe, cwd=str(ROOT))["memory"]
     option = next(o for o in memory["options"] if (o["zero"], o["offload"]) == (variant["zero"], variant["offload"]))
     return {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -102,6 +103,7 @@ def render(runs: dict[str, list[dict]], steps: int) -> str:
 SP_SECTION = "## Parallelism: sequence parallelism memory"
 SP_TARGET = 0.6
 TINY_MODEL = "builtin:tiny-qwen2"
+MICRO_BATCH = 2  # bench/methods.py's train.micro_batch_size
 
 
 def sp_variant(sp: int) -> dict:
@@ -114,14 +116,25 @@ def sp_run(recipe_file: Path, sp: int, cutoff_len: int, steps: int, work: Path, 
     wait_for_quiet()
     row = methods.run_one(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len, steps, work, env)
     row["peak_gb"] = max(row["rank0_gb"], row["rank1_gb"])
+    row["rows"] = held_rows((work / "run.log").read_text(errors="replace"))
     print(
         f"[bench] sp {sp} cutoff_len {cutoff_len}: peaks {row['rank0_gb']:.3f} / {row['rank1_gb']:.3f} GiB", flush=True
     )
     return row
 
 
-def estimate_gb(recipe_file: Path, sp: int, cutoff_len: int) -> float:
-    return methods.estimate_for(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len)["estimate_gb"]
+def held_rows(log: str) -> int:
+    """Rows in each rank's micro batch: the demo data packs into few rows at long lengths (19,076 tokens: one row of
+    20,480), and each of the 2 ranks reads its own share of them (at sp 2 the group takes each rank's micro batch in
+    turn); DeepSpeed's sampler repeats a row for a rank left without one."""
+    packed = int(re.search(r"packing: (\d+) rows", log).group(1))
+    return min(MICRO_BATCH, -(-packed // 2))
+
+
+def estimate_gb(recipe_file: Path, sp: int, cutoff_len: int, rows: int = 2) -> float:
+    """The planner's total for micro batches of `rows` rows (the bench's recipe: 2)."""
+    extra = (f"train.micro_batch_size={rows}",)
+    return methods.estimate_for(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len, extra)["estimate_gb"]
 
 
 def planner_longest(recipe_file: Path, sp: int, budget_gb: float, step: int = 256) -> int:
@@ -152,10 +165,16 @@ def planner_target_length(recipe_file: Path, step: int = 256, longest: int = 1 <
     return high * step
 
 
-def measured_longest(rows: list[dict], budget_gb: float) -> int:
-    """Where the least-squares line through the measured (cutoff_len, peak) points reaches the budget."""
-    slope, intercept = statistics.linear_regression([r["cutoff_len"] for r in rows], [r["peak_gb"] for r in rows])
-    return int((budget_gb - intercept) / slope)
+def planned_ratio(recipe_file: Path, cutoff_len: int, rows: int) -> float:
+    return estimate_gb(recipe_file, 2, cutoff_len, rows) / estimate_gb(recipe_file, 1, cutoff_len, rows)
+
+
+def measured_longest(runs: list[dict], budget_gb: float) -> int:
+    """Where the least-squares line through the measured (tokens per micro batch, peak) points reaches the budget,
+    as the cutoff_len of a full micro batch."""
+    tokens = [r.get("rows", MICRO_BATCH) * r["cutoff_len"] for r in runs]
+    slope, intercept = statistics.linear_regression(tokens, [r["peak_gb"] for r in runs])
+    return int((budget_gb - intercept) / slope / MICRO_BATCH)
 
 
 def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
@@ -183,21 +202,25 @@ def render_sp(result: dict, recipe_file: Path) -> str:
         f"`python bench/parallelism.py --sp --steps {result['steps']} --length {length} --budget-gib {budget}`, "
         f"{datetime.now(timezone.utc):%Y-%m-%d}: builtin:tiny-qwen2 (4 layers, width 128, 4 heads / 2 KV, vocab "
         "2048), LoRA (rank 8, all linears), fp32, DeepSpeed ZeRO-3, 2 CPU processes over gloo, bench/methods.py's "
-        "runs (greedy-packed rows of exactly cutoff_len tokens, micro batch 2, gradient checkpointing, "
+        "runs (greedy-packed rows of cutoff_len tokens, micro batch 2, gradient checkpointing, "
         f"{result['steps']} optimizer steps), ranks with {' '.join(f'{k}={v}' for k, v in TIGHT_MALLOC.items())} "
         f"so RssAnon follows the live tensors. {machine()}; {versions()}. sp 1: each rank trains its own rows "
         "(data-parallel 2); sp 2: both ranks split every row (data-parallel 1). Peak = the higher of the two "
-        "ranks' peak RssAnon; estimate = `launch plan`'s total for ZeRO-3 at that degree and length.",
+        "ranks' peak RssAnon; estimate = `launch plan`'s total for ZeRO-3 at that degree and length, for the rows each "
+        "rank's micro batch held (the demo data, 19,076 tokens, packs into 2 rows at 10240 and 1 at 20480, so each "
+        "rank held one; the planner itself assumes full micro batches).",
         "",
-        "| cutoff_len | sp | peak rank 0 / rank 1 (GiB) | estimate (GiB) | error |",
-        "|---|---|---|---|---|",
+        "| cutoff_len | sp | rows per micro batch | peak rank 0 / rank 1 (GiB) | estimate (GiB) | error |",
+        "|---|---|---|---|---|---|",
     ]
     for (sp, cutoff), r in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
-        est = estimate_gb(recipe_file, sp, cutoff)
+        est = estimate_gb(recipe_file, sp, cutoff, r.get("rows", MICRO_BATCH))
         lines.append(
-            f"| {cutoff} | {sp} | {r['rank0_gb']:.3f} / {r['rank1_gb']:.3f} | {est:.3f} | {est / r['peak_gb'] - 1:+.1%} |"
+            f"| {cutoff} | {sp} | {r.get('rows', MICRO_BATCH)} | {r['rank0_gb']:.3f} / {r['rank1_gb']:.3f} | "
+            f"{est:.3f} | {est / r['peak_gb'] - 1:+.1%} |"
         )
     ratio = runs[2, 2 * length]["peak_gb"] / runs[1, 2 * length]["peak_gb"]
+    held = runs[1, 2 * length].get("rows", MICRO_BATCH)
     growth = {sp: (runs[sp, 2 * length]["peak_gb"] - runs[sp, length]["peak_gb"]) * 1024 for sp in (1, 2)}
     lines += [
         "",
@@ -206,13 +229,14 @@ def render_sp(result: dict, recipe_file: Path) -> str:
         f"{growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} MiB at sp 2 ({growth[2] / growth[1]:.2f}x; the "
         "planner: 0.50x): the memory that grows with the sequence is split, while what does not grow with it (the "
         "runtime, the ZeRO-3 model states) is not split by sequence parallelism.",
-        f"- The planner's ratio at cutoff_len {2 * length}: {estimate_gb(recipe_file, 2, 2 * length) / estimate_gb(recipe_file, 1, 2 * length):.2f}x; "
+        f"- The planner's ratio at cutoff_len {2 * length}: {planned_ratio(recipe_file, 2 * length, held):.2f}x for "
+        f"{held} row(s) per micro batch, {planned_ratio(recipe_file, 2 * length, MICRO_BATCH):.2f}x for full ones; "
         f"it reaches {SP_TARGET}x at cutoff_len {planner_target_length(recipe_file)} on this model (not run: "
         "each step's attention grows with the square of the length, too slow for this shared CPU).",
         "",
         f"Longest cutoff_len within {budget} GiB per rank (the planner's: bisected over its estimate in steps of 256; "
         "check: a run at the planner's longest; measured: where the least-squares line through that degree's "
-        "three measured peaks reaches the budget):",
+        "three measured peaks, over the tokens their micro batches held, reaches the budget at full micro batches):",
         "",
         "| sp | planner's longest | measured longest | check run at the planner's: peak rank 0 / rank 1 (GiB) | fits |",
         "|---|---|---|---|---|",

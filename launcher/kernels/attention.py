@@ -1,6 +1,7 @@
 """Sample separation for padding-free packed rows, built on the device from document_ids (1, N):
 flex_attention gets a block-sparse document-causal BlockMask as its attention_mask, flash-attention
-gets cumulative sequence lengths for its varlen kernel. Neither ever holds an N x N tensor."""
+gets cumulative sequence lengths for its varlen kernel. Neither ever holds an N x N tensor. Right-padded
+rows reach sdpa without their padding mask, so it runs is_causal instead of reading an L x L mask."""
 
 from __future__ import annotations
 
@@ -42,3 +43,17 @@ def packed_attention_inputs(inputs: dict, attn: str) -> dict:
     else:
         raise ValueError(f"padding-free rows need flex_attention or flash_attention_2, not {attn}")
     return inputs
+
+
+def without_right_padding_mask(inputs: dict, attn: str, routed: bool) -> dict:
+    """The model inputs without a 2D attention_mask whose zeros only end each row (right padding), under sdpa.
+    A causal decoder's real tokens attend to earlier tokens only, so trailing pads change none of them, and pads
+    carry no label; but given such a mask transformers builds a (batch, 1, L, L) one for sdpa, O(L^2) per row
+    (2 GiB per rank at 20k tokens on CPU), where without it sdpa runs is_causal. Kept for a mixture-of-experts
+    model that returns router logits (routed): its load-balancing loss reads the mask to leave pads out."""
+    mask = inputs.get("attention_mask")
+    if attn != "sdpa" or routed or mask is None or mask.dim() != 2:
+        return inputs
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):  # a 1 after a 0: left padding or a gap, the mask is needed
+        return inputs
+    return {key: value for key, value in inputs.items() if key != "attention_mask"}

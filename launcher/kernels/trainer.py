@@ -10,19 +10,28 @@ from typing import Any
 
 from transformers import Trainer
 
-from launcher.kernels.attention import packed_attention_inputs
+from launcher.kernels.attention import packed_attention_inputs, without_right_padding_mask
 from launcher.kernels.dft import dft_loss
 from launcher.kernels.loss import chunk_count, chunked_cross_entropy, final_hidden_states
 
 
-def output_head(model):
-    """The LM head of the (possibly PEFT- or engine-wrapped) model."""
+def _unwrapped(model):
+    """The base model inside DDP / DeepSpeed engine and PEFT wrappers."""
     inner = model
     while hasattr(inner, "module"):  # DDP / DeepSpeed engine
         inner = inner.module
     if hasattr(inner, "get_base_model"):  # PEFT
         inner = inner.get_base_model()
-    return inner.get_output_embeddings()
+    return inner
+
+
+def output_head(model):
+    """The LM head of the (possibly PEFT- or engine-wrapped) model."""
+    return _unwrapped(model).get_output_embeddings()
+
+
+def unwrapped_config(model):
+    return getattr(_unwrapped(model), "config", None)
 
 
 class KernelTrainer(Trainer):
@@ -35,6 +44,8 @@ class KernelTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = packed_attention_inputs(inputs, self.kernels["attn"])
+        routed = bool(getattr(unwrapped_config(model), "output_router_logits", False))
+        inputs = without_right_padding_mask(inputs, self.kernels["attn"], routed)
         if self.kernels["loss"] != "chunked" or return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")

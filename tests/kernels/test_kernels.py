@@ -14,6 +14,7 @@ from launcher import cli
 from launcher.data.collate import PaddingCollator
 from launcher.data.packing import pack_examples
 from launcher.data.tokenize import IGNORE_INDEX
+from launcher.kernels.attention import without_right_padding_mask
 from launcher.kernels.loss import chunked_cross_entropy
 from launcher.kernels.trainer import KernelTrainer
 from launcher.model.builtin import materialize
@@ -121,6 +122,36 @@ def test_padding_free_row_gives_the_unpacked_gradients(tmp_path):
         assert abs(value.item() - expected) < 1e-5, (loss, value.item(), expected)
         for name, grad in expected_grads.items():
             assert torch.allclose(grads[name], grad, atol=1e-5), (loss, name, (grads[name] - grad).abs().max())
+
+
+@pytest.mark.unit
+def test_right_padded_rows_reach_sdpa_without_a_square_mask(tmp_path, monkeypatch):
+    """Right-padded rows (greedy packing, padding to the longest) give the unpadded loss and gradients while
+    sdpa runs is_causal with no (batch, 1, L, L) mask, which at 20k tokens held 2 GiB per rank; a left-padded
+    mask, which changes what real tokens see, is kept."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(query, key, value, attn_mask=None, **kwargs):
+        calls.append((attn_mask, kwargs.get("is_causal")))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    samples = _samples()
+    model = _model("sdpa").train()
+    expected, trained, expected_grads = unpacked_reference(model, samples)
+    batch = PaddingCollator(0)(samples)
+    assert (batch["attention_mask"] == 0).any()  # the rows are padded
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    value = _trainer(model, tmp_path, "sdpa", "plain").compute_loss(
+        model, dict(batch), num_items_in_batch=torch.tensor(trained)
+    )
+    value.backward()
+    assert calls and all(mask is None and causal for mask, causal in calls)
+    assert abs(value.item() - expected) < 1e-5, (value.item(), expected)
+    for name, grad in _grads(model).items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-5), name
+    left = {**batch, "attention_mask": batch["attention_mask"].flip(-1)}
+    assert without_right_padding_mask(left, "sdpa", routed=False)["attention_mask"] is left["attention_mask"]
 
 
 @pytest.mark.multiproc
