@@ -121,4 +121,15 @@ def run_detail(root: Path, name: str) -> dict:
         "rows": history(folder),
         "ranks": rank_tails(folder),
         "failure": failure_report(folder, 0),  # the first failing rank's lines, as the CLI prints them
+        "plan": plan_text(folder),
     }
+
+
+def plan_text(folder: Path) -> str:
+    """The plan the run used, as `launch plan` prints it (its plan.json)."""
+    from launcher.plan import format_plan
+
+    try:
+        return format_plan(json.loads((folder / "plan.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as err:  # another launcher's or a damaged plan.json
+        return f"(plan.json cannot be shown: {err})"

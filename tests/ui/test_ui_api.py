@@ -20,6 +20,7 @@ import yaml
 
 from launcher import registry
 from launcher.errors import STOPPED
+from launcher.plan import format_plan
 from tests.conftest import ROOT, SHORT_RUN, free_port, run_launch
 from tests.ui.ui_helpers import ui_server
 
@@ -179,6 +180,7 @@ def test_runs_show_a_real_runs_status_steps_and_loss(tiny_run, tmp_path):
     assert status == 200 and detail["rows"] == rows
     assert "rank-0" in detail["ranks"] and detail["ranks"]["rank-0"].strip()
     assert detail["failure"] is None
+    assert detail["plan"] == format_plan(json.loads((run / "plan.json").read_text()))  # the plan it used
     assert "rank-1 failed first" in failure["failure"] and "RuntimeError: boom" in failure["failure"]
 
 
