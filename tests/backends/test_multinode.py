@@ -358,8 +358,10 @@ def test_elastic_restart_resumes_from_last_checkpoint(reference, tmp_path):
     )
     checkpoint = out / "checkpoint-3" / "trainer_state.json"
     try:
+        _wait_for(out / "plan.json", proc)
+        rank1 = _rank_pid(str(out / "plan.json"), rank=1)  # found before the checkpoint: the kill follows it at once
         _wait_for(checkpoint, proc)
-        os.kill(_rank_pid(str(out / "plan.json"), rank=1), signal.SIGKILL)
+        os.kill(rank1, signal.SIGKILL)
         saved = checkpoint.stat()
         code = proc.wait(timeout=600)
     finally:
