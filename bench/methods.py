@@ -199,11 +199,12 @@ def _overrides(model_path: str, method: str, variant: dict, cutoff_len: int, ste
 
 
 def estimate_for(
-    recipe_file: Path, model_path: str, method: str, variant: dict, cutoff_len: int, extra: tuple[str, ...] = ()
+    recipe_file: Path, model_path: str, method: str, variant: dict, cutoff_len: int, loss: str = "auto"
 ) -> dict:
-    """The planner's memory section for one run (extra: further overrides), and its option for the run's
-    (zero, offload)."""
-    recipe = load_recipe(recipe_file, [*_overrides(model_path, method, variant, cutoff_len, 1), *extra])
+    """The planner's memory section for one run (loss: the loss kernel it trained with), and its option for the
+    run's (zero, offload)."""
+    overrides = [*_overrides(model_path, method, variant, cutoff_len, 1), f"train.loss_kernel={loss}"]
+    recipe = load_recipe(recipe_file, overrides)
     memory = build_plan(recipe, cwd=str(ROOT))["memory"]
     option = next(o for o in memory["options"] if (o["zero"], o["offload"]) == (variant["zero"], variant["offload"]))
     return {
@@ -220,8 +221,10 @@ def estimate_for(
 TIGHT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 
 
-def launch_with_peaks(recipe_file: Path, overrides: list[str], log: Path, env: dict[str, str]) -> tuple[int, dict]:
-    """Run `launch RECIPE OVERRIDES` (output to log): its exit code and each rank's peak RssAnon (bytes)."""
+def launch_with_peaks(
+    recipe_file: Path, overrides: list[str], log: Path, env: dict[str, str]
+) -> tuple[int, dict, dict]:
+    """Run `launch RECIPE OVERRIDES` (output to log): its exit code, each rank's peak RssAnon (bytes) and its plan."""
     plan = build_plan(load_recipe(recipe_file, overrides), cwd=str(ROOT))
     peaks: dict[int, int] = {}
     done = threading.Event()
@@ -238,7 +241,7 @@ def launch_with_peaks(recipe_file: Path, overrides: list[str], log: Path, env: d
         ).returncode
     done.set()
     sampler.join()
-    return code, peaks
+    return code, peaks, plan
 
 
 def run_one(
@@ -260,7 +263,7 @@ def run_one(
         f"distributed.master_port={free_port()}",
     ]
     log = work / "run.log"
-    code, peaks = launch_with_peaks(recipe_file, overrides, log, env)
+    code, peaks, plan = launch_with_peaks(recipe_file, overrides, log, env)
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         sys.exit(f"[bench] {method} {variant} on {model_path} failed with exit code {code}\n{tail}")
@@ -274,6 +277,7 @@ def run_one(
         "rank0_gb": peaks.get(0, 0) / GIB,
         "rank1_gb": peaks.get(1, 0) / GIB,
         "step_s": runtime / state["global_step"],
+        "loss_kernel": plan["kernels"]["loss"],
     }
 
 
@@ -318,7 +322,10 @@ def _table(title: str, model: str, model_rows: list[dict], recipe_file: Path, ru
     for r in model_rows:
         variant = {key: r.get(key, ZERO_ROW.get(key)) for key in ("engine", "zero", "offload", "sp")}
         cutoff_len = r.get("cutoff_len", CUTOFF_LEN)
-        est = estimate_for(recipe_file, model_path(model), r["method"], variant, cutoff_len)
+        # runs recorded before the loss kernels (2026-12-03) trained with transformers' loss: plain
+        est = estimate_for(
+            recipe_file, model_path(model), r["method"], variant, cutoff_len, r.get("loss_kernel", "plain")
+        )
         measured = r["rank1_gb"]
         errors.append(est["estimate_gb"] / measured - 1)
         est_part, meas_part = (est["estimate_gb"] - overhead) * 1024, (measured - overhead) * 1024
@@ -401,8 +408,8 @@ FINDINGS = [
     "- The tiny model's rows test little beyond the fixed overhead (its tensors are a few MB). The "
     "Qwen2-0.5B-shaped rows (`--models qwen2-0.5b`, opt-in: about 15 minutes) test the planner at the size "
     "issue 8 names for a GPU, with the real 151,936-token vocabulary, whose logits dominate the activations; "
-    "full fine-tuning was left out (some 10 GB per rank, two ranks on a 24 GB machine). Every estimate is above "
-    "the measurement there, the safe side for `zero: auto`. Under ZeRO-3 rank 0 peaks higher than rank 1 "
+    "full fine-tuning was left out (some 10 GB per rank, two ranks on a 24 GB machine); the runs predate the "
+    "chunked loss, so they are estimated with transformers' plain loss they trained with. Under ZeRO-3 rank 0 peaks higher than rank 1 "
     "(freeze: 4.43 against 3.85 GiB) while the final save gathers the model on it, which the planner does not "
     "count; its estimate is still within 7% of rank 0.",
     "- With glibc's default malloc the 78M runs hold up to some 400 MB per rank more than the planner counts "
@@ -426,9 +433,15 @@ FINDINGS = [
     "0.62 GiB): the final save gathers a full state dict, frozen base included, on rank 0 before the adapter's "
     "keys are picked; the planner counts training, not the save.",
     "- Sequence parallelism (`--variants sp --cutoff-len 2048`: ZeRO-3 with sequence_parallel 1 and 2 at a length "
-    "where activations and logits weigh): the estimates are 2-9% above the measured peaks, sp 2 closest; "
+    "where activations and logits weigh): the estimates are within 7% of the measured peaks; "
     '`bench/parallelism.py --sp` (section "Parallelism: sequence parallelism memory") has longer lengths and '
     "the longest length each degree fits in a budget.",
+    "- The loss term (2026-12-08): long micro batches (2 rows of 15-30k tokens, bench/parallelism.py --sp) showed "
+    "the planner 53-61% above the peaks. It summed the recomputed decoder layer and the loss, and counted 16-18 "
+    "bytes per logit; the loss peaks first in backward at 12 bytes per logit (the fp32 log-softmax, its gradient "
+    "and the logits' gradient: the Trainer drops the outputs before backward), and the layer is recomputed only "
+    "after the loss's buffers are freed, so the peak holds the larger of the two. The chunked loss holds one "
+    "512-token slice. Every table here is rerendered with that planner.",
     "- Not covered here: GPU memory (no GPU was lent to this task; on a GPU the CUDA caching allocator replaces "
     "glibc's arenas and the fixed overhead is 1 GiB, also unmeasured), bf16, and sequences beyond a few thousand "
     "tokens (attention's cost grows with the square of the length on this shared CPU).",

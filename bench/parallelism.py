@@ -4,14 +4,14 @@ ratios share the machine's load. LoRA, 2 CPU processes over gloo, fp32, the reci
 section "## Parallelism: FSDP2 vs ZeRO-3" of docs/benchmarks.md (other sections are kept).
 
 --sp: Ulysses sequence parallelism's memory instead. The tiny model, LoRA, ZeRO-3, 2 ranks, through
-bench/methods.py's runs (packed rows of exactly cutoff_len tokens, rank RssAnon sampled, tight malloc):
-sp=1 and sp=2 at cutoff_len L and 2L. Reports the peak per rank of sp=2 against sp=1 at 2L (target <= 0.6x),
+bench/methods.py's runs (rank RssAnon sampled, tight malloc), the demo data read --copies times so that every
+micro batch holds full greedy-packed rows of cutoff_len tokens: sp=1 and sp=2 at cutoff_len L and 2L. Reports the peak per rank of sp=2 against sp=1 at 2L (target <= 0.6x),
 the per-token growth from L to 2L of each, and the longest cutoff_len each fits in a fixed per-rank budget:
 the planner's (bisected over its estimate) and the measured (the line through the two measured peaks),
 with a run at the planner's longest to check it fits. Writes "## Parallelism: sequence parallelism memory".
 
     python bench/parallelism.py [--steps 8] [--repeats 2] [--out docs/benchmarks.md]
-    python bench/parallelism.py --sp [--steps 2] [--length 2048] [--budget-gib 0.75]
+    python bench/parallelism.py --sp [--steps 1] [--length 15360] [--copies 5] [--budget-gib 0.75]
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file: the repo's `launcher` and `bench` without installing them
@@ -51,7 +52,7 @@ def run_one(name: str, steps: int, work: Path, env: dict[str, str]) -> dict:
         f"distributed.master_port={free_port()}",
     ]
     wait_for_quiet()
-    code, peaks = launch_with_peaks(TINY, overrides, work / f"{name}.log", env)
+    code, peaks, _ = launch_with_peaks(TINY, overrides, work / f"{name}.log", env)
     if code != 0:
         sys.exit(f"[bench] {name} failed with exit code {code}; log: {work / f'{name}.log'}")
     state = json.loads((out / "trainer_state.json").read_text())
@@ -116,25 +117,15 @@ def sp_run(recipe_file: Path, sp: int, cutoff_len: int, steps: int, work: Path, 
     wait_for_quiet()
     row = methods.run_one(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len, steps, work, env)
     row["peak_gb"] = max(row["rank0_gb"], row["rank1_gb"])
-    row["rows"] = held_rows((work / "run.log").read_text(errors="replace"))
     print(
         f"[bench] sp {sp} cutoff_len {cutoff_len}: peaks {row['rank0_gb']:.3f} / {row['rank1_gb']:.3f} GiB", flush=True
     )
     return row
 
 
-def held_rows(log: str) -> int:
-    """Rows in each rank's micro batch: the demo data packs into few rows at long lengths (19,076 tokens: one row of
-    20,480), and each of the 2 ranks reads its own share of them (at sp 2 the group takes each rank's micro batch in
-    turn); DeepSpeed's sampler repeats a row for a rank left without one."""
-    packed = int(re.search(r"packing: (\d+) rows", log).group(1))
-    return min(MICRO_BATCH, -(-packed // 2))
-
-
-def estimate_gb(recipe_file: Path, sp: int, cutoff_len: int, rows: int = 2) -> float:
-    """The planner's total for micro batches of `rows` rows (the bench's recipe: 2)."""
-    extra = (f"train.micro_batch_size={rows}",)
-    return methods.estimate_for(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len, extra)["estimate_gb"]
+def estimate_gb(recipe_file: Path, sp: int, cutoff_len: int) -> float:
+    """The planner's total for the bench's micro batches (MICRO_BATCH rows)."""
+    return methods.estimate_for(recipe_file, TINY_MODEL, "lora", sp_variant(sp), cutoff_len)["estimate_gb"]
 
 
 def planner_longest(recipe_file: Path, sp: int, budget_gb: float, step: int = 256) -> int:
@@ -165,22 +156,33 @@ def planner_target_length(recipe_file: Path, step: int = 256, longest: int = 1 <
     return high * step
 
 
-def planned_ratio(recipe_file: Path, cutoff_len: int, rows: int) -> float:
-    return estimate_gb(recipe_file, 2, cutoff_len, rows) / estimate_gb(recipe_file, 1, cutoff_len, rows)
+def planned_ratio(recipe_file: Path, cutoff_len: int) -> float:
+    return estimate_gb(recipe_file, 2, cutoff_len) / estimate_gb(recipe_file, 1, cutoff_len)
 
 
 def measured_longest(runs: list[dict], budget_gb: float) -> int:
     """Where the least-squares line through the measured (tokens per micro batch, peak) points reaches the budget,
     as the cutoff_len of a full micro batch."""
-    tokens = [r.get("rows", MICRO_BATCH) * r["cutoff_len"] for r in runs]
+    tokens = [MICRO_BATCH * r["cutoff_len"] for r in runs]
     slope, intercept = statistics.linear_regression(tokens, [r["peak_gb"] for r in runs])
     return int((budget_gb - intercept) / slope / MICRO_BATCH)
 
 
-def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
+def full_rows_recipe(work: Path, copies: int) -> Path:
+    """bench/methods.py's recipe with the demo data read `copies` times: at 10-30k tokens the demo data alone packs
+    into one or two rows shorter than cutoff_len, which accelerate's even batches then repeat to fill a micro
+    batch; read several times, every row is full."""
+    recipe_file = methods.bench_recipe(work)
+    raw = yaml.safe_load(recipe_file.read_text())
+    raw["data"]["datasets"] = raw["data"]["datasets"] * copies
+    recipe_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return recipe_file
+
+
+def bench_sp(length: int, budget_gb: float, steps: int, copies: int, work: Path) -> dict:
     """The runs at L and 2L for sp 1 and 2, then one run at each degree's planner longest length."""
     env = {**base_env(), **TIGHT_MALLOC}
-    recipe_file = methods.bench_recipe(work)
+    recipe_file = full_rows_recipe(work, copies)
     runs = {
         (sp, cutoff): sp_run(recipe_file, sp, cutoff, steps, work, env)
         for cutoff in (length, 2 * length)
@@ -190,53 +192,54 @@ def bench_sp(length: int, budget_gb: float, steps: int, work: Path) -> dict:
     for sp in (1, 2):
         planned = planner_longest(recipe_file, sp, budget_gb)
         longest[sp] = {"planner": planned, "check": sp_run(recipe_file, sp, planned, steps, work, env)}
-    return {"length": length, "budget_gb": budget_gb, "steps": steps, "runs": list(runs.values()), "longest": longest}
+    return {
+        "length": length,
+        "budget_gb": budget_gb,
+        "steps": steps,
+        "copies": copies,
+        "runs": list(runs.values()),
+        "longest": longest,
+    }
 
 
 def render_sp(result: dict, recipe_file: Path) -> str:
-    length, budget = result["length"], result["budget_gb"]
+    length, budget, steps, copies = result["length"], result["budget_gb"], result["steps"], result["copies"]
     runs = {(r["sp"], r["cutoff_len"]): r for r in result["runs"]}
     lines = [
         SP_SECTION,
         "",
-        f"`python bench/parallelism.py --sp --steps {result['steps']} --length {length} --budget-gib {budget}`, "
+        f"`python bench/parallelism.py --sp --steps {steps} --length {length} --copies {copies} --budget-gib {budget}`, "
         f"{datetime.now(timezone.utc):%Y-%m-%d}: builtin:tiny-qwen2 (4 layers, width 128, 4 heads / 2 KV, vocab "
         "2048), LoRA (rank 8, all linears), fp32, DeepSpeed ZeRO-3, 2 CPU processes over gloo, bench/methods.py's "
-        "runs (greedy-packed rows of cutoff_len tokens, micro batch 2, gradient checkpointing, "
-        f"{result['steps']} optimizer steps), ranks with {' '.join(f'{k}={v}' for k, v in TIGHT_MALLOC.items())} "
-        f"so RssAnon follows the live tensors. {machine()}; {versions()}. sp 1: each rank trains its own rows "
-        "(data-parallel 2); sp 2: both ranks split every row (data-parallel 1). Peak = the higher of the two "
-        "ranks' peak RssAnon; estimate = `launch plan`'s total for ZeRO-3 at that degree and length, for the rows each "
-        "rank's micro batch held (the demo data, 19,076 tokens, packs into 2 rows at 10240 and 1 at 20480, so each "
-        "rank held one; the planner itself assumes full micro batches).",
+        f"runs (demo_sft read {copies} times, greedy-packed into full rows of cutoff_len tokens, micro batch "
+        f"{MICRO_BATCH}, gradient checkpointing, the plain loss, {steps} optimizer step(s)), ranks with "
+        f"{' '.join(f'{k}={v}' for k, v in TIGHT_MALLOC.items())} so RssAnon follows the live tensors. {machine()}; "
+        f"{versions()}. sp 1: each rank trains its own rows (data-parallel 2); sp 2: both ranks split every row "
+        "(data-parallel 1). Peak = the higher of the two ranks' peak RssAnon; estimate = `launch plan`'s total "
+        "for ZeRO-3 at that degree and length.",
         "",
-        "| cutoff_len | sp | rows per micro batch | peak rank 0 / rank 1 (GiB) | estimate (GiB) | error |",
-        "|---|---|---|---|---|---|",
+        "| cutoff_len | sp | peak rank 0 / rank 1 (GiB) | estimate (GiB) | error |",
+        "|---|---|---|---|---|",
     ]
     for (sp, cutoff), r in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
-        est = estimate_gb(recipe_file, sp, cutoff, r.get("rows", MICRO_BATCH))
+        est = estimate_gb(recipe_file, sp, cutoff)
         lines.append(
-            f"| {cutoff} | {sp} | {r.get('rows', MICRO_BATCH)} | {r['rank0_gb']:.3f} / {r['rank1_gb']:.3f} | "
-            f"{est:.3f} | {est / r['peak_gb'] - 1:+.1%} |"
+            f"| {cutoff} | {sp} | {r['rank0_gb']:.3f} / {r['rank1_gb']:.3f} | {est:.3f} | {est / r['peak_gb'] - 1:+.1%} |"
         )
     ratio = runs[2, 2 * length]["peak_gb"] / runs[1, 2 * length]["peak_gb"]
-    held = runs[1, 2 * length].get("rows", MICRO_BATCH)
     growth = {sp: (runs[sp, 2 * length]["peak_gb"] - runs[sp, length]["peak_gb"]) * 1024 for sp in (1, 2)}
     lines += [
         "",
         f"- **sp 2 / sp 1 at cutoff_len {2 * length}: {ratio:.2f}x** peak per rank (target <= {SP_TARGET}x: "
-        f"{'met' if ratio <= SP_TARGET else 'missed'}). Going from {length} to {2 * length} tokens adds "
-        f"{growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} MiB at sp 2 ({growth[2] / growth[1]:.2f}x; the "
-        "planner: 0.50x): the memory that grows with the sequence is split, while what does not grow with it (the "
-        "runtime, the ZeRO-3 model states) is not split by sequence parallelism.",
-        f"- The planner's ratio at cutoff_len {2 * length}: {planned_ratio(recipe_file, 2 * length, held):.2f}x for "
-        f"{held} row(s) per micro batch, {planned_ratio(recipe_file, 2 * length, MICRO_BATCH):.2f}x for full ones; "
-        f"it reaches {SP_TARGET}x at cutoff_len {planner_target_length(recipe_file)} on this model (not run: "
-        "each step's attention grows with the square of the length, too slow for this shared CPU).",
+        f"{'met' if ratio <= SP_TARGET else 'missed'}; the planner: {planned_ratio(recipe_file, 2 * length):.2f}x). "
+        f"Going from {length} to {2 * length} tokens adds {growth[1]:.0f} MiB per rank at sp 1 and {growth[2]:.0f} "
+        f"MiB at sp 2 ({growth[2] / growth[1]:.2f}x): the memory that grows with the sequence is split, while what "
+        "does not grow with it (the runtime, the ZeRO-3 model states) is not split by sequence parallelism. On this "
+        f"model the planner's ratio reaches {SP_TARGET}x at cutoff_len {planner_target_length(recipe_file)}.",
         "",
         f"Longest cutoff_len within {budget} GiB per rank (the planner's: bisected over its estimate in steps of 256; "
         "check: a run at the planner's longest; measured: where the least-squares line through that degree's "
-        "three measured peaks, over the tokens their micro batches held, reaches the budget at full micro batches):",
+        "three measured peaks reaches the budget):",
         "",
         "| sp | planner's longest | measured longest | check run at the planner's: peak rank 0 / rank 1 (GiB) | fits |",
         "|---|---|---|---|---|",
@@ -257,7 +260,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per engine")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     parser.add_argument("--sp", action="store_true", help="sequence parallelism's memory (section: " + SP_SECTION + ")")
-    parser.add_argument("--length", type=int, default=2048, help="--sp: cutoff_len L (runs at L and 2L)")
+    parser.add_argument("--length", type=int, default=15360, help="--sp: cutoff_len L (runs at L and 2L)")
+    parser.add_argument("--copies", type=int, default=5, help="--sp: times the demo data is read (full rows)")
     parser.add_argument("--budget-gib", type=float, default=0.75, help="--sp: the per-rank memory budget")
     parser.add_argument("--json", type=Path, default=None, help="--sp: also write the measurements here")
     parser.add_argument("--rerender", type=Path, default=None, help="--sp: render these measurements, run nothing")
@@ -269,10 +273,11 @@ def main() -> None:
             if args.rerender:
                 result = json.loads(args.rerender.read_text())
             else:
-                result = bench_sp(args.length, args.budget_gib, args.steps, Path(tmp))
+                result = bench_sp(args.length, args.budget_gib, args.steps, args.copies, Path(tmp))
                 if args.json:
                     args.json.write_text(json.dumps(result, indent=1))
-            write_section(out_file, render_sp(result, methods.bench_recipe(Path(tmp))), SP_SECTION)
+            recipe_file = full_rows_recipe(Path(tmp), result["copies"])
+            write_section(out_file, render_sp(result, recipe_file), SP_SECTION)
         print(f"[bench] wrote {SP_SECTION!r} to {out_file}")
         return
     env = {**base_env(), **TIGHT_MALLOC}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-from typing import TYPE_CHECKING, TypedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from launcher.errors import RecipeError
 from launcher.registry import STAGES, method_spec, stage_spec
@@ -117,6 +118,23 @@ def _dft_kernel(kernel: str, sequence_parallel: int | str) -> tuple[str, str]:
     return "plain", "train.sft_loss: dft weights each token's loss by its probability, from the full logits"
 
 
+# modules whose training trains the LM head (tied embeddings share its weight)
+HEAD_MODULES = ("lm_head", "embed_tokens")
+
+
+def trains_output_head(method: Mapping[str, Any]) -> bool:
+    """The method trains the LM head: full, or the head (or tied embeddings) named in freeze's extra_modules or
+    LoRA/OFT's additional_target."""
+    named = method.get("extra_modules") or method.get("additional_target") or []
+    return method["name"] == "full" or any(module in HEAD_MODULES for module in named)
+
+
+def _fsdp_trained_head(recipe: Recipe) -> bool:
+    # FSDP2 frees the trained head's gathered weight after its first gradient, while the chunked loss recomputes
+    # the head for every slice in backward: the process crashes (measured: a segmentation fault on CPU)
+    return recipe["distributed"]["engine"] == "fsdp" and trains_output_head(recipe["method"])
+
+
 def loss_choice(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> tuple[str, str]:
     """(plain | chunked | liger, why). Raises RecipeError for a kernel that cannot run here."""
     kernel, stage, method = recipe["train"]["loss_kernel"], recipe["stage"], recipe["method"]["name"]
@@ -146,14 +164,20 @@ def loss_choice(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> tuple[s
             "train.loss_kernel=chunked",
         )
         return kernel, "chosen in the recipe: liger-kernel's fused linear cross-entropy"
+    if kernel == "chunked" and _fsdp_trained_head(recipe):
+        raise RecipeError(
+            "train.loss_kernel = 'chunked' cannot train the LM head under distributed.engine: fsdp (FSDP2 frees "
+            f"the gathered head after its first slice's gradient; method.name: {method} trains it). Fix: "
+            "train.loss_kernel=auto (plain here), or distributed.engine: deepspeed"
+        )
     if kernel in ("plain", "chunked"):
         return kernel, "chosen in the recipe"
     if not own_loss or method_spec(method).virtual_tokens:
         return "plain", f"auto: stage {stage} / method {method} keeps its own loss"
-    if recipe["distributed"]["sequence_parallel"] != 1:
-        return "plain", "auto: sequence parallelism weighs each shard's loss by its tokens"
-    if on_gpu and installed("liger_kernel"):
+    if on_gpu and installed("liger_kernel") and recipe["distributed"]["sequence_parallel"] == 1:
         return "liger", "auto: CUDA and liger-kernel installed (fused linear cross-entropy)"
+    if _fsdp_trained_head(recipe):
+        return "plain", "auto: the chunked loss cannot train the LM head under fsdp (FSDP2 frees it between slices)"
     if vocab_size is not None and vocab_size >= CHUNKED_MIN_VOCAB:
         hint = " (installing liger-kernel would fuse it on CUDA)" if on_gpu else ""
         return (

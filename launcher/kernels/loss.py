@@ -56,23 +56,49 @@ def _summed_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, target
 def chunked_cross_entropy(
     hidden: torch.Tensor,
     lm_head: torch.nn.Module,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     chunks: int,
     num_items_in_batch: torch.Tensor | int | None = None,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal-LM loss from the final hidden states (B, N, H) and labels (B, N) (unshifted, as
-    the model takes them): hidden[t] predicts labels[t + 1]."""
-    targets = labels[:, 1:].reshape(-1)
-    hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    the model takes them): hidden[t] predicts labels[t + 1]. shift_labels (B, N), as transformers'
+    loss takes them, are the targets already shifted: hidden[t] predicts shift_labels[t] (a sequence
+    parallel shard's, whose last target is the next shard's first token)."""
+    if shift_labels is not None:
+        targets, hidden = shift_labels.reshape(-1), hidden.reshape(-1, hidden.size(-1))
+    elif labels is not None:
+        targets = labels[:, 1:].reshape(-1)
+        hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    else:
+        raise ValueError("chunked_cross_entropy needs labels or shift_labels")
     trained = targets != IGNORE_INDEX  # untrained tokens (prompts, padding) need no logits at all
     hidden, targets = hidden[trained], targets[trained]
+    # determinism_check off: under ZeRO-3 the slice is recomputed (in the loss's backward) while the head is
+    # gathered only for its own forward, so the weight torch saved shows its partitioned shape when checked
+    # afterwards; the head's backward gathers it again before using it (losses and grad norms equal the plain
+    # loss's under ZeRO-3, full fine-tuning; the check raised CheckpointError on the first backward)
     total = sum(
-        checkpoint(_summed_cross_entropy, lm_head, part, goal, use_reentrant=False)
+        checkpoint(_summed_cross_entropy, lm_head, part, goal, use_reentrant=False, determinism_check="none")
         for part, goal in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks))
     )
     if num_items_in_batch is None:
         return total / trained.sum().clamp(min=1)
     return total / num_items_in_batch
+
+
+def group_mean(summed: torch.Tensor, shift_labels: torch.Tensor) -> torch.Tensor:
+    """DeepSpeed sequence parallelism: the mean loss over the target tokens of the whole group's rows, from this
+    shard's summed loss, as the Trainer's own sequence-parallel loss weighs the shards' means (a shard of prompt
+    or padding only adds 0). The gather is differentiable: each shard's gradient is its share of the mean's."""
+    import torch.distributed.nn.functional as distributed
+    from deepspeed.utils import groups
+
+    group = groups._get_sequence_parallel_group()
+    trained = (shift_labels != IGNORE_INDEX).sum()
+    sums = torch.stack(distributed.all_gather(summed, group=group))
+    counts = torch.stack(distributed.all_gather(trained, group=group))
+    return sums.sum() / counts.sum().clamp(min=1)
 
 
 def final_hidden_states(model, inputs: dict) -> torch.Tensor:

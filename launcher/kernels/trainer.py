@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from launcher.kernels.attention import packed_attention_inputs, without_right_padding_mask
 from launcher.kernels.dft import dft_loss
-from launcher.kernels.loss import chunk_count, chunked_cross_entropy, final_hidden_states
+from launcher.kernels.loss import chunk_count, chunked_cross_entropy, final_hidden_states, group_mean
 
 
 def _unwrapped(model):
@@ -28,6 +28,12 @@ def _unwrapped(model):
 def output_head(model):
     """The LM head of the (possibly PEFT- or engine-wrapped) model."""
     return _unwrapped(model).get_output_embeddings()
+
+
+def deepspeed_sequence_parallel(accelerator) -> bool:
+    """Whether this rank trains a DeepSpeed sequence-parallel shard (the Trainer's own test for its loss)."""
+    config = getattr(accelerator, "parallelism_config", None)
+    return config is not None and config.sp_backend == "deepspeed" and config.sp_enabled
 
 
 def unwrapped_config(model):
@@ -48,9 +54,14 @@ class KernelTrainer(Trainer):
         inputs = without_right_padding_mask(inputs, self.kernels["attn"], routed)
         if self.kernels["loss"] != "chunked" or return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
+        labels = inputs.pop("labels", None)  # DeepSpeed's sequence-parallel loader leaves shift_labels only
+        shift_labels = inputs.pop("shift_labels", None)  # a sequence-parallel shard's targets
         hidden = final_hidden_states(model, inputs)
-        loss = chunked_cross_entropy(hidden, output_head(model), labels, self.chunks, num_items_in_batch)
+        head = output_head(model)
+        if deepspeed_sequence_parallel(self.accelerator):
+            summed = chunked_cross_entropy(hidden, head, labels, self.chunks, 1, shift_labels)
+            return group_mean(summed, shift_labels)
+        loss = chunked_cross_entropy(hidden, head, labels, self.chunks, num_items_in_batch, shift_labels)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # as Trainer.compute_loss does: the token count spans every rank, DDP averages the gradients
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())

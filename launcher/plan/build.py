@@ -62,7 +62,6 @@ def build_plan(
     gpus = detect_gpus()
     on_gpu = gpus["count"] > 0
     check_device(recipe, gpus)
-    kernels = plan_kernels(recipe, on_gpu)
     dtype = resolve_dtype(recipe["model"]["dtype"], gpus)
     nproc = processes_per_node(dist["nproc_per_node"], gpus)
     hosts: list[Host] = []  # none without a hostfile
@@ -89,6 +88,7 @@ def build_plan(
         "master_port": master_port(dist["master_port"], nnodes),
     }
     recipe, memory, plan_mesh = memory_plan(recipe, world, gpus, dtype)
+    kernels = plan_kernels(recipe, on_gpu)  # after sequence_parallel: auto is resolved (the loss kernel follows it)
     # training refuses a plan that does not fit; `launch plan` prints why and exits 0 (a plan
     # made on another machine than the cluster's)
     memory["refusal"] = fit_refusal(memory, recipe)

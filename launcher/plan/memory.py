@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from launcher.kernels.choice import loss_choice
 from launcher.model.shape import LAYOUTS, Shape, Tensor, base_tensors, model_shape
 from launcher.recipe.optimizers import ALL_LINEAR, LOW_RANK_SECTIONS
 from launcher.registry import engine_spec, method_spec, stage_spec
@@ -92,22 +93,44 @@ def _optimizer_bytes(trainable: list[Tensor], train: TrainSection) -> float:
     return n * 2 * (1 + 4 / 2048) if optimizer in ("adamw_8bit", "paged_adamw_8bit") else n * 8
 
 
-def activation_bytes(shape: Shape, tokens: float, elem: int, checkpointing: bool, attn: str, seq: int) -> float:
-    """Bytes kept for backward per micro batch of `tokens` tokens (sequences of `seq`).
+# tokens of logits the chunked loss computes at a time (launcher/kernels/loss.py: CHUNK_TOKENS; tests keep them equal)
+CHUNKED_LOSS_TOKENS = 512
+
+
+def loss_bytes(shape: Shape, tokens: float, loss: str) -> float:
+    """Peak bytes of the loss over a micro batch of `tokens` tokens. Plain (transformers' loss): in backward the
+    fp32 log-softmax it saved, the gradient of that and the gradient of the logits, 12 bytes per logit (in
+    forward the logits, an fp32 copy of bf16 ones and the log-softmax: at most 10; the Trainer drops the model's
+    outputs, logits included, before backward). The chunked loss (kernels/loss.py) holds one fp32 slice of
+    CHUNKED_LOSS_TOKENS tokens' logits. liger-kernel's fused loss sizes its chunks so that their logits are about
+    as many elements as the hidden states (not measured here: CUDA only)."""
+    if loss == "chunked":  # its slice's logits become their own gradient in place: one fp32 buffer
+        return 4 * min(tokens, CHUNKED_LOSS_TOKENS) * shape.vocab
+    if loss == "liger":
+        return 12 * tokens * shape.hidden
+    return 12 * tokens * shape.vocab
+
+
+def activation_bytes(
+    shape: Shape, tokens: float, elem: int, checkpointing: bool, attn: str, seq: int, loss: str = "plain"
+) -> float:
+    """Peak bytes for backward per micro batch of `tokens` tokens (sequences of `seq`).
     Per layer and token, elements saved by a Llama/Qwen2 layer: the two RMSNorms (input,
     normalised, output: 3h each), rotated q and k, v, k/v repeated to all heads (sdpa with a
     padding mask does not use native GQA), the attention output (h), and in the MLP gate,
     up, silu(gate) and their product (4 x intermediate). eager attention also keeps the
-    scores and probabilities (2 x heads x seq). With checkpointing only each layer's input
-    is kept, plus one layer recomputed during backward. The loss keeps the logits in the
-    model dtype, an fp32 copy, its log-softmax, and during backward two fp32 gradients."""
+    scores and probabilities (2 x heads x seq). The final norm keeps 3h. The loss (loss_bytes) peaks
+    first in backward, on top of everything saved; with checkpointing only each layer's input is saved,
+    and the one layer recomputed during backward comes after the loss's memory is freed, so the peak
+    is the larger of the two. Measured by bench/parallelism.py --sp (15-30k tokens, fp32)."""
     h = shape.hidden
     per_layer = 6 * h + shape.q_dim + 2 * shape.kv_dim + 2 * shape.q_dim + shape.q_dim + 4 * shape.intermediate
     if attn == "eager":
         per_layer += 2 * shape.heads * seq
-    stored = (shape.layers * h + per_layer) if checkpointing else shape.layers * per_layer
-    logits = shape.vocab * ((elem if elem != 4 else 0) + 4 * 4)
-    return tokens * (elem * (stored + 3 * h) + logits)
+    logits = loss_bytes(shape, tokens, loss)
+    if checkpointing:
+        return tokens * elem * (shape.layers * h + 3 * h) + max(tokens * elem * per_layer, logits)
+    return tokens * elem * (shape.layers * per_layer + 3 * h) + logits
 
 
 def _element_bytes(dtype: str) -> int:
@@ -232,11 +255,12 @@ def estimate_option(
         opt.host_gb += params / w
         opt.params_gb -= params / w
     seq = recipe["data"]["cutoff_len"]
+    loss = loss_choice(recipe, device == "cuda", shape.vocab)[0]  # the kernel the plan picks at this degree
     # Ulysses: each rank keeps 1/sp of every sequence's activations and logits (eager's scores: heads / sp of
     # them over the whole sequence, the same bytes per local token)
     local_tokens = train["micro_batch_size"] * seq / int(dist["sequence_parallel"])  # resolved: no auto here
     opt.activations_gb = activation_bytes(
-        shape, local_tokens, elem, train["gradient_checkpointing"], model["attn"], seq
+        shape, local_tokens, elem, train["gradient_checkpointing"], model["attn"], seq, loss
     )
     opt.overhead_gb = OVERHEAD_GB[device] * GIB
     if recipe["stage"] == "grpo":  # the reference is partitioned as the model is under ZeRO-3 (TRL prepares it alike)

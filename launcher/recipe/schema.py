@@ -221,8 +221,9 @@ SCHEMA: dict[str, Section | Key] = {  # a section of keys, or a top-level Key (a
             "auto",
             "causal-LM loss (pt, sft): plain = full logits; chunked = LM head + cross-entropy "
             "in token chunks, logits never whole (any device); liger = liger-kernel's fused "
-            "linear cross-entropy (CUDA); auto = liger on CUDA when installed, else chunked "
-            "for vocabularies >= 32k",
+            "linear cross-entropy (CUDA); auto = liger on CUDA when installed (not under "
+            "sequence parallelism), else chunked for vocabularies >= 32k (plain under fsdp "
+            "when the method trains the LM head)",
             choices=("auto", "plain", "chunked", "liger"),
         ),
         "compile": Key(

@@ -50,11 +50,12 @@ def check(r: dict, refuse: Refuse) -> None:
             f"model.attn: {r['model']['attn']} cannot run under {said} with distributed.engine: {dist['engine']}: "
             f"its Ulysses attention wraps {' or '.join(attention)}. Fix: set model.attn: auto",
         )
-    if r["train"]["loss_kernel"] in ("chunked", "liger"):
+    if r["train"]["loss_kernel"] == "liger":  # its patched forward is not tested on sequence shards (CUDA only)
         refuse(
             "train.loss_kernel",
-            f"train.loss_kernel: {r['train']['loss_kernel']} cannot run under {said}: the loss is the model's own, "
-            "token-weighted over the sequence shards. Fix: set train.loss_kernel: auto",
+            f"train.loss_kernel: liger cannot run under {said}: liger-kernel's patched loss has not been proven on "
+            "sequence shards here. Fix: set train.loss_kernel: chunked (or auto: chunked for a vocabulary of 32,000 "
+            "or more; each shard's logits a slice at a time)",
         )
 
 

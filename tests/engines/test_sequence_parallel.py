@@ -1,7 +1,9 @@
 """Ulysses sequence parallelism trained for real on CPU over gloo (issue 25): two ranks that each hold half of
 every sequence train exactly as one process holding the whole sequence, in the loss and in the logged gradient
 norm (a sum of the two ranks' gradients instead of their average would double it; AdamW and clipping hide that
-in the loss). Under DeepSpeed (ALST) and under fsdp (the launcher's own exchange, neat packing too)."""
+in the loss). Under DeepSpeed (ALST) and under fsdp (the launcher's own exchange, neat packing too); the split
+runs take the chunked loss (what auto picks for a real vocabulary: each shard's logits a slice at a time, its
+targets shifted over the whole row) against the one process's plain loss, the neat one the plain loss."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ ONE_SEQUENCE = (
     "data.cutoff_len=128",  # every row of a sequence-parallel group is padded to it
 )
 FSDP_SP2 = ("distributed.engine=fsdp", "distributed.zero=0", "distributed.sequence_parallel=2")
+CHUNKED = "train.loss_kernel=chunked"
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +56,13 @@ def _assert_same_steps(split: Path, whole: Path) -> None:
 
 
 def test_two_ranks_splitting_each_sequence_train_as_one_process(tmp_path, one_process):
-    split, proc = _train(tmp_path, "sp2", [*ONE_SEQUENCE, "distributed.sequence_parallel=2"])
+    split, proc = _train(tmp_path, "sp2", [*ONE_SEQUENCE, "distributed.sequence_parallel=2", CHUNKED])
     assert proc.returncode == 0, proc.stderr[-5000:]
     _assert_same_steps(split, one_process)
 
 
 def test_under_fsdp_two_ranks_splitting_each_sequence_train_as_one_process(tmp_path, one_process):
-    split, proc = _train(tmp_path, "fsdp-sp2", [*ONE_SEQUENCE, *FSDP_SP2])
+    split, proc = _train(tmp_path, "fsdp-sp2", [*ONE_SEQUENCE, *FSDP_SP2, CHUNKED])
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "fsdp: rank 0 holds" in proc.stdout + proc.stderr  # sharded by FSDP2, not DDP
     _assert_same_steps(split, one_process)

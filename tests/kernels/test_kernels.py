@@ -196,6 +196,32 @@ def test_chunked_loss_and_gradients_equal_full_logits():
             assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
 
 
+@pytest.mark.unit
+def test_chunked_loss_of_two_sequence_shards_sums_to_the_whole_rows():
+    """Sequence parallelism: each shard passes shift_labels, shifted over the whole row before the split (a
+    shard's last target is the next shard's first token); the shards' summed losses and gradients add up to the
+    unsplit rows'."""
+    torch.manual_seed(0)
+    vocab, hidden_size = 300, 16
+    head = torch.nn.Linear(hidden_size, vocab, bias=False)
+    hidden = torch.randn(2, 64, hidden_size, requires_grad=True)
+    labels = torch.randint(0, vocab, (2, 64))
+    labels[:, :10] = IGNORE_INDEX
+    whole = chunked_cross_entropy(hidden, head, labels, chunks=3, num_items_in_batch=1)
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    shards = sum(
+        chunked_cross_entropy(
+            hidden[:, part], head, None, chunks=3, num_items_in_batch=1, shift_labels=shifted[:, part]
+        )
+        for part in (slice(0, 32), slice(32, 64))
+    )
+    assert torch.allclose(shards, whole, rtol=1e-6)
+    for a, b in zip(
+        torch.autograd.grad(shards, [hidden, head.weight]), torch.autograd.grad(whole, [hidden, head.weight])
+    ):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def _dft_by_hand(logits: torch.Tensor, labels: torch.Tensor, count) -> torch.Tensor:
     """Dynamic Fine-Tuning's formula: -sum over trained tokens of sg(p) * log p, p the next token's probability."""
     log_p = F.log_softmax(logits[:, :-1].float(), -1)
@@ -274,11 +300,32 @@ def test_plan_names_the_kernels_and_why(capsys):
             + ["train.loss_kernel=chunked"],
             "train.loss_kernel = 'chunked' does not work with method.name: prefix",
         ),
+        (
+            ["distributed.engine=fsdp", "distributed.zero=0", "method={name: full}", "train.loss_kernel=chunked"],
+            "train.loss_kernel = 'chunked' cannot train the LM head under distributed.engine: fsdp",
+        ),
     ],
 )
 def test_plan_refuses_kernels_that_cannot_run_here(capsys, overrides, message):
     code, out = _plan(capsys, *overrides)
     assert code == 2 and message in out and "Fix:" in out, out
+
+
+@pytest.mark.unit
+def test_auto_keeps_the_plain_loss_where_fsdp_trains_the_lm_head():
+    """FSDP2 frees the trained head's gathered weight between the chunked loss's slices (a segmentation fault
+    on CPU): auto picks plain there, chunked where the head is frozen or under DeepSpeed."""
+    from launcher.kernels.choice import loss_choice
+
+    fsdp = {"engine": "fsdp", "zero": 0}
+    head = [
+        _recipe(method={"name": "full"}, distributed=fsdp),
+        _recipe(method={"name": "freeze", "extra_modules": ["lm_head"]}, distributed=fsdp),
+        _recipe(method={"name": "lora", "additional_target": ["embed_tokens"]}, distributed=fsdp),
+    ]
+    assert {loss_choice(recipe, False, 151_936)[0] for recipe in head} == {"plain"}
+    frozen_head = [_recipe(distributed=fsdp), _recipe(method={"name": "full"}, distributed={"zero": 3})]
+    assert {loss_choice(recipe, False, 151_936)[0] for recipe in frozen_head} == {"chunked"}
 
 
 def _recipe(**sections) -> dict:

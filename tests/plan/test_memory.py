@@ -165,6 +165,13 @@ def test_zero_stages_partition_params_grads_and_optimizer_states():
     assert offloaded.host_gb == pytest.approx(gib((16 + 4) * n) / world)  # + the fp32 gradient copy
 
 
+def test_the_planners_chunked_loss_slice_is_the_kernels():
+    from launcher.kernels.loss import CHUNK_TOKENS
+    from launcher.plan.memory import CHUNKED_LOSS_TOKENS
+
+    assert CHUNKED_LOSS_TOKENS == CHUNK_TOKENS
+
+
 def test_zero3_live_parameters_match_the_deepspeed_templates():
     for template in sorted((ROOT / "ds_configs").glob("zero3*.json")):
         config = json.loads(template.read_text())["zero_optimization"]
@@ -178,11 +185,14 @@ def _gpu_estimate(recipe: dict, world: int, memory_gb: float) -> dict:
 def test_zero_auto_picks_the_least_partitioning_that_fits_a_7b_full_fine_tune():
     recipe = _recipe(QWEN, "method.name=full", drop_lora=True)
     picks = {
-        (world, gb): pick_auto(_gpu_estimate(recipe, world, gb)) for world, gb in ((8, 80), (8, 40), (8, 24), (1, 80))
+        (world, gb): pick_auto(_gpu_estimate(recipe, world, gb))
+        for world, gb in ((8, 80), (8, 40), (8, 30), (8, 16), (1, 80))
     }
     assert (picks[8, 80]["zero"], picks[8, 80]["offload"]) == (1, "none")  # 15 GB weights + 15 GB grads + 1/8 of Adam
-    assert (picks[8, 40]["zero"], picks[8, 40]["offload"]) == (3, "none")
-    assert (picks[8, 24]["zero"], picks[8, 24]["offload"]) == (3, "optimizer")
+    # on a GPU the chunked loss never holds the 152k-vocabulary logits of the 4,096 tokens: ZeRO-2 fits 40 GB
+    assert (picks[8, 40]["zero"], picks[8, 40]["offload"]) == (2, "none")
+    assert (picks[8, 30]["zero"], picks[8, 30]["offload"]) == (3, "none")
+    assert (picks[8, 16]["zero"], picks[8, 16]["offload"]) == (3, "optimizer")
     assert (picks[1, 80]["zero"], picks[1, 80]["offload"]) == (2, "optimizer")  # Adam alone is > 100 GiB: offload
     tight_host = estimate(recipe, 1, "cuda", "bf16", 80, "test", lambda zero, offload: None, host_memory_gb=64)
     assert pick_auto(tight_host) is None  # offloaded Adam needs > 100 GiB of host memory
@@ -239,7 +249,8 @@ def test_grpo_rollout_counts_the_kv_cache_and_the_reference_model():
     shape, world = KNOWN_SHAPES["Qwen/Qwen2-7B"], 8
     kv_cache = 32 * 1024 * 28 * 2 * 512 * 2 / GIB  # 1.75 GiB
     lora = _recipe(grpo)
-    sft_like = _recipe(grpo, "stage=sft")  # the same model, method and batch without rollouts
+    # the same model, method, batch and loss (TRL's: whole logits) without rollouts
+    sft_like = _recipe(grpo, "stage=sft", "train.loss_kernel=plain")
     for zero in (2, 3):
         grpo_option = estimate_option(lora, shape, zero, "none", world, "cuda", "bf16")
         assert grpo_option.rollout_gb == pytest.approx(kv_cache)
