@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from launcher.checkpoint.consolidate_dcp import consolidate_dcp, is_fsdp_checkpoint
-from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_torch, read_json
+from launcher.checkpoint.inputs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, carry_base_loading, load_torch, read_json
 from launcher.checkpoint.paths import POLICY_PREFIX, VALUE_HEAD, VALUE_HEAD_PREFIX
 from launcher.checkpoint.safetensors_stream import parse_size, write_shards
 from launcher.checkpoint.staging import staged_output
@@ -290,11 +290,13 @@ def consolidate(checkpoint: str | Path, out: str | Path, max_shard_size: str = "
     if is_fsdp_checkpoint(checkpoint):  # engine fsdp: sharded DCP
         with staged_output(out) as stage:
             consolidate_dcp(checkpoint, stage, max_shard_size, COPIED_FILES)
+            carry_base_loading(checkpoint, stage)
         return Path(out)
     ckpt = read_layout(checkpoint / zero_tag(checkpoint))
     adapter_config = read_json(checkpoint / ADAPTER_CONFIG) if (checkpoint / ADAPTER_CONFIG).is_file() else None
     with staged_output(out) as stage:
         _write(checkpoint, ckpt, adapter_config, stage, max_shard_size)
+        carry_base_loading(checkpoint, stage)
     return Path(out)
 
 

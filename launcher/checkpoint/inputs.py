@@ -110,15 +110,31 @@ class BaseLoading:
     trust_remote_code: bool = False
 
 
+# written by `launch consolidate --out` beside an adapter whose run scaled RoPE: the out folder has no plan.json
+BASE_LOADING = "base_loading.json"
+
+
 def base_loading(adapter: str | Path | None) -> BaseLoading:
-    """The BaseLoading of the run that wrote `adapter` (its plan.json); the base as saved where there is no
-    adapter or no run of ours wrote it."""
+    """The BaseLoading of the run that wrote `adapter` (its plan.json), or of the run a consolidated adapter came
+    from (its BASE_LOADING: the RoPE scaling only; running the model's own code stays the caller's choice);
+    the base as saved where there is no adapter or no run of ours wrote it."""
     plan = run_plan(adapter) if adapter else None
     if plan is None:
+        carried = Path(adapter) / BASE_LOADING if adapter else None
+        if carried is not None and carried.is_file():
+            return BaseLoading(read_json(carried).get("rope_scaling"))
         return BaseLoading()
     return BaseLoading(
         (plan.get("context") or {}).get("rope_scaling"), bool(plan["recipe"]["model"].get("trust_remote_code"))
     )
+
+
+def carry_base_loading(checkpoint: Path, out: Path) -> None:
+    """Beside a consolidated adapter, the RoPE scaling its run set on the base (an adapter's files do not hold
+    it; a full model's config.json does), so chat, serve, eval and merge load the base as training did."""
+    rope = base_loading(checkpoint).rope_scaling
+    if rope is not None and (out / ADAPTER_CONFIG).is_file():
+        (out / BASE_LOADING).write_text(json.dumps({"rope_scaling": rope}, indent=1) + "\n")
 
 
 def adapter_config(adapter: str | Path) -> dict:

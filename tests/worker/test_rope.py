@@ -129,3 +129,32 @@ def test_serve_loads_one_base_for_adapters_of_one_rope_scaling_and_refuses_a_mix
     )
     with pytest.raises(ServeError, match="different RoPE scaling"):
         served_base({n: str(tmp_path / n) for n in ("long", "short")})
+
+
+def test_a_consolidated_adapter_carries_its_runs_rope_scaling_without_a_plan(tmp_path):
+    """`launch consolidate CHECKPOINT --out DIR` writes an adapter folder with no plan.json: the RoPE scaling of the
+    run (read from the checkpoint's run folder) goes beside it, so chat loads the base as training did; the run's
+    trust_remote_code is not carried (a file in an adapter folder does not decide to run a model's code)."""
+    from launcher.checkpoint.inputs import BASE_LOADING, base_loading, carry_base_loading
+
+    plan = _scaled_plan("linear")
+    plan["recipe"]["model"]["trust_remote_code"] = True
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (tmp_path / "run" / "plan.json").write_text(json.dumps(plan))
+    out = _adapter(tmp_path / "out", plan)
+    (out / "plan.json").unlink()  # as consolidate writes it
+    carry_base_loading(checkpoint, out)
+    assert (out / BASE_LOADING).is_file()
+    carried = base_loading(out)
+    assert carried.rope_scaling == plan["context"]["rope_scaling"] and not carried.trust_remote_code
+    model, _ = load_for_chat("builtin:tiny-qwen2", str(out))
+    plain, _, _ = _plain(load_model(plan, materialize("builtin:tiny-qwen2")).config)
+    assert torch.allclose(model.get_base_model().model.rotary_emb.inv_freq, plain / FACTOR)
+    unscaled = tmp_path / "unscaled"
+    unscaled.mkdir()
+    (tmp_path / "plain-run" / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "plain-run" / "plan.json").write_text(json.dumps(build_plan(load_recipe(TINY, []))))
+    (unscaled / "adapter_config.json").write_text("{}")
+    carry_base_loading(tmp_path / "plain-run" / "checkpoint-1", unscaled)
+    assert not (unscaled / BASE_LOADING).exists()
