@@ -29,10 +29,11 @@ def shard(inputs: dict, degree: int, index: int) -> dict:
     shifted = F.pad(inputs["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
     width = shifted.shape[1] // degree
     part = slice(index * width, (index + 1) * width)
-    labels = shifted[:, part]
+    # contiguous: a column slice of several rows is not, and transformers' loss views the labels flat
+    labels = shifted[:, part].contiguous()
     return {
-        "input_ids": inputs["input_ids"][:, part],
-        "position_ids": inputs["position_ids"][:, part],
+        "input_ids": inputs["input_ids"][:, part].contiguous(),
+        "position_ids": inputs["position_ids"][:, part].contiguous(),
         "labels": labels,
         "shift_labels": labels,
     }

@@ -102,18 +102,13 @@ def padding_free(attn: str, packing: str) -> bool:
     return packing == "neat" and attn in ("flex_attention", "flash_attention_2")
 
 
-def _dft_kernel(kernel: str, sequence_parallel: int | str) -> tuple[str, str]:
-    """train.sft_loss: dft weights each token by its probability from the full logits: only the plain loss can."""
+def _dft_kernel(kernel: str) -> tuple[str, str]:
+    """train.sft_loss: dft weights each token by its probability from the full logits: only the plain loss can
+    (sequence parallelism, which would split them, is refused with it: recipe/sequence_parallel.py)."""
     if kernel in ("chunked", "liger"):
         raise RecipeError(
             f"train.loss_kernel = {kernel!r} computes plain cross-entropy and cannot weight it as train.sft_loss: dft "
             "does. Fix: train.loss_kernel=auto (picks plain), or train.sft_loss=ce"
-        )
-    if sequence_parallel != 1:
-        raise RecipeError(
-            f"train.sft_loss: dft with distributed.sequence_parallel: {sequence_parallel}: DeepSpeed computes the "
-            "loss over the sequence shards itself, as plain cross-entropy. Fix: distributed.sequence_parallel: 1, "
-            "or train.sft_loss=ce"
         )
     return "plain", "train.sft_loss: dft weights each token's loss by its probability, from the full logits"
 
@@ -151,7 +146,7 @@ def loss_choice(recipe: Recipe, on_gpu: bool, vocab_size: int | None) -> tuple[s
             "enter through PEFT's forward, which a fused loss bypasses). Fix: train.loss_kernel=auto"
         )
     if recipe["train"].get("sft_loss") == "dft":
-        return _dft_kernel(kernel, recipe["distributed"]["sequence_parallel"])
+        return _dft_kernel(kernel)
     if kernel == "liger":
         _require_cuda_package(
             "train.loss_kernel = 'liger'",

@@ -29,7 +29,7 @@ LAYER = re.compile(r"layers\.\d+\.")  # a decoder layer's parameter names (BAdam
 # slack. CPU: the resident Python + torch + transformers + DeepSpeed runtime of one rank, the
 # tokenized data and the Trainer (anonymous RSS of a rank of the tiny recipe less its
 # tensors, measured by bench/methods.py).
-OVERHEAD_GB = {"cuda": 1.0, "cpu": 0.39}
+OVERHEAD_GB = {"cuda": 1.0, "cpu": 0.33}
 # stage3_max_live_parameters of ds_configs/zero3*.json (tests/plan/test_memory.py keeps them equal)
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 

@@ -50,6 +50,13 @@ def check(r: dict, refuse: Refuse) -> None:
             f"model.attn: {r['model']['attn']} cannot run under {said} with distributed.engine: {dist['engine']}: "
             f"its Ulysses attention wraps {' or '.join(attention)}. Fix: set model.attn: auto",
         )
+    if r["train"].get("sft_loss") == "dft":
+        refuse(
+            "train.sft_loss",
+            f"train.sft_loss: dft cannot run under {said}: it weighs each token by its probability from the "
+            "whole logits, which no shard's loss computes. Fix: set train.sft_loss: ce, or "
+            "distributed.sequence_parallel: 1",
+        )
     if r["train"]["loss_kernel"] == "liger":  # its patched forward is not tested on sequence shards (CUDA only)
         refuse(
             "train.loss_kernel",

@@ -35,6 +35,23 @@ def test_each_shard_predicts_the_token_after_it_even_across_the_split():
     assert second["labels"].tolist() == [[15, 16, 17, IGNORE_INDEX]]
 
 
+def test_shards_of_several_rows_feed_transformers_loss():
+    """A micro batch of 2 rows: each shard is a column slice, which transformers' causal-LM loss views flat (a
+    non-contiguous slice raised 'view size is not compatible' at the first step)."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    ids = torch.arange(10, 26).view(2, 8)
+    inputs = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(8).expand(2, 8)}
+    parts = [shard(inputs, 2, index) for index in (0, 1)]
+    logits = torch.randn(2, 8, 32)
+    whole = ForCausalLMLoss(logits, ids, 32, num_items_in_batch=14)
+    split = sum(  # each rank's logits are its own model output: contiguous
+        ForCausalLMLoss(logits[:, 4 * i : 4 * i + 4].contiguous(), None, 32, 14, shift_labels=part["shift_labels"])
+        for i, part in enumerate(parts)
+    )
+    assert torch.allclose(split, whole)
+
+
 def test_the_mask_from_position_ids_is_the_collators_neat_mask():
     batch = PaddingCollator(0, "neat")(ROWS)  # padded to 24: the 4 pads restart positions too
     allowed = batch["attention_mask"] == 0

@@ -72,11 +72,12 @@ def test_the_world_and_the_kv_heads_must_take_the_degree(overrides, said):
         ),
         ((*SP2, "data.packing=neat"), "drops the 4-D mask"),
         ((*SP2, "train.loss_kernel=liger"), "liger-kernel's patched loss has not been proven on sequence shards"),
+        ((*SP2, "train.sft_loss=dft"), "train.sft_loss: dft cannot run under distributed.sequence_parallel: 2"),
         ((*SP2, "model.attn=eager"), "Ulysses attention wraps sdpa or flash_attention_2"),
         ((*FSDP_SP2, "model.attn=eager"), "distributed.engine: fsdp: its Ulysses attention wraps sdpa."),
         ((*FSDP_SP2, "train.loss_kernel=liger"), "Fix: set train.loss_kernel: chunked"),
     ],
-    ids=["ddp", "prefix", "neat", "liger", "eager", "fsdp-eager", "fsdp-liger"],
+    ids=["ddp", "prefix", "neat", "liger", "dft", "eager", "fsdp-eager", "fsdp-liger"],
 )
 def test_what_sequence_parallelism_cannot_run_with_is_refused_with_the_reason(overrides, said):
     with pytest.raises(RecipeError, match="Fix:") as refused:
@@ -171,6 +172,12 @@ def test_auto_under_fsdp_picks_the_smallest_degree_that_fits():
     plan = build_plan(load_recipe(LONG, ["distributed.engine=fsdp", "distributed.zero=0"]), cwd=str(ROOT))
     assert plan["mesh"]["sequence_parallel"] == 2 and "1: " in plan["mesh"]["reason"]
     assert plan["memory"]["refusal"] is None
+
+
+def test_auto_with_the_dft_loss_keeps_whole_sequences():
+    """DFT needs the whole logits: auto tries no degree above 1 (and the plan says 256k tokens do not fit)."""
+    plan = build_plan(load_recipe(LONG, ["train.sft_loss=dft"]), cwd=str(ROOT))
+    assert plan["mesh"]["sequence_parallel"] == 1 and plan["memory"]["refusal"] is not None
 
 
 def test_auto_under_an_engine_without_sequence_parallelism_keeps_whole_sequences():
