@@ -117,7 +117,7 @@ ZERO_OPTIONS = [
 ]
 SHORT_RUN = ("train.max_steps=6", "train.save_steps=3", "train.logging_steps=1")
 # with the chunked loss (what auto picks for a real vocabulary): test_fsdp.py holds its steps equal to FSDP2's
-# plain loss, test_resume.py resumes it (LoRA and full) exactly; under ZeRO-3 it once crashed at the first backward
+# plain loss, test_resume.py resumes it exactly; under ZeRO-3 it once crashed at the first backward
 LORA_ZERO3_RUN = ("distributed.zero=3", "train.loss_kernel=chunked", *SHORT_RUN)
 # the full run trains with a registered template other than the tokenizer's own, so chat tests can check
 # that a run's output renders prompts as its training did (tests/test_chat_template.py)

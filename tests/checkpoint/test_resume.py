@@ -46,7 +46,9 @@ def _assert_same_run(resumed: Path, straight: Path, weights: str) -> None:
 
 @pytest.mark.parametrize(
     "run",
-    [LORA_ZERO3_RUN, (*LORA_ZERO3_RUN, "method={name: full}"), FSDP_LORA_RUN],
+    # full fine-tuning with the plain loss: the chunked one gathers the trained head for every slice under ZeRO-3,
+    # 50% longer on this CPU (LoRA resumes with the chunked loss; full with it was checked by hand)
+    [LORA_ZERO3_RUN, (*LORA_ZERO3_RUN, "method={name: full}", "train.loss_kernel=plain"), FSDP_LORA_RUN],
     ids=["zero3-lora", "zero3-full", "fsdp-lora"],
 )
 def test_resumed_run_equals_uninterrupted_run(run, tmp_path, tiny_run):
