@@ -118,12 +118,12 @@ def base_loading(adapter: str | Path | None) -> BaseLoading:
     """The BaseLoading of the run that wrote `adapter` (its plan.json), or of the run a consolidated adapter came
     from (its BASE_LOADING: the RoPE scaling only; running the model's own code stays the caller's choice);
     the base as saved where there is no adapter or no run of ours wrote it."""
-    plan = run_plan(adapter) if adapter else None
-    if plan is None:
-        carried = Path(adapter) / BASE_LOADING if adapter else None
-        if carried is not None and carried.is_file():
-            return BaseLoading(read_json(carried).get("rope_scaling"))
+    if not adapter:
         return BaseLoading()
+    plan = run_plan(adapter)
+    if plan is None:
+        carried = Path(adapter) / BASE_LOADING
+        return BaseLoading(read_json(carried).get("rope_scaling")) if carried.is_file() else BaseLoading()
     return BaseLoading(
         (plan.get("context") or {}).get("rope_scaling"), bool(plan["recipe"]["model"].get("trust_remote_code"))
     )

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from launcher.errors import RecipeError
+from launcher.model.module_names import matches
 from launcher.registry import STAGES, method_spec, stage_spec
 
 if TYPE_CHECKING:
@@ -113,15 +114,15 @@ def _dft_kernel(kernel: str) -> tuple[str, str]:
     return "plain", "train.sft_loss: dft weights each token's loss by its probability, from the full logits"
 
 
-# modules whose training trains the LM head (tied embeddings share its weight)
-HEAD_MODULES = ("lm_head", "embed_tokens")
+# the LM head's weight, and the embeddings' that a tied head shares
+HEAD_PARAMETERS = ("lm_head.weight", "model.embed_tokens.weight")
 
 
 def trains_output_head(method: Mapping[str, Any]) -> bool:
-    """The method trains the LM head: full, or the head (or tied embeddings) named in freeze's extra_modules or
-    LoRA/OFT's additional_target."""
+    """The method trains the LM head: full, or freeze's extra_modules / LoRA's and OFT's additional_target name
+    the head (or tied embeddings), matched as those methods match module names."""
     named = method.get("extra_modules") or method.get("additional_target") or []
-    return method["name"] == "full" or any(module in HEAD_MODULES for module in named)
+    return method["name"] == "full" or any(matches(name, named) for name in HEAD_PARAMETERS)
 
 
 def _fsdp_trained_head(recipe: Recipe) -> bool:

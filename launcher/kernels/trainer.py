@@ -30,12 +30,6 @@ def output_head(model):
     return _unwrapped(model).get_output_embeddings()
 
 
-def deepspeed_sequence_parallel(accelerator) -> bool:
-    """Whether this rank trains a DeepSpeed sequence-parallel shard (the Trainer's own test for its loss)."""
-    config = getattr(accelerator, "parallelism_config", None)
-    return config is not None and config.sp_backend == "deepspeed" and config.sp_enabled
-
-
 def unwrapped_config(model):
     return getattr(_unwrapped(model), "config", None)
 
@@ -58,7 +52,7 @@ class KernelTrainer(Trainer):
         shift_labels = inputs.pop("shift_labels", None)  # a sequence-parallel shard's targets
         hidden = final_hidden_states(model, inputs)
         head = output_head(model)
-        if deepspeed_sequence_parallel(self.accelerator):
+        if self.get_sp_size() > 1:  # DeepSpeed's sequence parallelism (fsdp's has no parallelism_config)
             summed = chunked_cross_entropy(hidden, head, labels, self.chunks, 1, shift_labels)
             return group_mean(summed, shift_labels)
         loss = chunked_cross_entropy(hidden, head, labels, self.chunks, num_items_in_batch, shift_labels)

@@ -112,7 +112,7 @@ def loss_bytes(shape: Shape, tokens: float, loss: str) -> float:
 
 
 def activation_bytes(
-    shape: Shape, tokens: float, elem: int, checkpointing: bool, attn: str, seq: int, loss: str = "plain"
+    shape: Shape, tokens: float, elem: int, checkpointing: bool, attn: str, seq: int, loss: str
 ) -> float:
     """Peak bytes for backward per micro batch of `tokens` tokens (sequences of `seq`).
     Per layer and token, elements saved by a Llama/Qwen2 layer: the two RMSNorms (input,

@@ -322,9 +322,14 @@ def test_auto_keeps_the_plain_loss_where_fsdp_trains_the_lm_head():
         _recipe(method={"name": "full"}, distributed=fsdp),
         _recipe(method={"name": "freeze", "extra_modules": ["lm_head"]}, distributed=fsdp),
         _recipe(method={"name": "lora", "additional_target": ["embed_tokens"]}, distributed=fsdp),
+        _recipe(method={"name": "lora", "additional_target": ["model.embed_tokens"]}, distributed=fsdp),
     ]
     assert {loss_choice(recipe, False, 151_936)[0] for recipe in head} == {"plain"}
-    frozen_head = [_recipe(distributed=fsdp), _recipe(method={"name": "full"}, distributed={"zero": 3})]
+    frozen_head = [
+        _recipe(distributed=fsdp),
+        _recipe(method={"name": "freeze", "extra_modules": ["norm"]}, distributed=fsdp),
+        _recipe(method={"name": "full"}, distributed={"zero": 3}),
+    ]
     assert {loss_choice(recipe, False, 151_936)[0] for recipe in frozen_head} == {"chunked"}
 
 
